@@ -1,0 +1,115 @@
+//! Database connections: one pool, SQLite or PostgreSQL, chosen by URL.
+//!
+//! Shared infrastructure below both `store` and `projections` (which must not
+//! depend on each other). Queries that read the same on both backends are
+//! written once and run through [`with_pool!`], which expands the same code
+//! for each pool type.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Pool, Postgres, Sqlite};
+
+/// A connection pool to one of the supported backends.
+#[derive(Clone, Debug)]
+pub enum Db {
+    /// The embedded default: a SQLite file.
+    Sqlite(Pool<Sqlite>),
+    /// Production: PostgreSQL.
+    Postgres(Pool<Postgres>),
+}
+
+/// Runs the same code against whichever pool `db` holds; `$pool` is bound to
+/// `&Pool<Sqlite>` or `&Pool<Postgres>`.
+#[macro_export]
+macro_rules! with_pool {
+    ($db:expr, $pool:ident => $body:expr) => {
+        match $db {
+            $crate::db::Db::Sqlite($pool) => $body,
+            $crate::db::Db::Postgres($pool) => $body,
+        }
+    };
+}
+
+/// Failure to open the database.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The URL is not one we understand.
+    #[error("unsupported database URL '{0}': use postgres://… or sqlite://…")]
+    UnsupportedUrl(String),
+    /// The data directory could not be created.
+    #[error("cannot create data directory {path}: {source}")]
+    DataDir {
+        /// The directory.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The database refused the connection.
+    #[error("cannot connect to the database: {0}")]
+    Sqlx(#[from] sqlx::Error),
+}
+
+impl Db {
+    /// Opens the database: `database_url` if given (postgres:// or sqlite://),
+    /// else a SQLite file `runlog.db` under `data_dir`.
+    pub async fn connect(
+        database_url: Option<&str>,
+        data_dir: &Path,
+    ) -> Result<Self, ConnectError> {
+        match database_url {
+            Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+                let options = PgConnectOptions::from_str(url)?;
+                let pool = PgPoolOptions::new()
+                    .max_connections(24)
+                    .acquire_timeout(Duration::from_secs(10))
+                    .connect_with(options)
+                    .await?;
+                Ok(Self::Postgres(pool))
+            }
+            Some(url) if url.starts_with("sqlite:") => {
+                Self::sqlite(SqliteConnectOptions::from_str(url)?).await
+            }
+            Some(url) => Err(ConnectError::UnsupportedUrl(url.to_string())),
+            None => {
+                std::fs::create_dir_all(data_dir).map_err(|source| ConnectError::DataDir {
+                    path: data_dir.display().to_string(),
+                    source,
+                })?;
+                let options = SqliteConnectOptions::new().filename(data_dir.join("runlog.db"));
+                Self::sqlite(options).await
+            }
+        }
+    }
+
+    async fn sqlite(options: SqliteConnectOptions) -> Result<Self, ConnectError> {
+        // WAL with synchronous=FULL: every acknowledged commit is on disk.
+        let options = options
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(30))
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(8)
+            .connect_with(options)
+            .await?;
+        Ok(Self::Sqlite(pool))
+    }
+
+    /// The backend's name, for logs and reports.
+    pub fn backend(&self) -> &'static str {
+        match self {
+            Self::Sqlite(_) => "sqlite",
+            Self::Postgres(_) => "postgres",
+        }
+    }
+
+    /// Closes every connection.
+    pub async fn close(&self) {
+        with_pool!(self, pool => pool.close().await)
+    }
+}

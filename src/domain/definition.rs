@@ -1,0 +1,509 @@
+//! The template definition: a DAG of steps, each handled by an agent, and its
+//! validation. Pure: parsing and graph checks only.
+//!
+//! A definition is parsed from JSON with [`Definition::parse`], which refuses
+//! malformed bodies with the step at fault, then checked with
+//! [`Definition::validate`] against the set of known agents.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::ids::{AgentName, OutputName, StepId};
+
+/// Most attempts a retry policy may ask for.
+pub const MAX_ATTEMPTS_LIMIT: u32 = 100;
+/// Longest back-off a retry policy may ask for (one hour).
+pub const MAX_BACKOFF_MS: u64 = 3_600_000;
+/// Most steps one definition may hold.
+pub const MAX_STEPS: usize = 1_000;
+
+/// A workflow definition: the steps and how they depend on each other.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Definition {
+    /// The steps, by name.
+    pub steps: BTreeMap<StepId, StepDefinition>,
+}
+
+/// One step of a definition.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StepDefinition {
+    /// The agent that executes the step.
+    pub agent: AgentName,
+    /// Steps that must complete before this one is ready.
+    #[serde(default)]
+    pub depends_on: Vec<StepId>,
+    /// The prompt handed to the agent, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt: Option<String>,
+    /// Agent-specific configuration.
+    #[serde(default, skip_serializing_if = "Value::is_null")]
+    pub config: Value,
+    /// Explicit inputs: input name → `<upstream step>.<output>`. When absent
+    /// the step receives the run input (no dependencies) or the latest
+    /// outputs of its dependencies.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub inputs: BTreeMap<String, String>,
+    /// How often the step is tried and how long to wait between attempts.
+    #[serde(default)]
+    pub retry: RetryPolicy,
+}
+
+/// Per-step retry policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryPolicy {
+    /// Attempts in all, the first included (1 = no retry).
+    #[serde(default = "one")]
+    pub max_attempts: u32,
+    /// Wait between a failed attempt and the next one.
+    #[serde(default)]
+    pub backoff_ms: u64,
+}
+
+fn one() -> u32 {
+    1
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            max_attempts: 1,
+            backoff_ms: 0,
+        }
+    }
+}
+
+/// Why a definition was refused. Each variant names the step at fault where
+/// there is one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DefinitionError {
+    /// The JSON does not have the shape of a definition.
+    #[error("malformed definition: {0}")]
+    Malformed(String),
+    /// One step's JSON does not have the shape of a step.
+    #[error("step '{step}' is malformed: {reason}")]
+    MalformedStep {
+        /// The step at fault.
+        step: String,
+        /// What serde said.
+        reason: String,
+    },
+    /// There are no steps.
+    #[error("a definition needs at least one step")]
+    Empty,
+    /// Too many steps.
+    #[error("a definition may hold at most {MAX_STEPS} steps")]
+    TooManySteps,
+    /// `depends_on` names a step that does not exist.
+    #[error("step '{step}' depends on '{dependency}', which is not a step of this definition")]
+    UnknownDependency {
+        /// The step at fault.
+        step: StepId,
+        /// The missing dependency.
+        dependency: StepId,
+    },
+    /// The steps form a cycle.
+    #[error("step '{step}' is part of a dependency cycle: {}", cycle.iter().map(StepId::as_str).collect::<Vec<_>>().join(" -> "))]
+    Cycle {
+        /// A step on the cycle.
+        step: StepId,
+        /// The cycle, first step repeated at the end.
+        cycle: Vec<StepId>,
+    },
+    /// The agent is not known to this server.
+    #[error("step '{step}' uses agent '{agent}', which this server does not know")]
+    UnknownAgent {
+        /// The step at fault.
+        step: StepId,
+        /// The unknown agent.
+        agent: AgentName,
+    },
+    /// An input mapping does not point at an upstream output.
+    #[error("step '{step}' maps input '{input}' to '{source_ref}': {reason}")]
+    InvalidInputMapping {
+        /// The step at fault.
+        step: StepId,
+        /// The input name.
+        input: String,
+        /// The mapping's source, as written.
+        source_ref: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// The retry policy is out of range.
+    #[error("step '{step}' has an invalid retry policy: {reason}")]
+    InvalidRetryPolicy {
+        /// The step at fault.
+        step: StepId,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+impl DefinitionError {
+    /// A stable machine-readable code for this kind of fault.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Malformed(_) | Self::MalformedStep { .. } => "malformed_definition",
+            Self::Empty => "empty_definition",
+            Self::TooManySteps => "too_many_steps",
+            Self::UnknownDependency { .. } => "unknown_dependency",
+            Self::Cycle { .. } => "dependency_cycle",
+            Self::UnknownAgent { .. } => "unknown_agent",
+            Self::InvalidInputMapping { .. } => "invalid_input_mapping",
+            Self::InvalidRetryPolicy { .. } => "invalid_retry_policy",
+        }
+    }
+}
+
+/// The agents a server knows, for validation.
+pub trait AgentCatalog: Send + Sync {
+    /// Whether `agent` can execute steps on this server.
+    fn knows(&self, agent: &AgentName) -> bool;
+}
+
+impl AgentCatalog for BTreeSet<String> {
+    fn knows(&self, agent: &AgentName) -> bool {
+        self.contains(agent.as_str())
+    }
+}
+
+impl Definition {
+    /// Parses a definition from JSON, naming the step at fault when one step
+    /// is malformed. Does not validate the graph: see [`Definition::validate`].
+    pub fn parse(value: &Value) -> Result<Self, DefinitionError> {
+        let Some(object) = value.as_object() else {
+            return Err(DefinitionError::Malformed(
+                "a definition must be a JSON object with a 'steps' object".into(),
+            ));
+        };
+        if let Some(unknown) = object.keys().find(|k| k.as_str() != "steps") {
+            return Err(DefinitionError::Malformed(format!(
+                "unknown field '{unknown}' (expected 'steps')"
+            )));
+        }
+        let Some(steps) = object.get("steps") else {
+            return Err(DefinitionError::Malformed("missing field 'steps'".into()));
+        };
+        let Some(steps) = steps.as_object() else {
+            return Err(DefinitionError::Malformed(
+                "'steps' must be an object of step name to step".into(),
+            ));
+        };
+        let mut parsed = BTreeMap::new();
+        for (name, body) in steps {
+            let step =
+                StepId::parse(name.as_str()).map_err(|e| DefinitionError::MalformedStep {
+                    step: name.clone(),
+                    reason: e.to_string(),
+                })?;
+            let def: StepDefinition = serde_json::from_value(body.clone()).map_err(|e| {
+                DefinitionError::MalformedStep {
+                    step: name.clone(),
+                    reason: e.to_string(),
+                }
+            })?;
+            parsed.insert(step, def);
+        }
+        Ok(Self { steps: parsed })
+    }
+
+    /// Parses and validates in one go.
+    pub fn parse_and_validate(
+        value: &Value,
+        agents: &dyn AgentCatalog,
+    ) -> Result<Self, DefinitionError> {
+        let definition = Self::parse(value)?;
+        definition.validate(agents)?;
+        Ok(definition)
+    }
+
+    /// Checks the definition: at least one step, known dependencies, no
+    /// cycle, known agents, input mappings that point at upstream outputs and
+    /// sane retry policies. The first fault found is returned.
+    pub fn validate(&self, agents: &dyn AgentCatalog) -> Result<(), DefinitionError> {
+        if self.steps.is_empty() {
+            return Err(DefinitionError::Empty);
+        }
+        if self.steps.len() > MAX_STEPS {
+            return Err(DefinitionError::TooManySteps);
+        }
+        for (step, def) in &self.steps {
+            if let Some(dependency) = def.depends_on.iter().find(|d| !self.steps.contains_key(*d)) {
+                return Err(DefinitionError::UnknownDependency {
+                    step: step.clone(),
+                    dependency: dependency.clone(),
+                });
+            }
+        }
+        self.check_acyclic()?;
+        for (step, def) in &self.steps {
+            if !agents.knows(&def.agent) {
+                return Err(DefinitionError::UnknownAgent {
+                    step: step.clone(),
+                    agent: def.agent.clone(),
+                });
+            }
+            let policy = def.retry;
+            if policy.max_attempts == 0 || policy.max_attempts > MAX_ATTEMPTS_LIMIT {
+                return Err(DefinitionError::InvalidRetryPolicy {
+                    step: step.clone(),
+                    reason: format!("max_attempts must be between 1 and {MAX_ATTEMPTS_LIMIT}"),
+                });
+            }
+            if policy.backoff_ms > MAX_BACKOFF_MS {
+                return Err(DefinitionError::InvalidRetryPolicy {
+                    step: step.clone(),
+                    reason: format!("backoff_ms must be at most {MAX_BACKOFF_MS}"),
+                });
+            }
+            self.check_inputs(step, def)?;
+        }
+        Ok(())
+    }
+
+    fn check_inputs(&self, step: &StepId, def: &StepDefinition) -> Result<(), DefinitionError> {
+        if def.inputs.is_empty() {
+            return Ok(());
+        }
+        let upstream = self.upstream_of(step);
+        for (input, source) in &def.inputs {
+            let fail = |reason| DefinitionError::InvalidInputMapping {
+                step: step.clone(),
+                input: input.clone(),
+                source_ref: source.clone(),
+                reason,
+            };
+            let Some((from, output)) = source.split_once('.') else {
+                return Err(fail("a source must be written <step>.<output>"));
+            };
+            let (Ok(from), Ok(_)) = (StepId::parse(from), OutputName::parse(output)) else {
+                return Err(fail("a source must be written <step>.<output>"));
+            };
+            if !self.steps.contains_key(&from) {
+                return Err(fail("no step of this definition has that name"));
+            }
+            if !upstream.contains(&from) {
+                return Err(fail("that step is not upstream of this one"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Finds a cycle with a depth-first search (white/grey/black colouring).
+    fn check_acyclic(&self) -> Result<(), DefinitionError> {
+        #[derive(Clone, Copy, PartialEq)]
+        enum Colour {
+            Grey,
+            Black,
+        }
+        let mut colour: BTreeMap<&StepId, Colour> = BTreeMap::new();
+        for start in self.steps.keys() {
+            if colour.contains_key(start) {
+                continue;
+            }
+            // Iterative DFS: (node, index of the next dependency to visit).
+            let mut stack: Vec<(&StepId, usize)> = vec![(start, 0)];
+            colour.insert(start, Colour::Grey);
+            while let Some((node, next)) = stack.last_mut() {
+                let deps = &self.steps[*node].depends_on;
+                if *next < deps.len() {
+                    let dep = &deps[*next];
+                    *next += 1;
+                    match colour.get(dep) {
+                        None => {
+                            colour.insert(dep, Colour::Grey);
+                            stack.push((dep, 0));
+                        }
+                        Some(Colour::Grey) => {
+                            let from = stack.iter().position(|(n, _)| *n == dep).unwrap_or(0);
+                            let mut cycle: Vec<StepId> =
+                                stack[from..].iter().map(|(n, _)| (*n).clone()).collect();
+                            cycle.push(dep.clone());
+                            return Err(DefinitionError::Cycle {
+                                step: dep.clone(),
+                                cycle,
+                            });
+                        }
+                        Some(Colour::Black) => {}
+                    }
+                } else {
+                    colour.insert(*node, Colour::Black);
+                    stack.pop();
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Every step `step` depends on, directly or transitively.
+    pub fn upstream_of(&self, step: &StepId) -> BTreeSet<StepId> {
+        let mut seen = BTreeSet::new();
+        let mut todo: Vec<&StepId> = self
+            .steps
+            .get(step)
+            .map(|d| d.depends_on.iter().collect())
+            .unwrap_or_default();
+        while let Some(next) = todo.pop() {
+            if seen.insert(next.clone()) {
+                if let Some(def) = self.steps.get(next) {
+                    todo.extend(def.depends_on.iter());
+                }
+            }
+        }
+        seen
+    }
+
+    /// The steps that depend directly on `step`.
+    pub fn dependants_of<'a>(&'a self, step: &'a StepId) -> impl Iterator<Item = &'a StepId> + 'a {
+        self.steps
+            .iter()
+            .filter(move |(_, d)| d.depends_on.contains(step))
+            .map(|(s, _)| s)
+    }
+
+    /// The steps with no dependencies.
+    pub fn roots(&self) -> impl Iterator<Item = &StepId> {
+        self.steps
+            .iter()
+            .filter(|(_, d)| d.depends_on.is_empty())
+            .map(|(s, _)| s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn agents() -> BTreeSet<String> {
+        ["echo", "template"].into_iter().map(String::from).collect()
+    }
+
+    fn check(value: Value) -> Result<Definition, DefinitionError> {
+        Definition::parse_and_validate(&value, &agents())
+    }
+
+    #[test]
+    fn a_diamond_is_valid() {
+        let def = check(json!({"steps": {
+            "a": {"agent": "echo"},
+            "b": {"agent": "echo", "depends_on": ["a"]},
+            "c": {"agent": "echo", "depends_on": ["a"], "inputs": {"x": "a.value"}},
+            "d": {"agent": "echo", "depends_on": ["b", "c"], "retry": {"max_attempts": 3, "backoff_ms": 10}}
+        }}))
+        .unwrap();
+        assert_eq!(def.roots().map(StepId::as_str).collect::<Vec<_>>(), ["a"]);
+        let d = StepId::parse("d").unwrap();
+        assert_eq!(def.upstream_of(&d).len(), 3);
+        assert_eq!(def.steps[&d].retry.max_attempts, 3);
+    }
+
+    #[test]
+    fn a_cycle_is_refused_naming_a_step_on_it() {
+        let err = check(json!({"steps": {
+            "a": {"agent": "echo", "depends_on": ["c"]},
+            "b": {"agent": "echo", "depends_on": ["a"]},
+            "c": {"agent": "echo", "depends_on": ["b"]}
+        }}))
+        .unwrap_err();
+        assert_eq!(err.code(), "dependency_cycle");
+        let DefinitionError::Cycle { cycle, .. } = &err else {
+            panic!("expected a cycle, got {err:?}")
+        };
+        assert_eq!(cycle.len(), 4);
+        assert_eq!(cycle.first(), cycle.last());
+    }
+
+    #[test]
+    fn a_self_dependency_is_a_cycle() {
+        let err =
+            check(json!({"steps": {"a": {"agent": "echo", "depends_on": ["a"]}}})).unwrap_err();
+        assert!(matches!(err, DefinitionError::Cycle { ref step, .. } if step.as_str() == "a"));
+    }
+
+    #[test]
+    fn an_unknown_dependency_is_refused() {
+        let err =
+            check(json!({"steps": {"a": {"agent": "echo", "depends_on": ["ghost"]}}})).unwrap_err();
+        assert!(
+            matches!(err, DefinitionError::UnknownDependency { ref step, ref dependency }
+            if step.as_str() == "a" && dependency.as_str() == "ghost")
+        );
+        assert!(err.to_string().contains("'a'"));
+    }
+
+    #[test]
+    fn an_unknown_agent_is_refused() {
+        let err = check(json!({"steps": {"a": {"agent": "oracle"}}})).unwrap_err();
+        assert!(
+            matches!(err, DefinitionError::UnknownAgent { ref step, .. } if step.as_str() == "a")
+        );
+    }
+
+    #[test]
+    fn an_empty_step_set_is_refused() {
+        assert_eq!(
+            check(json!({"steps": {}})).unwrap_err(),
+            DefinitionError::Empty
+        );
+    }
+
+    #[test]
+    fn an_input_mapping_to_a_step_that_is_not_upstream_is_refused() {
+        let err = check(json!({"steps": {
+            "a": {"agent": "echo"},
+            "b": {"agent": "echo"},
+            "c": {"agent": "echo", "depends_on": ["a"], "inputs": {"x": "b.value"}}
+        }}))
+        .unwrap_err();
+        assert!(
+            matches!(err, DefinitionError::InvalidInputMapping { ref step, .. } if step.as_str() == "c")
+        );
+        for bad in ["nodot", "ghost.value", "a.", "a.b.c d"] {
+            let err = check(json!({"steps": {
+                "a": {"agent": "echo"},
+                "c": {"agent": "echo", "depends_on": ["a"], "inputs": {"x": bad}}
+            }}))
+            .unwrap_err();
+            assert_eq!(err.code(), "invalid_input_mapping", "{bad}");
+        }
+    }
+
+    #[test]
+    fn malformed_bodies_are_refused_naming_the_step() {
+        for (body, code) in [
+            (json!([]), "malformed_definition"),
+            (json!({}), "malformed_definition"),
+            (json!({"steps": []}), "malformed_definition"),
+            (json!({"steps": {}, "extra": 1}), "malformed_definition"),
+        ] {
+            assert_eq!(check(body).unwrap_err().code(), code);
+        }
+        let err = check(json!({"steps": {"a": {"agent": 7}}})).unwrap_err();
+        assert!(matches!(err, DefinitionError::MalformedStep { ref step, .. } if step == "a"));
+        let err = check(json!({"steps": {"a": {"agent": "echo", "colour": "red"}}})).unwrap_err();
+        assert!(err.to_string().contains("colour"), "{err}");
+        let err = check(json!({"steps": {"bad name": {"agent": "echo"}}})).unwrap_err();
+        assert!(
+            matches!(err, DefinitionError::MalformedStep { ref step, .. } if step == "bad name")
+        );
+    }
+
+    #[test]
+    fn retry_policies_out_of_range_are_refused() {
+        for retry in [
+            json!({"max_attempts": 0}),
+            json!({"max_attempts": 1000}),
+            json!({"backoff_ms": 99_999_999}),
+        ] {
+            let err =
+                check(json!({"steps": {"a": {"agent": "echo", "retry": retry}}})).unwrap_err();
+            assert_eq!(err.code(), "invalid_retry_policy");
+        }
+    }
+}

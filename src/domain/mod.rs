@@ -1,0 +1,10 @@
+//! The pure domain: templates, runs, their commands, events and rules.
+//!
+//! May depend on std, serde, serde_json, thiserror and the cqrs-es traits
+//! only: no IO, no actix, no sqlx, no tokio, no clock, no randomness. Time and
+//! lease seeds arrive inside commands.
+
+pub mod definition;
+pub mod ids;
+pub mod run;
+pub mod template;

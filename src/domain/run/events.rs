@@ -1,0 +1,199 @@
+//! Run events: the contract stored in the log. Past-tense names, each with a
+//! literal `event_type` and an `event_version`; a changed shape is a new
+//! version with an upcaster, never an edit of what is stored. Events carry the
+//! facts they imply (next attempt, new artifact version, steps that became
+//! ready) so that `apply` and the projections hold no business logic.
+
+use std::collections::BTreeMap;
+
+use cqrs_es::DomainEvent;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::domain::definition::Definition;
+use crate::domain::ids::{
+    ArtifactName, LeaseToken, OutputName, RunId, StepId, TemplateId, Timestamp,
+};
+
+/// The body of one artifact version: inline JSON, or a reference to a
+/// content-addressed blob for large bodies.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ArtifactContent {
+    /// The value itself.
+    Inline(Value),
+    /// A blob in the blob store: SHA-256 of the JSON bytes, and their length.
+    Blob {
+        /// Lower-case hex SHA-256 of the bytes.
+        sha256: String,
+        /// Length in bytes.
+        size: u64,
+    },
+}
+
+/// One artifact version written by a step completion.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ArtifactWritten {
+    /// `<step>.<output>`.
+    pub name: ArtifactName,
+    /// The new version number (1, 2, …).
+    pub version: u32,
+    /// The body.
+    pub content: ArtifactContent,
+}
+
+/// Events of a run (`event_version` 1.0 each).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum RunEvent {
+    /// The run started from a template version; the definition is copied so
+    /// that later template revisions never change this run.
+    RunStarted {
+        /// The run.
+        run_id: RunId,
+        /// The template it started from.
+        template_id: TemplateId,
+        /// That template's version.
+        template_version: u32,
+        /// The copied definition.
+        definition: Definition,
+        /// The run input.
+        input: Value,
+        /// Steps with no dependencies: ready at once.
+        ready: Vec<StepId>,
+        /// When.
+        at: Timestamp,
+    },
+    /// A step was handed to its agent: `(step, attempt, lease)` identifies
+    /// this dispatch; only a completion with this lease is accepted.
+    StepDispatched {
+        /// The step.
+        step: StepId,
+        /// The attempt number, from 1.
+        attempt: u32,
+        /// The lease of this dispatch.
+        lease: LeaseToken,
+        /// The artifact versions the step reads.
+        reads: BTreeMap<ArtifactName, u32>,
+        /// True when re-dispatched after a restart interrupted the attempt.
+        recovered: bool,
+        /// When.
+        at: Timestamp,
+    },
+    /// A step finished; each output became a new artifact version.
+    StepCompleted {
+        /// The step.
+        step: StepId,
+        /// The attempt that completed.
+        attempt: u32,
+        /// The artifact versions written.
+        artifacts: Vec<ArtifactWritten>,
+        /// Steps that became ready because of this completion.
+        ready: Vec<StepId>,
+        /// When.
+        at: Timestamp,
+    },
+    /// An attempt of a step failed.
+    StepFailed {
+        /// The step.
+        step: StepId,
+        /// The attempt that failed.
+        attempt: u32,
+        /// What the agent reported.
+        error: String,
+        /// Whether another attempt follows (see `StepRetryScheduled`).
+        will_retry: bool,
+        /// When.
+        at: Timestamp,
+    },
+    /// Another attempt of a failed step is due at `due_at`.
+    StepRetryScheduled {
+        /// The step.
+        step: StepId,
+        /// The attempt that will run.
+        next_attempt: u32,
+        /// The back-off applied.
+        delay_ms: u64,
+        /// When the attempt is due.
+        due_at: Timestamp,
+        /// When this was decided.
+        at: Timestamp,
+    },
+    /// Every step completed.
+    RunCompleted {
+        /// When.
+        at: Timestamp,
+    },
+    /// A step failed for good; nothing else will be dispatched.
+    RunFailed {
+        /// The step whose failure failed the run.
+        step: StepId,
+        /// Its last error.
+        error: String,
+        /// When.
+        at: Timestamp,
+    },
+}
+
+impl RunEvent {
+    /// The literal event type names, for the catalogue and for tests.
+    pub const TYPES: [&'static str; 7] = [
+        "RunStarted",
+        "StepDispatched",
+        "StepCompleted",
+        "StepFailed",
+        "StepRetryScheduled",
+        "RunCompleted",
+        "RunFailed",
+    ];
+
+    /// The time the event happened.
+    pub fn at(&self) -> Timestamp {
+        match self {
+            Self::RunStarted { at, .. }
+            | Self::StepDispatched { at, .. }
+            | Self::StepCompleted { at, .. }
+            | Self::StepFailed { at, .. }
+            | Self::StepRetryScheduled { at, .. }
+            | Self::RunCompleted { at }
+            | Self::RunFailed { at, .. } => *at,
+        }
+    }
+
+    /// The step a step event is about.
+    pub fn step(&self) -> Option<&StepId> {
+        match self {
+            Self::StepDispatched { step, .. }
+            | Self::StepCompleted { step, .. }
+            | Self::StepFailed { step, .. }
+            | Self::StepRetryScheduled { step, .. } => Some(step),
+            _ => None,
+        }
+    }
+
+    /// Whether this event ends the run.
+    pub fn is_terminal(&self) -> bool {
+        matches!(self, Self::RunCompleted { .. } | Self::RunFailed { .. })
+    }
+}
+
+impl DomainEvent for RunEvent {
+    fn event_type(&self) -> String {
+        match self {
+            Self::RunStarted { .. } => Self::TYPES[0],
+            Self::StepDispatched { .. } => Self::TYPES[1],
+            Self::StepCompleted { .. } => Self::TYPES[2],
+            Self::StepFailed { .. } => Self::TYPES[3],
+            Self::StepRetryScheduled { .. } => Self::TYPES[4],
+            Self::RunCompleted { .. } => Self::TYPES[5],
+            Self::RunFailed { .. } => Self::TYPES[6],
+        }
+        .to_string()
+    }
+
+    fn event_version(&self) -> String {
+        "1.0".to_string()
+    }
+}
+
+/// Outputs an agent returned, by output name.
+pub type Outputs = BTreeMap<OutputName, ArtifactContent>;

@@ -1,0 +1,127 @@
+//! The live hub: fans committed run events out to WebSocket sessions.
+//! Side effects only; never part of a replay or a rebuild.
+
+use std::collections::HashMap;
+use std::sync::RwLock;
+
+use actix::{Message, Recipient};
+use cqrs_es::{DomainEvent, EventEnvelope};
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::domain::ids::RunId;
+use crate::domain::run::Run;
+use crate::store::RecordedEvent;
+
+/// One event as clients see it (API and WebSocket).
+#[derive(Debug, Clone, PartialEq, Serialize, Message)]
+#[rtype(result = "()")]
+pub struct EventView {
+    /// The run it belongs to.
+    pub run_id: String,
+    /// Its sequence within the run, from 1.
+    pub sequence: i64,
+    /// The variant name, e.g. `StepCompleted`.
+    pub event_type: String,
+    /// The payload shape's version.
+    pub event_version: String,
+    /// When it was committed (RFC 3339).
+    pub recorded_at: Option<String>,
+    /// The metadata stored with it.
+    pub metadata: Value,
+    /// The event's fields (step events have a top-level `step`).
+    pub payload: Value,
+}
+
+/// Stored payloads are tagged by variant (`{"StepCompleted": {…}}`); clients
+/// get the fields.
+fn untag(payload: Value, event_type: &str) -> Value {
+    match payload {
+        Value::Object(mut map) if map.len() == 1 && map.contains_key(event_type) => {
+            map.remove(event_type).unwrap_or(Value::Null)
+        }
+        other => other,
+    }
+}
+
+impl EventView {
+    /// From an event read back from the log.
+    pub fn from_recorded(run_id: &str, event: RecordedEvent) -> Self {
+        let recorded_at = event
+            .metadata
+            .get("recorded_at")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        Self {
+            run_id: run_id.to_string(),
+            sequence: event.sequence,
+            payload: untag(event.payload, &event.event_type),
+            event_type: event.event_type,
+            event_version: event.event_version,
+            recorded_at,
+            metadata: event.metadata,
+        }
+    }
+
+    /// From an event just committed.
+    pub fn from_envelope(envelope: &EventEnvelope<Run>) -> Self {
+        let event_type = envelope.payload.event_type();
+        let payload = serde_json::to_value(&envelope.payload).unwrap_or(Value::Null);
+        Self {
+            run_id: envelope.aggregate_id.clone(),
+            sequence: envelope.sequence as i64,
+            payload: untag(payload, &event_type),
+            event_version: envelope.payload.event_version(),
+            recorded_at: envelope.metadata.get("recorded_at").cloned(),
+            metadata: serde_json::to_value(&envelope.metadata).unwrap_or(Value::Null),
+            event_type,
+        }
+    }
+}
+
+/// Subscribers by run.
+#[derive(Default)]
+pub struct Hub {
+    rooms: RwLock<HashMap<RunId, Vec<Recipient<EventView>>>>,
+}
+
+impl Hub {
+    /// Delivers every future event of `run` to `recipient`.
+    pub fn subscribe(&self, run: RunId, recipient: Recipient<EventView>) {
+        let mut rooms = self.rooms.write().unwrap_or_else(|e| e.into_inner());
+        let room = rooms.entry(run).or_default();
+        if !room.contains(&recipient) {
+            room.push(recipient);
+        }
+    }
+
+    /// Stops delivering `run`'s events to `recipient`.
+    pub fn unsubscribe(&self, run: &RunId, recipient: &Recipient<EventView>) {
+        let mut rooms = self.rooms.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(room) = rooms.get_mut(run) {
+            room.retain(|r| r != recipient);
+            if room.is_empty() {
+                rooms.remove(run);
+            }
+        }
+    }
+
+    /// Sends committed events to the run's subscribers, in order.
+    pub fn publish(&self, run: &RunId, events: &[EventEnvelope<Run>]) {
+        let rooms = self.rooms.read().unwrap_or_else(|e| e.into_inner());
+        let Some(room) = rooms.get(run) else {
+            return;
+        };
+        for envelope in events {
+            let view = EventView::from_envelope(envelope);
+            for recipient in room {
+                recipient.do_send(view.clone());
+            }
+        }
+    }
+
+    /// How many runs have subscribers (for tests and metrics).
+    pub fn rooms(&self) -> usize {
+        self.rooms.read().map(|r| r.len()).unwrap_or(0)
+    }
+}

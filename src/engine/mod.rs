@@ -1,0 +1,360 @@
+//! The engine: actors that execute runs, and the services the API calls.
+//!
+//! - [`RunActor`](run_actor::RunActor): one per live run (see its module).
+//! - The run registry (in [`Engine`]): finds or spawns a run's actor, spread
+//!   over a few arbiter threads; actors of finished runs passivate, so
+//!   memory stays bounded however many runs exist. At start,
+//!   [`Engine::recover`] re-activates every run that was running.
+//! - Template commands: load, decide, commit, project.
+//! - [`agents`]: the agent trait, the registry and the built-ins.
+//! - [`hub`]: fans committed events out to WebSocket sessions.
+//!
+//! Depends on `domain`, on store handles and on the read models it feeds
+//! (through the cqrs-es `Query` trait). Never on `api`.
+
+pub mod agents;
+pub mod hub;
+mod run_actor;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use actix::{Actor, Addr, Arbiter, MailboxError};
+use cqrs_es::{EventEnvelope, Query};
+use serde_json::Value;
+
+use crate::domain::ids::{RunId, TemplateId, Timestamp};
+use crate::domain::run::{Run, RunCommand, RunError};
+use crate::domain::template::{Template, TemplateCommand, TemplateError};
+use crate::projections::rfc3339;
+use crate::store::{AggregateStore, BlobStore, StoreError};
+
+pub use agents::{Agent, AgentRegistry, StepContext};
+pub use hub::{EventView, Hub};
+pub use run_actor::{RunActor, INLINE_ARTIFACT_LIMIT};
+
+/// Engine failures.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// A template command was refused.
+    #[error(transparent)]
+    Template(#[from] TemplateError),
+    /// A run command was refused.
+    #[error(transparent)]
+    Run(#[from] RunError),
+    /// No template with that id.
+    #[error("template '{0}' not found")]
+    TemplateNotFound(TemplateId),
+    /// Runs cannot start from an archived template.
+    #[error("template '{0}' is archived")]
+    TemplateArchived(TemplateId),
+    /// Another writer changed the same aggregate first; retry.
+    #[error("concurrent modification; retry the request")]
+    Conflict,
+    /// Storage failed.
+    #[error("storage failure: {0}")]
+    Store(StoreError),
+    /// The run's actor could not be reached (shutting down, or it failed to
+    /// load).
+    #[error("run actor unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl From<StoreError> for EngineError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Conflict => Self::Conflict,
+            other => Self::Store(other),
+        }
+    }
+}
+
+/// Tunables of the engine.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// How long the actor of a finished run lingers before it stops.
+    pub passivate_after: Duration,
+    /// Arbiter threads the run actors are spread over.
+    pub actor_threads: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            passivate_after: Duration::from_secs(10),
+            actor_threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
+        }
+    }
+}
+
+/// What the engine is built from (wired by `app`).
+pub struct EngineParts {
+    /// The Run event store.
+    pub runs: AggregateStore<Run>,
+    /// The Template event store.
+    pub templates: AggregateStore<Template>,
+    /// Artifact bodies.
+    pub blobs: BlobStore,
+    /// The agents.
+    pub agents: AgentRegistry,
+    /// Read models fed with every committed run event.
+    pub run_queries: Vec<Arc<dyn Query<Run>>>,
+    /// Read models fed with every committed template event.
+    pub template_queries: Vec<Arc<dyn Query<Template>>>,
+    /// Tunables.
+    pub config: EngineConfig,
+}
+
+pub(crate) struct EngineCtx {
+    runs: AggregateStore<Run>,
+    templates: AggregateStore<Template>,
+    blobs: BlobStore,
+    agents: AgentRegistry,
+    run_queries: Vec<Arc<dyn Query<Run>>>,
+    template_queries: Vec<Arc<dyn Query<Template>>>,
+    hub: Hub,
+    config: EngineConfig,
+    actors: Mutex<HashMap<RunId, Addr<RunActor>>>,
+    arbiters: Vec<Arbiter>,
+    next_arbiter: AtomicUsize,
+}
+
+impl EngineCtx {
+    async fn project_runs(&self, events: &[EventEnvelope<Run>]) {
+        if let Some(first) = events.first() {
+            for query in &self.run_queries {
+                query.dispatch(&first.aggregate_id, events).await;
+            }
+        }
+    }
+
+    pub(crate) fn forget_actor(&self, id: &RunId, addr: &Addr<RunActor>) {
+        let mut actors = self.actors.lock().unwrap_or_else(|e| e.into_inner());
+        if actors.get(id) == Some(addr) {
+            actors.remove(id);
+        }
+    }
+}
+
+/// The engine handle the API and the CLI use. Cheap to clone.
+#[derive(Clone)]
+pub struct Engine {
+    ctx: Arc<EngineCtx>,
+}
+
+/// Now, in milliseconds since the epoch.
+pub(crate) fn now() -> Timestamp {
+    Timestamp(chrono::Utc::now().timestamp_millis())
+}
+
+/// A fresh random seed for lease tokens.
+pub(crate) fn new_lease_seed() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
+impl Engine {
+    /// Builds the engine; must run inside an actix system.
+    pub fn new(parts: EngineParts) -> Self {
+        let arbiters = (0..parts.config.actor_threads.max(1))
+            .map(|_| Arbiter::new())
+            .collect();
+        Self {
+            ctx: Arc::new(EngineCtx {
+                runs: parts.runs,
+                templates: parts.templates,
+                blobs: parts.blobs,
+                agents: parts.agents,
+                run_queries: parts.run_queries,
+                template_queries: parts.template_queries,
+                hub: Hub::default(),
+                config: parts.config,
+                actors: Mutex::new(HashMap::new()),
+                arbiters,
+                next_arbiter: AtomicUsize::new(0),
+            }),
+        }
+    }
+
+    /// The live hub.
+    pub fn hub(&self) -> &Hub {
+        &self.ctx.hub
+    }
+
+    /// The blob store (to resolve artifact bodies).
+    pub fn blobs(&self) -> &BlobStore {
+        &self.ctx.blobs
+    }
+
+    /// The agents this server knows.
+    pub fn agents(&self) -> &AgentRegistry {
+        &self.ctx.agents
+    }
+
+    /// How many run actors are alive.
+    pub fn live_actors(&self) -> usize {
+        self.ctx.actors.lock().map(|a| a.len()).unwrap_or(0)
+    }
+
+    /// The actor of `id`, spawned (and loaded from the store) if needed.
+    fn actor(&self, id: &RunId) -> Addr<RunActor> {
+        let mut actors = self.ctx.actors.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(addr) = actors.get(id).filter(|a| a.connected()) {
+            return addr.clone();
+        }
+        let n = self.ctx.next_arbiter.fetch_add(1, Ordering::Relaxed) % self.ctx.arbiters.len();
+        let ctx = self.ctx.clone();
+        let run_id = id.clone();
+        let addr = RunActor::start_in_arbiter(&self.ctx.arbiters[n].handle(), move |_| {
+            RunActor::new(run_id, ctx)
+        });
+        actors.insert(id.clone(), addr.clone());
+        addr
+    }
+
+    /// Sends a command to a run's actor; if that actor was just stopping,
+    /// spawns a new one and sends again.
+    async fn execute(&self, id: &RunId, command: RunCommand) -> Result<usize, EngineError> {
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let addr = self.actor(id);
+            match addr.send(run_actor::Execute(command.clone())).await {
+                Ok(result) => return result,
+                Err(MailboxError::Closed) if tries < 3 => {
+                    self.ctx.forget_actor(id, &addr);
+                }
+                Err(e) => return Err(EngineError::Unavailable(e.to_string())),
+            }
+        }
+    }
+
+    /// Starts a run of the template's current version. Returns once the
+    /// start is committed and visible in the read models.
+    pub async fn start_run(
+        &self,
+        template_id: &TemplateId,
+        input: Value,
+    ) -> Result<RunId, EngineError> {
+        let template = self.ctx.templates.load(template_id.as_str()).await?.state;
+        let Some(definition) = template.definition.clone() else {
+            return Err(EngineError::TemplateNotFound(template_id.clone()));
+        };
+        if template.archived {
+            return Err(EngineError::TemplateArchived(template_id.clone()));
+        }
+        let run_id = RunId::parse(uuid::Uuid::new_v4().to_string())
+            .map_err(|e| EngineError::Unavailable(e.to_string()))?;
+        let command = RunCommand::Start {
+            run_id: run_id.clone(),
+            template_id: template_id.clone(),
+            template_version: template.version,
+            definition,
+            input,
+            at: now(),
+            lease_seed: new_lease_seed(),
+        };
+        self.execute(&run_id, command).await?;
+        Ok(run_id)
+    }
+
+    /// Re-activates runs after a restart: each re-dispatches the steps whose
+    /// attempts died with the old process and resumes its timers. Returns how
+    /// many runs were recovered.
+    pub async fn recover(&self, run_ids: Vec<String>) -> usize {
+        let mut recovered = 0;
+        for id in run_ids {
+            let Ok(run_id) = RunId::parse(id) else {
+                continue;
+            };
+            let command = RunCommand::Recover {
+                at: now(),
+                lease_seed: new_lease_seed(),
+            };
+            match self.execute(&run_id, command).await {
+                Ok(_) => recovered += 1,
+                Err(EngineError::Run(RunError::Finished(_))) => {}
+                Err(e) => tracing::error!(%run_id, error = %e, "cannot recover run"),
+            }
+        }
+        recovered
+    }
+
+    /// Creates a template at version 1.
+    pub async fn create_template(
+        &self,
+        name: String,
+        description: Option<String>,
+        definition: Value,
+    ) -> Result<TemplateId, EngineError> {
+        let id = TemplateId::parse(uuid::Uuid::new_v4().to_string())
+            .map_err(|e| EngineError::Unavailable(e.to_string()))?;
+        let command = TemplateCommand::Create {
+            id: id.clone(),
+            name,
+            description,
+            definition,
+            at: now(),
+        };
+        self.template_command(&id, command).await?;
+        Ok(id)
+    }
+
+    /// Revises a template: a new version with a new definition.
+    pub async fn revise_template(
+        &self,
+        id: &TemplateId,
+        definition: Value,
+        description: Option<String>,
+    ) -> Result<(), EngineError> {
+        let command = TemplateCommand::Revise {
+            definition,
+            description,
+            at: now(),
+        };
+        self.template_command(id, command).await
+    }
+
+    /// Archives a template.
+    pub async fn archive_template(&self, id: &TemplateId) -> Result<(), EngineError> {
+        self.template_command(id, TemplateCommand::Archive { at: now() })
+            .await
+    }
+
+    async fn template_command(
+        &self,
+        id: &TemplateId,
+        command: TemplateCommand,
+    ) -> Result<(), EngineError> {
+        let loaded = self.ctx.templates.load(id.as_str()).await?;
+        let events = match loaded.state.decide(command, &self.ctx.agents) {
+            Err(TemplateError::NotFound) => return Err(EngineError::TemplateNotFound(id.clone())),
+            other => other?,
+        };
+        let metadata = HashMap::from([("recorded_at".to_string(), rfc3339(now()))]);
+        let (envelopes, _) = self
+            .ctx
+            .templates
+            .commit(
+                id.as_str(),
+                loaded.state,
+                loaded.sequence,
+                loaded.snapshot,
+                events,
+                metadata,
+            )
+            .await?;
+        for query in &self.ctx.template_queries {
+            query.dispatch(id.as_str(), &envelopes).await;
+        }
+        Ok(())
+    }
+
+    /// Stops the actor threads (after the HTTP server stopped).
+    pub fn shutdown(&self) {
+        for arbiter in &self.ctx.arbiters {
+            arbiter.stop();
+        }
+    }
+}

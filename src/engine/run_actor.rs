@@ -1,0 +1,408 @@
+//! `RunActor`: one actor per live run. Its mailbox serialises the run's
+//! commands. Each turn decides events with the pure aggregate, commits them
+//! (optimistic concurrency on the run's sequence), folds them into the
+//! in-memory state, hands them to the read models and the live hub, then
+//! carries out what they imply: run the agents of dispatched steps, wake up
+//! for due retries, passivate once the run is over.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::fut::{ready, ActorFutureExt, WrapFuture};
+use actix::{
+    Actor, ActorContext, AsyncContext, AtomicResponse, Context, Handler, Message,
+    ResponseActFuture, Running, SpawnHandle,
+};
+use cqrs_es::EventEnvelope;
+use serde_json::Value;
+
+use super::agents::StepContext;
+use super::{new_lease_seed, now, EngineCtx, EngineError};
+use crate::domain::ids::{LeaseToken, OutputName, RunId, StepId};
+use crate::domain::run::{
+    ArtifactContent, InputValue, Outputs, Run, RunCommand, RunEvent, StepInput,
+};
+use crate::projections::rfc3339;
+use crate::store::{BlobStore, StoreError};
+
+/// Artifact bodies larger than this (serialised) go to the blob store.
+pub const INLINE_ARTIFACT_LIMIT: usize = 8 * 1024;
+/// Attempts at recording one agent result when storage fails.
+const RECORD_ATTEMPTS: u32 = 5;
+
+/// A command from outside (start, recover); answered once its events are
+/// committed and projected.
+#[derive(Message)]
+#[rtype(result = "Result<usize, EngineError>")]
+pub struct Execute(pub RunCommand);
+
+/// An agent finished (internal).
+#[derive(Message, Clone)]
+#[rtype(result = "()")]
+struct AgentDone {
+    step: StepId,
+    lease: LeaseToken,
+    result: Result<Outputs, String>,
+    tries: u32,
+}
+
+/// A retry is due (internal).
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Wake;
+
+/// The actor of one run.
+pub struct RunActor {
+    id: RunId,
+    engine: Arc<EngineCtx>,
+    state: Run,
+    sequence: usize,
+    snapshot: Option<usize>,
+    in_flight: usize,
+    wake: Option<SpawnHandle>,
+    passivate: Option<SpawnHandle>,
+}
+
+impl RunActor {
+    pub(super) fn new(id: RunId, engine: Arc<EngineCtx>) -> Self {
+        Self {
+            id,
+            engine,
+            state: Run::default(),
+            sequence: 0,
+            snapshot: None,
+            in_flight: 0,
+            wake: None,
+            passivate: None,
+        }
+    }
+
+    /// Reloads the run from the store (after a conflicting commit).
+    fn reload(&mut self) -> ResponseActFuture<Self, Result<(), EngineError>> {
+        let engine = self.engine.clone();
+        let id = self.id.clone();
+        Box::pin(
+            async move { engine.runs.load(id.as_str()).await }
+                .into_actor(self)
+                .map(|loaded, act, _| {
+                    let loaded = loaded?;
+                    act.state = loaded.state;
+                    act.sequence = loaded.sequence;
+                    act.snapshot = loaded.snapshot;
+                    Ok(())
+                }),
+        )
+    }
+
+    /// One turn: decide, commit, fold, publish, act. Resolves to the number
+    /// of events recorded once the read models have them.
+    fn turn(&mut self, command: RunCommand) -> ResponseActFuture<Self, Result<usize, EngineError>> {
+        let events = match self.state.decide(command) {
+            Ok(events) if events.is_empty() => return Box::pin(ready(Ok(0))),
+            Ok(events) => events,
+            Err(refused) => return Box::pin(ready(Err(refused.into()))),
+        };
+        let engine = self.engine.clone();
+        let id = self.id.clone();
+        let state = self.state.clone();
+        let (sequence, snapshot) = (self.sequence, self.snapshot);
+        let metadata = HashMap::from([("recorded_at".to_string(), rfc3339(now()))]);
+        Box::pin(
+            async move {
+                engine
+                    .runs
+                    .commit(id.as_str(), state, sequence, snapshot, events, metadata)
+                    .await
+            }
+            .into_actor(self)
+            .then(|committed, act, ctx| -> ResponseActFuture<Self, Result<usize, EngineError>> {
+                match committed {
+                    Ok((envelopes, snapshot)) => {
+                        act.committed(&envelopes, snapshot, ctx);
+                        let engine = act.engine.clone();
+                        Box::pin(
+                            async move {
+                                engine.project_runs(&envelopes).await;
+                                Ok(envelopes.len())
+                            }
+                            .into_actor(act),
+                        )
+                    }
+                    Err(StoreError::Conflict) => {
+                        tracing::warn!(run_id = %act.id, "another writer advanced this run; reloading");
+                        Box::pin(act.reload().map(|_, _, _| Err(EngineError::Conflict)))
+                    }
+                    Err(e) => Box::pin(ready(Err(e.into()))),
+                }
+            }),
+        )
+    }
+
+    /// Folds committed events into the state and carries out their effects.
+    fn committed(
+        &mut self,
+        envelopes: &[EventEnvelope<Run>],
+        snapshot: Option<usize>,
+        ctx: &mut Context<Self>,
+    ) {
+        for envelope in envelopes {
+            self.state.apply_event(envelope.payload.clone());
+            self.sequence = envelope.sequence;
+        }
+        self.snapshot = snapshot;
+        self.engine.hub.publish(&self.id, envelopes);
+        for envelope in envelopes {
+            if let RunEvent::StepDispatched {
+                step,
+                attempt,
+                lease,
+                ..
+            } = &envelope.payload
+            {
+                self.execute_step(step.clone(), *attempt, lease.clone(), ctx);
+            }
+        }
+        self.schedule(ctx);
+    }
+
+    /// Sets the wake-up timer for the earliest due retry and the passivation
+    /// timer once the run is over and nothing runs.
+    fn schedule(&mut self, ctx: &mut Context<Self>) {
+        if let Some(handle) = self.wake.take() {
+            ctx.cancel_future(handle);
+        }
+        if let Some(due) = self.state.pending_retries().map(|(_, t)| t).min() {
+            let delay = u64::try_from(due.0.saturating_sub(now().0)).unwrap_or(0);
+            self.wake = Some(ctx.notify_later(Wake, Duration::from_millis(delay)));
+        }
+        if self.state.status.is_finished() && self.in_flight == 0 && self.passivate.is_none() {
+            let idle = self.engine.config.passivate_after;
+            self.passivate = Some(ctx.run_later(idle, |_, ctx| ctx.stop()));
+        }
+    }
+
+    /// Runs a dispatched step's agent in the background; its result comes
+    /// back as an `AgentDone` message.
+    fn execute_step(
+        &mut self,
+        step: StepId,
+        attempt: u32,
+        lease: LeaseToken,
+        ctx: &mut Context<Self>,
+    ) {
+        let Some(def) = self.state.definition.steps.get(&step).cloned() else {
+            return;
+        };
+        let agent = self.engine.agents.get(&def.agent);
+        let input = self.state.step_input(&step);
+        let upstream: BTreeMap<String, BTreeMap<String, ArtifactContent>> = self
+            .state
+            .definition
+            .upstream_of(&step)
+            .into_iter()
+            .map(|s| (s.to_string(), self.state.outputs_of(&s)))
+            .filter(|(_, outputs)| !outputs.is_empty())
+            .collect();
+        let run_input = self.state.input.clone();
+        let blobs = self.engine.blobs.clone();
+        let run_id = self.id.clone();
+        let addr = ctx.address();
+        self.in_flight += 1;
+        actix::spawn(async move {
+            let result = async {
+                let agent = agent.ok_or_else(|| {
+                    format!("agent '{}' is not available on this server", def.agent)
+                })?;
+                let input = resolve_input(&blobs, input).await?;
+                let mut resolved_upstream = BTreeMap::new();
+                for (s, outputs) in upstream {
+                    resolved_upstream.insert(s, resolve_outputs(&blobs, outputs).await?);
+                }
+                let outputs = agent
+                    .run(StepContext {
+                        run_id,
+                        step: step.clone(),
+                        attempt,
+                        prompt: def.prompt.clone(),
+                        config: def.config.clone(),
+                        input,
+                        run_input,
+                        upstream: resolved_upstream,
+                    })
+                    .await?;
+                store_outputs(&blobs, outputs).await
+            }
+            .await;
+            addr.do_send(AgentDone {
+                step,
+                lease,
+                result,
+                tries: 0,
+            });
+        });
+    }
+}
+
+impl Actor for RunActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        // Messages wait until the run is loaded.
+        ctx.wait(self.reload().map(|loaded, act, ctx| match loaded {
+            Ok(()) => act.schedule(ctx),
+            Err(e) => {
+                tracing::error!(run_id = %act.id, error = %e, "cannot load run; stopping its actor");
+                ctx.stop();
+            }
+        }));
+    }
+
+    fn stopping(&mut self, ctx: &mut Self::Context) -> Running {
+        self.engine.forget_actor(&self.id, &ctx.address());
+        Running::Stop
+    }
+}
+
+impl Handler<Execute> for RunActor {
+    type Result = AtomicResponse<Self, Result<usize, EngineError>>;
+
+    fn handle(&mut self, Execute(command): Execute, _: &mut Self::Context) -> Self::Result {
+        AtomicResponse::new(self.turn(command))
+    }
+}
+
+impl Handler<AgentDone> for RunActor {
+    type Result = AtomicResponse<Self, ()>;
+
+    fn handle(&mut self, done: AgentDone, _: &mut Self::Context) -> Self::Result {
+        if done.tries == 0 {
+            self.in_flight = self.in_flight.saturating_sub(1);
+        }
+        let command = match done.result.clone() {
+            Ok(outputs) => RunCommand::CompleteStep {
+                step: done.step.clone(),
+                lease: done.lease.clone(),
+                outputs,
+                at: now(),
+                lease_seed: new_lease_seed(),
+            },
+            Err(error) => RunCommand::FailStep {
+                step: done.step.clone(),
+                lease: done.lease.clone(),
+                error,
+                at: now(),
+            },
+        };
+        AtomicResponse::new(Box::pin(self.turn(command).map(move |result, act, ctx| {
+            match result {
+                Ok(_) => {}
+                Err(EngineError::Run(refused)) => {
+                    // A stale or duplicate result: the lease check did its job.
+                    tracing::debug!(run_id = %act.id, step = %done.step, %refused, "agent result refused");
+                }
+                Err(e) if done.tries + 1 < RECORD_ATTEMPTS => {
+                    tracing::warn!(run_id = %act.id, step = %done.step, error = %e, "recording agent result failed; retrying");
+                    let delay = Duration::from_millis(50 << done.tries);
+                    ctx.notify_later(AgentDone { tries: done.tries + 1, ..done }, delay);
+                }
+                Err(e) => {
+                    tracing::error!(run_id = %act.id, step = %done.step, error = %e,
+                        "recording agent result failed for good; the step is re-dispatched at the next recovery");
+                }
+            }
+            act.schedule(ctx);
+        })))
+    }
+}
+
+impl Handler<Wake> for RunActor {
+    type Result = AtomicResponse<Self, ()>;
+
+    fn handle(&mut self, _: Wake, _: &mut Self::Context) -> Self::Result {
+        self.wake = None;
+        let command = RunCommand::DispatchDue {
+            at: now(),
+            lease_seed: new_lease_seed(),
+        };
+        AtomicResponse::new(Box::pin(self.turn(command).map(|result, act, ctx| {
+            if let Err(e) = result {
+                tracing::warn!(run_id = %act.id, error = %e, "dispatching due retries failed");
+                if !matches!(e, EngineError::Run(_)) {
+                    ctx.notify_later(Wake, Duration::from_secs(1));
+                    return;
+                }
+            }
+            act.schedule(ctx);
+        })))
+    }
+}
+
+async fn resolve(blobs: &BlobStore, content: ArtifactContent) -> Result<Value, String> {
+    match content {
+        ArtifactContent::Inline(value) => Ok(value),
+        ArtifactContent::Blob { sha256, .. } => {
+            let bytes = blobs
+                .get(&sha256)
+                .await
+                .map_err(|e| format!("reading artifact blob {sha256}: {e}"))?
+                .ok_or_else(|| format!("artifact blob {sha256} is missing"))?;
+            serde_json::from_slice(&bytes).map_err(|e| format!("artifact blob {sha256}: {e}"))
+        }
+    }
+}
+
+async fn resolve_outputs(
+    blobs: &BlobStore,
+    outputs: BTreeMap<String, ArtifactContent>,
+) -> Result<Value, String> {
+    let mut map = serde_json::Map::new();
+    for (name, content) in outputs {
+        map.insert(name, resolve(blobs, content).await?);
+    }
+    Ok(Value::Object(map))
+}
+
+async fn resolve_input(blobs: &BlobStore, input: StepInput) -> Result<Value, String> {
+    match input {
+        StepInput::RunInput(value) => Ok(value),
+        StepInput::Named(named) => {
+            let mut map = serde_json::Map::new();
+            for (name, value) in named {
+                let value = match value {
+                    InputValue::Outputs(outputs) => resolve_outputs(blobs, outputs).await?,
+                    InputValue::Artifact(content) => resolve(blobs, content).await?,
+                    InputValue::Missing => Value::Null,
+                };
+                map.insert(name, value);
+            }
+            Ok(Value::Object(map))
+        }
+    }
+}
+
+/// Checks output names and moves large bodies to the blob store.
+async fn store_outputs(
+    blobs: &BlobStore,
+    outputs: BTreeMap<String, Value>,
+) -> Result<Outputs, String> {
+    let mut stored = Outputs::new();
+    for (name, value) in outputs {
+        let output = OutputName::parse(name).map_err(|e| format!("agent returned an {e}"))?;
+        let bytes = serde_json::to_vec(&value).map_err(|e| e.to_string())?;
+        let content = if bytes.len() > INLINE_ARTIFACT_LIMIT {
+            let sha256 = blobs
+                .put(&bytes)
+                .await
+                .map_err(|e| format!("storing artifact body: {e}"))?;
+            ArtifactContent::Blob {
+                sha256,
+                size: bytes.len() as u64,
+            }
+        } else {
+            ArtifactContent::Inline(value)
+        };
+        stored.insert(output, content);
+    }
+    Ok(stored)
+}

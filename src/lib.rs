@@ -1,0 +1,27 @@
+//! runlog: a durable, event-sourced orchestration server for AI-agent
+//! workflows.
+//!
+//! Module map (dependencies point down only):
+//!
+//! ```text
+//!   cli ── app ──┬── api ──┬── engine ──┬── domain
+//!                │         └── projections ─┘
+//!                └── store ── domain
+//! ```
+//!
+//! - [`domain`]: pure aggregates (Template, Run), their commands, events and
+//!   rules. No IO.
+//! - [`store`]: the cqrs-es event stores over SQLite and PostgreSQL, the
+//!   blob store, migrations, reading the log.
+//! - [`projections`]: read models built from events, and their writer.
+//! - [`engine`]: actors: one `RunActor` per live run, the `RunRegistry`,
+//!   agents, the live event hub.
+//! - [`api`]: actix-web handlers, the error type and the WebSocket session.
+//! - [`app`], [`cli`], [`config`], [`telemetry`]: wiring, the only place
+//!   concrete backends meet.
+
+pub mod db;
+pub mod domain;
+pub mod engine;
+pub mod projections;
+pub mod store;

@@ -1,0 +1,330 @@
+//! Queries on the read models, for the API and the engine's start-up.
+
+use serde::Serialize;
+use serde_json::Value;
+use sqlx::Row;
+
+use super::detail::{rfc3339, RunDetail};
+use super::ProjectionError;
+use crate::db::Db;
+use crate::domain::ids::Timestamp;
+use crate::domain::template::TemplateEvent;
+use crate::with_pool;
+
+const DETAIL_GET: &str = include_str!("sql/detail_get.sql");
+const SUMMARIES_LIST: &str = include_str!("sql/summaries_list.sql");
+const ARTIFACT_VERSIONS: &str = include_str!("sql/artifact_versions.sql");
+const ACTIVE_RUNS: &str = include_str!("sql/active_runs.sql");
+const TEMPLATE_GET: &str = include_str!("sql/template_get.sql");
+const TEMPLATES_LIST: &str = include_str!("sql/templates_list.sql");
+
+/// Page size when none is asked for.
+pub const DEFAULT_PAGE: u32 = 50;
+/// Largest page size.
+pub const MAX_PAGE: u32 = 500;
+
+/// One page of a list: `{items, next_cursor}`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Page<T> {
+    /// The items.
+    pub items: Vec<T>,
+    /// Pass as `cursor` for the next page; null on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// One row of the run list.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RunSummary {
+    /// The run id.
+    pub id: String,
+    /// Its template.
+    pub template_id: String,
+    /// That template's version.
+    pub template_version: u32,
+    /// Its status.
+    pub status: String,
+    /// When it started.
+    pub created_at: String,
+    /// When it last changed.
+    pub updated_at: String,
+}
+
+/// One stored artifact version.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ArtifactVersionRow {
+    /// The version.
+    pub version: u32,
+    /// The step that wrote it.
+    pub step: String,
+    /// The attempt that wrote it.
+    pub attempt: u32,
+    /// When.
+    pub created_at: String,
+    /// The stored content (`{"inline": …}` or `{"blob": {…}}`).
+    pub content: Value,
+}
+
+/// A template in the catalogue.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TemplateView {
+    /// Its id.
+    pub id: String,
+    /// Its name.
+    pub name: String,
+    /// Its description.
+    pub description: Option<String>,
+    /// Its current version.
+    pub version: u32,
+    /// The current definition.
+    pub definition: Value,
+    /// Whether it is archived.
+    pub archived: bool,
+    /// When it was created.
+    pub created_at: String,
+    /// When it last changed.
+    pub updated_at: String,
+}
+
+/// A catalogue row as stored.
+#[derive(Debug, Clone, Default)]
+pub(super) struct TemplateRow {
+    pub id: String,
+    pub name: String,
+    pub description: Option<String>,
+    pub version: u32,
+    pub definition: Value,
+    pub archived: bool,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub last_sequence: u64,
+}
+
+impl TemplateRow {
+    /// Folds one template event into the row (idempotent by sequence).
+    pub(super) fn apply(&mut self, id: &str, sequence: u64, event: &TemplateEvent) {
+        if sequence <= self.last_sequence {
+            return;
+        }
+        self.last_sequence = sequence;
+        match event {
+            TemplateEvent::TemplateCreated {
+                name,
+                description,
+                version,
+                definition,
+                at,
+                ..
+            } => {
+                self.id = id.to_string();
+                self.name = name.clone();
+                self.description = description.clone();
+                self.version = *version;
+                self.definition = serde_json::to_value(definition).unwrap_or(Value::Null);
+                self.created_at = at.0;
+                self.updated_at = at.0;
+            }
+            TemplateEvent::TemplateRevised {
+                version,
+                definition,
+                description,
+                at,
+            } => {
+                self.version = *version;
+                self.definition = serde_json::to_value(definition).unwrap_or(Value::Null);
+                self.description = description.clone();
+                self.updated_at = at.0;
+            }
+            TemplateEvent::TemplateArchived { at } => {
+                self.archived = true;
+                self.updated_at = at.0;
+            }
+        }
+    }
+
+    fn view(self) -> TemplateView {
+        TemplateView {
+            id: self.id,
+            name: self.name,
+            description: self.description,
+            version: self.version,
+            definition: self.definition,
+            archived: self.archived,
+            created_at: rfc3339(Timestamp(self.created_at)),
+            updated_at: rfc3339(Timestamp(self.updated_at)),
+        }
+    }
+}
+
+pub(super) fn template_from_row<R: Row>(row: &R) -> Result<TemplateRow, sqlx::Error>
+where
+    for<'r> &'r str: sqlx::ColumnIndex<R>,
+    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> Option<String>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> Value: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    Ok(TemplateRow {
+        id: row.try_get("template_id")?,
+        name: row.try_get("name")?,
+        description: row.try_get("description")?,
+        version: u32::try_from(row.try_get::<i64, _>("version")?).unwrap_or(0),
+        definition: row.try_get("definition")?,
+        archived: row.try_get::<i64, _>("archived")? != 0,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+        last_sequence: u64::try_from(row.try_get::<i64, _>("last_sequence")?).unwrap_or(0),
+    })
+}
+
+/// A keyset cursor: `<created_at ms>_<id>`.
+fn encode_cursor(created_at: i64, id: &str) -> String {
+    format!("{created_at}_{id}")
+}
+
+/// Parses a cursor made by [`encode_cursor`]; `None` when malformed.
+pub fn decode_cursor(cursor: &str) -> Option<(i64, String)> {
+    let (at, id) = cursor.split_once('_')?;
+    Some((at.parse().ok()?, id.to_string()))
+}
+
+/// Read access to the read models.
+#[derive(Clone, Debug)]
+pub struct ReadModels {
+    db: Db,
+}
+
+impl ReadModels {
+    /// Read models in `db`.
+    pub fn new(db: Db) -> Self {
+        Self { db }
+    }
+
+    /// The detail document of a run.
+    pub async fn run_detail(&self, run_id: &str) -> Result<Option<RunDetail>, ProjectionError> {
+        let doc: Option<Value> = with_pool!(&self.db, pool => {
+            sqlx::query_scalar(DETAIL_GET).bind(run_id).fetch_optional(pool).await?
+        });
+        Ok(doc.map(serde_json::from_value).transpose()?)
+    }
+
+    /// Runs, newest first, filtered by status and template. `cursor` must
+    /// come from a previous page (callers validate it with [`decode_cursor`]).
+    pub async fn list_runs(
+        &self,
+        status: Option<&str>,
+        template_id: Option<&str>,
+        limit: u32,
+        cursor: Option<(i64, String)>,
+    ) -> Result<Page<RunSummary>, ProjectionError> {
+        let (after_at, after_id) = cursor.map_or((None, None), |(a, i)| (Some(a), Some(i)));
+        let rows: Vec<(RunSummary, i64)> = with_pool!(&self.db, pool => {
+            sqlx::query(SUMMARIES_LIST)
+                .bind(status)
+                .bind(template_id)
+                .bind(after_at)
+                .bind(after_id)
+                .bind(i64::from(limit) + 1)
+                .fetch_all(pool)
+                .await?
+                .into_iter()
+                .map(|r| -> Result<_, sqlx::Error> {
+                    let created: i64 = r.try_get("created_at")?;
+                    Ok((RunSummary {
+                        id: r.try_get("run_id")?,
+                        template_id: r.try_get("template_id")?,
+                        template_version: u32::try_from(r.try_get::<i64, _>("template_version")?).unwrap_or(0),
+                        status: r.try_get("status")?,
+                        created_at: rfc3339(Timestamp(created)),
+                        updated_at: rfc3339(Timestamp(r.try_get("updated_at")?)),
+                    }, created))
+                })
+                .collect::<Result<Vec<_>, _>>()?
+        });
+        Ok(paginate(rows, limit, |s| &s.id))
+    }
+
+    /// Every stored version of one artifact, oldest first.
+    pub async fn artifact_versions(
+        &self,
+        run_id: &str,
+        name: &str,
+    ) -> Result<Vec<ArtifactVersionRow>, ProjectionError> {
+        let rows = with_pool!(&self.db, pool => {
+            sqlx::query(ARTIFACT_VERSIONS)
+                .bind(run_id)
+                .bind(name)
+                .fetch_all(pool)
+                .await?
+                .into_iter()
+                .map(|r| -> Result<_, sqlx::Error> {
+                    Ok(ArtifactVersionRow {
+                        version: u32::try_from(r.try_get::<i64, _>("version")?).unwrap_or(0),
+                        step: r.try_get("step")?,
+                        attempt: u32::try_from(r.try_get::<i64, _>("attempt")?).unwrap_or(0),
+                        created_at: rfc3339(Timestamp(r.try_get("created_at")?)),
+                        content: r.try_get("content")?,
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?
+        });
+        Ok(rows)
+    }
+
+    /// Ids of runs that are queued or running, oldest first.
+    pub async fn active_runs(&self) -> Result<Vec<String>, ProjectionError> {
+        let ids = with_pool!(&self.db, pool => {
+            sqlx::query_scalar(ACTIVE_RUNS).fetch_all(pool).await?
+        });
+        Ok(ids)
+    }
+
+    /// One template from the catalogue.
+    pub async fn template(
+        &self,
+        template_id: &str,
+    ) -> Result<Option<TemplateView>, ProjectionError> {
+        let row = with_pool!(&self.db, pool => {
+            match sqlx::query(TEMPLATE_GET).bind(template_id).fetch_optional(pool).await? {
+                Some(row) => Some(template_from_row(&row)?),
+                None => None,
+            }
+        });
+        Ok(row.map(TemplateRow::view))
+    }
+
+    /// Templates, newest first.
+    pub async fn list_templates(
+        &self,
+        limit: u32,
+        cursor: Option<(i64, String)>,
+    ) -> Result<Page<TemplateView>, ProjectionError> {
+        let (after_at, after_id) = cursor.map_or((None, None), |(a, i)| (Some(a), Some(i)));
+        let rows: Vec<(TemplateView, i64)> = with_pool!(&self.db, pool => {
+            sqlx::query(TEMPLATES_LIST)
+                .bind(after_at)
+                .bind(after_id)
+                .bind(i64::from(limit) + 1)
+                .fetch_all(pool)
+                .await?
+                .iter()
+                .map(|r| template_from_row(r).map(|t| { let at = t.created_at; (t.view(), at) }))
+                .collect::<Result<Vec<_>, _>>()?
+        });
+        Ok(paginate(rows, limit, |t| &t.id))
+    }
+}
+
+/// Cuts `limit + 1` rows into a page and the cursor of the next one.
+fn paginate<T>(mut rows: Vec<(T, i64)>, limit: u32, id: impl Fn(&T) -> &String) -> Page<T> {
+    let more = rows.len() > limit as usize;
+    rows.truncate(limit as usize);
+    let next_cursor = if more {
+        rows.last().map(|(item, at)| encode_cursor(*at, id(item)))
+    } else {
+        None
+    };
+    Page {
+        items: rows.into_iter().map(|(item, _)| item).collect(),
+        next_cursor,
+    }
+}

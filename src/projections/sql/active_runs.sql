@@ -1,0 +1,1 @@
+SELECT run_id FROM run_summaries WHERE status IN ('queued', 'running') ORDER BY created_at

@@ -1,0 +1,1 @@
+SELECT doc FROM run_details WHERE run_id = $1

@@ -1,0 +1,5 @@
+INSERT INTO run_summaries (run_id, template_id, template_version, status, created_at, updated_at, last_sequence)
+VALUES ($1, $2, $3, $4, $5, $6, $7)
+ON CONFLICT (run_id) DO UPDATE SET status = excluded.status, updated_at = excluded.updated_at,
+                                   last_sequence = excluded.last_sequence
+ WHERE run_summaries.last_sequence < excluded.last_sequence

@@ -1,0 +1,1 @@
+SELECT body FROM blobs WHERE sha256 = $1

@@ -1,0 +1,5 @@
+SELECT sequence, event_type, event_version, payload, metadata
+  FROM events
+ WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence > $3
+ ORDER BY sequence
+ LIMIT $4
