@@ -20,8 +20,14 @@
 //! - [`app`], [`cli`], [`config`], [`telemetry`]: wiring, the only place
 //!   concrete backends meet.
 
+pub mod api;
+pub mod app;
+pub mod bench;
+pub mod cli;
+pub mod config;
 pub mod db;
 pub mod domain;
 pub mod engine;
 pub mod projections;
 pub mod store;
+pub mod telemetry;

@@ -1,0 +1,158 @@
+//! The API error type: every failure leaves as `{"error": {"code",
+//! "message"}}` with the right status. Rule violations map to 4xx with a
+//! stable code; storage failures to 500 with the cause logged, not returned.
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, ResponseError};
+use serde_json::json;
+
+use crate::domain::definition::DefinitionError;
+use crate::domain::run::RunError;
+use crate::domain::template::TemplateError;
+use crate::engine::EngineError;
+use crate::projections::ProjectionError;
+use crate::store::StoreError;
+
+/// An error answered to an API client.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    /// An error with this status, code and message.
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// 400 with a code.
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, message)
+    }
+
+    /// 404 with a code.
+    pub fn not_found(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, code, message)
+    }
+
+    /// 500; the cause is logged here and not returned.
+    pub fn internal(cause: &dyn std::error::Error) -> Self {
+        let mut chain = cause.to_string();
+        let mut source = cause.source();
+        while let Some(s) = source {
+            chain.push_str(": ");
+            chain.push_str(&s.to_string());
+            source = s.source();
+        }
+        tracing::error!(error = %chain, "internal error");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal_error",
+            "internal error; see the server log",
+        )
+    }
+
+    /// The stable code.
+    pub fn code(&self) -> &'static str {
+        self.code
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({}): {}", self.status, self.code, self.message)
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        self.status
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        HttpResponse::build(self.status)
+            .json(json!({"error": {"code": self.code, "message": self.message}}))
+    }
+}
+
+impl From<DefinitionError> for ApiError {
+    fn from(e: DefinitionError) -> Self {
+        let status = match e {
+            DefinitionError::Malformed(_) | DefinitionError::MalformedStep { .. } => {
+                StatusCode::BAD_REQUEST
+            }
+            _ => StatusCode::UNPROCESSABLE_ENTITY,
+        };
+        Self::new(status, e.code(), e.to_string())
+    }
+}
+
+impl From<TemplateError> for ApiError {
+    fn from(e: TemplateError) -> Self {
+        match e {
+            TemplateError::InvalidDefinition(d) => d.into(),
+            TemplateError::NotFound => Self::not_found("template_not_found", e.to_string()),
+            TemplateError::AlreadyExists => {
+                Self::new(StatusCode::CONFLICT, "template_exists", e.to_string())
+            }
+            TemplateError::Archived => {
+                Self::new(StatusCode::CONFLICT, "template_archived", e.to_string())
+            }
+            TemplateError::InvalidName(_) => Self::bad_request("invalid_name", e.to_string()),
+            TemplateError::DescriptionTooLong => {
+                Self::bad_request("invalid_description", e.to_string())
+            }
+        }
+    }
+}
+
+impl From<RunError> for ApiError {
+    fn from(e: RunError) -> Self {
+        let status = match e {
+            RunError::NotStarted => StatusCode::NOT_FOUND,
+            RunError::UnknownStep(_) => StatusCode::NOT_FOUND,
+            _ => StatusCode::CONFLICT,
+        };
+        Self::new(status, e.code(), e.to_string())
+    }
+}
+
+impl From<EngineError> for ApiError {
+    fn from(e: EngineError) -> Self {
+        match e {
+            EngineError::Template(t) => t.into(),
+            EngineError::Run(r) => r.into(),
+            EngineError::TemplateNotFound(_) => {
+                Self::not_found("template_not_found", e.to_string())
+            }
+            EngineError::TemplateArchived(_) => {
+                Self::new(StatusCode::CONFLICT, "template_archived", e.to_string())
+            }
+            EngineError::Conflict => Self::new(StatusCode::CONFLICT, "conflict", e.to_string()),
+            EngineError::Unavailable(_) => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                e.to_string(),
+            ),
+            EngineError::Store(ref s) => Self::internal(s),
+        }
+    }
+}
+
+impl From<ProjectionError> for ApiError {
+    fn from(e: ProjectionError) -> Self {
+        Self::internal(&e)
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        Self::internal(&e)
+    }
+}

@@ -1,0 +1,133 @@
+//! The HTTP API under `/api` (JSON), `/healthz`, and the WebSocket at
+//! `/api/ws`. Handlers parse and check input, call the engine for commands
+//! and the read models for queries; they never write a read model.
+//!
+//! Depends on `engine`, `projections` and (for raw log reads) store handles.
+
+mod error;
+mod runs;
+mod templates;
+mod ws;
+
+use actix_web::{error::JsonPayloadError, web, HttpRequest, HttpResponse};
+use serde::Deserialize;
+
+pub use error::ApiError;
+
+use crate::engine::Engine;
+use crate::projections::{decode_cursor, ReadModels, DEFAULT_PAGE, MAX_PAGE};
+use crate::store::EventLog;
+
+/// Largest JSON body accepted (bytes).
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct ApiState {
+    /// Commands.
+    pub engine: Engine,
+    /// Queries.
+    pub reads: ReadModels,
+    /// The raw log (events endpoint, WebSocket catch-up).
+    pub log: EventLog,
+}
+
+/// Registers every route on an actix-web app.
+pub fn configure(state: ApiState) -> impl FnOnce(&mut web::ServiceConfig) {
+    move |cfg: &mut web::ServiceConfig| {
+        cfg.app_data(web::Data::new(state))
+            .app_data(
+                web::JsonConfig::default()
+                    .limit(MAX_BODY_BYTES)
+                    .content_type_required(false)
+                    .error_handler(json_error),
+            )
+            .app_data(
+                web::QueryConfig::default().error_handler(|e, _| {
+                    ApiError::bad_request("invalid_query", e.to_string()).into()
+                }),
+            )
+            .app_data(
+                web::PathConfig::default().error_handler(|e, _| {
+                    ApiError::bad_request("invalid_path", e.to_string()).into()
+                }),
+            )
+            .route("/healthz", web::get().to(healthz))
+            .service(
+                web::scope("/api")
+                    .route("/templates", web::post().to(templates::create))
+                    .route("/templates", web::get().to(templates::list))
+                    .route("/templates/{id}", web::get().to(templates::get))
+                    .route("/templates/{id}", web::put().to(templates::revise))
+                    .route(
+                        "/templates/{id}/archive",
+                        web::post().to(templates::archive),
+                    )
+                    .route("/runs", web::post().to(runs::start))
+                    .route("/runs", web::get().to(runs::list))
+                    .route("/runs/{id}", web::get().to(runs::get))
+                    .route("/runs/{id}/events", web::get().to(runs::events))
+                    .route("/runs/{id}/artifacts/{name}", web::get().to(runs::artifact))
+                    .route("/ws", web::get().to(ws::connect))
+                    .default_service(web::to(not_found)),
+            )
+            .default_service(web::to(not_found));
+    }
+}
+
+fn json_error(e: JsonPayloadError, _: &HttpRequest) -> actix_web::Error {
+    let error = match &e {
+        JsonPayloadError::OverflowKnownLength { .. } | JsonPayloadError::Overflow { .. } => {
+            ApiError::new(
+                actix_web::http::StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                format!("request bodies are limited to {MAX_BODY_BYTES} bytes"),
+            )
+        }
+        JsonPayloadError::ContentType => {
+            ApiError::bad_request("invalid_content_type", "send JSON (application/json)")
+        }
+        JsonPayloadError::Deserialize(d) => ApiError::bad_request("invalid_body", d.to_string()),
+        other => ApiError::bad_request("invalid_body", other.to_string()),
+    };
+    error.into()
+}
+
+async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(serde_json::json!({"status": "ok"}))
+}
+
+async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    Err(ApiError::not_found(
+        "no_such_route",
+        format!("no route for {} {}", req.method(), req.path()),
+    ))
+}
+
+/// `?limit=&cursor=` of every list endpoint.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PageQuery {
+    limit: Option<u32>,
+    cursor: Option<String>,
+}
+
+impl PageQuery {
+    /// The checked page size and decoded cursor.
+    fn checked(&self) -> Result<(u32, Option<(i64, String)>), ApiError> {
+        let limit = self.limit.unwrap_or(DEFAULT_PAGE);
+        if limit == 0 || limit > MAX_PAGE {
+            return Err(ApiError::bad_request(
+                "invalid_limit",
+                format!("limit must be between 1 and {MAX_PAGE}"),
+            ));
+        }
+        let cursor = match &self.cursor {
+            None => None,
+            Some(c) => Some(decode_cursor(c).ok_or_else(|| {
+                ApiError::bad_request("invalid_cursor", "cursor is not one this server returned")
+            })?),
+        };
+        Ok((limit, cursor))
+    }
+}

@@ -1,0 +1,212 @@
+//! Run endpoints: start, list, detail, events, artifacts.
+
+use actix_web::{web, HttpResponse};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::templates::template_id;
+use super::{ApiError, ApiState, PageQuery};
+use crate::domain::ids::{ArtifactName, RunId};
+use crate::domain::run::{ArtifactContent, RunStatus};
+use crate::engine::EventView;
+use crate::projections::{Page, RunDetail};
+
+/// Most events returned by one page of the events endpoint.
+const MAX_EVENTS_PAGE: i64 = 1000;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct StartRun {
+    template_id: String,
+    #[serde(default = "empty_object")]
+    input: Value,
+}
+
+fn empty_object() -> Value {
+    Value::Object(Default::default())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ListRuns {
+    status: Option<String>,
+    template_id: Option<String>,
+    limit: Option<u32>,
+    cursor: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct EventsQuery {
+    after: Option<i64>,
+    limit: Option<i64>,
+}
+
+pub(super) fn run_id(raw: &str) -> Result<RunId, ApiError> {
+    RunId::parse(raw).map_err(|e| ApiError::bad_request("invalid_run_id", e.to_string()))
+}
+
+async fn detail(state: &ApiState, id: &RunId) -> Result<RunDetail, ApiError> {
+    state
+        .reads
+        .run_detail(id.as_str())
+        .await?
+        .ok_or_else(|| ApiError::not_found("run_not_found", format!("run '{id}' not found")))
+}
+
+pub(super) async fn start(
+    state: web::Data<ApiState>,
+    body: web::Json<StartRun>,
+) -> Result<HttpResponse, ApiError> {
+    let body = body.into_inner();
+    let template = template_id(&body.template_id)?;
+    let id = state.engine.start_run(&template, body.input).await?;
+    let run = detail(&state, &id).await?;
+    Ok(HttpResponse::Created()
+        .insert_header(("Location", format!("/api/runs/{id}")))
+        .json(run))
+}
+
+pub(super) async fn list(
+    state: web::Data<ApiState>,
+    query: web::Query<ListRuns>,
+) -> Result<HttpResponse, ApiError> {
+    let query = query.into_inner();
+    if let Some(status) = &query.status {
+        if RunStatus::parse(status).is_none() {
+            return Err(ApiError::bad_request(
+                "invalid_status",
+                format!("unknown status '{status}': use queued, running, completed or failed"),
+            ));
+        }
+    }
+    if let Some(t) = &query.template_id {
+        template_id(t)?;
+    }
+    let (limit, cursor) = PageQuery {
+        limit: query.limit,
+        cursor: query.cursor,
+    }
+    .checked()?;
+    let page = state
+        .reads
+        .list_runs(
+            query.status.as_deref(),
+            query.template_id.as_deref(),
+            limit,
+            cursor,
+        )
+        .await?;
+    Ok(HttpResponse::Ok().json(page))
+}
+
+pub(super) async fn get(
+    state: web::Data<ApiState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let id = run_id(&path)?;
+    Ok(HttpResponse::Ok().json(detail(&state, &id).await?))
+}
+
+pub(super) async fn events(
+    state: web::Data<ApiState>,
+    path: web::Path<String>,
+    query: web::Query<EventsQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let id = run_id(&path)?;
+    let after = query.after.unwrap_or(0);
+    let limit = query.limit.unwrap_or(MAX_EVENTS_PAGE);
+    if after < 0 {
+        return Err(ApiError::bad_request(
+            "invalid_after",
+            "after must be 0 or more",
+        ));
+    }
+    if !(1..=MAX_EVENTS_PAGE).contains(&limit) {
+        return Err(ApiError::bad_request(
+            "invalid_limit",
+            format!("limit must be between 1 and {MAX_EVENTS_PAGE}"),
+        ));
+    }
+    let events = state
+        .log
+        .events_of("Run", id.as_str(), after, limit)
+        .await?;
+    if events.is_empty() && after == 0 {
+        return Err(ApiError::not_found(
+            "run_not_found",
+            format!("run '{id}' not found"),
+        ));
+    }
+    let next_cursor = (events.len() as i64 == limit)
+        .then(|| events.last().map(|e| e.sequence.to_string()))
+        .flatten();
+    let items = events
+        .into_iter()
+        .map(|e| EventView::from_recorded(id.as_str(), e))
+        .collect();
+    Ok(HttpResponse::Ok().json(Page { items, next_cursor }))
+}
+
+#[derive(Debug, Serialize)]
+struct ArtifactVersionBody {
+    version: u32,
+    step: String,
+    attempt: u32,
+    created_at: String,
+    content: Value,
+}
+
+#[derive(Debug, Serialize)]
+struct ArtifactBody {
+    name: String,
+    latest: u32,
+    versions: Vec<ArtifactVersionBody>,
+}
+
+pub(super) async fn artifact(
+    state: web::Data<ApiState>,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    let (raw_id, raw_name) = path.into_inner();
+    let id = run_id(&raw_id)?;
+    let name = ArtifactName::parse(raw_name)
+        .map_err(|e| ApiError::bad_request("invalid_artifact_name", e.to_string()))?;
+    let run = detail(&state, &id).await?;
+    let Some(summary) = run.artifacts.get(name.as_str()) else {
+        return Err(ApiError::not_found(
+            "artifact_not_found",
+            format!("run '{id}' has no artifact '{name}'"),
+        ));
+    };
+    let mut versions = Vec::new();
+    for row in state
+        .reads
+        .artifact_versions(id.as_str(), name.as_str())
+        .await?
+    {
+        let stored: ArtifactContent =
+            serde_json::from_value(row.content).map_err(|e| ApiError::internal(&e))?;
+        let content = match stored {
+            ArtifactContent::Inline(value) => value,
+            ArtifactContent::Blob { sha256, .. } => {
+                let bytes = state.engine.blobs().get(&sha256).await?.ok_or_else(|| {
+                    ApiError::internal(&std::io::Error::other(format!("blob {sha256} is missing")))
+                })?;
+                serde_json::from_slice(&bytes).map_err(|e| ApiError::internal(&e))?
+            }
+        };
+        versions.push(ArtifactVersionBody {
+            version: row.version,
+            step: row.step,
+            attempt: row.attempt,
+            created_at: row.created_at,
+            content,
+        });
+    }
+    Ok(HttpResponse::Ok().json(ArtifactBody {
+        name: name.to_string(),
+        latest: summary.latest,
+        versions,
+    }))
+}

@@ -1,0 +1,87 @@
+//! Template endpoints (admin): create, list, read, revise, archive.
+
+use actix_web::{web, HttpResponse};
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::{ApiError, ApiState, PageQuery};
+use crate::domain::ids::TemplateId;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct CreateTemplate {
+    name: String,
+    description: Option<String>,
+    definition: Value,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ReviseTemplate {
+    definition: Value,
+    description: Option<String>,
+}
+
+pub(super) fn template_id(raw: &str) -> Result<TemplateId, ApiError> {
+    TemplateId::parse(raw).map_err(|e| ApiError::bad_request("invalid_template_id", e.to_string()))
+}
+
+async fn view(state: &ApiState, id: &TemplateId) -> Result<HttpResponse, ApiError> {
+    let template = state.reads.template(id.as_str()).await?.ok_or_else(|| {
+        ApiError::not_found("template_not_found", format!("template '{id}' not found"))
+    })?;
+    Ok(HttpResponse::Ok().json(template))
+}
+
+pub(super) async fn create(
+    state: web::Data<ApiState>,
+    body: web::Json<CreateTemplate>,
+) -> Result<HttpResponse, ApiError> {
+    let body = body.into_inner();
+    let id = state
+        .engine
+        .create_template(body.name, body.description, body.definition)
+        .await?;
+    let template = state.reads.template(id.as_str()).await?;
+    Ok(HttpResponse::Created()
+        .insert_header(("Location", format!("/api/templates/{id}")))
+        .json(template))
+}
+
+pub(super) async fn list(
+    state: web::Data<ApiState>,
+    query: web::Query<PageQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let (limit, cursor) = query.checked()?;
+    Ok(HttpResponse::Ok().json(state.reads.list_templates(limit, cursor).await?))
+}
+
+pub(super) async fn get(
+    state: web::Data<ApiState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    view(&state, &template_id(&path)?).await
+}
+
+pub(super) async fn revise(
+    state: web::Data<ApiState>,
+    path: web::Path<String>,
+    body: web::Json<ReviseTemplate>,
+) -> Result<HttpResponse, ApiError> {
+    let id = template_id(&path)?;
+    let body = body.into_inner();
+    state
+        .engine
+        .revise_template(&id, body.definition, body.description)
+        .await?;
+    view(&state, &id).await
+}
+
+pub(super) async fn archive(
+    state: web::Data<ApiState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let id = template_id(&path)?;
+    state.engine.archive_template(&id).await?;
+    view(&state, &id).await
+}

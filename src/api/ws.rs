@@ -1,0 +1,226 @@
+//! The WebSocket at `/api/ws`: one session actor per connection (kept thin
+//! so that moving from actix-web-actors to actix-ws stays easy).
+//!
+//! Client → server: `{"type":"subscribe","run_id":ID,"after":SEQ?}`,
+//! `{"type":"unsubscribe","run_id":ID}`, `{"type":"ping"}`.
+//! Server → client: `{"type":"subscribed","run_id"}`, then
+//! `{"type":"event","run_id","sequence","event_type","event_version",
+//! "recorded_at","payload"}` in order with no duplicate, and
+//! `{"type":"error","code","message"}`. With `after`, the session first
+//! sends what the log holds after that sequence, then the live stream, with
+//! no gap: it joins the live room before it reads the log and drops any
+//! live event it has already sent.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use actix::fut::{ActorFutureExt, WrapFuture};
+use actix::{Actor, ActorContext, AsyncContext, Handler, StreamHandler};
+use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web_actors::ws;
+use serde::Deserialize;
+use serde_json::json;
+
+use super::ApiState;
+use crate::domain::ids::RunId;
+use crate::engine::EventView;
+
+/// How often the server pings.
+const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(10);
+/// A client silent this long is disconnected.
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Events read from the log per catch-up query.
+const CATCH_UP_PAGE: i64 = 500;
+
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+enum ClientMessage {
+    Subscribe { run_id: String, after: Option<i64> },
+    Unsubscribe { run_id: String },
+    Ping,
+}
+
+/// One WebSocket connection.
+struct Session {
+    state: ApiState,
+    /// Subscribed runs and the last sequence sent for each.
+    runs: HashMap<RunId, i64>,
+    last_heard: Instant,
+}
+
+pub(super) async fn connect(
+    req: HttpRequest,
+    stream: web::Payload,
+    state: web::Data<ApiState>,
+) -> Result<HttpResponse, actix_web::Error> {
+    let session = Session {
+        state: state.get_ref().clone(),
+        runs: HashMap::new(),
+        last_heard: Instant::now(),
+    };
+    ws::start(session, &req, stream)
+}
+
+impl Session {
+    fn send_error(ctx: &mut ws::WebsocketContext<Self>, code: &str, message: &str) {
+        ctx.text(json!({"type": "error", "code": code, "message": message}).to_string());
+    }
+
+    fn send_event(&mut self, event: &EventView, ctx: &mut ws::WebsocketContext<Self>) {
+        let Ok(run) = RunId::parse(event.run_id.as_str()) else {
+            return;
+        };
+        let Some(last) = self.runs.get_mut(&run) else {
+            return;
+        };
+        if event.sequence <= *last {
+            return;
+        }
+        *last = event.sequence;
+        ctx.text(
+            json!({
+                "type": "event",
+                "run_id": event.run_id,
+                "sequence": event.sequence,
+                "event_type": event.event_type,
+                "event_version": event.event_version,
+                "recorded_at": event.recorded_at,
+                "payload": event.payload,
+            })
+            .to_string(),
+        );
+    }
+
+    fn subscribe(&mut self, run: RunId, after: Option<i64>, ctx: &mut ws::WebsocketContext<Self>) {
+        // Join the live room first, so nothing committed from now on is missed.
+        self.state
+            .engine
+            .hub()
+            .subscribe(run.clone(), ctx.address().recipient());
+        self.runs.entry(run.clone()).or_insert(after.unwrap_or(0));
+        let state = self.state.clone();
+        // ctx.wait: live events queue behind the catch-up, keeping order.
+        ctx.wait(
+            async move {
+                let exists = state.reads.run_detail(run.as_str()).await?.is_some();
+                let mut missed = Vec::new();
+                if let (true, Some(mut after)) = (exists, after) {
+                    loop {
+                        let page = state
+                            .log
+                            .events_of("Run", run.as_str(), after, CATCH_UP_PAGE)
+                            .await?;
+                        let full = page.len() as i64 == CATCH_UP_PAGE;
+                        after = page.last().map_or(after, |e| e.sequence);
+                        missed.extend(
+                            page.into_iter()
+                                .map(|e| EventView::from_recorded(run.as_str(), e)),
+                        );
+                        if !full {
+                            break;
+                        }
+                    }
+                }
+                Ok::<_, Box<dyn std::error::Error>>((run, exists, missed))
+            }
+            .into_actor(self)
+            .map(|result, act, ctx| match result {
+                Ok((run, true, missed)) => {
+                    ctx.text(json!({"type": "subscribed", "run_id": run}).to_string());
+                    for event in &missed {
+                        act.send_event(event, ctx);
+                    }
+                }
+                Ok((run, false, _)) => {
+                    act.unsubscribe(&run, ctx);
+                    Self::send_error(ctx, "run_not_found", &format!("run '{run}' not found"));
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "websocket catch-up failed");
+                    Self::send_error(ctx, "internal_error", "catch-up failed; see the server log");
+                }
+            }),
+        );
+    }
+
+    fn unsubscribe(&mut self, run: &RunId, ctx: &mut ws::WebsocketContext<Self>) {
+        self.runs.remove(run);
+        self.state
+            .engine
+            .hub()
+            .unsubscribe(run, &ctx.address().recipient());
+    }
+
+    fn on_text(&mut self, text: &str, ctx: &mut ws::WebsocketContext<Self>) {
+        let message: ClientMessage = match serde_json::from_str(text) {
+            Ok(m) => m,
+            Err(e) => return Self::send_error(ctx, "invalid_message", &e.to_string()),
+        };
+        match message {
+            ClientMessage::Subscribe { run_id, after } => match RunId::parse(run_id) {
+                Ok(_) if after.is_some_and(|a| a < 0) => {
+                    Self::send_error(ctx, "invalid_after", "after must be 0 or more")
+                }
+                Ok(run) => self.subscribe(run, after, ctx),
+                Err(e) => Self::send_error(ctx, "invalid_run_id", &e.to_string()),
+            },
+            ClientMessage::Unsubscribe { run_id } => match RunId::parse(run_id) {
+                Ok(run) => {
+                    self.unsubscribe(&run, ctx);
+                    ctx.text(json!({"type": "unsubscribed", "run_id": run}).to_string());
+                }
+                Err(e) => Self::send_error(ctx, "invalid_run_id", &e.to_string()),
+            },
+            ClientMessage::Ping => ctx.text(json!({"type": "pong"}).to_string()),
+        }
+    }
+}
+
+impl Actor for Session {
+    type Context = ws::WebsocketContext<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.run_interval(HEARTBEAT_INTERVAL, |act, ctx| {
+            if act.last_heard.elapsed() > CLIENT_TIMEOUT {
+                ctx.stop();
+            } else {
+                ctx.ping(b"");
+            }
+        });
+    }
+
+    fn stopping(&mut self, ctx: &mut Self::Context) -> actix::Running {
+        let me = ctx.address().recipient();
+        for run in self.runs.keys() {
+            self.state.engine.hub().unsubscribe(run, &me);
+        }
+        actix::Running::Stop
+    }
+}
+
+impl Handler<EventView> for Session {
+    type Result = ();
+
+    fn handle(&mut self, event: EventView, ctx: &mut Self::Context) {
+        self.send_event(&event, ctx);
+    }
+}
+
+impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for Session {
+    fn handle(&mut self, message: Result<ws::Message, ws::ProtocolError>, ctx: &mut Self::Context) {
+        self.last_heard = Instant::now();
+        match message {
+            Ok(ws::Message::Text(text)) => self.on_text(&text, ctx),
+            Ok(ws::Message::Ping(bytes)) => ctx.pong(&bytes),
+            Ok(ws::Message::Pong(_)) | Ok(ws::Message::Continuation(_)) | Ok(ws::Message::Nop) => {}
+            Ok(ws::Message::Binary(_)) => {
+                Self::send_error(ctx, "invalid_message", "send JSON text frames")
+            }
+            Ok(ws::Message::Close(reason)) => {
+                ctx.close(reason);
+                ctx.stop();
+            }
+            Err(_) => ctx.stop(),
+        }
+    }
+}

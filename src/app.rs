@@ -1,0 +1,158 @@
+//! `Application`: the one place where concrete backends are wired together.
+//! `build` opens the database, migrates it, catches the read models up with
+//! the log, starts the engine and binds the HTTP server;
+//! `run_until_stopped` serves until the given shutdown future resolves.
+
+use std::future::Future;
+use std::net::TcpListener;
+use std::sync::Arc;
+
+use actix_web::dev::Server;
+use actix_web::{App, HttpServer};
+
+use crate::api::{self, ApiState};
+use crate::config::ServeSettings;
+use crate::db::Db;
+use crate::domain::run::Run;
+use crate::domain::template::Template;
+use crate::engine::{AgentRegistry, Engine, EngineConfig, EngineParts};
+use crate::projections::{Projector, ReadModels};
+use crate::store::{self, AggregateStore, BlobStore, EventLog, RUN_SNAPSHOT_EVERY};
+
+/// Start-up failures.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// The database could not be opened.
+    #[error(transparent)]
+    Connect(#[from] crate::db::ConnectError),
+    /// The schema could not be applied.
+    #[error("migration failed: {0}")]
+    Migrate(#[from] store::StoreError),
+    /// The read models could not be caught up.
+    #[error("projection catch-up failed: {0}")]
+    Projections(#[from] crate::projections::ProjectionError),
+    /// The address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: String,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// Opens and migrates the database.
+pub async fn open_database(settings: &crate::config::StorageSettings) -> Result<Db, AppError> {
+    let db = Db::connect(settings.database_url.as_deref(), &settings.data_dir).await?;
+    store::migrate(&db).await?;
+    Ok(db)
+}
+
+/// A built, bound, not yet running server.
+pub struct Application {
+    port: u16,
+    server: Server,
+    engine: Engine,
+    db: Db,
+}
+
+impl Application {
+    /// Builds everything and binds the listener. Must run inside an actix
+    /// system (`#[actix_web::main]`, `#[actix_web::test]`).
+    pub async fn build(settings: ServeSettings) -> Result<Self, AppError> {
+        let db = open_database(&settings.storage).await?;
+        let projector = Projector::start(db.clone());
+        projector.catch_up().await?;
+        let reads = ReadModels::new(db.clone());
+        let engine = Engine::new(EngineParts {
+            runs: AggregateStore::<Run>::new(&db, RUN_SNAPSHOT_EVERY),
+            templates: AggregateStore::<Template>::new(&db, 0),
+            blobs: BlobStore::new(db.clone()),
+            agents: AgentRegistry::with_builtins(),
+            run_queries: vec![Arc::new(projector.clone())],
+            template_queries: vec![Arc::new(projector)],
+            config: EngineConfig {
+                passivate_after: settings.passivate_after(),
+                ..EngineConfig::default()
+            },
+        });
+        let listener = TcpListener::bind(&settings.bind).map_err(|source| AppError::Bind {
+            addr: settings.bind.clone(),
+            source,
+        })?;
+        let port = listener
+            .local_addr()
+            .map_err(|source| AppError::Bind {
+                addr: settings.bind.clone(),
+                source,
+            })?
+            .port();
+        let state = ApiState {
+            engine: engine.clone(),
+            reads: reads.clone(),
+            log: EventLog::new(db.clone()),
+        };
+        let mut server = HttpServer::new(move || {
+            App::new()
+                .wrap(actix_web::middleware::Logger::new("%r %s %Dms").log_target("runlog::http"))
+                .configure(api::configure(state.clone()))
+        })
+        .shutdown_timeout(5)
+        .disable_signals();
+        if let Some(workers) = settings.http_workers {
+            server = server.workers(workers);
+        }
+        let server = server
+            .listen(listener)
+            .map_err(|source| AppError::Bind {
+                addr: settings.bind.clone(),
+                source,
+            })?
+            .run();
+        // No run is left behind by a crash: re-activate every unfinished run.
+        let recovering = engine.clone();
+        actix_web::rt::spawn(async move {
+            match reads.active_runs().await {
+                Ok(ids) if ids.is_empty() => {}
+                Ok(ids) => {
+                    let n = recovering.recover(ids).await;
+                    tracing::info!(recovered = n, "re-activated unfinished runs");
+                }
+                Err(e) => tracing::error!(error = %e, "cannot list unfinished runs to recover"),
+            }
+        });
+        tracing::info!(port, backend = db.backend(), "runlog listening");
+        Ok(Self {
+            port,
+            server,
+            engine,
+            db,
+        })
+    }
+
+    /// The port the server listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Serves until `shutdown` resolves (or the server stops by itself),
+    /// then stops gracefully and releases the actors and the database.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()>,
+    ) -> std::io::Result<()> {
+        let handle = self.server.handle();
+        let server = self.server;
+        tokio::pin!(server);
+        let result = tokio::select! {
+            result = &mut server => result,
+            () = shutdown => {
+                handle.stop(true).await;
+                server.await
+            }
+        };
+        self.engine.shutdown();
+        self.db.close().await;
+        result
+    }
+}

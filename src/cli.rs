@@ -1,0 +1,177 @@
+//! The `runlog` command line: `serve`, `migrate`, `replay`, `bench`.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::app::{open_database, Application};
+use crate::config::{ServeSettings, StorageSettings};
+use crate::domain::ids::RunId;
+use crate::domain::run::Run;
+use crate::projections::{ReadModels, RunDetail};
+use crate::store::AggregateStore;
+
+/// runlog: a durable, event-sourced orchestration server for AI-agent
+/// workflows.
+#[derive(Debug, Parser)]
+#[command(name = "runlog", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the server (applies the schema first).
+    Serve(ServeSettings),
+    /// Apply the schema to the database and exit.
+    Migrate(StorageSettings),
+    /// Print a run's state rebuilt from its event log alone, as JSON on
+    /// stdout (the shape of GET /api/runs/{id}).
+    Replay {
+        /// The run.
+        run_id: String,
+        /// Rebuild the state as of this event sequence.
+        #[arg(long)]
+        at: Option<u64>,
+        /// Also check that the log has no gap and that the server's read
+        /// model equals the replayed state; exit 1 if not.
+        #[arg(long)]
+        verify: bool,
+        /// Storage.
+        #[command(flatten)]
+        storage: StorageSettings,
+    },
+    /// Run the benchmark workloads against a real server over HTTP and
+    /// write the figures to a Markdown file.
+    Bench(crate::bench::BenchSettings),
+}
+
+/// Parses the command line and runs the command.
+pub fn run() -> ExitCode {
+    let cli = Cli::parse();
+    crate::telemetry::init();
+    let result = actix_web::rt::System::new().block_on(async move {
+        match cli.command {
+            Command::Serve(settings) => serve(settings).await,
+            Command::Migrate(storage) => migrate(storage).await,
+            Command::Replay {
+                run_id,
+                at,
+                verify,
+                storage,
+            } => replay(run_id, at, verify, storage).await,
+            Command::Bench(settings) => crate::bench::run(settings).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            let mut message = e.to_string();
+            let mut source = e.source();
+            while let Some(s) = source {
+                message.push_str(": ");
+                message.push_str(&s.to_string());
+                source = s.source();
+            }
+            eprintln!("error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+type CliResult = Result<ExitCode, Box<dyn std::error::Error>>;
+
+async fn serve(settings: ServeSettings) -> CliResult {
+    let app = Application::build(settings).await?;
+    app.run_until_stopped(shutdown_signal()).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("install SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+    tracing::info!("shutting down");
+}
+
+async fn migrate(storage: StorageSettings) -> CliResult {
+    let db = open_database(&storage).await?;
+    eprintln!("schema is up to date ({})", db.backend());
+    db.close().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn replay(
+    run_id: String,
+    at: Option<u64>,
+    verify: bool,
+    storage: StorageSettings,
+) -> CliResult {
+    let run_id = RunId::parse(run_id)?;
+    let db = open_database(&storage).await?;
+    let events = AggregateStore::<Run>::new(&db, 0)
+        .load_events(run_id.as_str())
+        .await?;
+    if events.is_empty() {
+        eprintln!("error: run '{run_id}' has no events in this database");
+        return Ok(ExitCode::from(2));
+    }
+    let mut detail = RunDetail::default();
+    for envelope in events
+        .iter()
+        .take_while(|e| at.is_none_or(|at| e.sequence as u64 <= at))
+    {
+        detail.apply(envelope.sequence as u64, &envelope.payload);
+    }
+    println!("{}", serde_json::to_string_pretty(&detail)?);
+    if verify {
+        let mut ok = true;
+        for (expected, envelope) in (1..).zip(&events) {
+            if envelope.sequence != expected {
+                eprintln!(
+                    "verify: gap in the log: expected sequence {expected}, found {}",
+                    envelope.sequence
+                );
+                ok = false;
+                break;
+            }
+        }
+        if at.is_none() {
+            match ReadModels::new(db.clone())
+                .run_detail(run_id.as_str())
+                .await?
+            {
+                Some(projected) if projected == detail => {}
+                Some(_) => {
+                    eprintln!("verify: the read model differs from the replayed state");
+                    ok = false;
+                }
+                None => {
+                    eprintln!("verify: the read model has no row for this run");
+                    ok = false;
+                }
+            }
+        }
+        eprintln!("verify: {}", if ok { "ok" } else { "FAILED" });
+        db.close().await;
+        return Ok(if ok {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        });
+    }
+    db.close().await;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,59 @@
+//! Settings: from flags and `RUNLOG_*` environment variables (clap reads
+//! both), with defaults that need no set-up: bind 127.0.0.1:8080, data in
+//! `./runlog-data` (SQLite).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+
+/// Where the data lives.
+#[derive(Debug, Clone, Args)]
+pub struct StorageSettings {
+    /// Directory for the embedded SQLite database (used when no database URL
+    /// is given).
+    #[arg(long, env = "RUNLOG_DATA_DIR", default_value = "./runlog-data")]
+    pub data_dir: PathBuf,
+    /// `postgres://…` selects PostgreSQL; `sqlite://…` a specific SQLite
+    /// file. Default: `runlog.db` under the data directory.
+    #[arg(long, env = "RUNLOG_DATABASE_URL")]
+    pub database_url: Option<String>,
+}
+
+/// Everything `serve` needs.
+#[derive(Debug, Clone, Args)]
+pub struct ServeSettings {
+    /// Address to listen on (port 0 picks a free port).
+    #[arg(long, env = "RUNLOG_BIND", default_value = "127.0.0.1:8080")]
+    pub bind: String,
+    /// Storage.
+    #[command(flatten)]
+    pub storage: StorageSettings,
+    /// HTTP worker threads (default: one per core).
+    #[arg(long, env = "RUNLOG_HTTP_WORKERS")]
+    pub http_workers: Option<usize>,
+    /// Seconds the actor of a finished run lingers before it is passivated.
+    #[arg(long, env = "RUNLOG_PASSIVATE_AFTER_SECS", default_value_t = 10)]
+    pub passivate_after_secs: u64,
+}
+
+impl ServeSettings {
+    /// Settings for a server on a free port with data in `data_dir`, or in
+    /// the database at `database_url` (tests and benchmarks).
+    pub fn ephemeral(data_dir: PathBuf, database_url: Option<String>) -> Self {
+        Self {
+            bind: "127.0.0.1:0".into(),
+            storage: StorageSettings {
+                data_dir,
+                database_url,
+            },
+            http_workers: None,
+            passivate_after_secs: 10,
+        }
+    }
+
+    /// The passivation delay.
+    pub fn passivate_after(&self) -> Duration {
+        Duration::from_secs(self.passivate_after_secs)
+    }
+}

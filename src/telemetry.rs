@@ -1,0 +1,16 @@
+//! Tracing set-up: human-readable logs on stderr, filtered by `RUNLOG_LOG`
+//! (or `RUST_LOG`), default `info`. Stdout stays free for command output.
+
+use tracing_subscriber::EnvFilter;
+
+/// Installs the global subscriber; a second call does nothing.
+pub fn init() {
+    let filter = std::env::var("RUNLOG_LOG")
+        .ok()
+        .or_else(|| std::env::var("RUST_LOG").ok())
+        .unwrap_or_else(|| "info,sqlx=warn".to_string());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .try_init();
+}
