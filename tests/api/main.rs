@@ -1,0 +1,12 @@
+//! Black-box API tests: the real application on port 0, spoken to over
+//! HTTP and WebSocket as a client would, on SQLite and on PostgreSQL.
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod replay;
+mod runs;
+mod templates;
+mod ws;
+
+pub use common::*;

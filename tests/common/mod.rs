@@ -1,0 +1,306 @@
+//! Shared test harness: isolated databases on both backends and a real
+//! server on a random port.
+//!
+//! - SQLite: a fresh data directory per test (removed on drop).
+//! - PostgreSQL: a fresh database per test, created from
+//!   `RUNLOG_TEST_DATABASE_URL`. Without that variable Postgres tests are
+//!   skipped with a notice, except under `CI=true`, where they fail.
+
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use sqlx::postgres::PgConnectOptions;
+use sqlx::ConnectOptions;
+
+/// Which storage backend a test runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// An isolated place to keep data: a temp directory and, for Postgres, a
+/// fresh database.
+pub struct Storage {
+    pub backend: Backend,
+    pub data_dir: PathBuf,
+    pub database_url: Option<String>,
+}
+
+impl Drop for Storage {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.data_dir);
+    }
+}
+
+impl Storage {
+    /// Fresh storage on `backend`, or `None` (after printing why) when the
+    /// Postgres tests are to be skipped.
+    pub async fn new(backend: Backend) -> Option<Self> {
+        let data_dir =
+            std::env::temp_dir().join(format!("runlog-test-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&data_dir).expect("create temp data dir");
+        let database_url = match backend {
+            Backend::Sqlite => None,
+            Backend::Postgres => Some(fresh_postgres_database().await?),
+        };
+        Some(Self {
+            backend,
+            data_dir,
+            database_url,
+        })
+    }
+
+    /// CLI flags selecting this storage.
+    pub fn cli_args(&self) -> Vec<String> {
+        let mut args = vec![
+            "--data-dir".to_string(),
+            self.data_dir.display().to_string(),
+        ];
+        if let Some(url) = &self.database_url {
+            args.extend(["--database-url".to_string(), url.clone()]);
+        }
+        args
+    }
+}
+
+/// Creates `runlog_test_<random>` on the server of RUNLOG_TEST_DATABASE_URL
+/// and returns its URL; `None` when the variable is unset outside CI.
+pub async fn fresh_postgres_database() -> Option<String> {
+    let base = match std::env::var("RUNLOG_TEST_DATABASE_URL") {
+        Ok(url) if !url.is_empty() => url,
+        _ => {
+            if std::env::var("CI").is_ok_and(|v| v == "true") {
+                panic!("CI=true but RUNLOG_TEST_DATABASE_URL is not set: the PostgreSQL tests must run in CI");
+            }
+            eprintln!("notice: RUNLOG_TEST_DATABASE_URL is not set; skipping a PostgreSQL test");
+            return None;
+        }
+    };
+    let options: PgConnectOptions = base
+        .parse()
+        .expect("RUNLOG_TEST_DATABASE_URL is a postgres URL");
+    let name = format!("runlog_test_{}", uuid::Uuid::new_v4().simple());
+    let mut conn = options
+        .connect()
+        .await
+        .expect("connect to RUNLOG_TEST_DATABASE_URL");
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut conn)
+        .await
+        .expect("create a test database");
+    let url = options.database(&name).to_url_lossy().to_string();
+    Some(url)
+}
+
+/// Runs `$body` (an async block using `backend`) once per backend, as two
+/// tests named `<name>_on_sqlite` and `<name>_on_postgres`.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($name:ident, |$backend:ident| $body:block) => {
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+            #[actix_web::test]
+            async fn on_sqlite() {
+                let $backend = $crate::common::Backend::Sqlite;
+                $body
+            }
+            #[actix_web::test]
+            async fn on_postgres() {
+                let $backend = $crate::common::Backend::Postgres;
+                $body
+            }
+        }
+    };
+}
+
+/// A running application and a client for it.
+pub struct TestApp {
+    pub address: String,
+    pub port: u16,
+    pub client: awc::Client,
+    pub storage: Storage,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// Starts the real application on port 0 with fresh storage; `None` when
+/// the backend's tests are skipped.
+pub async fn spawn_app(backend: Backend) -> Option<TestApp> {
+    let storage = Storage::new(backend).await?;
+    Some(spawn_app_on(storage).await)
+}
+
+/// Starts the real application on existing storage.
+pub async fn spawn_app_on(storage: Storage) -> TestApp {
+    let settings = runlog::config::ServeSettings::ephemeral(
+        storage.data_dir.clone(),
+        storage.database_url.clone(),
+    );
+    let app = runlog::app::Application::build(settings)
+        .await
+        .expect("application builds");
+    let port = app.port();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    actix_web::rt::spawn(app.run_until_stopped(async move {
+        let _ = stopped.await;
+    }));
+    TestApp {
+        address: format!("http://127.0.0.1:{port}"),
+        port,
+        client: awc::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .finish(),
+        storage,
+        stop: Some(stop),
+    }
+}
+
+/// A status and a JSON body.
+pub type Reply = (u16, Value);
+
+impl TestApp {
+    /// Any request with an optional JSON body.
+    pub async fn request(&self, method: &str, path: &str, body: Option<Value>) -> Reply {
+        let url = format!("{}{path}", self.address);
+        let request = self
+            .client
+            .request(method.parse().expect("method"), url)
+            .insert_header(("content-type", "application/json"));
+        let mut response = match body {
+            Some(body) => request.send_body(body.to_string()).await,
+            None => request.send().await,
+        }
+        .expect("request reaches the server");
+        let status = response.status().as_u16();
+        let bytes = response.body().limit(64 * 1024 * 1024).await.expect("body");
+        let value = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()))
+        };
+        (status, value)
+    }
+
+    /// Raw body POST (for malformed JSON).
+    pub async fn post_raw(&self, path: &str, body: &'static str) -> Reply {
+        let mut response = self
+            .client
+            .post(format!("{}{path}", self.address))
+            .insert_header(("content-type", "application/json"))
+            .send_body(body)
+            .await
+            .expect("request reaches the server");
+        let status = response.status().as_u16();
+        let bytes = response.body().await.expect("body");
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
+    }
+
+    pub async fn get(&self, path: &str) -> Reply {
+        self.request("GET", path, None).await
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> Reply {
+        self.request("POST", path, Some(body)).await
+    }
+
+    pub async fn put(&self, path: &str, body: Value) -> Reply {
+        self.request("PUT", path, Some(body)).await
+    }
+
+    pub async fn create_template(&self, name: &str, definition: Value) -> Reply {
+        self.post(
+            "/api/templates",
+            json!({"name": name, "definition": definition}),
+        )
+        .await
+    }
+
+    /// Creates a template and returns its id (panics on refusal).
+    pub async fn template_id(&self, name: &str, definition: Value) -> String {
+        let (status, body) = self.create_template(name, definition).await;
+        assert_eq!(status, 201, "template refused: {body}");
+        body["id"].as_str().expect("id").to_string()
+    }
+
+    pub async fn start_run(&self, template_id: &str, input: Value) -> Reply {
+        self.post(
+            "/api/runs",
+            json!({"template_id": template_id, "input": input}),
+        )
+        .await
+    }
+
+    /// Starts a run and returns its id (panics on refusal).
+    pub async fn run_id(&self, template_id: &str, input: Value) -> String {
+        let (status, body) = self.start_run(template_id, input).await;
+        assert_eq!(status, 201, "run refused: {body}");
+        body["id"].as_str().expect("id").to_string()
+    }
+
+    pub async fn run(&self, run_id: &str) -> Value {
+        let (status, body) = self.get(&format!("/api/runs/{run_id}")).await;
+        assert_eq!(status, 200, "{body}");
+        body
+    }
+
+    /// Polls the run until its status is completed or failed.
+    pub async fn wait_finished(&self, run_id: &str, timeout: Duration) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let run = self.run(run_id).await;
+            if matches!(run["status"].as_str(), Some("completed" | "failed")) {
+                return run;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "run {run_id} did not finish in {timeout:?}: {run}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Every event of a run, in order.
+    pub async fn events(&self, run_id: &str) -> Vec<Value> {
+        let (status, body) = self.get(&format!("/api/runs/{run_id}/events")).await;
+        assert_eq!(status, 200, "{body}");
+        body["items"].as_array().expect("items").clone()
+    }
+
+    /// A count of how many rows the read models and the log hold, to show
+    /// that a refused request changed nothing.
+    pub async fn counts(&self) -> (usize, usize) {
+        let (_, templates) = self.get("/api/templates?limit=500").await;
+        let (_, runs) = self.get("/api/runs?limit=500").await;
+        (
+            templates["items"].as_array().map_or(0, Vec::len),
+            runs["items"].as_array().map_or(0, Vec::len),
+        )
+    }
+}
+
+/// The diamond A → {B, C} → D with echo agents; `delay_ms` on every step.
+pub fn diamond(delay_ms: u64) -> Value {
+    let config = json!({"delay_ms": delay_ms});
+    json!({"steps": {
+        "a": {"agent": "echo", "config": config},
+        "b": {"agent": "echo", "depends_on": ["a"], "config": config},
+        "c": {"agent": "echo", "depends_on": ["a"], "config": config},
+        "d": {"agent": "echo", "depends_on": ["b", "c"], "config": config}
+    }})
+}
