@@ -97,6 +97,13 @@ impl Application {
                 .wrap(actix_web::middleware::Logger::new("%r %s %Dms").log_target("runlog::http"))
                 .configure(api::configure(state.clone()))
         })
+        // Small responses and WebSocket frames must not wait for Nagle's
+        // algorithm to meet the peer's delayed ACK (a 40 ms stall).
+        .on_connect(|connection, _| {
+            if let Some(tcp) = connection.downcast_ref::<actix_web::rt::net::TcpStream>() {
+                let _ = tcp.set_nodelay(true);
+            }
+        })
         .shutdown_timeout(5)
         .disable_signals();
         if let Some(workers) = settings.http_workers {
@@ -147,8 +154,10 @@ impl Application {
         let result = tokio::select! {
             result = &mut server => result,
             () = shutdown => {
-                handle.stop(true).await;
-                server.await
+                // The server future processes the stop command itself, so it
+                // must be polled while the stop is awaited.
+                let (result, ()) = tokio::join!(&mut server, handle.stop(true));
+                result
             }
         };
         self.engine.shutdown();

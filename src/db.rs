@@ -7,6 +7,7 @@
 
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -111,5 +112,44 @@ impl Db {
     /// Closes every connection.
     pub async fn close(&self) {
         with_pool!(self, pool => pool.close().await)
+    }
+}
+
+/// Write transactions committed by this process (event commits, read-model
+/// batches, blob writes), for the benchmark's "durable commits per run".
+static DURABLE_COMMITS: AtomicU64 = AtomicU64::new(0);
+
+/// Counts one committed write transaction.
+pub fn count_commit() {
+    DURABLE_COMMITS.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Write transactions committed by this process so far.
+pub fn durable_commits() -> u64 {
+    DURABLE_COMMITS.load(Ordering::Relaxed)
+}
+
+/// Opens a write transaction. On SQLite it is `BEGIN IMMEDIATE`: a deferred
+/// transaction that reads first and writes later cannot wait for the write
+/// lock (SQLite answers `SQLITE_BUSY` at once), so writers that read first
+/// must take the lock up front, where the busy timeout applies.
+pub(crate) trait BeginWrite {
+    /// The backend.
+    type Database: sqlx::Database;
+    /// Begins a transaction that is going to write.
+    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, Self::Database>, sqlx::Error>;
+}
+
+impl BeginWrite for Pool<Sqlite> {
+    type Database = Sqlite;
+    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, Sqlite>, sqlx::Error> {
+        self.begin_with("BEGIN IMMEDIATE").await
+    }
+}
+
+impl BeginWrite for Pool<Postgres> {
+    type Database = Postgres;
+    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, Postgres>, sqlx::Error> {
+        self.begin().await
     }
 }

@@ -11,7 +11,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::detail::RunDetail;
 use super::ProjectionError;
-use crate::db::Db;
+use crate::db::{BeginWrite, Db};
 use crate::domain::run::{Run, RunEvent};
 use crate::domain::template::{Template, TemplateEvent};
 use crate::with_pool;
@@ -200,7 +200,7 @@ async fn write(db: &Db, jobs: &[Job]) -> Result<(), ProjectionError> {
         }
     }
     with_pool!(db, pool => {
-        let mut tx = pool.begin().await?;
+        let mut tx = pool.begin_write().await?;
         for (run_id, events) in runs {
             let doc: Option<Value> = sqlx::query_scalar(DETAIL_GET)
                 .bind(run_id)
@@ -211,6 +211,15 @@ async fn write(db: &Db, jobs: &[Job]) -> Result<(), ProjectionError> {
                 None => RunDetail::default(),
             };
             let before = detail.sequence;
+            // A gap (an earlier batch was lost to a failed write) is filled
+            // from the log, which holds every committed event.
+            let from_log;
+            let events: Vec<&(u64, RunEvent)> = if events.first().is_some_and(|(s, _)| *s > before + 1) {
+                from_log = events_after::<RunEvent, _>(&mut tx, "Run", run_id, before).await?;
+                from_log.iter().collect()
+            } else {
+                events
+            };
             for (sequence, event) in events {
                 if *sequence <= detail.sequence {
                     continue;
@@ -263,6 +272,13 @@ async fn write(db: &Db, jobs: &[Job]) -> Result<(), ProjectionError> {
                 None => super::reads::TemplateRow::default(),
             };
             let before = view.last_sequence;
+            let from_log;
+            let events: Vec<&(u64, TemplateEvent)> = if events.first().is_some_and(|(s, _)| *s > before + 1) {
+                from_log = events_after::<TemplateEvent, _>(&mut tx, "Template", template_id, before).await?;
+                from_log.iter().collect()
+            } else {
+                events
+            };
             for (sequence, event) in events {
                 view.apply(template_id, *sequence, event);
             }
@@ -284,7 +300,40 @@ async fn write(db: &Db, jobs: &[Job]) -> Result<(), ProjectionError> {
         }
         tx.commit().await?;
     });
+    crate::db::count_commit();
     Ok(())
+}
+
+/// The events of one aggregate after `after`, read from the log.
+async fn events_after<E, DB>(
+    tx: &mut sqlx::Transaction<'static, DB>,
+    aggregate_type: &str,
+    id: &str,
+    after: u64,
+) -> Result<Vec<(u64, E)>, ProjectionError>
+where
+    E: serde::de::DeserializeOwned,
+    DB: sqlx::Database,
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+    for<'q> <DB as sqlx::Database>::Arguments<'q>: sqlx::IntoArguments<'q, DB>,
+    for<'q> &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    i64: for<'q> sqlx::Encode<'q, DB> + sqlx::Type<DB> + for<'r> sqlx::Decode<'r, DB>,
+    Value: for<'r> sqlx::Decode<'r, DB> + sqlx::Type<DB>,
+    for<'r> &'r str: sqlx::ColumnIndex<DB::Row>,
+{
+    let rows = sqlx::query(EVENTS_AFTER)
+        .bind(aggregate_type)
+        .bind(id)
+        .bind(after as i64)
+        .fetch_all(&mut **tx)
+        .await?;
+    rows.iter()
+        .map(|row| {
+            let sequence: i64 = row.try_get("sequence")?;
+            let payload: Value = row.try_get("payload")?;
+            Ok((sequence as u64, serde_json::from_value(payload)?))
+        })
+        .collect()
 }
 
 fn parse_ms(text: &str) -> i64 {

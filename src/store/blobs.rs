@@ -35,6 +35,7 @@ impl BlobStore {
         with_pool!(&self.db, pool => {
             sqlx::query(PUT).bind(&key).bind(size).bind(bytes).execute(pool).await.map(|_| ())?
         });
+        crate::db::count_commit();
         Ok(key)
     }
 

@@ -1,1 +1,157 @@
-//! (to be written)
+//! `runlog replay`: the real binary, reading the database a live server
+//! holds open, rebuilds a run's state from its event log alone.
+
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::common::{diamond, spawn_app, TestApp};
+use crate::on_both_backends;
+
+/// Runs `runlog replay <run_id> <extra…>` on the app's storage.
+async fn replay(app: &TestApp, run_id: &str, extra: &[&str]) -> Output {
+    let mut args: Vec<String> = vec!["replay".into(), run_id.into()];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args.extend(app.storage.cli_args());
+    // Off the async runtime: the server keeps serving meanwhile.
+    tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_runlog"))
+            .args(&args)
+            .env("RUST_LOG", "warn")
+            .output()
+            .expect("the runlog binary runs")
+    })
+    .await
+    .expect("the blocking task completes")
+}
+
+/// The stdout of a successful replay, as JSON.
+fn json_of(output: &Output) -> Value {
+    assert!(
+        output.status.success(),
+        "replay failed ({}): {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+        panic!(
+            "stdout is not JSON ({e}): {}",
+            String::from_utf8_lossy(&output.stdout)
+        )
+    })
+}
+
+/// A finished diamond run on a fresh app.
+async fn finished_diamond(app: &TestApp) -> String {
+    let template = app.template_id("diamond", diamond(0)).await;
+    let run = app.run_id(&template, json!({"topic": "owls"})).await;
+    let detail = app.wait_finished(&run, Duration::from_secs(20)).await;
+    assert_eq!(detail["status"], "completed", "{detail}");
+    run
+}
+
+/// How far a step status is along pending → ready → running → completed.
+fn rank(status: &Value) -> u8 {
+    match status.as_str() {
+        Some("pending") => 0,
+        Some("ready") => 1,
+        Some("running") => 2,
+        Some("completed") | Some("failed") => 3,
+        other => panic!("unknown step status {other:?}"),
+    }
+}
+
+on_both_backends!(replay_prints_what_the_api_serves, |backend| {
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
+    let run = finished_diamond(&app).await;
+    let replayed = json_of(&replay(&app, &run, &[]).await);
+    let served = app.run(&run).await;
+    assert_eq!(replayed, served);
+});
+
+on_both_backends!(replay_at_each_sequence_shows_the_run_as_it_was, |backend| {
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
+    let run = finished_diamond(&app).await;
+    let last = app.run(&run).await["sequence"].as_u64().expect("sequence");
+    assert_eq!(last as usize, app.events(&run).await.len());
+    let mut previous: Option<Value> = None;
+    for n in 1..=last {
+        let state = json_of(&replay(&app, &run, &["--at", &n.to_string()]).await);
+        assert_eq!(state["sequence"], n, "{state}");
+        assert_eq!(state["id"], run.as_str(), "{state}");
+        let steps = state["steps"].as_object().expect("steps");
+        assert_eq!(steps.len(), 4, "{state}");
+        if n == 1 {
+            assert_eq!(state["status"], "running", "{state}");
+            for (step, view) in steps {
+                let expected = if step == "a" { "ready" } else { "pending" };
+                assert_eq!(view["status"], expected, "step {step} at 1: {state}");
+            }
+        }
+        if n == last {
+            assert_eq!(state["status"], "completed", "{state}");
+        } else {
+            assert_eq!(state["status"], "running", "at {n}: {state}");
+        }
+        if let Some(previous) = &previous {
+            for (step, view) in steps {
+                let before = &previous["steps"][step]["status"];
+                assert!(
+                    rank(before) <= rank(&view["status"]),
+                    "step {step} went from {before} to {} at {n}",
+                    view["status"]
+                );
+            }
+        }
+        previous = Some(state);
+    }
+    // The last state is the full replay.
+    let full = json_of(&replay(&app, &run, &[]).await);
+    assert_eq!(previous, Some(full));
+});
+
+on_both_backends!(replay_verify_passes_on_a_healthy_run, |backend| {
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
+    let run = finished_diamond(&app).await;
+    let output = replay(&app, &run, &["--verify"]).await;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "stderr: {stderr}");
+    assert!(stderr.contains("verify: ok"), "stderr: {stderr}");
+    assert_eq!(json_of(&output), app.run(&run).await);
+});
+
+on_both_backends!(replay_of_an_unknown_or_invalid_run_fails, |backend| {
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
+    // Some run exists, so the database is not empty.
+    finished_diamond(&app).await;
+
+    let unknown = replay(&app, "no-such-run", &[]).await;
+    assert!(!unknown.status.success(), "{:?}", unknown.status);
+    assert!(
+        unknown.stdout.is_empty(),
+        "stdout: {}",
+        String::from_utf8_lossy(&unknown.stdout)
+    );
+    let stderr = String::from_utf8_lossy(&unknown.stderr);
+    assert!(stderr.contains("error"), "stderr: {stderr}");
+    assert!(stderr.contains("no-such-run"), "stderr: {stderr}");
+
+    let invalid = replay(&app, "not a valid id!", &[]).await;
+    assert!(!invalid.status.success(), "{:?}", invalid.status);
+    assert!(
+        invalid.stdout.is_empty(),
+        "stdout: {}",
+        String::from_utf8_lossy(&invalid.stdout)
+    );
+    let stderr = String::from_utf8_lossy(&invalid.stderr);
+    assert!(stderr.contains("error"), "stderr: {stderr}");
+});

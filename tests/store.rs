@@ -1,0 +1,689 @@
+//! Storage tests against a real SQLite file and a real PostgreSQL database:
+//! migrations, the cqrs-es event store with snapshots, optimistic
+//! concurrency, the append-only log, the blob store and the projection
+//! catch-up.
+
+#[path = "common/mod.rs"]
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+
+use common::{Backend, Storage};
+use runlog::db::Db;
+use runlog::domain::definition::Definition;
+use runlog::domain::ids::{
+    ArtifactName, LeaseToken, OutputName, RunId, StepId, TemplateId, Timestamp,
+};
+use runlog::domain::run::{
+    ArtifactContent, ArtifactWritten, Outputs, Run, RunCommand, RunEvent, StepStatus,
+};
+use runlog::domain::template::{Template, TemplateCommand};
+use runlog::projections::{Projector, ReadModels, RunDetail};
+use runlog::store::{self, AggregateStore, BlobStore, StoreError};
+use serde_json::json;
+
+/// Snapshot size used by the round-trip tests: small, so that commits of
+/// 1, 2 and 5 events cross snapshot boundaries at every offset.
+const SNAPSHOT_EVERY: usize = 3;
+
+/// Commit sizes after the first commit (`Start`: 2 events). Starting at
+/// sequence 2, this covers every (size, sequence mod 3) pair for the sizes
+/// 1, 2 and 5.
+const SIZES: [usize; 23] = [
+    1, 5, 2, 5, 5, 1, 2, 2, 5, 1, 1, 5, 2, 5, 1, 2, 5, 5, 2, 1, 5, 1, 2,
+];
+
+/// Fresh storage on `backend`, connected and migrated; `None` when the
+/// backend's tests are skipped.
+async fn open(backend: Backend) -> Option<(Storage, Db)> {
+    let storage = Storage::new(backend).await?;
+    let db = connect(&storage).await;
+    store::migrate(&db).await.expect("migrate");
+    Some((storage, db))
+}
+
+async fn connect(storage: &Storage) -> Db {
+    Db::connect(storage.database_url.as_deref(), &storage.data_dir)
+        .await
+        .expect("connect to the test database")
+}
+
+fn step(name: &str) -> StepId {
+    StepId::parse(name).expect("step id")
+}
+
+fn metadata() -> HashMap<String, String> {
+    HashMap::from([("recorded_at".to_string(), "test".to_string())])
+}
+
+/// The diamond a → {b, c} → d, echo agents.
+fn diamond() -> Arc<Definition> {
+    let value = json!({"steps": {
+        "a": {"agent": "echo"},
+        "b": {"agent": "echo", "depends_on": ["a"]},
+        "c": {"agent": "echo", "depends_on": ["a"]},
+        "d": {"agent": "echo", "depends_on": ["b", "c"]}
+    }});
+    Arc::new(Definition::parse(&value).expect("definition"))
+}
+
+fn start_command(run_id: &str, at: i64) -> RunCommand {
+    RunCommand::Start {
+        run_id: RunId::parse(run_id).expect("run id"),
+        template_id: TemplateId::parse("tpl").expect("template id"),
+        template_version: 1,
+        definition: diamond(),
+        input: json!({"topic": "owls"}),
+        at: Timestamp(at),
+        lease_seed: format!("seed-{at}"),
+    }
+}
+
+/// Completes a running step of `state` with one output.
+fn complete_command(state: &Run, name: &str, at: i64) -> RunCommand {
+    let lease = state.steps[&step(name)]
+        .lease
+        .clone()
+        .expect("the step is running");
+    let outputs: Outputs = BTreeMap::from([(
+        OutputName::parse("text").expect("output name"),
+        ArtifactContent::Inline(json!(format!("{name} at {at}"))),
+    )]);
+    RunCommand::CompleteStep {
+        step: step(name),
+        lease,
+        outputs,
+        at: Timestamp(at),
+        lease_seed: format!("seed-{at}"),
+    }
+}
+
+/// A synthetic event. The store does not check business rules and `apply`
+/// holds none, so any sequence folds; each event has its own time, so every
+/// prefix of the log folds to a different state.
+fn filler(i: usize) -> RunEvent {
+    let at = Timestamp(1_000_000 + i as i64);
+    let s = step(["a", "b", "c", "d"][i % 4]);
+    let round = (i / 4 + 1) as u32;
+    match i % 4 {
+        0 => RunEvent::StepDispatched {
+            step: s,
+            attempt: round,
+            lease: LeaseToken::new(format!("lease-{i}")),
+            reads: BTreeMap::new(),
+            recovered: i % 8 == 0,
+            at,
+        },
+        1 => RunEvent::StepFailed {
+            step: s,
+            attempt: round,
+            error: format!("failure {i}"),
+            will_retry: true,
+            at,
+        },
+        2 => RunEvent::StepRetryScheduled {
+            step: s,
+            next_attempt: round + 1,
+            delay_ms: 10,
+            due_at: at.plus_millis(10),
+            at,
+        },
+        _ => RunEvent::StepCompleted {
+            artifacts: vec![ArtifactWritten {
+                name: ArtifactName::new(&s, &OutputName::parse("out").expect("output")),
+                version: round,
+                content: ArtifactContent::Inline(json!({"i": i})),
+            }],
+            step: s,
+            attempt: round,
+            ready: vec![],
+            at,
+        },
+    }
+}
+
+/// The batches the round-trip tests commit: `Start` (decided by the
+/// aggregate: `RunStarted` + the root's `StepDispatched`), then synthetic
+/// batches of the sizes in [`SIZES`].
+fn batches(run_id: &str) -> Vec<Vec<RunEvent>> {
+    let start = Run::default()
+        .decide(start_command(run_id, 1))
+        .expect("start");
+    assert_eq!(start.len(), 2, "Start decides RunStarted + a dispatch");
+    let mut batches = vec![start];
+    let mut i = 0;
+    for size in SIZES {
+        batches.push((i..i + size).map(filler).collect());
+        i += size;
+    }
+    batches
+}
+
+/// A writer that works like the run actor: it commits on top of its
+/// in-memory state, its sequence and the snapshot counter the previous
+/// commit returned.
+#[derive(Default)]
+struct Writer {
+    state: Run,
+    sequence: usize,
+    snapshot: Option<usize>,
+}
+
+impl Writer {
+    /// Commits `events`, checks the envelopes' sequences and folds them in.
+    async fn commit(&mut self, runs: &AggregateStore<Run>, run_id: &str, events: &[RunEvent]) {
+        let (envelopes, next) = runs
+            .commit(
+                run_id,
+                self.state.clone(),
+                self.sequence,
+                self.snapshot,
+                events.to_vec(),
+                metadata(),
+            )
+            .await
+            .unwrap_or_else(|e| {
+                panic!(
+                    "commit of {} events at sequence {} (snapshot counter {:?}) failed: {e}",
+                    events.len(),
+                    self.sequence,
+                    self.snapshot
+                )
+            });
+        let sequences: Vec<usize> = envelopes.iter().map(|e| e.sequence).collect();
+        let expected: Vec<usize> = (self.sequence + 1..=self.sequence + events.len()).collect();
+        assert_eq!(sequences, expected, "envelope sequences");
+        for event in events {
+            self.state.apply_event(event.clone());
+        }
+        self.sequence += events.len();
+        self.snapshot = next;
+    }
+}
+
+on_both_backends!(migrations_are_idempotent, |backend| {
+    let Some(storage) = Storage::new(backend).await else {
+        return;
+    };
+    let db = connect(&storage).await;
+    let first = store::migrate(&db).await.expect("first migration");
+    assert!(first > 0, "a fresh database applies every migration");
+    let second = store::migrate(&db).await.expect("second migration");
+    assert_eq!(second, 0, "nothing is left to apply the second time");
+    db.close().await;
+
+    // From another connection (a restart), still nothing to apply.
+    let db = connect(&storage).await;
+    assert_eq!(store::migrate(&db).await.expect("third migration"), 0);
+    let recorded: i64 = runlog::with_pool!(&db, pool => {
+        sqlx::query_scalar("SELECT COUNT(*) FROM runlog_migrations")
+            .fetch_one(pool)
+            .await
+            .expect("count migrations")
+    });
+    assert_eq!(recorded as usize, first, "each migration is recorded once");
+    db.close().await;
+});
+
+on_both_backends!(snapshot_store_round_trip, |backend| {
+    let Some((_storage, db)) = open(backend).await else {
+        return;
+    };
+    let runs = AggregateStore::<Run>::new(&db, SNAPSHOT_EVERY);
+    let run_id = "run-round-trip";
+    let batches = batches(run_id);
+    let mut writer = Writer::default();
+    for events in &batches {
+        writer.commit(&runs, run_id, events).await;
+        // After every commit, a load sees the new sequence and the snapshot
+        // counter we mirrored (a wrong counter fails the next commit that
+        // updates the snapshot with a Conflict).
+        let loaded = runs.load(run_id).await.expect("load");
+        assert_eq!(loaded.sequence, writer.sequence, "loaded sequence");
+        assert_eq!(
+            loaded.snapshot, writer.snapshot,
+            "mirrored snapshot counter"
+        );
+    }
+    let total: usize = batches.iter().map(Vec::len).sum();
+    assert_eq!(writer.sequence, total);
+    assert!(
+        writer.snapshot.is_some_and(|s| s > 1),
+        "snapshots were taken"
+    );
+
+    // The log holds every event once, in order, as committed.
+    let stored = runs.load_events(run_id).await.expect("load_events");
+    let sequences: Vec<usize> = stored.iter().map(|e| e.sequence).collect();
+    assert_eq!(sequences, (1..=total).collect::<Vec<_>>());
+    let payloads: Vec<RunEvent> = stored.into_iter().map(|e| e.payload).collect();
+    assert_eq!(payloads, batches.concat());
+
+    // Without snapshots, `load` is the fold of every event.
+    let unsnapshotted = AggregateStore::<Run>::new(&db, 0)
+        .load(run_id)
+        .await
+        .expect("load without snapshots");
+    assert_eq!(unsnapshotted.sequence, total);
+    assert_eq!(unsnapshotted.state, writer.state);
+
+    // A writer that reloads (like an actor after a conflict or a restart)
+    // can commit on top of what it loaded.
+    let loaded = runs.load(run_id).await.expect("load");
+    let (envelopes, _) = runs
+        .commit(
+            run_id,
+            loaded.state,
+            loaded.sequence,
+            loaded.snapshot,
+            vec![filler(1000), filler(1001)],
+            metadata(),
+        )
+        .await
+        .expect("commit after a reload");
+    assert_eq!(envelopes.last().map(|e| e.sequence), Some(total + 2));
+    db.close().await;
+});
+
+/// `load` through the snapshot store must return the fold of every event,
+/// whatever the commit sizes.
+async fn snapshot_load_is_the_fold_of_every_event(backend: Backend) {
+    let Some((_storage, db)) = open(backend).await else {
+        return;
+    };
+    let runs = AggregateStore::<Run>::new(&db, SNAPSHOT_EVERY);
+    let run_id = "run-fold";
+    let mut writer = Writer::default();
+    let mut mismatches = Vec::new();
+    for events in batches(run_id) {
+        let before = writer.sequence;
+        writer.commit(&runs, run_id, &events).await;
+        let loaded = runs.load(run_id).await.expect("load");
+        if loaded.state != writer.state {
+            mismatches.push(format!(
+                "commit of {} events at sequence {before} -> {}: loaded state reflects \
+                 updated_at {:?}, the fold {:?}",
+                events.len(),
+                writer.sequence,
+                loaded.state.updated_at,
+                writer.state.updated_at,
+            ));
+        }
+    }
+    db.close().await;
+    assert!(
+        mismatches.is_empty(),
+        "load differs from the fold of all events after {} of {} commits:\n{}",
+        mismatches.len(),
+        SIZES.len() + 1,
+        mismatches.join("\n")
+    );
+}
+
+mod snapshot_load_is_the_fold {
+    use super::*;
+
+    #[actix_web::test]
+    async fn on_sqlite() {
+        snapshot_load_is_the_fold_of_every_event(Backend::Sqlite).await;
+    }
+
+    #[actix_web::test]
+    async fn on_postgres() {
+        snapshot_load_is_the_fold_of_every_event(Backend::Postgres).await;
+    }
+}
+
+on_both_backends!(a_stale_sequence_is_a_conflict, |backend| {
+    let Some((_storage, db)) = open(backend).await else {
+        return;
+    };
+    for snapshot_every in [0, SNAPSHOT_EVERY] {
+        let runs = AggregateStore::<Run>::new(&db, snapshot_every);
+        let run_id = format!("run-stale-{snapshot_every}");
+        let mut writer = Writer::default();
+        for events in batches(&run_id).iter().take(6) {
+            writer.commit(&runs, &run_id, events).await;
+        }
+        let total = writer.sequence;
+        // Writers that loaded before the last commits: 1 or 2 events, so
+        // that some of them are due a snapshot update and some are not.
+        for stale in [0, 1, total - 3, total - 2, total - 1] {
+            for size in [1, 2] {
+                let events: Vec<RunEvent> = (0..size).map(|i| filler(500 + i)).collect();
+                let result = runs
+                    .commit(
+                        &run_id,
+                        Run::default(),
+                        stale,
+                        writer.snapshot,
+                        events,
+                        metadata(),
+                    )
+                    .await;
+                assert!(
+                    matches!(result, Err(StoreError::Conflict)),
+                    "snapshot_every {snapshot_every}: a commit of {size} at stale sequence \
+                     {stale} (log at {total}) must be a Conflict, got {:?}",
+                    result.map(|(envelopes, _)| envelopes.len())
+                );
+            }
+        }
+        // Nothing of the refused commits reached the log.
+        let stored = runs.load_events(&run_id).await.expect("load_events");
+        assert_eq!(stored.len(), total);
+        assert_eq!(stored.last().map(|e| e.sequence), Some(total));
+        // The up-to-date writer still commits.
+        writer.commit(&runs, &run_id, &[filler(900)]).await;
+    }
+    db.close().await;
+});
+
+on_both_backends!(the_event_log_refuses_update_and_delete, |backend| {
+    let Some((_storage, db)) = open(backend).await else {
+        return;
+    };
+    let runs = AggregateStore::<Run>::new(&db, 0);
+    let run_id = "run-append-only";
+    let mut writer = Writer::default();
+    for events in batches(run_id).iter().take(3) {
+        writer.commit(&runs, run_id, events).await;
+    }
+    let before = runs.load_events(run_id).await.expect("load_events");
+    let statements = [
+        "UPDATE events SET event_type = 'Tampered' WHERE aggregate_id = $1",
+        "UPDATE events SET sequence = sequence + 100 WHERE aggregate_id = $1 AND sequence = 1",
+        "DELETE FROM events WHERE aggregate_id = $1",
+        "DELETE FROM events WHERE aggregate_id = $1 AND sequence = 2",
+    ];
+    for statement in statements {
+        let result = runlog::with_pool!(&db, pool => {
+            sqlx::query(statement).bind(run_id).execute(pool).await.map(|r| r.rows_affected())
+        });
+        match result {
+            Ok(rows) => panic!("`{statement}` succeeded ({rows} rows)"),
+            Err(e) => assert!(
+                e.to_string().contains("append-only"),
+                "`{statement}` failed for another reason: {e}"
+            ),
+        }
+    }
+    let after = runs.load_events(run_id).await.expect("load_events");
+    assert_eq!(after.len(), before.len());
+    for (a, b) in before.iter().zip(&after) {
+        assert_eq!((a.sequence, &a.payload), (b.sequence, &b.payload));
+    }
+    db.close().await;
+});
+
+on_both_backends!(blobs_are_content_addressed, |backend| {
+    let Some((_storage, db)) = open(backend).await else {
+        return;
+    };
+    let blobs = BlobStore::new(db.clone());
+    let small = br#"{"text":"hello"}"#.to_vec();
+    let large: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    for body in [&small, &large] {
+        let first = blobs.put(body).await.expect("first put");
+        let second = blobs.put(body).await.expect("second put");
+        assert_eq!(first, second, "the same bytes have the same key");
+        assert_eq!(first, BlobStore::key_of(body));
+        assert_eq!(first.len(), 64);
+        assert_eq!(blobs.get(&first).await.expect("get").as_ref(), Some(body));
+    }
+    assert_ne!(BlobStore::key_of(&small), BlobStore::key_of(&large));
+    let stored: i64 = runlog::with_pool!(&db, pool => {
+        sqlx::query_scalar("SELECT COUNT(*) FROM blobs")
+            .fetch_one(pool)
+            .await
+            .expect("count blobs")
+    });
+    assert_eq!(stored, 2, "each body is stored once");
+    let unknown = BlobStore::key_of(b"never stored");
+    assert_eq!(blobs.get(&unknown).await.expect("get unknown"), None);
+    assert_eq!(blobs.get("not-a-key").await.expect("get garbage"), None);
+    db.close().await;
+});
+
+/// The run detail as a pure fold of the log.
+async fn folded_detail(runs: &AggregateStore<Run>, run_id: &str) -> RunDetail {
+    let mut detail = RunDetail::default();
+    for envelope in runs.load_events(run_id).await.expect("load_events") {
+        detail.apply(envelope.sequence as u64, &envelope.payload);
+    }
+    detail
+}
+
+on_both_backends!(catch_up_repairs_read_models_behind_the_log, |backend| {
+    let Some((_storage, db)) = open(backend).await else {
+        return;
+    };
+    let runs = AggregateStore::<Run>::new(&db, store::RUN_SNAPSHOT_EVERY);
+    let templates = AggregateStore::<Template>::new(&db, 0);
+    let projector = Projector::start(db.clone());
+    let reads = ReadModels::new(db.clone());
+
+    // Nothing to repair on an empty database.
+    assert_eq!(projector.catch_up().await.expect("catch-up"), 0);
+
+    // A template committed but never projected.
+    let agents: BTreeSet<String> = ["echo".to_string()].into();
+    let template_id = "tpl-unprojected";
+    let created = Template::default()
+        .decide(
+            TemplateCommand::Create {
+                id: TemplateId::parse(template_id).expect("template id"),
+                name: "unprojected".into(),
+                description: None,
+                definition: json!({"steps": {"a": {"agent": "echo"}}}),
+                at: Timestamp(5),
+            },
+            &agents,
+        )
+        .expect("create template");
+    templates
+        .commit(
+            template_id,
+            Template::default(),
+            0,
+            None,
+            created,
+            metadata(),
+        )
+        .await
+        .expect("commit template");
+
+    // Run 1: started and one step completed, nothing projected.
+    let mut one = Writer::default();
+    let start = one
+        .state
+        .decide(start_command("run-one", 10))
+        .expect("start");
+    one.commit(&runs, "run-one", &start).await;
+    let done_a = one
+        .state
+        .decide(complete_command(&one.state, "a", 20))
+        .expect("complete a");
+    one.commit(&runs, "run-one", &done_a).await;
+
+    // Run 2: the start projected, later commits not (a crash in between).
+    let mut two = Writer::default();
+    let start = two
+        .state
+        .decide(start_command("run-two", 30))
+        .expect("start");
+    let (envelopes, snapshot) = runs
+        .commit(
+            "run-two",
+            Run::default(),
+            0,
+            None,
+            start.clone(),
+            metadata(),
+        )
+        .await
+        .expect("commit start");
+    projector
+        .project_runs(&envelopes)
+        .await
+        .expect("project the start");
+    for event in start {
+        two.state.apply_event(event);
+    }
+    two.sequence = envelopes.len();
+    two.snapshot = snapshot;
+    for (name, at) in [("a", 40), ("b", 50), ("c", 60), ("d", 70)] {
+        let events = two
+            .state
+            .decide(complete_command(&two.state, name, at))
+            .expect("complete");
+        two.commit(&runs, "run-two", &events).await;
+    }
+    assert_eq!(two.state.status.as_str(), "completed");
+
+    // Run 3: fully projected; nothing to repair.
+    let start = Run::default()
+        .decide(start_command("run-three", 80))
+        .expect("start");
+    let (envelopes, _) = runs
+        .commit("run-three", Run::default(), 0, None, start, metadata())
+        .await
+        .expect("commit start");
+    projector.project_runs(&envelopes).await.expect("project");
+
+    // Before the catch-up, the read models lag.
+    assert_eq!(reads.run_detail("run-one").await.expect("read"), None);
+    assert_eq!(
+        reads
+            .run_detail("run-two")
+            .await
+            .expect("read")
+            .map(|d| d.sequence),
+        Some(2)
+    );
+    assert!(reads.template(template_id).await.expect("read").is_none());
+
+    let repaired = projector.catch_up().await.expect("catch-up");
+    assert_eq!(repaired, 3, "the template and the two lagging runs");
+
+    for (run_id, writer) in [("run-one", &one), ("run-two", &two)] {
+        let detail = reads
+            .run_detail(run_id)
+            .await
+            .expect("read")
+            .unwrap_or_else(|| panic!("{run_id} has a read model after the catch-up"));
+        assert_eq!(detail.sequence, writer.sequence as u64, "{run_id}");
+        assert_eq!(detail, folded_detail(&runs, run_id).await, "{run_id}");
+    }
+    let one_detail = reads
+        .run_detail("run-one")
+        .await
+        .expect("read")
+        .expect("row");
+    assert_eq!(one_detail.status.as_str(), "running");
+    assert_eq!(one_detail.steps["a"].status, StepStatus::Completed);
+    assert_eq!(one_detail.steps["b"].status, StepStatus::Running);
+    let two_detail = reads
+        .run_detail("run-two")
+        .await
+        .expect("read")
+        .expect("row");
+    assert_eq!(two_detail.status.as_str(), "completed");
+    assert!(two_detail
+        .steps
+        .values()
+        .all(|s| s.status == StepStatus::Completed));
+    assert_eq!(
+        reads.active_runs().await.expect("active runs"),
+        vec!["run-one".to_string(), "run-three".to_string()]
+    );
+    let template = reads
+        .template(template_id)
+        .await
+        .expect("read")
+        .expect("the template is in the catalogue after the catch-up");
+    assert_eq!(
+        (template.name.as_str(), template.version),
+        ("unprojected", 1)
+    );
+
+    // Idempotent: nothing left behind.
+    assert_eq!(projector.catch_up().await.expect("second catch-up"), 0);
+    db.close().await;
+});
+
+/// A projection batch that failed for good (e.g. three "database is
+/// locked" errors in a row on SQLite) while later batches of the same run
+/// succeed: the read model must still end up equal to the fold of the log
+/// once `catch_up` has run.
+async fn catch_up_repairs_a_lost_batch(backend: Backend) {
+    let Some((_storage, db)) = open(backend).await else {
+        return;
+    };
+    let runs = AggregateStore::<Run>::new(&db, store::RUN_SNAPSHOT_EVERY);
+    let projector = Projector::start(db.clone());
+    let reads = ReadModels::new(db.clone());
+    let run_id = "run-lost-batch";
+    // Start, then complete a, b and c: 2 + 3 + 1 + 2 events.
+    let mut state = Run::default();
+    let mut batches = Vec::new();
+    for (name, at) in [("", 10), ("a", 20), ("b", 30), ("c", 40)] {
+        let command = if name.is_empty() {
+            start_command(run_id, at)
+        } else {
+            complete_command(&state, name, at)
+        };
+        let events = state.decide(command).expect("decide");
+        for event in &events {
+            state.apply_event(event.clone());
+        }
+        batches.push(events);
+    }
+    let mut writer = Writer::default();
+    for (n, events) in batches.iter().enumerate() {
+        let sequence = writer.sequence;
+        writer.commit(&runs, run_id, events).await;
+        // The batch that completed `a` never reaches the read models.
+        if n != 1 {
+            let envelopes: Vec<_> = runs
+                .load_events(run_id)
+                .await
+                .expect("load_events")
+                .into_iter()
+                .filter(|e| e.sequence > sequence)
+                .collect();
+            projector.project_runs(&envelopes).await.expect("project");
+        }
+    }
+    projector.catch_up().await.expect("catch-up");
+    let detail = reads
+        .run_detail(run_id)
+        .await
+        .expect("read")
+        .expect("a read model");
+    let folded = folded_detail(&runs, run_id).await;
+    db.close().await;
+    assert_eq!(
+        detail.steps["a"].status,
+        StepStatus::Completed,
+        "the read model is at sequence {} of {} but misses the lost batch",
+        detail.sequence,
+        folded.sequence
+    );
+    assert_eq!(detail, folded);
+}
+
+mod catch_up_repairs_a_lost_batch {
+    use super::*;
+
+    #[actix_web::test]
+    async fn on_sqlite() {
+        catch_up_repairs_a_lost_batch(Backend::Sqlite).await;
+    }
+
+    #[actix_web::test]
+    async fn on_postgres() {
+        catch_up_repairs_a_lost_batch(Backend::Postgres).await;
+    }
+}
