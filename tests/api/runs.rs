@@ -5,24 +5,11 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::common::{diamond, spawn_app, Reply, TestApp};
+use crate::common::{diamond, expect_error, spawn_app, TestApp};
 use crate::on_both_backends;
 
 /// How long a test waits for a run to finish.
 const FINISH: Duration = Duration::from_secs(30);
-
-/// Asserts `reply` is the error `{"error": {"code", "message"}}` with this
-/// status and code; returns the message.
-fn expect_error(reply: &Reply, status: u16, code: &str) -> String {
-    let (got, body) = reply;
-    assert_eq!(*got, status, "expected {status} {code}, got {got}: {body}");
-    assert_eq!(body["error"]["code"], code, "{body}");
-    let message = body["error"]["message"]
-        .as_str()
-        .unwrap_or_else(|| panic!("error without a message: {body}"));
-    assert!(!message.is_empty(), "{body}");
-    message.to_string()
-}
 
 /// The events of `event_type` about `step`, in order.
 fn step_events<'a>(events: &'a [Value], event_type: &str, step: &str) -> Vec<&'a Value> {

@@ -5,21 +5,8 @@ use std::collections::BTreeSet;
 
 use serde_json::{json, Value};
 
-use crate::common::{diamond, spawn_app, Reply, TestApp};
+use crate::common::{diamond, expect_error, spawn_app, TestApp};
 use crate::on_both_backends;
-
-/// Asserts `reply` is the error `{"error": {"code", "message"}}` with this
-/// status and code; returns the message.
-fn expect_error(reply: &Reply, status: u16, code: &str) -> String {
-    let (got, body) = reply;
-    assert_eq!(*got, status, "expected {status} {code}, got {got}: {body}");
-    assert_eq!(body["error"]["code"], code, "{body}");
-    let message = body["error"]["message"]
-        .as_str()
-        .unwrap_or_else(|| panic!("error without a message: {body}"));
-    assert!(!message.is_empty(), "{body}");
-    message.to_string()
-}
 
 /// POSTs a template with `definition` and checks it is refused with this
 /// status and code, that the message names `step` (when given), and that

@@ -294,6 +294,19 @@ impl TestApp {
     }
 }
 
+/// Asserts `reply` is the error `{"error": {"code", "message"}}` with this
+/// status and code; returns the message.
+pub fn expect_error(reply: &Reply, status: u16, code: &str) -> String {
+    let (got, body) = reply;
+    assert_eq!(*got, status, "expected {status} {code}, got {got}: {body}");
+    assert_eq!(body["error"]["code"], code, "{body}");
+    let message = body["error"]["message"]
+        .as_str()
+        .unwrap_or_else(|| panic!("error without a message: {body}"));
+    assert!(!message.is_empty(), "{body}");
+    message.to_string()
+}
+
 /// The diamond A → {B, C} → D with echo agents; `delay_ms` on every step.
 pub fn diamond(delay_ms: u64) -> Value {
     let config = json!({"delay_ms": delay_ms});
