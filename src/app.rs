@@ -15,7 +15,9 @@ use crate::config::ServeSettings;
 use crate::db::Db;
 use crate::domain::run::Run;
 use crate::domain::template::Template;
-use crate::engine::{AgentRegistry, Engine, EngineConfig, EngineParts};
+use crate::engine::{AgentRegistry, Engine, EngineConfig, EngineParts, RunReadModels};
+use cqrs_es::EventEnvelope;
+use futures::future::BoxFuture;
 use crate::projections::{Projector, ReadModels};
 use crate::store::{self, AggregateStore, BlobStore, EventLog, RUN_SNAPSHOT_EVERY};
 
@@ -39,6 +41,22 @@ pub enum AppError {
         /// Why.
         source: std::io::Error,
     },
+}
+
+impl RunReadModels for Projector {
+    fn queue(&self, events: &[EventEnvelope<Run>]) -> BoxFuture<'static, ()> {
+        let run_id = events.first().map(|e| e.aggregate_id.clone()).unwrap_or_default();
+        let written = self.queue_runs(events);
+        Box::pin(async move {
+            if let Err(e) = written.await {
+                tracing::error!(%run_id, error = %e, "run projection failed; it is repaired from the log");
+            }
+        })
+    }
+
+    fn backlog(&self) -> usize {
+        Projector::backlog(self)
+    }
 }
 
 /// Opens and migrates the database.
@@ -69,7 +87,7 @@ impl Application {
             templates: AggregateStore::<Template>::new(&db, 0),
             blobs: BlobStore::new(db.clone()),
             agents: AgentRegistry::with_builtins(),
-            run_queries: vec![Arc::new(projector.clone())],
+            run_read_models: Arc::new(projector.clone()),
             template_queries: vec![Arc::new(projector)],
             config: EngineConfig {
                 passivate_after: settings.passivate_after(),

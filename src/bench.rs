@@ -24,7 +24,7 @@ use actix_web::rt::time::timeout;
 use clap::Args;
 use futures::{SinkExt, StreamExt};
 use serde_json::{json, Value};
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{oneshot, Semaphore};
 
 use crate::app::Application;
 use crate::config::ServeSettings;
@@ -65,40 +65,43 @@ struct Figures {
     commits_per_run: f64,
 }
 
-type Waiters = Arc<Mutex<HashMap<String, oneshot::Sender<String>>>>;
+/// Runs someone waits for, and runs that finished before anyone waited.
+#[derive(Default)]
+struct Outcomes {
+    waiting: HashMap<String, oneshot::Sender<String>>,
+    early: HashMap<String, String>,
+}
 
-/// Learns of run completions over one WebSocket connection.
+/// Learns of run completions from one WebSocket subscribed to every run.
 struct Completions {
-    waiters: Waiters,
-    subscribe: mpsc::UnboundedSender<String>,
+    outcomes: Arc<Mutex<Outcomes>>,
 }
 
 impl Completions {
     async fn connect(port: u16) -> Result<Self, Box<dyn std::error::Error>> {
-        let (_, framed) = awc::Client::new()
+        let (_, mut framed) = awc::Client::new()
             .ws(format!("ws://127.0.0.1:{port}/api/ws"))
             .max_frame_size(16 * 1024 * 1024)
             .connect()
             .await
             .map_err(|e| format!("websocket connect: {e}"))?;
-        let (mut sink, mut stream) = framed.split();
-        let waiters: Waiters = Arc::default();
-        let (subscribe, mut requests) = mpsc::unbounded_channel::<String>();
-        actix_web::rt::spawn(async move {
-            while let Some(run) = requests.recv().await {
-                let message = json!({"type": "subscribe", "run_id": run, "after": 0}).to_string();
-                if sink
-                    .send(awc::ws::Message::Text(message.into()))
-                    .await
-                    .is_err()
-                {
-                    break;
-                }
+        let subscribe = json!({"type": "subscribe_all"}).to_string();
+        framed
+            .send(awc::ws::Message::Text(subscribe.into()))
+            .await
+            .map_err(|e| format!("websocket send: {e}"))?;
+        // Wait for the acknowledgement so that no run starts unobserved.
+        loop {
+            match framed.next().await {
+                Some(Ok(awc::ws::Frame::Text(bytes))) if bytes.as_ref().windows(14).any(|w| w == b"subscribed_all") => break,
+                Some(Ok(_)) => continue,
+                other => return Err(format!("websocket closed before subscribing: {other:?}").into()),
             }
-        });
-        let routing = waiters.clone();
+        }
+        let outcomes: Arc<Mutex<Outcomes>> = Arc::default();
+        let routing = outcomes.clone();
         actix_web::rt::spawn(async move {
-            while let Some(Ok(frame)) = stream.next().await {
+            while let Some(Ok(frame)) = framed.next().await {
                 let awc::ws::Frame::Text(bytes) = frame else {
                     continue;
                 };
@@ -107,24 +110,37 @@ impl Completions {
                 };
                 let kind = message["event_type"].as_str().unwrap_or_default();
                 if kind == "RunCompleted" || kind == "RunFailed" {
-                    let run = message["run_id"].as_str().unwrap_or_default();
-                    let waiter = routing.lock().ok().and_then(|mut w| w.remove(run));
-                    if let Some(waiter) = waiter {
-                        let _ = waiter.send(kind.to_string());
+                    let run = message["run_id"].as_str().unwrap_or_default().to_string();
+                    let Ok(mut outcomes) = routing.lock() else {
+                        break;
+                    };
+                    match outcomes.waiting.remove(&run) {
+                        Some(waiter) => {
+                            let _ = waiter.send(kind.to_string());
+                        }
+                        None => {
+                            outcomes.early.insert(run, kind.to_string());
+                        }
                     }
                 }
             }
         });
-        Ok(Self { waiters, subscribe })
+        Ok(Self { outcomes })
     }
 
-    /// Registers interest in `run` and subscribes to it.
+    /// Resolves with the run's final event type.
     fn watch(&self, run: &str) -> oneshot::Receiver<String> {
         let (sender, receiver) = oneshot::channel();
-        if let Ok(mut waiters) = self.waiters.lock() {
-            waiters.insert(run.to_string(), sender);
+        if let Ok(mut outcomes) = self.outcomes.lock() {
+            match outcomes.early.remove(run) {
+                Some(kind) => {
+                    let _ = sender.send(kind);
+                }
+                None => {
+                    outcomes.waiting.insert(run.to_string(), sender);
+                }
+            }
         }
-        let _ = self.subscribe.send(run.to_string());
         receiver
     }
 }

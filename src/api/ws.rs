@@ -2,7 +2,9 @@
 //! so that moving from actix-web-actors to actix-ws stays easy).
 //!
 //! Client → server: `{"type":"subscribe","run_id":ID,"after":SEQ?}`,
-//! `{"type":"unsubscribe","run_id":ID}`, `{"type":"ping"}`.
+//! `{"type":"unsubscribe","run_id":ID}`, `{"type":"subscribe_all"}` (the
+//! live events of every run, from now on), `{"type":"unsubscribe_all"}`,
+//! `{"type":"ping"}`.
 //! Server → client: `{"type":"subscribed","run_id"}`, then
 //! `{"type":"event","run_id","sequence","event_type","event_version",
 //! "recorded_at","payload"}` in order with no duplicate, and
@@ -37,6 +39,8 @@ const CATCH_UP_PAGE: i64 = 500;
 enum ClientMessage {
     Subscribe { run_id: String, after: Option<i64> },
     Unsubscribe { run_id: String },
+    SubscribeAll,
+    UnsubscribeAll,
     Ping,
 }
 
@@ -45,6 +49,8 @@ struct Session {
     state: ApiState,
     /// Subscribed runs and the last sequence sent for each.
     runs: HashMap<RunId, i64>,
+    /// Whether the session gets every run's live events.
+    all: bool,
     last_heard: Instant,
 }
 
@@ -56,6 +62,7 @@ pub(super) async fn connect(
     let session = Session {
         state: state.get_ref().clone(),
         runs: HashMap::new(),
+        all: false,
         last_heard: Instant::now(),
     };
     ws::start(session, &req, stream)
@@ -70,13 +77,12 @@ impl Session {
         let Ok(run) = RunId::parse(event.run_id.as_str()) else {
             return;
         };
-        let Some(last) = self.runs.get_mut(&run) else {
-            return;
-        };
-        if event.sequence <= *last {
-            return;
+        match self.runs.get_mut(&run) {
+            Some(last) if event.sequence <= *last => return,
+            Some(last) => *last = event.sequence,
+            None if self.all => {}
+            None => return,
         }
-        *last = event.sequence;
         ctx.text(
             json!({
                 "type": "event",
@@ -171,6 +177,16 @@ impl Session {
                 }
                 Err(e) => Self::send_error(ctx, "invalid_run_id", &e.to_string()),
             },
+            ClientMessage::SubscribeAll => {
+                self.all = true;
+                self.state.engine.hub().subscribe_all(ctx.address().recipient());
+                ctx.text(json!({"type": "subscribed_all"}).to_string());
+            }
+            ClientMessage::UnsubscribeAll => {
+                self.all = false;
+                self.state.engine.hub().unsubscribe_all(&ctx.address().recipient());
+                ctx.text(json!({"type": "unsubscribed_all"}).to_string());
+            }
             ClientMessage::Ping => ctx.text(json!({"type": "pong"}).to_string()),
         }
     }
@@ -194,6 +210,7 @@ impl Actor for Session {
         for run in self.runs.keys() {
             self.state.engine.hub().unsubscribe(run, &me);
         }
+        self.state.engine.hub().unsubscribe_all(&me);
         actix::Running::Stop
     }
 }

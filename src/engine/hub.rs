@@ -79,10 +79,11 @@ impl EventView {
     }
 }
 
-/// Subscribers by run.
+/// Subscribers by run, and subscribers to every run.
 #[derive(Default)]
 pub struct Hub {
     rooms: RwLock<HashMap<RunId, Vec<Recipient<EventView>>>>,
+    everything: RwLock<Vec<Recipient<EventView>>>,
 }
 
 impl Hub {
@@ -106,15 +107,33 @@ impl Hub {
         }
     }
 
-    /// Sends committed events to the run's subscribers, in order.
+    /// Delivers every future event of every run to `recipient`.
+    pub fn subscribe_all(&self, recipient: Recipient<EventView>) {
+        let mut everything = self.everything.write().unwrap_or_else(|e| e.into_inner());
+        if !everything.contains(&recipient) {
+            everything.push(recipient);
+        }
+    }
+
+    /// Undoes [`Hub::subscribe_all`].
+    pub fn unsubscribe_all(&self, recipient: &Recipient<EventView>) {
+        let mut everything = self.everything.write().unwrap_or_else(|e| e.into_inner());
+        everything.retain(|r| r != recipient);
+    }
+
+    /// Sends committed events to the run's subscribers and to those of every
+    /// run, in order. A recipient in both gets each event twice and drops
+    /// the second by its sequence.
     pub fn publish(&self, run: &RunId, events: &[EventEnvelope<Run>]) {
         let rooms = self.rooms.read().unwrap_or_else(|e| e.into_inner());
-        let Some(room) = rooms.get(run) else {
+        let everything = self.everything.read().unwrap_or_else(|e| e.into_inner());
+        let room = rooms.get(run).map_or(&[][..], Vec::as_slice);
+        if room.is_empty() && everything.is_empty() {
             return;
-        };
+        }
         for envelope in events {
             let view = EventView::from_envelope(envelope);
-            for recipient in room {
+            for recipient in room.iter().chain(everything.iter()) {
                 recipient.do_send(view.clone());
             }
         }

@@ -23,6 +23,7 @@ use std::time::Duration;
 
 use actix::{Actor, Addr, Arbiter, MailboxError};
 use cqrs_es::{EventEnvelope, Query};
+use futures::future::BoxFuture;
 use serde_json::Value;
 
 use crate::domain::ids::{RunId, TemplateId, Timestamp};
@@ -34,6 +35,20 @@ use crate::store::{AggregateStore, BlobStore, StoreError};
 pub use agents::{Agent, AgentRegistry, StepContext};
 pub use hub::{EventView, Hub};
 pub use run_actor::{RunActor, INLINE_ARTIFACT_LIMIT};
+
+/// Queued read-model jobs beyond which actors wait for their writes.
+const READ_MODEL_BACKLOG_LIMIT: usize = 512;
+
+/// Where committed run events go to become read models. Implemented by the
+/// projection writer (wired in `app`).
+pub trait RunReadModels: Send + Sync {
+    /// Queues events, in the order of calls, and returns a future that
+    /// resolves once they are written (failures are logged by the writer and
+    /// repaired from the log).
+    fn queue(&self, events: &[EventEnvelope<Run>]) -> BoxFuture<'static, ()>;
+    /// Jobs queued and not yet written.
+    fn backlog(&self) -> usize;
+}
 
 /// Engine failures.
 #[derive(Debug, thiserror::Error)]
@@ -100,7 +115,7 @@ pub struct EngineParts {
     /// The agents.
     pub agents: AgentRegistry,
     /// Read models fed with every committed run event.
-    pub run_queries: Vec<Arc<dyn Query<Run>>>,
+    pub run_read_models: Arc<dyn RunReadModels>,
     /// Read models fed with every committed template event.
     pub template_queries: Vec<Arc<dyn Query<Template>>>,
     /// Tunables.
@@ -112,7 +127,7 @@ pub(crate) struct EngineCtx {
     templates: AggregateStore<Template>,
     blobs: BlobStore,
     agents: AgentRegistry,
-    run_queries: Vec<Arc<dyn Query<Run>>>,
+    run_read_models: Arc<dyn RunReadModels>,
     template_queries: Vec<Arc<dyn Query<Template>>>,
     hub: Hub,
     config: EngineConfig,
@@ -122,12 +137,18 @@ pub(crate) struct EngineCtx {
 }
 
 impl EngineCtx {
-    async fn project_runs(&self, events: &[EventEnvelope<Run>]) {
-        if let Some(first) = events.first() {
-            for query in &self.run_queries {
-                query.dispatch(&first.aggregate_id, events).await;
-            }
-        }
+    /// Hands committed events to the read models. The returned future
+    /// resolves once they are written; callers that need read-your-writes
+    /// (answers to clients) wait for it, internal turns do not unless the
+    /// writer falls behind.
+    fn project_runs(&self, events: &[EventEnvelope<Run>]) -> BoxFuture<'static, ()> {
+        self.run_read_models.queue(events)
+    }
+
+    /// Whether internal turns should wait for their read-model writes, to
+    /// keep the writer's queue short.
+    fn read_models_behind(&self) -> bool {
+        self.run_read_models.backlog() > READ_MODEL_BACKLOG_LIMIT
     }
 
     pub(crate) fn forget_actor(&self, id: &RunId, addr: &Addr<RunActor>) {
@@ -166,7 +187,7 @@ impl Engine {
                 templates: parts.templates,
                 blobs: parts.blobs,
                 agents: parts.agents,
-                run_queries: parts.run_queries,
+                run_read_models: parts.run_read_models,
                 template_queries: parts.template_queries,
                 hub: Hub::default(),
                 config: parts.config,

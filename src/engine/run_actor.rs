@@ -96,8 +96,13 @@ impl RunActor {
     }
 
     /// One turn: decide, commit, fold, publish, act. Resolves to the number
-    /// of events recorded once the read models have them.
-    fn turn(&mut self, command: RunCommand) -> ResponseActFuture<Self, Result<usize, EngineError>> {
+    /// of events recorded; with `read_your_writes`, only once the read
+    /// models have them.
+    fn turn(
+        &mut self,
+        command: RunCommand,
+        read_your_writes: bool,
+    ) -> ResponseActFuture<Self, Result<usize, EngineError>> {
         let events = match self.state.decide(command) {
             Ok(events) if events.is_empty() => return Box::pin(ready(Ok(0))),
             Ok(events) => events,
@@ -116,18 +121,23 @@ impl RunActor {
                     .await
             }
             .into_actor(self)
-            .then(|committed, act, ctx| -> ResponseActFuture<Self, Result<usize, EngineError>> {
+            .then(move |committed, act, ctx| -> ResponseActFuture<Self, Result<usize, EngineError>> {
                 match committed {
                     Ok((envelopes, snapshot)) => {
                         act.committed(&envelopes, snapshot, ctx);
-                        let engine = act.engine.clone();
-                        Box::pin(
-                            async move {
-                                engine.project_runs(&envelopes).await;
-                                Ok(envelopes.len())
-                            }
-                            .into_actor(act),
-                        )
+                        let written = act.engine.project_runs(&envelopes);
+                        let count = envelopes.len();
+                        if read_your_writes || act.engine.read_models_behind() {
+                            Box::pin(
+                                async move {
+                                    written.await;
+                                    Ok(count)
+                                }
+                                .into_actor(act),
+                            )
+                        } else {
+                            Box::pin(ready(Ok(count)))
+                        }
                     }
                     Err(StoreError::Conflict) => {
                         tracing::warn!(run_id = %act.id, "another writer advanced this run; reloading");
@@ -268,7 +278,7 @@ impl Handler<Execute> for RunActor {
     type Result = AtomicResponse<Self, Result<usize, EngineError>>;
 
     fn handle(&mut self, Execute(command): Execute, _: &mut Self::Context) -> Self::Result {
-        AtomicResponse::new(self.turn(command))
+        AtomicResponse::new(self.turn(command, true))
     }
 }
 
@@ -294,7 +304,7 @@ impl Handler<AgentDone> for RunActor {
                 at: now(),
             },
         };
-        AtomicResponse::new(Box::pin(self.turn(command).map(move |result, act, ctx| {
+        AtomicResponse::new(Box::pin(self.turn(command, false).map(move |result, act, ctx| {
             match result {
                 Ok(_) => {}
                 Err(EngineError::Run(refused)) => {
@@ -325,7 +335,7 @@ impl Handler<Wake> for RunActor {
             at: now(),
             lease_seed: new_lease_seed(),
         };
-        AtomicResponse::new(Box::pin(self.turn(command).map(|result, act, ctx| {
+        AtomicResponse::new(Box::pin(self.turn(command, false).map(|result, act, ctx| {
             if let Err(e) = result {
                 tracing::warn!(run_id = %act.id, error = %e, "dispatching due retries failed");
                 if !matches!(e, EngineError::Run(_)) {

@@ -2,6 +2,9 @@
 //! models, many runs per transaction.
 
 use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use cqrs_es::{EventEnvelope, Query};
@@ -43,9 +46,16 @@ struct Job {
 }
 
 /// Handle to the projection writer task. Cheap to clone.
+///
+/// The queue is unbounded so that queueing never waits and never reorders;
+/// callers keep it short by waiting for their writes when [`backlog`]
+/// grows (see the engine).
+///
+/// [`backlog`]: Projector::backlog
 #[derive(Clone, Debug)]
 pub struct Projector {
-    sender: mpsc::Sender<Job>,
+    sender: mpsc::UnboundedSender<Job>,
+    backlog: Arc<AtomicUsize>,
     db: Db,
 }
 
@@ -58,34 +68,71 @@ impl std::fmt::Debug for Job {
 impl Projector {
     /// Starts the writer task on the current tokio runtime.
     pub fn start(db: Db) -> Self {
-        let (sender, receiver) = mpsc::channel(4096);
-        tokio::spawn(write_loop(db.clone(), receiver));
-        Self { sender, db }
+        let (sender, receiver) = mpsc::unbounded_channel();
+        let backlog = Arc::new(AtomicUsize::new(0));
+        tokio::spawn(write_loop(db.clone(), receiver, backlog.clone()));
+        Self {
+            sender,
+            backlog,
+            db,
+        }
+    }
+
+    /// Jobs queued and not yet written.
+    pub fn backlog(&self) -> usize {
+        self.backlog.load(Ordering::Relaxed)
+    }
+
+    /// Queues a batch now (so batches of one caller are written in the order
+    /// queued) and returns a future that resolves once it is written.
+    fn queue(
+        &self,
+        batch: Batch,
+    ) -> impl Future<Output = Result<(), ProjectionError>> + Send + 'static {
+        let (done, answer) = oneshot::channel();
+        self.backlog.fetch_add(1, Ordering::Relaxed);
+        let queued = self.sender.send(Job { batch, done });
+        if queued.is_err() {
+            self.backlog.fetch_sub(1, Ordering::Relaxed);
+        }
+        async move {
+            queued.map_err(|_| ProjectionError::WriterStopped)?;
+            answer
+                .await
+                .map_err(|_| ProjectionError::WriterStopped)?
+                .map_err(ProjectionError::WriteFailed)
+        }
     }
 
     async fn submit(&self, batch: Batch) -> Result<(), ProjectionError> {
-        let (done, answer) = oneshot::channel();
-        self.sender
-            .send(Job { batch, done })
-            .await
-            .map_err(|_| ProjectionError::WriterStopped)?;
-        answer
-            .await
-            .map_err(|_| ProjectionError::WriterStopped)?
-            .map_err(ProjectionError::WriteFailed)
+        self.queue(batch).await
+    }
+
+    /// Queues committed run events (in the order of calls) and returns a
+    /// future that resolves once they are written.
+    pub fn queue_runs(
+        &self,
+        events: &[EventEnvelope<Run>],
+    ) -> impl Future<Output = Result<(), ProjectionError>> + Send + 'static {
+        let batch = events.first().map(|first| {
+            let events = events
+                .iter()
+                .map(|e| (e.sequence as u64, e.payload.clone()))
+                .collect();
+            Batch::Runs(first.aggregate_id.clone(), events)
+        });
+        let queued = batch.map(|b| self.queue(b));
+        async move {
+            match queued {
+                Some(written) => written.await,
+                None => Ok(()),
+            }
+        }
     }
 
     /// Applies committed run events and waits until they are written.
     pub async fn project_runs(&self, events: &[EventEnvelope<Run>]) -> Result<(), ProjectionError> {
-        let Some(first) = events.first() else {
-            return Ok(());
-        };
-        let batch = events
-            .iter()
-            .map(|e| (e.sequence as u64, e.payload.clone()))
-            .collect();
-        self.submit(Batch::Runs(first.aggregate_id.clone(), batch))
-            .await
+        self.queue_runs(events).await
     }
 
     /// Applies committed template events and waits until they are written.
@@ -152,16 +199,7 @@ impl Projector {
     }
 }
 
-#[async_trait::async_trait]
-impl Query<Run> for Projector {
-    async fn dispatch(&self, aggregate_id: &str, events: &[EventEnvelope<Run>]) {
-        if let Err(e) = self.project_runs(events).await {
-            tracing::error!(run_id = aggregate_id, error = %e, "run projection failed; it is repaired by the next catch-up");
-        }
-    }
-}
-
-async fn write_loop(db: Db, mut receiver: mpsc::Receiver<Job>) {
+async fn write_loop(db: Db, mut receiver: mpsc::UnboundedReceiver<Job>, backlog: Arc<AtomicUsize>) {
     while let Some(first) = receiver.recv().await {
         let mut jobs = vec![first];
         while jobs.len() < MAX_JOBS_PER_TRANSACTION {
@@ -182,6 +220,7 @@ async fn write_loop(db: Db, mut receiver: mpsc::Receiver<Job>) {
                 Err(e) => break Err(e.to_string()),
             }
         };
+        backlog.fetch_sub(jobs.len(), Ordering::Relaxed);
         for job in jobs {
             let _ = job.done.send(result.clone());
         }
