@@ -16,10 +16,10 @@ use crate::db::Db;
 use crate::domain::run::Run;
 use crate::domain::template::Template;
 use crate::engine::{AgentRegistry, Engine, EngineConfig, EngineParts, RunReadModels};
-use cqrs_es::EventEnvelope;
-use futures::future::BoxFuture;
 use crate::projections::{Projector, ReadModels};
 use crate::store::{self, AggregateStore, BlobStore, EventLog, RUN_SNAPSHOT_EVERY};
+use cqrs_es::EventEnvelope;
+use futures::future::BoxFuture;
 
 /// Start-up failures.
 #[derive(Debug, thiserror::Error)]
@@ -45,7 +45,10 @@ pub enum AppError {
 
 impl RunReadModels for Projector {
     fn queue(&self, events: &[EventEnvelope<Run>]) -> BoxFuture<'static, ()> {
-        let run_id = events.first().map(|e| e.aggregate_id.clone()).unwrap_or_default();
+        let run_id = events
+            .first()
+            .map(|e| e.aggregate_id.clone())
+            .unwrap_or_default();
         let written = self.queue_runs(events);
         Box::pin(async move {
             if let Err(e) = written.await {
@@ -178,7 +181,9 @@ impl Application {
                 result
             }
         };
-        self.engine.shutdown();
+        self.engine
+            .shutdown(std::time::Duration::from_secs(5))
+            .await;
         self.db.close().await;
         result
     }

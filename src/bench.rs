@@ -93,9 +93,15 @@ impl Completions {
         // Wait for the acknowledgement so that no run starts unobserved.
         loop {
             match framed.next().await {
-                Some(Ok(awc::ws::Frame::Text(bytes))) if bytes.as_ref().windows(14).any(|w| w == b"subscribed_all") => break,
+                Some(Ok(awc::ws::Frame::Text(bytes)))
+                    if bytes.as_ref().windows(14).any(|w| w == b"subscribed_all") =>
+                {
+                    break
+                }
                 Some(Ok(_)) => continue,
-                other => return Err(format!("websocket closed before subscribing: {other:?}").into()),
+                other => {
+                    return Err(format!("websocket closed before subscribing: {other:?}").into())
+                }
             }
         }
         let outcomes: Arc<Mutex<Outcomes>> = Arc::default();

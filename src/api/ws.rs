@@ -4,7 +4,10 @@
 //! Client → server: `{"type":"subscribe","run_id":ID,"after":SEQ?}`,
 //! `{"type":"unsubscribe","run_id":ID}`, `{"type":"subscribe_all"}` (the
 //! live events of every run, from now on), `{"type":"unsubscribe_all"}`,
-//! `{"type":"ping"}`.
+//! `{"type":"ping"}`. A connection follows either chosen runs or every run:
+//! mixing the two is refused (`subscription_conflict`), since a run's
+//! catch-up could not tell which of its events the all-runs stream already
+//! delivered.
 //! Server → client: `{"type":"subscribed","run_id"}`, then
 //! `{"type":"event","run_id","sequence","event_type","event_version",
 //! "recorded_at","payload"}` in order with no duplicate, and
@@ -77,11 +80,14 @@ impl Session {
         let Ok(run) = RunId::parse(event.run_id.as_str()) else {
             return;
         };
-        match self.runs.get_mut(&run) {
-            Some(last) if event.sequence <= *last => return,
-            Some(last) => *last = event.sequence,
-            None if self.all => {}
-            None => return,
+        if !self.all {
+            let Some(last) = self.runs.get_mut(&run) else {
+                return;
+            };
+            if event.sequence <= *last {
+                return;
+            }
+            *last = event.sequence;
         }
         ctx.text(
             json!({
@@ -163,6 +169,11 @@ impl Session {
             Err(e) => return Self::send_error(ctx, "invalid_message", &e.to_string()),
         };
         match message {
+            ClientMessage::Subscribe { .. } if self.all => Self::send_error(
+                ctx,
+                "subscription_conflict",
+                "this connection follows every run; send unsubscribe_all first",
+            ),
             ClientMessage::Subscribe { run_id, after } => match RunId::parse(run_id) {
                 Ok(_) if after.is_some_and(|a| a < 0) => {
                     Self::send_error(ctx, "invalid_after", "after must be 0 or more")
@@ -177,14 +188,25 @@ impl Session {
                 }
                 Err(e) => Self::send_error(ctx, "invalid_run_id", &e.to_string()),
             },
+            ClientMessage::SubscribeAll if !self.runs.is_empty() => Self::send_error(
+                ctx,
+                "subscription_conflict",
+                "this connection follows chosen runs; unsubscribe from them first",
+            ),
             ClientMessage::SubscribeAll => {
                 self.all = true;
-                self.state.engine.hub().subscribe_all(ctx.address().recipient());
+                self.state
+                    .engine
+                    .hub()
+                    .subscribe_all(ctx.address().recipient());
                 ctx.text(json!({"type": "subscribed_all"}).to_string());
             }
             ClientMessage::UnsubscribeAll => {
                 self.all = false;
-                self.state.engine.hub().unsubscribe_all(&ctx.address().recipient());
+                self.state
+                    .engine
+                    .hub()
+                    .unsubscribe_all(&ctx.address().recipient());
                 ctx.text(json!({"type": "unsubscribed_all"}).to_string());
             }
             ClientMessage::Ping => ctx.text(json!({"type": "pong"}).to_string()),

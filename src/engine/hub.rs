@@ -122,8 +122,7 @@ impl Hub {
     }
 
     /// Sends committed events to the run's subscribers and to those of every
-    /// run, in order. A recipient in both gets each event twice and drops
-    /// the second by its sequence.
+    /// run, in order.
     pub fn publish(&self, run: &RunId, events: &[EventEnvelope<Run>]) {
         let rooms = self.rooms.read().unwrap_or_else(|e| e.into_inner());
         let everything = self.everything.read().unwrap_or_else(|e| e.into_inner());

@@ -372,8 +372,14 @@ impl Engine {
         Ok(())
     }
 
-    /// Stops the actor threads (after the HTTP server stopped).
-    pub fn shutdown(&self) {
+    /// Stops the engine after the HTTP server stopped: lets the read-model
+    /// writer drain (up to `grace`), then stops the actor threads. Steps
+    /// still running are re-dispatched at the next start.
+    pub async fn shutdown(&self, grace: Duration) {
+        let deadline = tokio::time::Instant::now() + grace;
+        while self.ctx.run_read_models.backlog() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         for arbiter in &self.ctx.arbiters {
             arbiter.stop();
         }

@@ -335,16 +335,18 @@ impl Handler<Wake> for RunActor {
             at: now(),
             lease_seed: new_lease_seed(),
         };
-        AtomicResponse::new(Box::pin(self.turn(command, false).map(|result, act, ctx| {
-            if let Err(e) = result {
-                tracing::warn!(run_id = %act.id, error = %e, "dispatching due retries failed");
-                if !matches!(e, EngineError::Run(_)) {
-                    ctx.notify_later(Wake, Duration::from_secs(1));
-                    return;
+        AtomicResponse::new(Box::pin(self.turn(command, false).map(
+            |result, act, ctx| {
+                if let Err(e) = result {
+                    tracing::warn!(run_id = %act.id, error = %e, "dispatching due retries failed");
+                    if !matches!(e, EngineError::Run(_)) {
+                        ctx.notify_later(Wake, Duration::from_secs(1));
+                        return;
+                    }
                 }
-            }
-            act.schedule(ctx);
-        })))
+                act.schedule(ctx);
+            },
+        )))
     }
 }
 

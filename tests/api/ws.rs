@@ -312,3 +312,84 @@ on_both_backends!(two_clients_on_one_run_both_get_the_full_stream, |backend| {
     assert_eq!(essentials(&a), logged);
     assert_eq!(essentials(&b), logged);
 });
+
+on_both_backends!(
+    a_subscriber_to_all_runs_gets_every_event_of_every_new_run_once,
+    |backend| {
+        let Some(app) = spawn_app(backend).await else {
+            return;
+        };
+        let template = app.template_id("diamond", diamond(20)).await;
+        let mut ws = connect(&app).await;
+        send(&mut ws, json!({"type": "subscribe_all"})).await;
+        assert_eq!(recv(&mut ws).await["type"], "subscribed_all");
+        let first = app.run_id(&template, json!({"n": 1})).await;
+        let second = app.run_id(&template, json!({"n": 2})).await;
+        let mut seen: std::collections::HashMap<String, Vec<Value>> = Default::default();
+        let mut finished = 0;
+        while finished < 2 {
+            let message = recv(&mut ws).await;
+            assert_eq!(message["type"], "event", "{message}");
+            let run = message["run_id"].as_str().unwrap().to_string();
+            assert!(
+                run == first || run == second,
+                "an event of an unrelated run: {message}"
+            );
+            if matches!(
+                message["event_type"].as_str(),
+                Some("RunCompleted" | "RunFailed")
+            ) {
+                finished += 1;
+            }
+            seen.entry(run).or_default().push(message);
+        }
+        for run in [&first, &second] {
+            app.wait_finished(run, Duration::from_secs(20)).await;
+            // Both runs started after the subscription: each stream is the
+            // whole log, in order, once.
+            assert_eq!(
+                essentials(&seen[run.as_str()]),
+                essentials(&app.events(run).await)
+            );
+        }
+        send(&mut ws, json!({"type": "unsubscribe_all"})).await;
+        assert_eq!(recv(&mut ws).await["type"], "unsubscribed_all");
+    }
+);
+
+on_both_backends!(
+    following_every_run_and_chosen_runs_on_one_connection_is_refused,
+    |backend| {
+        let Some(app) = spawn_app(backend).await else {
+            return;
+        };
+        let template = app.template_id("diamond", diamond(0)).await;
+        let run = app.run_id(&template, json!({})).await;
+        app.wait_finished(&run, Duration::from_secs(20)).await;
+        let mut ws = connect(&app).await;
+        send(&mut ws, json!({"type": "subscribe_all"})).await;
+        assert_eq!(recv(&mut ws).await["type"], "subscribed_all");
+        send(
+            &mut ws,
+            json!({"type": "subscribe", "run_id": run, "after": 0}),
+        )
+        .await;
+        let reply = recv(&mut ws).await;
+        assert_eq!(reply["type"], "error", "{reply}");
+        assert_eq!(reply["code"], "subscription_conflict", "{reply}");
+        send(&mut ws, json!({"type": "unsubscribe_all"})).await;
+        assert_eq!(recv(&mut ws).await["type"], "unsubscribed_all");
+        // Now a chosen run works, and every run is refused in turn.
+        let mut other = connect(&app).await;
+        subscribe_ok(
+            &mut other,
+            json!({"type": "subscribe", "run_id": run, "after": 0}),
+        )
+        .await;
+        let events = events_until_finished(&mut other, &run).await;
+        assert_eq!(essentials(&events), essentials(&app.events(&run).await));
+        send(&mut other, json!({"type": "subscribe_all"})).await;
+        let reply = recv(&mut other).await;
+        assert_eq!(reply["code"], "subscription_conflict", "{reply}");
+    }
+);
