@@ -63,6 +63,10 @@ struct Figures {
     p99_ms: f64,
     throughput: f64,
     commits_per_run: f64,
+    /// Median time to the POST's answer during T.
+    t_post_ms: f64,
+    /// Median time to completion during T.
+    t_run_ms: f64,
 }
 
 /// Runs someone waits for, and runs that finished before anyone waited.
@@ -179,15 +183,23 @@ async fn post(client: &awc::Client, url: &str, body: &Value) -> Result<Value, St
     serde_json::from_slice(&bytes).map_err(|e| e.to_string())
 }
 
-/// Starts one run and waits for its completion; returns the latency.
+/// How long one run took: until the POST answered, and until it completed.
+#[derive(Debug, Clone, Copy)]
+struct Timing {
+    posted: Duration,
+    completed: Duration,
+}
+
+/// Starts one run and waits for its completion.
 async fn one_run(
     client: &awc::Client,
     completions: &Completions,
     url: &str,
     body: &Value,
-) -> Result<Duration, String> {
+) -> Result<Timing, String> {
     let started = Instant::now();
     let run = post(client, url, body).await?;
+    let posted = started.elapsed();
     let id = run["id"].as_str().ok_or("no run id")?.to_string();
     let outcome = timeout(Duration::from_secs(60), completions.watch(&id))
         .await
@@ -196,7 +208,10 @@ async fn one_run(
     if outcome != "RunCompleted" {
         return Err(format!("run {id} ended with {outcome}"));
     }
-    Ok(started.elapsed())
+    Ok(Timing {
+        posted,
+        completed: started.elapsed(),
+    })
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> f64 {
@@ -261,7 +276,11 @@ async fn drive(settings: &BenchSettings, port: u16) -> Result<Figures, Box<dyn s
     }
     let mut latencies = Vec::with_capacity(settings.latency_runs);
     for _ in 0..settings.latency_runs {
-        latencies.push(one_run(&client, &completions, &runs_url, &body).await?);
+        latencies.push(
+            one_run(&client, &completions, &runs_url, &body)
+                .await?
+                .completed,
+        );
     }
     latencies.sort();
     let commits_before = crate::db::durable_commits();
@@ -284,16 +303,24 @@ async fn drive(settings: &BenchSettings, port: u16) -> Result<Figures, Box<dyn s
             result
         }));
     }
+    let mut posted = Vec::with_capacity(tasks.len());
+    let mut completed = Vec::with_capacity(tasks.len());
     for task in tasks {
-        task.await??;
+        let timing = task.await??;
+        posted.push(timing.posted);
+        completed.push(timing.completed);
     }
     let elapsed = started.elapsed();
+    posted.sort();
+    completed.sort();
     let commits = crate::db::durable_commits() - commits_before;
     Ok(Figures {
         p50_ms: percentile(&latencies, 50.0),
         p99_ms: percentile(&latencies, 99.0),
         throughput: settings.throughput_runs as f64 / elapsed.as_secs_f64(),
         commits_per_run: commits as f64 / settings.throughput_runs as f64,
+        t_post_ms: percentile(&posted, 50.0),
+        t_run_ms: percentile(&completed, 50.0),
     })
 }
 
@@ -338,8 +365,15 @@ pub async fn run(settings: BenchSettings) -> Result<ExitCode, Box<dyn std::error
     for i in 1..=settings.repeat.max(1) {
         let figures = repetition(&settings).await?;
         eprintln!(
-            "{backend} repetition {i}/{}: L p50 {:.2} ms, p99 {:.2} ms; T {:.0} runs/s; {:.2} durable commits/run",
-            settings.repeat, figures.p50_ms, figures.p99_ms, figures.throughput, figures.commits_per_run
+            "{backend} repetition {i}/{}: L p50 {:.2} ms, p99 {:.2} ms; T {:.0} runs/s \
+             (median POST {:.1} ms, run {:.1} ms); {:.2} durable commits/run",
+            settings.repeat,
+            figures.p50_ms,
+            figures.p99_ms,
+            figures.throughput,
+            figures.t_post_ms,
+            figures.t_run_ms,
+            figures.commits_per_run
         );
         all.push(figures);
     }
@@ -347,6 +381,8 @@ pub async fn run(settings: BenchSettings) -> Result<ExitCode, Box<dyn std::error
     let p99 = median(all.iter().map(|f| f.p99_ms).collect());
     let throughput = median(all.iter().map(|f| f.throughput).collect());
     let commits = median(all.iter().map(|f| f.commits_per_run).collect());
+    let t_post = median(all.iter().map(|f| f.t_post_ms).collect());
+    let t_run = median(all.iter().map(|f| f.t_run_ms).collect());
     let each = all
         .iter()
         .map(|f| format!("{:.2} / {:.2} / {:.0}", f.p50_ms, f.p99_ms, f.throughput))
@@ -361,7 +397,8 @@ pub async fn run(settings: BenchSettings) -> Result<ExitCode, Box<dyn std::error
          | L p50 (POST → RunCompleted, {l} runs in sequence) | {p50:.2} ms |\n\
          | L p99 | {p99:.2} ms |\n\
          | T ({t} runs, {c} in flight) | {throughput:.0} runs/s |\n\
-         | durable commits per run (during T) | {commits:.2} |\n\n\
+         | durable commits per run (during T) | {commits:.2} |\n\
+         | during T: median time to the POST's answer / to completion | {t_post:.1} ms / {t_run:.1} ms |\n\n\
          Each repetition (p50 ms / p99 ms / runs/s): {each}\n",
         machine = machine(),
         flags = if backend == "postgres" { " --database-url postgres://…" } else { "" },

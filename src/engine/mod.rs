@@ -218,8 +218,9 @@ impl Engine {
         self.ctx.actors.lock().map(|a| a.len()).unwrap_or(0)
     }
 
-    /// The actor of `id`, spawned (and loaded from the store) if needed.
-    fn actor(&self, id: &RunId) -> Addr<RunActor> {
+    /// The actor of `id`, spawned (and loaded from the store unless `fresh`:
+    /// a run id just made) if needed.
+    fn actor(&self, id: &RunId, fresh: bool) -> Addr<RunActor> {
         let mut actors = self.ctx.actors.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(addr) = actors.get(id).filter(|a| a.connected()) {
             return addr.clone();
@@ -228,7 +229,7 @@ impl Engine {
         let ctx = self.ctx.clone();
         let run_id = id.clone();
         let addr = RunActor::start_in_arbiter(&self.ctx.arbiters[n].handle(), move |_| {
-            RunActor::new(run_id, ctx)
+            RunActor::new(run_id, ctx, fresh)
         });
         actors.insert(id.clone(), addr.clone());
         addr
@@ -237,10 +238,11 @@ impl Engine {
     /// Sends a command to a run's actor; if that actor was just stopping,
     /// spawns a new one and sends again.
     async fn execute(&self, id: &RunId, command: RunCommand) -> Result<usize, EngineError> {
+        let fresh = matches!(command, RunCommand::Start { .. });
         let mut tries = 0;
         loop {
             tries += 1;
-            let addr = self.actor(id);
+            let addr = self.actor(id, fresh && tries == 1);
             match addr.send(run_actor::Execute(command.clone())).await {
                 Ok(result) => return result,
                 Err(MailboxError::Closed) if tries < 3 => {

@@ -55,6 +55,8 @@ struct Wake;
 /// The actor of one run.
 pub struct RunActor {
     id: RunId,
+    /// A run that was never started: nothing to load.
+    fresh: bool,
     engine: Arc<EngineCtx>,
     state: Run,
     sequence: usize,
@@ -65,9 +67,10 @@ pub struct RunActor {
 }
 
 impl RunActor {
-    pub(super) fn new(id: RunId, engine: Arc<EngineCtx>) -> Self {
+    pub(super) fn new(id: RunId, engine: Arc<EngineCtx>, fresh: bool) -> Self {
         Self {
             id,
+            fresh,
             engine,
             state: Run::default(),
             sequence: 0,
@@ -258,6 +261,11 @@ impl Actor for RunActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
+        if self.fresh {
+            // A new id has no events; if it had, the first commit conflicts
+            // and the actor reloads.
+            return;
+        }
         // Messages wait until the run is loaded.
         ctx.wait(self.reload().map(|loaded, act, ctx| match loaded {
             Ok(()) => act.schedule(ctx),

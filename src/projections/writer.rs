@@ -1,7 +1,7 @@
 //! The projection writer: a task that applies committed events to the read
 //! models, many runs per transaction.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -28,9 +28,19 @@ const TEMPLATE_PUT: &str = include_str!("sql/template_put.sql");
 const STALE_RUNS: &str = include_str!("sql/stale_runs.sql");
 const STALE_TEMPLATES: &str = include_str!("sql/stale_templates.sql");
 const EVENTS_AFTER: &str = include_str!("sql/events_after.sql");
+const PG_ARTIFACTS_PUT: &str = include_str!("sql/postgres/artifacts_put_many.sql");
+const PG_SUMMARIES_PUT: &str = include_str!("sql/postgres/summaries_put_many.sql");
+const PG_DETAILS_PUT: &str = include_str!("sql/postgres/details_put_many.sql");
 
 /// Most jobs grouped into one transaction.
 const MAX_JOBS_PER_TRANSACTION: usize = 256;
+/// Detail documents each writer keeps in memory (so a batch need not read
+/// them back); past this the cache is emptied.
+const DOC_CACHE_LIMIT: usize = 10_000;
+/// Writer tasks on PostgreSQL; each owns the aggregates that hash to it, so
+/// one aggregate's batches stay in order. SQLite has one writer at a time
+/// anyway, so it gets one task.
+const POSTGRES_WRITERS: usize = 4;
 /// Attempts at one transaction before its jobs are answered with the error.
 const WRITE_ATTEMPTS: u32 = 3;
 
@@ -54,7 +64,7 @@ struct Job {
 /// [`backlog`]: Projector::backlog
 #[derive(Clone, Debug)]
 pub struct Projector {
-    sender: mpsc::UnboundedSender<Job>,
+    senders: Vec<mpsc::UnboundedSender<Job>>,
     backlog: Arc<AtomicUsize>,
     db: Db,
 }
@@ -68,14 +78,31 @@ impl std::fmt::Debug for Job {
 impl Projector {
     /// Starts the writer task on the current tokio runtime.
     pub fn start(db: Db) -> Self {
-        let (sender, receiver) = mpsc::unbounded_channel();
+        let writers = match db {
+            Db::Sqlite(_) => 1,
+            Db::Postgres(_) => POSTGRES_WRITERS,
+        };
         let backlog = Arc::new(AtomicUsize::new(0));
-        tokio::spawn(write_loop(db.clone(), receiver, backlog.clone()));
+        let senders = (0..writers)
+            .map(|_| {
+                let (sender, receiver) = mpsc::unbounded_channel();
+                tokio::spawn(write_loop(db.clone(), receiver, backlog.clone()));
+                sender
+            })
+            .collect();
         Self {
-            sender,
+            senders,
             backlog,
             db,
         }
+    }
+
+    /// The writer that owns `aggregate_id`.
+    fn sender_for(&self, aggregate_id: &str) -> &mpsc::UnboundedSender<Job> {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        aggregate_id.hash(&mut hasher);
+        &self.senders[(hasher.finish() % self.senders.len() as u64) as usize]
     }
 
     /// Jobs queued and not yet written.
@@ -91,7 +118,10 @@ impl Projector {
     ) -> impl Future<Output = Result<(), ProjectionError>> + Send + 'static {
         let (done, answer) = oneshot::channel();
         self.backlog.fetch_add(1, Ordering::Relaxed);
-        let queued = self.sender.send(Job { batch, done });
+        let id = match &batch {
+            Batch::Runs(id, _) | Batch::Templates(id, _) => id.clone(),
+        };
+        let queued = self.sender_for(&id).send(Job { batch, done });
         if queued.is_err() {
             self.backlog.fetch_sub(1, Ordering::Relaxed);
         }
@@ -200,6 +230,7 @@ impl Projector {
 }
 
 async fn write_loop(db: Db, mut receiver: mpsc::UnboundedReceiver<Job>, backlog: Arc<AtomicUsize>) {
+    let mut cache: HashMap<String, RunDetail> = HashMap::new();
     while let Some(first) = receiver.recv().await {
         let mut jobs = vec![first];
         while jobs.len() < MAX_JOBS_PER_TRANSACTION {
@@ -211,8 +242,21 @@ async fn write_loop(db: Db, mut receiver: mpsc::UnboundedReceiver<Job>, backlog:
         let mut attempt = 0;
         let result = loop {
             attempt += 1;
-            match write(&db, &jobs).await {
-                Ok(()) => break Ok(()),
+            match write(&db, &jobs, &cache).await {
+                Ok(written) => {
+                    if cache.len() + written.len() > DOC_CACHE_LIMIT {
+                        cache.clear();
+                    }
+                    for doc in written {
+                        // Finished runs rarely change again: do not keep them.
+                        if doc.status.is_finished() {
+                            cache.remove(&doc.id);
+                        } else {
+                            cache.insert(doc.id.clone(), doc);
+                        }
+                    }
+                    break Ok(());
+                }
                 Err(e) if attempt < WRITE_ATTEMPTS => {
                     tracing::warn!(error = %e, attempt, "projection write failed; retrying");
                     tokio::time::sleep(Duration::from_millis(20 * u64::from(attempt))).await;
@@ -227,8 +271,14 @@ async fn write_loop(db: Db, mut receiver: mpsc::UnboundedReceiver<Job>, backlog:
     }
 }
 
-/// Writes every job's events in one transaction.
-async fn write(db: &Db, jobs: &[Job]) -> Result<(), ProjectionError> {
+/// Writes every job's events in one transaction; returns the run detail
+/// documents written (the caller caches them once the write succeeded).
+async fn write(
+    db: &Db,
+    jobs: &[Job],
+    cache: &HashMap<String, RunDetail>,
+) -> Result<Vec<RunDetail>, ProjectionError> {
+    let mut written = Vec::new();
     // Group by aggregate so each document is read and written once.
     let mut runs: BTreeMap<&str, Vec<&(u64, RunEvent)>> = BTreeMap::new();
     let mut templates: BTreeMap<&str, Vec<&(u64, TemplateEvent)>> = BTreeMap::new();
@@ -238,16 +288,25 @@ async fn write(db: &Db, jobs: &[Job]) -> Result<(), ProjectionError> {
             Batch::Templates(id, events) => templates.entry(id).or_default().extend(events.iter()),
         }
     }
+    let mut rows = Rows::default();
     with_pool!(db, pool => {
         let mut tx = pool.begin_write().await?;
         for (run_id, events) in runs {
-            let doc: Option<Value> = sqlx::query_scalar(DETAIL_GET)
-                .bind(run_id)
-                .fetch_optional(&mut *tx)
-                .await?;
-            let mut detail: RunDetail = match doc {
-                Some(doc) => serde_json::from_value(doc)?,
-                None => RunDetail::default(),
+            // A cached document is as good as the stored one: this writer is
+            // the only one for this run, and a stale one (another node wrote
+            // since) shows as a gap and is filled from the log.
+            let mut detail: RunDetail = match cache.get(run_id) {
+                Some(cached) => cached.clone(),
+                None => {
+                    let doc: Option<Value> = sqlx::query_scalar(DETAIL_GET)
+                        .bind(run_id)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                    match doc {
+                        Some(doc) => serde_json::from_value(doc)?,
+                        None => RunDetail::default(),
+                    }
+                }
             };
             let before = detail.sequence;
             // A gap (an earlier batch was lost to a failed write) is filled
@@ -266,40 +325,32 @@ async fn write(db: &Db, jobs: &[Job]) -> Result<(), ProjectionError> {
                 detail.apply(*sequence, event);
                 if let RunEvent::StepCompleted { step, attempt, artifacts, at, .. } = event {
                     for written in artifacts {
-                        sqlx::query(ARTIFACT_PUT)
-                            .bind(run_id)
-                            .bind(written.name.as_str())
-                            .bind(i64::from(written.version))
-                            .bind(step.as_str())
-                            .bind(i64::from(*attempt))
-                            .bind(at.0)
-                            .bind(serde_json::to_value(&written.content)?)
-                            .execute(&mut *tx)
-                            .await?;
+                        rows.artifacts.push(ArtifactRow {
+                            run_id: run_id.to_string(),
+                            name: written.name.to_string(),
+                            version: i64::from(written.version),
+                            step: step.to_string(),
+                            attempt: i64::from(*attempt),
+                            created_at: at.0,
+                            content: serde_json::to_value(&written.content)?,
+                        });
                     }
                 }
             }
             if detail.sequence == before {
                 continue;
             }
-            let created = created_at_ms(&detail);
-            let updated = updated_at_ms(&detail);
-            sqlx::query(SUMMARY_PUT)
-                .bind(run_id)
-                .bind(&detail.template_id)
-                .bind(i64::from(detail.template_version))
-                .bind(detail.status.as_str())
-                .bind(created)
-                .bind(updated)
-                .bind(detail.sequence as i64)
-                .execute(&mut *tx)
-                .await?;
-            sqlx::query(DETAIL_PUT)
-                .bind(run_id)
-                .bind(detail.sequence as i64)
-                .bind(serde_json::to_value(&detail)?)
-                .execute(&mut *tx)
-                .await?;
+            rows.details.push(DetailRow {
+                run_id: run_id.to_string(),
+                template_id: detail.template_id.clone(),
+                template_version: i64::from(detail.template_version),
+                status: detail.status.as_str(),
+                created_at: created_at_ms(&detail),
+                updated_at: updated_at_ms(&detail),
+                sequence: detail.sequence as i64,
+                doc: serde_json::to_value(&detail)?,
+            });
+            written.push(detail);
         }
         for (template_id, events) in templates {
             let row = sqlx::query(TEMPLATE_GET)
@@ -337,10 +388,139 @@ async fn write(db: &Db, jobs: &[Job]) -> Result<(), ProjectionError> {
                 .execute(&mut *tx)
                 .await?;
         }
+        write_rows(&mut tx, &rows).await?;
         tx.commit().await?;
     });
     crate::db::count_commit();
-    Ok(())
+    Ok(written)
+}
+
+/// One artifact version to insert.
+struct ArtifactRow {
+    run_id: String,
+    name: String,
+    version: i64,
+    step: String,
+    attempt: i64,
+    created_at: i64,
+    content: Value,
+}
+
+/// One run's summary and detail document to upsert.
+struct DetailRow {
+    run_id: String,
+    template_id: String,
+    template_version: i64,
+    status: &'static str,
+    created_at: i64,
+    updated_at: i64,
+    sequence: i64,
+    doc: Value,
+}
+
+/// The rows a batch writes, collected first so that PostgreSQL can take
+/// them in three statements.
+#[derive(Default)]
+struct Rows {
+    artifacts: Vec<ArtifactRow>,
+    details: Vec<DetailRow>,
+}
+
+/// Writes a batch's rows: one statement per row on SQLite (in-process, so
+/// cheap); one multi-row `UNNEST` statement per table on PostgreSQL, where
+/// every statement is a round trip.
+trait RowWriter: sqlx::Database {
+    async fn write_rows(
+        tx: &mut sqlx::Transaction<'static, Self>,
+        rows: &Rows,
+    ) -> Result<(), sqlx::Error>;
+}
+
+async fn write_rows<DB: RowWriter>(
+    tx: &mut sqlx::Transaction<'static, DB>,
+    rows: &Rows,
+) -> Result<(), sqlx::Error> {
+    DB::write_rows(tx, rows).await
+}
+
+impl RowWriter for sqlx::Sqlite {
+    async fn write_rows(
+        tx: &mut sqlx::Transaction<'static, Self>,
+        rows: &Rows,
+    ) -> Result<(), sqlx::Error> {
+        for a in &rows.artifacts {
+            sqlx::query(ARTIFACT_PUT)
+                .bind(&a.run_id)
+                .bind(&a.name)
+                .bind(a.version)
+                .bind(&a.step)
+                .bind(a.attempt)
+                .bind(a.created_at)
+                .bind(&a.content)
+                .execute(&mut **tx)
+                .await?;
+        }
+        for d in &rows.details {
+            sqlx::query(SUMMARY_PUT)
+                .bind(&d.run_id)
+                .bind(&d.template_id)
+                .bind(d.template_version)
+                .bind(d.status)
+                .bind(d.created_at)
+                .bind(d.updated_at)
+                .bind(d.sequence)
+                .execute(&mut **tx)
+                .await?;
+            sqlx::query(DETAIL_PUT)
+                .bind(&d.run_id)
+                .bind(d.sequence)
+                .bind(&d.doc)
+                .execute(&mut **tx)
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+impl RowWriter for sqlx::Postgres {
+    async fn write_rows(
+        tx: &mut sqlx::Transaction<'static, Self>,
+        rows: &Rows,
+    ) -> Result<(), sqlx::Error> {
+        if !rows.artifacts.is_empty() {
+            let a = &rows.artifacts;
+            sqlx::query(PG_ARTIFACTS_PUT)
+                .bind(a.iter().map(|r| r.run_id.as_str()).collect::<Vec<_>>())
+                .bind(a.iter().map(|r| r.name.as_str()).collect::<Vec<_>>())
+                .bind(a.iter().map(|r| r.version).collect::<Vec<_>>())
+                .bind(a.iter().map(|r| r.step.as_str()).collect::<Vec<_>>())
+                .bind(a.iter().map(|r| r.attempt).collect::<Vec<_>>())
+                .bind(a.iter().map(|r| r.created_at).collect::<Vec<_>>())
+                .bind(a.iter().map(|r| r.content.clone()).collect::<Vec<_>>())
+                .execute(&mut **tx)
+                .await?;
+        }
+        if !rows.details.is_empty() {
+            let d = &rows.details;
+            sqlx::query(PG_SUMMARIES_PUT)
+                .bind(d.iter().map(|r| r.run_id.as_str()).collect::<Vec<_>>())
+                .bind(d.iter().map(|r| r.template_id.as_str()).collect::<Vec<_>>())
+                .bind(d.iter().map(|r| r.template_version).collect::<Vec<_>>())
+                .bind(d.iter().map(|r| r.status).collect::<Vec<_>>())
+                .bind(d.iter().map(|r| r.created_at).collect::<Vec<_>>())
+                .bind(d.iter().map(|r| r.updated_at).collect::<Vec<_>>())
+                .bind(d.iter().map(|r| r.sequence).collect::<Vec<_>>())
+                .execute(&mut **tx)
+                .await?;
+            sqlx::query(PG_DETAILS_PUT)
+                .bind(d.iter().map(|r| r.run_id.as_str()).collect::<Vec<_>>())
+                .bind(d.iter().map(|r| r.sequence).collect::<Vec<_>>())
+                .bind(d.iter().map(|r| r.doc.clone()).collect::<Vec<_>>())
+                .execute(&mut **tx)
+                .await?;
+        }
+        Ok(())
+    }
 }
 
 /// The events of one aggregate after `after`, read from the log.

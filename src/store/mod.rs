@@ -4,6 +4,7 @@
 //!
 //! Depends on `domain` and `db`; never on `projections`, `engine` or `api`.
 
+mod appender;
 mod blobs;
 mod log;
 mod migrate;
@@ -28,7 +29,7 @@ use crate::db::Db;
 pub const RUN_SNAPSHOT_EVERY: usize = 50;
 
 /// Storage failures (business-rule refusals never get here).
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// Another writer appended to the aggregate first (optimistic concurrency).
     #[error("concurrent write to the same aggregate")]
@@ -103,11 +104,14 @@ enum Backend<A: Aggregate> {
 /// The cqrs-es event store of one aggregate type, on either backend.
 pub struct AggregateStore<A: Aggregate> {
     backend: Backend<A>,
+    appender: appender::Appender,
     snapshot_every: usize,
 }
 
 impl<A: Aggregate + 'static> AggregateStore<A> {
-    /// A store over `db` that snapshots every `snapshot_every` events (0: never).
+    /// A store over `db` that snapshots every `snapshot_every` events (0:
+    /// never). Starts its group-commit task, so it must be called inside a
+    /// tokio runtime.
     pub fn new(db: &Db, snapshot_every: usize) -> Self {
         let backend = match db {
             Db::Sqlite(pool) => {
@@ -131,6 +135,7 @@ impl<A: Aggregate + 'static> AggregateStore<A> {
         };
         Self {
             backend,
+            appender: appender::Appender::start(db.clone()),
             snapshot_every,
         }
     }
@@ -206,11 +211,20 @@ impl<A: Aggregate + 'static> AggregateStore<A> {
         } else {
             (None, snapshot)
         };
-        match &self.backend {
-            Backend::Sqlite(_, repo) => repo.persist::<A>(&serialized, snapshot_update).await?,
-            Backend::Postgres(_, repo) => repo.persist::<A>(&serialized, snapshot_update).await?,
+        match (&self.backend, snapshot_update) {
+            // The common case: group-committed with other appends.
+            (_, None) => self.appender.append(serialized).await?,
+            // Every `snapshot_every` events: the repository writes the events
+            // and the snapshot in one transaction.
+            (Backend::Sqlite(_, repo), update) => {
+                repo.persist::<A>(&serialized, update).await?;
+                crate::db::count_commit();
+            }
+            (Backend::Postgres(_, repo), update) => {
+                repo.persist::<A>(&serialized, update).await?;
+                crate::db::count_commit();
+            }
         }
-        crate::db::count_commit();
         Ok((envelopes, next_snapshot))
     }
 }

@@ -1,0 +1,6 @@
+-- Many run summaries in one statement (PostgreSQL); each run at most once.
+INSERT INTO run_summaries (run_id, template_id, template_version, status, created_at, updated_at, last_sequence)
+SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::text[], $5::bigint[], $6::bigint[], $7::bigint[])
+ON CONFLICT (run_id) DO UPDATE SET status = excluded.status, updated_at = excluded.updated_at,
+                                   last_sequence = excluded.last_sequence
+ WHERE run_summaries.last_sequence < excluded.last_sequence

@@ -1,0 +1,182 @@
+//! Group commit: appends from many actors, gathered while the previous
+//! transaction commits, go into the log in one transaction (one multi-row
+//! `INSERT … SELECT FROM UNNEST` on PostgreSQL; one prepared insert per
+//! event on SQLite, which is in-process). The table and its primary key are
+//! exactly those of sqlite-es / postgres-es, so optimistic concurrency is
+//! unchanged: a duplicate `(aggregate_type, aggregate_id, sequence)` fails
+//! the batch, which is then retried one append per transaction so that only
+//! the stale writer sees its conflict.
+
+use cqrs_es::persist::SerializedEvent;
+use tokio::sync::{mpsc, oneshot};
+
+use super::StoreError;
+use crate::db::{BeginWrite, Db};
+use crate::with_pool;
+
+const INSERT_EVENT: &str = include_str!("sql/event_insert.sql");
+const PG_INSERT_EVENTS: &str = include_str!("sql/postgres/events_insert_many.sql");
+
+/// Most appends gathered into one transaction.
+const MAX_APPENDS_PER_TRANSACTION: usize = 256;
+
+struct Append {
+    events: Vec<SerializedEvent>,
+    done: oneshot::Sender<Result<(), StoreError>>,
+}
+
+/// Handle to the group-commit task of one database.
+#[derive(Clone)]
+pub(crate) struct Appender {
+    sender: mpsc::UnboundedSender<Append>,
+}
+
+impl Appender {
+    /// Starts the task on the current tokio runtime.
+    pub(crate) fn start(db: Db) -> Self {
+        let (sender, receiver) = mpsc::unbounded_channel();
+        tokio::spawn(append_loop(db, receiver));
+        Self { sender }
+    }
+
+    /// Appends `events` (of one aggregate, sequences already set) and waits
+    /// until they are committed.
+    pub(crate) async fn append(&self, events: Vec<SerializedEvent>) -> Result<(), StoreError> {
+        let (done, answer) = oneshot::channel();
+        self.sender
+            .send(Append { events, done })
+            .map_err(|_| StoreError::Database("the appender has stopped".into()))?;
+        answer
+            .await
+            .map_err(|_| StoreError::Database("the appender has stopped".into()))?
+    }
+}
+
+async fn append_loop(db: Db, mut receiver: mpsc::UnboundedReceiver<Append>) {
+    while let Some(first) = receiver.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < MAX_APPENDS_PER_TRANSACTION {
+            match receiver.try_recv() {
+                Ok(append) => batch.push(append),
+                Err(_) => break,
+            }
+        }
+        let events: Vec<&SerializedEvent> = batch.iter().flat_map(|a| a.events.iter()).collect();
+        match insert(&db, &events).await {
+            Ok(()) => {
+                for append in batch {
+                    let _ = append.done.send(Ok(()));
+                }
+            }
+            Err(_) if batch.len() > 1 => {
+                // Find the stale writer(s): one append per transaction.
+                for append in batch {
+                    let result = insert(&db, &append.events.iter().collect::<Vec<_>>()).await;
+                    let _ = append.done.send(result);
+                }
+            }
+            Err(e) => {
+                for append in batch {
+                    let _ = append.done.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+}
+
+async fn insert(db: &Db, events: &[&SerializedEvent]) -> Result<(), StoreError> {
+    let result: Result<(), sqlx::Error> = with_pool!(db, pool => async {
+        let mut tx = pool.begin_write().await?;
+        insert_events(&mut tx, events).await?;
+        tx.commit().await
+    }
+    .await);
+    match result {
+        Ok(()) => {
+            crate::db::count_commit();
+            Ok(())
+        }
+        Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Err(StoreError::Conflict),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Inserts events inside a transaction, per backend.
+trait EventWriter: sqlx::Database {
+    async fn insert_events(
+        tx: &mut sqlx::Transaction<'static, Self>,
+        events: &[&SerializedEvent],
+    ) -> Result<(), sqlx::Error>;
+}
+
+async fn insert_events<DB: EventWriter>(
+    tx: &mut sqlx::Transaction<'static, DB>,
+    events: &[&SerializedEvent],
+) -> Result<(), sqlx::Error> {
+    DB::insert_events(tx, events).await
+}
+
+impl EventWriter for sqlx::Sqlite {
+    async fn insert_events(
+        tx: &mut sqlx::Transaction<'static, Self>,
+        events: &[&SerializedEvent],
+    ) -> Result<(), sqlx::Error> {
+        for e in events {
+            sqlx::query(INSERT_EVENT)
+                .bind(&e.aggregate_type)
+                .bind(&e.aggregate_id)
+                .bind(e.sequence as i64)
+                .bind(&e.event_type)
+                .bind(&e.event_version)
+                .bind(&e.payload)
+                .bind(&e.metadata)
+                .execute(&mut **tx)
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+impl EventWriter for sqlx::Postgres {
+    async fn insert_events(
+        tx: &mut sqlx::Transaction<'static, Self>,
+        events: &[&SerializedEvent],
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query(PG_INSERT_EVENTS)
+            .bind(
+                events
+                    .iter()
+                    .map(|e| e.aggregate_type.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                events
+                    .iter()
+                    .map(|e| e.aggregate_id.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(events.iter().map(|e| e.sequence as i64).collect::<Vec<_>>())
+            .bind(
+                events
+                    .iter()
+                    .map(|e| e.event_type.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                events
+                    .iter()
+                    .map(|e| e.event_version.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(events.iter().map(|e| e.payload.clone()).collect::<Vec<_>>())
+            .bind(
+                events
+                    .iter()
+                    .map(|e| e.metadata.clone())
+                    .collect::<Vec<_>>(),
+            )
+            .execute(&mut **tx)
+            .await?;
+        Ok(())
+    }
+}
