@@ -7,7 +7,7 @@ use std::future::Future;
 use std::net::TcpListener;
 use std::sync::Arc;
 
-use actix_web::dev::Server;
+use actix_web::dev::{Server, Service};
 use actix_web::{App, HttpServer};
 
 use crate::api::{self, ApiState};
@@ -115,7 +115,26 @@ impl Application {
         };
         let mut server = HttpServer::new(move || {
             App::new()
-                .wrap(actix_web::middleware::Logger::new("%r %s %Dms").log_target("runlog::http"))
+                // Access log through tracing, at debug level (target
+                // `runlog::http`): RUNLOG_LOG=info,runlog::http=debug.
+                .wrap_fn(|request, service| {
+                    let method = request.method().clone();
+                    let path = request.path().to_string();
+                    let started = std::time::Instant::now();
+                    let response = service.call(request);
+                    async move {
+                        let response = response.await?;
+                        tracing::debug!(
+                            target: "runlog::http",
+                            %method,
+                            %path,
+                            status = response.status().as_u16(),
+                            elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
+                            "request"
+                        );
+                        Ok(response)
+                    }
+                })
                 .configure(api::configure(state.clone()))
         })
         // Small responses and WebSocket frames must not wait for Nagle's

@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 
 use crate::app::{open_database, Application};
 use crate::config::{ServeSettings, StorageSettings};
+use crate::db::Db;
 use crate::domain::ids::RunId;
 use crate::domain::run::Run;
 use crate::projections::{ReadModels, RunDetail};
@@ -120,7 +121,8 @@ async fn replay(
     storage: StorageSettings,
 ) -> CliResult {
     let run_id = RunId::parse(run_id)?;
-    let db = open_database(&storage).await?;
+    // Read-only: replay never creates, migrates or writes anything.
+    let db = Db::open_existing(storage.database_url.as_deref(), &storage.data_dir).await?;
     let events = AggregateStore::<Run>::new(&db, 0)
         .load_events(run_id.as_str())
         .await?;

@@ -49,6 +49,9 @@ pub enum ConnectError {
         /// Why.
         source: std::io::Error,
     },
+    /// No database exists where one was expected.
+    #[error("no runlog database at {0} (check --data-dir or --database-url)")]
+    Missing(String),
     /// The database refused the connection.
     #[error("cannot connect to the database: {0}")]
     Sqlx(#[from] sqlx::Error),
@@ -82,6 +85,29 @@ impl Db {
                 })?;
                 let options = SqliteConnectOptions::new().filename(data_dir.join("runlog.db"));
                 Self::sqlite(options).await
+            }
+        }
+    }
+
+    /// Opens an existing database without creating or migrating anything
+    /// (for read-only commands such as `replay`).
+    pub async fn open_existing(
+        database_url: Option<&str>,
+        data_dir: &Path,
+    ) -> Result<Self, ConnectError> {
+        match database_url {
+            Some(url) => Self::connect(Some(url), data_dir).await,
+            None => {
+                let file = data_dir.join("runlog.db");
+                if !file.is_file() {
+                    return Err(ConnectError::Missing(file.display().to_string()));
+                }
+                let options = SqliteConnectOptions::new().filename(file).read_only(true);
+                let pool = SqlitePoolOptions::new()
+                    .max_connections(2)
+                    .connect_with(options)
+                    .await?;
+                Ok(Self::Sqlite(pool))
             }
         }
     }

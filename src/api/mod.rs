@@ -55,19 +55,44 @@ pub fn configure(state: ApiState) -> impl FnOnce(&mut web::ServiceConfig) {
             .route("/healthz", web::get().to(healthz))
             .service(
                 web::scope("/api")
-                    .route("/templates", web::post().to(templates::create))
-                    .route("/templates", web::get().to(templates::list))
-                    .route("/templates/{id}", web::get().to(templates::get))
-                    .route("/templates/{id}", web::put().to(templates::revise))
-                    .route(
-                        "/templates/{id}/archive",
-                        web::post().to(templates::archive),
+                    .service(
+                        web::resource("/templates")
+                            .post(templates::create)
+                            .get(templates::list)
+                            .default_service(web::to(method_not_allowed)),
                     )
-                    .route("/runs", web::post().to(runs::start))
-                    .route("/runs", web::get().to(runs::list))
-                    .route("/runs/{id}", web::get().to(runs::get))
-                    .route("/runs/{id}/events", web::get().to(runs::events))
-                    .route("/runs/{id}/artifacts/{name}", web::get().to(runs::artifact))
+                    .service(
+                        web::resource("/templates/{id}")
+                            .get(templates::get)
+                            .put(templates::revise)
+                            .default_service(web::to(method_not_allowed)),
+                    )
+                    .service(
+                        web::resource("/templates/{id}/archive")
+                            .post(templates::archive)
+                            .default_service(web::to(method_not_allowed)),
+                    )
+                    .service(
+                        web::resource("/runs")
+                            .post(runs::start)
+                            .get(runs::list)
+                            .default_service(web::to(method_not_allowed)),
+                    )
+                    .service(
+                        web::resource("/runs/{id}")
+                            .get(runs::get)
+                            .default_service(web::to(method_not_allowed)),
+                    )
+                    .service(
+                        web::resource("/runs/{id}/events")
+                            .get(runs::events)
+                            .default_service(web::to(method_not_allowed)),
+                    )
+                    .service(
+                        web::resource("/runs/{id}/artifacts/{name}")
+                            .get(runs::artifact)
+                            .default_service(web::to(method_not_allowed)),
+                    )
                     .route("/ws", web::get().to(ws::connect))
                     .default_service(web::to(not_found)),
             )
@@ -95,6 +120,14 @@ fn json_error(e: JsonPayloadError, _: &HttpRequest) -> actix_web::Error {
 
 async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(serde_json::json!({"status": "ok"}))
+}
+
+async fn method_not_allowed(req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    Err(ApiError::new(
+        actix_web::http::StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{} is not allowed on {}", req.method(), req.path()),
+    ))
 }
 
 async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {

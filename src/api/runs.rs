@@ -128,17 +128,20 @@ pub(super) async fn events(
             format!("limit must be between 1 and {MAX_EVENTS_PAGE}"),
         ));
     }
-    let events = state
+    // One more than asked tells whether another page follows.
+    let mut events = state
         .log
-        .events_of("Run", id.as_str(), after, limit)
+        .events_of("Run", id.as_str(), after, limit + 1)
         .await?;
-    if events.is_empty() && after == 0 {
+    if events.is_empty() && (after == 0 || state.reads.run_detail(id.as_str()).await?.is_none()) {
         return Err(ApiError::not_found(
             "run_not_found",
             format!("run '{id}' not found"),
         ));
     }
-    let next_cursor = (events.len() as i64 == limit)
+    let more = events.len() as i64 > limit;
+    events.truncate(limit as usize);
+    let next_cursor = more
         .then(|| events.last().map(|e| e.sequence.to_string()))
         .flatten();
     let items = events

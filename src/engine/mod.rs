@@ -9,8 +9,9 @@
 //! - [`agents`]: the agent trait, the registry and the built-ins.
 //! - [`hub`]: fans committed events out to WebSocket sessions.
 //!
-//! Depends on `domain`, on store handles and on the read models it feeds
-//! (through the cqrs-es `Query` trait). Never on `api`.
+//! Depends on `domain` and on store handles. It feeds the read models
+//! through [`RunReadModels`] (run events) and the cqrs-es `Query` trait
+//! (template events), both wired in `app`. Never on `api`.
 
 pub mod agents;
 pub mod hub;

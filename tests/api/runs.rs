@@ -723,6 +723,26 @@ on_both_backends!(
         let (status, beyond) = app.get(&format!("/api/runs/{run}/events?after=1000")).await;
         assert_eq!(status, 200, "{beyond}");
         assert_eq!(beyond["items"], json!([]));
+        // A page that ends exactly at the last event says there is no more.
+        let last = events.len() as i64;
+        let (_, exact) = app
+            .get(&format!(
+                "/api/runs/{run}/events?after={}&limit=2",
+                last - 2
+            ))
+            .await;
+        assert_eq!(exact["items"].as_array().unwrap().len(), 2, "{exact}");
+        assert!(exact["next_cursor"].is_null(), "{exact}");
+        // An unknown run is not found whatever `after` says.
+        let unknown = uuid::Uuid::new_v4();
+        for after in [0, 3] {
+            expect_error(
+                &app.get(&format!("/api/runs/{unknown}/events?after={after}"))
+                    .await,
+                404,
+                "run_not_found",
+            );
+        }
     }
 );
 
@@ -872,10 +892,20 @@ on_both_backends!(an_unknown_route_is_a_json_404, |backend| {
         404,
         "no_such_route",
     );
-    // A known path with a method it does not take is refused in JSON too.
-    let (status, body) = app.request("DELETE", "/api/templates", None).await;
-    assert!(matches!(status, 404 | 405), "{status} {body}");
-    assert!(body["error"]["code"].is_string(), "{body}");
+    // A known path with a method it does not take: 405 in JSON.
+    for (method, path) in [
+        ("DELETE", "/api/templates"),
+        ("DELETE", "/api/runs"),
+        ("POST", "/api/runs/x"),
+        ("PUT", "/api/runs/x/events"),
+        ("GET", "/api/templates/x/archive"),
+    ] {
+        expect_error(
+            &app.request(method, path, None).await,
+            405,
+            "method_not_allowed",
+        );
+    }
     let (status, body) = app.get("/healthz").await;
     assert_eq!((status, body), (200, json!({"status": "ok"})));
 });
