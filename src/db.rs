@@ -96,6 +96,20 @@ impl Db {
         data_dir: &Path,
     ) -> Result<Self, ConnectError> {
         match database_url {
+            Some(url) if url.starts_with("sqlite:") => {
+                let options = SqliteConnectOptions::from_str(url)?
+                    .create_if_missing(false)
+                    .read_only(true);
+                let path = options.get_filename().to_path_buf();
+                if !path.is_file() {
+                    return Err(ConnectError::Missing(path.display().to_string()));
+                }
+                let pool = SqlitePoolOptions::new()
+                    .max_connections(2)
+                    .connect_with(options)
+                    .await?;
+                Ok(Self::Sqlite(pool))
+            }
             Some(url) => Self::connect(Some(url), data_dir).await,
             None => {
                 let file = data_dir.join("runlog.db");

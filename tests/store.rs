@@ -687,3 +687,74 @@ mod catch_up_repairs_a_lost_batch {
         catch_up_repairs_a_lost_batch(Backend::Postgres).await;
     }
 }
+
+on_both_backends!(
+    a_stale_append_group_committed_with_good_ones_fails_alone,
+    |backend| {
+        let Some((_storage, db)) = open(backend).await else {
+            return;
+        };
+        // Snapshots off: every commit goes through the group-commit appender.
+        let runs = AggregateStore::<Run>::new(&db, 0);
+        let stale_run = "run-group-stale";
+        runs.commit(
+            stale_run,
+            Run::default(),
+            0,
+            None,
+            vec![filler(0), filler(1)],
+            metadata(),
+        )
+        .await
+        .expect("first commit");
+        // Many appends at once, so that they share transactions with the
+        // stale one: 40 good first commits of other runs, and one writer that
+        // still believes `stale_run` is empty.
+        let good: Vec<String> = (0..40).map(|i| format!("run-group-{i}")).collect();
+        let mut commits: Vec<_> = good
+            .iter()
+            .map(|id| {
+                runs.commit(
+                    id,
+                    Run::default(),
+                    0,
+                    None,
+                    vec![filler(2), filler(3)],
+                    metadata(),
+                )
+            })
+            .collect();
+        commits.insert(
+            20,
+            runs.commit(
+                stale_run,
+                Run::default(),
+                0,
+                None,
+                vec![filler(4)],
+                metadata(),
+            ),
+        );
+        let results = futures::future::join_all(commits).await;
+        for (i, result) in results.iter().enumerate() {
+            if i == 20 {
+                assert!(
+                    matches!(result, Err(StoreError::Conflict)),
+                    "the stale append: {result:?}"
+                );
+            } else {
+                assert!(result.is_ok(), "append {i}: {:?}", result.as_ref().err());
+            }
+        }
+        for id in &good {
+            let events = runs.load_events(id).await.expect("load");
+            assert_eq!(
+                events.iter().map(|e| e.sequence).collect::<Vec<_>>(),
+                [1, 2],
+                "{id}"
+            );
+        }
+        let events = runs.load_events(stale_run).await.expect("load");
+        assert_eq!(events.len(), 2, "the stale append left nothing in the log");
+    }
+);

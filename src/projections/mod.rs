@@ -2,14 +2,17 @@
 //! summaries (list and filter), run detail, artifact versions and the
 //! template catalogue.
 //!
-//! [`Projector`] is the one writer. It implements `cqrs_es::Query` for both
-//! aggregates; the engine hands it every committed batch and waits, so a
-//! client sees the effect of its command in its next GET. Writes from many
-//! runs are grouped into one transaction. Every row records the last
-//! sequence it reflects, which makes updates idempotent and lets
-//! [`Projector::catch_up`] repair read models that a crash left behind the
-//! log. All of this is safe to replay: it has no side effects beyond its
-//! own tables.
+//! [`Projector`] is the only writer. The engine hands it every committed
+//! batch of events: run events through the engine's `RunReadModels` trait
+//! (internal turns do not wait for the write; answers to clients do, so a
+//! client sees the effect of its command in its next GET), template events
+//! through the cqrs-es `Query` trait. Writes from many runs are grouped into
+//! one transaction per writer task (one task on SQLite, four on PostgreSQL,
+//! each owning the aggregates that hash to it). Every row records the last
+//! sequence it reflects, which makes updates idempotent; a gap in a run's
+//! sequence is filled from the log, and [`Projector::catch_up`] repairs read
+//! models that a crash left behind the log. All of this is safe to replay:
+//! it has no side effects beyond its own tables.
 //!
 //! Depends on `domain` and `db`; never on `store`, `engine` or `api`.
 

@@ -33,7 +33,43 @@ pub struct Storage {
 impl Drop for Storage {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.data_dir);
+        if let Some(url) = self.database_url.take() {
+            drop_postgres_database(url);
+        }
     }
+}
+
+/// Drops a test database (terminating the connections a stopping server may
+/// still hold), on a thread of its own since `Drop` cannot await.
+fn drop_postgres_database(url: String) {
+    let Ok(base) = std::env::var("RUNLOG_TEST_DATABASE_URL") else {
+        return;
+    };
+    let Some(name) = url
+        .rsplit('/')
+        .next()
+        .map(|n| n.split('?').next().unwrap_or(n).to_string())
+    else {
+        return;
+    };
+    if !name.starts_with("runlog_test_") {
+        return;
+    }
+    let _ = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .ok()?;
+        runtime.block_on(async {
+            let options: PgConnectOptions = base.parse().ok()?;
+            let mut conn = options.connect().await.ok()?;
+            sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                .execute(&mut conn)
+                .await
+                .ok()
+        })
+    })
+    .join();
 }
 
 impl Storage {
