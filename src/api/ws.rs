@@ -109,7 +109,16 @@ impl Session {
             .engine
             .hub()
             .subscribe(run.clone(), ctx.address().recipient());
-        self.runs.entry(run.clone()).or_insert(after.unwrap_or(0));
+        match after {
+            // Asked for explicitly: replay from there, even what this
+            // connection was sent before.
+            Some(after) => {
+                self.runs.insert(run.clone(), after);
+            }
+            None => {
+                self.runs.entry(run.clone()).or_insert(0);
+            }
+        }
         let state = self.state.clone();
         // ctx.wait: live events queue behind the catch-up, keeping order.
         ctx.wait(

@@ -227,6 +227,15 @@ on_both_backends!(
         // Nothing more comes: the run is finished.
         send(&mut ws, json!({"type": "ping"})).await;
         assert_eq!(recv(&mut ws).await, json!({"type": "pong"}));
+        // Asking again from an earlier sequence on the same connection
+        // replays from there.
+        subscribe_ok(
+            &mut ws,
+            json!({"type": "subscribe", "run_id": run, "after": 1}),
+        )
+        .await;
+        let again = events_until_finished(&mut ws, &run).await;
+        assert_eq!(sequences(&again), (2..=n).collect::<Vec<_>>());
     }
 );
 
