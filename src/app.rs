@@ -60,6 +60,10 @@ impl RunReadModels for Projector {
     fn backlog(&self) -> usize {
         Projector::backlog(self)
     }
+
+    fn barrier(&self) -> BoxFuture<'static, ()> {
+        Box::pin(Projector::barrier(self))
+    }
 }
 
 /// Opens and migrates the database.

@@ -46,7 +46,10 @@ pub(super) fn run_id(raw: &str) -> Result<RunId, ApiError> {
     RunId::parse(raw).map_err(|e| ApiError::bad_request("invalid_run_id", e.to_string()))
 }
 
+/// The run's detail from the read model, once it holds everything the run
+/// committed so far.
 async fn detail(state: &ApiState, id: &RunId) -> Result<RunDetail, ApiError> {
+    state.engine.settle_run(id).await;
     state
         .reads
         .run_detail(id.as_str())
@@ -60,8 +63,13 @@ pub(super) async fn start(
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
     let template = template_id(&body.template_id)?;
-    let id = state.engine.start_run(&template, body.input).await?;
-    let run = detail(&state, &id).await?;
+    let (id, committed) = state.engine.start_run(&template, body.input).await?;
+    // The start's events are the whole history of the new run, so their
+    // fold is exactly the detail the read model will hold.
+    let mut run = RunDetail::default();
+    for envelope in &committed {
+        run.apply(envelope.sequence as u64, &envelope.payload);
+    }
     Ok(HttpResponse::Created()
         .insert_header(("Location", format!("/api/runs/{id}")))
         .json(run))
@@ -88,6 +96,7 @@ pub(super) async fn list(
         cursor: query.cursor,
     }
     .checked()?;
+    state.engine.settle_all().await;
     let page = state
         .reads
         .list_runs(

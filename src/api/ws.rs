@@ -123,7 +123,12 @@ impl Session {
         // ctx.wait: live events queue behind the catch-up, keeping order.
         ctx.wait(
             async move {
-                let exists = state.reads.run_detail(run.as_str()).await?.is_some();
+                // The log, not a read model, says whether the run exists.
+                let exists = !state
+                    .log
+                    .events_of("Run", run.as_str(), 0, 1)
+                    .await?
+                    .is_empty();
                 let mut missed = Vec::new();
                 if let (true, Some(mut after)) = (exists, after) {
                     loop {

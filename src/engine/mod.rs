@@ -35,7 +35,7 @@ use crate::store::{AggregateStore, BlobStore, StoreError};
 
 pub use agents::{Agent, AgentRegistry, StepContext};
 pub use hub::{EventView, Hub};
-pub use run_actor::{RunActor, INLINE_ARTIFACT_LIMIT};
+pub use run_actor::{Committed, RunActor, INLINE_ARTIFACT_LIMIT};
 
 /// Queued read-model jobs beyond which actors wait for their writes.
 const READ_MODEL_BACKLOG_LIMIT: usize = 512;
@@ -49,6 +49,8 @@ pub trait RunReadModels: Send + Sync {
     fn queue(&self, events: &[EventEnvelope<Run>]) -> BoxFuture<'static, ()>;
     /// Jobs queued and not yet written.
     fn backlog(&self) -> usize;
+    /// Resolves once every job queued before the call is written.
+    fn barrier(&self) -> BoxFuture<'static, ()>;
 }
 
 /// Engine failures.
@@ -238,7 +240,7 @@ impl Engine {
 
     /// Sends a command to a run's actor; if that actor was just stopping,
     /// spawns a new one and sends again.
-    async fn execute(&self, id: &RunId, command: RunCommand) -> Result<usize, EngineError> {
+    async fn execute(&self, id: &RunId, command: RunCommand) -> Result<Committed, EngineError> {
         let fresh = matches!(command, RunCommand::Start { .. });
         let mut tries = 0;
         loop {
@@ -255,12 +257,14 @@ impl Engine {
     }
 
     /// Starts a run of the template's current version. Returns once the
-    /// start is committed and visible in the read models.
+    /// start is committed, with the events it committed (the start's read
+    /// model can be folded from them; readers wait through
+    /// [`Engine::settle_run`]).
     pub async fn start_run(
         &self,
         template_id: &TemplateId,
         input: Value,
-    ) -> Result<RunId, EngineError> {
+    ) -> Result<(RunId, Committed), EngineError> {
         let template = self.ctx.templates.load(template_id.as_str()).await?.state;
         let Some(definition) = template.definition.clone() else {
             return Err(EngineError::TemplateNotFound(template_id.clone()));
@@ -279,8 +283,27 @@ impl Engine {
             at: now(),
             lease_seed: new_lease_seed(),
         };
-        self.execute(&run_id, command).await?;
-        Ok(run_id)
+        let committed = self.execute(&run_id, command).await?;
+        Ok((run_id, committed))
+    }
+
+    /// Waits until the read models hold every event of `id` committed so
+    /// far (read-your-writes for a reader of one run). A run without a live
+    /// actor has nothing in flight.
+    pub async fn settle_run(&self, id: &RunId) {
+        let addr = {
+            let actors = self.ctx.actors.lock().unwrap_or_else(|e| e.into_inner());
+            actors.get(id).filter(|a| a.connected()).cloned()
+        };
+        if let Some(addr) = addr {
+            let _ = addr.send(run_actor::Settle).await;
+        }
+    }
+
+    /// Waits until the read models hold every run event committed so far
+    /// (read-your-writes for list readers).
+    pub async fn settle_all(&self) {
+        self.ctx.run_read_models.barrier().await;
     }
 
     /// Re-activates runs after a restart: each re-dispatches the steps whose

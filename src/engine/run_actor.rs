@@ -12,9 +12,10 @@ use std::time::Duration;
 use actix::fut::{ready, ActorFutureExt, WrapFuture};
 use actix::{
     Actor, ActorContext, AsyncContext, AtomicResponse, Context, Handler, Message,
-    ResponseActFuture, Running, SpawnHandle,
+    ResponseActFuture, ResponseFuture, Running, SpawnHandle,
 };
 use cqrs_es::EventEnvelope;
+use futures::future::{BoxFuture, FutureExt, Shared};
 use serde_json::Value;
 
 use super::agents::StepContext;
@@ -31,11 +32,20 @@ pub const INLINE_ARTIFACT_LIMIT: usize = 8 * 1024;
 /// Attempts at recording one agent result when storage fails.
 const RECORD_ATTEMPTS: u32 = 5;
 
-/// A command from outside (start, recover); answered once its events are
-/// committed and projected.
+/// Events committed by one turn.
+pub type Committed = Vec<EventEnvelope<Run>>;
+
+/// A command from outside (start, recover); answered with the events it
+/// committed once they are committed.
 #[derive(Message)]
-#[rtype(result = "Result<usize, EngineError>")]
+#[rtype(result = "Result<Committed, EngineError>")]
 pub struct Execute(pub RunCommand);
+
+/// Resolves once the read models hold every event this actor committed
+/// before the message arrived (read-your-writes for readers).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Settle;
 
 /// An agent finished (internal).
 #[derive(Message, Clone)]
@@ -64,6 +74,9 @@ pub struct RunActor {
     in_flight: usize,
     wake: Option<SpawnHandle>,
     passivate: Option<SpawnHandle>,
+    /// The read-model write of the last turn; writes of one run are applied
+    /// in order, so this resolving means all earlier ones are done too.
+    last_written: Option<Shared<BoxFuture<'static, ()>>>,
 }
 
 impl RunActor {
@@ -78,6 +91,7 @@ impl RunActor {
             in_flight: 0,
             wake: None,
             passivate: None,
+            last_written: None,
         }
     }
 
@@ -98,16 +112,15 @@ impl RunActor {
         )
     }
 
-    /// One turn: decide, commit, fold, publish, act. Resolves to the number
-    /// of events recorded; with `read_your_writes`, only once the read
-    /// models have them.
+    /// One turn: decide, commit, fold, publish, act. Resolves to the events
+    /// committed. Their read-model write is queued, not awaited (unless the
+    /// writers fall behind); readers that need it wait through `Settle`.
     fn turn(
         &mut self,
         command: RunCommand,
-        read_your_writes: bool,
-    ) -> ResponseActFuture<Self, Result<usize, EngineError>> {
+    ) -> ResponseActFuture<Self, Result<Committed, EngineError>> {
         let events = match self.state.decide(command) {
-            Ok(events) if events.is_empty() => return Box::pin(ready(Ok(0))),
+            Ok(events) if events.is_empty() => return Box::pin(ready(Ok(Vec::new()))),
             Ok(events) => events,
             Err(refused) => return Box::pin(ready(Err(refused.into()))),
         };
@@ -124,22 +137,22 @@ impl RunActor {
                     .await
             }
             .into_actor(self)
-            .then(move |committed, act, ctx| -> ResponseActFuture<Self, Result<usize, EngineError>> {
+            .then(move |committed, act, ctx| -> ResponseActFuture<Self, Result<Committed, EngineError>> {
                 match committed {
                     Ok((envelopes, snapshot)) => {
                         act.committed(&envelopes, snapshot, ctx);
-                        let written = act.engine.project_runs(&envelopes);
-                        let count = envelopes.len();
-                        if read_your_writes || act.engine.read_models_behind() {
+                        let written = act.engine.project_runs(&envelopes).shared();
+                        act.last_written = Some(written.clone());
+                        if act.engine.read_models_behind() {
                             Box::pin(
                                 async move {
                                     written.await;
-                                    Ok(count)
+                                    Ok(envelopes)
                                 }
                                 .into_actor(act),
                             )
                         } else {
-                            Box::pin(ready(Ok(count)))
+                            Box::pin(ready(Ok(envelopes)))
                         }
                     }
                     Err(StoreError::Conflict) => {
@@ -283,10 +296,24 @@ impl Actor for RunActor {
 }
 
 impl Handler<Execute> for RunActor {
-    type Result = AtomicResponse<Self, Result<usize, EngineError>>;
+    type Result = AtomicResponse<Self, Result<Committed, EngineError>>;
 
     fn handle(&mut self, Execute(command): Execute, _: &mut Self::Context) -> Self::Result {
-        AtomicResponse::new(self.turn(command, true))
+        AtomicResponse::new(self.turn(command))
+    }
+}
+
+impl Handler<Settle> for RunActor {
+    type Result = ResponseFuture<()>;
+
+    fn handle(&mut self, _: Settle, _: &mut Self::Context) -> Self::Result {
+        // Not atomic: the actor goes on while the reader waits.
+        let written = self.last_written.clone();
+        Box::pin(async move {
+            if let Some(written) = written {
+                written.await;
+            }
+        })
     }
 }
 
@@ -312,7 +339,7 @@ impl Handler<AgentDone> for RunActor {
                 at: now(),
             },
         };
-        AtomicResponse::new(Box::pin(self.turn(command, false).map(move |result, act, ctx| {
+        AtomicResponse::new(Box::pin(self.turn(command).map(move |result, act, ctx| {
             match result {
                 Ok(_) => {}
                 Err(EngineError::Run(refused)) => {
@@ -343,18 +370,16 @@ impl Handler<Wake> for RunActor {
             at: now(),
             lease_seed: new_lease_seed(),
         };
-        AtomicResponse::new(Box::pin(self.turn(command, false).map(
-            |result, act, ctx| {
-                if let Err(e) = result {
-                    tracing::warn!(run_id = %act.id, error = %e, "dispatching due retries failed");
-                    if !matches!(e, EngineError::Run(_)) {
-                        ctx.notify_later(Wake, Duration::from_secs(1));
-                        return;
-                    }
+        AtomicResponse::new(Box::pin(self.turn(command).map(|result, act, ctx| {
+            if let Err(e) = result {
+                tracing::warn!(run_id = %act.id, error = %e, "dispatching due retries failed");
+                if !matches!(e, EngineError::Run(_)) {
+                    ctx.notify_later(Wake, Duration::from_secs(1));
+                    return;
                 }
-                act.schedule(ctx);
-            },
-        )))
+            }
+            act.schedule(ctx);
+        })))
     }
 }
 

@@ -48,6 +48,8 @@ const WRITE_ATTEMPTS: u32 = 3;
 enum Batch {
     Runs(String, Vec<(u64, RunEvent)>),
     Templates(String, Vec<(u64, TemplateEvent)>),
+    /// Writes nothing; answered once everything queued before it is written.
+    Barrier,
 }
 
 struct Job {
@@ -118,10 +120,11 @@ impl Projector {
     ) -> impl Future<Output = Result<(), ProjectionError>> + Send + 'static {
         let (done, answer) = oneshot::channel();
         self.backlog.fetch_add(1, Ordering::Relaxed);
-        let id = match &batch {
-            Batch::Runs(id, _) | Batch::Templates(id, _) => id.clone(),
-        };
-        let queued = self.sender_for(&id).send(Job { batch, done });
+        let queued = match &batch {
+            Batch::Runs(id, _) | Batch::Templates(id, _) => self.sender_for(id),
+            Batch::Barrier => &self.senders[0],
+        }
+        .send(Job { batch, done });
         if queued.is_err() {
             self.backlog.fetch_sub(1, Ordering::Relaxed);
         }
@@ -156,6 +159,34 @@ impl Projector {
             match queued {
                 Some(written) => written.await,
                 None => Ok(()),
+            }
+        }
+    }
+
+    /// Resolves once every job queued (on any writer) before the call is
+    /// written.
+    pub fn barrier(&self) -> impl Future<Output = ()> + Send + 'static {
+        let answers: Vec<_> = self
+            .senders
+            .iter()
+            .map(|sender| {
+                let (done, answer) = oneshot::channel();
+                self.backlog.fetch_add(1, Ordering::Relaxed);
+                if sender
+                    .send(Job {
+                        batch: Batch::Barrier,
+                        done,
+                    })
+                    .is_err()
+                {
+                    self.backlog.fetch_sub(1, Ordering::Relaxed);
+                }
+                answer
+            })
+            .collect();
+        async move {
+            for answer in answers {
+                let _ = answer.await;
             }
         }
     }
@@ -286,7 +317,12 @@ async fn write(
         match &job.batch {
             Batch::Runs(id, events) => runs.entry(id).or_default().extend(events.iter()),
             Batch::Templates(id, events) => templates.entry(id).or_default().extend(events.iter()),
+            Batch::Barrier => {}
         }
+    }
+    if runs.is_empty() && templates.is_empty() {
+        // Only barriers: nothing to write.
+        return Ok(written);
     }
     let mut rows = Rows::default();
     with_pool!(db, pool => {

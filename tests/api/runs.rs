@@ -909,3 +909,41 @@ on_both_backends!(an_unknown_route_is_a_json_404, |backend| {
     let (status, body) = app.get("/healthz").await;
     assert_eq!((status, body), (200, json!({"status": "ok"})));
 });
+
+on_both_backends!(
+    a_client_sees_its_new_run_in_its_next_get_and_list,
+    |backend| {
+        let Some(app) = spawn_app(backend).await else {
+            return;
+        };
+        let template = app.template_id("diamond", diamond(0)).await;
+        for i in 0..25 {
+            let (status, created) = app.start_run(&template, json!({"i": i})).await;
+            assert_eq!(status, 201, "{created}");
+            let id = created["id"].as_str().unwrap();
+            // The 201 body is the run as its start left it.
+            assert_eq!(created["status"], "running", "{created}");
+            assert_eq!(created["steps"]["a"]["status"], "running", "{created}");
+            assert_eq!(created["template_version"], 1);
+            // The very next reads see it, never an older state.
+            let detail = app.run(id).await;
+            assert!(
+                detail["sequence"].as_u64() >= created["sequence"].as_u64(),
+                "{detail} is older than {created}"
+            );
+            let (status, list) = app
+                .get(&format!("/api/runs?template_id={template}&limit=500"))
+                .await;
+            assert_eq!(status, 200, "{list}");
+            let listed = list["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|r| r["id"] == id);
+            assert!(
+                listed,
+                "run {id} is missing from the list right after its start"
+            );
+        }
+    }
+);
