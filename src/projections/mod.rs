@@ -4,9 +4,10 @@
 //!
 //! [`Projector`] is the only writer. The engine hands it every committed
 //! batch of events: run events through the engine's `RunReadModels` trait
-//! (internal turns do not wait for the write; answers to clients do, so a
-//! client sees the effect of its command in its next GET), template events
-//! through the cqrs-es `Query` trait. Writes from many runs are grouped into
+//! (queued in order, not awaited; readers wait instead, through the run's
+//! actor or [`Projector::barrier`], so a client sees the effect of its
+//! command in its next GET), template events through the cqrs-es `Query`
+//! trait (awaited). Writes from many runs are grouped into
 //! one transaction per writer task (one task on SQLite, four on PostgreSQL,
 //! each owning the aggregates that hash to it). Every row records the last
 //! sequence it reflects, which makes updates idempotent; a gap in a run's
