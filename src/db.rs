@@ -2,7 +2,7 @@
 //!
 //! Shared infrastructure below both `store` and `projections` (which must not
 //! depend on each other). Queries that read the same on both backends are
-//! written once and run through [`with_pool!`], which expands the same code
+//! written once and run through [`with_pool!`](crate::with_pool), which expands the same code
 //! for each pool type.
 
 use std::path::Path;

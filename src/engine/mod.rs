@@ -1,6 +1,6 @@
 //! The engine: actors that execute runs, and the services the API calls.
 //!
-//! - [`RunActor`](run_actor::RunActor): one per live run (see its module).
+//! - [`RunActor`]: one per live run (see its module).
 //! - The run registry (in [`Engine`]): finds or spawns a run's actor, spread
 //!   over a few arbiter threads; actors of finished runs passivate, so
 //!   memory stays bounded however many runs exist. At start,

@@ -181,7 +181,7 @@ fn encode_cursor(created_at: i64, id: &str) -> String {
     format!("{created_at}_{id}")
 }
 
-/// Parses a cursor made by [`encode_cursor`]; `None` when malformed.
+/// Parses a cursor made by `encode_cursor`; `None` when malformed.
 pub fn decode_cursor(cursor: &str) -> Option<(i64, String)> {
     let (at, id) = cursor.split_once('_')?;
     Some((at.parse().ok()?, id.to_string()))
