@@ -120,6 +120,7 @@ fn filler(i: usize) -> RunEvent {
             attempt: round,
             error: format!("failure {i}"),
             will_retry: true,
+            fails_run: false,
             at,
         },
         2 => RunEvent::StepRetryScheduled {

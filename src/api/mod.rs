@@ -84,6 +84,21 @@ pub fn configure(state: ApiState) -> impl FnOnce(&mut web::ServiceConfig) {
                             .default_service(web::to(method_not_allowed)),
                     )
                     .service(
+                        web::resource("/runs/{id}/pause")
+                            .post(runs::pause)
+                            .default_service(web::to(method_not_allowed)),
+                    )
+                    .service(
+                        web::resource("/runs/{id}/resume")
+                            .post(runs::resume)
+                            .default_service(web::to(method_not_allowed)),
+                    )
+                    .service(
+                        web::resource("/runs/{id}/cancel")
+                            .post(runs::cancel)
+                            .default_service(web::to(method_not_allowed)),
+                    )
+                    .service(
                         web::resource("/runs/{id}/events")
                             .get(runs::events)
                             .default_service(web::to(method_not_allowed)),

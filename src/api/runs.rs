@@ -84,7 +84,7 @@ pub(super) async fn list(
         if RunStatus::parse(status).is_none() {
             return Err(ApiError::bad_request(
                 "invalid_status",
-                format!("unknown status '{status}': use queued, running, completed or failed"),
+                format!("unknown status '{status}': use queued, running, paused, completed, failed or cancelled"),
             ));
         }
     }
@@ -221,4 +221,65 @@ pub(super) async fn artifact(
         latest: summary.latest,
         versions,
     }))
+}
+
+/// Longest cancel reason accepted.
+const MAX_REASON_CHARS: usize = 2_000;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CancelBody {
+    reason: Option<String>,
+}
+
+/// The run after a control command, from the read model (which the read
+/// waits for).
+async fn controlled(state: &ApiState, id: &RunId) -> Result<HttpResponse, ApiError> {
+    Ok(HttpResponse::Ok().json(detail(state, id).await?))
+}
+
+pub(super) async fn pause(
+    state: web::Data<ApiState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let id = run_id(&path)?;
+    state.engine.pause(&id).await?;
+    controlled(&state, &id).await
+}
+
+pub(super) async fn resume(
+    state: web::Data<ApiState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let id = run_id(&path)?;
+    state.engine.resume(&id).await?;
+    controlled(&state, &id).await
+}
+
+/// The body is optional (`{"reason": "…"}`), so it is parsed here: an
+/// empty body means no reason, anything else must be that object.
+pub(super) async fn cancel(
+    state: web::Data<ApiState>,
+    path: web::Path<String>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let id = run_id(&path)?;
+    let body: CancelBody = if body.iter().all(u8::is_ascii_whitespace) {
+        CancelBody::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::bad_request("invalid_body", e.to_string()))?
+    };
+    if body
+        .reason
+        .as_ref()
+        .is_some_and(|r| r.chars().count() > MAX_REASON_CHARS)
+    {
+        return Err(ApiError::bad_request(
+            "invalid_reason",
+            format!("reason is longer than {MAX_REASON_CHARS} characters"),
+        ));
+    }
+    state.engine.cancel(&id, body.reason).await?;
+    controlled(&state, &id).await
 }

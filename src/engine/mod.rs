@@ -287,6 +287,32 @@ impl Engine {
         Ok((run_id, committed))
     }
 
+    /// Asks a run to pause at its next safe checkpoint: nothing new is
+    /// dispatched, and the run is `paused` once no step runs.
+    pub async fn pause(&self, id: &RunId) -> Result<Committed, EngineError> {
+        self.execute(id, RunCommand::Pause { at: now() }).await
+    }
+
+    /// Resumes a paused (or pausing) run.
+    pub async fn resume(&self, id: &RunId) -> Result<Committed, EngineError> {
+        let command = RunCommand::Resume {
+            at: now(),
+            lease_seed: new_lease_seed(),
+        };
+        self.execute(id, command).await
+    }
+
+    /// Cancels a run gracefully: nothing new is dispatched, and the run is
+    /// `cancelled` once no step runs.
+    pub async fn cancel(
+        &self,
+        id: &RunId,
+        reason: Option<String>,
+    ) -> Result<Committed, EngineError> {
+        self.execute(id, RunCommand::Cancel { reason, at: now() })
+            .await
+    }
+
     /// Waits until the read models hold every event of `id` committed so
     /// far (read-your-writes for a reader of one run). A run without a live
     /// actor has nothing in flight.

@@ -22,7 +22,7 @@ use super::agents::StepContext;
 use super::{new_lease_seed, now, EngineCtx, EngineError};
 use crate::domain::ids::{LeaseToken, OutputName, RunId, StepId};
 use crate::domain::run::{
-    ArtifactContent, InputValue, Outputs, Run, RunCommand, RunEvent, StepInput,
+    ArtifactContent, InputValue, Outputs, Run, RunCommand, RunEvent, RunStatus, StepInput,
 };
 use crate::projections::rfc3339;
 use crate::store::{BlobStore, StoreError};
@@ -198,11 +198,27 @@ impl RunActor {
         if let Some(handle) = self.wake.take() {
             ctx.cancel_future(handle);
         }
-        if let Some(due) = self.state.pending_retries().map(|(_, t)| t).min() {
+        // A run that may not dispatch (paused, pausing, cancelling, failing,
+        // finished) must not be woken for its retries: the wake would find
+        // nothing to do and re-arm at once. Resume re-schedules.
+        let due = if self.state.dispatching() {
+            self.state.pending_retries().map(|(_, t)| t).min()
+        } else {
+            None
+        };
+        if let Some(due) = due {
             let delay = u64::try_from(due.0.saturating_sub(now().0)).unwrap_or(0);
             self.wake = Some(ctx.notify_later(Wake, Duration::from_millis(delay)));
         }
-        if self.state.status.is_finished() && self.in_flight == 0 && self.passivate.is_none() {
+        // Finished and paused runs have nothing in flight: their actors
+        // stop after a while (a resume loads the run again).
+        let idle = self.state.status.is_finished() || self.state.status == RunStatus::Paused;
+        if !idle {
+            if let Some(handle) = self.passivate.take() {
+                ctx.cancel_future(handle);
+            }
+        }
+        if idle && self.in_flight == 0 && self.passivate.is_none() {
             let idle = self.engine.config.passivate_after;
             self.passivate = Some(ctx.run_later(idle, |_, ctx| ctx.stop()));
         }
@@ -299,7 +315,14 @@ impl Handler<Execute> for RunActor {
     type Result = AtomicResponse<Self, Result<Committed, EngineError>>;
 
     fn handle(&mut self, Execute(command): Execute, _: &mut Self::Context) -> Self::Result {
-        AtomicResponse::new(self.turn(command))
+        AtomicResponse::new(Box::pin(self.turn(command).map(|result, act, ctx| {
+            // A command to a run that does not exist spawned this actor for
+            // nothing: do not keep it.
+            if act.state.id.is_none() {
+                ctx.stop();
+            }
+            result
+        })))
     }
 }
 

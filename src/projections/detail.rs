@@ -81,6 +81,15 @@ pub struct RunDetail {
     pub artifacts: BTreeMap<String, ArtifactView>,
     /// Set when the run failed.
     pub error: Option<FailureView>,
+    /// A pause was asked and not yet reached (steps still running).
+    #[serde(default)]
+    pub pause_requested: bool,
+    /// A cancel was asked and not yet reached (steps still running).
+    #[serde(default)]
+    pub cancel_requested: bool,
+    /// The reason given for a cancel, if any.
+    #[serde(default)]
+    pub cancel_reason: Option<String>,
     /// When the run started.
     pub created_at: String,
     /// When it last changed.
@@ -183,6 +192,24 @@ impl RunDetail {
                 s.retry_at = Some(rfc3339(*due_at));
             }
             RunEvent::RunCompleted { .. } => self.status = RunStatus::Completed,
+            RunEvent::PauseRequested { .. } => self.pause_requested = true,
+            RunEvent::RunPaused { .. } => {
+                self.status = RunStatus::Paused;
+                self.pause_requested = false;
+            }
+            RunEvent::RunResumed { .. } => {
+                self.status = RunStatus::Running;
+                self.pause_requested = false;
+            }
+            RunEvent::CancelRequested { reason, .. } => {
+                self.cancel_requested = true;
+                self.cancel_reason = reason.clone();
+            }
+            RunEvent::RunCancelled { .. } => {
+                self.status = RunStatus::Cancelled;
+                self.pause_requested = false;
+                self.cancel_requested = false;
+            }
             RunEvent::RunFailed { step, error, .. } => {
                 self.status = RunStatus::Failed;
                 self.error = Some(FailureView {

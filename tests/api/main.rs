@@ -4,6 +4,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod control;
 mod replay;
 mod runs;
 mod templates;

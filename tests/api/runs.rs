@@ -677,7 +677,13 @@ on_both_backends!(
             ] {
                 assert!(keys.contains(&key), "an event without {key}: {event}");
             }
-            assert_eq!(event["event_version"], "1.0");
+            // StepFailed is at 1.1 (fails_run); every other event at 1.0.
+            let version = if event["event_type"] == "StepFailed" {
+                "1.1"
+            } else {
+                "1.0"
+            };
+            assert_eq!(event["event_version"], version, "{event}");
             assert!(event["metadata"].is_object(), "{event}");
             recorded_at(event);
             assert_eq!(event["metadata"]["recorded_at"], event["recorded_at"]);

@@ -102,6 +102,13 @@ pub enum RunEvent {
         error: String,
         /// Whether another attempt follows (see `StepRetryScheduled`).
         will_retry: bool,
+        /// Whether this failure fails the run (once nothing else runs).
+        /// False for a failure while a cancel is pending: the run ends
+        /// cancelled. Added in 1.1; a 1.0 payload lacks it and reads as
+        /// `true`, which is what 1.0 meant (it only matters when
+        /// `will_retry` is false).
+        #[serde(default = "yes")]
+        fails_run: bool,
         /// When.
         at: Timestamp,
     },
@@ -132,11 +139,42 @@ pub enum RunEvent {
         /// When.
         at: Timestamp,
     },
+    /// A user asked to pause: nothing new is dispatched from now on.
+    PauseRequested {
+        /// When.
+        at: Timestamp,
+    },
+    /// No step is running any more: the run is paused.
+    RunPaused {
+        /// When.
+        at: Timestamp,
+    },
+    /// A user resumed the run (or withdrew a pause not yet reached); ready
+    /// steps are dispatched again.
+    RunResumed {
+        /// When.
+        at: Timestamp,
+    },
+    /// A user asked to cancel: nothing new is dispatched; running steps
+    /// finish.
+    CancelRequested {
+        /// Why, as the user said.
+        reason: Option<String>,
+        /// When.
+        at: Timestamp,
+    },
+    /// No step is running any more: the run is cancelled.
+    RunCancelled {
+        /// Why, as the user said.
+        reason: Option<String>,
+        /// When.
+        at: Timestamp,
+    },
 }
 
 impl RunEvent {
     /// The literal event type names, for the catalogue and for tests.
-    pub const TYPES: [&'static str; 7] = [
+    pub const TYPES: [&'static str; 12] = [
         "RunStarted",
         "StepDispatched",
         "StepCompleted",
@@ -144,6 +182,11 @@ impl RunEvent {
         "StepRetryScheduled",
         "RunCompleted",
         "RunFailed",
+        "PauseRequested",
+        "RunPaused",
+        "RunResumed",
+        "CancelRequested",
+        "RunCancelled",
     ];
 
     /// The time the event happened.
@@ -155,7 +198,12 @@ impl RunEvent {
             | Self::StepFailed { at, .. }
             | Self::StepRetryScheduled { at, .. }
             | Self::RunCompleted { at }
-            | Self::RunFailed { at, .. } => *at,
+            | Self::RunFailed { at, .. }
+            | Self::PauseRequested { at }
+            | Self::RunPaused { at }
+            | Self::RunResumed { at }
+            | Self::CancelRequested { at, .. }
+            | Self::RunCancelled { at, .. } => *at,
         }
     }
 
@@ -172,7 +220,10 @@ impl RunEvent {
 
     /// Whether this event ends the run.
     pub fn is_terminal(&self) -> bool {
-        matches!(self, Self::RunCompleted { .. } | Self::RunFailed { .. })
+        matches!(
+            self,
+            Self::RunCompleted { .. } | Self::RunFailed { .. } | Self::RunCancelled { .. }
+        )
     }
 }
 
@@ -186,13 +237,26 @@ impl DomainEvent for RunEvent {
             Self::StepRetryScheduled { .. } => Self::TYPES[4],
             Self::RunCompleted { .. } => Self::TYPES[5],
             Self::RunFailed { .. } => Self::TYPES[6],
+            Self::PauseRequested { .. } => Self::TYPES[7],
+            Self::RunPaused { .. } => Self::TYPES[8],
+            Self::RunResumed { .. } => Self::TYPES[9],
+            Self::CancelRequested { .. } => Self::TYPES[10],
+            Self::RunCancelled { .. } => Self::TYPES[11],
         }
         .to_string()
     }
 
     fn event_version(&self) -> String {
-        "1.0".to_string()
+        match self {
+            Self::StepFailed { .. } => "1.1",
+            _ => "1.0",
+        }
+        .to_string()
     }
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// Outputs an agent returned, by output name.

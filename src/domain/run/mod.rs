@@ -33,6 +33,10 @@ pub enum RunStatus {
     Completed,
     /// A step failed for good.
     Failed,
+    /// Paused by a user: nothing runs until it is resumed.
+    Paused,
+    /// Cancelled by a user.
+    Cancelled,
 }
 
 impl RunStatus {
@@ -43,19 +47,28 @@ impl RunStatus {
             Self::Running => "running",
             Self::Completed => "completed",
             Self::Failed => "failed",
+            Self::Paused => "paused",
+            Self::Cancelled => "cancelled",
         }
     }
 
     /// Parses the API spelling.
     pub fn parse(text: &str) -> Option<Self> {
-        [Self::Queued, Self::Running, Self::Completed, Self::Failed]
-            .into_iter()
-            .find(|s| s.as_str() == text)
+        [
+            Self::Queued,
+            Self::Running,
+            Self::Completed,
+            Self::Failed,
+            Self::Paused,
+            Self::Cancelled,
+        ]
+        .into_iter()
+        .find(|s| s.as_str() == text)
     }
 
     /// Whether the run can change no more.
     pub fn is_finished(self) -> bool {
-        matches!(self, Self::Completed | Self::Failed)
+        matches!(self, Self::Completed | Self::Failed | Self::Cancelled)
     }
 }
 
@@ -188,6 +201,27 @@ pub enum RunCommand {
         /// Seed for lease tokens.
         lease_seed: String,
     },
+    /// Stop at the next safe checkpoint: dispatch nothing new; the run is
+    /// paused once no step runs.
+    Pause {
+        /// When.
+        at: Timestamp,
+    },
+    /// Continue a paused run (or withdraw a pause not yet reached).
+    Resume {
+        /// When.
+        at: Timestamp,
+        /// Seed for lease tokens of the steps dispatched again.
+        lease_seed: String,
+    },
+    /// Cancel gracefully: dispatch nothing new; the run is cancelled once no
+    /// step runs.
+    Cancel {
+        /// Why, if the user said.
+        reason: Option<String>,
+        /// When.
+        at: Timestamp,
+    },
 }
 
 /// Business-rule refusals of run commands.
@@ -211,6 +245,15 @@ pub enum RunError {
     /// The lease is not the step's current one: a stale or duplicate worker.
     #[error("lease is not the current lease of step '{0}'")]
     StaleLease(StepId),
+    /// Pause on a run that is paused or pausing.
+    #[error("run is already paused or pausing")]
+    AlreadyPaused,
+    /// Resume on a run that is neither paused nor pausing.
+    #[error("run is not paused")]
+    NotPaused,
+    /// Pause, resume or cancel on a run that is being cancelled.
+    #[error("run is being cancelled")]
+    Cancelling,
 }
 
 impl RunError {
@@ -223,6 +266,9 @@ impl RunError {
             Self::UnknownStep(_) => "unknown_step",
             Self::StepNotRunning(_) => "step_not_running",
             Self::StaleLease(_) => "stale_lease",
+            Self::AlreadyPaused => "run_already_paused",
+            Self::NotPaused => "run_not_paused",
+            Self::Cancelling => "run_cancelling",
         }
     }
 }
@@ -249,6 +295,12 @@ pub struct Run {
     /// Set when a step failed for good while others still ran: the run fails
     /// once they are done.
     pub failure: Option<(StepId, String)>,
+    /// A pause was asked and not yet reached.
+    #[serde(default)]
+    pub pause_requested: bool,
+    /// A cancel was asked (with its reason) and not yet reached.
+    #[serde(default)]
+    pub cancel_requested: Option<Option<String>>,
     /// When it started.
     pub created_at: Timestamp,
     /// When it last changed.
@@ -308,7 +360,7 @@ impl Decision {
 
     /// Dispatches every ready step that is due, unless the run is failing.
     fn dispatch_due(&mut self, at: Timestamp) {
-        if self.state.status != RunStatus::Running || self.state.failure.is_some() {
+        if !self.state.dispatching() {
             return;
         }
         let due: Vec<StepId> = self
@@ -342,9 +394,10 @@ impl Decision {
         });
     }
 
-    /// Ends the run when nothing is left to do.
+    /// Reaches the state the run is heading for once nothing runs: failed,
+    /// cancelled, completed or paused, in that order of precedence.
     fn settle(&mut self, at: Timestamp) {
-        if self.state.status != RunStatus::Running {
+        if !matches!(self.state.status, RunStatus::Running | RunStatus::Paused) {
             return;
         }
         let running = self
@@ -352,10 +405,13 @@ impl Decision {
             .steps
             .values()
             .any(|s| s.status == StepStatus::Running);
+        if running {
+            return;
+        }
         if let Some((step, error)) = self.state.failure.clone() {
-            if !running {
-                self.record(RunEvent::RunFailed { step, error, at });
-            }
+            self.record(RunEvent::RunFailed { step, error, at });
+        } else if let Some(reason) = self.state.cancel_requested.clone() {
+            self.record(RunEvent::RunCancelled { reason, at });
         } else if self
             .state
             .steps
@@ -363,6 +419,8 @@ impl Decision {
             .all(|s| s.status == StepStatus::Completed)
         {
             self.record(RunEvent::RunCompleted { at });
+        } else if self.state.pause_requested {
+            self.record(RunEvent::RunPaused { at });
         }
     }
 }
@@ -422,7 +480,7 @@ impl Run {
                     })
                     .collect();
                 // A failing run dispatches nothing more, so nothing becomes ready.
-                let ready = if self.failure.is_some() {
+                let ready = if self.failure.is_some() || self.cancel_requested.is_some() {
                     Vec::new()
                 } else {
                     self.newly_ready_after(&step)
@@ -447,13 +505,19 @@ impl Run {
             } => {
                 let attempt = self.check_running_step(&step, &lease)?;
                 let policy = self.definition.steps[&step].retry;
-                let will_retry = attempt < policy.max_attempts && self.failure.is_none();
+                let will_retry = attempt < policy.max_attempts
+                    && self.failure.is_none()
+                    && self.cancel_requested.is_none();
+                // While a cancel is pending a failure is not retried and does
+                // not fail the run: the run ends cancelled.
+                let fails_run = !will_retry && self.cancel_requested.is_none();
                 let mut d = Decision::new(self, "");
                 d.record(RunEvent::StepFailed {
                     step: step.clone(),
                     attempt,
                     error,
                     will_retry,
+                    fails_run,
                     at,
                 });
                 if will_retry {
@@ -490,7 +554,53 @@ impl Run {
                 d.settle(at);
                 Ok(d.events)
             }
+            RunCommand::Pause { at } => {
+                self.check_active()?;
+                if self.cancel_requested.is_some() {
+                    return Err(RunError::Cancelling);
+                }
+                if self.status == RunStatus::Paused || self.pause_requested {
+                    return Err(RunError::AlreadyPaused);
+                }
+                let mut d = Decision::new(self, "");
+                d.record(RunEvent::PauseRequested { at });
+                d.settle(at);
+                Ok(d.events)
+            }
+            RunCommand::Resume { at, lease_seed } => {
+                self.check_active()?;
+                if self.cancel_requested.is_some() {
+                    return Err(RunError::Cancelling);
+                }
+                if self.status != RunStatus::Paused && !self.pause_requested {
+                    return Err(RunError::NotPaused);
+                }
+                let mut d = Decision::new(self, &lease_seed);
+                d.record(RunEvent::RunResumed { at });
+                d.dispatch_due(at);
+                d.settle(at);
+                Ok(d.events)
+            }
+            RunCommand::Cancel { reason, at } => {
+                self.check_active()?;
+                if self.cancel_requested.is_some() {
+                    return Err(RunError::Cancelling);
+                }
+                let mut d = Decision::new(self, "");
+                d.record(RunEvent::CancelRequested { reason, at });
+                d.settle(at);
+                Ok(d.events)
+            }
         }
+    }
+
+    /// Whether ready steps may be dispatched now: running, and no failure,
+    /// pause or cancel pending.
+    pub fn dispatching(&self) -> bool {
+        self.status == RunStatus::Running
+            && self.failure.is_none()
+            && !self.pause_requested
+            && self.cancel_requested.is_none()
     }
 
     fn check_active(&self) -> Result<(), RunError> {
@@ -678,6 +788,7 @@ impl Run {
                 step,
                 error,
                 will_retry,
+                fails_run,
                 at,
                 ..
             } => {
@@ -689,7 +800,9 @@ impl Run {
                 } else {
                     s.status = StepStatus::Failed;
                     s.finished_at = Some(at);
-                    self.failure.get_or_insert((step, error));
+                    if fails_run {
+                        self.failure.get_or_insert((step, error));
+                    }
                 }
             }
             RunEvent::StepRetryScheduled { step, due_at, .. } => {
@@ -699,6 +812,20 @@ impl Run {
             }
             RunEvent::RunCompleted { .. } => self.status = RunStatus::Completed,
             RunEvent::RunFailed { .. } => self.status = RunStatus::Failed,
+            RunEvent::PauseRequested { .. } => self.pause_requested = true,
+            RunEvent::RunPaused { .. } => {
+                self.status = RunStatus::Paused;
+                self.pause_requested = false;
+            }
+            RunEvent::RunResumed { .. } => {
+                self.status = RunStatus::Running;
+                self.pause_requested = false;
+            }
+            RunEvent::CancelRequested { reason, .. } => self.cancel_requested = Some(reason),
+            RunEvent::RunCancelled { .. } => {
+                self.status = RunStatus::Cancelled;
+                self.pause_requested = false;
+            }
         }
     }
 

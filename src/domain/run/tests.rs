@@ -193,6 +193,20 @@ fn failed(step: &str, attempt: u32, error: &str, will_retry: bool, ms: i64) -> R
         attempt,
         error: error.into(),
         will_retry,
+        fails_run: !will_retry,
+        at: at(ms),
+    }
+}
+
+/// A failure while a cancel is pending: not retried, and it does not fail
+/// the run.
+fn abandoned(step: &str, attempt: u32, error: &str, ms: i64) -> RunEvent {
+    RunEvent::StepFailed {
+        step: sid(step),
+        attempt,
+        error: error.into(),
+        will_retry: false,
+        fails_run: false,
         at: at(ms),
     }
 }
@@ -562,6 +576,7 @@ fn a_failure_with_attempts_left_schedules_the_next_attempt_after_the_backoff() {
                 attempt: 1,
                 error: "flaky".into(),
                 will_retry: true,
+                fails_run: false,
                 at: at(20),
             },
             RunEvent::StepRetryScheduled {
@@ -1026,4 +1041,860 @@ fn replaying_a_run_with_a_retry_and_a_failure_rebuilds_the_state_decide_worked_o
     assert_eq!(out.latest, 1);
     assert_eq!(out.versions[0].attempt, 2);
     assert_eq!(replayed.pending_retries().count(), 0);
+}
+
+// ------------------------------------------------- run control: fixtures --
+
+fn pause(ms: i64) -> RunCommand {
+    RunCommand::Pause { at: at(ms) }
+}
+
+fn resume(ms: i64, seed: &str) -> RunCommand {
+    RunCommand::Resume {
+        at: at(ms),
+        lease_seed: seed.into(),
+    }
+}
+
+fn cancel(reason: Option<&str>, ms: i64) -> RunCommand {
+    RunCommand::Cancel {
+        reason: reason.map(Into::into),
+        at: at(ms),
+    }
+}
+
+fn pause_requested(ms: i64) -> RunEvent {
+    RunEvent::PauseRequested { at: at(ms) }
+}
+
+fn run_paused(ms: i64) -> RunEvent {
+    RunEvent::RunPaused { at: at(ms) }
+}
+
+fn run_resumed(ms: i64) -> RunEvent {
+    RunEvent::RunResumed { at: at(ms) }
+}
+
+fn cancel_requested(reason: Option<&str>, ms: i64) -> RunEvent {
+    RunEvent::CancelRequested {
+        reason: reason.map(Into::into),
+        at: at(ms),
+    }
+}
+
+fn run_cancelled(reason: Option<&str>, ms: i64) -> RunEvent {
+    RunEvent::RunCancelled {
+        reason: reason.map(Into::into),
+        at: at(ms),
+    }
+}
+
+/// Roots a and b; x depends on a only.
+fn side_branch() -> Definition {
+    definition(json!({
+        "a": {"agent": "echo"},
+        "b": {"agent": "echo"},
+        "x": {"agent": "echo", "depends_on": ["a"]}
+    }))
+}
+
+/// The side branch started at 10 with seed s0: a runs under "s0.1", b under
+/// "s0.2".
+fn side_branch_started() -> Vec<RunEvent> {
+    vec![
+        run_started(side_branch(), &["a", "b"], 10),
+        dispatched("a", 1, "s0.1", &[], 10),
+        dispatched("b", 1, "s0.2", &[], 10),
+    ]
+}
+
+/// a (3 attempts, 50 ms apart) and b, both roots.
+fn retrying_and_plain() -> Definition {
+    definition(json!({
+        "a": {"agent": "echo", "retry": {"max_attempts": 3, "backoff_ms": 50}},
+        "b": {"agent": "echo"}
+    }))
+}
+
+/// … started at 10 with seed s0 (a under "s0.1", b under "s0.2"); a's first
+/// attempt failed at 20, attempt 2 due at 70; b still runs.
+fn retrying_and_plain_a_failed_once() -> Vec<RunEvent> {
+    vec![
+        run_started(retrying_and_plain(), &["a", "b"], 10),
+        dispatched("a", 1, "s0.1", &[], 10),
+        dispatched("b", 1, "s0.2", &[], 10),
+        failed("a", 1, "flaky", true, 20),
+        retry_scheduled("a", 2, 50, 20),
+    ]
+}
+
+/// The diamond with b and c running, asked to pause at 25.
+fn diamond_pausing() -> Vec<RunEvent> {
+    let mut events = diamond_a_done();
+    events.push(pause_requested(25));
+    events
+}
+
+/// … then b completed at 30 and c at 40 (making d ready): paused at 40.
+fn diamond_paused() -> Vec<RunEvent> {
+    let mut events = diamond_pausing();
+    events.extend([
+        completed("b", 1, (1, "B"), &[], 30),
+        completed("c", 1, (1, "C"), &["d"], 40),
+        run_paused(40),
+    ]);
+    events
+}
+
+/// The diamond paused right after its root: a was running when the pause
+/// was asked at 15, and its completion at 20 made b and c ready.
+fn diamond_paused_after_root() -> Vec<RunEvent> {
+    let mut events = diamond_started();
+    events.extend([
+        pause_requested(15),
+        completed("a", 1, (1, "A"), &["b", "c"], 20),
+        run_paused(20),
+    ]);
+    events
+}
+
+/// The diamond with b and c running, asked to cancel at 25 ("enough").
+fn diamond_cancelling() -> Vec<RunEvent> {
+    let mut events = diamond_a_done();
+    events.push(cancel_requested(Some("enough"), 25));
+    events
+}
+
+/// … then b completed at 30 and c at 40: cancelled at 40.
+fn diamond_cancelled() -> Vec<RunEvent> {
+    let mut events = diamond_cancelling();
+    events.extend([
+        completed("b", 1, (1, "B"), &[], 30),
+        completed("c", 1, (1, "C"), &[], 40),
+        run_cancelled(Some("enough"), 40),
+    ]);
+    events
+}
+
+/// The retrying pair with a's retry pending (nothing runs), paused at 30.
+fn retrying_paused() -> Vec<RunEvent> {
+    let mut events = retrying_first_attempt_failed();
+    events.extend([pause_requested(30), run_paused(30)]);
+    events
+}
+
+// ------------------------------------------------------------------- Pause --
+
+#[test]
+fn pausing_a_run_with_steps_running_only_requests_the_pause() {
+    Given::with(())
+        .given(diamond_a_done())
+        .when(pause(25))
+        .then_expect_events(vec![pause_requested(25)]);
+}
+
+#[test]
+fn pausing_a_run_with_no_step_running_pauses_it_at_once() {
+    Given::with(())
+        .given(retrying_first_attempt_failed())
+        .when(pause(30))
+        .then_expect_events(vec![pause_requested(30), run_paused(30)]);
+}
+
+#[test]
+fn completing_a_step_while_pausing_makes_its_dependants_ready_but_dispatches_none() {
+    let mut history = side_branch_started();
+    history.push(pause_requested(15));
+    Given::with(())
+        .given(history)
+        .when(complete("a", "s0.1", "A", 20, "s2"))
+        .then_expect_events(vec![completed("a", 1, (1, "A"), &["x"], 20)]);
+}
+
+#[test]
+fn completing_the_last_running_step_while_pausing_pauses_the_run_without_dispatching() {
+    let mut history = diamond_started();
+    history.push(pause_requested(15));
+    Given::with(())
+        .given(history)
+        .when(complete("a", "s0.1", "A", 20, "s2"))
+        .then_expect_events(vec![
+            completed("a", 1, (1, "A"), &["b", "c"], 20),
+            run_paused(20),
+        ]);
+}
+
+#[test]
+fn completing_one_of_two_running_steps_while_pausing_does_not_pause_the_run_yet() {
+    Given::with(())
+        .given(diamond_pausing())
+        .when(complete("b", "s1.1", "B", 30, "s3"))
+        .then_expect_events(vec![completed("b", 1, (1, "B"), &[], 30)]);
+}
+
+#[test]
+fn completing_the_last_of_several_running_steps_while_pausing_pauses_the_run() {
+    let mut history = diamond_pausing();
+    history.push(completed("b", 1, (1, "B"), &[], 30));
+    Given::with(())
+        .given(history)
+        .when(complete("c", "s1.2", "C", 40, "s4"))
+        .then_expect_events(vec![
+            completed("c", 1, (1, "C"), &["d"], 40),
+            run_paused(40),
+        ]);
+}
+
+#[test]
+fn completing_the_last_step_while_pausing_completes_the_run_rather_than_pausing_it() {
+    let mut history = diamond_c_done();
+    history.push(pause_requested(45));
+    Given::with(())
+        .given(history)
+        .when(complete("d", "s3.1", "D", 50, "s5"))
+        .then_expect_events(vec![
+            completed("d", 1, (1, "D"), &[], 50),
+            RunEvent::RunCompleted { at: at(50) },
+        ]);
+}
+
+#[test]
+fn a_failure_with_attempts_left_while_pausing_schedules_the_retry_and_pauses_the_run() {
+    let mut history = retrying_started();
+    history.push(pause_requested(15));
+    Given::with(())
+        .given(history)
+        .when(fail("a", "s0.1", "flaky", 20))
+        .then_expect_events(vec![
+            failed("a", 1, "flaky", true, 20),
+            retry_scheduled("a", 2, 50, 20),
+            run_paused(20),
+        ]);
+}
+
+#[test]
+fn a_terminal_failure_while_pausing_fails_the_run_rather_than_pausing_it() {
+    let mut history = diamond_started();
+    history.push(pause_requested(15));
+    Given::with(())
+        .given(history)
+        .when(fail("a", "s0.1", "boom", 20))
+        .then_expect_events(vec![
+            failed("a", 1, "boom", false, 20),
+            run_failed("a", "boom", 20),
+        ]);
+}
+
+#[test]
+fn completing_the_last_running_sibling_of_a_failed_step_while_pausing_fails_the_run() {
+    let mut history = diamond_pausing();
+    history.push(failed("b", 1, "boom", false, 30));
+    Given::with(())
+        .given(history)
+        .when(complete("c", "s1.2", "C", 40, "s4"))
+        .then_expect_events(vec![
+            completed("c", 1, (1, "C"), &[], 40),
+            run_failed("b", "boom", 40),
+        ]);
+}
+
+#[test]
+fn pausing_a_failing_run_while_a_sibling_runs_only_requests_the_pause() {
+    let mut history = diamond_a_done();
+    history.push(failed("b", 1, "boom", false, 30));
+    Given::with(())
+        .given(history)
+        .when(pause(35))
+        .then_expect_events(vec![pause_requested(35)]);
+}
+
+#[test]
+fn pausing_a_resumed_run_with_a_step_running_only_requests_the_pause() {
+    let mut history = diamond_paused();
+    history.extend([
+        run_resumed(50),
+        dispatched("d", 1, "s5.1", &[("b.out", 1), ("c.out", 1)], 50),
+    ]);
+    Given::with(())
+        .given(history)
+        .when(pause(55))
+        .then_expect_events(vec![pause_requested(55)]);
+}
+
+#[test]
+fn pausing_a_run_that_is_pausing_is_refused() {
+    Given::with(())
+        .given(diamond_pausing())
+        .when(pause(26))
+        .then_expect_error(RunError::AlreadyPaused);
+}
+
+#[test]
+fn pausing_a_paused_run_is_refused() {
+    Given::with(())
+        .given(diamond_paused())
+        .when(pause(45))
+        .then_expect_error(RunError::AlreadyPaused);
+}
+
+#[test]
+fn pausing_a_run_that_is_being_cancelled_is_refused() {
+    Given::with(())
+        .given(diamond_cancelling())
+        .when(pause(26))
+        .then_expect_error(RunError::Cancelling);
+}
+
+#[test]
+fn pausing_a_run_that_is_both_pausing_and_being_cancelled_is_refused_as_cancelling() {
+    let mut history = diamond_pausing();
+    history.push(cancel_requested(None, 26));
+    Given::with(())
+        .given(history)
+        .when(pause(27))
+        .then_expect_error(RunError::Cancelling);
+}
+
+#[test]
+fn pausing_a_run_never_started_is_refused() {
+    Given::with(())
+        .given_no_previous_events()
+        .when(pause(10))
+        .then_expect_error(RunError::NotStarted);
+}
+
+#[test]
+fn pausing_a_completed_run_is_refused() {
+    Given::with(())
+        .given(diamond_completed())
+        .when(pause(60))
+        .then_expect_error(RunError::Finished("completed"));
+}
+
+#[test]
+fn pausing_a_failed_run_is_refused() {
+    Given::with(())
+        .given(diamond_failed())
+        .when(pause(50))
+        .then_expect_error(RunError::Finished("failed"));
+}
+
+#[test]
+fn pausing_a_cancelled_run_is_refused() {
+    Given::with(())
+        .given(diamond_cancelled())
+        .when(pause(50))
+        .then_expect_error(RunError::Finished("cancelled"));
+}
+
+// ------------------------------------------- DispatchDue/Recover, paused --
+
+#[test]
+fn nothing_is_dispatched_while_paused_even_a_ready_step() {
+    Given::with(())
+        .given(diamond_paused())
+        .when(dispatch_due(45, "s5"))
+        .then_expect_events(vec![]);
+}
+
+#[test]
+fn a_due_retry_is_not_dispatched_while_paused() {
+    Given::with(())
+        .given(retrying_paused())
+        .when(dispatch_due(70, "s3"))
+        .then_expect_events(vec![]);
+}
+
+#[test]
+fn a_due_retry_is_not_dispatched_while_pausing() {
+    let mut history = retrying_and_plain_a_failed_once();
+    history.push(pause_requested(30));
+    Given::with(())
+        .given(history)
+        .when(dispatch_due(70, "s3"))
+        .then_expect_events(vec![]);
+}
+
+#[test]
+fn recovering_a_paused_run_dispatches_nothing() {
+    Given::with(())
+        .given(diamond_paused())
+        .when(recover(45, "s5"))
+        .then_expect_events(vec![]);
+}
+
+#[test]
+fn recovering_a_pausing_run_redispatches_its_running_steps_but_not_its_ready_ones() {
+    let mut history = side_branch_started();
+    history.extend([pause_requested(15), completed("a", 1, (1, "A"), &["x"], 20)]);
+    Given::with(())
+        .given(history)
+        .when(recover(25, "s3"))
+        .then_expect_events(vec![redispatched("b", 1, "s3.1", &[], 25)]);
+}
+
+// ------------------------------------------------------------------ Resume --
+
+#[test]
+fn resuming_a_paused_run_dispatches_every_ready_step_with_leases_from_its_seed() {
+    Given::with(())
+        .given(diamond_paused_after_root())
+        .when(resume(30, "s3"))
+        .then_expect_events(vec![
+            run_resumed(30),
+            dispatched("b", 1, "s3.1", &[("a.out", 1)], 30),
+            dispatched("c", 1, "s3.2", &[("a.out", 1)], 30),
+        ]);
+}
+
+#[test]
+fn resuming_a_paused_fan_in_dispatches_the_step_that_became_ready_during_the_pause() {
+    Given::with(())
+        .given(diamond_paused())
+        .when(resume(50, "s5"))
+        .then_expect_events(vec![
+            run_resumed(50),
+            dispatched("d", 1, "s5.1", &[("b.out", 1), ("c.out", 1)], 50),
+        ]);
+}
+
+#[test]
+fn resuming_while_still_pausing_withdraws_the_pause_without_redispatching_running_steps() {
+    Given::with(())
+        .given(diamond_pausing())
+        .when(resume(28, "s3"))
+        .then_expect_events(vec![run_resumed(28)]);
+}
+
+#[test]
+fn resuming_while_still_pausing_dispatches_the_steps_that_became_ready_meanwhile() {
+    let mut history = side_branch_started();
+    history.extend([pause_requested(15), completed("a", 1, (1, "A"), &["x"], 20)]);
+    Given::with(())
+        .given(history)
+        .when(resume(25, "s3"))
+        .then_expect_events(vec![
+            run_resumed(25),
+            dispatched("x", 1, "s3.1", &[("a.out", 1)], 25),
+        ]);
+}
+
+#[test]
+fn resuming_a_paused_run_before_its_retry_is_due_dispatches_nothing_yet() {
+    Given::with(())
+        .given(retrying_paused())
+        .when(resume(40, "s4"))
+        .then_expect_events(vec![run_resumed(40)]);
+}
+
+#[test]
+fn a_retry_of_a_resumed_run_is_dispatched_once_due() {
+    let mut history = retrying_paused();
+    history.push(run_resumed(40));
+    Given::with(())
+        .given(history)
+        .when(dispatch_due(70, "s5"))
+        .then_expect_events(vec![dispatched("a", 2, "s5.1", &[], 70)]);
+}
+
+#[test]
+fn resuming_a_paused_run_after_its_retry_fell_due_dispatches_the_next_attempt() {
+    Given::with(())
+        .given(retrying_paused())
+        .when(resume(80, "s4"))
+        .then_expect_events(vec![run_resumed(80), dispatched("a", 2, "s4.1", &[], 80)]);
+}
+
+#[test]
+fn resuming_a_running_run_is_refused() {
+    Given::with(())
+        .given(diamond_a_done())
+        .when(resume(25, "s2"))
+        .then_expect_error(RunError::NotPaused);
+}
+
+#[test]
+fn resuming_a_resumed_run_is_refused() {
+    let mut history = diamond_pausing();
+    history.push(run_resumed(28));
+    Given::with(())
+        .given(history)
+        .when(resume(29, "s4"))
+        .then_expect_error(RunError::NotPaused);
+}
+
+#[test]
+fn resuming_a_run_that_is_being_cancelled_is_refused() {
+    Given::with(())
+        .given(diamond_cancelling())
+        .when(resume(26, "s3"))
+        .then_expect_error(RunError::Cancelling);
+}
+
+#[test]
+fn resuming_a_run_that_is_both_pausing_and_being_cancelled_is_refused_as_cancelling() {
+    let mut history = diamond_pausing();
+    history.push(cancel_requested(None, 26));
+    Given::with(())
+        .given(history)
+        .when(resume(27, "s4"))
+        .then_expect_error(RunError::Cancelling);
+}
+
+#[test]
+fn resuming_a_run_never_started_is_refused() {
+    Given::with(())
+        .given_no_previous_events()
+        .when(resume(10, "s0"))
+        .then_expect_error(RunError::NotStarted);
+}
+
+#[test]
+fn resuming_a_completed_run_is_refused() {
+    Given::with(())
+        .given(diamond_completed())
+        .when(resume(60, "s5"))
+        .then_expect_error(RunError::Finished("completed"));
+}
+
+#[test]
+fn resuming_a_failed_run_is_refused() {
+    Given::with(())
+        .given(diamond_failed())
+        .when(resume(50, "s5"))
+        .then_expect_error(RunError::Finished("failed"));
+}
+
+#[test]
+fn resuming_a_cancelled_run_is_refused() {
+    Given::with(())
+        .given(diamond_cancelled())
+        .when(resume(50, "s5"))
+        .then_expect_error(RunError::Finished("cancelled"));
+}
+
+#[test]
+fn resuming_a_run_cancelled_while_paused_is_refused() {
+    let mut history = diamond_paused();
+    history.extend([cancel_requested(None, 45), run_cancelled(None, 45)]);
+    Given::with(())
+        .given(history)
+        .when(resume(50, "s5"))
+        .then_expect_error(RunError::Finished("cancelled"));
+}
+
+// ------------------------------------------------------------------ Cancel --
+
+#[test]
+fn cancelling_a_run_with_steps_running_only_requests_the_cancel() {
+    Given::with(())
+        .given(diamond_a_done())
+        .when(cancel(Some("enough"), 25))
+        .then_expect_events(vec![cancel_requested(Some("enough"), 25)]);
+}
+
+#[test]
+fn cancelling_a_run_with_no_step_running_cancels_it_at_once() {
+    Given::with(())
+        .given(retrying_first_attempt_failed())
+        .when(cancel(None, 30))
+        .then_expect_events(vec![cancel_requested(None, 30), run_cancelled(None, 30)]);
+}
+
+#[test]
+fn cancelling_a_paused_run_cancels_it_at_once() {
+    Given::with(())
+        .given(diamond_paused())
+        .when(cancel(Some("enough"), 45))
+        .then_expect_events(vec![
+            cancel_requested(Some("enough"), 45),
+            run_cancelled(Some("enough"), 45),
+        ]);
+}
+
+#[test]
+fn cancelling_a_pausing_run_with_steps_running_only_requests_the_cancel() {
+    Given::with(())
+        .given(diamond_pausing())
+        .when(cancel(Some("enough"), 26))
+        .then_expect_events(vec![cancel_requested(Some("enough"), 26)]);
+}
+
+#[test]
+fn completing_the_last_running_step_while_cancelling_makes_nothing_ready_and_cancels_the_run() {
+    let mut history = diamond_started();
+    history.push(cancel_requested(Some("enough"), 15));
+    Given::with(())
+        .given(history)
+        .when(complete("a", "s0.1", "A", 20, "s2"))
+        .then_expect_events(vec![
+            completed("a", 1, (1, "A"), &[], 20),
+            run_cancelled(Some("enough"), 20),
+        ]);
+}
+
+#[test]
+fn completing_a_step_while_cancelling_with_a_sibling_running_makes_nothing_ready() {
+    let mut history = side_branch_started();
+    history.push(cancel_requested(None, 15));
+    Given::with(())
+        .given(history)
+        .when(complete("a", "s0.1", "A", 20, "s2"))
+        .then_expect_events(vec![completed("a", 1, (1, "A"), &[], 20)]);
+}
+
+#[test]
+fn completing_the_last_of_several_running_steps_while_cancelling_cancels_the_run() {
+    let mut history = diamond_cancelling();
+    history.push(completed("b", 1, (1, "B"), &[], 30));
+    Given::with(())
+        .given(history)
+        .when(complete("c", "s1.2", "C", 40, "s4"))
+        .then_expect_events(vec![
+            completed("c", 1, (1, "C"), &[], 40),
+            run_cancelled(Some("enough"), 40),
+        ]);
+}
+
+#[test]
+fn completing_the_last_step_while_cancelling_cancels_the_run_rather_than_completing_it() {
+    let mut history = diamond_c_done();
+    history.push(cancel_requested(Some("enough"), 45));
+    Given::with(())
+        .given(history)
+        .when(complete("d", "s3.1", "D", 50, "s5"))
+        .then_expect_events(vec![
+            completed("d", 1, (1, "D"), &[], 50),
+            run_cancelled(Some("enough"), 50),
+        ]);
+}
+
+#[test]
+fn completing_the_last_running_step_while_pausing_and_cancelling_cancels_the_run() {
+    let mut history = diamond_pausing();
+    history.extend([
+        cancel_requested(Some("enough"), 26),
+        completed("b", 1, (1, "B"), &[], 30),
+    ]);
+    Given::with(())
+        .given(history)
+        .when(complete("c", "s1.2", "C", 40, "s5"))
+        .then_expect_events(vec![
+            completed("c", 1, (1, "C"), &[], 40),
+            run_cancelled(Some("enough"), 40),
+        ]);
+}
+
+#[test]
+fn a_failure_with_attempts_left_while_cancelling_is_not_retried_and_the_run_ends_cancelled() {
+    // The cancel makes the failure final and keeps it from failing the run:
+    // the user asked for a cancel, so the run ends cancelled.
+    let mut history = retrying_started();
+    history.push(cancel_requested(Some("enough"), 15));
+    Given::with(())
+        .given(history)
+        .when(fail("a", "s0.1", "flaky", 20))
+        .then_expect_events(vec![
+            abandoned("a", 1, "flaky", 20),
+            run_cancelled(Some("enough"), 20),
+        ]);
+}
+
+#[test]
+fn a_failure_with_attempts_left_while_cancelling_with_a_sibling_running_is_not_retried() {
+    let mut history = vec![
+        run_started(retrying_and_plain(), &["a", "b"], 10),
+        dispatched("a", 1, "s0.1", &[], 10),
+        dispatched("b", 1, "s0.2", &[], 10),
+    ];
+    history.push(cancel_requested(None, 15));
+    Given::with(())
+        .given(history)
+        .when(fail("a", "s0.1", "flaky", 20))
+        .then_expect_events(vec![abandoned("a", 1, "flaky", 20)]);
+}
+
+#[test]
+fn a_terminal_failure_while_cancelling_ends_cancelled_once_nothing_runs() {
+    let mut history = diamond_cancelling();
+    history.push(abandoned("b", 1, "boom", 30));
+    Given::with(())
+        .given(history)
+        .when(complete("c", "s1.2", "C", 40, "s4"))
+        .then_expect_events(vec![
+            completed("c", 1, (1, "C"), &[], 40),
+            run_cancelled(Some("enough"), 40),
+        ]);
+}
+
+#[test]
+fn a_failure_without_retries_while_cancelling_does_not_fail_the_run() {
+    let history = diamond_cancelling();
+    Given::with(())
+        .given(history)
+        .when(fail("b", "s1.1", "boom", 30))
+        .then_expect_events(vec![abandoned("b", 1, "boom", 30)]);
+}
+
+#[test]
+fn a_failure_of_the_last_running_step_while_cancelling_ends_the_run_cancelled() {
+    let mut history = diamond_started();
+    history.push(cancel_requested(Some("enough"), 15));
+    Given::with(())
+        .given(history)
+        .when(fail("a", "s0.1", "boom", 20))
+        .then_expect_events(vec![
+            abandoned("a", 1, "boom", 20),
+            run_cancelled(Some("enough"), 20),
+        ]);
+}
+
+#[test]
+fn cancelling_a_failing_run_still_fails_it_once_nothing_runs() {
+    let mut history = diamond_a_done();
+    history.extend([
+        failed("b", 1, "boom", false, 30),
+        cancel_requested(Some("enough"), 35),
+    ]);
+    Given::with(())
+        .given(history)
+        .when(complete("c", "s1.2", "C", 40, "s4"))
+        .then_expect_events(vec![
+            completed("c", 1, (1, "C"), &[], 40),
+            run_failed("b", "boom", 40),
+        ]);
+}
+
+#[test]
+fn cancelling_a_failing_run_while_a_sibling_runs_only_requests_the_cancel() {
+    let mut history = diamond_a_done();
+    history.push(failed("b", 1, "boom", false, 30));
+    Given::with(())
+        .given(history)
+        .when(cancel(None, 35))
+        .then_expect_events(vec![cancel_requested(None, 35)]);
+}
+
+#[test]
+fn a_due_retry_is_not_dispatched_while_cancelling() {
+    let mut history = retrying_and_plain_a_failed_once();
+    history.push(cancel_requested(None, 30));
+    Given::with(())
+        .given(history)
+        .when(dispatch_due(70, "s3"))
+        .then_expect_events(vec![]);
+}
+
+#[test]
+fn completing_the_last_running_step_while_cancelling_abandons_a_pending_retry() {
+    let mut history = retrying_and_plain_a_failed_once();
+    history.push(cancel_requested(None, 30));
+    Given::with(())
+        .given(history)
+        .when(complete("b", "s0.2", "B", 40, "s3"))
+        .then_expect_events(vec![
+            completed("b", 1, (1, "B"), &[], 40),
+            run_cancelled(None, 40),
+        ]);
+}
+
+#[test]
+fn cancelling_a_run_twice_is_refused() {
+    Given::with(())
+        .given(diamond_cancelling())
+        .when(cancel(Some("again"), 26))
+        .then_expect_error(RunError::Cancelling);
+}
+
+#[test]
+fn cancelling_a_run_never_started_is_refused() {
+    Given::with(())
+        .given_no_previous_events()
+        .when(cancel(None, 10))
+        .then_expect_error(RunError::NotStarted);
+}
+
+#[test]
+fn cancelling_a_completed_run_is_refused() {
+    Given::with(())
+        .given(diamond_completed())
+        .when(cancel(None, 60))
+        .then_expect_error(RunError::Finished("completed"));
+}
+
+#[test]
+fn cancelling_a_failed_run_is_refused() {
+    Given::with(())
+        .given(diamond_failed())
+        .when(cancel(None, 50))
+        .then_expect_error(RunError::Finished("failed"));
+}
+
+#[test]
+fn cancelling_a_cancelled_run_is_refused() {
+    Given::with(())
+        .given(diamond_cancelled())
+        .when(cancel(None, 50))
+        .then_expect_error(RunError::Finished("cancelled"));
+}
+
+#[test]
+fn completing_a_step_of_a_cancelled_run_is_refused() {
+    Given::with(())
+        .given(diamond_cancelled())
+        .when(complete("c", "s1.2", "C", 50, "s5"))
+        .then_expect_error(RunError::Finished("cancelled"));
+}
+
+#[test]
+fn dispatching_due_steps_of_a_cancelled_run_is_refused() {
+    Given::with(())
+        .given(diamond_cancelled())
+        .when(dispatch_due(50, "s5"))
+        .then_expect_error(RunError::Finished("cancelled"));
+}
+
+// --------------------------------------------------- replay, run control --
+
+#[test]
+fn replaying_a_paused_resumed_and_cancelled_run_rebuilds_the_state_decide_worked_on() {
+    let (live, log) = drive(vec![
+        start(diamond(), 10, "s0"),
+        complete("a", "s0.1", "A", 20, "s1"),
+        pause(25),
+        complete("b", "s1.1", "B", 30, "s3"),
+        complete("c", "s1.2", "C", 40, "s4"),
+        resume(50, "s5"),
+        pause(55),
+        cancel(Some("enough"), 60),
+        complete("d", "s5.1", "D", 70, "s8"),
+    ]);
+    let mut expected = diamond_paused();
+    expected.extend([
+        run_resumed(50),
+        dispatched("d", 1, "s5.1", &[("b.out", 1), ("c.out", 1)], 50),
+        pause_requested(55),
+        cancel_requested(Some("enough"), 60),
+        completed("d", 1, (1, "D"), &[], 70),
+        run_cancelled(Some("enough"), 70),
+    ]);
+    assert_eq!(log, expected);
+
+    let paused = replay(&log[..diamond_paused().len()]);
+    assert_eq!(paused.status, RunStatus::Paused);
+    assert!(!paused.pause_requested);
+    assert_eq!(paused.steps[&sid("d")].status, StepStatus::Ready);
+
+    let replayed = replay(&log);
+    assert_eq!(replayed, live);
+    assert_eq!(replayed.status, RunStatus::Cancelled);
+    assert!(replayed.status.is_finished());
+    assert!(!replayed.pause_requested);
+    assert_eq!(replayed.cancel_requested, Some(Some("enough".to_string())));
+    assert_eq!(replayed.failure, None);
+    assert_eq!(replayed.updated_at, at(70));
+    for (step, state) in &replayed.steps {
+        assert_eq!(state.status, StepStatus::Completed, "{step}");
+        assert_eq!(state.lease, None, "{step}");
+    }
 }
