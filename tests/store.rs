@@ -75,6 +75,7 @@ fn start_command(run_id: &str, at: i64) -> RunCommand {
         template_version: 1,
         definition: diamond(),
         input: json!({"topic": "owls"}),
+        retry_of: None,
         at: Timestamp(at),
         lease_seed: format!("seed-{at}"),
     }

@@ -84,6 +84,11 @@ pub fn configure(state: ApiState) -> impl FnOnce(&mut web::ServiceConfig) {
                             .default_service(web::to(method_not_allowed)),
                     )
                     .service(
+                        web::resource("/runs/{id}/retry")
+                            .post(runs::retry)
+                            .default_service(web::to(method_not_allowed)),
+                    )
+                    .service(
                         web::resource("/runs/{id}/pause")
                             .post(runs::pause)
                             .default_service(web::to(method_not_allowed)),

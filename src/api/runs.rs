@@ -8,7 +8,7 @@ use super::templates::template_id;
 use super::{ApiError, ApiState, PageQuery};
 use crate::domain::ids::{ArtifactName, RunId};
 use crate::domain::run::{ArtifactContent, RunStatus};
-use crate::engine::EventView;
+use crate::engine::{Committed, EventView};
 use crate::projections::{Page, RunDetail};
 
 /// Most events returned by one page of the events endpoint.
@@ -64,15 +64,30 @@ pub(super) async fn start(
     let body = body.into_inner();
     let template = template_id(&body.template_id)?;
     let (id, committed) = state.engine.start_run(&template, body.input).await?;
-    // The start's events are the whole history of the new run, so their
-    // fold is exactly the detail the read model will hold.
+    Ok(created(&id, &committed))
+}
+
+/// `201 Created` for a new run. Its start's events are its whole history,
+/// so their fold is exactly the detail the read model will hold.
+fn created(id: &RunId, committed: &Committed) -> HttpResponse {
     let mut run = RunDetail::default();
-    for envelope in &committed {
+    for envelope in committed {
         run.apply(envelope.sequence as u64, &envelope.payload);
     }
-    Ok(HttpResponse::Created()
+    HttpResponse::Created()
         .insert_header(("Location", format!("/api/runs/{id}")))
-        .json(run))
+        .json(run)
+}
+
+/// A new run with the same template version, definition and input as a
+/// failed or cancelled run, linked to it by `retry_of`.
+pub(super) async fn retry(
+    state: web::Data<ApiState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let original = run_id(&path)?;
+    let (id, committed) = state.engine.retry_run(&original).await?;
+    Ok(created(&id, &committed))
 }
 
 pub(super) async fn list(

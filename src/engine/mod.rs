@@ -272,14 +272,48 @@ impl Engine {
         if template.archived {
             return Err(EngineError::TemplateArchived(template_id.clone()));
         }
+        self.start(
+            template_id.clone(),
+            template.version,
+            definition,
+            input,
+            None,
+        )
+        .await
+    }
+
+    /// Starts a new run that retries a failed or cancelled run: the same
+    /// template version, definition and input, linked by `retry_of`.
+    pub async fn retry_run(&self, original: &RunId) -> Result<(RunId, Committed), EngineError> {
+        let state = self.ctx.runs.load(original.as_str()).await?.state;
+        let source = state.retry_source()?;
+        self.start(
+            source.template_id,
+            source.template_version,
+            source.definition,
+            source.input,
+            Some(source.run_id),
+        )
+        .await
+    }
+
+    async fn start(
+        &self,
+        template_id: TemplateId,
+        template_version: u32,
+        definition: Arc<crate::domain::definition::Definition>,
+        input: Value,
+        retry_of: Option<RunId>,
+    ) -> Result<(RunId, Committed), EngineError> {
         let run_id = RunId::parse(uuid::Uuid::new_v4().to_string())
             .map_err(|e| EngineError::Unavailable(e.to_string()))?;
         let command = RunCommand::Start {
             run_id: run_id.clone(),
-            template_id: template_id.clone(),
-            template_version: template.version,
+            template_id,
+            template_version,
             definition,
             input,
+            retry_of,
             at: now(),
             lease_seed: new_lease_seed(),
         };

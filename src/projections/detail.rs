@@ -90,6 +90,9 @@ pub struct RunDetail {
     /// The reason given for a cancel, if any.
     #[serde(default)]
     pub cancel_reason: Option<String>,
+    /// The failed or cancelled run this one retries, if any.
+    #[serde(default)]
+    pub retry_of: Option<String>,
     /// When the run started.
     pub created_at: String,
     /// When it last changed.
@@ -115,9 +118,11 @@ impl RunDetail {
                 definition,
                 input,
                 ready,
+                retry_of,
                 at,
             } => {
                 self.id = run_id.to_string();
+                self.retry_of = retry_of.as_ref().map(ToString::to_string);
                 self.template_id = template_id.to_string();
                 self.template_version = *template_version;
                 self.input = input.clone();

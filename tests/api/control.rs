@@ -708,3 +708,87 @@ on_both_backends!(
         only(&events, "StepDispatched", Some("d"));
     }
 );
+
+on_both_backends!(
+    retrying_a_cancelled_run_starts_a_linked_run_of_the_same_version_and_input,
+    |backend| {
+        let Some(app) = spawn_app(backend).await else {
+            return;
+        };
+        let template = app.template_id("fan", fan_out(300)).await;
+        let original = app.run_id(&template, json!({"topic": "owls"})).await;
+        wait_running(&app, &original, &["b", "c"]).await;
+        ok(cancel(&app, &original, json!({"reason": "try again"})).await);
+        wait_status(&app, &original, "cancelled").await;
+        // A new version of the template must not leak into the retry.
+        let (status, _) = app
+            .put(
+                &format!("/api/templates/{template}"),
+                json!({"definition": {"steps": {"only": {"agent": "echo"}}}}),
+            )
+            .await;
+        assert_eq!(status, 200);
+        let (status, retried) = app.post(&path(&original, "retry"), json!({})).await;
+        assert_eq!(status, 201, "{retried}");
+        let id = retried["id"].as_str().unwrap().to_string();
+        assert_ne!(id, original);
+        assert_eq!(retried["retry_of"], original.as_str());
+        assert_eq!(retried["template_version"], 1);
+        assert_eq!(retried["input"], json!({"topic": "owls"}));
+        let done = app.wait_finished(&id, Duration::from_secs(20)).await;
+        assert_eq!(done["status"], "completed", "{done}");
+        let step_names = |run: &Value| -> Vec<String> {
+            run["steps"].as_object().unwrap().keys().cloned().collect()
+        };
+        let original_steps = step_names(&app.run(&original).await);
+        let retried_steps = step_names(&done);
+        assert_eq!(
+            retried_steps, original_steps,
+            "the retry runs the original definition"
+        );
+        let first = &app.events(&id).await[0];
+        assert_eq!(first["event_type"], "RunStarted");
+        assert_eq!(first["event_version"], "1.1");
+        assert_eq!(first["payload"]["retry_of"], original.as_str());
+    }
+);
+
+on_both_backends!(
+    retrying_a_run_that_did_not_fail_or_was_not_cancelled_is_refused,
+    |backend| {
+        let Some(app) = spawn_app(backend).await else {
+            return;
+        };
+        let template = app.template_id("fan", fan_out(400)).await;
+        let running = app.run_id(&template, json!({})).await;
+        let before = app.counts().await;
+        expect_error(
+            &app.post(&path(&running, "retry"), json!({})).await,
+            409,
+            "run_not_retryable",
+        );
+        app.wait_finished(&running, Duration::from_secs(20)).await;
+        expect_error(
+            &app.post(&path(&running, "retry"), json!({})).await,
+            409,
+            "run_not_retryable",
+        );
+        let unknown = uuid::Uuid::new_v4().to_string();
+        expect_error(
+            &app.post(&path(&unknown, "retry"), json!({})).await,
+            404,
+            "run_not_found",
+        );
+        expect_error(
+            &app.post("/api/runs/not%20an%20id/retry", json!({})).await,
+            400,
+            "invalid_run_id",
+        );
+        expect_error(
+            &app.get(&path(&running, "retry")).await,
+            405,
+            "method_not_allowed",
+        );
+        assert_eq!(app.counts().await, before, "a refused retry starts nothing");
+    }
+);

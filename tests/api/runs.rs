@@ -677,12 +677,14 @@ on_both_backends!(
             ] {
                 assert!(keys.contains(&key), "an event without {key}: {event}");
             }
-            // StepFailed is at 1.1 (fails_run); every other event at 1.0.
-            let version = if event["event_type"] == "StepFailed" {
-                "1.1"
-            } else {
-                "1.0"
-            };
+            // StepFailed (fails_run) and RunStarted (retry_of) are at 1.1;
+            // every other event at 1.0.
+            let version =
+                if event["event_type"] == "StepFailed" || event["event_type"] == "RunStarted" {
+                    "1.1"
+                } else {
+                    "1.0"
+                };
             assert_eq!(event["event_version"], version, "{event}");
             assert!(event["metadata"].is_object(), "{event}");
             recorded_at(event);

@@ -60,6 +60,10 @@ pub enum RunEvent {
         input: Value,
         /// Steps with no dependencies: ready at once.
         ready: Vec<StepId>,
+        /// The failed or cancelled run this one retries, if any. Added in
+        /// 1.1; a 1.0 payload lacks it and reads as none, its meaning.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        retry_of: Option<RunId>,
         /// When.
         at: Timestamp,
     },
@@ -248,7 +252,7 @@ impl DomainEvent for RunEvent {
 
     fn event_version(&self) -> String {
         match self {
-            Self::StepFailed { .. } => "1.1",
+            Self::RunStarted { .. } | Self::StepFailed { .. } => "1.1",
             _ => "1.0",
         }
         .to_string()

@@ -157,6 +157,8 @@ pub enum RunCommand {
         definition: Arc<Definition>,
         /// The run input.
         input: Value,
+        /// The failed or cancelled run this one retries, if any.
+        retry_of: Option<RunId>,
         /// When.
         at: Timestamp,
         /// Seed for lease tokens.
@@ -254,6 +256,9 @@ pub enum RunError {
     /// Pause, resume or cancel on a run that is being cancelled.
     #[error("run is being cancelled")]
     Cancelling,
+    /// Retry of a run that did not fail and was not cancelled.
+    #[error("only a failed or cancelled run can be retried; this one is {0}")]
+    NotRetryable(&'static str),
 }
 
 impl RunError {
@@ -269,6 +274,7 @@ impl RunError {
             Self::AlreadyPaused => "run_already_paused",
             Self::NotPaused => "run_not_paused",
             Self::Cancelling => "run_cancelling",
+            Self::NotRetryable(_) => "run_not_retryable",
         }
     }
 }
@@ -301,10 +307,28 @@ pub struct Run {
     /// A cancel was asked (with its reason) and not yet reached.
     #[serde(default)]
     pub cancel_requested: Option<Option<String>>,
+    /// The run this one retries, if any.
+    #[serde(default)]
+    pub retry_of: Option<RunId>,
     /// When it started.
     pub created_at: Timestamp,
     /// When it last changed.
     pub updated_at: Timestamp,
+}
+
+/// What a retry of a run starts from (see [`Run::retry_source`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetrySource {
+    /// The run being retried.
+    pub run_id: RunId,
+    /// Its template.
+    pub template_id: TemplateId,
+    /// Its template version.
+    pub template_version: u32,
+    /// Its copied definition.
+    pub definition: Arc<Definition>,
+    /// Its input.
+    pub input: Value,
 }
 
 /// What a step receives as input, before blob references are resolved.
@@ -435,6 +459,7 @@ impl Run {
                 template_version,
                 definition,
                 input,
+                retry_of,
                 at,
                 lease_seed,
             } => {
@@ -450,6 +475,7 @@ impl Run {
                     definition: Definition::clone(&definition),
                     input,
                     ready,
+                    retry_of,
                     at,
                 });
                 d.dispatch_due(at);
@@ -594,6 +620,24 @@ impl Run {
         }
     }
 
+    /// What a retry of this run starts from: the same template version,
+    /// definition and input. Only a failed or cancelled run can be retried.
+    pub fn retry_source(&self) -> Result<RetrySource, RunError> {
+        let (Some(id), Some(template_id)) = (&self.id, &self.template_id) else {
+            return Err(RunError::NotStarted);
+        };
+        if !matches!(self.status, RunStatus::Failed | RunStatus::Cancelled) {
+            return Err(RunError::NotRetryable(self.status.as_str()));
+        }
+        Ok(RetrySource {
+            run_id: id.clone(),
+            template_id: template_id.clone(),
+            template_version: self.template_version,
+            definition: self.definition.clone(),
+            input: self.input.clone(),
+        })
+    }
+
     /// Whether ready steps may be dispatched now: running, and no failure,
     /// pause or cancel pending.
     pub fn dispatching(&self) -> bool {
@@ -730,9 +774,11 @@ impl Run {
                 definition,
                 input,
                 ready,
+                retry_of,
                 at,
             } => {
                 self.id = Some(run_id);
+                self.retry_of = retry_of;
                 self.template_id = Some(template_id);
                 self.template_version = template_version;
                 self.steps = definition

@@ -92,6 +92,7 @@ fn start(definition: Definition, ms: i64, seed: &str) -> RunCommand {
         template_version: 1,
         definition: Arc::new(definition),
         input: input(),
+        retry_of: None,
         at: at(ms),
         lease_seed: seed.into(),
     }
@@ -140,6 +141,7 @@ fn run_started(definition: Definition, ready: &[&str], ms: i64) -> RunEvent {
         definition,
         input: input(),
         ready: steps(ready),
+        retry_of: None,
         at: at(ms),
     }
 }
@@ -1897,4 +1899,74 @@ fn replaying_a_paused_resumed_and_cancelled_run_rebuilds_the_state_decide_worked
         assert_eq!(state.status, StepStatus::Completed, "{step}");
         assert_eq!(state.lease, None, "{step}");
     }
+}
+
+// ------------------------------------------------------------------ retry --
+
+#[test]
+fn a_retry_starts_from_the_failed_runs_version_definition_and_input() {
+    let def = definition(json!({"a": {"agent": "echo"}}));
+    let mut run = Run::default();
+    for event in [
+        run_started(def.clone(), &["a"], 10),
+        dispatched("a", 1, "s0.1", &[], 10),
+        failed("a", 1, "boom", false, 20),
+        run_failed("a", "boom", 20),
+    ] {
+        run.apply_event(event);
+    }
+    let source = run.retry_source().unwrap();
+    assert_eq!(source.run_id.as_str(), "r1");
+    assert_eq!(source.template_id.as_str(), "t1");
+    assert_eq!(source.template_version, 1);
+    assert_eq!(*source.definition, def);
+    assert_eq!(source.input, input());
+    Given::with(())
+        .given_no_previous_events()
+        .when(RunCommand::Start {
+            run_id: RunId::parse("r2").unwrap(),
+            template_id: source.template_id,
+            template_version: source.template_version,
+            definition: source.definition,
+            input: source.input,
+            retry_of: Some(source.run_id),
+            at: at(30),
+            lease_seed: "s".into(),
+        })
+        .then_expect_events(vec![
+            RunEvent::RunStarted {
+                run_id: RunId::parse("r2").unwrap(),
+                template_id: TemplateId::parse("t1").unwrap(),
+                template_version: 1,
+                definition: def,
+                input: input(),
+                ready: steps(&["a"]),
+                retry_of: Some(RunId::parse("r1").unwrap()),
+                at: at(30),
+            },
+            dispatched("a", 1, "s.1", &[], 30),
+        ]);
+}
+
+#[test]
+fn only_a_failed_or_cancelled_run_can_be_retried() {
+    let def = definition(json!({"a": {"agent": "echo"}}));
+    assert_eq!(Run::default().retry_source(), Err(RunError::NotStarted));
+    let mut running = Run::default();
+    running.apply_event(run_started(def.clone(), &["a"], 10));
+    assert_eq!(
+        running.retry_source(),
+        Err(RunError::NotRetryable("running"))
+    );
+    let mut completed = running.clone();
+    completed.apply_event(dispatched("a", 1, "s0.1", &[], 10));
+    completed.apply_event(RunEvent::RunCompleted { at: at(20) });
+    assert_eq!(
+        completed.retry_source(),
+        Err(RunError::NotRetryable("completed"))
+    );
+    let mut cancelled = running;
+    cancelled.apply_event(cancel_requested(None, 15));
+    cancelled.apply_event(run_cancelled(None, 15));
+    assert!(cancelled.retry_source().is_ok());
 }
