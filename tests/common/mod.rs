@@ -112,7 +112,18 @@ pub async fn fresh_postgres_database() -> Option<String> {
             if std::env::var("CI").is_ok_and(|v| v == "true") {
                 panic!("CI=true but RUNLOG_TEST_DATABASE_URL is not set: the PostgreSQL tests must run in CI");
             }
-            eprintln!("notice: RUNLOG_TEST_DATABASE_URL is not set; skipping a PostgreSQL test");
+            // Written to the stderr handle itself: libtest captures
+            // `eprintln!` of passing tests, and this notice must be seen.
+            static NOTICE: std::sync::Once = std::sync::Once::new();
+            NOTICE.call_once(|| {
+                use std::io::Write;
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "notice: RUNLOG_TEST_DATABASE_URL is not set; the PostgreSQL variants of \
+                     this binary's tests are skipped (set it, e.g. to \
+                     postgres://postgres@127.0.0.1:5432/test, to run them)"
+                );
+            });
             return None;
         }
     };
