@@ -56,63 +56,24 @@ pub fn configure(state: ApiState) -> impl FnOnce(&mut web::ServiceConfig) {
             .service(
                 web::scope("/api")
                     .service(
-                        web::resource("/templates")
+                        resource("/templates")
                             .post(templates::create)
-                            .get(templates::list)
-                            .default_service(web::to(method_not_allowed)),
+                            .get(templates::list),
                     )
                     .service(
-                        web::resource("/templates/{id}")
+                        resource("/templates/{id}")
                             .get(templates::get)
-                            .put(templates::revise)
-                            .default_service(web::to(method_not_allowed)),
+                            .put(templates::revise),
                     )
-                    .service(
-                        web::resource("/templates/{id}/archive")
-                            .post(templates::archive)
-                            .default_service(web::to(method_not_allowed)),
-                    )
-                    .service(
-                        web::resource("/runs")
-                            .post(runs::start)
-                            .get(runs::list)
-                            .default_service(web::to(method_not_allowed)),
-                    )
-                    .service(
-                        web::resource("/runs/{id}")
-                            .get(runs::get)
-                            .default_service(web::to(method_not_allowed)),
-                    )
-                    .service(
-                        web::resource("/runs/{id}/retry")
-                            .post(runs::retry)
-                            .default_service(web::to(method_not_allowed)),
-                    )
-                    .service(
-                        web::resource("/runs/{id}/pause")
-                            .post(runs::pause)
-                            .default_service(web::to(method_not_allowed)),
-                    )
-                    .service(
-                        web::resource("/runs/{id}/resume")
-                            .post(runs::resume)
-                            .default_service(web::to(method_not_allowed)),
-                    )
-                    .service(
-                        web::resource("/runs/{id}/cancel")
-                            .post(runs::cancel)
-                            .default_service(web::to(method_not_allowed)),
-                    )
-                    .service(
-                        web::resource("/runs/{id}/events")
-                            .get(runs::events)
-                            .default_service(web::to(method_not_allowed)),
-                    )
-                    .service(
-                        web::resource("/runs/{id}/artifacts/{name}")
-                            .get(runs::artifact)
-                            .default_service(web::to(method_not_allowed)),
-                    )
+                    .service(resource("/templates/{id}/archive").post(templates::archive))
+                    .service(resource("/runs").post(runs::start).get(runs::list))
+                    .service(resource("/runs/{id}").get(runs::get))
+                    .service(resource("/runs/{id}/retry").post(runs::retry))
+                    .service(resource("/runs/{id}/pause").post(runs::pause))
+                    .service(resource("/runs/{id}/resume").post(runs::resume))
+                    .service(resource("/runs/{id}/cancel").post(runs::cancel))
+                    .service(resource("/runs/{id}/events").get(runs::events))
+                    .service(resource("/runs/{id}/artifacts/{name}").get(runs::artifact))
                     .route("/ws", web::get().to(ws::connect))
                     .default_service(web::to(not_found)),
             )
@@ -140,6 +101,11 @@ fn json_error(e: JsonPayloadError, _: &HttpRequest) -> actix_web::Error {
 
 async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(serde_json::json!({"status": "ok"}))
+}
+
+/// A resource whose other methods get a JSON `405 method_not_allowed`.
+fn resource(path: &str) -> actix_web::Resource {
+    web::resource(path).default_service(web::to(method_not_allowed))
 }
 
 async fn method_not_allowed(req: HttpRequest) -> Result<HttpResponse, ApiError> {

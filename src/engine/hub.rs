@@ -137,9 +137,4 @@ impl Hub {
             }
         }
     }
-
-    /// How many runs have subscribers (for tests and metrics).
-    pub fn rooms(&self) -> usize {
-        self.rooms.read().map(|r| r.len()).unwrap_or(0)
-    }
 }

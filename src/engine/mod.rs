@@ -211,16 +211,6 @@ impl Engine {
         &self.ctx.blobs
     }
 
-    /// The agents this server knows.
-    pub fn agents(&self) -> &AgentRegistry {
-        &self.ctx.agents
-    }
-
-    /// How many run actors are alive.
-    pub fn live_actors(&self) -> usize {
-        self.ctx.actors.lock().map(|a| a.len()).unwrap_or(0)
-    }
-
     /// The actor of `id`, spawned (and loaded from the store unless `fresh`:
     /// a run id just made) if needed.
     fn actor(&self, id: &RunId, fresh: bool) -> Addr<RunActor> {

@@ -118,27 +118,33 @@ impl Projector {
         &self,
         batch: Batch,
     ) -> impl Future<Output = Result<(), ProjectionError>> + Send + 'static {
-        let (done, answer) = oneshot::channel();
-        self.backlog.fetch_add(1, Ordering::Relaxed);
-        let queued = match &batch {
+        let sender = match &batch {
             Batch::Runs(id, _) | Batch::Templates(id, _) => self.sender_for(id),
             Batch::Barrier => &self.senders[0],
-        }
-        .send(Job { batch, done });
-        if queued.is_err() {
-            self.backlog.fetch_sub(1, Ordering::Relaxed);
-        }
+        };
+        let queued = self.enqueue(sender, batch);
         async move {
-            queued.map_err(|_| ProjectionError::WriterStopped)?;
-            answer
+            queued?
                 .await
                 .map_err(|_| ProjectionError::WriterStopped)?
                 .map_err(ProjectionError::WriteFailed)
         }
     }
 
-    async fn submit(&self, batch: Batch) -> Result<(), ProjectionError> {
-        self.queue(batch).await
+    /// Sends one job to one writer, counting it in the backlog until the
+    /// writer answers; returns where the answer will come.
+    fn enqueue(
+        &self,
+        sender: &mpsc::UnboundedSender<Job>,
+        batch: Batch,
+    ) -> Result<oneshot::Receiver<Result<(), String>>, ProjectionError> {
+        let (done, answer) = oneshot::channel();
+        self.backlog.fetch_add(1, Ordering::Relaxed);
+        if sender.send(Job { batch, done }).is_err() {
+            self.backlog.fetch_sub(1, Ordering::Relaxed);
+            return Err(ProjectionError::WriterStopped);
+        }
+        Ok(answer)
     }
 
     /// Queues committed run events (in the order of calls) and returns a
@@ -169,20 +175,7 @@ impl Projector {
         let answers: Vec<_> = self
             .senders
             .iter()
-            .map(|sender| {
-                let (done, answer) = oneshot::channel();
-                self.backlog.fetch_add(1, Ordering::Relaxed);
-                if sender
-                    .send(Job {
-                        batch: Batch::Barrier,
-                        done,
-                    })
-                    .is_err()
-                {
-                    self.backlog.fetch_sub(1, Ordering::Relaxed);
-                }
-                answer
-            })
+            .filter_map(|sender| self.enqueue(sender, Batch::Barrier).ok())
             .collect();
         async move {
             for answer in answers {
@@ -208,7 +201,7 @@ impl Projector {
             .iter()
             .map(|e| (e.sequence as u64, e.payload.clone()))
             .collect();
-        self.submit(Batch::Templates(first.aggregate_id.clone(), batch))
+        self.queue(Batch::Templates(first.aggregate_id.clone(), batch))
             .await
     }
 
@@ -246,7 +239,7 @@ impl Projector {
                         .collect::<Result<Vec<_>, serde_json::Error>>()?;
                     Batch::Templates(id, events)
                 };
-                self.submit(batch).await?;
+                self.queue(batch).await?;
                 repaired += 1;
             }
         }

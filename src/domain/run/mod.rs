@@ -18,7 +18,7 @@ use serde_json::Value;
 pub use events::{ArtifactContent, ArtifactWritten, Outputs, RunEvent};
 
 use super::definition::Definition;
-use super::ids::{ArtifactName, LeaseToken, OutputName, RunId, StepId, TemplateId, Timestamp};
+use super::ids::{ArtifactName, LeaseToken, RunId, StepId, TemplateId, Timestamp};
 
 /// Status of a run.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -879,15 +879,6 @@ impl Run {
         for step in ready {
             self.steps.entry(step).or_default().status = StepStatus::Ready;
         }
-    }
-
-    /// The known outputs of `step`, as output names.
-    pub fn output_names(&self, step: &StepId) -> Vec<OutputName> {
-        self.artifacts
-            .keys()
-            .filter(|n| n.step() == step.as_str())
-            .filter_map(|n| OutputName::parse(n.output()).ok())
-            .collect()
     }
 }
 

@@ -9,6 +9,7 @@ use cqrs_es::test::TestFramework;
 use serde_json::{json, Value};
 
 use super::*;
+use crate::domain::ids::OutputName;
 
 type Given = TestFramework<Run>;
 
