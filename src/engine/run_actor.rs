@@ -126,8 +126,14 @@ impl RunActor {
         };
         let engine = self.engine.clone();
         let id = self.id.clone();
-        let state = self.state.clone();
         let (sequence, snapshot) = (self.sequence, self.snapshot);
+        // The store reads the state only to write a snapshot: copy it only
+        // for those commits (one in every RUN_SNAPSHOT_EVERY events).
+        let state = if self.engine.runs.snapshot_due(sequence, events.len()) {
+            self.state.clone()
+        } else {
+            Run::default()
+        };
         let metadata = HashMap::from([("recorded_at".to_string(), rfc3339(now()))]);
         Box::pin(
             async move {

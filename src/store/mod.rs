@@ -141,8 +141,9 @@ impl<A: Aggregate + 'static> AggregateStore<A> {
     }
 
     /// Whether a commit of `events` events on top of `sequence` crosses a
-    /// multiple of the snapshot size (then the commit writes a snapshot).
-    fn snapshot_due(&self, sequence: usize, events: usize) -> bool {
+    /// multiple of the snapshot size (then the commit writes a snapshot and
+    /// needs the aggregate's state).
+    pub fn snapshot_due(&self, sequence: usize, events: usize) -> bool {
         self.snapshot_every > 0
             && sequence / self.snapshot_every != (sequence + events) / self.snapshot_every
     }
@@ -171,7 +172,9 @@ impl<A: Aggregate + 'static> AggregateStore<A> {
     /// Appends `events` after `sequence` in one transaction. `state` is the
     /// aggregate as of `sequence`; when the commit crosses a snapshot
     /// boundary, the state after all `events` is stored as the snapshot in
-    /// the same transaction. Fails with [`StoreError::Conflict`] when another
+    /// the same transaction. `state` is read only then (see
+    /// [`AggregateStore::snapshot_due`]): otherwise callers may pass
+    /// `A::default()` and spare a copy. Fails with [`StoreError::Conflict`] when another
     /// writer appended first. Returns the committed envelopes and the
     /// snapshot counter to pass to the next commit.
     pub async fn commit(
