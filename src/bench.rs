@@ -54,6 +54,10 @@ pub struct BenchSettings {
     /// Print the results only; do not write the file.
     #[arg(long)]
     pub no_write: bool,
+    /// Run W1 with the built-in agents' start/finish comments off
+    /// (`"comments": false`), as the engine ran before the thread existed.
+    #[arg(long)]
+    pub no_agent_comments: bool,
 }
 
 /// One repetition's figures.
@@ -155,13 +159,19 @@ impl Completions {
     }
 }
 
-/// The W1 diamond: A → {B, C} → D, all `echo` with no delay.
-fn diamond() -> Value {
+/// The W1 diamond: A → {B, C} → D, all `echo` with no delay; with
+/// `comments` off, the agents post nothing to the thread.
+fn diamond(comments: bool) -> Value {
+    let config = if comments {
+        json!({})
+    } else {
+        json!({"comments": false})
+    };
     json!({"steps": {
-        "a": {"agent": "echo"},
-        "b": {"agent": "echo", "depends_on": ["a"]},
-        "c": {"agent": "echo", "depends_on": ["a"]},
-        "d": {"agent": "echo", "depends_on": ["b", "c"]}
+        "a": {"agent": "echo", "config": config},
+        "b": {"agent": "echo", "depends_on": ["a"], "config": config},
+        "c": {"agent": "echo", "depends_on": ["a"], "config": config},
+        "d": {"agent": "echo", "depends_on": ["b", "c"], "config": config}
     }})
 }
 
@@ -288,7 +298,7 @@ async fn drive(settings: &BenchSettings, port: u16) -> Result<Figures, Box<dyn s
     let template = post(
         &client,
         &format!("{base}/api/templates"),
-        &json!({"name": "w1-diamond", "definition": diamond()}),
+        &json!({"name": "w1-diamond", "definition": diamond(!settings.no_agent_comments)}),
     )
     .await?;
     let body = json!({"template_id": template["id"], "input": {"n": 1}});
@@ -380,10 +390,11 @@ fn machine() -> String {
 
 /// Runs the benchmark.
 pub async fn run(settings: BenchSettings) -> Result<ExitCode, Box<dyn std::error::Error>> {
-    let backend = if settings.database_url.is_some() {
-        "postgres"
-    } else {
-        "sqlite"
+    let backend = match (settings.database_url.is_some(), settings.no_agent_comments) {
+        (true, false) => "postgres",
+        (true, true) => "postgres-no-comments",
+        (false, false) => "sqlite",
+        (false, true) => "sqlite-no-comments",
     };
     let mut all = Vec::new();
     for i in 1..=settings.repeat.max(1) {
@@ -432,7 +443,7 @@ pub async fn run(settings: BenchSettings) -> Result<ExitCode, Box<dyn std::error
                 url.split_once('?').map_or(String::new(), |(_, q)| format!("?{q}"))
             ),
             None => String::new(),
-        },
+        } + if settings.no_agent_comments { " --no-agent-comments" } else { "" },
         n = all.len(),
         l = settings.latency_runs,
         t = settings.throughput_runs,

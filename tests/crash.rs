@@ -339,9 +339,17 @@ async fn crash_and_recover(backend: Backend) {
         );
         assert_eq!(of_type("RunStarted").count(), 1, "run {id}");
         assert_eq!(of_type("RunCompleted").count(), 1, "run {id}");
+        // The completion, then the engine's announcement of it (one commit).
+        let tail: Vec<(Value, Value)> = events[events.len().saturating_sub(2)..]
+            .iter()
+            .map(|e| (e["event_type"].clone(), e["payload"]["content"].clone()))
+            .collect();
         assert_eq!(
-            events.last().map(|e| e["event_type"].clone()),
-            Some(json!("RunCompleted")),
+            tail,
+            [
+                (json!("RunCompleted"), Value::Null),
+                (json!("MessagePosted"), json!("Run completed."))
+            ],
             "run {id}: the run ends with its completion"
         );
         assert!(

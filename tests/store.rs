@@ -76,6 +76,8 @@ fn start_command(run_id: &str, at: i64) -> RunCommand {
         definition: diamond(),
         input: json!({"topic": "owls"}),
         retry_of: None,
+        redirected_from: None,
+        auto_run: true,
         at: Timestamp(at),
         lease_seed: format!("seed-{at}"),
     }
@@ -114,6 +116,8 @@ fn filler(i: usize) -> RunEvent {
             lease: LeaseToken::new(format!("lease-{i}")),
             reads: BTreeMap::new(),
             recovered: i % 8 == 0,
+            prompt_override: None,
+            instructions: Vec::new(),
             at,
         },
         1 => RunEvent::StepFailed {
@@ -132,6 +136,7 @@ fn filler(i: usize) -> RunEvent {
             at,
         },
         _ => RunEvent::StepCompleted {
+            skipped: Vec::new(),
             artifacts: vec![ArtifactWritten {
                 name: ArtifactName::new(&s, &OutputName::parse("out").expect("output")),
                 version: round,

@@ -115,8 +115,14 @@ impl From<TemplateError> for ApiError {
 impl From<RunError> for ApiError {
     fn from(e: RunError) -> Self {
         let status = match e {
-            RunError::NotStarted => StatusCode::NOT_FOUND,
-            RunError::UnknownStep(_) => StatusCode::NOT_FOUND,
+            RunError::NotStarted
+            | RunError::UnknownStep(_)
+            | RunError::UnknownArtifact(_)
+            | RunError::UnknownArtifactVersion(..) => StatusCode::NOT_FOUND,
+            RunError::ChoiceRequired { .. }
+            | RunError::InvalidChoice { .. }
+            | RunError::NoChoices(_)
+            | RunError::IdempotencyKeyReused(_) => StatusCode::UNPROCESSABLE_ENTITY,
             _ => StatusCode::CONFLICT,
         };
         Self::new(status, e.code(), e.to_string())

@@ -6,6 +6,7 @@
 
 mod error;
 mod runs;
+mod steering;
 mod templates;
 mod ws;
 
@@ -72,8 +73,21 @@ pub fn configure(state: ApiState) -> impl FnOnce(&mut web::ServiceConfig) {
                     .service(resource("/runs/{id}/pause").post(runs::pause))
                     .service(resource("/runs/{id}/resume").post(runs::resume))
                     .service(resource("/runs/{id}/cancel").post(runs::cancel))
+                    .service(resource("/runs/{id}/redirect").post(steering::redirect))
+                    .service(
+                        resource("/runs/{id}/messages")
+                            .post(steering::post_message)
+                            .get(steering::messages),
+                    )
+                    .service(resource("/runs/{id}/auto-run").put(steering::auto_run))
+                    .service(resource("/runs/{id}/steps/{step}/approve").post(steering::approve))
+                    .service(resource("/runs/{id}/steps/{step}/retry").post(steering::retry_step))
+                    .service(resource("/runs/{id}/steps/{step}/trigger").post(steering::trigger))
                     .service(resource("/runs/{id}/events").get(runs::events))
                     .service(resource("/runs/{id}/artifacts/{name}").get(runs::artifact))
+                    .service(
+                        resource("/runs/{id}/artifacts/{name}/rollback").post(steering::rollback),
+                    )
                     .route("/ws", web::get().to(ws::connect))
                     .default_service(web::to(not_found)),
             )
@@ -123,6 +137,48 @@ async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
     ))
 }
 
+/// Refuses text with a NUL character anywhere in `value` (strings and
+/// keys): PostgreSQL cannot store it in `text` or `jsonb`, and SQLite
+/// would, so the two backends would disagree.
+pub(crate) fn refuse_nul(field: &str, value: &serde_json::Value) -> Result<(), ApiError> {
+    fn has_nul(value: &serde_json::Value) -> bool {
+        match value {
+            serde_json::Value::String(s) => s.contains('\0'),
+            serde_json::Value::Array(items) => items.iter().any(has_nul),
+            serde_json::Value::Object(map) => {
+                map.iter().any(|(k, v)| k.contains('\0') || has_nul(v))
+            }
+            _ => false,
+        }
+    }
+    if has_nul(value) {
+        return Err(ApiError::bad_request(
+            "invalid_body",
+            format!("{field} contains a NUL character (\\u0000), which cannot be stored"),
+        ));
+    }
+    Ok(())
+}
+
+/// Refuses a NUL character in an optional text field.
+pub(crate) fn refuse_nul_text(field: &str, text: Option<&str>) -> Result<(), ApiError> {
+    match text {
+        Some(t) => refuse_nul(field, &serde_json::Value::String(t.to_string())),
+        None => Ok(()),
+    }
+}
+
+/// Parses an optional JSON body: an empty body is `T::default()`, anything
+/// else must be a `T`.
+pub(crate) fn optional_body<T: serde::de::DeserializeOwned + Default>(
+    body: &[u8],
+) -> Result<T, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(body).map_err(|e| ApiError::bad_request("invalid_body", e.to_string()))
+}
+
 /// `?limit=&cursor=` of every list endpoint.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -132,8 +188,8 @@ pub(crate) struct PageQuery {
 }
 
 impl PageQuery {
-    /// The checked page size and decoded cursor.
-    fn checked(&self) -> Result<(u32, Option<(i64, String)>), ApiError> {
+    /// The checked page size.
+    fn limit(&self) -> Result<u32, ApiError> {
         let limit = self.limit.unwrap_or(DEFAULT_PAGE);
         if limit == 0 || limit > MAX_PAGE {
             return Err(ApiError::bad_request(
@@ -141,6 +197,12 @@ impl PageQuery {
                 format!("limit must be between 1 and {MAX_PAGE}"),
             ));
         }
+        Ok(limit)
+    }
+
+    /// The checked page size and decoded cursor.
+    fn checked(&self) -> Result<(u32, Option<(i64, String)>), ApiError> {
+        let limit = self.limit()?;
         let cursor = match &self.cursor {
             None => None,
             Some(c) => Some(decode_cursor(c).ok_or_else(|| {

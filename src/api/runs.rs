@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::templates::template_id;
-use super::{ApiError, ApiState, PageQuery};
+use super::{optional_body, refuse_nul, refuse_nul_text, ApiError, ApiState, PageQuery};
 use crate::domain::ids::{ArtifactName, RunId};
 use crate::domain::run::{ArtifactContent, RunStatus};
 use crate::engine::{Committed, EventView};
@@ -20,6 +20,13 @@ pub(super) struct StartRun {
     template_id: String,
     #[serde(default = "empty_object")]
     input: Value,
+    /// Manual mode when false: ready steps wait for a trigger.
+    #[serde(default = "yes")]
+    auto_run: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn empty_object() -> Value {
@@ -48,7 +55,7 @@ pub(super) fn run_id(raw: &str) -> Result<RunId, ApiError> {
 
 /// The run's detail from the read model, once it holds everything the run
 /// committed so far.
-async fn detail(state: &ApiState, id: &RunId) -> Result<RunDetail, ApiError> {
+pub(super) async fn detail(state: &ApiState, id: &RunId) -> Result<RunDetail, ApiError> {
     state.engine.settle_run(id).await;
     state
         .reads
@@ -63,7 +70,11 @@ pub(super) async fn start(
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
     let template = template_id(&body.template_id)?;
-    let (id, committed) = state.engine.start_run(&template, body.input).await?;
+    refuse_nul("input", &body.input)?;
+    let (id, committed) = state
+        .engine
+        .start_run(&template, body.input, body.auto_run)
+        .await?;
     Ok(created(&id, &committed))
 }
 
@@ -239,7 +250,7 @@ pub(super) async fn artifact(
 }
 
 /// Longest cancel reason accepted.
-const MAX_REASON_CHARS: usize = 2_000;
+pub(super) const MAX_REASON_CHARS: usize = 2_000;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -249,7 +260,7 @@ struct CancelBody {
 
 /// The run after a control command, from the read model (which the read
 /// waits for).
-async fn controlled(state: &ApiState, id: &RunId) -> Result<HttpResponse, ApiError> {
+pub(super) async fn controlled(state: &ApiState, id: &RunId) -> Result<HttpResponse, ApiError> {
     Ok(HttpResponse::Ok().json(detail(state, id).await?))
 }
 
@@ -279,12 +290,8 @@ pub(super) async fn cancel(
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
     let id = run_id(&path)?;
-    let body: CancelBody = if body.iter().all(u8::is_ascii_whitespace) {
-        CancelBody::default()
-    } else {
-        serde_json::from_slice(&body)
-            .map_err(|e| ApiError::bad_request("invalid_body", e.to_string()))?
-    };
+    let body: CancelBody = optional_body(&body)?;
+    refuse_nul_text("reason", body.reason.as_deref())?;
     if body
         .reason
         .as_ref()

@@ -4,7 +4,7 @@ use actix_web::{web, HttpResponse};
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{ApiError, ApiState, PageQuery};
+use super::{refuse_nul, refuse_nul_text, ApiError, ApiState, PageQuery};
 use crate::domain::ids::TemplateId;
 
 #[derive(Debug, Deserialize)]
@@ -38,6 +38,9 @@ pub(super) async fn create(
     body: web::Json<CreateTemplate>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
+    refuse_nul_text("name", Some(&body.name))?;
+    refuse_nul_text("description", body.description.as_deref())?;
+    refuse_nul("definition", &body.definition)?;
     let id = state
         .engine
         .create_template(body.name, body.description, body.definition)
@@ -70,6 +73,8 @@ pub(super) async fn revise(
 ) -> Result<HttpResponse, ApiError> {
     let id = template_id(&path)?;
     let body = body.into_inner();
+    refuse_nul_text("description", body.description.as_deref())?;
+    refuse_nul("definition", &body.definition)?;
     state
         .engine
         .revise_template(&id, body.definition, body.description)

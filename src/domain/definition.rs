@@ -50,7 +50,57 @@ pub struct StepDefinition {
     /// How often the step is tried and how long to wait between attempts.
     #[serde(default)]
     pub retry: RetryPolicy,
+    /// When its agent finishes, the step waits in `awaiting_review` until a
+    /// user approves it (or retries it).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub review: bool,
+    /// Choices a reviewer picks from when approving (review steps only); the
+    /// pick becomes the step's output `choice`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub choices: Vec<String>,
+    /// Run the step only when this holds; otherwise it is `skipped`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub when: Option<Condition>,
 }
+
+fn is_false(value: &bool) -> bool {
+    !*value
+}
+
+/// A condition on an upstream output: `{"step", "output", "equals": V}` or
+/// `{"step", "output", "in": [V, …]}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Condition {
+    /// The upstream step whose output is tested.
+    pub step: StepId,
+    /// Its output.
+    pub output: OutputName,
+    /// Holds when the output's latest value equals this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub equals: Option<Value>,
+    /// Holds when the output's latest value is one of these.
+    #[serde(default, rename = "in", skip_serializing_if = "Option::is_none")]
+    pub one_of: Option<Vec<Value>>,
+}
+
+impl Condition {
+    /// Whether `value` (the tested output's latest value; `None` when there
+    /// is none) satisfies the condition.
+    pub fn holds(&self, value: Option<&Value>) -> bool {
+        let Some(value) = value else {
+            return false;
+        };
+        match (&self.equals, &self.one_of) {
+            (Some(expected), _) => value == expected,
+            (None, Some(options)) => options.contains(value),
+            (None, None) => false,
+        }
+    }
+}
+
+/// Most choices a review step may offer.
+pub const MAX_CHOICES: usize = 50;
 
 /// Per-step retry policy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -142,6 +192,23 @@ pub enum DefinitionError {
         /// What is wrong with it.
         reason: String,
     },
+    /// The `when` condition is not well-formed or does not test an upstream
+    /// step.
+    #[error("step '{step}' has an invalid 'when' condition: {reason}")]
+    InvalidCondition {
+        /// The step at fault.
+        step: StepId,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// `choices` without `review`, or empty, duplicate or too many choices.
+    #[error("step '{step}' has invalid choices: {reason}")]
+    InvalidChoices {
+        /// The step at fault.
+        step: StepId,
+        /// What is wrong with it.
+        reason: String,
+    },
 }
 
 impl DefinitionError {
@@ -156,6 +223,8 @@ impl DefinitionError {
             Self::UnknownAgent { .. } => "unknown_agent",
             Self::InvalidInputMapping { .. } => "invalid_input_mapping",
             Self::InvalidRetryPolicy { .. } => "invalid_retry_policy",
+            Self::InvalidCondition { .. } => "invalid_condition",
+            Self::InvalidChoices { .. } => "invalid_choices",
         }
     }
 }
@@ -262,6 +331,50 @@ impl Definition {
                 });
             }
             self.check_inputs(step, def)?;
+            check_choices(step, def)?;
+            self.check_condition(step, def)?;
+        }
+        Ok(())
+    }
+
+    fn check_condition(&self, step: &StepId, def: &StepDefinition) -> Result<(), DefinitionError> {
+        let Some(when) = &def.when else {
+            return Ok(());
+        };
+        let fail = |reason: String| DefinitionError::InvalidCondition {
+            step: step.clone(),
+            reason,
+        };
+        match (&when.equals, &when.one_of) {
+            (Some(_), Some(_)) => return Err(fail("give 'equals' or 'in', not both".into())),
+            (None, None) => return Err(fail("give 'equals' (not null) or 'in'".into())),
+            (None, Some(options)) if options.is_empty() => {
+                return Err(fail("'in' needs at least one value".into()))
+            }
+            _ => {}
+        }
+        if !self.upstream_of(step).contains(&when.step) {
+            return Err(fail(format!(
+                "it tests step '{}', which is not upstream of this one",
+                when.step
+            )));
+        }
+        let tested = &self.steps[&when.step];
+        if when.output.as_str() == "choice" && !tested.choices.is_empty() {
+            let expected: Vec<&Value> = match (&when.equals, &when.one_of) {
+                (Some(v), _) => vec![v],
+                (None, Some(vs)) => vs.iter().collect(),
+                (None, None) => Vec::new(),
+            };
+            if let Some(bad) = expected.iter().find(|v| {
+                !v.as_str()
+                    .is_some_and(|c| tested.choices.iter().any(|x| x == c))
+            }) {
+                return Err(fail(format!(
+                    "{bad} is not one of the choices of step '{}'",
+                    when.step
+                )));
+            }
         }
         Ok(())
     }
@@ -292,6 +405,20 @@ impl Definition {
             }
         }
         Ok(())
+    }
+
+    /// Every step that depends on `step`, directly or transitively.
+    pub fn downstream_of(&self, step: &StepId) -> BTreeSet<StepId> {
+        let mut seen = BTreeSet::new();
+        let mut todo = vec![step.clone()];
+        while let Some(next) = todo.pop() {
+            for dependant in self.dependants_of(&next) {
+                if seen.insert(dependant.clone()) {
+                    todo.push(dependant.clone());
+                }
+            }
+        }
+        seen
     }
 
     /// Finds a cycle with a depth-first search (white/grey/black colouring).
@@ -373,6 +500,38 @@ impl Definition {
             .filter(|(_, d)| d.depends_on.is_empty())
             .map(|(s, _)| s)
     }
+}
+
+fn check_choices(step: &StepId, def: &StepDefinition) -> Result<(), DefinitionError> {
+    if def.choices.is_empty() {
+        return Ok(());
+    }
+    let fail = |reason: &str| DefinitionError::InvalidChoices {
+        step: step.clone(),
+        reason: reason.to_string(),
+    };
+    if !def.review {
+        return Err(fail(
+            "only a review step (\"review\": true) can offer choices",
+        ));
+    }
+    if def.choices.len() > MAX_CHOICES {
+        return Err(fail("a step may offer at most 50 choices"));
+    }
+    let unique: BTreeSet<&String> = def.choices.iter().collect();
+    if unique.len() != def.choices.len() {
+        return Err(fail("choices must be distinct"));
+    }
+    if def
+        .choices
+        .iter()
+        .any(|c| c.trim().is_empty() || c.chars().count() > 200)
+    {
+        return Err(fail(
+            "each choice must be 1 to 200 characters and not blank",
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -492,6 +651,202 @@ mod tests {
         assert!(
             matches!(err, DefinitionError::MalformedStep { ref step, .. } if step == "bad name")
         );
+    }
+
+    /// A definition where `a` is a review step offering `choices`, `b`
+    /// follows `a`, `c` follows `b` and carries `when`.
+    fn with_condition(choices: Value, when: Value) -> Result<Definition, DefinitionError> {
+        check(json!({"steps": {
+            "a": {"agent": "echo", "review": true, "choices": choices},
+            "b": {"agent": "echo", "depends_on": ["a"]},
+            "side": {"agent": "echo"},
+            "c": {"agent": "echo", "depends_on": ["b"], "when": when}
+        }}))
+    }
+
+    fn assert_refused(result: Result<Definition, DefinitionError>, code: &str, step: &str) {
+        let err = result.unwrap_err();
+        assert_eq!(err.code(), code, "{err:?}");
+        match &err {
+            DefinitionError::InvalidCondition { step: at, .. }
+            | DefinitionError::InvalidChoices { step: at, .. } => assert_eq!(at.as_str(), step),
+            other => panic!("expected a condition or choices fault, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_branching_definition_with_review_choices_and_conditions_is_valid() {
+        let def = check(json!({"steps": {
+            "draft": {"agent": "echo"},
+            "review": {"agent": "echo", "depends_on": ["draft"], "review": true,
+                       "choices": ["ship", "rework", "drop"]},
+            "ship": {"agent": "echo", "depends_on": ["review"],
+                     "when": {"step": "review", "output": "choice", "equals": "ship"}},
+            "fix": {"agent": "echo", "depends_on": ["review"],
+                    "when": {"step": "review", "output": "choice", "in": ["rework", "drop"]}},
+            "tidy": {"agent": "echo", "depends_on": ["fix"],
+                     "when": {"step": "draft", "output": "value", "equals": {"any": ["json"]}}},
+            "note": {"agent": "echo", "depends_on": ["review"],
+                     "when": {"step": "review", "output": "value", "in": [1, "two", null]}},
+            "plain": {"agent": "echo", "review": true}
+        }}))
+        .unwrap();
+        let step = |name: &str| &def.steps[&StepId::parse(name).unwrap()];
+        assert!(step("review").review);
+        assert_eq!(step("review").choices, ["ship", "rework", "drop"]);
+        assert!(step("plain").review && step("plain").choices.is_empty());
+        let ship = step("ship").when.as_ref().unwrap();
+        assert_eq!(
+            (ship.step.as_str(), ship.output.as_str()),
+            ("review", "choice")
+        );
+        assert_eq!(ship.equals, Some(json!("ship")));
+        assert_eq!(ship.one_of, None);
+        let fix = step("fix").when.as_ref().unwrap();
+        assert_eq!(fix.one_of, Some(vec![json!("rework"), json!("drop")]));
+        assert!(!step("draft").review && step("draft").when.is_none());
+
+        // It serialises back with the API's spelling ("in") and round-trips.
+        let text = serde_json::to_value(&def).unwrap();
+        assert_eq!(
+            text["steps"]["fix"]["when"],
+            json!({"step": "review", "output": "choice", "in": ["rework", "drop"]})
+        );
+        assert!(text["steps"]["draft"].get("review").is_none());
+        assert_eq!(Definition::parse(&text).unwrap(), def);
+    }
+
+    #[test]
+    fn a_condition_holds_when_the_value_equals_or_is_among_its_values() {
+        let equals = Condition {
+            step: StepId::parse("a").unwrap(),
+            output: OutputName::parse("out").unwrap(),
+            equals: Some(json!("go")),
+            one_of: None,
+        };
+        assert!(equals.holds(Some(&json!("go"))));
+        assert!(!equals.holds(Some(&json!("stop"))));
+        assert!(!equals.holds(None));
+        let one_of = Condition {
+            equals: None,
+            one_of: Some(vec![json!(1), json!("x")]),
+            ..equals
+        };
+        assert!(one_of.holds(Some(&json!(1))));
+        assert!(one_of.holds(Some(&json!("x"))));
+        assert!(!one_of.holds(Some(&json!("1"))));
+        assert!(!one_of.holds(None));
+    }
+
+    #[test]
+    fn a_condition_with_both_equals_and_in_is_refused() {
+        assert_refused(
+            with_condition(
+                json!([]),
+                json!({"step": "a", "output": "out", "equals": "x", "in": ["x"]}),
+            ),
+            "invalid_condition",
+            "c",
+        );
+    }
+
+    #[test]
+    fn a_condition_with_neither_equals_nor_in_is_refused() {
+        for when in [
+            json!({"step": "a", "output": "out"}),
+            json!({"step": "a", "output": "out", "equals": null}),
+        ] {
+            assert_refused(with_condition(json!([]), when), "invalid_condition", "c");
+        }
+    }
+
+    #[test]
+    fn a_condition_with_an_empty_in_is_refused() {
+        assert_refused(
+            with_condition(json!([]), json!({"step": "a", "output": "out", "in": []})),
+            "invalid_condition",
+            "c",
+        );
+    }
+
+    #[test]
+    fn a_condition_on_a_step_that_is_not_upstream_is_refused() {
+        for tested in ["side", "c", "ghost"] {
+            assert_refused(
+                with_condition(
+                    json!([]),
+                    json!({"step": tested, "output": "out", "equals": "x"}),
+                ),
+                "invalid_condition",
+                "c",
+            );
+        }
+        // Transitively upstream is enough.
+        assert!(with_condition(
+            json!([]),
+            json!({"step": "a", "output": "out", "equals": "x"})
+        )
+        .is_ok());
+    }
+
+    #[test]
+    fn a_condition_on_a_choice_with_a_value_that_is_not_a_choice_is_refused() {
+        let choices = json!(["ship", "rework"]);
+        for when in [
+            json!({"step": "a", "output": "choice", "equals": "maybe"}),
+            json!({"step": "a", "output": "choice", "equals": 1}),
+            json!({"step": "a", "output": "choice", "in": ["ship", "maybe"]}),
+        ] {
+            assert_refused(
+                with_condition(choices.clone(), when),
+                "invalid_condition",
+                "c",
+            );
+        }
+        for when in [
+            json!({"step": "a", "output": "choice", "equals": "rework"}),
+            json!({"step": "a", "output": "choice", "in": ["ship", "rework"]}),
+            // Another output of the same step is not checked against them.
+            json!({"step": "a", "output": "out", "equals": "maybe"}),
+        ] {
+            assert!(with_condition(choices.clone(), when).is_ok());
+        }
+    }
+
+    #[test]
+    fn choices_on_a_step_that_is_not_a_review_step_are_refused() {
+        let err = check(json!({"steps": {
+            "a": {"agent": "echo", "choices": ["ship", "rework"]}
+        }}));
+        assert_refused(err, "invalid_choices", "a");
+        let err = check(json!({"steps": {
+            "a": {"agent": "echo", "review": false, "choices": ["ship"]}
+        }}));
+        assert_refused(err, "invalid_choices", "a");
+    }
+
+    #[test]
+    fn duplicate_blank_too_long_or_too_many_choices_are_refused() {
+        let too_many: Vec<String> = (0..=MAX_CHOICES).map(|i| format!("c{i}")).collect();
+        let just_enough: Vec<String> = (0..MAX_CHOICES).map(|i| format!("c{i}")).collect();
+        for choices in [
+            json!(["ship", "ship"]),
+            json!(["ship", ""]),
+            json!(["ship", "   "]),
+            json!(["x".repeat(201)]),
+            json!(too_many),
+        ] {
+            let result = check(json!({"steps": {
+                "a": {"agent": "echo", "review": true, "choices": choices}
+            }}));
+            assert_refused(result, "invalid_choices", "a");
+        }
+        for choices in [json!(just_enough), json!(["x".repeat(200)])] {
+            assert!(check(json!({"steps": {
+                "a": {"agent": "echo", "review": true, "choices": choices}
+            }}))
+            .is_ok());
+        }
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! Agents execute steps. A small trait, a registry, and the two built-ins:
 //! `echo` (returns its input; `delay_ms` and `fail_times` make it slow or
-//! flaky for tests, demos and benchmarks) and `template` (renders
-//! `config.text` with minijinja).
+//! flaky for tests, demos and benchmarks; `stop_early` makes it honour a
+//! pause or cancel) and `template` (renders `config.text` with minijinja).
+//! Both post a comment to the run's thread when they start and when they
+//! finish (`"comments": false` in the step's config turns that off).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -11,6 +13,76 @@ use serde_json::{Map, Value};
 
 use crate::domain::definition::AgentCatalog;
 use crate::domain::ids::{AgentName, RunId, StepId};
+
+/// Tells a running agent that the run asked it to stop (a pause or a
+/// cancel, or its inputs went stale). Agents may ignore it and finish.
+#[derive(Debug, Clone)]
+pub struct StopSignal(tokio::sync::watch::Receiver<bool>);
+
+impl StopSignal {
+    /// A signal and the sender that raises it.
+    pub fn channel() -> (tokio::sync::watch::Sender<bool>, Self) {
+        let (sender, receiver) = tokio::sync::watch::channel(false);
+        (sender, Self(receiver))
+    }
+
+    /// Whether the agent was asked to stop.
+    pub fn is_raised(&self) -> bool {
+        *self.0.borrow()
+    }
+
+    /// Resolves once the agent is asked to stop (never, if the run drops the
+    /// sender without asking).
+    pub async fn raised(&mut self) {
+        if self.0.wait_for(|raised| *raised).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// Posts an agent's comments to the run's thread.
+#[derive(Clone)]
+pub struct CommentSink(Arc<dyn Fn(String) + Send + Sync>);
+
+impl CommentSink {
+    /// A sink that hands each comment to `post`.
+    pub fn new(post: impl Fn(String) + Send + Sync + 'static) -> Self {
+        Self(Arc::new(post))
+    }
+
+    /// A sink that drops comments (tests, tools).
+    pub fn discard() -> Self {
+        Self::new(|_| {})
+    }
+
+    /// Posts a comment (as the step's agent).
+    pub fn post(&self, text: impl Into<String>) {
+        (self.0)(text.into());
+    }
+}
+
+impl std::fmt::Debug for CommentSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CommentSink")
+    }
+}
+
+/// Why an attempt did not produce outputs.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AgentError {
+    /// The attempt failed with this message.
+    #[error("{0}")]
+    Failed(String),
+    /// The agent stopped early because the run asked it to.
+    #[error("stopped on request")]
+    Stopped,
+}
+
+impl From<String> for AgentError {
+    fn from(message: String) -> Self {
+        Self::Failed(message)
+    }
+}
 
 /// Everything an agent gets for one attempt of one step.
 #[derive(Debug, Clone)]
@@ -23,6 +95,11 @@ pub struct StepContext {
     pub attempt: u32,
     /// The step's prompt, if any.
     pub prompt: Option<String>,
+    /// The prompt a user gave this attempt instead (retry or trigger).
+    pub prompt_override: Option<String>,
+    /// Instructions users posted to the thread, handed to this attempt as
+    /// extra context, oldest first.
+    pub instructions: Vec<String>,
     /// The step's agent configuration.
     pub config: Value,
     /// The step's input (see `Run::step_input`), blobs resolved.
@@ -31,6 +108,28 @@ pub struct StepContext {
     pub run_input: Value,
     /// Latest outputs of every completed upstream step: step → output → value.
     pub upstream: BTreeMap<String, Value>,
+    /// Raised when the run asks the agent to stop.
+    pub stop: StopSignal,
+    /// Where the agent's comments go.
+    pub comments: CommentSink,
+}
+
+impl StepContext {
+    /// The prompt this attempt runs with: the override, else the step's own.
+    pub fn effective_prompt(&self) -> Option<&str> {
+        self.prompt_override.as_deref().or(self.prompt.as_deref())
+    }
+
+    /// Whether the built-in agents post their start and finish comments.
+    fn comments_on(&self) -> bool {
+        self.config.get("comments").and_then(Value::as_bool) != Some(false)
+    }
+
+    fn comment(&self, text: String) {
+        if self.comments_on() {
+            self.comments.post(text);
+        }
+    }
 }
 
 /// What an agent returns: output name → value. Each output becomes the next
@@ -42,8 +141,9 @@ pub type AgentOutputs = BTreeMap<String, Value>;
 /// effect exactly-once).
 #[async_trait::async_trait]
 pub trait Agent: Send + Sync {
-    /// Executes one attempt. An `Err` fails the attempt with that message.
-    async fn run(&self, ctx: StepContext) -> Result<AgentOutputs, String>;
+    /// Executes one attempt. `Err(Failed)` fails the attempt with that
+    /// message; `Err(Stopped)` means it honoured `ctx.stop`.
+    async fn run(&self, ctx: StepContext) -> Result<AgentOutputs, AgentError>;
 }
 
 /// The agents this server can run, by name.
@@ -91,12 +191,14 @@ impl AgentCatalog for AgentRegistry {
 
 /// `echo`: outputs its input. An object input gives one output per key;
 /// anything else gives the single output `value`. Config: `delay_ms` (wait
-/// that long first), `fail_times` (fail the first N attempts).
+/// that long first), `fail_times` (fail the first N attempts), `stop_early`
+/// (stop waiting when the run asks it to stop).
 pub struct Echo;
 
 #[async_trait::async_trait]
 impl Agent for Echo {
-    async fn run(&self, ctx: StepContext) -> Result<AgentOutputs, String> {
+    async fn run(&self, mut ctx: StepContext) -> Result<AgentOutputs, AgentError> {
+        ctx.comment(format!("echo started attempt {}.", ctx.attempt));
         let delay = ctx
             .config
             .get("delay_ms")
@@ -107,34 +209,57 @@ impl Agent for Echo {
             .get("fail_times")
             .and_then(Value::as_u64)
             .unwrap_or(0);
+        let stop_early = ctx.config.get("stop_early").and_then(Value::as_bool) == Some(true);
         if delay > 0 {
-            tokio::time::sleep(Duration::from_millis(delay)).await;
+            let sleep = tokio::time::sleep(Duration::from_millis(delay));
+            if stop_early {
+                tokio::select! {
+                    () = sleep => {}
+                    () = ctx.stop.raised() => {
+                        ctx.comment(format!("echo stopped attempt {} early, as asked.", ctx.attempt));
+                        return Err(AgentError::Stopped);
+                    }
+                }
+            } else {
+                sleep.await;
+            }
         }
         if u64::from(ctx.attempt) <= fail_times {
-            return Err(format!(
+            return Err(AgentError::Failed(format!(
                 "echo: failing attempt {} of the first {fail_times} as configured",
                 ctx.attempt
-            ));
+            )));
         }
-        Ok(match ctx.input {
+        let outputs: AgentOutputs = match ctx.input.clone() {
             Value::Object(map) if !map.is_empty() => map.into_iter().collect(),
             other => BTreeMap::from([("value".to_string(), other)]),
-        })
+        };
+        ctx.comment(format!(
+            "echo finished attempt {} with outputs: {}.",
+            ctx.attempt,
+            outputs.keys().cloned().collect::<Vec<_>>().join(", ")
+        ));
+        Ok(outputs)
     }
 }
 
 /// `template`: renders `config.text` with minijinja. The context holds
 /// `input` (the run input), `inputs` (the step's input), `steps` (every
-/// completed upstream step's outputs) and each upstream step by name.
-/// Output: `text`.
+/// completed upstream step's outputs), each upstream step by name, `prompt`
+/// (the attempt's prompt: the override, else the step's own, else null) and
+/// `instructions` (the instruction messages handed to the attempt, a list of
+/// strings). Output: `text`.
 pub struct TemplateAgent;
 
 #[async_trait::async_trait]
 impl Agent for TemplateAgent {
-    async fn run(&self, ctx: StepContext) -> Result<AgentOutputs, String> {
+    async fn run(&self, ctx: StepContext) -> Result<AgentOutputs, AgentError> {
         let Some(text) = ctx.config.get("text").and_then(Value::as_str) else {
-            return Err("template: config.text (a string) is required".to_string());
+            return Err(AgentError::Failed(
+                "template: config.text (a string) is required".to_string(),
+            ));
         };
+        ctx.comment(format!("template started attempt {}.", ctx.attempt));
         let mut context = Map::new();
         for (step, outputs) in &ctx.upstream {
             context.insert(step.clone(), outputs.clone());
@@ -145,11 +270,27 @@ impl Agent for TemplateAgent {
         );
         context.insert("input".into(), ctx.run_input.clone());
         context.insert("inputs".into(), ctx.input.clone());
+        context.insert(
+            "prompt".into(),
+            ctx.effective_prompt()
+                .map_or(Value::Null, |p| Value::String(p.into())),
+        );
+        context.insert(
+            "instructions".into(),
+            Value::Array(
+                ctx.instructions
+                    .iter()
+                    .cloned()
+                    .map(Value::String)
+                    .collect(),
+            ),
+        );
         let mut env = minijinja::Environment::new();
         env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
         let rendered = env
             .render_str(text, Value::Object(context))
             .map_err(|e| format!("template: {e}"))?;
+        ctx.comment(format!("template finished attempt {}.", ctx.attempt));
         Ok(BTreeMap::from([(
             "text".to_string(),
             Value::String(rendered),
@@ -168,10 +309,14 @@ mod tests {
             step: StepId::parse("s").unwrap(),
             attempt,
             prompt: None,
+            prompt_override: None,
+            instructions: Vec::new(),
             config,
             input,
             run_input: json!({"topic": "owls"}),
             upstream: BTreeMap::from([("outline".to_string(), json!({"text": "1. owls"}))]),
+            stop: StopSignal::channel().1,
+            comments: CommentSink::discard(),
         }
     }
 
@@ -205,17 +350,190 @@ mod tests {
         assert_eq!(out["text"], json!("owls / 1. owls / 1. owls"));
     }
 
+    /// A sink that keeps what agents post.
+    fn collecting() -> (CommentSink, Arc<std::sync::Mutex<Vec<String>>>) {
+        let posted = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = {
+            let posted = posted.clone();
+            CommentSink::new(move |text| posted.lock().unwrap().push(text))
+        };
+        (sink, posted)
+    }
+
+    /// Runs `agent` at most a minute: a hang fails the test instead of
+    /// blocking it.
+    async fn bounded(
+        run: impl std::future::Future<Output = Result<AgentOutputs, AgentError>>,
+    ) -> Result<AgentOutputs, AgentError> {
+        bounded_value(run).await
+    }
+
+    async fn bounded_value<T>(future: impl std::future::Future<Output = T>) -> T {
+        tokio::time::timeout(Duration::from_secs(60), future)
+            .await
+            .expect("the agent did not get there")
+    }
+
+    #[tokio::test]
+    async fn echo_with_stop_early_stops_when_asked_while_it_waits() {
+        let (raise, stop) = StopSignal::channel();
+        let (said, mut heard) = tokio::sync::mpsc::unbounded_channel();
+        let mut context = ctx(
+            1,
+            json!({"delay_ms": 3_600_000, "stop_early": true}),
+            json!({"a": 1}),
+        );
+        context.stop = stop;
+        context.comments = CommentSink::new(move |text| {
+            let _ = said.send(text);
+        });
+        let running = tokio::spawn(Echo.run(context));
+        // Its start comment comes just before it waits: raise the signal
+        // once it has been said.
+        let started = bounded_value(heard.recv()).await.unwrap();
+        assert!(started.contains("started attempt 1"), "{started}");
+        raise.send(true).unwrap();
+        let result = bounded(async { running.await.unwrap() }).await;
+        assert_eq!(result, Err(AgentError::Stopped));
+        // It said it stopped, and never that it finished.
+        let mut rest = Vec::new();
+        while let Ok(text) = heard.try_recv() {
+            rest.push(text);
+        }
+        assert_eq!(rest.len(), 1, "{rest:?}");
+        assert!(!rest[0].contains("finished"), "{rest:?}");
+    }
+
+    #[tokio::test]
+    async fn echo_stops_at_once_when_asked_before_it_waits() {
+        let (raise, stop) = StopSignal::channel();
+        raise.send(true).unwrap();
+        let mut context = ctx(
+            2,
+            json!({"delay_ms": 3_600_000, "stop_early": true}),
+            json!({}),
+        );
+        context.stop = stop;
+        assert!(context.stop.is_raised());
+        let result = bounded(Echo.run(context)).await;
+        assert_eq!(result, Err(AgentError::Stopped));
+    }
+
+    #[tokio::test]
+    async fn echo_without_stop_early_finishes_even_when_asked_to_stop() {
+        let (raise, stop) = StopSignal::channel();
+        raise.send(true).unwrap();
+        let mut context = ctx(1, json!({"delay_ms": 1}), json!({"a": 1}));
+        context.stop = stop;
+        let out = bounded(Echo.run(context)).await.unwrap();
+        assert_eq!(out, BTreeMap::from([("a".into(), json!(1))]));
+    }
+
+    #[tokio::test]
+    async fn a_configured_failure_is_a_failed_attempt_not_a_stop() {
+        let err = Echo
+            .run(ctx(1, json!({"fail_times": 1}), json!({})))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, AgentError::Failed(_)), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn echo_and_template_comment_when_they_start_and_finish() {
+        let (comments, posted) = collecting();
+        let mut context = ctx(3, Value::Null, json!({"a": 1}));
+        context.comments = comments.clone();
+        Echo.run(context).await.unwrap();
+        let mut context = ctx(3, json!({"text": "hi"}), json!({}));
+        context.comments = comments;
+        TemplateAgent.run(context).await.unwrap();
+        let posted = posted.lock().unwrap();
+        assert_eq!(posted.len(), 4, "{posted:?}");
+        assert!(
+            posted[0].starts_with("echo started attempt 3"),
+            "{posted:?}"
+        );
+        assert!(
+            posted[1].starts_with("echo finished attempt 3"),
+            "{posted:?}"
+        );
+        assert!(
+            posted[2].starts_with("template started attempt 3"),
+            "{posted:?}"
+        );
+        assert!(
+            posted[3].starts_with("template finished attempt 3"),
+            "{posted:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn agents_post_no_comments_when_the_config_turns_them_off() {
+        let (comments, posted) = collecting();
+        let mut context = ctx(1, json!({"comments": false}), json!({"a": 1}));
+        context.comments = comments.clone();
+        Echo.run(context).await.unwrap();
+        let mut context = ctx(1, json!({"comments": false, "text": "hi"}), json!({}));
+        context.comments = comments.clone();
+        TemplateAgent.run(context).await.unwrap();
+        let (raise, stop) = StopSignal::channel();
+        let mut context = ctx(
+            1,
+            json!({"comments": false, "delay_ms": 3_600_000, "stop_early": true}),
+            json!({}),
+        );
+        context.stop = stop;
+        context.comments = comments;
+        let running = tokio::spawn(Echo.run(context));
+        raise.send(true).unwrap();
+        let result = bounded(async { running.await.unwrap() }).await;
+        assert_eq!(result, Err(AgentError::Stopped));
+        assert!(posted.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn template_sees_the_attempts_prompt_and_instructions() {
+        let config = json!({"text": "{{ prompt }}|{{ instructions | join(';') }}"});
+        let mut context = ctx(1, config.clone(), json!({}));
+        context.prompt = Some("write".into());
+        context.instructions = vec!["be brief".into(), "no jargon".into()];
+        let out = TemplateAgent.run(context.clone()).await.unwrap();
+        assert_eq!(out["text"], json!("write|be brief;no jargon"));
+
+        // A prompt override wins over the step's prompt.
+        context.prompt_override = Some("rewrite".into());
+        let out = TemplateAgent.run(context).await.unwrap();
+        assert_eq!(out["text"], json!("rewrite|be brief;no jargon"));
+
+        // With neither, the prompt is null and the instructions are empty.
+        let config = json!({
+            "text": "{{ 'null' if prompt is none else prompt }}|{{ instructions | length }}"
+        });
+        let out = TemplateAgent.run(ctx(1, config, json!({}))).await.unwrap();
+        assert_eq!(out["text"], json!("null|0"));
+    }
+
+    #[test]
+    fn the_effective_prompt_is_the_override_else_the_steps_own() {
+        let mut context = ctx(1, Value::Null, json!({}));
+        assert_eq!(context.effective_prompt(), None);
+        context.prompt = Some("own".into());
+        assert_eq!(context.effective_prompt(), Some("own"));
+        context.prompt_override = Some("override".into());
+        assert_eq!(context.effective_prompt(), Some("override"));
+    }
+
     #[tokio::test]
     async fn template_fails_clearly_without_text_or_on_undefined_names() {
         let err = TemplateAgent
             .run(ctx(1, json!({}), json!({})))
             .await
             .unwrap_err();
-        assert!(err.contains("config.text"));
+        assert!(err.to_string().contains("config.text"));
         let err = TemplateAgent
             .run(ctx(1, json!({"text": "{{ nope.x }}"}), json!({})))
             .await
             .unwrap_err();
-        assert!(err.starts_with("template:"), "{err}");
+        assert!(err.to_string().starts_with("template:"), "{err}");
     }
 }

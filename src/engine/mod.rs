@@ -27,13 +27,13 @@ use cqrs_es::{EventEnvelope, Query};
 use futures::future::BoxFuture;
 use serde_json::Value;
 
-use crate::domain::ids::{RunId, TemplateId, Timestamp};
-use crate::domain::run::{Run, RunCommand, RunError};
+use crate::domain::ids::{ArtifactName, RunId, StepId, TemplateId, Timestamp};
+use crate::domain::run::{Action, NewMessage, RetrySource, Run, RunCommand, RunError, RunEvent};
 use crate::domain::template::{Template, TemplateCommand, TemplateError};
 use crate::projections::rfc3339;
 use crate::store::{AggregateStore, BlobStore, StoreError};
 
-pub use agents::{Agent, AgentRegistry, StepContext};
+pub use agents::{Agent, AgentError, AgentRegistry, CommentSink, StepContext, StopSignal};
 pub use hub::{EventView, Hub};
 pub use run_actor::{Committed, RunActor, INLINE_ARTIFACT_LIMIT};
 
@@ -173,6 +173,19 @@ pub(crate) fn now() -> Timestamp {
     Timestamp(chrono::Utc::now().timestamp_millis())
 }
 
+/// A fresh run id.
+fn new_run_id() -> Result<RunId, EngineError> {
+    RunId::parse(uuid::Uuid::new_v4().to_string())
+        .map_err(|e| EngineError::Unavailable(e.to_string()))
+}
+
+/// How a new run relates to an earlier one.
+enum Link {
+    None,
+    RetryOf(RunId),
+    RedirectedFrom(RunId, String),
+}
+
 /// A fresh random seed for lease tokens.
 pub(crate) fn new_lease_seed() -> String {
     uuid::Uuid::new_v4().simple().to_string()
@@ -254,6 +267,7 @@ impl Engine {
         &self,
         template_id: &TemplateId,
         input: Value,
+        auto_run: bool,
     ) -> Result<(RunId, Committed), EngineError> {
         let template = self.ctx.templates.load(template_id.as_str()).await?.state;
         let Some(definition) = template.definition.clone() else {
@@ -262,53 +276,200 @@ impl Engine {
         if template.archived {
             return Err(EngineError::TemplateArchived(template_id.clone()));
         }
-        self.start(
-            template_id.clone(),
-            template.version,
+        let source = RetrySource {
+            run_id: new_run_id()?,
+            template_id: template_id.clone(),
+            template_version: template.version,
             definition,
             input,
-            None,
-        )
-        .await
+            auto_run,
+        };
+        self.start(source, Link::None).await
     }
 
     /// Starts a new run that retries a failed or cancelled run: the same
     /// template version, definition and input, linked by `retry_of`.
     pub async fn retry_run(&self, original: &RunId) -> Result<(RunId, Committed), EngineError> {
         let state = self.ctx.runs.load(original.as_str()).await?.state;
-        let source = state.retry_source()?;
-        self.start(
-            source.template_id,
-            source.template_version,
-            source.definition,
-            source.input,
-            Some(source.run_id),
-        )
-        .await
+        let mut source = state.retry_source()?;
+        let original = std::mem::replace(&mut source.run_id, new_run_id()?);
+        self.start(source, Link::RetryOf(original)).await
     }
 
+    /// Starts a run from `source`, with `source.run_id` as its id.
     async fn start(
         &self,
-        template_id: TemplateId,
-        template_version: u32,
-        definition: Arc<crate::domain::definition::Definition>,
-        input: Value,
-        retry_of: Option<RunId>,
+        source: RetrySource,
+        link: Link,
     ) -> Result<(RunId, Committed), EngineError> {
-        let run_id = RunId::parse(uuid::Uuid::new_v4().to_string())
-            .map_err(|e| EngineError::Unavailable(e.to_string()))?;
+        let run_id = source.run_id;
+        let (retry_of, redirected_from) = match link {
+            Link::None => (None, None),
+            Link::RetryOf(original) => (Some(original), None),
+            Link::RedirectedFrom(original, instructions) => (None, Some((original, instructions))),
+        };
         let command = RunCommand::Start {
             run_id: run_id.clone(),
-            template_id,
-            template_version,
-            definition,
-            input,
+            template_id: source.template_id,
+            template_version: source.template_version,
+            definition: source.definition,
+            input: source.input,
             retry_of,
+            redirected_from,
+            auto_run: source.auto_run,
             at: now(),
             lease_seed: new_lease_seed(),
         };
         let committed = self.execute(&run_id, command).await?;
         Ok((run_id, committed))
+    }
+
+    /// Redirects a run: it is cancelled gracefully, and a new run of the same
+    /// template version and input starts with `instructions` as the first
+    /// instruction of its thread. Returns the new run's id.
+    pub async fn redirect(&self, id: &RunId, instructions: String) -> Result<RunId, EngineError> {
+        let new_id = new_run_id()?;
+        let command = RunCommand::Redirect {
+            new_run_id: new_id.clone(),
+            instructions,
+            at: now(),
+        };
+        let committed = self.execute(id, command).await?;
+        self.start_redirected(id, &committed).await?;
+        Ok(new_id)
+    }
+
+    /// Starts the run a committed `RunRedirected` points at.
+    async fn start_redirected(
+        &self,
+        from: &RunId,
+        committed: &Committed,
+    ) -> Result<(), EngineError> {
+        let Some((to, instructions)) = committed.iter().find_map(|e| match &e.payload {
+            RunEvent::RunRedirected {
+                to, instructions, ..
+            } => Some((to.clone(), instructions.clone())),
+            _ => None,
+        }) else {
+            return Ok(());
+        };
+        let started = async {
+            let state = self.ctx.runs.load(from.as_str()).await?.state;
+            let mut source = state
+                .source()
+                .ok_or(EngineError::Run(RunError::NotStarted))?;
+            source.run_id = to.clone();
+            self.start(source, Link::RedirectedFrom(from.clone(), instructions))
+                .await
+        }
+        .await;
+        if let Err(e) = &started {
+            // The old run already records the link; nothing starts the new
+            // run later (see the README's status).
+            tracing::error!(run_id = %from, redirected_to = %to, error = %e,
+                "the run was redirected but its new run could not be started");
+        }
+        started.map(|_| ())
+    }
+
+    /// Posts a user's message to a run's thread. A control action takes
+    /// effect as its endpoint would (a `redirect` also starts the new run);
+    /// the committed events say what came of it. A repeated idempotency key
+    /// commits nothing.
+    pub async fn post_message(
+        &self,
+        id: &RunId,
+        message: NewMessage,
+    ) -> Result<Committed, EngineError> {
+        let redirect_to = match message.action {
+            Action::Redirect => Some(new_run_id()?),
+            _ => None,
+        };
+        let command = RunCommand::PostMessage {
+            message,
+            redirect_to,
+            at: now(),
+            lease_seed: new_lease_seed(),
+        };
+        let committed = self.execute(id, command).await?;
+        self.start_redirected(id, &committed).await?;
+        Ok(committed)
+    }
+
+    /// Approves a step awaiting review (with a choice if it offers some).
+    pub async fn approve(
+        &self,
+        id: &RunId,
+        step: StepId,
+        choice: Option<String>,
+    ) -> Result<Committed, EngineError> {
+        let command = RunCommand::Approve {
+            step,
+            choice,
+            at: now(),
+            lease_seed: new_lease_seed(),
+        };
+        self.execute(id, command).await
+    }
+
+    /// Runs a step again (optionally with a new prompt); every step
+    /// downstream of it goes back to pending.
+    pub async fn retry_step(
+        &self,
+        id: &RunId,
+        step: StepId,
+        prompt_override: Option<String>,
+    ) -> Result<Committed, EngineError> {
+        let command = RunCommand::RetryStep {
+            step,
+            prompt_override,
+            at: now(),
+            lease_seed: new_lease_seed(),
+        };
+        self.execute(id, command).await
+    }
+
+    /// Dispatches a ready step now (manual mode).
+    pub async fn trigger(
+        &self,
+        id: &RunId,
+        step: StepId,
+        prompt_override: Option<String>,
+    ) -> Result<Committed, EngineError> {
+        let command = RunCommand::TriggerStep {
+            step,
+            prompt_override,
+            at: now(),
+            lease_seed: new_lease_seed(),
+        };
+        self.execute(id, command).await
+    }
+
+    /// Switches manual mode.
+    pub async fn set_auto_run(&self, id: &RunId, enabled: bool) -> Result<Committed, EngineError> {
+        let command = RunCommand::SetAutoRun {
+            enabled,
+            at: now(),
+            lease_seed: new_lease_seed(),
+        };
+        self.execute(id, command).await
+    }
+
+    /// Moves `latest` of an artifact back to an earlier version; the steps
+    /// downstream of its step run again.
+    pub async fn rollback(
+        &self,
+        id: &RunId,
+        name: ArtifactName,
+        to_version: u32,
+    ) -> Result<Committed, EngineError> {
+        let command = RunCommand::RollbackArtifact {
+            name,
+            to_version,
+            at: now(),
+            lease_seed: new_lease_seed(),
+        };
+        self.execute(id, command).await
     }
 
     /// Asks a run to pause at its next safe checkpoint: nothing new is

@@ -18,7 +18,7 @@ use cqrs_es::EventEnvelope;
 use futures::future::{BoxFuture, FutureExt, Shared};
 use serde_json::Value;
 
-use super::agents::StepContext;
+use super::agents::{AgentError, CommentSink, StepContext, StopSignal};
 use super::{new_lease_seed, now, EngineCtx, EngineError};
 use crate::domain::ids::{LeaseToken, OutputName, RunId, StepId};
 use crate::domain::run::{
@@ -53,8 +53,17 @@ pub struct Settle;
 struct AgentDone {
     step: StepId,
     lease: LeaseToken,
-    result: Result<Outputs, String>,
+    result: Result<Outputs, AgentError>,
     tries: u32,
+}
+
+/// An agent posted a comment (internal).
+#[derive(Message)]
+#[rtype(result = "()")]
+struct AgentCommented {
+    step: StepId,
+    lease: LeaseToken,
+    content: String,
 }
 
 /// A retry is due (internal).
@@ -77,6 +86,8 @@ pub struct RunActor {
     /// The read-model write of the last turn; writes of one run are applied
     /// in order, so this resolving means all earlier ones are done too.
     last_written: Option<Shared<BoxFuture<'static, ()>>>,
+    /// The stop signal of each running agent, by step.
+    stops: HashMap<StepId, tokio::sync::watch::Sender<bool>>,
 }
 
 impl RunActor {
@@ -92,6 +103,7 @@ impl RunActor {
             wake: None,
             passivate: None,
             last_written: None,
+            stops: HashMap::new(),
         }
     }
 
@@ -185,14 +197,46 @@ impl RunActor {
         self.snapshot = snapshot;
         self.engine.hub.publish(&self.id, envelopes);
         for envelope in envelopes {
-            if let RunEvent::StepDispatched {
-                step,
-                attempt,
-                lease,
-                ..
-            } = &envelope.payload
-            {
-                self.execute_step(step.clone(), *attempt, lease.clone(), ctx);
+            match &envelope.payload {
+                RunEvent::StepDispatched {
+                    step,
+                    attempt,
+                    lease,
+                    prompt_override,
+                    instructions,
+                    ..
+                } => {
+                    let dispatch = Dispatch {
+                        step: step.clone(),
+                        attempt: *attempt,
+                        lease: lease.clone(),
+                        prompt_override: prompt_override.clone(),
+                        instructions: instructions.clone(),
+                    };
+                    self.execute_step(dispatch, ctx);
+                }
+                // Running agents are told to stop; they may finish anyway.
+                RunEvent::PauseRequested { .. } | RunEvent::CancelRequested { .. } => {
+                    for stop in self.stops.values() {
+                        let _ = stop.send(true);
+                    }
+                }
+                // Their inputs went stale: their results will be refused.
+                RunEvent::StepRetryRequested { invalidated, .. }
+                | RunEvent::ArtifactRolledBack { invalidated, .. } => {
+                    for step in invalidated {
+                        if let Some(stop) = self.stops.remove(step) {
+                            let _ = stop.send(true);
+                        }
+                    }
+                }
+                RunEvent::StepCompleted { step, .. }
+                | RunEvent::StepAwaitingReview { step, .. }
+                | RunEvent::StepFailed { step, .. }
+                | RunEvent::StepInterrupted { step, .. } => {
+                    self.stops.remove(step);
+                }
+                _ => {}
             }
         }
         self.schedule(ctx);
@@ -207,7 +251,8 @@ impl RunActor {
         // A run that may not dispatch (paused, pausing, cancelling, failing,
         // finished) must not be woken for its retries: the wake would find
         // nothing to do and re-arm at once. Resume re-schedules.
-        let due = if self.state.dispatching() {
+        // Nor must a run in manual mode: its due retries wait for a trigger.
+        let due = if self.state.dispatching() && self.state.auto_run {
             self.state.pending_retries().map(|(_, t)| t).min()
         } else {
             None
@@ -232,13 +277,14 @@ impl RunActor {
 
     /// Runs a dispatched step's agent in the background; its result comes
     /// back as an `AgentDone` message.
-    fn execute_step(
-        &mut self,
-        step: StepId,
-        attempt: u32,
-        lease: LeaseToken,
-        ctx: &mut Context<Self>,
-    ) {
+    fn execute_step(&mut self, dispatch: Dispatch, ctx: &mut Context<Self>) {
+        let Dispatch {
+            step,
+            attempt,
+            lease,
+            prompt_override,
+            instructions,
+        } = dispatch;
         let Some(def) = self.state.definition.steps.get(&step).cloned() else {
             return;
         };
@@ -256,6 +302,36 @@ impl RunActor {
         let blobs = self.engine.blobs.clone();
         let run_id = self.id.clone();
         let addr = ctx.address();
+        // The texts of the instructions handed over (the state holds the
+        // open ones, and these were just handed to this step).
+        let instructions: Vec<String> = self
+            .state
+            .thread
+            .in_flight
+            .get(&step)
+            .map(|open| {
+                open.iter()
+                    .filter(|i| instructions.contains(&i.message))
+                    .map(|i| i.content.clone())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let (stop_sender, stop) = StopSignal::channel();
+        if self.state.pause_requested || self.state.cancel_requested.is_some() {
+            let _ = stop_sender.send(true);
+        }
+        self.stops.insert(step.clone(), stop_sender);
+        let comments = {
+            let addr = addr.clone();
+            let (step, lease) = (step.clone(), lease.clone());
+            CommentSink::new(move |content| {
+                addr.do_send(AgentCommented {
+                    step: step.clone(),
+                    lease: lease.clone(),
+                    content,
+                });
+            })
+        };
         self.in_flight += 1;
         actix::spawn(async move {
             let result = async {
@@ -273,13 +349,17 @@ impl RunActor {
                         step: step.clone(),
                         attempt,
                         prompt: def.prompt.clone(),
+                        prompt_override,
+                        instructions,
                         config: def.config.clone(),
                         input,
                         run_input,
                         upstream: resolved_upstream,
+                        stop,
+                        comments,
                     })
                     .await?;
-                store_outputs(&blobs, outputs).await
+                Ok(store_outputs(&blobs, outputs).await?)
             }
             .await;
             addr.do_send(AgentDone {
@@ -361,11 +441,17 @@ impl Handler<AgentDone> for RunActor {
                 at: now(),
                 lease_seed: new_lease_seed(),
             },
-            Err(error) => RunCommand::FailStep {
+            Err(AgentError::Failed(error)) => RunCommand::FailStep {
                 step: done.step.clone(),
                 lease: done.lease.clone(),
                 error,
                 at: now(),
+            },
+            Err(AgentError::Stopped) => RunCommand::InterruptStep {
+                step: done.step.clone(),
+                lease: done.lease.clone(),
+                at: now(),
+                lease_seed: new_lease_seed(),
             },
         };
         AtomicResponse::new(Box::pin(self.turn(command).map(move |result, act, ctx| {
@@ -390,6 +476,27 @@ impl Handler<AgentDone> for RunActor {
     }
 }
 
+impl Handler<AgentCommented> for RunActor {
+    type Result = AtomicResponse<Self, ()>;
+
+    fn handle(&mut self, comment: AgentCommented, _: &mut Self::Context) -> Self::Result {
+        let step = comment.step.clone();
+        let command = RunCommand::AgentComment {
+            step: comment.step,
+            lease: comment.lease,
+            content: comment.content,
+            at: now(),
+        };
+        AtomicResponse::new(Box::pin(self.turn(command).map(move |result, act, _| {
+            if let Err(e) = result {
+                // A comment from a stale attempt, or a storage failure: a
+                // comment is not worth retrying.
+                tracing::debug!(run_id = %act.id, %step, error = %e, "agent comment not recorded");
+            }
+        })))
+    }
+}
+
 impl Handler<Wake> for RunActor {
     type Result = AtomicResponse<Self, ()>;
 
@@ -410,6 +517,15 @@ impl Handler<Wake> for RunActor {
             act.schedule(ctx);
         })))
     }
+}
+
+/// One dispatch to carry out.
+struct Dispatch {
+    step: StepId,
+    attempt: u32,
+    lease: LeaseToken,
+    prompt_override: Option<String>,
+    instructions: Vec<u32>,
 }
 
 async fn resolve(blobs: &BlobStore, content: ArtifactContent) -> Result<Value, String> {

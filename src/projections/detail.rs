@@ -7,8 +7,13 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::domain::ids::Timestamp;
-use crate::domain::run::{RunEvent, RunStatus, StepStatus};
+use crate::domain::definition::Condition;
+use crate::domain::ids::{StepId, Timestamp};
+use crate::domain::run::{ArtifactContent, ArtifactWritten, RunEvent, RunStatus, StepStatus};
+
+fn yes() -> bool {
+    true
+}
 
 /// Formats a timestamp as RFC 3339 UTC with milliseconds.
 pub fn rfc3339(at: Timestamp) -> String {
@@ -17,10 +22,42 @@ pub fn rfc3339(at: Timestamp) -> String {
         .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
+/// One attempt of a step: what it was given and what it wrote, so the run
+/// detail can show why each artifact version exists.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct AttemptView {
+    /// The attempt number.
+    pub attempt: u32,
+    /// running | awaiting_review | completed | failed | interrupted (its
+    /// agent stopped when asked) | invalidated (a retry or rollback upstream
+    /// made its inputs stale while it ran) | superseded (it awaited review
+    /// and the step was retried instead).
+    pub status: String,
+    /// The step's own prompt.
+    pub prompt: Option<String>,
+    /// The prompt the user gave this attempt instead of the step's own.
+    pub prompt_override: Option<String>,
+    /// The instruction messages (numbers in the thread) it received.
+    pub instructions: Vec<u32>,
+    /// The artifact versions it read.
+    pub reads: BTreeMap<String, u32>,
+    /// The artifact versions it wrote.
+    pub writes: BTreeMap<String, u32>,
+    /// True when it was re-dispatched after a restart.
+    pub recovered: bool,
+    /// When it was dispatched.
+    pub started_at: String,
+    /// When it finished.
+    pub finished_at: Option<String>,
+    /// Its error, if it failed.
+    pub error: Option<String>,
+}
+
 /// One step in the run detail.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct StepView {
-    /// pending | ready | running | completed | failed.
+    /// pending | ready | running | awaiting_review | completed | failed |
+    /// skipped.
     pub status: StepStatus,
     /// Current or last attempt (0 before the first dispatch).
     pub attempt: u32,
@@ -38,6 +75,47 @@ pub struct StepView {
     pub error: Option<String>,
     /// The artifacts it wrote (`step.output`).
     pub outputs: Vec<String>,
+    /// The step's own prompt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt: Option<String>,
+    /// The prompt override its attempts use (from a retry or a trigger).
+    #[serde(default)]
+    pub prompt_override: Option<String>,
+    /// Whether it stops for a review.
+    #[serde(default)]
+    pub review: bool,
+    /// The choices a reviewer picks from.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub choices: Vec<String>,
+    /// The choice picked at approval (the latest version of
+    /// `<step>.choice`).
+    #[serde(default)]
+    pub choice: Option<String>,
+    /// Every choice made, by version of `<step>.choice`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub choice_versions: BTreeMap<u32, String>,
+    /// Its condition, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub when: Option<Condition>,
+    /// Every attempt, oldest first.
+    #[serde(default)]
+    pub attempts: Vec<AttemptView>,
+}
+
+impl StepView {
+    fn attempt_mut(&mut self, attempt: u32) -> Option<&mut AttemptView> {
+        self.attempts
+            .iter_mut()
+            .rev()
+            .find(|a| a.attempt == attempt)
+    }
+
+    fn finish_attempt(&mut self, attempt: u32, status: &str, at: Timestamp) {
+        if let Some(a) = self.attempt_mut(attempt) {
+            a.status = status.to_string();
+            a.finished_at = Some(rfc3339(at));
+        }
+    }
 }
 
 /// One artifact in the run detail.
@@ -93,6 +171,18 @@ pub struct RunDetail {
     /// The failed or cancelled run this one retries, if any.
     #[serde(default)]
     pub retry_of: Option<String>,
+    /// The run this one replaced by a redirect, if any.
+    #[serde(default)]
+    pub redirected_from: Option<String>,
+    /// The run that replaced this one by a redirect, if any.
+    #[serde(default)]
+    pub redirected_to: Option<String>,
+    /// Whether ready steps are dispatched without a trigger.
+    #[serde(default = "yes")]
+    pub auto_run: bool,
+    /// Messages in the thread.
+    #[serde(default)]
+    pub messages: u32,
     /// When the run started.
     pub created_at: String,
     /// When it last changed.
@@ -119,10 +209,14 @@ impl RunDetail {
                 input,
                 ready,
                 retry_of,
+                redirected_from,
+                auto_run,
                 at,
             } => {
                 self.id = run_id.to_string();
                 self.retry_of = retry_of.as_ref().map(ToString::to_string);
+                self.redirected_from = redirected_from.as_ref().map(ToString::to_string);
+                self.auto_run = *auto_run;
                 self.template_id = template_id.to_string();
                 self.template_version = *template_version;
                 self.input = input.clone();
@@ -135,55 +229,98 @@ impl RunDetail {
                         let view = StepView {
                             agent: def.agent.to_string(),
                             depends_on: def.depends_on.iter().map(ToString::to_string).collect(),
+                            prompt: def.prompt.clone(),
+                            review: def.review,
+                            choices: def.choices.clone(),
+                            when: def.when.clone(),
                             ..StepView::default()
                         };
                         (id.to_string(), view)
                     })
                     .collect();
-                self.mark_ready(ready.iter().map(ToString::to_string));
+                self.mark(ready, StepStatus::Ready);
             }
             RunEvent::StepDispatched {
-                step, attempt, at, ..
+                step,
+                attempt,
+                reads,
+                recovered,
+                prompt_override,
+                instructions,
+                at,
+                ..
             } => {
-                let s = self.steps.entry(step.to_string()).or_default();
+                let s = self.step(step);
                 s.status = StepStatus::Running;
                 s.attempt = *attempt;
                 s.started_at = Some(rfc3339(*at));
                 s.retry_at = None;
+                s.prompt_override = prompt_override.clone();
+                let view = AttemptView {
+                    attempt: *attempt,
+                    status: "running".into(),
+                    prompt: s.prompt.clone(),
+                    prompt_override: prompt_override.clone(),
+                    instructions: instructions.clone(),
+                    reads: reads.iter().map(|(n, v)| (n.to_string(), *v)).collect(),
+                    writes: BTreeMap::new(),
+                    recovered: *recovered,
+                    started_at: rfc3339(*at),
+                    finished_at: None,
+                    error: None,
+                };
+                match s.attempt_mut(*attempt) {
+                    // A recovered dispatch is the same attempt again.
+                    Some(existing) if *recovered => *existing = view,
+                    _ => s.attempts.push(view),
+                }
             }
             RunEvent::StepCompleted {
                 step,
+                attempt,
                 artifacts,
                 ready,
+                skipped,
                 at,
-                ..
             } => {
-                let s = self.steps.entry(step.to_string()).or_default();
+                self.write_artifacts(step, *attempt, artifacts, *at);
+                let s = self.step(step);
                 s.status = StepStatus::Completed;
                 s.finished_at = Some(rfc3339(*at));
                 s.error = None;
-                for written in artifacts {
-                    let name = written.name.to_string();
-                    if !s.outputs.contains(&name) {
-                        s.outputs.push(name.clone());
-                    }
-                    let a = self.artifacts.entry(name).or_default();
-                    a.latest = written.version;
-                    a.versions += 1;
-                    a.step = step.to_string();
-                    a.updated_at = rfc3339(*at);
-                }
-                self.mark_ready(ready.iter().map(ToString::to_string));
+                s.finish_attempt(*attempt, "completed", *at);
+                self.mark(ready, StepStatus::Ready);
+                self.mark(skipped, StepStatus::Skipped);
+            }
+            RunEvent::StepAwaitingReview {
+                step,
+                attempt,
+                artifacts,
+                at,
+            } => {
+                self.write_artifacts(step, *attempt, artifacts, *at);
+                let s = self.step(step);
+                s.status = StepStatus::AwaitingReview;
+                s.error = None;
+                s.finish_attempt(*attempt, "awaiting_review", *at);
+            }
+            RunEvent::StepApproved { step, choice, .. } => {
+                self.step(step).choice = choice.clone();
             }
             RunEvent::StepFailed {
                 step,
+                attempt,
                 error,
                 will_retry,
                 at,
                 ..
             } => {
-                let s = self.steps.entry(step.to_string()).or_default();
+                let s = self.step(step);
                 s.error = Some(error.clone());
+                s.finish_attempt(*attempt, "failed", *at);
+                if let Some(a) = s.attempt_mut(*attempt) {
+                    a.error = Some(error.clone());
+                }
                 if *will_retry {
                     s.status = StepStatus::Ready;
                 } else {
@@ -192,11 +329,66 @@ impl RunDetail {
                 }
             }
             RunEvent::StepRetryScheduled { step, due_at, .. } => {
-                let s = self.steps.entry(step.to_string()).or_default();
+                let s = self.step(step);
                 s.status = StepStatus::Ready;
                 s.retry_at = Some(rfc3339(*due_at));
             }
-            RunEvent::RunCompleted { .. } => self.status = RunStatus::Completed,
+            RunEvent::StepInterrupted { step, attempt, at } => {
+                let s = self.step(step);
+                s.status = StepStatus::Ready;
+                s.finish_attempt(*attempt, "interrupted", *at);
+            }
+            RunEvent::StepRetryRequested {
+                step,
+                prompt_override,
+                invalidated,
+                reopens_run,
+                at,
+            } => {
+                let s = self.step(step);
+                // An attempt a reviewer sent back never gets approved.
+                if let Some(last) = s.attempts.last_mut() {
+                    if last.status == "awaiting_review" {
+                        last.status = "superseded".into();
+                    }
+                }
+                s.status = StepStatus::Ready;
+                s.finished_at = None;
+                s.retry_at = None;
+                s.error = None;
+                s.choice = None;
+                s.prompt_override = prompt_override.clone();
+                self.invalidate(invalidated, *reopens_run, *at);
+            }
+            RunEvent::ArtifactRolledBack {
+                name,
+                to_version,
+                invalidated,
+                ready,
+                skipped,
+                reopens_run,
+                at,
+                ..
+            } => {
+                let a = self.artifacts.entry(name.to_string()).or_default();
+                a.latest = *to_version;
+                a.updated_at = rfc3339(*at);
+                // Rolling a review's choice back routes the run by the old
+                // choice again.
+                if let Some(s) = self.steps.get_mut(name.step()) {
+                    if let Some(choice) = s.choice_versions.get(to_version) {
+                        s.choice = Some(choice.clone());
+                    }
+                }
+                self.invalidate(invalidated, *reopens_run, *at);
+                self.mark(ready, StepStatus::Ready);
+                self.mark(skipped, StepStatus::Skipped);
+            }
+            RunEvent::RunCompleted { .. } => {
+                self.status = RunStatus::Completed;
+                self.pause_requested = false;
+                self.cancel_requested = false;
+            }
             RunEvent::PauseRequested { .. } => self.pause_requested = true,
             RunEvent::RunPaused { .. } => {
                 self.status = RunStatus::Paused;
@@ -217,17 +409,77 @@ impl RunDetail {
             }
             RunEvent::RunFailed { step, error, .. } => {
                 self.status = RunStatus::Failed;
+                self.pause_requested = false;
+                self.cancel_requested = false;
                 self.error = Some(FailureView {
                     step: step.to_string(),
                     message: error.clone(),
                 });
             }
+            RunEvent::RunRedirected { to, .. } => self.redirected_to = Some(to.to_string()),
+            RunEvent::AutoRunChanged { enabled, .. } => self.auto_run = *enabled,
+            RunEvent::MessagePosted { message, .. } => self.messages = *message,
+            RunEvent::MessageStatusChanged { .. } => {}
         }
     }
 
-    fn mark_ready(&mut self, ready: impl Iterator<Item = String>) {
-        for step in ready {
-            self.steps.entry(step).or_default().status = StepStatus::Ready;
+    fn step(&mut self, step: &StepId) -> &mut StepView {
+        self.steps.entry(step.to_string()).or_default()
+    }
+
+    fn write_artifacts(
+        &mut self,
+        step: &StepId,
+        attempt: u32,
+        artifacts: &[ArtifactWritten],
+        at: Timestamp,
+    ) {
+        for written in artifacts {
+            let name = written.name.to_string();
+            let s = self.steps.entry(step.to_string()).or_default();
+            if !s.outputs.contains(&name) {
+                s.outputs.push(name.clone());
+            }
+            if let Some(a) = s.attempt_mut(attempt) {
+                a.writes.insert(name.clone(), written.version);
+            }
+            if let (true, "choice", ArtifactContent::Inline(Value::String(choice))) =
+                (s.review, written.name.output(), &written.content)
+            {
+                s.choice_versions.insert(written.version, choice.clone());
+            }
+            let a = self.artifacts.entry(name).or_default();
+            a.latest = written.version;
+            a.versions += 1;
+            a.step = step.to_string();
+            a.updated_at = rfc3339(at);
+        }
+    }
+
+    /// Steps sent back to pending by a retry or rollback upstream; a running
+    /// attempt among them is invalidated.
+    fn invalidate(&mut self, steps: &[StepId], reopens_run: bool, at: Timestamp) {
+        for step in steps {
+            let s = self.step(step);
+            if s.status == StepStatus::Running {
+                let attempt = s.attempt;
+                s.finish_attempt(attempt, "invalidated", at);
+            }
+            s.status = StepStatus::Pending;
+            s.finished_at = None;
+            s.retry_at = None;
+            s.error = None;
+            s.choice = None;
+        }
+        if reopens_run {
+            self.status = RunStatus::Running;
+            self.error = None;
+        }
+    }
+
+    fn mark(&mut self, steps: &[StepId], status: StepStatus) {
+        for step in steps {
+            self.step(step).status = status;
         }
     }
 }

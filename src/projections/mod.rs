@@ -21,10 +21,10 @@ mod detail;
 mod reads;
 mod writer;
 
-pub use detail::{rfc3339, ArtifactView, FailureView, RunDetail, StepView};
+pub use detail::{rfc3339, ArtifactView, AttemptView, FailureView, RunDetail, StepView};
 pub use reads::{
-    decode_cursor, ArtifactVersionRow, Page, ReadModels, RunSummary, TemplateView, DEFAULT_PAGE,
-    MAX_PAGE,
+    decode_cursor, ArtifactVersionRow, MessageView, Page, ReadModels, RunSummary, TemplateView,
+    DEFAULT_PAGE, MAX_PAGE,
 };
 pub use writer::Projector;
 

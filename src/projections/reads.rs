@@ -1,6 +1,6 @@
 //! Queries on the read models, for the API and the engine's start-up.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sqlx::Row;
 
@@ -17,6 +17,9 @@ const ARTIFACT_VERSIONS: &str = include_str!("sql/artifact_versions.sql");
 const ACTIVE_RUNS: &str = include_str!("sql/active_runs.sql");
 const TEMPLATE_GET: &str = include_str!("sql/template_get.sql");
 const TEMPLATES_LIST: &str = include_str!("sql/templates_list.sql");
+const MESSAGES_LIST: &str = include_str!("sql/messages_list.sql");
+const MESSAGE_GET: &str = include_str!("sql/message_get.sql");
+const MESSAGE_BY_KEY: &str = include_str!("sql/message_by_key.sql");
 
 /// Page size when none is asked for.
 pub const DEFAULT_PAGE: u32 = 50;
@@ -187,6 +190,58 @@ pub fn decode_cursor(cursor: &str) -> Option<(i64, String)> {
     Some((at.parse().ok()?, id.to_string()))
 }
 
+/// One message of a run's thread, as the API shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MessageView {
+    /// Its number in the thread, from 1.
+    pub id: u32,
+    /// user | agent | system.
+    pub author: String,
+    /// comment | instruction | pause | resume | cancel | redirect.
+    pub action: String,
+    /// Its text.
+    pub content: String,
+    /// Client JSON attached to it (null when none).
+    pub metadata: Value,
+    /// The step it is about, if any.
+    pub step: Option<String>,
+    /// pending | acknowledged | processed | ignored.
+    pub status: String,
+    /// Why it was ignored.
+    pub reason: Option<String>,
+    /// The client's idempotency key, if any.
+    pub idempotency_key: Option<String>,
+    /// When it was posted.
+    pub created_at: String,
+    /// When its status last changed.
+    pub updated_at: String,
+}
+
+fn message_from_row<R: Row>(r: &R) -> Result<MessageView, sqlx::Error>
+where
+    for<'a> &'a str: sqlx::ColumnIndex<R>,
+    i64: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    String: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    Option<String>: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    Option<Value>: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    Ok(MessageView {
+        id: u32::try_from(r.try_get::<i64, _>("message")?).unwrap_or(0),
+        author: r.try_get("author")?,
+        action: r.try_get("action")?,
+        content: r.try_get("content")?,
+        metadata: r
+            .try_get::<Option<Value>, _>("metadata")?
+            .unwrap_or(Value::Null),
+        step: r.try_get("step")?,
+        status: r.try_get("status")?,
+        reason: r.try_get("reason")?,
+        idempotency_key: r.try_get("idempotency_key")?,
+        created_at: rfc3339(Timestamp(r.try_get("created_at")?)),
+        updated_at: rfc3339(Timestamp(r.try_get("updated_at")?)),
+    })
+}
+
 /// Read access to the read models.
 #[derive(Clone, Debug)]
 pub struct ReadModels {
@@ -268,6 +323,63 @@ impl ReadModels {
                 .collect::<Result<Vec<_>, _>>()?
         });
         Ok(rows)
+    }
+
+    /// A page of a run's thread: the messages after number `after`, in
+    /// order.
+    pub async fn messages(
+        &self,
+        run_id: &str,
+        after: u32,
+        limit: u32,
+    ) -> Result<Page<MessageView>, ProjectionError> {
+        let mut items: Vec<MessageView> = with_pool!(&self.db, pool => {
+            sqlx::query(MESSAGES_LIST)
+                .bind(run_id)
+                .bind(i64::from(after))
+                .bind(i64::from(limit) + 1)
+                .fetch_all(pool)
+                .await?
+                .iter()
+                .map(message_from_row)
+                .collect::<Result<Vec<_>, _>>()?
+        });
+        let more = items.len() > limit as usize;
+        items.truncate(limit as usize);
+        let next_cursor = more
+            .then(|| items.last().map(|m| m.id.to_string()))
+            .flatten();
+        Ok(Page { items, next_cursor })
+    }
+
+    /// One message of a run's thread, by number.
+    pub async fn message(
+        &self,
+        run_id: &str,
+        message: u32,
+    ) -> Result<Option<MessageView>, ProjectionError> {
+        let row = with_pool!(&self.db, pool => {
+            match sqlx::query(MESSAGE_GET).bind(run_id).bind(i64::from(message)).fetch_optional(pool).await? {
+                Some(row) => Some(message_from_row(&row)?),
+                None => None,
+            }
+        });
+        Ok(row)
+    }
+
+    /// The message a client posted with this idempotency key.
+    pub async fn message_by_key(
+        &self,
+        run_id: &str,
+        key: &str,
+    ) -> Result<Option<MessageView>, ProjectionError> {
+        let row = with_pool!(&self.db, pool => {
+            match sqlx::query(MESSAGE_BY_KEY).bind(run_id).bind(key).fetch_optional(pool).await? {
+                Some(row) => Some(message_from_row(&row)?),
+                None => None,
+            }
+        });
+        Ok(row)
     }
 
     /// Ids of runs that are queued or running, oldest first.

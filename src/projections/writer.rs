@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::detail::RunDetail;
 use super::ProjectionError;
 use crate::db::{BeginWrite, Db};
-use crate::domain::run::{Run, RunEvent};
+use crate::domain::run::{Author, Run, RunEvent};
 use crate::domain::template::{Template, TemplateEvent};
 use crate::with_pool;
 
@@ -31,6 +31,10 @@ const EVENTS_AFTER: &str = include_str!("sql/events_after.sql");
 const PG_ARTIFACTS_PUT: &str = include_str!("sql/postgres/artifacts_put_many.sql");
 const PG_SUMMARIES_PUT: &str = include_str!("sql/postgres/summaries_put_many.sql");
 const PG_DETAILS_PUT: &str = include_str!("sql/postgres/details_put_many.sql");
+const MESSAGE_PUT: &str = include_str!("sql/message_put.sql");
+const MESSAGE_STATUS: &str = include_str!("sql/message_status.sql");
+const PG_MESSAGES_PUT: &str = include_str!("sql/postgres/messages_put_many.sql");
+const PG_MESSAGE_STATUSES: &str = include_str!("sql/postgres/message_statuses_many.sql");
 
 /// Most jobs grouped into one transaction.
 const MAX_JOBS_PER_TRANSACTION: usize = 256;
@@ -352,19 +356,7 @@ async fn write(
                     continue;
                 }
                 detail.apply(*sequence, event);
-                if let RunEvent::StepCompleted { step, attempt, artifacts, at, .. } = event {
-                    for written in artifacts {
-                        rows.artifacts.push(ArtifactRow {
-                            run_id: run_id.to_string(),
-                            name: written.name.to_string(),
-                            version: i64::from(written.version),
-                            step: step.to_string(),
-                            attempt: i64::from(*attempt),
-                            created_at: at.0,
-                            content: serde_json::to_value(&written.content)?,
-                        });
-                    }
-                }
+                rows.add(run_id, *sequence, event)?;
             }
             if detail.sequence == before {
                 continue;
@@ -447,12 +439,127 @@ struct DetailRow {
     doc: Value,
 }
 
+/// One thread message to insert.
+struct MessageRow {
+    run_id: String,
+    message: i64,
+    author: &'static str,
+    action: &'static str,
+    content: String,
+    metadata: Option<Value>,
+    step: Option<String>,
+    idempotency_key: Option<String>,
+    status: &'static str,
+    reason: Option<String>,
+    at: i64,
+    sequence: i64,
+}
+
+/// One thread message's new status.
+struct StatusRow {
+    status: &'static str,
+    step: Option<String>,
+    reason: Option<String>,
+    at: i64,
+    sequence: i64,
+}
+
 /// The rows a batch writes, collected first so that PostgreSQL can take
-/// them in three statements.
+/// them in a few multi-row statements.
 #[derive(Default)]
 struct Rows {
     artifacts: Vec<ArtifactRow>,
     details: Vec<DetailRow>,
+    messages: Vec<MessageRow>,
+    /// The latest status change of each message, by (run, message).
+    statuses: BTreeMap<(String, i64), StatusRow>,
+}
+
+impl Rows {
+    /// Collects the artifact and thread rows one run event implies.
+    fn add(
+        &mut self,
+        run_id: &str,
+        sequence: u64,
+        event: &RunEvent,
+    ) -> Result<(), ProjectionError> {
+        match event {
+            RunEvent::StepCompleted {
+                step,
+                attempt,
+                artifacts,
+                at,
+                ..
+            }
+            | RunEvent::StepAwaitingReview {
+                step,
+                attempt,
+                artifacts,
+                at,
+            } => {
+                for written in artifacts {
+                    self.artifacts.push(ArtifactRow {
+                        run_id: run_id.to_string(),
+                        name: written.name.to_string(),
+                        version: i64::from(written.version),
+                        step: step.to_string(),
+                        attempt: i64::from(*attempt),
+                        created_at: at.0,
+                        content: serde_json::to_value(&written.content)?,
+                    });
+                }
+            }
+            RunEvent::MessagePosted {
+                message,
+                author,
+                action,
+                content,
+                metadata,
+                step,
+                idempotency_key,
+                status,
+                reason,
+                at,
+            } => self.messages.push(MessageRow {
+                run_id: run_id.to_string(),
+                message: i64::from(*message),
+                author: match author {
+                    Author::User => "user",
+                    Author::Agent => "agent",
+                    Author::System => "system",
+                },
+                action: action.as_str(),
+                content: content.clone(),
+                metadata: (!metadata.is_null()).then(|| metadata.clone()),
+                step: step.as_ref().map(ToString::to_string),
+                idempotency_key: idempotency_key.clone(),
+                status: status.as_str(),
+                reason: reason.clone(),
+                at: at.0,
+                sequence: sequence as i64,
+            }),
+            RunEvent::MessageStatusChanged {
+                message,
+                status,
+                step,
+                reason,
+                at,
+            } => {
+                self.statuses.insert(
+                    (run_id.to_string(), i64::from(*message)),
+                    StatusRow {
+                        status: status.as_str(),
+                        step: step.as_ref().map(ToString::to_string),
+                        reason: reason.clone(),
+                        at: at.0,
+                        sequence: sequence as i64,
+                    },
+                );
+            }
+            _ => {}
+        }
+        Ok(())
+    }
 }
 
 /// Writes a batch's rows: one statement per row on SQLite (in-process, so
@@ -486,6 +593,35 @@ impl RowWriter for sqlx::Sqlite {
                 .bind(a.attempt)
                 .bind(a.created_at)
                 .bind(&a.content)
+                .execute(&mut **tx)
+                .await?;
+        }
+        for m in &rows.messages {
+            sqlx::query(MESSAGE_PUT)
+                .bind(&m.run_id)
+                .bind(m.message)
+                .bind(m.author)
+                .bind(m.action)
+                .bind(&m.content)
+                .bind(&m.metadata)
+                .bind(&m.step)
+                .bind(&m.idempotency_key)
+                .bind(m.status)
+                .bind(&m.reason)
+                .bind(m.at)
+                .bind(m.sequence)
+                .execute(&mut **tx)
+                .await?;
+        }
+        for ((run_id, message), s) in &rows.statuses {
+            sqlx::query(MESSAGE_STATUS)
+                .bind(run_id)
+                .bind(message)
+                .bind(s.status)
+                .bind(&s.reason)
+                .bind(s.at)
+                .bind(s.sequence)
+                .bind(&s.step)
                 .execute(&mut **tx)
                 .await?;
         }
@@ -526,6 +662,41 @@ impl RowWriter for sqlx::Postgres {
                 .bind(a.iter().map(|r| r.attempt).collect::<Vec<_>>())
                 .bind(a.iter().map(|r| r.created_at).collect::<Vec<_>>())
                 .bind(a.iter().map(|r| r.content.clone()).collect::<Vec<_>>())
+                .execute(&mut **tx)
+                .await?;
+        }
+        if !rows.messages.is_empty() {
+            let m = &rows.messages;
+            sqlx::query(PG_MESSAGES_PUT)
+                .bind(m.iter().map(|r| r.run_id.as_str()).collect::<Vec<_>>())
+                .bind(m.iter().map(|r| r.message).collect::<Vec<_>>())
+                .bind(m.iter().map(|r| r.author).collect::<Vec<_>>())
+                .bind(m.iter().map(|r| r.action).collect::<Vec<_>>())
+                .bind(m.iter().map(|r| r.content.as_str()).collect::<Vec<_>>())
+                .bind(m.iter().map(|r| r.metadata.clone()).collect::<Vec<_>>())
+                .bind(m.iter().map(|r| r.step.clone()).collect::<Vec<_>>())
+                .bind(
+                    m.iter()
+                        .map(|r| r.idempotency_key.clone())
+                        .collect::<Vec<_>>(),
+                )
+                .bind(m.iter().map(|r| r.status).collect::<Vec<_>>())
+                .bind(m.iter().map(|r| r.reason.clone()).collect::<Vec<_>>())
+                .bind(m.iter().map(|r| r.at).collect::<Vec<_>>())
+                .bind(m.iter().map(|r| r.sequence).collect::<Vec<_>>())
+                .execute(&mut **tx)
+                .await?;
+        }
+        if !rows.statuses.is_empty() {
+            let s = &rows.statuses;
+            sqlx::query(PG_MESSAGE_STATUSES)
+                .bind(s.keys().map(|(r, _)| r.as_str()).collect::<Vec<_>>())
+                .bind(s.keys().map(|(_, n)| *n).collect::<Vec<_>>())
+                .bind(s.values().map(|r| r.status).collect::<Vec<_>>())
+                .bind(s.values().map(|r| r.reason.clone()).collect::<Vec<_>>())
+                .bind(s.values().map(|r| r.at).collect::<Vec<_>>())
+                .bind(s.values().map(|r| r.sequence).collect::<Vec<_>>())
+                .bind(s.values().map(|r| r.step.clone()).collect::<Vec<_>>())
                 .execute(&mut **tx)
                 .await?;
         }

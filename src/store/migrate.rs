@@ -29,6 +29,12 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../../schema/sqlite/002_projections.sql"),
         postgres: include_str!("../../schema/postgres/002_projections.sql"),
     },
+    Migration {
+        version: 3,
+        name: "thread",
+        sqlite: include_str!("../../schema/sqlite/003_thread.sql"),
+        postgres: include_str!("../../schema/postgres/003_thread.sql"),
+    },
 ];
 
 const CREATE_TABLE: &str = "CREATE TABLE IF NOT EXISTS runlog_migrations \

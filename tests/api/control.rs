@@ -6,7 +6,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
 
-use crate::common::{diamond, expect_error, spawn_app, spawn_app_on, Reply, Storage, TestApp};
+use crate::common::{
+    diamond, expect_error, spawn_app, spawn_app_on, without_thread, Reply, Storage, TestApp,
+};
 use crate::on_both_backends;
 
 /// How long a test waits for a run to reach a state.
@@ -27,6 +29,15 @@ fn slow_chain(delay_ms: u64) -> Value {
     json!({"steps": {
         "a": {"agent": "echo", "config": {"delay_ms": delay_ms}},
         "b": {"agent": "echo", "depends_on": ["a"]}
+    }})
+}
+
+/// `slow_chain` whose agents post no comments: while `a` runs its log holds
+/// still, so a refused request can be shown to record nothing.
+fn quiet_slow_chain(delay_ms: u64) -> Value {
+    json!({"steps": {
+        "a": {"agent": "echo", "config": {"delay_ms": delay_ms, "comments": false}},
+        "b": {"agent": "echo", "depends_on": ["a"], "config": {"comments": false}}
     }})
 }
 
@@ -134,6 +145,18 @@ fn count(events: &[Value], event_type: &str, step: Option<&str>) -> usize {
     events.iter().filter(|e| is(e, event_type, step)).count()
 }
 
+/// Asserts that the log ends with `event_type` and the system message
+/// announcing it (recorded in the same commit).
+fn ends_with_announcement(log: &[Value], event_type: &str, text: &str) {
+    let n = log.len();
+    assert!(n >= 2, "{:?}", types(log));
+    assert_eq!(log[n - 2]["event_type"], event_type, "{:?}", types(log));
+    let message = &log[n - 1];
+    assert_eq!(message["event_type"], "MessagePosted", "{message}");
+    assert_eq!(message["payload"]["author"], "system", "{message}");
+    assert_eq!(message["payload"]["content"], text, "{message}");
+}
+
 fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -208,7 +231,9 @@ on_both_backends!(
         tokio::time::sleep(Duration::from_millis(300)).await;
         let detail = app.run(&run).await;
         assert_eq!(detail["status"], "paused", "{detail}");
-        let events = app.events(&run).await;
+        let log = app.events(&run).await;
+        ends_with_announcement(&log, "RunPaused", "Run paused.");
+        let events = without_thread(&log);
         assert_eq!(
             count(&events, "StepDispatched", Some("d")),
             0,
@@ -241,7 +266,9 @@ on_both_backends!(
         let detail = app.wait_finished(&run, WAIT).await;
         assert_eq!(detail["status"], "completed", "{detail}");
         assert_eq!(detail["steps"]["d"]["status"], "completed", "{detail}");
-        let events = app.events(&run).await;
+        let log = app.events(&run).await;
+        ends_with_announcement(&log, "RunCompleted", "Run completed.");
+        let events = without_thread(&log);
         let resumed_at = only(&events, "RunResumed", None);
         assert!(reached < resumed_at, "{:?}", types(&events));
         assert!(
@@ -278,7 +305,9 @@ on_both_backends!(
         };
         assert_eq!(paused["status"], "paused", "{paused}");
         assert_eq!(paused["pause_requested"], false, "{paused}");
-        let events = app.events(&run).await;
+        let log = app.events(&run).await;
+        ends_with_announcement(&log, "RunPaused", "Run paused.");
+        let events = without_thread(&log);
         let requested = only(&events, "PauseRequested", None);
         assert!(
             is(&events[requested + 1], "RunPaused", None),
@@ -300,11 +329,7 @@ on_both_backends!(
         let detail = app.run(&run).await;
         assert_eq!(detail["status"], "paused", "{detail}");
         assert_eq!(detail["steps"]["flaky"]["attempt"], 1, "{detail}");
-        assert_eq!(
-            app.events(&run).await,
-            events,
-            "a paused run recorded events"
-        );
+        assert_eq!(app.events(&run).await, log, "a paused run recorded events");
 
         // Resuming dispatches the retry, now due, at once.
         ok(resume(&app, &run).await);
@@ -312,7 +337,7 @@ on_both_backends!(
         assert_eq!(detail["status"], "completed", "{detail}");
         assert_eq!(detail["steps"]["flaky"]["attempt"], 2, "{detail}");
         assert_eq!(detail["steps"]["after"]["status"], "completed", "{detail}");
-        let events = app.events(&run).await;
+        let events = app.events_without_thread(&run).await;
         let resumed = only(&events, "RunResumed", None);
         let again = &events[resumed + 1];
         assert!(
@@ -425,7 +450,9 @@ on_both_backends!(
         // Give a wrong dispatch the chance to show up.
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert_eq!(app.run(&run).await, detail, "a cancelled run changed");
-        let events = app.events(&run).await;
+        let log = app.events(&run).await;
+        ends_with_announcement(&log, "RunCancelled", &format!("Run cancelled: {reason}"));
+        let events = without_thread(&log);
         let requested = only(&events, "CancelRequested", None);
         assert_eq!(events[requested]["payload"]["reason"], reason);
         assert!(
@@ -481,7 +508,9 @@ on_both_backends!(cancelling_a_paused_run_cancels_it_at_once, |backend| {
         "{cancelled}"
     );
     assert_eq!(cancelled["steps"]["b"]["attempt"], 0, "{cancelled}");
-    let events = app.events(&run).await;
+    let log = app.events(&run).await;
+    ends_with_announcement(&log, "RunCancelled", "Run cancelled: not needed");
+    let events = without_thread(&log);
     let n = events.len();
     assert_eq!(
         types(&events)[n - 3..],
@@ -532,7 +561,7 @@ on_both_backends!(
         let Some(app) = spawn_app(backend).await else {
             return;
         };
-        let slow = app.template_id("chain", slow_chain(2000)).await;
+        let slow = app.template_id("chain", quiet_slow_chain(2000)).await;
         let quick = app.template_id("diamond", diamond(0)).await;
         let p = app.run_id(&slow, json!({"x": 1})).await;
         let c = app.run_id(&slow, json!({"x": 2})).await;
@@ -697,8 +726,9 @@ on_both_backends!(
         let detail = second.wait_finished(&run, WAIT).await;
         assert_eq!(detail["status"], "completed", "{detail}");
         assert_eq!(detail["steps"]["d"]["status"], "completed", "{detail}");
-        let events = second.events(&run).await;
-        assert_eq!(events[..events_before.len()], events_before[..]);
+        let log = second.events(&run).await;
+        assert_eq!(log[..events_before.len()], events_before[..]);
+        let events = without_thread(&log);
         let resumed = only(&events, "RunResumed", None);
         assert!(
             is(&events[resumed + 1], "StepDispatched", Some("d")),
@@ -748,7 +778,7 @@ on_both_backends!(
         );
         let first = &app.events(&id).await[0];
         assert_eq!(first["event_type"], "RunStarted");
-        assert_eq!(first["event_version"], "1.1");
+        assert_eq!(first["event_version"], "1.2");
         assert_eq!(first["payload"]["retry_of"], original.as_str());
     }
 );

@@ -5,9 +5,12 @@
 mod common;
 
 mod control;
+mod human;
 mod replay;
 mod runs;
+mod scenario;
 mod templates;
+mod thread;
 mod ws;
 
 pub use common::*;

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::common::{diamond, spawn_app, TestApp};
+use crate::common::{diamond, is_thread_event, spawn_app, TestApp};
 use crate::on_both_backends;
 
 /// Runs `runlog replay <run_id> <extra…>` on the app's storage.
@@ -78,7 +78,19 @@ on_both_backends!(replay_at_each_sequence_shows_the_run_as_it_was, |backend| {
     };
     let run = finished_diamond(&app).await;
     let last = app.run(&run).await["sequence"].as_u64().expect("sequence");
-    assert_eq!(last as usize, app.events(&run).await.len());
+    let events = app.events(&run).await;
+    assert_eq!(last as usize, events.len());
+    // The run completes at RunCompleted; only its announcement in the
+    // thread follows it, in the same commit.
+    let completed_at = events
+        .iter()
+        .position(|e| e["event_type"] == "RunCompleted")
+        .expect("a RunCompleted event") as u64
+        + 1;
+    assert!(
+        events[completed_at as usize..].iter().all(is_thread_event),
+        "{events:?}"
+    );
     let mut previous: Option<Value> = None;
     for n in 1..=last {
         let state = json_of(&replay(&app, &run, &["--at", &n.to_string()]).await);
@@ -93,8 +105,8 @@ on_both_backends!(replay_at_each_sequence_shows_the_run_as_it_was, |backend| {
                 assert_eq!(view["status"], expected, "step {step} at 1: {state}");
             }
         }
-        if n == last {
-            assert_eq!(state["status"], "completed", "{state}");
+        if n >= completed_at {
+            assert_eq!(state["status"], "completed", "at {n}: {state}");
         } else {
             assert_eq!(state["status"], "running", "at {n}: {state}");
         }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::common::{diamond, expect_error, spawn_app, TestApp};
+use crate::common::{diamond, expect_error, is_thread_event, spawn_app, without_thread, TestApp};
 use crate::on_both_backends;
 
 /// How long a test waits for a run to finish.
@@ -210,7 +210,8 @@ on_both_backends!(
 
         // Give a wrongly scheduled dispatch the chance to show up.
         tokio::time::sleep(Duration::from_millis(200)).await;
-        let events = app.events(&run).await;
+        let log = app.events(&run).await;
+        let events = without_thread(&log);
         let dispatched = step_events(&events, "StepDispatched", "flaky");
         let failed = step_events(&events, "StepFailed", "flaky");
         let retries = step_events(&events, "StepRetryScheduled", "flaky");
@@ -239,13 +240,23 @@ on_both_backends!(
         }
         for step in ["after", "last"] {
             assert!(
-                events.iter().all(|e| e["payload"]["step"] != step),
-                "an event about {step}, whose dependency failed: {events:?}"
+                log.iter().all(|e| e["payload"]["step"] != step),
+                "an event about {step}, whose dependency failed: {log:?}"
             );
         }
         let last = events.last().unwrap();
         assert_eq!(last["event_type"], "RunFailed", "{last}");
         assert_eq!(last["payload"]["step"], "flaky");
+        // The same commit announces it in the thread, last.
+        let announced = log.last().unwrap();
+        assert_eq!(announced["event_type"], "MessagePosted", "{announced}");
+        assert_eq!(announced["payload"]["author"], "system", "{announced}");
+        assert!(
+            announced["payload"]["content"]
+                .as_str()
+                .is_some_and(|c| c.starts_with("Run failed: step 'flaky' failed")),
+            "{announced}"
+        );
         assert_eq!(
             events
                 .iter()
@@ -282,7 +293,7 @@ on_both_backends!(
         assert!(detail["steps"]["shaky"]["error"].is_null(), "{detail}");
         assert_eq!(detail["steps"]["next"]["status"], "completed");
 
-        let events = app.events(&run).await;
+        let events = app.events_without_thread(&run).await;
         assert_eq!(step_events(&events, "StepDispatched", "shaky").len(), 2);
         assert_eq!(step_events(&events, "StepFailed", "shaky").len(), 1);
         assert_eq!(step_events(&events, "StepRetryScheduled", "shaky").len(), 1);
@@ -677,14 +688,15 @@ on_both_backends!(
             ] {
                 assert!(keys.contains(&key), "an event without {key}: {event}");
             }
-            // StepFailed (fails_run) and RunStarted (retry_of) are at 1.1;
-            // every other event at 1.0.
-            let version =
-                if event["event_type"] == "StepFailed" || event["event_type"] == "RunStarted" {
-                    "1.1"
-                } else {
-                    "1.0"
-                };
+            // RunStarted (retry_of, then redirected_from and auto_run) is at
+            // 1.2; StepFailed (fails_run), StepDispatched (prompt_override,
+            // instructions) and StepCompleted (skipped) at 1.1; every other
+            // event at 1.0.
+            let version = match event["event_type"].as_str() {
+                Some("RunStarted") => "1.2",
+                Some("StepFailed" | "StepDispatched" | "StepCompleted") => "1.1",
+                _ => "1.0",
+            };
             assert_eq!(event["event_version"], version, "{event}");
             assert!(event["metadata"].is_object(), "{event}");
             recorded_at(event);
@@ -694,8 +706,11 @@ on_both_backends!(
                 assert!(event["payload"]["step"].is_string(), "{event}");
             }
         }
+        // Agents' comments interleave with the steps' events: the story is
+        // told without the thread.
         let kinds: Vec<&str> = events
             .iter()
+            .filter(|e| !is_thread_event(e))
             .map(|e| e["event_type"].as_str().unwrap())
             .collect();
         assert_eq!(

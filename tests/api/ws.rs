@@ -15,7 +15,7 @@ use crate::on_both_backends;
 const READ_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Opens a WebSocket to the app.
-async fn connect(
+pub(crate) async fn connect(
     app: &TestApp,
 ) -> impl Stream<Item = Result<Frame, awc::error::WsProtocolError>>
        + Sink<Message, Error = awc::error::WsProtocolError>
@@ -31,7 +31,7 @@ async fn connect(
 }
 
 /// Sends a text frame.
-async fn send_text<S>(ws: &mut S, text: String)
+pub(crate) async fn send_text<S>(ws: &mut S, text: String)
 where
     S: Sink<Message> + Unpin,
     S::Error: Debug,
@@ -42,7 +42,7 @@ where
 }
 
 /// Sends a JSON message.
-async fn send<S>(ws: &mut S, message: Value)
+pub(crate) async fn send<S>(ws: &mut S, message: Value)
 where
     S: Sink<Message> + Unpin,
     S::Error: Debug,
@@ -52,7 +52,7 @@ where
 
 /// The next JSON text message (control frames are skipped); panics on a
 /// timeout, a close or a non-JSON frame.
-async fn recv<S, E>(ws: &mut S) -> Value
+pub(crate) async fn recv<S, E>(ws: &mut S) -> Value
 where
     S: Stream<Item = Result<Frame, E>> + Unpin,
     E: Debug,
@@ -75,30 +75,54 @@ where
     }
 }
 
-/// Reads `{"type":"event"}` messages until RunCompleted (or RunFailed),
-/// asserting each is an event of `run`.
-async fn events_until_finished<S, E>(ws: &mut S, run: &str) -> Vec<Value>
+/// Whether `event` ends a run: RunCompleted or RunFailed.
+fn is_end(event: &Value) -> bool {
+    matches!(
+        event["event_type"].as_str(),
+        Some("RunCompleted" | "RunFailed")
+    )
+}
+
+/// Whether `event` is a system message (the engine's announcement).
+fn is_system_message(event: &Value) -> bool {
+    event["event_type"] == "MessagePosted" && event["payload"]["author"] == "system"
+}
+
+/// Asserts `events` end with RunCompleted and its announcement.
+fn assert_completed(events: &[Value]) {
+    let n = events.len();
+    assert!(n >= 2, "{events:?}");
+    assert_eq!(events[n - 2]["event_type"], "RunCompleted", "{events:?}");
+    assert_eq!(
+        events[n - 1]["payload"]["content"],
+        "Run completed.",
+        "{events:?}"
+    );
+}
+
+/// Reads `{"type":"event"}` messages until the run ends: RunCompleted (or
+/// RunFailed) and then the system message announcing it, the last event of
+/// that commit. Asserts each is an event of `run`.
+pub(crate) async fn events_until_finished<S, E>(ws: &mut S, run: &str) -> Vec<Value>
 where
     S: Stream<Item = Result<Frame, E>> + Unpin,
     E: Debug,
 {
-    let mut events = Vec::new();
+    let mut events: Vec<Value> = Vec::new();
     loop {
         let message = recv(ws).await;
         assert_eq!(message["type"], "event", "{message}");
         assert_eq!(message["run_id"], run, "{message}");
-        let finished = matches!(
-            message["event_type"].as_str(),
-            Some("RunCompleted" | "RunFailed")
-        );
+        let ended = events.iter().any(is_end);
+        let announced = ended && is_system_message(&message);
         events.push(message);
-        if finished {
+        if announced {
             return events;
         }
     }
 }
 
-fn sequences(events: &[Value]) -> Vec<i64> {
+pub(crate) fn sequences(events: &[Value]) -> Vec<i64> {
     events
         .iter()
         .map(|e| e["sequence"].as_i64().expect("sequence"))
@@ -106,7 +130,7 @@ fn sequences(events: &[Value]) -> Vec<i64> {
 }
 
 /// The fields a WebSocket event shares with the events endpoint.
-fn essentials(events: &[Value]) -> Vec<Value> {
+pub(crate) fn essentials(events: &[Value]) -> Vec<Value> {
     events
         .iter()
         .map(|e| {
@@ -120,7 +144,7 @@ fn essentials(events: &[Value]) -> Vec<Value> {
         .collect()
 }
 
-async fn subscribe_ok<S, E>(ws: &mut S, message: Value)
+pub(crate) async fn subscribe_ok<S, E>(ws: &mut S, message: Value)
 where
     S: Stream<Item = Result<Frame, E>> + Sink<Message> + Unpin,
     E: Debug,
@@ -149,11 +173,7 @@ on_both_backends!(
         assert_eq!(first["type"], "subscribed", "{first}");
         assert_eq!(first["run_id"], run.as_str(), "{first}");
         let received = events_until_finished(&mut ws, &run).await;
-        assert_eq!(
-            received.last().unwrap()["event_type"],
-            "RunCompleted",
-            "{received:?}"
-        );
+        assert_completed(&received);
         assert_eq!(received[0]["event_type"], "RunStarted");
         assert_eq!(
             sequences(&received),
@@ -183,7 +203,7 @@ on_both_backends!(a_subscriber_without_after_gets_only_new_events, |backend| {
     let mut ws = connect(&app).await;
     subscribe_ok(&mut ws, json!({"type": "subscribe", "run_id": run})).await;
     let received = events_until_finished(&mut ws, &run).await;
-    assert_eq!(received.last().unwrap()["event_type"], "RunCompleted");
+    assert_completed(&received);
     let seqs = sequences(&received);
     assert!(
         seqs[0] > before,
@@ -344,13 +364,12 @@ on_both_backends!(
                 run == first || run == second,
                 "an event of an unrelated run: {message}"
             );
-            if matches!(
-                message["event_type"].as_str(),
-                Some("RunCompleted" | "RunFailed")
-            ) {
+            let stream = seen.entry(run).or_default();
+            // A run's stream ends with the announcement of its end.
+            if stream.iter().any(is_end) && is_system_message(&message) {
                 finished += 1;
             }
-            seen.entry(run).or_default().push(message);
+            stream.push(message);
         }
         for run in [&first, &second] {
             app.wait_finished(run, Duration::from_secs(20)).await;

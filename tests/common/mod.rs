@@ -220,25 +220,47 @@ pub type Reply = (u16, Value);
 impl TestApp {
     /// Any request with an optional JSON body.
     pub async fn request(&self, method: &str, path: &str, body: Option<Value>) -> Reply {
+        self.request_with_headers(method, path, body, &[])
+            .await
+            .reply()
+    }
+
+    /// Any request with an optional JSON body and extra headers; the reply
+    /// keeps the response headers.
+    pub async fn request_with_headers(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+        headers: &[(&str, &str)],
+    ) -> Response {
         let url = format!("{}{path}", self.address);
-        let request = self
+        let mut request = self
             .client
             .request(method.parse().expect("method"), url)
             .insert_header(("content-type", "application/json"));
+        for (name, value) in headers {
+            request = request.insert_header((*name, *value));
+        }
         let mut response = match body {
             Some(body) => request.send_body(body.to_string()).await,
             None => request.send().await,
         }
         .expect("request reaches the server");
         let status = response.status().as_u16();
+        let headers = response.headers().clone();
         let bytes = response.body().limit(64 * 1024 * 1024).await.expect("body");
-        let value = if bytes.is_empty() {
+        let body = if bytes.is_empty() {
             Value::Null
         } else {
             serde_json::from_slice(&bytes)
                 .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()))
         };
-        (status, value)
+        Response {
+            status,
+            body,
+            headers,
+        }
     }
 
     /// Raw body POST (for malformed JSON).
@@ -329,6 +351,93 @@ impl TestApp {
         body["items"].as_array().expect("items").clone()
     }
 
+    /// Every event of a run except the thread's (see [`without_thread`]):
+    /// the story of the run and its steps, in order.
+    pub async fn events_without_thread(&self, run_id: &str) -> Vec<Value> {
+        without_thread(&self.events(run_id).await)
+    }
+
+    /// `POST /api/runs/{id}/messages` with `body`.
+    pub async fn post_message(&self, run_id: &str, body: Value) -> Reply {
+        self.post(&format!("/api/runs/{run_id}/messages"), body)
+            .await
+    }
+
+    /// `POST /api/runs/{id}/messages` with `body` under an `Idempotency-Key`.
+    pub async fn post_message_with_key(&self, run_id: &str, body: Value, key: &str) -> Reply {
+        self.request_with_headers(
+            "POST",
+            &format!("/api/runs/{run_id}/messages"),
+            Some(body),
+            &[("Idempotency-Key", key)],
+        )
+        .await
+        .reply()
+    }
+
+    /// The whole thread of a run (every page of `GET …/messages`), in order.
+    pub async fn messages(&self, run_id: &str) -> Vec<Value> {
+        let mut all = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let path = match &cursor {
+                None => format!("/api/runs/{run_id}/messages?limit=500"),
+                Some(c) => format!("/api/runs/{run_id}/messages?limit=500&cursor={c}"),
+            };
+            let (status, page) = self.get(&path).await;
+            assert_eq!(status, 200, "{page}");
+            all.extend(page["items"].as_array().expect("items").iter().cloned());
+            match page["next_cursor"].as_str() {
+                Some(next) => cursor = Some(next.to_string()),
+                None => return all,
+            }
+        }
+    }
+
+    /// Polls the run's detail until `done` holds (panics after `timeout`).
+    pub async fn wait_run(
+        &self,
+        run_id: &str,
+        what: &str,
+        timeout: Duration,
+        done: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let run = self.run(run_id).await;
+            if done(&run) {
+                return run;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "run {run_id}: timed out after {timeout:?} waiting until {what}: {run}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Polls the run's thread until `done` holds (panics after `timeout`).
+    pub async fn wait_messages(
+        &self,
+        run_id: &str,
+        what: &str,
+        timeout: Duration,
+        done: impl Fn(&[Value]) -> bool,
+    ) -> Vec<Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let messages = self.messages(run_id).await;
+            if done(&messages) {
+                return messages;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "run {run_id}: timed out after {timeout:?} waiting until {what}: {messages:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// A count of how many rows the read models and the log hold, to show
     /// that a refused request changed nothing.
     pub async fn counts(&self) -> (usize, usize) {
@@ -339,6 +448,45 @@ impl TestApp {
             runs["items"].as_array().map_or(0, Vec::len),
         )
     }
+}
+
+/// A response with its headers.
+pub struct Response {
+    pub status: u16,
+    pub body: Value,
+    pub headers: awc::http::header::HeaderMap,
+}
+
+impl Response {
+    /// The status and body.
+    pub fn reply(self) -> Reply {
+        (self.status, self.body)
+    }
+
+    /// A header's value, if present and text.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+/// The event types of the conversation thread. Built-in agents post
+/// comments while their steps run, so these events interleave with step
+/// events in an order that varies from run to run.
+pub const THREAD_EVENTS: [&str; 2] = ["MessagePosted", "MessageStatusChanged"];
+
+/// Whether `event` belongs to the conversation thread.
+pub fn is_thread_event(event: &Value) -> bool {
+    THREAD_EVENTS.iter().any(|t| event["event_type"] == *t)
+}
+
+/// `events` without the thread's: what a test that asserts the story of a
+/// run and its steps (exact sequences, "the last event is …") looks at.
+pub fn without_thread(events: &[Value]) -> Vec<Value> {
+    events
+        .iter()
+        .filter(|e| !is_thread_event(e))
+        .cloned()
+        .collect()
 }
 
 /// Asserts `reply` is the error `{"error": {"code", "message"}}` with this

@@ -10,6 +10,7 @@ use cqrs_es::DomainEvent;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::thread::{Action, Author, MessageStatus};
 use crate::domain::definition::Definition;
 use crate::domain::ids::{
     ArtifactName, LeaseToken, OutputName, RunId, StepId, TemplateId, Timestamp,
@@ -64,6 +65,13 @@ pub enum RunEvent {
         /// 1.1; a 1.0 payload lacks it and reads as none, its meaning.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         retry_of: Option<RunId>,
+        /// The run this one replaces by a redirect, if any. Added in 1.2.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        redirected_from: Option<RunId>,
+        /// Whether ready steps are dispatched without a user's trigger.
+        /// Added in 1.2; a 1.0/1.1 payload reads as `true`, its meaning.
+        #[serde(default = "yes")]
+        auto_run: bool,
         /// When.
         at: Timestamp,
     },
@@ -80,6 +88,13 @@ pub enum RunEvent {
         reads: BTreeMap<ArtifactName, u32>,
         /// True when re-dispatched after a restart interrupted the attempt.
         recovered: bool,
+        /// The prompt a user gave this attempt instead of the step's own
+        /// (step retry or trigger). Added in 1.1.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        prompt_override: Option<String>,
+        /// The instruction messages handed to this attempt. Added in 1.1.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        instructions: Vec<u32>,
         /// When.
         at: Timestamp,
     },
@@ -93,6 +108,10 @@ pub enum RunEvent {
         artifacts: Vec<ArtifactWritten>,
         /// Steps that became ready because of this completion.
         ready: Vec<StepId>,
+        /// Steps skipped because of this completion: their condition is
+        /// false, or every dependency was skipped. Added in 1.1.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        skipped: Vec<StepId>,
         /// When.
         at: Timestamp,
     },
@@ -174,11 +193,150 @@ pub enum RunEvent {
         /// When.
         at: Timestamp,
     },
+    /// A message joined the run's thread, with the status it has from the
+    /// start (a control message says at once whether it took effect).
+    MessagePosted {
+        /// Its number in the thread, from 1.
+        message: u32,
+        /// Who wrote it.
+        author: Author,
+        /// What it asks for.
+        action: Action,
+        /// Its text.
+        content: String,
+        /// Client JSON attached to it.
+        #[serde(default, skip_serializing_if = "Value::is_null")]
+        metadata: Value,
+        /// The step it is about (agent comments, step announcements).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        step: Option<StepId>,
+        /// The client's idempotency key.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        idempotency_key: Option<String>,
+        /// Its status.
+        status: MessageStatus,
+        /// Why it was ignored.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+        /// When.
+        at: Timestamp,
+    },
+    /// A message moved on: an instruction was handed to a step
+    /// (acknowledged), that step completed (processed), or the run ended
+    /// before it was used (ignored).
+    MessageStatusChanged {
+        /// The message number.
+        message: u32,
+        /// The new status.
+        status: MessageStatus,
+        /// The step concerned.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        step: Option<StepId>,
+        /// Why it was ignored.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+        /// When.
+        at: Timestamp,
+    },
+    /// A review step's agent finished: its outputs are new artifact versions
+    /// and the step waits for a user's approval.
+    StepAwaitingReview {
+        /// The step.
+        step: StepId,
+        /// The attempt that finished.
+        attempt: u32,
+        /// The artifact versions written.
+        artifacts: Vec<ArtifactWritten>,
+        /// When.
+        at: Timestamp,
+    },
+    /// A user approved a step awaiting review (a `StepCompleted` follows).
+    StepApproved {
+        /// The step.
+        step: StepId,
+        /// The attempt approved.
+        attempt: u32,
+        /// The choice picked, which the `StepCompleted` writes as the output
+        /// `choice`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        choice: Option<String>,
+        /// When.
+        at: Timestamp,
+    },
+    /// A running agent stopped early because it was asked to (pause or
+    /// cancel): the step is ready again and its next dispatch is a new
+    /// attempt.
+    StepInterrupted {
+        /// The step.
+        step: StepId,
+        /// The attempt that stopped.
+        attempt: u32,
+        /// When.
+        at: Timestamp,
+    },
+    /// Manual mode switched: with `auto_run` off, ready steps wait for a
+    /// user's trigger.
+    AutoRunChanged {
+        /// Whether ready steps are dispatched automatically now.
+        enabled: bool,
+        /// When.
+        at: Timestamp,
+    },
+    /// A user asked to run a step again: it is ready again (with the prompt
+    /// override, if any) and every step downstream of it goes back to
+    /// `pending`.
+    StepRetryRequested {
+        /// The step.
+        step: StepId,
+        /// The prompt to use instead of the step's own.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        prompt_override: Option<String>,
+        /// Every downstream step sent back to `pending`, because its inputs
+        /// will change.
+        invalidated: Vec<StepId>,
+        /// The run had finished (completed, or failed on a step this retry
+        /// re-runs) and is running again.
+        reopens_run: bool,
+        /// When.
+        at: Timestamp,
+    },
+    /// `latest` of an artifact moved back to an earlier version (no version
+    /// is deleted); the steps downstream of its step go back to `pending`
+    /// and are evaluated again.
+    ArtifactRolledBack {
+        /// The artifact.
+        name: ArtifactName,
+        /// The version `latest` pointed at.
+        from_version: u32,
+        /// The version it points at now.
+        to_version: u32,
+        /// Every step downstream of the artifact's step, sent back to
+        /// `pending`.
+        invalidated: Vec<StepId>,
+        /// Steps that are ready again at once.
+        ready: Vec<StepId>,
+        /// Steps skipped at once.
+        skipped: Vec<StepId>,
+        /// The run had finished and is running again.
+        reopens_run: bool,
+        /// When.
+        at: Timestamp,
+    },
+    /// A user redirected the run: it is being cancelled and `to` continues
+    /// its work with the user's instructions.
+    RunRedirected {
+        /// The new run.
+        to: RunId,
+        /// The instructions the new run starts with.
+        instructions: String,
+        /// When.
+        at: Timestamp,
+    },
 }
 
 impl RunEvent {
     /// The literal event type names, for the catalogue and for tests.
-    pub const TYPES: [&'static str; 12] = [
+    pub const TYPES: [&'static str; 21] = [
         "RunStarted",
         "StepDispatched",
         "StepCompleted",
@@ -191,6 +349,15 @@ impl RunEvent {
         "RunResumed",
         "CancelRequested",
         "RunCancelled",
+        "MessagePosted",
+        "MessageStatusChanged",
+        "StepAwaitingReview",
+        "StepApproved",
+        "StepInterrupted",
+        "AutoRunChanged",
+        "StepRetryRequested",
+        "ArtifactRolledBack",
+        "RunRedirected",
     ];
 
     /// The time the event happened.
@@ -207,7 +374,16 @@ impl RunEvent {
             | Self::RunPaused { at }
             | Self::RunResumed { at }
             | Self::CancelRequested { at, .. }
-            | Self::RunCancelled { at, .. } => *at,
+            | Self::RunCancelled { at, .. }
+            | Self::MessagePosted { at, .. }
+            | Self::MessageStatusChanged { at, .. }
+            | Self::StepAwaitingReview { at, .. }
+            | Self::StepApproved { at, .. }
+            | Self::StepInterrupted { at, .. }
+            | Self::AutoRunChanged { at, .. }
+            | Self::StepRetryRequested { at, .. }
+            | Self::ArtifactRolledBack { at, .. }
+            | Self::RunRedirected { at, .. } => *at,
         }
     }
 
@@ -217,7 +393,11 @@ impl RunEvent {
             Self::StepDispatched { step, .. }
             | Self::StepCompleted { step, .. }
             | Self::StepFailed { step, .. }
-            | Self::StepRetryScheduled { step, .. } => Some(step),
+            | Self::StepRetryScheduled { step, .. }
+            | Self::StepAwaitingReview { step, .. }
+            | Self::StepApproved { step, .. }
+            | Self::StepInterrupted { step, .. }
+            | Self::StepRetryRequested { step, .. } => Some(step),
             _ => None,
         }
     }
@@ -246,13 +426,25 @@ impl DomainEvent for RunEvent {
             Self::RunResumed { .. } => Self::TYPES[9],
             Self::CancelRequested { .. } => Self::TYPES[10],
             Self::RunCancelled { .. } => Self::TYPES[11],
+            Self::MessagePosted { .. } => Self::TYPES[12],
+            Self::MessageStatusChanged { .. } => Self::TYPES[13],
+            Self::StepAwaitingReview { .. } => Self::TYPES[14],
+            Self::StepApproved { .. } => Self::TYPES[15],
+            Self::StepInterrupted { .. } => Self::TYPES[16],
+            Self::AutoRunChanged { .. } => Self::TYPES[17],
+            Self::StepRetryRequested { .. } => Self::TYPES[18],
+            Self::ArtifactRolledBack { .. } => Self::TYPES[19],
+            Self::RunRedirected { .. } => Self::TYPES[20],
         }
         .to_string()
     }
 
     fn event_version(&self) -> String {
         match self {
-            Self::RunStarted { .. } | Self::StepFailed { .. } => "1.1",
+            Self::RunStarted { .. } => "1.2",
+            Self::StepFailed { .. } | Self::StepDispatched { .. } | Self::StepCompleted { .. } => {
+                "1.1"
+            }
             _ => "1.0",
         }
         .to_string()

@@ -6,8 +6,9 @@
 //! means "run this agent", a `StepRetryScheduled` means "wake me at due_at".
 
 mod events;
+mod thread;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use cqrs_es::event_sink::EventSink;
@@ -16,9 +17,15 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 pub use events::{ArtifactContent, ArtifactWritten, Outputs, RunEvent};
+pub use thread::{Action, Author, MessageStatus, NewMessage, OpenInstruction, ThreadState};
 
-use super::definition::Definition;
-use super::ids::{ArtifactName, LeaseToken, RunId, StepId, TemplateId, Timestamp};
+use super::definition::{Condition, Definition};
+use super::ids::{ArtifactName, LeaseToken, OutputName, RunId, StepId, TemplateId, Timestamp};
+
+/// The output a review choice is recorded as.
+fn choice_output() -> OutputName {
+    OutputName::parse("choice").expect("'choice' is a valid output name")
+}
 
 /// Status of a run.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -83,10 +90,35 @@ pub enum StepStatus {
     Ready,
     /// Dispatched to its agent.
     Running,
+    /// Its agent finished; it waits for a user's approval (review steps).
+    AwaitingReview,
     /// Done; its outputs are artifacts.
     Completed,
     /// Failed for good.
     Failed,
+    /// Not run: its `when` condition was false, or every dependency was
+    /// skipped.
+    Skipped,
+}
+
+impl StepStatus {
+    /// The status as the API spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Ready => "ready",
+            Self::Running => "running",
+            Self::AwaitingReview => "awaiting_review",
+            Self::Completed => "completed",
+            Self::Failed => "failed",
+            Self::Skipped => "skipped",
+        }
+    }
+
+    /// Completed or skipped: dependants need not wait for it.
+    pub fn is_done(self) -> bool {
+        matches!(self, Self::Completed | Self::Skipped)
+    }
 }
 
 /// The state of one step.
@@ -106,6 +138,16 @@ pub struct StepState {
     pub started_at: Option<Timestamp>,
     /// When the step completed or failed for good.
     pub finished_at: Option<Timestamp>,
+    /// The prompt a user set for this step's attempts instead of its own
+    /// (by a step retry or a trigger).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt_override: Option<String>,
+    /// Failed attempts since the retry budget was last renewed (by a user's
+    /// step retry, or when a change upstream sent the step back to pending):
+    /// the policy's `max_attempts` counts these, so interrupted attempts and
+    /// earlier rounds do not use it up.
+    #[serde(default)]
+    pub failures: u32,
 }
 
 /// One stored version of an artifact.
@@ -159,6 +201,11 @@ pub enum RunCommand {
         input: Value,
         /// The failed or cancelled run this one retries, if any.
         retry_of: Option<RunId>,
+        /// The run this one replaces, and the instructions it starts with
+        /// (its first instruction message), for a redirect.
+        redirected_from: Option<(RunId, String)>,
+        /// Whether ready steps are dispatched without a trigger.
+        auto_run: bool,
         /// When.
         at: Timestamp,
         /// Seed for lease tokens.
@@ -224,6 +271,106 @@ pub enum RunCommand {
         /// When.
         at: Timestamp,
     },
+    /// Cancel this run in favour of `new_run_id`, which the engine starts
+    /// next with the same template version, input and these instructions.
+    Redirect {
+        /// The run that takes over.
+        new_run_id: RunId,
+        /// The instructions the new run starts with.
+        instructions: String,
+        /// When.
+        at: Timestamp,
+    },
+    /// A user posts a message to the thread. A control action has the effect
+    /// of the matching command; the message records whether it took effect.
+    PostMessage {
+        /// The message.
+        message: NewMessage,
+        /// For a `redirect` message: the id the new run gets.
+        redirect_to: Option<RunId>,
+        /// When.
+        at: Timestamp,
+        /// Seed for lease tokens (a `resume` dispatches).
+        lease_seed: String,
+    },
+    /// The agent of a running step posts a comment.
+    AgentComment {
+        /// The step.
+        step: StepId,
+        /// The lease of the agent's dispatch.
+        lease: LeaseToken,
+        /// The comment.
+        content: String,
+        /// When.
+        at: Timestamp,
+    },
+    /// A running agent stopped early because it was asked to.
+    InterruptStep {
+        /// The step.
+        step: StepId,
+        /// The lease of the dispatch that stopped.
+        lease: LeaseToken,
+        /// When.
+        at: Timestamp,
+        /// Seed for lease tokens (a withdrawn pause dispatches it again).
+        lease_seed: String,
+    },
+    /// Approve a step awaiting review, with a choice when it offers some.
+    Approve {
+        /// The step.
+        step: StepId,
+        /// The choice picked.
+        choice: Option<String>,
+        /// When.
+        at: Timestamp,
+        /// Seed for lease tokens of the steps that become ready.
+        lease_seed: String,
+    },
+    /// Run a completed, failed or awaiting-review step again; everything
+    /// downstream of it goes back to pending.
+    RetryStep {
+        /// The step.
+        step: StepId,
+        /// The prompt to use instead of the step's own.
+        prompt_override: Option<String>,
+        /// When.
+        at: Timestamp,
+        /// Seed for lease tokens.
+        lease_seed: String,
+    },
+    /// Dispatch a ready step now (manual mode).
+    TriggerStep {
+        /// The step.
+        step: StepId,
+        /// The prompt to use instead of the step's own.
+        prompt_override: Option<String>,
+        /// When.
+        at: Timestamp,
+        /// Seed for lease tokens.
+        lease_seed: String,
+    },
+    /// Switch manual mode: with `auto_run` off, ready steps wait for a
+    /// trigger.
+    SetAutoRun {
+        /// Whether ready steps are dispatched automatically.
+        enabled: bool,
+        /// When.
+        at: Timestamp,
+        /// Seed for lease tokens (switching on dispatches the ready steps).
+        lease_seed: String,
+    },
+    /// Move `latest` of an artifact back to an earlier version; the steps
+    /// downstream of its step run again.
+    RollbackArtifact {
+        /// The artifact.
+        name: ArtifactName,
+        /// The version `latest` moves to.
+        to_version: u32,
+        /// When.
+        at: Timestamp,
+        /// Seed for lease tokens.
+        lease_seed: String,
+    },
 }
 
 /// Business-rule refusals of run commands.
@@ -259,6 +406,63 @@ pub enum RunError {
     /// Retry of a run that did not fail and was not cancelled.
     #[error("only a failed or cancelled run can be retried; this one is {0}")]
     NotRetryable(&'static str),
+    /// Trigger on a paused or pausing run.
+    #[error("run is paused or pausing; resume it first")]
+    Paused,
+    /// Trigger on a run that is failing (a step failed for good; others
+    /// still run).
+    #[error("run is failing: step '{0}' failed")]
+    Failing(StepId),
+    /// Trigger of a step that is not ready.
+    #[error("step '{0}' is {1}, not ready")]
+    StepNotReady(StepId, &'static str),
+    /// Approve of a step that is not awaiting review.
+    #[error("step '{0}' is {1}, not awaiting review")]
+    StepNotAwaitingReview(StepId, &'static str),
+    /// Retry of a step that has not finished (pending, ready, running,
+    /// skipped).
+    #[error("step '{0}' is {1}; only a completed, failed or awaiting-review step can be retried")]
+    StepNotRetryable(StepId, &'static str),
+    /// Rollback of an artifact whose step is running.
+    #[error("step '{0}' is running; roll its artifacts back once it is done")]
+    StepRunning(StepId),
+    /// Approve without a choice on a step that offers choices.
+    #[error("step '{step}' offers choices; approve it with one of: {}", choices.join(", "))]
+    ChoiceRequired {
+        /// The step.
+        step: StepId,
+        /// Its choices.
+        choices: Vec<String>,
+    },
+    /// Approve with a choice the step does not offer.
+    #[error("'{choice}' is not a choice of step '{step}'; pick one of: {}", choices.join(", "))]
+    InvalidChoice {
+        /// The step.
+        step: StepId,
+        /// The choice given.
+        choice: String,
+        /// Its choices.
+        choices: Vec<String>,
+    },
+    /// Approve with a choice on a step that offers none.
+    #[error("step '{0}' offers no choices; approve it without one")]
+    NoChoices(StepId),
+    /// The run has no such artifact.
+    #[error("this run has no artifact '{0}'")]
+    UnknownArtifact(ArtifactName),
+    /// The artifact has no such version.
+    #[error("artifact '{0}' has no version {1}")]
+    UnknownArtifactVersion(ArtifactName, u32),
+    /// Rollback to the version `latest` already points at.
+    #[error("artifact '{0}' is already at version {1}")]
+    AlreadyAtVersion(ArtifactName, u32),
+    /// A step retry or rollback on a failed (or failing) run that would not
+    /// re-run the step the run failed on.
+    #[error("the run failed on step '{0}', which this would not run again")]
+    FailedElsewhere(StepId),
+    /// An idempotency key reused for a different message.
+    #[error("idempotency key '{0}' was already used for a different message")]
+    IdempotencyKeyReused(String),
 }
 
 impl RunError {
@@ -275,6 +479,20 @@ impl RunError {
             Self::NotPaused => "run_not_paused",
             Self::Cancelling => "run_cancelling",
             Self::NotRetryable(_) => "run_not_retryable",
+            Self::Paused => "run_paused",
+            Self::Failing(_) => "run_failing",
+            Self::StepNotReady(..) => "step_not_ready",
+            Self::StepNotAwaitingReview(..) => "step_not_awaiting_review",
+            Self::StepNotRetryable(..) => "step_not_retryable",
+            Self::StepRunning(_) => "step_running",
+            Self::ChoiceRequired { .. } => "choice_required",
+            Self::InvalidChoice { .. } => "invalid_choice",
+            Self::NoChoices(_) => "choices_not_offered",
+            Self::UnknownArtifact(_) => "artifact_not_found",
+            Self::UnknownArtifactVersion(..) => "artifact_version_not_found",
+            Self::AlreadyAtVersion(..) => "artifact_already_at_version",
+            Self::FailedElsewhere(_) => "run_failed_elsewhere",
+            Self::IdempotencyKeyReused(_) => "idempotency_key_reused",
         }
     }
 }
@@ -310,6 +528,18 @@ pub struct Run {
     /// The run this one retries, if any.
     #[serde(default)]
     pub retry_of: Option<RunId>,
+    /// The run this one replaced by a redirect, if any.
+    #[serde(default)]
+    pub redirected_from: Option<RunId>,
+    /// The run that replaced this one by a redirect, if any.
+    #[serde(default)]
+    pub redirected_to: Option<RunId>,
+    /// Whether ready steps are dispatched without a user's trigger.
+    #[serde(default = "yes")]
+    pub auto_run: bool,
+    /// What decisions need of the conversation thread.
+    #[serde(default)]
+    pub thread: ThreadState,
     /// When it started.
     pub created_at: Timestamp,
     /// When it last changed.
@@ -329,6 +559,8 @@ pub struct RetrySource {
     pub definition: Arc<Definition>,
     /// Its input.
     pub input: Value,
+    /// Its manual-mode setting.
+    pub auto_run: bool,
 }
 
 /// What a step receives as input, before blob references are resolved.
@@ -355,6 +587,8 @@ pub enum InputValue {
 
 /// Decisions accumulate here: each event is applied to a working copy as it
 /// is recorded, so later decisions in the same command see earlier ones.
+/// Recording an event also records what follows from it in the thread: the
+/// engine's announcements (system messages) and the status of instructions.
 struct Decision {
     state: Run,
     events: Vec<RunEvent>,
@@ -372,9 +606,140 @@ impl Decision {
         }
     }
 
+    /// Records an event and what follows from it in the thread.
     fn record(&mut self, event: RunEvent) {
+        let was_paused = self.state.status == RunStatus::Paused;
+        self.push(event.clone());
+        self.follow_up(&event, was_paused);
+    }
+
+    /// Records an event and nothing else (its follow-ups are already
+    /// decided).
+    fn push(&mut self, event: RunEvent) {
         self.state.apply_event(event.clone());
         self.events.push(event);
+    }
+
+    fn follow_up(&mut self, event: &RunEvent, was_paused: bool) {
+        let at = event.at();
+        match event {
+            RunEvent::StepCompleted { step, .. } => {
+                let done: Vec<u32> = self
+                    .state
+                    .thread
+                    .in_flight
+                    .get(step)
+                    .map(|list| list.iter().map(|i| i.message).collect())
+                    .unwrap_or_default();
+                for message in done {
+                    self.push(RunEvent::MessageStatusChanged {
+                        message,
+                        status: MessageStatus::Processed,
+                        step: Some(step.clone()),
+                        reason: None,
+                        at,
+                    });
+                }
+            }
+            RunEvent::RunCompleted { .. }
+            | RunEvent::RunFailed { .. }
+            | RunEvent::RunCancelled { .. } => {
+                let reason = format!(
+                    "the run {} before a step completed with it",
+                    match event {
+                        RunEvent::RunCompleted { .. } => "completed",
+                        RunEvent::RunFailed { .. } => "failed",
+                        _ => "was cancelled",
+                    }
+                );
+                let open: Vec<u32> = self.state.thread.open().map(|i| i.message).collect();
+                for message in open {
+                    self.push(RunEvent::MessageStatusChanged {
+                        message,
+                        status: MessageStatus::Ignored,
+                        step: None,
+                        reason: Some(reason.clone()),
+                        at,
+                    });
+                }
+            }
+            _ => {}
+        }
+        if let Some((content, step)) = self.announcement(event, was_paused) {
+            self.push(RunEvent::MessagePosted {
+                message: self.state.thread.last + 1,
+                author: Author::System,
+                action: Action::Comment,
+                content,
+                metadata: Value::Null,
+                step,
+                idempotency_key: None,
+                status: MessageStatus::Processed,
+                reason: None,
+                at,
+            });
+        }
+    }
+
+    /// The system message a state change deserves, if any.
+    fn announcement(&self, event: &RunEvent, was_paused: bool) -> Option<(String, Option<StepId>)> {
+        let text = match event {
+            RunEvent::RunPaused { .. } => "Run paused.".to_string(),
+            RunEvent::RunResumed { .. } if was_paused => "Run resumed.".to_string(),
+            RunEvent::RunCancelled { reason, .. } => match (&self.state.redirected_to, reason) {
+                (Some(to), _) => format!("Run redirected to run {to}."),
+                (None, Some(reason)) => format!("Run cancelled: {reason}"),
+                (None, None) => "Run cancelled.".to_string(),
+            },
+            RunEvent::RunCompleted { .. } => "Run completed.".to_string(),
+            RunEvent::RunFailed { step, error, .. } => {
+                format!(
+                    "Run failed: step '{step}' failed: {}.",
+                    error.trim_end_matches('.')
+                )
+            }
+            RunEvent::StepAwaitingReview { step, .. } => {
+                let choices = &self.state.definition.steps[step].choices;
+                if choices.is_empty() {
+                    format!("Step '{step}' is awaiting review.")
+                } else {
+                    format!(
+                        "Step '{step}' is awaiting review. Choices: {}.",
+                        choices.join(", ")
+                    )
+                }
+            }
+            RunEvent::StepFailed {
+                step,
+                attempt,
+                error,
+                will_retry,
+                ..
+            } => {
+                let next = if *will_retry {
+                    " It will be retried."
+                } else {
+                    ""
+                };
+                return Some((
+                    format!(
+                        "Step '{step}' failed (attempt {attempt}): {}.{next}",
+                        error.trim_end_matches('.')
+                    ),
+                    Some(step.clone()),
+                ));
+            }
+            RunEvent::ArtifactRolledBack {
+                name,
+                from_version,
+                to_version,
+                ..
+            } => format!(
+                "Artifact '{name}' rolled back from version {from_version} to version {to_version}."
+            ),
+            _ => return None,
+        };
+        Some((text, event.step().cloned()))
     }
 
     fn next_lease(&mut self) -> LeaseToken {
@@ -382,24 +747,32 @@ impl Decision {
         LeaseToken::new(format!("{}.{}", self.seed, self.leases))
     }
 
-    /// Dispatches every ready step that is due, unless the run is failing.
+    /// Dispatches every ready step that is due, unless the run may not
+    /// dispatch or is in manual mode.
     fn dispatch_due(&mut self, at: Timestamp) {
-        if !self.state.dispatching() {
+        if !self.state.dispatching() || !self.state.auto_run {
             return;
         }
-        let due: Vec<StepId> = self
+        let due: Vec<(StepId, Option<String>)> = self
             .state
             .steps
             .iter()
             .filter(|(_, s)| s.status == StepStatus::Ready && s.retry_at.is_none_or(|t| t <= at))
-            .map(|(id, _)| id.clone())
+            .map(|(id, s)| (id.clone(), s.prompt_override.clone()))
             .collect();
-        for step in due {
-            self.dispatch(step, at, false);
+        for (step, prompt_override) in due {
+            self.dispatch(step, at, false, prompt_override);
         }
     }
 
-    fn dispatch(&mut self, step: StepId, at: Timestamp, recovered: bool) {
+    /// Dispatches one step, handing it the open instructions it gets.
+    fn dispatch(
+        &mut self,
+        step: StepId,
+        at: Timestamp,
+        recovered: bool,
+        prompt_override: Option<String>,
+    ) {
         let current = self.state.steps.get(&step).map_or(0, |s| s.attempt);
         let attempt = if recovered {
             current.max(1)
@@ -408,14 +781,39 @@ impl Decision {
         };
         let reads = self.state.reads_of(&step);
         let lease = self.next_lease();
+        let instructions: Vec<u32> = self
+            .state
+            .thread
+            .for_dispatch(&step)
+            .iter()
+            .map(|i| i.message)
+            .collect();
+        let newly: Vec<u32> = self
+            .state
+            .thread
+            .pending
+            .iter()
+            .map(|i| i.message)
+            .collect();
         self.record(RunEvent::StepDispatched {
-            step,
+            step: step.clone(),
             attempt,
             lease,
             reads,
             recovered,
+            prompt_override,
+            instructions,
             at,
         });
+        for message in newly {
+            self.push(RunEvent::MessageStatusChanged {
+                message,
+                status: MessageStatus::Acknowledged,
+                step: Some(step.clone()),
+                reason: None,
+                at,
+            });
+        }
     }
 
     /// Reaches the state the run is heading for once nothing runs: failed,
@@ -436,17 +834,16 @@ impl Decision {
             self.record(RunEvent::RunFailed { step, error, at });
         } else if let Some(reason) = self.state.cancel_requested.clone() {
             self.record(RunEvent::RunCancelled { reason, at });
-        } else if self
-            .state
-            .steps
-            .values()
-            .all(|s| s.status == StepStatus::Completed)
-        {
+        } else if self.state.steps.values().all(|s| s.status.is_done()) {
             self.record(RunEvent::RunCompleted { at });
         } else if self.state.pause_requested {
             self.record(RunEvent::RunPaused { at });
         }
     }
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl Run {
@@ -460,6 +857,8 @@ impl Run {
                 definition,
                 input,
                 retry_of,
+                redirected_from,
+                auto_run,
                 at,
                 lease_seed,
             } => {
@@ -468,6 +867,7 @@ impl Run {
                 }
                 let mut d = Decision::new(self, &lease_seed);
                 let ready = definition.roots().cloned().collect();
+                let (redirected_from, instructions) = redirected_from.unzip();
                 d.record(RunEvent::RunStarted {
                     run_id,
                     template_id,
@@ -476,8 +876,24 @@ impl Run {
                     input,
                     ready,
                     retry_of,
+                    redirected_from,
+                    auto_run,
                     at,
                 });
+                if let Some(content) = instructions {
+                    d.record(RunEvent::MessagePosted {
+                        message: 1,
+                        author: Author::User,
+                        action: Action::Instruction,
+                        content,
+                        metadata: Value::Null,
+                        step: None,
+                        idempotency_key: None,
+                        status: MessageStatus::Pending,
+                        reason: None,
+                        at,
+                    });
+                }
                 d.dispatch_due(at);
                 Ok(d.events)
             }
@@ -489,37 +905,34 @@ impl Run {
                 lease_seed,
             } => {
                 let attempt = self.check_running_step(&step, &lease)?;
-                let artifacts = outputs
+                let artifacts: Vec<ArtifactWritten> = outputs
                     .into_iter()
-                    .map(|(output, content)| {
-                        let name = ArtifactName::new(&step, &output);
-                        let version = self
-                            .artifacts
-                            .get(&name)
-                            .map_or(0, |a| a.versions.last().map_or(0, |v| v.version))
-                            + 1;
-                        ArtifactWritten {
-                            name,
-                            version,
-                            content,
-                        }
+                    .map(|(output, content)| ArtifactWritten {
+                        version: self.next_version(&ArtifactName::new(&step, &output)),
+                        name: ArtifactName::new(&step, &output),
+                        content,
                     })
                     .collect();
-                // A failing run dispatches nothing more, so nothing becomes ready.
-                let ready = if self.failure.is_some() || self.cancel_requested.is_some() {
-                    Vec::new()
-                } else {
-                    self.newly_ready_after(&step)
-                };
                 let mut d = Decision::new(self, &lease_seed);
-                d.record(RunEvent::StepCompleted {
-                    step,
-                    attempt,
-                    artifacts,
-                    ready,
-                    at,
-                });
-                d.dispatch_due(at);
+                if self.definition.steps[&step].review {
+                    d.record(RunEvent::StepAwaitingReview {
+                        step,
+                        attempt,
+                        artifacts,
+                        at,
+                    });
+                } else {
+                    let (ready, skipped) = self.advance_after(&step, &artifacts);
+                    d.record(RunEvent::StepCompleted {
+                        step,
+                        attempt,
+                        artifacts,
+                        ready,
+                        skipped,
+                        at,
+                    });
+                    d.dispatch_due(at);
+                }
                 d.settle(at);
                 Ok(d.events)
             }
@@ -531,7 +944,8 @@ impl Run {
             } => {
                 let attempt = self.check_running_step(&step, &lease)?;
                 let policy = self.definition.steps[&step].retry;
-                let will_retry = attempt < policy.max_attempts
+                let failures = self.steps[&step].failures + 1;
+                let will_retry = failures < policy.max_attempts
                     && self.failure.is_none()
                     && self.cancel_requested.is_none();
                 // While a cancel is pending a failure is not retried and does
@@ -567,14 +981,14 @@ impl Run {
             RunCommand::Recover { at, lease_seed } => {
                 self.check_active()?;
                 let mut d = Decision::new(self, &lease_seed);
-                let running: Vec<StepId> = self
+                let running: Vec<(StepId, Option<String>)> = self
                     .steps
                     .iter()
                     .filter(|(_, s)| s.status == StepStatus::Running)
-                    .map(|(id, _)| id.clone())
+                    .map(|(id, s)| (id.clone(), s.prompt_override.clone()))
                     .collect();
-                for step in running {
-                    d.dispatch(step, at, true);
+                for (step, prompt_override) in running {
+                    d.dispatch(step, at, true, prompt_override);
                 }
                 d.dispatch_due(at);
                 d.settle(at);
@@ -617,24 +1031,382 @@ impl Run {
                 d.settle(at);
                 Ok(d.events)
             }
+            RunCommand::Redirect {
+                new_run_id,
+                instructions,
+                at,
+            } => {
+                self.check_active()?;
+                if self.cancel_requested.is_some() {
+                    return Err(RunError::Cancelling);
+                }
+                let mut d = Decision::new(self, "");
+                let reason = format!("redirected to run {new_run_id}");
+                d.record(RunEvent::RunRedirected {
+                    to: new_run_id,
+                    instructions,
+                    at,
+                });
+                d.record(RunEvent::CancelRequested {
+                    reason: Some(reason),
+                    at,
+                });
+                d.settle(at);
+                Ok(d.events)
+            }
+            RunCommand::PostMessage {
+                message,
+                redirect_to,
+                at,
+                lease_seed,
+            } => self.post_message(message, redirect_to, at, lease_seed),
+            RunCommand::AgentComment {
+                step,
+                lease,
+                content,
+                at,
+            } => {
+                self.check_running_step(&step, &lease)?;
+                let mut d = Decision::new(self, "");
+                d.record(RunEvent::MessagePosted {
+                    message: self.thread.last + 1,
+                    author: Author::Agent,
+                    action: Action::Comment,
+                    content,
+                    metadata: Value::Null,
+                    step: Some(step),
+                    idempotency_key: None,
+                    status: MessageStatus::Processed,
+                    reason: None,
+                    at,
+                });
+                Ok(d.events)
+            }
+            RunCommand::InterruptStep {
+                step,
+                lease,
+                at,
+                lease_seed,
+            } => {
+                let attempt = self.check_running_step(&step, &lease)?;
+                let mut d = Decision::new(self, &lease_seed);
+                d.record(RunEvent::StepInterrupted { step, attempt, at });
+                d.dispatch_due(at);
+                d.settle(at);
+                Ok(d.events)
+            }
+            RunCommand::Approve {
+                step,
+                choice,
+                at,
+                lease_seed,
+            } => {
+                self.check_active()?;
+                if self.cancel_requested.is_some() {
+                    return Err(RunError::Cancelling);
+                }
+                let state = self.step_state(&step)?;
+                if state.status != StepStatus::AwaitingReview {
+                    return Err(RunError::StepNotAwaitingReview(step, state.status.as_str()));
+                }
+                let choices = &self.definition.steps[&step].choices;
+                match (&choice, choices.is_empty()) {
+                    (Some(_), true) => return Err(RunError::NoChoices(step)),
+                    (None, false) => {
+                        return Err(RunError::ChoiceRequired {
+                            step,
+                            choices: choices.clone(),
+                        })
+                    }
+                    (Some(c), false) if !choices.contains(c) => {
+                        return Err(RunError::InvalidChoice {
+                            step,
+                            choice: c.clone(),
+                            choices: choices.clone(),
+                        })
+                    }
+                    _ => {}
+                }
+                let artifacts: Vec<ArtifactWritten> = choice
+                    .iter()
+                    .map(|c| {
+                        let name = ArtifactName::new(&step, &choice_output());
+                        ArtifactWritten {
+                            version: self.next_version(&name),
+                            name,
+                            content: ArtifactContent::Inline(Value::String(c.clone())),
+                        }
+                    })
+                    .collect();
+                let (ready, skipped) = self.advance_after(&step, &artifacts);
+                let attempt = state.attempt;
+                let mut d = Decision::new(self, &lease_seed);
+                d.record(RunEvent::StepApproved {
+                    step: step.clone(),
+                    attempt,
+                    choice,
+                    at,
+                });
+                d.record(RunEvent::StepCompleted {
+                    step,
+                    attempt,
+                    artifacts,
+                    ready,
+                    skipped,
+                    at,
+                });
+                d.dispatch_due(at);
+                d.settle(at);
+                Ok(d.events)
+            }
+            RunCommand::RetryStep {
+                step,
+                prompt_override,
+                at,
+                lease_seed,
+            } => {
+                self.check_reopenable()?;
+                let state = self.step_state(&step)?;
+                if !matches!(
+                    state.status,
+                    StepStatus::Completed | StepStatus::Failed | StepStatus::AwaitingReview
+                ) {
+                    return Err(RunError::StepNotRetryable(step, state.status.as_str()));
+                }
+                let invalidated = self.invalidated_below(&step);
+                let mut rerun: BTreeSet<&StepId> = invalidated.iter().collect();
+                rerun.insert(&step);
+                let reopens_run = self.reopens(&rerun)?;
+                let mut d = Decision::new(self, &lease_seed);
+                d.record(RunEvent::StepRetryRequested {
+                    step: step.clone(),
+                    prompt_override: prompt_override.clone(),
+                    invalidated,
+                    reopens_run,
+                    at,
+                });
+                // A retry is the user's trigger: it runs now, manual mode or
+                // not, unless the run is paused or pausing.
+                if d.state.dispatching() {
+                    d.dispatch(step, at, false, prompt_override);
+                }
+                // A reopened run may have other ready steps waiting.
+                d.dispatch_due(at);
+                // Running steps it invalidated may have been the last ones
+                // a pause waited for.
+                d.settle(at);
+                Ok(d.events)
+            }
+            RunCommand::TriggerStep {
+                step,
+                prompt_override,
+                at,
+                lease_seed,
+            } => {
+                self.check_active()?;
+                if self.cancel_requested.is_some() {
+                    return Err(RunError::Cancelling);
+                }
+                if self.status == RunStatus::Paused || self.pause_requested {
+                    return Err(RunError::Paused);
+                }
+                if let Some((failed, _)) = &self.failure {
+                    return Err(RunError::Failing(failed.clone()));
+                }
+                let state = self.step_state(&step)?;
+                if state.status != StepStatus::Ready {
+                    return Err(RunError::StepNotReady(step, state.status.as_str()));
+                }
+                // Without an override of its own, a trigger keeps the one a
+                // retry set.
+                let prompt_override = prompt_override.or_else(|| state.prompt_override.clone());
+                let mut d = Decision::new(self, &lease_seed);
+                d.dispatch(step, at, false, prompt_override);
+                Ok(d.events)
+            }
+            RunCommand::SetAutoRun {
+                enabled,
+                at,
+                lease_seed,
+            } => {
+                self.check_active()?;
+                if self.auto_run == enabled {
+                    return Ok(Vec::new());
+                }
+                let mut d = Decision::new(self, &lease_seed);
+                d.record(RunEvent::AutoRunChanged { enabled, at });
+                d.dispatch_due(at);
+                Ok(d.events)
+            }
+            RunCommand::RollbackArtifact {
+                name,
+                to_version,
+                at,
+                lease_seed,
+            } => {
+                self.check_reopenable()?;
+                let artifact = self
+                    .artifacts
+                    .get(&name)
+                    .ok_or_else(|| RunError::UnknownArtifact(name.clone()))?;
+                if !artifact.versions.iter().any(|v| v.version == to_version) {
+                    return Err(RunError::UnknownArtifactVersion(name, to_version));
+                }
+                if artifact.latest == to_version {
+                    return Err(RunError::AlreadyAtVersion(name, to_version));
+                }
+                let producer = self
+                    .steps
+                    .keys()
+                    .find(|s| s.as_str() == name.step())
+                    .cloned()
+                    .ok_or_else(|| RunError::UnknownArtifact(name.clone()))?;
+                if self.steps[&producer].status == StepStatus::Running {
+                    return Err(RunError::StepRunning(producer));
+                }
+                let invalidated = self.invalidated_below(&producer);
+                let reopens_run = if invalidated.is_empty() {
+                    false
+                } else {
+                    self.reopens(&invalidated.iter().collect())?
+                };
+                // Evaluate the dependants as they will be: the invalidated
+                // steps pending, the artifact at its old version.
+                let seed = invalidated
+                    .iter()
+                    .map(|s| (s.clone(), StepStatus::Pending))
+                    .collect();
+                let old = artifact
+                    .versions
+                    .iter()
+                    .find(|v| v.version == to_version)
+                    .map(|v| (name.clone(), v.content.clone()));
+                let (ready, skipped) = if invalidated.is_empty() {
+                    (Vec::new(), Vec::new())
+                } else {
+                    self.evaluate(
+                        self.definition.dependants_of(&producer).cloned().collect(),
+                        seed,
+                        old.into_iter().collect(),
+                    )
+                };
+                let mut d = Decision::new(self, &lease_seed);
+                d.record(RunEvent::ArtifactRolledBack {
+                    from_version: artifact.latest,
+                    name,
+                    to_version,
+                    invalidated,
+                    ready,
+                    skipped,
+                    reopens_run,
+                    at,
+                });
+                d.dispatch_due(at);
+                d.settle(at);
+                Ok(d.events)
+            }
         }
+    }
+
+    /// A user's message: recorded with the status that says what came of
+    /// it; a control action has exactly the effect of its command.
+    fn post_message(
+        &self,
+        message: NewMessage,
+        redirect_to: Option<RunId>,
+        at: Timestamp,
+        lease_seed: String,
+    ) -> Result<Vec<RunEvent>, RunError> {
+        if self.id.is_none() {
+            return Err(RunError::NotStarted);
+        }
+        if let Some(key) = &message.idempotency_key {
+            if let Some((_, fingerprint)) = self.thread.keys.get(key) {
+                return if *fingerprint == message.fingerprint() {
+                    Ok(Vec::new())
+                } else {
+                    Err(RunError::IdempotencyKeyReused(key.clone()))
+                };
+            }
+        }
+        let control = match message.action {
+            Action::Comment | Action::Instruction => None,
+            Action::Pause => Some(RunCommand::Pause { at }),
+            Action::Resume => Some(RunCommand::Resume {
+                at,
+                lease_seed: lease_seed.clone(),
+            }),
+            Action::Cancel => Some(RunCommand::Cancel {
+                reason: Some(message.content.trim().to_string()).filter(|r| !r.is_empty()),
+                at,
+            }),
+            Action::Redirect => redirect_to.map(|new_run_id| RunCommand::Redirect {
+                new_run_id,
+                instructions: message.content.clone(),
+                at,
+            }),
+        };
+        let (status, reason) = match (&control, message.action) {
+            (Some(command), _) => match self.decide(command.clone()) {
+                Ok(_) => (MessageStatus::Processed, None),
+                Err(refused) => (MessageStatus::Ignored, Some(refused.to_string())),
+            },
+            (None, Action::Redirect) => (
+                MessageStatus::Ignored,
+                Some("no run id was set aside for the redirect".to_string()),
+            ),
+            (None, Action::Instruction) if self.status.is_finished() => (
+                MessageStatus::Ignored,
+                Some(format!("run is already {}", self.status.as_str())),
+            ),
+            (None, Action::Instruction) => (MessageStatus::Pending, None),
+            (None, _) => (MessageStatus::Processed, None),
+        };
+        let mut d = Decision::new(self, &lease_seed);
+        d.record(RunEvent::MessagePosted {
+            message: self.thread.last + 1,
+            author: Author::User,
+            action: message.action,
+            content: message.content,
+            metadata: message.metadata,
+            step: None,
+            idempotency_key: message.idempotency_key,
+            status,
+            reason,
+            at,
+        });
+        if let (Some(command), MessageStatus::Processed) = (control, status) {
+            // Decided again on the state that holds the message, so the
+            // system messages it brings are numbered after it.
+            for event in d.state.decide(command)? {
+                d.push(event);
+            }
+        }
+        Ok(d.events)
     }
 
     /// What a retry of this run starts from: the same template version,
     /// definition and input. Only a failed or cancelled run can be retried.
     pub fn retry_source(&self) -> Result<RetrySource, RunError> {
-        let (Some(id), Some(template_id)) = (&self.id, &self.template_id) else {
-            return Err(RunError::NotStarted);
-        };
+        let source = self.source().ok_or(RunError::NotStarted)?;
         if !matches!(self.status, RunStatus::Failed | RunStatus::Cancelled) {
             return Err(RunError::NotRetryable(self.status.as_str()));
         }
-        Ok(RetrySource {
+        Ok(source)
+    }
+
+    /// What a new run of the same work starts from (retry or redirect).
+    pub fn source(&self) -> Option<RetrySource> {
+        let (Some(id), Some(template_id)) = (&self.id, &self.template_id) else {
+            return None;
+        };
+        Some(RetrySource {
             run_id: id.clone(),
             template_id: template_id.clone(),
             template_version: self.template_version,
             definition: self.definition.clone(),
             input: self.input.clone(),
+            auto_run: self.auto_run,
         })
     }
 
@@ -673,19 +1445,159 @@ impl Run {
         Ok(state.attempt)
     }
 
-    /// Pending steps all of whose dependencies are complete once `done` is.
-    fn newly_ready_after(&self, done: &StepId) -> Vec<StepId> {
+    /// The step's state, or `UnknownStep`.
+    fn step_state(&self, step: &StepId) -> Result<&StepState, RunError> {
+        self.steps
+            .get(step)
+            .ok_or_else(|| RunError::UnknownStep(step.clone()))
+    }
+
+    /// Step retry and rollback work on running, paused, completed and failed
+    /// runs; not on cancelled or cancelling ones.
+    fn check_reopenable(&self) -> Result<(), RunError> {
+        if self.id.is_none() {
+            return Err(RunError::NotStarted);
+        }
+        if self.status == RunStatus::Cancelled {
+            return Err(RunError::Finished(self.status.as_str()));
+        }
+        if self.cancel_requested.is_some() {
+            return Err(RunError::Cancelling);
+        }
+        Ok(())
+    }
+
+    /// The steps below `step` that must run again when its outputs change:
+    /// every downstream step that is not pending already.
+    fn invalidated_below(&self, step: &StepId) -> Vec<StepId> {
         self.definition
-            .dependants_of(done)
-            .filter(|s| self.steps.get(*s).map(|st| st.status) == Some(StepStatus::Pending))
+            .downstream_of(step)
+            .into_iter()
             .filter(|s| {
-                self.definition.steps[*s].depends_on.iter().all(|dep| {
-                    dep == done
-                        || self.steps.get(dep).map(|st| st.status) == Some(StepStatus::Completed)
-                })
+                self.steps
+                    .get(s)
+                    .is_some_and(|st| st.status != StepStatus::Pending)
             })
-            .cloned()
             .collect()
+    }
+
+    /// Whether running `rerun` again reopens the run (it completed, failed
+    /// or is failing). Refused when a failed step outside `rerun` would keep
+    /// the run failed.
+    fn reopens(&self, rerun: &BTreeSet<&StepId>) -> Result<bool, RunError> {
+        let failing = self.status == RunStatus::Failed || self.failure.is_some();
+        if failing {
+            if let Some((other, _)) = self
+                .steps
+                .iter()
+                .find(|(id, s)| s.status == StepStatus::Failed && !rerun.contains(id))
+            {
+                return Err(RunError::FailedElsewhere(other.clone()));
+            }
+        }
+        Ok(failing || self.status == RunStatus::Completed)
+    }
+
+    /// The next version number of an artifact.
+    fn next_version(&self, name: &ArtifactName) -> u32 {
+        self.artifacts
+            .get(name)
+            .map_or(0, |a| a.versions.last().map_or(0, |v| v.version))
+            + 1
+    }
+
+    /// What becomes ready or skipped once `done` completes having written
+    /// `written`. Nothing does while the run is failing or cancelling.
+    fn advance_after(
+        &self,
+        done: &StepId,
+        written: &[ArtifactWritten],
+    ) -> (Vec<StepId>, Vec<StepId>) {
+        if self.failure.is_some() || self.cancel_requested.is_some() {
+            return (Vec::new(), Vec::new());
+        }
+        self.evaluate(
+            self.definition.dependants_of(done).cloned().collect(),
+            BTreeMap::from([(done.clone(), StepStatus::Completed)]),
+            written
+                .iter()
+                .map(|w| (w.name.clone(), w.content.clone()))
+                .collect(),
+        )
+    }
+
+    /// Decides the pending steps among `candidates` (and, through skips,
+    /// their dependants) whose dependencies are all done: each is ready, or
+    /// skipped when its condition is false or every dependency was skipped.
+    /// `seed` overrides step statuses and `fresh` artifact values, for
+    /// decisions about a state that the command's events will bring.
+    fn evaluate(
+        &self,
+        candidates: Vec<StepId>,
+        seed: BTreeMap<StepId, StepStatus>,
+        fresh: BTreeMap<ArtifactName, ArtifactContent>,
+    ) -> (Vec<StepId>, Vec<StepId>) {
+        let mut decided = seed;
+        let status = |step: &StepId, decided: &BTreeMap<StepId, StepStatus>| {
+            decided
+                .get(step)
+                .copied()
+                .or_else(|| self.steps.get(step).map(|s| s.status))
+        };
+        let mut outcome: BTreeMap<StepId, StepStatus> = BTreeMap::new();
+        let mut todo = candidates;
+        while let Some(step) = todo.pop() {
+            if status(&step, &decided) != Some(StepStatus::Pending) {
+                continue;
+            }
+            let Some(def) = self.definition.steps.get(&step) else {
+                continue;
+            };
+            if !def
+                .depends_on
+                .iter()
+                .all(|d| status(d, &decided).is_some_and(StepStatus::is_done))
+            {
+                continue;
+            }
+            let all_skipped = !def.depends_on.is_empty()
+                && def
+                    .depends_on
+                    .iter()
+                    .all(|d| status(d, &decided) == Some(StepStatus::Skipped));
+            let holds = |when: &Condition| {
+                if status(&when.step, &decided) != Some(StepStatus::Completed) {
+                    return false;
+                }
+                let name = ArtifactName::new(&when.step, &when.output);
+                let content = fresh.get(&name).or_else(|| {
+                    self.artifacts
+                        .get(&name)
+                        .and_then(ArtifactState::latest_content)
+                });
+                match content {
+                    Some(ArtifactContent::Inline(value)) => when.holds(Some(value)),
+                    // Large (blob) outputs are not compared.
+                    _ => false,
+                }
+            };
+            let skip = all_skipped || def.when.as_ref().is_some_and(|w| !holds(w));
+            let next = if skip {
+                todo.extend(self.definition.dependants_of(&step).cloned());
+                StepStatus::Skipped
+            } else {
+                StepStatus::Ready
+            };
+            decided.insert(step.clone(), next);
+            outcome.insert(step, next);
+        }
+        let (ready, skipped): (Vec<_>, Vec<_>) = outcome
+            .into_iter()
+            .partition(|(_, s)| *s == StepStatus::Ready);
+        (
+            ready.into_iter().map(|(s, _)| s).collect(),
+            skipped.into_iter().map(|(s, _)| s).collect(),
+        )
     }
 
     /// The artifact versions `step` reads when dispatched now.
@@ -702,9 +1614,18 @@ impl Run {
         };
         self.artifacts
             .iter()
-            .filter(|(name, _)| wanted(name))
+            .filter(|(name, _)| wanted(name) && self.is_live(name))
             .map(|(name, a)| (name.clone(), a.latest))
             .collect()
+    }
+
+    /// Whether an artifact's step stands behind it: the outputs of a step
+    /// that was skipped since it wrote them are not handed on.
+    fn is_live(&self, name: &ArtifactName) -> bool {
+        StepId::parse(name.step())
+            .ok()
+            .and_then(|step| self.steps.get(&step))
+            .is_none_or(|s| s.status != StepStatus::Skipped)
     }
 
     /// What `step` receives as input: the run input for a step with no
@@ -721,6 +1642,7 @@ impl Run {
                 .map(|(input, source)| {
                     let value = ArtifactName::parse(source.as_str())
                         .ok()
+                        .filter(|name| self.is_live(name))
                         .and_then(|name| self.artifacts.get(&name))
                         .and_then(ArtifactState::latest_content)
                         .map_or(InputValue::Missing, |c| InputValue::Artifact(c.clone()));
@@ -744,7 +1666,7 @@ impl Run {
     pub fn outputs_of(&self, step: &StepId) -> BTreeMap<String, ArtifactContent> {
         self.artifacts
             .iter()
-            .filter(|(name, _)| name.step() == step.as_str())
+            .filter(|(name, _)| name.step() == step.as_str() && self.is_live(name))
             .filter_map(|(name, a)| {
                 a.latest_content()
                     .map(|c| (name.output().to_string(), c.clone()))
@@ -766,6 +1688,14 @@ impl Run {
     /// facts.
     pub fn apply_event(&mut self, event: RunEvent) {
         self.updated_at = event.at();
+        if let RunEvent::MessageStatusChanged {
+            message,
+            status: MessageStatus::Processed | MessageStatus::Ignored,
+            ..
+        } = &event
+        {
+            self.thread.close(*message);
+        }
         match event {
             RunEvent::RunStarted {
                 run_id,
@@ -775,10 +1705,14 @@ impl Run {
                 input,
                 ready,
                 retry_of,
+                redirected_from,
+                auto_run,
                 at,
             } => {
                 self.id = Some(run_id);
                 self.retry_of = retry_of;
+                self.redirected_from = redirected_from;
+                self.auto_run = auto_run;
                 self.template_id = Some(template_id);
                 self.template_version = template_version;
                 self.steps = definition
@@ -790,27 +1724,45 @@ impl Run {
                 self.input = input;
                 self.status = RunStatus::Running;
                 self.created_at = at;
-                self.mark_ready(ready);
+                self.mark(ready, StepStatus::Ready);
             }
             RunEvent::StepDispatched {
                 step,
                 attempt,
                 lease,
+                prompt_override,
+                instructions,
                 at,
                 ..
             } => {
+                let handed: Vec<OpenInstruction> = self
+                    .thread
+                    .for_dispatch(&step)
+                    .into_iter()
+                    .filter(|i| instructions.contains(&i.message))
+                    .collect();
+                self.thread
+                    .pending
+                    .retain(|i| !instructions.contains(&i.message));
+                if handed.is_empty() {
+                    self.thread.in_flight.remove(&step);
+                } else {
+                    self.thread.in_flight.insert(step.clone(), handed);
+                }
                 let s = self.steps.entry(step).or_default();
                 s.status = StepStatus::Running;
                 s.attempt = attempt;
                 s.lease = Some(lease);
                 s.retry_at = None;
                 s.started_at = Some(at);
+                s.prompt_override = prompt_override;
             }
             RunEvent::StepCompleted {
                 step,
                 attempt,
                 artifacts,
                 ready,
+                skipped,
                 at,
             } => {
                 let s = self.steps.entry(step).or_default();
@@ -818,18 +1770,23 @@ impl Run {
                 s.lease = None;
                 s.error = None;
                 s.finished_at = Some(at);
-                for written in artifacts {
-                    let a = self.artifacts.entry(written.name).or_default();
-                    a.latest = written.version;
-                    a.versions.push(ArtifactVersion {
-                        version: written.version,
-                        attempt,
-                        content: written.content,
-                        at,
-                    });
-                }
-                self.mark_ready(ready);
+                self.add_versions(attempt, artifacts, at);
+                self.mark(ready, StepStatus::Ready);
+                self.mark(skipped, StepStatus::Skipped);
             }
+            RunEvent::StepAwaitingReview {
+                step,
+                attempt,
+                artifacts,
+                at,
+            } => {
+                let s = self.steps.entry(step).or_default();
+                s.status = StepStatus::AwaitingReview;
+                s.lease = None;
+                s.error = None;
+                self.add_versions(attempt, artifacts, at);
+            }
+            RunEvent::StepApproved { .. } | RunEvent::MessageStatusChanged { .. } => {}
             RunEvent::StepFailed {
                 step,
                 error,
@@ -841,6 +1798,7 @@ impl Run {
                 let s = self.steps.entry(step.clone()).or_default();
                 s.lease = None;
                 s.error = Some(error.clone());
+                s.failures += 1;
                 if will_retry {
                     s.status = StepStatus::Ready;
                 } else {
@@ -856,8 +1814,23 @@ impl Run {
                 s.status = StepStatus::Ready;
                 s.retry_at = Some(due_at);
             }
-            RunEvent::RunCompleted { .. } => self.status = RunStatus::Completed,
-            RunEvent::RunFailed { .. } => self.status = RunStatus::Failed,
+            RunEvent::StepInterrupted { step, .. } => {
+                let s = self.steps.entry(step).or_default();
+                s.status = StepStatus::Ready;
+                s.lease = None;
+                s.retry_at = None;
+            }
+            // A pause or cancel still pending when the run ends is moot.
+            RunEvent::RunCompleted { .. } => {
+                self.status = RunStatus::Completed;
+                self.pause_requested = false;
+                self.cancel_requested = None;
+            }
+            RunEvent::RunFailed { .. } => {
+                self.status = RunStatus::Failed;
+                self.pause_requested = false;
+                self.cancel_requested = None;
+            }
             RunEvent::PauseRequested { .. } => self.pause_requested = true,
             RunEvent::RunPaused { .. } => {
                 self.status = RunStatus::Paused;
@@ -872,12 +1845,96 @@ impl Run {
                 self.status = RunStatus::Cancelled;
                 self.pause_requested = false;
             }
+            RunEvent::RunRedirected { to, .. } => self.redirected_to = Some(to),
+            RunEvent::AutoRunChanged { enabled, .. } => self.auto_run = enabled,
+            RunEvent::MessagePosted {
+                message,
+                action,
+                content,
+                metadata,
+                idempotency_key,
+                status,
+                ..
+            } => {
+                self.thread.last = message;
+                if let Some(key) = idempotency_key {
+                    let fingerprint = thread::fingerprint(action, &content, &metadata);
+                    self.thread.keys.insert(key, (message, fingerprint));
+                }
+                if action == Action::Instruction && status == MessageStatus::Pending {
+                    self.thread
+                        .pending
+                        .push(OpenInstruction { message, content });
+                }
+            }
+            RunEvent::StepRetryRequested {
+                step,
+                prompt_override,
+                invalidated,
+                reopens_run,
+                ..
+            } => {
+                let s = self.steps.entry(step).or_default();
+                s.status = StepStatus::Ready;
+                s.lease = None;
+                s.retry_at = None;
+                s.finished_at = None;
+                s.error = None;
+                s.failures = 0;
+                s.prompt_override = prompt_override;
+                self.invalidate(invalidated, reopens_run);
+            }
+            RunEvent::ArtifactRolledBack {
+                name,
+                to_version,
+                invalidated,
+                ready,
+                skipped,
+                reopens_run,
+                ..
+            } => {
+                self.artifacts.entry(name).or_default().latest = to_version;
+                self.invalidate(invalidated, reopens_run);
+                self.mark(ready, StepStatus::Ready);
+                self.mark(skipped, StepStatus::Skipped);
+            }
         }
     }
 
-    fn mark_ready(&mut self, ready: Vec<StepId>) {
-        for step in ready {
-            self.steps.entry(step).or_default().status = StepStatus::Ready;
+    fn add_versions(&mut self, attempt: u32, artifacts: Vec<ArtifactWritten>, at: Timestamp) {
+        for written in artifacts {
+            let a = self.artifacts.entry(written.name).or_default();
+            a.latest = written.version;
+            a.versions.push(ArtifactVersion {
+                version: written.version,
+                attempt,
+                content: written.content,
+                at,
+            });
+        }
+    }
+
+    /// Sends steps back to `pending` (their inputs will change); reopens the
+    /// run when the event says so.
+    fn invalidate(&mut self, steps: Vec<StepId>, reopens_run: bool) {
+        for step in steps {
+            let s = self.steps.entry(step).or_default();
+            s.status = StepStatus::Pending;
+            s.lease = None;
+            s.retry_at = None;
+            s.error = None;
+            s.finished_at = None;
+            s.failures = 0;
+        }
+        if reopens_run {
+            self.status = RunStatus::Running;
+            self.failure = None;
+        }
+    }
+
+    fn mark(&mut self, steps: Vec<StepId>, status: StepStatus) {
+        for step in steps {
+            self.steps.entry(step).or_default().status = status;
         }
     }
 }

@@ -1,0 +1,342 @@
+//! Steering endpoints: the conversation thread, redirect, review gates,
+//! manual mode, step retry and artifact rollback. Each one parses and checks
+//! its input, sends one command to the run's actor and answers from the read
+//! models once they hold the command's effect.
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::runs::{controlled, detail, run_id, MAX_REASON_CHARS};
+use super::{optional_body, refuse_nul, refuse_nul_text, ApiError, ApiState, PageQuery};
+use crate::domain::ids::{ArtifactName, RunId, StepId};
+use crate::domain::run::{Action, Author, NewMessage, RunEvent};
+
+/// Longest message content accepted (characters).
+pub const MAX_CONTENT_CHARS: usize = 32_000;
+/// Longest prompt override accepted (characters).
+pub const MAX_PROMPT_CHARS: usize = 32_000;
+/// Longest idempotency key accepted (bytes).
+pub const MAX_IDEMPOTENCY_KEY: usize = 255;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct PostMessage {
+    content: String,
+    action: Option<String>,
+    #[serde(default)]
+    metadata: Value,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Redirect {
+    instructions: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Approve {
+    choice: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PromptOverride {
+    prompt_override: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct AutoRun {
+    enabled: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Rollback {
+    to_version: u32,
+}
+
+fn step_id(raw: &str) -> Result<StepId, ApiError> {
+    StepId::parse(raw).map_err(|e| ApiError::bad_request("invalid_step_id", e.to_string()))
+}
+
+fn action(raw: Option<&str>) -> Result<Action, ApiError> {
+    let Some(raw) = raw else {
+        return Ok(Action::Comment);
+    };
+    [
+        Action::Comment,
+        Action::Instruction,
+        Action::Pause,
+        Action::Resume,
+        Action::Cancel,
+        Action::Redirect,
+    ]
+    .into_iter()
+    .find(|a| a.as_str() == raw)
+    .ok_or_else(|| {
+        ApiError::bad_request(
+            "invalid_action",
+            format!(
+                "unknown action '{raw}': use comment, instruction, pause, resume, cancel or redirect"
+            ),
+        )
+    })
+}
+
+fn idempotency_key(req: &HttpRequest) -> Result<Option<String>, ApiError> {
+    let Some(value) = req.headers().get("Idempotency-Key") else {
+        return Ok(None);
+    };
+    let key = value
+        .to_str()
+        .ok()
+        .filter(|k| !k.is_empty() && k.len() <= MAX_IDEMPOTENCY_KEY)
+        .filter(|k| k.bytes().all(|b| b.is_ascii_graphic()))
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid_idempotency_key",
+                format!(
+                    "Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} visible ASCII characters"
+                ),
+            )
+        })?;
+    Ok(Some(key.to_string()))
+}
+
+/// Checks a text field's length; `required` texts must not be blank.
+fn checked_text(
+    text: &str,
+    field: &str,
+    code: &'static str,
+    max: usize,
+    required: bool,
+) -> Result<(), ApiError> {
+    refuse_nul_text(field, Some(text))?;
+    if required && text.trim().is_empty() {
+        return Err(ApiError::bad_request(
+            code,
+            format!("{field} must not be blank"),
+        ));
+    }
+    if text.chars().count() > max {
+        return Err(ApiError::bad_request(
+            code,
+            format!("{field} is longer than {max} characters"),
+        ));
+    }
+    Ok(())
+}
+
+fn checked_prompt(prompt: Option<&String>) -> Result<(), ApiError> {
+    match prompt {
+        Some(p) => checked_text(
+            p,
+            "prompt_override",
+            "invalid_prompt_override",
+            MAX_PROMPT_CHARS,
+            true,
+        ),
+        None => Ok(()),
+    }
+}
+
+/// `POST /api/runs/{id}/messages`: 201 with the message (its status says
+/// what came of it), or 200 with the message first posted under the same
+/// `Idempotency-Key`. A processed `redirect` also carries `new_run_id`.
+pub(super) async fn post_message(
+    state: web::Data<ApiState>,
+    path: web::Path<String>,
+    req: HttpRequest,
+    body: web::Json<PostMessage>,
+) -> Result<HttpResponse, ApiError> {
+    let id = run_id(&path)?;
+    let key = idempotency_key(&req)?;
+    let body = body.into_inner();
+    let action = action(body.action.as_deref())?;
+    let required = matches!(
+        action,
+        Action::Comment | Action::Instruction | Action::Redirect
+    );
+    // A cancel message's content is the cancel's reason.
+    let max = if action == Action::Cancel {
+        MAX_REASON_CHARS
+    } else {
+        MAX_CONTENT_CHARS
+    };
+    checked_text(&body.content, "content", "invalid_content", max, required)?;
+    refuse_nul("metadata", &body.metadata)?;
+    if !(body.metadata.is_null() || body.metadata.is_object()) {
+        return Err(ApiError::bad_request(
+            "invalid_metadata",
+            "metadata must be a JSON object",
+        ));
+    }
+    let message = NewMessage {
+        action,
+        content: body.content,
+        metadata: body.metadata,
+        idempotency_key: key.clone(),
+    };
+    let committed = state.engine.post_message(&id, message).await?;
+    state.engine.settle_run(&id).await;
+    let posted = committed.iter().find_map(|e| match &e.payload {
+        RunEvent::MessagePosted {
+            message,
+            author: Author::User,
+            ..
+        } => Some(*message),
+        _ => None,
+    });
+    let (view, created) = match (posted, &key) {
+        (Some(number), _) => (state.reads.message(id.as_str(), number).await?, true),
+        // Nothing committed: the key was seen before.
+        (None, Some(key)) => (state.reads.message_by_key(id.as_str(), key).await?, false),
+        (None, None) => (None, false),
+    };
+    let view = view.ok_or_else(|| {
+        ApiError::internal(&std::io::Error::other(
+            "the message was recorded but is not in the read model",
+        ))
+    })?;
+    let mut body = serde_json::to_value(&view).map_err(|e| ApiError::internal(&e))?;
+    if view.action == "redirect" && view.status == "processed" {
+        let run = detail(&state, &id).await?;
+        body["new_run_id"] = run.redirected_to.map_or(Value::Null, Value::String);
+    }
+    Ok(if created {
+        HttpResponse::Created().json(body)
+    } else {
+        HttpResponse::Ok().json(body)
+    })
+}
+
+/// `GET /api/runs/{id}/messages`: the thread in order, paged by message
+/// number (`cursor` is the last number of the previous page).
+pub(super) async fn messages(
+    state: web::Data<ApiState>,
+    path: web::Path<String>,
+    query: web::Query<PageQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let id = run_id(&path)?;
+    let limit = query.limit()?;
+    let after = match &query.cursor {
+        None => 0,
+        Some(c) => c.parse::<u32>().map_err(|_| {
+            ApiError::bad_request("invalid_cursor", "cursor is not one this server returned")
+        })?,
+    };
+    // Also answers 404 for a run that does not exist.
+    detail(&state, &id).await?;
+    let page = state.reads.messages(id.as_str(), after, limit).await?;
+    Ok(HttpResponse::Ok().json(page))
+}
+
+/// `POST /api/runs/{id}/redirect`: 201 with the old run's detail and
+/// `new_run_id`; `Location` is the new run.
+pub(super) async fn redirect(
+    state: web::Data<ApiState>,
+    path: web::Path<String>,
+    body: web::Json<Redirect>,
+) -> Result<HttpResponse, ApiError> {
+    let id = run_id(&path)?;
+    let body = body.into_inner();
+    checked_text(
+        &body.instructions,
+        "instructions",
+        "invalid_instructions",
+        MAX_CONTENT_CHARS,
+        true,
+    )?;
+    let new_id: RunId = state.engine.redirect(&id, body.instructions).await?;
+    let run = detail(&state, &id).await?;
+    let mut body = serde_json::to_value(&run).map_err(|e| ApiError::internal(&e))?;
+    body["new_run_id"] = Value::String(new_id.to_string());
+    Ok(HttpResponse::Created()
+        .insert_header(("Location", format!("/api/runs/{new_id}")))
+        .json(body))
+}
+
+/// The run and step a step endpoint's path names.
+fn step_target(path: web::Path<(String, String)>) -> Result<(RunId, StepId), ApiError> {
+    let (raw_id, raw_step) = path.into_inner();
+    Ok((run_id(&raw_id)?, step_id(&raw_step)?))
+}
+
+/// The optional `{prompt_override?}` body of step retry and trigger.
+fn prompt_override(body: &[u8]) -> Result<Option<String>, ApiError> {
+    let body: PromptOverride = optional_body(body)?;
+    checked_prompt(body.prompt_override.as_ref())?;
+    Ok(body.prompt_override)
+}
+
+/// `POST /api/runs/{id}/steps/{step}/approve {choice?}`.
+pub(super) async fn approve(
+    state: web::Data<ApiState>,
+    path: web::Path<(String, String)>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let (id, step) = step_target(path)?;
+    let body: Approve = optional_body(&body)?;
+    refuse_nul_text("choice", body.choice.as_deref())?;
+    state.engine.approve(&id, step, body.choice).await?;
+    controlled(&state, &id).await
+}
+
+/// `POST /api/runs/{id}/steps/{step}/retry {prompt_override?}`.
+pub(super) async fn retry_step(
+    state: web::Data<ApiState>,
+    path: web::Path<(String, String)>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let (id, step) = step_target(path)?;
+    let prompt = prompt_override(&body)?;
+    state.engine.retry_step(&id, step, prompt).await?;
+    controlled(&state, &id).await
+}
+
+/// `POST /api/runs/{id}/steps/{step}/trigger {prompt_override?}`.
+pub(super) async fn trigger(
+    state: web::Data<ApiState>,
+    path: web::Path<(String, String)>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let (id, step) = step_target(path)?;
+    let prompt = prompt_override(&body)?;
+    state.engine.trigger(&id, step, prompt).await?;
+    controlled(&state, &id).await
+}
+
+/// `PUT /api/runs/{id}/auto-run {enabled}`. Setting the current value
+/// records nothing.
+pub(super) async fn auto_run(
+    state: web::Data<ApiState>,
+    path: web::Path<String>,
+    body: web::Json<AutoRun>,
+) -> Result<HttpResponse, ApiError> {
+    let id = run_id(&path)?;
+    state.engine.set_auto_run(&id, body.enabled).await?;
+    controlled(&state, &id).await
+}
+
+/// `POST /api/runs/{id}/artifacts/{name}/rollback {to_version}`.
+pub(super) async fn rollback(
+    state: web::Data<ApiState>,
+    path: web::Path<(String, String)>,
+    body: web::Json<Rollback>,
+) -> Result<HttpResponse, ApiError> {
+    let (raw_id, raw_name) = path.into_inner();
+    let id = run_id(&raw_id)?;
+    let name = ArtifactName::parse(raw_name)
+        .map_err(|e| ApiError::bad_request("invalid_artifact_name", e.to_string()))?;
+    if body.to_version == 0 {
+        return Err(ApiError::bad_request(
+            "invalid_version",
+            "to_version must be 1 or more",
+        ));
+    }
+    state.engine.rollback(&id, name, body.to_version).await?;
+    controlled(&state, &id).await
+}

@@ -1,0 +1,4 @@
+SELECT message, author, action, content, metadata, step, idempotency_key, status, reason,
+       created_at, updated_at
+  FROM run_messages
+ WHERE run_id = $1 AND idempotency_key = $2

@@ -1,0 +1,6 @@
+SELECT message, author, action, content, metadata, step, idempotency_key, status, reason,
+       created_at, updated_at
+  FROM run_messages
+ WHERE run_id = $1 AND message > $2
+ ORDER BY message
+ LIMIT $3
