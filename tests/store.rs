@@ -97,6 +97,7 @@ fn complete_command(state: &Run, name: &str, at: i64) -> RunCommand {
         step: step(name),
         lease,
         outputs,
+        comments: Vec::new(),
         at: Timestamp(at),
         lease_seed: format!("seed-{at}"),
     }

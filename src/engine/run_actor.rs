@@ -22,7 +22,8 @@ use super::agents::{AgentError, CommentSink, StepContext, StopSignal};
 use super::{new_lease_seed, now, EngineCtx, EngineError};
 use crate::domain::ids::{LeaseToken, OutputName, RunId, StepId};
 use crate::domain::run::{
-    ArtifactContent, InputValue, Outputs, Run, RunCommand, RunEvent, RunStatus, StepInput,
+    AgentNote, ArtifactContent, InputValue, Outputs, Run, RunCommand, RunEvent, RunStatus,
+    StepInput,
 };
 use crate::projections::rfc3339;
 use crate::store::{BlobStore, StoreError};
@@ -31,6 +32,10 @@ use crate::store::{BlobStore, StoreError};
 pub const INLINE_ARTIFACT_LIMIT: usize = 8 * 1024;
 /// Attempts at recording one agent result when storage fails.
 const RECORD_ATTEMPTS: u32 = 5;
+/// How long an agent's comment may wait to be recorded with its attempt's
+/// result (one commit instead of one per comment) before it is recorded on
+/// its own, so that a long-running agent's comments still show promptly.
+const NOTE_FLUSH_DELAY: Duration = Duration::from_millis(50);
 
 /// Events committed by one turn.
 pub type Committed = Vec<EventEnvelope<Run>>;
@@ -54,6 +59,8 @@ struct AgentDone {
     step: StepId,
     lease: LeaseToken,
     result: Result<Outputs, AgentError>,
+    /// The attempt's comments not recorded yet (taken at the first try).
+    comments: Vec<AgentNote>,
     tries: u32,
 }
 
@@ -63,8 +70,13 @@ struct AgentDone {
 struct AgentCommented {
     step: StepId,
     lease: LeaseToken,
-    content: String,
+    note: AgentNote,
 }
+
+/// Record the comments still waiting (internal).
+#[derive(Message)]
+#[rtype(result = "()")]
+struct FlushNotes;
 
 /// A retry is due (internal).
 #[derive(Message)]
@@ -88,6 +100,10 @@ pub struct RunActor {
     last_written: Option<Shared<BoxFuture<'static, ()>>>,
     /// The stop signal of each running agent, by step.
     stops: HashMap<StepId, tokio::sync::watch::Sender<bool>>,
+    /// Agents' comments waiting to be recorded, with their attempt.
+    notes: Vec<(StepId, LeaseToken, AgentNote)>,
+    /// The timer that records waiting comments on their own.
+    flush: Option<SpawnHandle>,
 }
 
 impl RunActor {
@@ -104,6 +120,8 @@ impl RunActor {
             passivate: None,
             last_written: None,
             stops: HashMap::new(),
+            notes: Vec::new(),
+            flush: None,
         }
     }
 
@@ -328,7 +346,7 @@ impl RunActor {
                 addr.do_send(AgentCommented {
                     step: step.clone(),
                     lease: lease.clone(),
-                    content,
+                    note: AgentNote { content, at: now() },
                 });
             })
         };
@@ -366,6 +384,7 @@ impl RunActor {
                 step,
                 lease,
                 result,
+                comments: Vec::new(),
                 tries: 0,
             });
         });
@@ -429,15 +448,23 @@ impl Handler<Settle> for RunActor {
 impl Handler<AgentDone> for RunActor {
     type Result = AtomicResponse<Self, ()>;
 
-    fn handle(&mut self, done: AgentDone, _: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, mut done: AgentDone, _: &mut Self::Context) -> Self::Result {
         if done.tries == 0 {
             self.in_flight = self.in_flight.saturating_sub(1);
+            // The attempt's comments go into the same commit as its result.
+            let (mine, others) = std::mem::take(&mut self.notes)
+                .into_iter()
+                .partition(|(step, lease, _)| *step == done.step && *lease == done.lease);
+            self.notes = others;
+            done.comments = mine.into_iter().map(|(_, _, note)| note).collect();
         }
+        let comments = done.comments.clone();
         let command = match done.result.clone() {
             Ok(outputs) => RunCommand::CompleteStep {
                 step: done.step.clone(),
                 lease: done.lease.clone(),
                 outputs,
+                comments,
                 at: now(),
                 lease_seed: new_lease_seed(),
             },
@@ -445,11 +472,13 @@ impl Handler<AgentDone> for RunActor {
                 step: done.step.clone(),
                 lease: done.lease.clone(),
                 error,
+                comments,
                 at: now(),
             },
             Err(AgentError::Stopped) => RunCommand::InterruptStep {
                 step: done.step.clone(),
                 lease: done.lease.clone(),
+                comments,
                 at: now(),
                 lease_seed: new_lease_seed(),
             },
@@ -477,21 +506,31 @@ impl Handler<AgentDone> for RunActor {
 }
 
 impl Handler<AgentCommented> for RunActor {
+    type Result = ();
+
+    fn handle(&mut self, comment: AgentCommented, ctx: &mut Self::Context) {
+        self.notes.push((comment.step, comment.lease, comment.note));
+        if self.flush.is_none() {
+            self.flush = Some(ctx.notify_later(FlushNotes, NOTE_FLUSH_DELAY));
+        }
+    }
+}
+
+impl Handler<FlushNotes> for RunActor {
     type Result = AtomicResponse<Self, ()>;
 
-    fn handle(&mut self, comment: AgentCommented, _: &mut Self::Context) -> Self::Result {
-        let step = comment.step.clone();
-        let command = RunCommand::AgentComment {
-            step: comment.step,
-            lease: comment.lease,
-            content: comment.content,
-            at: now(),
-        };
-        AtomicResponse::new(Box::pin(self.turn(command).map(move |result, act, _| {
+    fn handle(&mut self, _: FlushNotes, _: &mut Self::Context) -> Self::Result {
+        self.flush = None;
+        let comments = std::mem::take(&mut self.notes);
+        if comments.is_empty() {
+            return AtomicResponse::new(Box::pin(ready(())));
+        }
+        let command = RunCommand::AgentComments { comments };
+        AtomicResponse::new(Box::pin(self.turn(command).map(|result, act, _| {
             if let Err(e) = result {
-                // A comment from a stale attempt, or a storage failure: a
-                // comment is not worth retrying.
-                tracing::debug!(run_id = %act.id, %step, error = %e, "agent comment not recorded");
+                // The run has finished, or storage failed: a comment is not
+                // worth retrying.
+                tracing::debug!(run_id = %act.id, error = %e, "agent comments not recorded");
             }
         })))
     }

@@ -1502,3 +1502,43 @@ on_both_backends!(
         assert_eq!(app.counts().await, counts);
     }
 );
+
+on_both_backends!(
+    a_long_running_agents_start_comment_shows_while_it_runs_and_a_quick_agents_comments_share_its_result_commit,
+    |backend| {
+        let Some(app) = spawn_app(backend).await else {
+            return;
+        };
+        let definition = json!({"steps": {
+            "quick": {"agent": "echo"},
+            "slow": {"agent": "echo", "depends_on": ["quick"], "config": {"delay_ms": 3000}}
+        }});
+        let template = app.template_id("slow", definition).await;
+        let run = app.run_id(&template, json!({"topic": "owls"})).await;
+        app.wait_messages(&run, "slow's start comment", WAIT, |messages| {
+            messages
+                .iter()
+                .any(|m| m["step"] == "slow" && m["content"] == "echo started attempt 1.")
+        })
+        .await;
+        let detail = app.run(&run).await;
+        assert_eq!(detail["steps"]["slow"]["status"], "running", "{detail}");
+        // The quick step's two comments were committed with its completion.
+        let events = app.events(&run).await;
+        let completed = events
+            .iter()
+            .position(|e| e["event_type"] == "StepCompleted" && e["payload"]["step"] == "quick")
+            .expect("quick completed");
+        let quick: Vec<&Value> = events[..completed]
+            .iter()
+            .filter(|e| e["event_type"] == "MessagePosted" && e["payload"]["step"] == "quick")
+            .collect();
+        assert_eq!(quick.len(), 2, "{events:?}");
+        for comment in quick {
+            assert_eq!(
+                comment["recorded_at"], events[completed]["recorded_at"],
+                "same commit: {comment}"
+            );
+        }
+    }
+);

@@ -17,7 +17,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 pub use events::{ArtifactContent, ArtifactWritten, Outputs, RunEvent};
-pub use thread::{Action, Author, MessageStatus, NewMessage, OpenInstruction, ThreadState};
+pub use thread::{
+    Action, AgentNote, Author, MessageStatus, NewMessage, OpenInstruction, ThreadState,
+};
 
 use super::definition::{Condition, Definition};
 use super::ids::{ArtifactName, LeaseToken, OutputName, RunId, StepId, TemplateId, Timestamp};
@@ -219,6 +221,8 @@ pub enum RunCommand {
         lease: LeaseToken,
         /// What it produced.
         outputs: Outputs,
+        /// Comments the agent posted that are not recorded yet.
+        comments: Vec<AgentNote>,
         /// When.
         at: Timestamp,
         /// Seed for lease tokens of the steps that become ready.
@@ -232,6 +236,8 @@ pub enum RunCommand {
         lease: LeaseToken,
         /// What went wrong.
         error: String,
+        /// Comments the agent posted that are not recorded yet.
+        comments: Vec<AgentNote>,
         /// When.
         at: Timestamp,
     },
@@ -293,16 +299,11 @@ pub enum RunCommand {
         /// Seed for lease tokens (a `resume` dispatches).
         lease_seed: String,
     },
-    /// The agent of a running step posts a comment.
-    AgentComment {
-        /// The step.
-        step: StepId,
-        /// The lease of the agent's dispatch.
-        lease: LeaseToken,
-        /// The comment.
-        content: String,
-        /// When.
-        at: Timestamp,
+    /// Agents of running steps posted comments (batched by the engine).
+    /// Comments of an attempt that is no longer current are dropped.
+    AgentComments {
+        /// Each comment with the step and lease of the attempt that posted it.
+        comments: Vec<(StepId, LeaseToken, AgentNote)>,
     },
     /// A running agent stopped early because it was asked to.
     InterruptStep {
@@ -310,6 +311,8 @@ pub enum RunCommand {
         step: StepId,
         /// The lease of the dispatch that stopped.
         lease: LeaseToken,
+        /// Comments the agent posted that are not recorded yet.
+        comments: Vec<AgentNote>,
         /// When.
         at: Timestamp,
         /// Seed for lease tokens (a withdrawn pause dispatches it again).
@@ -742,6 +745,24 @@ impl Decision {
         Some((text, event.step().cloned()))
     }
 
+    /// Records the comments an agent posted, as messages of the step.
+    fn agent_comments(&mut self, step: &StepId, comments: Vec<AgentNote>) {
+        for note in comments {
+            self.push(RunEvent::MessagePosted {
+                message: self.state.thread.last + 1,
+                author: Author::Agent,
+                action: Action::Comment,
+                content: note.content,
+                metadata: Value::Null,
+                step: Some(step.clone()),
+                idempotency_key: None,
+                status: MessageStatus::Processed,
+                reason: None,
+                at: note.at,
+            });
+        }
+    }
+
     fn next_lease(&mut self) -> LeaseToken {
         self.leases += 1;
         LeaseToken::new(format!("{}.{}", self.seed, self.leases))
@@ -901,6 +922,7 @@ impl Run {
                 step,
                 lease,
                 outputs,
+                comments,
                 at,
                 lease_seed,
             } => {
@@ -914,6 +936,7 @@ impl Run {
                     })
                     .collect();
                 let mut d = Decision::new(self, &lease_seed);
+                d.agent_comments(&step, comments);
                 if self.definition.steps[&step].review {
                     d.record(RunEvent::StepAwaitingReview {
                         step,
@@ -940,6 +963,7 @@ impl Run {
                 step,
                 lease,
                 error,
+                comments,
                 at,
             } => {
                 let attempt = self.check_running_step(&step, &lease)?;
@@ -952,6 +976,7 @@ impl Run {
                 // not fail the run: the run ends cancelled.
                 let fails_run = !will_retry && self.cancel_requested.is_none();
                 let mut d = Decision::new(self, "");
+                d.agent_comments(&step, comments);
                 d.record(RunEvent::StepFailed {
                     step: step.clone(),
                     attempt,
@@ -1060,36 +1085,26 @@ impl Run {
                 at,
                 lease_seed,
             } => self.post_message(message, redirect_to, at, lease_seed),
-            RunCommand::AgentComment {
-                step,
-                lease,
-                content,
-                at,
-            } => {
-                self.check_running_step(&step, &lease)?;
+            RunCommand::AgentComments { comments } => {
+                self.check_active()?;
                 let mut d = Decision::new(self, "");
-                d.record(RunEvent::MessagePosted {
-                    message: self.thread.last + 1,
-                    author: Author::Agent,
-                    action: Action::Comment,
-                    content,
-                    metadata: Value::Null,
-                    step: Some(step),
-                    idempotency_key: None,
-                    status: MessageStatus::Processed,
-                    reason: None,
-                    at,
-                });
+                for (step, lease, note) in comments {
+                    if self.check_running_step(&step, &lease).is_ok() {
+                        d.agent_comments(&step, vec![note]);
+                    }
+                }
                 Ok(d.events)
             }
             RunCommand::InterruptStep {
                 step,
                 lease,
+                comments,
                 at,
                 lease_seed,
             } => {
                 let attempt = self.check_running_step(&step, &lease)?;
                 let mut d = Decision::new(self, &lease_seed);
+                d.agent_comments(&step, comments);
                 d.record(RunEvent::StepInterrupted { step, attempt, at });
                 d.dispatch_due(at);
                 d.settle(at);

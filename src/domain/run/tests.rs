@@ -106,6 +106,7 @@ fn complete(step: &str, token: &str, value: &str, ms: i64, seed: &str) -> RunCom
         step: sid(step),
         lease: lease(token),
         outputs: outputs(value),
+        comments: Vec::new(),
         at: at(ms),
         lease_seed: seed.into(),
     }
@@ -116,6 +117,7 @@ fn fail(step: &str, token: &str, error: &str, ms: i64) -> RunCommand {
         step: sid(step),
         lease: lease(token),
         error: error.into(),
+        comments: Vec::new(),
         at: at(ms),
     }
 }
@@ -530,6 +532,7 @@ fn completing_a_step_without_outputs_writes_no_artifact() {
             step: sid("a"),
             lease: lease("s0.1"),
             outputs: Outputs::new(),
+            comments: Vec::new(),
             at: at(20),
             lease_seed: "s1".into(),
         })
@@ -570,6 +573,7 @@ fn a_step_with_mapped_inputs_reads_only_the_artifacts_it_maps() {
                 .into_iter()
                 .map(|(o, v)| (OutputName::parse(o).unwrap(), inline(v)))
                 .collect(),
+            comments: Vec::new(),
             at: at(20),
             lease_seed: "s1".into(),
         })
@@ -2412,9 +2416,13 @@ fn post_message(message: NewMessage, redirect_to: Option<&str>, ms: i64, seed: &
 }
 
 fn agent_comment(step: &str, token: &str, content: &str, ms: i64) -> RunCommand {
-    RunCommand::AgentComment {
-        step: sid(step),
-        lease: lease(token),
+    RunCommand::AgentComments {
+        comments: vec![(sid(step), lease(token), note_at(content, ms))],
+    }
+}
+
+fn note_at(content: &str, ms: i64) -> AgentNote {
+    AgentNote {
         content: content.into(),
         at: at(ms),
     }
@@ -2424,6 +2432,7 @@ fn interrupt(step: &str, token: &str, ms: i64, seed: &str) -> RunCommand {
     RunCommand::InterruptStep {
         step: sid(step),
         lease: lease(token),
+        comments: Vec::new(),
         at: at(ms),
         lease_seed: seed.into(),
     }
@@ -3180,19 +3189,66 @@ fn the_agent_of_a_running_step_comments_as_the_agent_about_its_step() {
 }
 
 #[test]
-fn a_comment_from_a_stale_lease_is_refused() {
+fn a_comment_from_a_stale_lease_is_dropped() {
     Given::with(())
         .given(diamond_started())
         .when(agent_comment("a", "s9.9", "late", 15))
-        .then_expect_error(RunError::StaleLease(sid("a")));
+        .then_expect_events(vec![]);
 }
 
 #[test]
-fn a_comment_about_a_step_that_is_not_running_is_refused() {
+fn a_comment_about_a_step_that_is_not_running_is_dropped() {
     Given::with(())
         .given(diamond_started())
         .when(agent_comment("b", "s0.1", "hello", 15))
-        .then_expect_error(RunError::StepNotRunning(sid("b")));
+        .then_expect_events(vec![]);
+}
+
+#[test]
+fn a_batch_of_comments_records_the_current_ones_in_order_and_drops_the_stale() {
+    Given::with(())
+        .given(diamond_started())
+        .when(RunCommand::AgentComments {
+            comments: vec![
+                (sid("a"), lease("s0.1"), note_at("one", 12)),
+                (sid("a"), lease("old"), note_at("stale", 13)),
+                (sid("a"), lease("s0.1"), note_at("two", 14)),
+            ],
+        })
+        .then_expect_events(vec![
+            step_note_by_agent(1, "a", "one", 12),
+            step_note_by_agent(2, "a", "two", 14),
+        ]);
+}
+
+#[test]
+fn comments_sent_with_a_completion_are_recorded_before_it_in_the_same_commit() {
+    let mut command = complete("a", "s0.1", "A", 20, "s1");
+    if let RunCommand::CompleteStep { comments, .. } = &mut command {
+        *comments = vec![note_at("started", 12), note_at("finished", 19)];
+    }
+    let events = state_after(diamond_started()).decide(command).unwrap();
+    assert_eq!(events[0], step_note_by_agent(1, "a", "started", 12));
+    assert_eq!(events[1], step_note_by_agent(2, "a", "finished", 19));
+    assert!(
+        matches!(events[2], RunEvent::StepCompleted { .. }),
+        "{events:?}"
+    );
+}
+
+fn step_note_by_agent(number: u32, step: &str, text: &str, ms: i64) -> RunEvent {
+    RunEvent::MessagePosted {
+        message: number,
+        author: Author::Agent,
+        action: Action::Comment,
+        content: text.into(),
+        metadata: Value::Null,
+        step: Some(sid(step)),
+        idempotency_key: None,
+        status: MessageStatus::Processed,
+        reason: None,
+        at: at(ms),
+    }
 }
 
 #[test]
@@ -4423,6 +4479,7 @@ fn a_condition_on_a_blob_output_does_not_hold() {
             step: sid("a"),
             lease: lease("s0.1"),
             outputs: single_output("out", blob.clone()),
+            comments: Vec::new(),
             at: at(20),
             lease_seed: "s1".into(),
         })
@@ -4912,6 +4969,7 @@ fn an_interrupted_attempt_does_not_use_up_the_retry_budget() {
         RunCommand::InterruptStep {
             step: sid("a"),
             lease: lease(&token),
+            comments: Vec::new(),
             at: at(30),
             lease_seed: "s1".into(),
         },

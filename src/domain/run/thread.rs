@@ -143,6 +143,16 @@ fn canonical(value: &Value, out: &mut String) {
     }
 }
 
+/// A comment an agent posted while running, waiting to be recorded with
+/// its attempt's next event (or a batch of comments).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AgentNote {
+    /// The comment.
+    pub content: String,
+    /// When the agent posted it.
+    pub at: crate::domain::ids::Timestamp,
+}
+
 /// An instruction not yet processed: its message number and text.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct OpenInstruction {
