@@ -13,7 +13,8 @@ use actix_web::{App, HttpServer};
 use crate::api::{self, ApiState};
 use crate::config::ServeSettings;
 use crate::db::Db;
-use crate::domain::run::Run;
+use crate::domain::ids::RunId;
+use crate::domain::run::{Run, RunEvent};
 use crate::domain::template::Template;
 use crate::engine::{AgentRegistry, Engine, EngineConfig, EngineParts, RunReadModels};
 use crate::projections::{Projector, ReadModels};
@@ -160,9 +161,12 @@ impl Application {
                 source,
             })?
             .run();
-        // No run is left behind by a crash: re-activate every unfinished run.
+        // No run is left behind by a crash: finish redirects cut off between
+        // their two commits, then re-activate every unfinished run.
         let recovering = engine.clone();
+        let redirects = EventLog::new(db.clone());
         actix_web::rt::spawn(async move {
+            repair_redirects(&recovering, &redirects).await;
             match reads.active_runs().await {
                 Ok(ids) if ids.is_empty() => {}
                 Ok(ids) => {
@@ -209,5 +213,42 @@ impl Application {
             .await;
         self.db.close().await;
         result
+    }
+}
+
+/// Starts the new run of every redirect whose old run records it but which
+/// was never started (the server stopped between the redirect's two
+/// commits).
+async fn repair_redirects(engine: &Engine, log: &EventLog) {
+    let redirects = match log.events_of_type("Run", "RunRedirected").await {
+        Ok(redirects) => redirects,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot list redirects to repair");
+            return;
+        }
+    };
+    let mut repaired = 0;
+    for (from, recorded) in redirects {
+        let parsed = RunId::parse(from)
+            .ok()
+            .zip(serde_json::from_value(recorded.payload).ok());
+        let Some((
+            from,
+            RunEvent::RunRedirected {
+                to, instructions, ..
+            },
+        )) = parsed
+        else {
+            tracing::error!("unreadable RunRedirected event in the log; skipped");
+            continue;
+        };
+        match engine.repair_redirect(&from, to, instructions).await {
+            Ok(true) => repaired += 1,
+            Ok(false) => {}
+            Err(e) => tracing::error!(run_id = %from, error = %e, "cannot repair a redirect"),
+        }
+    }
+    if repaired > 0 {
+        tracing::warn!(repaired, "started the new runs of interrupted redirects");
     }
 }

@@ -1,7 +1,10 @@
-//! Crash recovery, end to end: the real `runlog serve` process is killed
-//! with SIGKILL while runs are in flight, restarted on the same storage, and
-//! every run must then complete with each step completed exactly once and a
-//! gap-free log. On SQLite and on PostgreSQL.
+//! Crash recovery, end to end, with the real `runlog serve` process, on
+//! SQLite and on PostgreSQL:
+//! - killed with SIGKILL while runs are in flight and restarted on the same
+//!   storage, every run must complete with each step completed exactly once
+//!   and a gap-free log;
+//! - a redirect cut off between its two commits (the old run records it,
+//!   the new run does not exist) is finished at the next start, once.
 
 #[path = "common/mod.rs"]
 mod common;
@@ -411,5 +414,134 @@ mod sigkill_mid_run_then_restart_completes_every_run_once {
     #[actix_web::test]
     async fn on_postgres() {
         crash_and_recover(Backend::Postgres).await;
+    }
+}
+
+/// A redirect is two commits on two runs. The server is "killed" between
+/// them: the old run's log records the redirect (written here through the
+/// store, as the first commit left it) and the new run does not exist. The
+/// next start must start the new run, once.
+async fn redirect_cut_off_then_restart(backend: Backend) {
+    use runlog::domain::definition::Definition;
+    use runlog::domain::ids::{RunId, TemplateId, Timestamp};
+    use runlog::domain::run::{Run, RunCommand};
+    use runlog::store::{self, AggregateStore};
+    use std::collections::HashMap;
+    use std::sync::Arc;
+
+    let Some(storage) = Storage::new(backend).await else {
+        return;
+    };
+    let db = runlog::db::Db::connect(storage.database_url.as_deref(), &storage.data_dir)
+        .await
+        .expect("connect");
+    store::migrate(&db).await.expect("migrate");
+    let runs = AggregateStore::<Run>::new(&db, store::RUN_SNAPSHOT_EVERY);
+    let definition = json!({"steps": {
+        "first": {"agent": "template", "config": {"text": "{{ instructions | join(';') }}"}}
+    }});
+    let (old, new) = (
+        RunId::parse("old-run").expect("id"),
+        RunId::parse("new-run").expect("id"),
+    );
+    // The old run started and dispatched its step; then the redirect's first
+    // commit; then the crash.
+    let mut state = Run::default();
+    let mut sequence = 0;
+    for command in [
+        RunCommand::Start {
+            run_id: old.clone(),
+            template_id: TemplateId::parse("tpl").expect("id"),
+            template_version: 1,
+            definition: Arc::new(Definition::parse(&definition).expect("definition")),
+            input: json!({"topic": "owls"}),
+            retry_of: None,
+            redirected_from: None,
+            auto_run: true,
+            at: Timestamp(1_000),
+            lease_seed: "s0".into(),
+        },
+        RunCommand::Redirect {
+            new_run_id: new.clone(),
+            instructions: "be brief".into(),
+            at: Timestamp(2_000),
+        },
+    ] {
+        let events = state.decide(command).expect("decided");
+        let (committed, _) = runs
+            .commit(
+                old.as_str(),
+                state.clone(),
+                sequence,
+                None,
+                events,
+                HashMap::new(),
+            )
+            .await
+            .expect("committed");
+        for envelope in committed {
+            state.apply_event(envelope.payload);
+            sequence = envelope.sequence;
+        }
+    }
+    drop(runs);
+    drop(db);
+
+    let server = Server::start(&storage, 1).await;
+    let deadline = Instant::now() + FINISH_WITHIN;
+    let detail = loop {
+        let (status, detail) = server.request("GET", "/api/runs/new-run", None).await;
+        if status == 200 && detail["status"] == "completed" {
+            break detail;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the new run was not started and completed: {status} {detail}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(detail["redirected_from"], "old-run", "{detail}");
+    let (_, artifact) = server
+        .request("GET", "/api/runs/new-run/artifacts/first.text", None)
+        .await;
+    assert_eq!(artifact["versions"][0]["content"], "be brief", "{artifact}");
+    let old_detail = loop {
+        let detail = server.get("/api/runs/old-run").await;
+        if detail["status"] == "cancelled" {
+            break detail;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the old run did not end: {detail}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(old_detail["redirected_to"], "new-run", "{old_detail}");
+    server.kill();
+
+    // Another start finds the new run there and starts nothing.
+    let server = Server::start(&storage, 2).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let started = server
+        .events("new-run")
+        .await
+        .iter()
+        .filter(|e| e["event_type"] == "RunStarted")
+        .count();
+    assert_eq!(started, 1);
+    drop(server);
+}
+
+mod a_redirect_cut_off_between_its_two_commits_is_finished_at_the_next_start {
+    use super::*;
+
+    #[actix_web::test]
+    async fn on_sqlite() {
+        redirect_cut_off_then_restart(Backend::Sqlite).await;
+    }
+
+    #[actix_web::test]
+    async fn on_postgres() {
+        redirect_cut_off_then_restart(Backend::Postgres).await;
     }
 }

@@ -353,6 +353,33 @@ impl Engine {
         }) else {
             return Ok(());
         };
+        self.start_redirect_target(from, to, instructions).await
+    }
+
+    /// Finishes a redirect that a crash cut off between its two commits:
+    /// `from` records `RunRedirected { to, instructions }` but `to` was never
+    /// started. Returns whether it started `to` (false: it exists).
+    pub async fn repair_redirect(
+        &self,
+        from: &RunId,
+        to: RunId,
+        instructions: String,
+    ) -> Result<bool, EngineError> {
+        if self.ctx.runs.load(to.as_str()).await?.state.id.is_some() {
+            return Ok(false);
+        }
+        tracing::warn!(run_id = %from, redirected_to = %to,
+            "a redirect was cut off before its new run started; starting it now");
+        self.start_redirect_target(from, to, instructions).await?;
+        Ok(true)
+    }
+
+    async fn start_redirect_target(
+        &self,
+        from: &RunId,
+        to: RunId,
+        instructions: String,
+    ) -> Result<(), EngineError> {
         let started = async {
             let state = self.ctx.runs.load(from.as_str()).await?.state;
             let mut source = state

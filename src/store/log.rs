@@ -9,6 +9,7 @@ use crate::db::Db;
 use crate::with_pool;
 
 const EVENTS_OF: &str = include_str!("sql/events_of.sql");
+const EVENTS_OF_TYPE: &str = include_str!("sql/events_of_type.sql");
 
 /// One event as stored.
 #[derive(Debug, Clone, PartialEq)]
@@ -62,6 +63,34 @@ impl EventLog {
                         payload: row.try_get("payload")?,
                         metadata: row.try_get("metadata")?,
                     })
+                })
+                .collect::<Result<Vec<_>, _>>()?
+        });
+        Ok(rows)
+    }
+
+    /// Every event of `event_type` of any aggregate of `aggregate_type`,
+    /// with its aggregate id. A full scan of the log: for start-up repairs.
+    pub async fn events_of_type(
+        &self,
+        aggregate_type: &str,
+        event_type: &str,
+    ) -> Result<Vec<(String, RecordedEvent)>, StoreError> {
+        let rows = with_pool!(&self.db, pool => {
+            sqlx::query(EVENTS_OF_TYPE)
+                .bind(aggregate_type)
+                .bind(event_type)
+                .fetch_all(pool)
+                .await?
+                .into_iter()
+                .map(|row| -> Result<(String, RecordedEvent), sqlx::Error> {
+                    Ok((row.try_get("aggregate_id")?, RecordedEvent {
+                        sequence: row.try_get("sequence")?,
+                        event_type: row.try_get("event_type")?,
+                        event_version: row.try_get("event_version")?,
+                        payload: row.try_get("payload")?,
+                        metadata: row.try_get("metadata")?,
+                    }))
                 })
                 .collect::<Result<Vec<_>, _>>()?
         });
