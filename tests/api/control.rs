@@ -449,8 +449,15 @@ on_both_backends!(
 
         // Give a wrong dispatch the chance to show up.
         tokio::time::sleep(Duration::from_millis(300)).await;
-        assert_eq!(app.run(&run).await, detail, "a cancelled run changed");
         let log = app.events(&run).await;
+        assert_eq!(
+            app.run(&run).await,
+            detail,
+            "a cancelled run changed; its log: {:?}",
+            log.iter()
+                .map(|e| format!("{} {} {}", e["sequence"], e["event_type"], e["payload"]))
+                .collect::<Vec<_>>()
+        );
         ends_with_announcement(&log, "RunCancelled", &format!("Run cancelled: {reason}"));
         let events = without_thread(&log);
         let requested = only(&events, "CancelRequested", None);
