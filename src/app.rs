@@ -18,7 +18,7 @@ use crate::domain::run::{Run, RunEvent};
 use crate::domain::template::Template;
 use crate::engine::{AgentRegistry, Engine, EngineConfig, EngineParts, RunReadModels};
 use crate::projections::{Projector, ReadModels};
-use crate::store::{self, AggregateStore, BlobStore, EventLog, RUN_SNAPSHOT_EVERY};
+use crate::store::{self, AggregateStore, BlobStore, EventLog, RecordedEvent, RUN_SNAPSHOT_EVERY};
 use cqrs_es::EventEnvelope;
 use futures::future::BoxFuture;
 
@@ -118,6 +118,20 @@ impl Application {
             reads: reads.clone(),
             log: EventLog::new(db.clone()),
         };
+        // What a crash left behind is listed before anything is served: runs
+        // started from now on belong to this process, and "recovering" one
+        // would dispatch its running steps a second time.
+        let unfinished = reads.active_runs().await.unwrap_or_else(|e| {
+            tracing::error!(error = %e, "cannot list unfinished runs to recover");
+            Vec::new()
+        });
+        let redirects = EventLog::new(db.clone())
+            .events_of_type("Run", "RunRedirected")
+            .await
+            .unwrap_or_else(|e| {
+                tracing::error!(error = %e, "cannot list redirects to repair");
+                Vec::new()
+            });
         let mut server = HttpServer::new(move || {
             App::new()
                 // Access log through tracing, at debug level (target
@@ -162,18 +176,15 @@ impl Application {
             })?
             .run();
         // No run is left behind by a crash: finish redirects cut off between
-        // their two commits, then re-activate every unfinished run.
+        // their two commits, then re-activate every unfinished run (both
+        // listed before the server started, in the background while it
+        // serves).
         let recovering = engine.clone();
-        let redirects = EventLog::new(db.clone());
         actix_web::rt::spawn(async move {
-            repair_redirects(&recovering, &redirects).await;
-            match reads.active_runs().await {
-                Ok(ids) if ids.is_empty() => {}
-                Ok(ids) => {
-                    let n = recovering.recover(ids).await;
-                    tracing::info!(recovered = n, "re-activated unfinished runs");
-                }
-                Err(e) => tracing::error!(error = %e, "cannot list unfinished runs to recover"),
+            repair_redirects(&recovering, redirects).await;
+            if !unfinished.is_empty() {
+                let n = recovering.recover(unfinished).await;
+                tracing::info!(recovered = n, "re-activated unfinished runs");
             }
         });
         tracing::info!(port, backend = db.backend(), "runlog listening");
@@ -219,14 +230,7 @@ impl Application {
 /// Starts the new run of every redirect whose old run records it but which
 /// was never started (the server stopped between the redirect's two
 /// commits).
-async fn repair_redirects(engine: &Engine, log: &EventLog) {
-    let redirects = match log.events_of_type("Run", "RunRedirected").await {
-        Ok(redirects) => redirects,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot list redirects to repair");
-            return;
-        }
-    };
+async fn repair_redirects(engine: &Engine, redirects: Vec<(String, RecordedEvent)>) {
     let mut repaired = 0;
     for (from, recorded) in redirects {
         let parsed = RunId::parse(from)
