@@ -1,13 +1,13 @@
 //! Run control: pause at a safe checkpoint, resume, cancel gracefully, and
 //! the refusals, each of which records nothing.
 
-use std::future::Future;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
 
 use crate::common::{
-    diamond, expect_error, spawn_app, spawn_app_on, without_thread, Reply, Storage, TestApp,
+    assert_refused, count_events as count, diamond, expect_error, is_event as is,
+    only_event as only, spawn_app, spawn_app_on, types, without_thread, Reply, Storage, TestApp,
 };
 use crate::on_both_backends;
 
@@ -108,41 +108,12 @@ async fn wait_running(app: &TestApp, run: &str, steps: &[&str]) -> Value {
     .await
 }
 
-fn types(events: &[Value]) -> Vec<&str> {
-    events
-        .iter()
-        .map(|e| e["event_type"].as_str().expect("event_type"))
-        .collect()
-}
-
-fn is(event: &Value, event_type: &str, step: Option<&str>) -> bool {
-    event["event_type"] == event_type && step.is_none_or(|s| event["payload"]["step"] == s)
-}
-
-/// The index of the only event of `event_type` (about `step`).
-fn only(events: &[Value], event_type: &str, step: Option<&str>) -> usize {
-    let found: Vec<usize> = (0..events.len())
-        .filter(|&i| is(&events[i], event_type, step))
-        .collect();
-    assert_eq!(
-        found.len(),
-        1,
-        "expected one {event_type} {step:?}: {:?}",
-        types(events)
-    );
-    found[0]
-}
-
 /// The index of the last event of `event_type` (about `step`).
 fn last(events: &[Value], event_type: &str, step: Option<&str>) -> usize {
     (0..events.len())
         .rev()
         .find(|&i| is(&events[i], event_type, step))
         .unwrap_or_else(|| panic!("no {event_type} {step:?}: {:?}", types(events)))
-}
-
-fn count(events: &[Value], event_type: &str, step: Option<&str>) -> usize {
-    events.iter().filter(|e| is(e, event_type, step)).count()
 }
 
 /// Asserts that the log ends with `event_type` and the system message
@@ -162,27 +133,6 @@ fn now_ms() -> i64 {
         .duration_since(UNIX_EPOCH)
         .expect("clock after 1970")
         .as_millis() as i64
-}
-
-/// Sends `request` and checks it is refused with `status` and `code`, and
-/// that `run`'s log is unchanged by it.
-async fn assert_refused(
-    app: &TestApp,
-    run: &str,
-    request: impl Future<Output = Reply>,
-    status: u16,
-    code: &str,
-) {
-    let before = app.events(run).await;
-    let reply = request.await;
-    expect_error(&reply, status, code);
-    let after = app.events(run).await;
-    assert_eq!(
-        types(&after),
-        types(&before),
-        "a refused request ({code}) recorded events"
-    );
-    assert_eq!(after, before, "a refused request ({code}) changed the log");
 }
 
 /// The ids listed by `GET /api/runs?<query>`.

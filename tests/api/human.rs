@@ -1,12 +1,14 @@
 //! Steps under human control: review gates, manual mode, step retry,
 //! artifact rollback and branching.
 
-use std::future::Future;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::common::{expect_error, spawn_app, Reply, TestApp};
+use crate::common::{
+    assert_refused, count_events as count, expect_error, is_event as is, only_event as only,
+    spawn_app, types, without_thread, Reply, TestApp,
+};
 use crate::on_both_backends;
 
 /// How long a test waits for a run to reach a state.
@@ -105,7 +107,7 @@ on_both_backends!(
             "{detail}"
         );
 
-        let events = without_messages(&app.events(&run).await);
+        let events = without_thread(&app.events(&run).await);
         assert_eq!(
             types(&events),
             [
@@ -442,7 +444,7 @@ on_both_backends!(
         let fixed = &events[only(&events, "StepCompleted", Some("fix"))];
         assert_eq!(fixed["payload"]["ready"], json!(["report"]), "{fixed}");
         assert_eq!(
-            types(&without_messages(&events)).last(),
+            types(&without_thread(&events)).last(),
             Some(&"RunCompleted")
         );
 
@@ -475,7 +477,7 @@ on_both_backends!(
                    "plan": "skipped", "report": "skipped"}),
             "{detail}"
         );
-        let events = without_messages(&app.events(&run).await);
+        let events = without_thread(&app.events(&run).await);
         assert_eq!(
             types(&events),
             [
@@ -786,7 +788,7 @@ on_both_backends!(
         assert_eq!(detail["status"], "completed", "{detail}");
         assert_eq!(detail["steps"]["draft"]["status"], "completed", "{detail}");
         assert_eq!(attempt(&detail, "notes", 1)["prompt_override"], Value::Null);
-        let events = without_messages(&app.events(&run).await);
+        let events = without_thread(&app.events(&run).await);
         let changed = only(&events, "AutoRunChanged", None);
         assert_eq!(events[changed]["payload"]["enabled"], true);
         assert!(
@@ -910,7 +912,7 @@ on_both_backends!(
         }
         assert_eq!(artifact(&app, &run, "side.topic").await["latest"], 1);
 
-        let events = without_messages(&app.events(&run).await);
+        let events = without_thread(&app.events(&run).await);
         let at = only(&events, "StepRetryRequested", Some("outline"));
         let requested = &events[at];
         assert_eq!(
@@ -1078,7 +1080,7 @@ on_both_backends!(
             "{detail}"
         );
         assert_eq!(detail["steps"]["after"]["status"], "completed", "{detail}");
-        let events = without_messages(&app.events(&run).await);
+        let events = without_thread(&app.events(&run).await);
         let at = only(&events, "StepRetryRequested", Some("flaky"));
         assert!(
             is(&events[at - 1], "RunFailed", None),
@@ -1515,7 +1517,7 @@ on_both_backends!(
             "{polish}"
         );
 
-        let events = without_messages(&app.events(&run).await);
+        let events = without_thread(&app.events(&run).await);
         let at = only(&events, "ArtifactRolledBack", None);
         let payload = &events[at]["payload"];
         assert_eq!(payload["name"], "outline.text", "{payload}");
@@ -1740,7 +1742,7 @@ on_both_backends!(
         assert_eq!(first["status"], "interrupted", "{first}");
         assert!(first["finished_at"].is_string(), "{first}");
         assert_eq!(detail["steps"]["after"]["status"], "pending", "{detail}");
-        let events = without_messages(&app.events(&run).await);
+        let events = without_thread(&app.events(&run).await);
         assert_eq!(
             types(&events),
             [
@@ -1764,7 +1766,7 @@ on_both_backends!(
         })
         .await;
         assert_eq!(attempt(&detail, "slow", 2)["status"], "running", "{detail}");
-        let events = without_messages(&app.events(&run).await);
+        let events = without_thread(&app.events(&run).await);
         let resumed = only(&events, "RunResumed", None);
         let again = &events[resumed + 1];
         assert!(
@@ -1945,70 +1947,4 @@ async fn wait_step(app: &TestApp, run: &str, step: &str, status: &str) -> Value 
         d["steps"][step]["status"] == status
     })
     .await
-}
-
-fn types(events: &[Value]) -> Vec<&str> {
-    events
-        .iter()
-        .map(|e| e["event_type"].as_str().expect("event_type"))
-        .collect()
-}
-
-/// The events without the thread's (agents' comments interleave with the
-/// rest in no fixed order).
-fn without_messages(events: &[Value]) -> Vec<Value> {
-    events
-        .iter()
-        .filter(|e| {
-            !matches!(
-                e["event_type"].as_str(),
-                Some("MessagePosted" | "MessageStatusChanged")
-            )
-        })
-        .cloned()
-        .collect()
-}
-
-fn is(event: &Value, event_type: &str, step: Option<&str>) -> bool {
-    event["event_type"] == event_type && step.is_none_or(|s| event["payload"]["step"] == s)
-}
-
-/// The index of the only event of `event_type` (about `step`).
-fn only(events: &[Value], event_type: &str, step: Option<&str>) -> usize {
-    let found: Vec<usize> = (0..events.len())
-        .filter(|&i| is(&events[i], event_type, step))
-        .collect();
-    assert_eq!(
-        found.len(),
-        1,
-        "expected one {event_type} {step:?}: {:?}",
-        types(events)
-    );
-    found[0]
-}
-
-fn count(events: &[Value], event_type: &str, step: Option<&str>) -> usize {
-    events.iter().filter(|e| is(e, event_type, step)).count()
-}
-
-/// Sends `request` and checks it is refused with `status` and `code`, and
-/// that `run`'s log is unchanged by it.
-async fn assert_refused(
-    app: &TestApp,
-    run: &str,
-    request: impl Future<Output = Reply>,
-    status: u16,
-    code: &str,
-) {
-    let before = app.events(run).await;
-    let reply = request.await;
-    expect_error(&reply, status, code);
-    let after = app.events(run).await;
-    assert_eq!(
-        after.len(),
-        before.len(),
-        "a refused request ({code}) recorded events: {:?}",
-        types(&after[before.len().min(after.len())..])
-    );
-    assert_eq!(after, before, "a refused request ({code}) changed the log");
 }

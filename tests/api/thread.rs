@@ -6,7 +6,10 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::common::{diamond, expect_error, spawn_app, without_thread, Reply, TestApp};
+use crate::common::{
+    assert_refused, diamond, expect_error, is_event as is, spawn_app, types, without_thread, Reply,
+    TestApp,
+};
 use crate::on_both_backends;
 use crate::ws::{connect, essentials, events_until_finished, sequences, subscribe_ok};
 
@@ -98,13 +101,6 @@ fn body_of(reply: Reply, status: u16) -> Value {
     body
 }
 
-fn types(events: &[Value]) -> Vec<&str> {
-    events
-        .iter()
-        .map(|e| e["event_type"].as_str().expect("event_type"))
-        .collect()
-}
-
 /// The number of a message view.
 fn number(message: &Value) -> u64 {
     message["id"]
@@ -117,10 +113,6 @@ fn only(events: &[Value], what: &str, pred: impl Fn(&Value) -> bool) -> usize {
     let found: Vec<usize> = (0..events.len()).filter(|&i| pred(&events[i])).collect();
     assert_eq!(found.len(), 1, "expected one {what}: {:?}", types(events));
     found[0]
-}
-
-fn is(event: &Value, event_type: &str, step: Option<&str>) -> bool {
-    event["event_type"] == event_type && step.is_none_or(|s| event["payload"]["step"] == s)
 }
 
 /// Whether `event` changes the status of message `message` to `status`.
@@ -181,31 +173,6 @@ async fn artifact(app: &TestApp, run: &str, name: &str) -> Value {
         .max_by_key(|v| v["version"].as_u64())
         .expect("a version")["content"]
         .clone()
-}
-
-/// Sends `request`, checks it is refused with `status` and `code`, and that
-/// neither `run`'s log nor the number of runs changed.
-async fn assert_refused(
-    app: &TestApp,
-    run: &str,
-    request: impl Future<Output = Reply>,
-    status: u16,
-    code: &str,
-) {
-    let before = app.events(run).await;
-    let counts = app.counts().await;
-    let reply = request.await;
-    expect_error(&reply, status, code);
-    assert_eq!(
-        app.events(run).await,
-        before,
-        "a refused request ({code}) recorded events"
-    );
-    assert_eq!(
-        app.counts().await,
-        counts,
-        "a refused request ({code}) started a run"
-    );
 }
 
 /// Posts `body` to a finished run's thread: the message is recorded with

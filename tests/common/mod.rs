@@ -512,3 +512,66 @@ pub fn diamond(delay_ms: u64) -> Value {
         "d": {"agent": "echo", "depends_on": ["b", "c"], "config": config}
     }})
 }
+
+/// The event types of `events`, in order.
+pub fn types(events: &[Value]) -> Vec<&str> {
+    events
+        .iter()
+        .map(|e| e["event_type"].as_str().expect("event_type"))
+        .collect()
+}
+
+/// Whether `event` is of `event_type` (and about `step`, if given).
+pub fn is_event(event: &Value, event_type: &str, step: Option<&str>) -> bool {
+    event["event_type"] == event_type && step.is_none_or(|s| event["payload"]["step"] == s)
+}
+
+/// The index of the only event of `event_type` (about `step`).
+pub fn only_event(events: &[Value], event_type: &str, step: Option<&str>) -> usize {
+    let found: Vec<usize> = (0..events.len())
+        .filter(|&i| is_event(&events[i], event_type, step))
+        .collect();
+    assert_eq!(
+        found.len(),
+        1,
+        "expected one {event_type} {step:?}: {:?}",
+        types(events)
+    );
+    found[0]
+}
+
+/// How many events are of `event_type` (about `step`).
+pub fn count_events(events: &[Value], event_type: &str, step: Option<&str>) -> usize {
+    events
+        .iter()
+        .filter(|e| is_event(e, event_type, step))
+        .count()
+}
+
+/// Sends `request`, checks it is refused with `status` and `code`, and that
+/// neither `run`'s log nor the number of templates and runs changed.
+pub async fn assert_refused(
+    app: &TestApp,
+    run: &str,
+    request: impl std::future::Future<Output = Reply>,
+    status: u16,
+    code: &str,
+) {
+    let before = app.events(run).await;
+    let counts = app.counts().await;
+    let reply = request.await;
+    expect_error(&reply, status, code);
+    let after = app.events(run).await;
+    assert_eq!(
+        after.len(),
+        before.len(),
+        "a refused request ({code}) recorded events: {:?}",
+        types(&after[before.len().min(after.len())..])
+    );
+    assert_eq!(after, before, "a refused request ({code}) changed the log");
+    assert_eq!(
+        app.counts().await,
+        counts,
+        "a refused request ({code}) created a template or a run"
+    );
+}
