@@ -21,12 +21,8 @@ pub(super) struct StartRun {
     #[serde(default = "empty_object")]
     input: Value,
     /// Manual mode when false: ready steps wait for a trigger.
-    #[serde(default = "yes")]
+    #[serde(default = "crate::domain::yes")]
     auto_run: bool,
-}
-
-fn yes() -> bool {
-    true
 }
 
 fn empty_object() -> Value {

@@ -87,6 +87,14 @@ macro_rules! id_type {
                 &self.0
             }
         }
+
+        /// Maps keyed by the id can be searched by its text (`Eq`, `Ord`
+        /// and `Hash` are those of the text).
+        impl std::borrow::Borrow<str> for $name {
+            fn borrow(&self) -> &str {
+                &self.0
+            }
+        }
     };
 }
 

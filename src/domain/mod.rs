@@ -8,3 +8,9 @@ pub mod definition;
 pub mod ids;
 pub mod run;
 pub mod template;
+
+/// `true`, as a serde default: fields added to stored shapes whose absence
+/// meant "yes" (`#[serde(default = "crate::domain::yes")]`).
+pub(crate) fn yes() -> bool {
+    true
+}

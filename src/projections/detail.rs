@@ -11,10 +11,6 @@ use crate::domain::definition::Condition;
 use crate::domain::ids::{StepId, Timestamp};
 use crate::domain::run::{ArtifactContent, ArtifactWritten, RunEvent, RunStatus, StepStatus};
 
-fn yes() -> bool {
-    true
-}
-
 /// Formats a timestamp as RFC 3339 UTC with milliseconds.
 pub fn rfc3339(at: Timestamp) -> String {
     chrono::DateTime::from_timestamp_millis(at.0)
@@ -178,7 +174,7 @@ pub struct RunDetail {
     #[serde(default)]
     pub redirected_to: Option<String>,
     /// Whether ready steps are dispatched without a trigger.
-    #[serde(default = "yes")]
+    #[serde(default = "crate::domain::yes")]
     pub auto_run: bool,
     /// Messages in the thread.
     #[serde(default)]

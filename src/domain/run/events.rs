@@ -70,7 +70,7 @@ pub enum RunEvent {
         redirected_from: Option<RunId>,
         /// Whether ready steps are dispatched without a user's trigger.
         /// Added in 1.2; a 1.0/1.1 payload reads as `true`, its meaning.
-        #[serde(default = "yes")]
+        #[serde(default = "crate::domain::yes")]
         auto_run: bool,
         /// When.
         at: Timestamp,
@@ -130,7 +130,7 @@ pub enum RunEvent {
         /// cancelled. Added in 1.1; a 1.0 payload lacks it and reads as
         /// `true`, which is what 1.0 meant (it only matters when
         /// `will_retry` is false).
-        #[serde(default = "yes")]
+        #[serde(default = "crate::domain::yes")]
         fails_run: bool,
         /// When.
         at: Timestamp,
@@ -449,10 +449,6 @@ impl DomainEvent for RunEvent {
         }
         .to_string()
     }
-}
-
-fn yes() -> bool {
-    true
 }
 
 /// Outputs an agent returned, by output name.

@@ -538,7 +538,7 @@ pub struct Run {
     #[serde(default)]
     pub redirected_to: Option<RunId>,
     /// Whether ready steps are dispatched without a user's trigger.
-    #[serde(default = "yes")]
+    #[serde(default = "crate::domain::yes")]
     pub auto_run: bool,
     /// What decisions need of the conversation thread.
     #[serde(default)]
@@ -861,10 +861,6 @@ impl Decision {
             self.record(RunEvent::RunPaused { at });
         }
     }
-}
-
-fn yes() -> bool {
-    true
 }
 
 impl Run {
@@ -1272,9 +1268,8 @@ impl Run {
                 }
                 let producer = self
                     .steps
-                    .keys()
-                    .find(|s| s.as_str() == name.step())
-                    .cloned()
+                    .get_key_value(name.step())
+                    .map(|(step, _)| step.clone())
                     .ok_or_else(|| RunError::UnknownArtifact(name.clone()))?;
                 if self.steps[&producer].status == StepStatus::Running {
                     return Err(RunError::StepRunning(producer));
@@ -1637,9 +1632,8 @@ impl Run {
     /// Whether an artifact's step stands behind it: the outputs of a step
     /// that was skipped since it wrote them are not handed on.
     fn is_live(&self, name: &ArtifactName) -> bool {
-        StepId::parse(name.step())
-            .ok()
-            .and_then(|step| self.steps.get(&step))
+        self.steps
+            .get(name.step())
             .is_none_or(|s| s.status != StepStatus::Skipped)
     }
 
