@@ -149,6 +149,18 @@ impl RunActor {
         &mut self,
         command: RunCommand,
     ) -> ResponseActFuture<Self, Result<Committed, EngineError>> {
+        // Decided when the turn runs, not when its message is handled: the
+        // state may change in between if actix runs another turn first.
+        Box::pin(ActorFutureExt::then(
+            ready(()),
+            move |(), act: &mut Self, _| act.turn_now(command),
+        ))
+    }
+
+    fn turn_now(
+        &mut self,
+        command: RunCommand,
+    ) -> ResponseActFuture<Self, Result<Committed, EngineError>> {
         let events = match self.state.decide(command) {
             Ok(events) if events.is_empty() => return Box::pin(ready(Ok(Vec::new()))),
             Ok(events) => events,
@@ -277,7 +289,7 @@ impl RunActor {
         };
         if let Some(due) = due {
             let delay = u64::try_from(due.0.saturating_sub(now().0)).unwrap_or(0);
-            self.wake = Some(ctx.notify_later(Wake, Duration::from_millis(delay)));
+            self.wake = Some(later(ctx, Wake, Duration::from_millis(delay)));
         }
         // Finished and paused runs have nothing in flight: their actors
         // stop after a while (a resume loads the run again).
@@ -493,7 +505,7 @@ impl Handler<AgentDone> for RunActor {
                 Err(e) if done.tries + 1 < RECORD_ATTEMPTS => {
                     tracing::warn!(run_id = %act.id, step = %done.step, error = %e, "recording agent result failed; retrying");
                     let delay = Duration::from_millis(50 << done.tries);
-                    ctx.notify_later(AgentDone { tries: done.tries + 1, ..done }, delay);
+                    later(ctx, AgentDone { tries: done.tries + 1, ..done }, delay);
                 }
                 Err(e) => {
                     tracing::error!(run_id = %act.id, step = %done.step, error = %e,
@@ -511,7 +523,7 @@ impl Handler<AgentCommented> for RunActor {
     fn handle(&mut self, comment: AgentCommented, ctx: &mut Self::Context) {
         self.notes.push((comment.step, comment.lease, comment.note));
         if self.flush.is_none() {
-            self.flush = Some(ctx.notify_later(FlushNotes, NOTE_FLUSH_DELAY));
+            self.flush = Some(later(ctx, FlushNotes, NOTE_FLUSH_DELAY));
         }
     }
 }
@@ -549,13 +561,30 @@ impl Handler<Wake> for RunActor {
             if let Err(e) = result {
                 tracing::warn!(run_id = %act.id, error = %e, "dispatching due retries failed");
                 if !matches!(e, EngineError::Run(_)) {
-                    ctx.notify_later(Wake, Duration::from_secs(1));
+                    later(ctx, Wake, Duration::from_secs(1));
                     return;
                 }
             }
             act.schedule(ctx);
         })))
     }
+}
+
+/// Delivers `message` to the actor after `delay` through its mailbox.
+///
+/// Not `ctx.notify_later`: actix handles a notified message from the
+/// context's own queue, and may do so right after a mailbox message started
+/// an atomic turn whose wait it has not merged yet. Two turns then overlap,
+/// the second deciding on a state the first is about to change, and its
+/// commit conflicts with the first (seen as `409 conflict` under concurrent
+/// messages to a run whose agents comment). Through the mailbox, a message
+/// waits for the running turn like any other.
+fn later<M>(ctx: &mut Context<RunActor>, message: M, delay: Duration) -> SpawnHandle
+where
+    M: Message<Result = ()> + Send + 'static,
+    RunActor: Handler<M>,
+{
+    ctx.run_later(delay, move |_, ctx| ctx.address().do_send(message))
 }
 
 /// One dispatch to carry out.
