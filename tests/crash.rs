@@ -424,7 +424,7 @@ mod sigkill_mid_run_then_restart_completes_every_run_once {
 async fn redirect_cut_off_then_restart(backend: Backend) {
     use runlog::domain::definition::Definition;
     use runlog::domain::ids::{RunId, TemplateId, Timestamp};
-    use runlog::domain::run::{Run, RunCommand};
+    use runlog::domain::run::{Run, RunCommand, Stamp};
     use runlog::store::{self, AggregateStore};
     use std::collections::HashMap;
     use std::sync::Arc;
@@ -448,7 +448,7 @@ async fn redirect_cut_off_then_restart(backend: Backend) {
     // commit; then the crash.
     let mut state = Run::default();
     let mut sequence = 0;
-    for command in [
+    for (command, at) in [
         RunCommand::Start {
             run_id: old.clone(),
             template_id: TemplateId::parse("tpl").expect("id"),
@@ -458,16 +458,20 @@ async fn redirect_cut_off_then_restart(backend: Backend) {
             retry_of: None,
             redirected_from: None,
             auto_run: true,
-            at: Timestamp(1_000),
-            lease_seed: "s0".into(),
         },
         RunCommand::Redirect {
             new_run_id: new.clone(),
             instructions: "be brief".into(),
-            at: Timestamp(2_000),
         },
-    ] {
-        let events = state.decide(command).expect("decided");
+    ]
+    .into_iter()
+    .zip([1_000, 2_000])
+    {
+        let stamp = Stamp {
+            at: Timestamp(at),
+            lease_seed: format!("s{at}"),
+        };
+        let events = state.decide(command, &stamp).expect("decided");
         let (committed, _) = runs
             .commit(
                 old.as_str(),

@@ -16,7 +16,8 @@ use runlog::domain::ids::{
     ArtifactName, LeaseToken, OutputName, RunId, StepId, TemplateId, Timestamp,
 };
 use runlog::domain::run::{
-    ArtifactContent, ArtifactWritten, Outputs, Run, RunCommand, RunEvent, StepStatus,
+    ArtifactContent, ArtifactWritten, Outputs, Run, RunCommand, RunError, RunEvent, Stamp,
+    StepStatus,
 };
 use runlog::domain::template::{Template, TemplateCommand};
 use runlog::projections::{Projector, ReadModels, RunDetail};
@@ -68,8 +69,8 @@ fn diamond() -> Arc<Definition> {
     Arc::new(Definition::parse(&value).expect("definition"))
 }
 
-fn start_command(run_id: &str, at: i64) -> RunCommand {
-    RunCommand::Start {
+fn start_command(run_id: &str, at: i64) -> (RunCommand, Stamp) {
+    let command = RunCommand::Start {
         run_id: RunId::parse(run_id).expect("run id"),
         template_id: TemplateId::parse("tpl").expect("template id"),
         template_version: 1,
@@ -78,13 +79,34 @@ fn start_command(run_id: &str, at: i64) -> RunCommand {
         retry_of: None,
         redirected_from: None,
         auto_run: true,
+    };
+    (command, stamp(at))
+}
+
+/// Decides a command with its stamp.
+trait DecideWith {
+    fn decide_with(&self, command: (RunCommand, Stamp)) -> Result<Vec<RunEvent>, RunError>;
+}
+
+impl DecideWith for Run {
+    fn decide_with(
+        &self,
+        (command, stamp): (RunCommand, Stamp),
+    ) -> Result<Vec<RunEvent>, RunError> {
+        self.decide(command, &stamp)
+    }
+}
+
+/// The stamp of a command decided at `at`.
+fn stamp(at: i64) -> Stamp {
+    Stamp {
         at: Timestamp(at),
         lease_seed: format!("seed-{at}"),
     }
 }
 
 /// Completes a running step of `state` with one output.
-fn complete_command(state: &Run, name: &str, at: i64) -> RunCommand {
+fn complete_command(state: &Run, name: &str, at: i64) -> (RunCommand, Stamp) {
     let lease = state.steps[&step(name)]
         .lease
         .clone()
@@ -93,14 +115,13 @@ fn complete_command(state: &Run, name: &str, at: i64) -> RunCommand {
         OutputName::parse("text").expect("output name"),
         ArtifactContent::Inline(json!(format!("{name} at {at}"))),
     )]);
-    RunCommand::CompleteStep {
+    let command = RunCommand::CompleteStep {
         step: step(name),
         lease,
         outputs,
         comments: Vec::new(),
-        at: Timestamp(at),
-        lease_seed: format!("seed-{at}"),
-    }
+    };
+    (command, stamp(at))
 }
 
 /// A synthetic event. The store does not check business rules and `apply`
@@ -156,7 +177,7 @@ fn filler(i: usize) -> RunEvent {
 /// batches of the sizes in [`SIZES`].
 fn batches(run_id: &str) -> Vec<Vec<RunEvent>> {
     let start = Run::default()
-        .decide(start_command(run_id, 1))
+        .decide_with(start_command(run_id, 1))
         .expect("start");
     assert_eq!(start.len(), 2, "Start decides RunStarted + a dispatch");
     let mut batches = vec![start];
@@ -506,12 +527,12 @@ on_both_backends!(catch_up_repairs_read_models_behind_the_log, |backend| {
     let mut one = Writer::default();
     let start = one
         .state
-        .decide(start_command("run-one", 10))
+        .decide_with(start_command("run-one", 10))
         .expect("start");
     one.commit(&runs, "run-one", &start).await;
     let done_a = one
         .state
-        .decide(complete_command(&one.state, "a", 20))
+        .decide_with(complete_command(&one.state, "a", 20))
         .expect("complete a");
     one.commit(&runs, "run-one", &done_a).await;
 
@@ -519,7 +540,7 @@ on_both_backends!(catch_up_repairs_read_models_behind_the_log, |backend| {
     let mut two = Writer::default();
     let start = two
         .state
-        .decide(start_command("run-two", 30))
+        .decide_with(start_command("run-two", 30))
         .expect("start");
     let (envelopes, snapshot) = runs
         .commit(
@@ -544,7 +565,7 @@ on_both_backends!(catch_up_repairs_read_models_behind_the_log, |backend| {
     for (name, at) in [("a", 40), ("b", 50), ("c", 60), ("d", 70)] {
         let events = two
             .state
-            .decide(complete_command(&two.state, name, at))
+            .decide_with(complete_command(&two.state, name, at))
             .expect("complete");
         two.commit(&runs, "run-two", &events).await;
     }
@@ -552,7 +573,7 @@ on_both_backends!(catch_up_repairs_read_models_behind_the_log, |backend| {
 
     // Run 3: fully projected; nothing to repair.
     let start = Run::default()
-        .decide(start_command("run-three", 80))
+        .decide_with(start_command("run-three", 80))
         .expect("start");
     let (envelopes, _) = runs
         .commit("run-three", Run::default(), 0, None, start, metadata())
@@ -642,7 +663,7 @@ async fn catch_up_repairs_a_lost_batch(backend: Backend) {
         } else {
             complete_command(&state, name, at)
         };
-        let events = state.decide(command).expect("decide");
+        let events = state.decide(command.0, &command.1).expect("decide");
         for event in &events {
             state.apply_event(event.clone());
         }

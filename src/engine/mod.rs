@@ -317,8 +317,6 @@ impl Engine {
             retry_of,
             redirected_from,
             auto_run: source.auto_run,
-            at: now(),
-            lease_seed: new_lease_seed(),
         };
         let committed = self.execute(&run_id, command).await?;
         Ok((run_id, committed))
@@ -332,7 +330,6 @@ impl Engine {
         let command = RunCommand::Redirect {
             new_run_id: new_id.clone(),
             instructions,
-            at: now(),
         };
         let committed = self.execute(id, command).await?;
         self.start_redirected(id, &committed).await?;
@@ -415,8 +412,6 @@ impl Engine {
         let command = RunCommand::PostMessage {
             message,
             redirect_to,
-            at: now(),
-            lease_seed: new_lease_seed(),
         };
         let committed = self.execute(id, command).await?;
         self.start_redirected(id, &committed).await?;
@@ -430,12 +425,7 @@ impl Engine {
         step: StepId,
         choice: Option<String>,
     ) -> Result<Committed, EngineError> {
-        let command = RunCommand::Approve {
-            step,
-            choice,
-            at: now(),
-            lease_seed: new_lease_seed(),
-        };
+        let command = RunCommand::Approve { step, choice };
         self.execute(id, command).await
     }
 
@@ -450,8 +440,6 @@ impl Engine {
         let command = RunCommand::RetryStep {
             step,
             prompt_override,
-            at: now(),
-            lease_seed: new_lease_seed(),
         };
         self.execute(id, command).await
     }
@@ -466,19 +454,13 @@ impl Engine {
         let command = RunCommand::TriggerStep {
             step,
             prompt_override,
-            at: now(),
-            lease_seed: new_lease_seed(),
         };
         self.execute(id, command).await
     }
 
     /// Switches manual mode.
     pub async fn set_auto_run(&self, id: &RunId, enabled: bool) -> Result<Committed, EngineError> {
-        let command = RunCommand::SetAutoRun {
-            enabled,
-            at: now(),
-            lease_seed: new_lease_seed(),
-        };
+        let command = RunCommand::SetAutoRun { enabled };
         self.execute(id, command).await
     }
 
@@ -490,27 +472,19 @@ impl Engine {
         name: ArtifactName,
         to_version: u32,
     ) -> Result<Committed, EngineError> {
-        let command = RunCommand::RollbackArtifact {
-            name,
-            to_version,
-            at: now(),
-            lease_seed: new_lease_seed(),
-        };
+        let command = RunCommand::RollbackArtifact { name, to_version };
         self.execute(id, command).await
     }
 
     /// Asks a run to pause at its next safe checkpoint: nothing new is
     /// dispatched, and the run is `paused` once no step runs.
     pub async fn pause(&self, id: &RunId) -> Result<Committed, EngineError> {
-        self.execute(id, RunCommand::Pause { at: now() }).await
+        self.execute(id, RunCommand::Pause).await
     }
 
     /// Resumes a paused (or pausing) run.
     pub async fn resume(&self, id: &RunId) -> Result<Committed, EngineError> {
-        let command = RunCommand::Resume {
-            at: now(),
-            lease_seed: new_lease_seed(),
-        };
+        let command = RunCommand::Resume;
         self.execute(id, command).await
     }
 
@@ -521,8 +495,7 @@ impl Engine {
         id: &RunId,
         reason: Option<String>,
     ) -> Result<Committed, EngineError> {
-        self.execute(id, RunCommand::Cancel { reason, at: now() })
-            .await
+        self.execute(id, RunCommand::Cancel { reason }).await
     }
 
     /// Waits until the read models hold every event of `id` committed so
@@ -553,10 +526,7 @@ impl Engine {
             let Ok(run_id) = RunId::parse(id) else {
                 continue;
             };
-            let command = RunCommand::Recover {
-                at: now(),
-                lease_seed: new_lease_seed(),
-            };
+            let command = RunCommand::Recover;
             match self.execute(&run_id, command).await {
                 Ok(_) => recovered += 1,
                 Err(EngineError::Run(RunError::Finished(_))) => {}

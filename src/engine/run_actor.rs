@@ -22,7 +22,7 @@ use super::agents::{AgentError, CommentSink, StepContext, StopSignal};
 use super::{new_lease_seed, now, EngineCtx, EngineError};
 use crate::domain::ids::{LeaseToken, OutputName, RunId, StepId};
 use crate::domain::run::{
-    AgentNote, ArtifactContent, InputValue, Outputs, Run, RunCommand, RunEvent, RunStatus,
+    AgentNote, ArtifactContent, InputValue, Outputs, Run, RunCommand, RunEvent, RunStatus, Stamp,
     StepInput,
 };
 use crate::projections::rfc3339;
@@ -161,7 +161,12 @@ impl RunActor {
         &mut self,
         command: RunCommand,
     ) -> ResponseActFuture<Self, Result<Committed, EngineError>> {
-        let events = match self.state.decide(command) {
+        // The one place a run command is stamped with its time and lease seed.
+        let stamp = Stamp {
+            at: now(),
+            lease_seed: new_lease_seed(),
+        };
+        let events = match self.state.decide(command, &stamp) {
             Ok(events) if events.is_empty() => return Box::pin(ready(Ok(Vec::new()))),
             Ok(events) => events,
             Err(refused) => return Box::pin(ready(Err(refused.into()))),
@@ -477,22 +482,17 @@ impl Handler<AgentDone> for RunActor {
                 lease: done.lease.clone(),
                 outputs,
                 comments,
-                at: now(),
-                lease_seed: new_lease_seed(),
             },
             Err(AgentError::Failed(error)) => RunCommand::FailStep {
                 step: done.step.clone(),
                 lease: done.lease.clone(),
                 error,
                 comments,
-                at: now(),
             },
             Err(AgentError::Stopped) => RunCommand::InterruptStep {
                 step: done.step.clone(),
                 lease: done.lease.clone(),
                 comments,
-                at: now(),
-                lease_seed: new_lease_seed(),
             },
         };
         AtomicResponse::new(Box::pin(self.turn(command).map(move |result, act, ctx| {
@@ -553,10 +553,7 @@ impl Handler<Wake> for RunActor {
 
     fn handle(&mut self, _: Wake, _: &mut Self::Context) -> Self::Result {
         self.wake = None;
-        let command = RunCommand::DispatchDue {
-            at: now(),
-            lease_seed: new_lease_seed(),
-        };
+        let command = RunCommand::DispatchDue;
         AtomicResponse::new(Box::pin(self.turn(command).map(|result, act, ctx| {
             if let Err(e) = result {
                 tracing::warn!(run_id = %act.id, error = %e, "dispatching due retries failed");

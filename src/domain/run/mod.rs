@@ -184,9 +184,29 @@ impl ArtifactState {
     }
 }
 
-/// Commands to a run. Each carries the time it happens at and, where it may
-/// dispatch steps, a `lease_seed` (random, from the engine) from which the
-/// domain derives one lease token per dispatch.
+/// When a command happens, and the seed its lease tokens are derived from:
+/// stamped on every command once, by the engine (the domain reads no clock
+/// and draws no random numbers).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stamp {
+    /// When the command is decided.
+    pub at: Timestamp,
+    /// Random text (from the engine); the domain derives one lease token per
+    /// dispatch from it, so a replay of the decision gives the same tokens.
+    pub lease_seed: String,
+}
+
+/// A command with its stamp: what the aggregate decides on.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stamped {
+    /// The command.
+    pub command: RunCommand,
+    /// Its time and lease seed.
+    pub stamp: Stamp,
+}
+
+/// Commands to a run. The time and the lease seed come with each one as
+/// its [`Stamp`].
 #[derive(Debug, Clone, PartialEq)]
 pub enum RunCommand {
     /// Start the run from a template version.
@@ -208,10 +228,6 @@ pub enum RunCommand {
         redirected_from: Option<(RunId, String)>,
         /// Whether ready steps are dispatched without a trigger.
         auto_run: bool,
-        /// When.
-        at: Timestamp,
-        /// Seed for lease tokens.
-        lease_seed: String,
     },
     /// An agent finished a step.
     CompleteStep {
@@ -223,10 +239,6 @@ pub enum RunCommand {
         outputs: Outputs,
         /// Comments the agent posted that are not recorded yet.
         comments: Vec<AgentNote>,
-        /// When.
-        at: Timestamp,
-        /// Seed for lease tokens of the steps that become ready.
-        lease_seed: String,
     },
     /// An agent failed a step.
     FailStep {
@@ -238,44 +250,22 @@ pub enum RunCommand {
         error: String,
         /// Comments the agent posted that are not recorded yet.
         comments: Vec<AgentNote>,
-        /// When.
-        at: Timestamp,
     },
     /// Dispatch the ready steps whose retry time has come.
-    DispatchDue {
-        /// Now.
-        at: Timestamp,
-        /// Seed for lease tokens.
-        lease_seed: String,
-    },
+    DispatchDue,
     /// After a restart: re-dispatch the steps that were running, whose
     /// in-process attempts died with the old process.
-    Recover {
-        /// Now.
-        at: Timestamp,
-        /// Seed for lease tokens.
-        lease_seed: String,
-    },
+    Recover,
     /// Stop at the next safe checkpoint: dispatch nothing new; the run is
     /// paused once no step runs.
-    Pause {
-        /// When.
-        at: Timestamp,
-    },
+    Pause,
     /// Continue a paused run (or withdraw a pause not yet reached).
-    Resume {
-        /// When.
-        at: Timestamp,
-        /// Seed for lease tokens of the steps dispatched again.
-        lease_seed: String,
-    },
+    Resume,
     /// Cancel gracefully: dispatch nothing new; the run is cancelled once no
     /// step runs.
     Cancel {
         /// Why, if the user said.
         reason: Option<String>,
-        /// When.
-        at: Timestamp,
     },
     /// Cancel this run in favour of `new_run_id`, which the engine starts
     /// next with the same template version, input and these instructions.
@@ -284,8 +274,6 @@ pub enum RunCommand {
         new_run_id: RunId,
         /// The instructions the new run starts with.
         instructions: String,
-        /// When.
-        at: Timestamp,
     },
     /// A user posts a message to the thread. A control action has the effect
     /// of the matching command; the message records whether it took effect.
@@ -294,10 +282,6 @@ pub enum RunCommand {
         message: NewMessage,
         /// For a `redirect` message: the id the new run gets.
         redirect_to: Option<RunId>,
-        /// When.
-        at: Timestamp,
-        /// Seed for lease tokens (a `resume` dispatches).
-        lease_seed: String,
     },
     /// Agents of running steps posted comments (batched by the engine).
     /// Comments of an attempt that is no longer current are dropped.
@@ -313,10 +297,6 @@ pub enum RunCommand {
         lease: LeaseToken,
         /// Comments the agent posted that are not recorded yet.
         comments: Vec<AgentNote>,
-        /// When.
-        at: Timestamp,
-        /// Seed for lease tokens (a withdrawn pause dispatches it again).
-        lease_seed: String,
     },
     /// Approve a step awaiting review, with a choice when it offers some.
     Approve {
@@ -324,10 +304,6 @@ pub enum RunCommand {
         step: StepId,
         /// The choice picked.
         choice: Option<String>,
-        /// When.
-        at: Timestamp,
-        /// Seed for lease tokens of the steps that become ready.
-        lease_seed: String,
     },
     /// Run a completed, failed or awaiting-review step again; everything
     /// downstream of it goes back to pending.
@@ -336,10 +312,6 @@ pub enum RunCommand {
         step: StepId,
         /// The prompt to use instead of the step's own.
         prompt_override: Option<String>,
-        /// When.
-        at: Timestamp,
-        /// Seed for lease tokens.
-        lease_seed: String,
     },
     /// Dispatch a ready step now (manual mode).
     TriggerStep {
@@ -347,20 +319,12 @@ pub enum RunCommand {
         step: StepId,
         /// The prompt to use instead of the step's own.
         prompt_override: Option<String>,
-        /// When.
-        at: Timestamp,
-        /// Seed for lease tokens.
-        lease_seed: String,
     },
     /// Switch manual mode: with `auto_run` off, ready steps wait for a
     /// trigger.
     SetAutoRun {
         /// Whether ready steps are dispatched automatically.
         enabled: bool,
-        /// When.
-        at: Timestamp,
-        /// Seed for lease tokens (switching on dispatches the ready steps).
-        lease_seed: String,
     },
     /// Move `latest` of an artifact back to an earlier version; the steps
     /// downstream of its step run again.
@@ -369,10 +333,6 @@ pub enum RunCommand {
         name: ArtifactName,
         /// The version `latest` moves to.
         to_version: u32,
-        /// When.
-        at: Timestamp,
-        /// Seed for lease tokens.
-        lease_seed: String,
     },
 }
 
@@ -865,7 +825,9 @@ impl Decision {
 
 impl Run {
     /// Decides the events for `command` without changing `self`.
-    pub fn decide(&self, command: RunCommand) -> Result<Vec<RunEvent>, RunError> {
+    pub fn decide(&self, command: RunCommand, stamp: &Stamp) -> Result<Vec<RunEvent>, RunError> {
+        let at = stamp.at;
+        let lease_seed = stamp.lease_seed.as_str();
         match command {
             RunCommand::Start {
                 run_id,
@@ -876,13 +838,11 @@ impl Run {
                 retry_of,
                 redirected_from,
                 auto_run,
-                at,
-                lease_seed,
             } => {
                 if self.id.is_some() {
                     return Err(RunError::AlreadyStarted);
                 }
-                let mut d = Decision::new(self, &lease_seed);
+                let mut d = Decision::new(self, lease_seed);
                 let ready = definition.roots().cloned().collect();
                 let (redirected_from, instructions) = redirected_from.unzip();
                 d.record(RunEvent::RunStarted {
@@ -919,8 +879,6 @@ impl Run {
                 lease,
                 outputs,
                 comments,
-                at,
-                lease_seed,
             } => {
                 let attempt = self.check_running_step(&step, &lease)?;
                 let artifacts: Vec<ArtifactWritten> = outputs
@@ -931,7 +889,7 @@ impl Run {
                         content,
                     })
                     .collect();
-                let mut d = Decision::new(self, &lease_seed);
+                let mut d = Decision::new(self, lease_seed);
                 d.agent_comments(&step, comments);
                 if self.definition.steps[&step].review {
                     d.record(RunEvent::StepAwaitingReview {
@@ -960,7 +918,6 @@ impl Run {
                 lease,
                 error,
                 comments,
-                at,
             } => {
                 let attempt = self.check_running_step(&step, &lease)?;
                 let policy = self.definition.steps[&step].retry;
@@ -971,7 +928,7 @@ impl Run {
                 // While a cancel is pending a failure is not retried and does
                 // not fail the run: the run ends cancelled.
                 let fails_run = !will_retry && self.cancel_requested.is_none();
-                let mut d = Decision::new(self, "");
+                let mut d = Decision::new(self, lease_seed);
                 d.agent_comments(&step, comments);
                 d.record(RunEvent::StepFailed {
                     step: step.clone(),
@@ -993,15 +950,15 @@ impl Run {
                 d.settle(at);
                 Ok(d.events)
             }
-            RunCommand::DispatchDue { at, lease_seed } => {
+            RunCommand::DispatchDue => {
                 self.check_active()?;
-                let mut d = Decision::new(self, &lease_seed);
+                let mut d = Decision::new(self, lease_seed);
                 d.dispatch_due(at);
                 Ok(d.events)
             }
-            RunCommand::Recover { at, lease_seed } => {
+            RunCommand::Recover => {
                 self.check_active()?;
-                let mut d = Decision::new(self, &lease_seed);
+                let mut d = Decision::new(self, lease_seed);
                 let running: Vec<(StepId, Option<String>)> = self
                     .steps
                     .iter()
@@ -1015,7 +972,7 @@ impl Run {
                 d.settle(at);
                 Ok(d.events)
             }
-            RunCommand::Pause { at } => {
+            RunCommand::Pause => {
                 self.check_active()?;
                 if self.cancel_requested.is_some() {
                     return Err(RunError::Cancelling);
@@ -1023,12 +980,12 @@ impl Run {
                 if self.status == RunStatus::Paused || self.pause_requested {
                     return Err(RunError::AlreadyPaused);
                 }
-                let mut d = Decision::new(self, "");
+                let mut d = Decision::new(self, lease_seed);
                 d.record(RunEvent::PauseRequested { at });
                 d.settle(at);
                 Ok(d.events)
             }
-            RunCommand::Resume { at, lease_seed } => {
+            RunCommand::Resume => {
                 self.check_active()?;
                 if self.cancel_requested.is_some() {
                     return Err(RunError::Cancelling);
@@ -1036,18 +993,18 @@ impl Run {
                 if self.status != RunStatus::Paused && !self.pause_requested {
                     return Err(RunError::NotPaused);
                 }
-                let mut d = Decision::new(self, &lease_seed);
+                let mut d = Decision::new(self, lease_seed);
                 d.record(RunEvent::RunResumed { at });
                 d.dispatch_due(at);
                 d.settle(at);
                 Ok(d.events)
             }
-            RunCommand::Cancel { reason, at } => {
+            RunCommand::Cancel { reason } => {
                 self.check_active()?;
                 if self.cancel_requested.is_some() {
                     return Err(RunError::Cancelling);
                 }
-                let mut d = Decision::new(self, "");
+                let mut d = Decision::new(self, lease_seed);
                 d.record(RunEvent::CancelRequested { reason, at });
                 d.settle(at);
                 Ok(d.events)
@@ -1055,13 +1012,12 @@ impl Run {
             RunCommand::Redirect {
                 new_run_id,
                 instructions,
-                at,
             } => {
                 self.check_active()?;
                 if self.cancel_requested.is_some() {
                     return Err(RunError::Cancelling);
                 }
-                let mut d = Decision::new(self, "");
+                let mut d = Decision::new(self, lease_seed);
                 let reason = format!("redirected to run {new_run_id}");
                 d.record(RunEvent::RunRedirected {
                     to: new_run_id,
@@ -1078,12 +1034,10 @@ impl Run {
             RunCommand::PostMessage {
                 message,
                 redirect_to,
-                at,
-                lease_seed,
-            } => self.post_message(message, redirect_to, at, lease_seed),
+            } => self.post_message(message, redirect_to, stamp),
             RunCommand::AgentComments { comments } => {
                 self.check_active()?;
-                let mut d = Decision::new(self, "");
+                let mut d = Decision::new(self, lease_seed);
                 for (step, lease, note) in comments {
                     if self.check_running_step(&step, &lease).is_ok() {
                         d.agent_comments(&step, vec![note]);
@@ -1095,23 +1049,16 @@ impl Run {
                 step,
                 lease,
                 comments,
-                at,
-                lease_seed,
             } => {
                 let attempt = self.check_running_step(&step, &lease)?;
-                let mut d = Decision::new(self, &lease_seed);
+                let mut d = Decision::new(self, lease_seed);
                 d.agent_comments(&step, comments);
                 d.record(RunEvent::StepInterrupted { step, attempt, at });
                 d.dispatch_due(at);
                 d.settle(at);
                 Ok(d.events)
             }
-            RunCommand::Approve {
-                step,
-                choice,
-                at,
-                lease_seed,
-            } => {
+            RunCommand::Approve { step, choice } => {
                 self.check_active()?;
                 if self.cancel_requested.is_some() {
                     return Err(RunError::Cancelling);
@@ -1151,7 +1098,7 @@ impl Run {
                     .collect();
                 let (ready, skipped) = self.advance_after(&step, &artifacts);
                 let attempt = state.attempt;
-                let mut d = Decision::new(self, &lease_seed);
+                let mut d = Decision::new(self, lease_seed);
                 d.record(RunEvent::StepApproved {
                     step: step.clone(),
                     attempt,
@@ -1173,8 +1120,6 @@ impl Run {
             RunCommand::RetryStep {
                 step,
                 prompt_override,
-                at,
-                lease_seed,
             } => {
                 self.check_reopenable()?;
                 let state = self.step_state(&step)?;
@@ -1188,7 +1133,7 @@ impl Run {
                 let mut rerun: BTreeSet<&StepId> = invalidated.iter().collect();
                 rerun.insert(&step);
                 let reopens_run = self.reopens(&rerun)?;
-                let mut d = Decision::new(self, &lease_seed);
+                let mut d = Decision::new(self, lease_seed);
                 d.record(RunEvent::StepRetryRequested {
                     step: step.clone(),
                     prompt_override: prompt_override.clone(),
@@ -1211,8 +1156,6 @@ impl Run {
             RunCommand::TriggerStep {
                 step,
                 prompt_override,
-                at,
-                lease_seed,
             } => {
                 self.check_active()?;
                 if self.cancel_requested.is_some() {
@@ -1231,30 +1174,21 @@ impl Run {
                 // Without an override of its own, a trigger keeps the one a
                 // retry set.
                 let prompt_override = prompt_override.or_else(|| state.prompt_override.clone());
-                let mut d = Decision::new(self, &lease_seed);
+                let mut d = Decision::new(self, lease_seed);
                 d.dispatch(step, at, false, prompt_override);
                 Ok(d.events)
             }
-            RunCommand::SetAutoRun {
-                enabled,
-                at,
-                lease_seed,
-            } => {
+            RunCommand::SetAutoRun { enabled } => {
                 self.check_active()?;
                 if self.auto_run == enabled {
                     return Ok(Vec::new());
                 }
-                let mut d = Decision::new(self, &lease_seed);
+                let mut d = Decision::new(self, lease_seed);
                 d.record(RunEvent::AutoRunChanged { enabled, at });
                 d.dispatch_due(at);
                 Ok(d.events)
             }
-            RunCommand::RollbackArtifact {
-                name,
-                to_version,
-                at,
-                lease_seed,
-            } => {
+            RunCommand::RollbackArtifact { name, to_version } => {
                 self.check_reopenable()?;
                 let artifact = self
                     .artifacts
@@ -1300,7 +1234,7 @@ impl Run {
                         old.into_iter().collect(),
                     )
                 };
-                let mut d = Decision::new(self, &lease_seed);
+                let mut d = Decision::new(self, lease_seed);
                 d.record(RunEvent::ArtifactRolledBack {
                     from_version: artifact.latest,
                     name,
@@ -1324,9 +1258,9 @@ impl Run {
         &self,
         message: NewMessage,
         redirect_to: Option<RunId>,
-        at: Timestamp,
-        lease_seed: String,
+        stamp: &Stamp,
     ) -> Result<Vec<RunEvent>, RunError> {
+        let (at, lease_seed) = (stamp.at, stamp.lease_seed.as_str());
         if self.id.is_none() {
             return Err(RunError::NotStarted);
         }
@@ -1341,23 +1275,18 @@ impl Run {
         }
         let control = match message.action {
             Action::Comment | Action::Instruction => None,
-            Action::Pause => Some(RunCommand::Pause { at }),
-            Action::Resume => Some(RunCommand::Resume {
-                at,
-                lease_seed: lease_seed.clone(),
-            }),
+            Action::Pause => Some(RunCommand::Pause),
+            Action::Resume => Some(RunCommand::Resume),
             Action::Cancel => Some(RunCommand::Cancel {
                 reason: Some(message.content.trim().to_string()).filter(|r| !r.is_empty()),
-                at,
             }),
             Action::Redirect => redirect_to.map(|new_run_id| RunCommand::Redirect {
                 new_run_id,
                 instructions: message.content.clone(),
-                at,
             }),
         };
         let (status, reason) = match (&control, message.action) {
-            (Some(command), _) => match self.decide(command.clone()) {
+            (Some(command), _) => match self.decide(command.clone(), stamp) {
                 Ok(_) => (MessageStatus::Processed, None),
                 Err(refused) => (MessageStatus::Ignored, Some(refused.to_string())),
             },
@@ -1372,7 +1301,7 @@ impl Run {
             (None, Action::Instruction) => (MessageStatus::Pending, None),
             (None, _) => (MessageStatus::Processed, None),
         };
-        let mut d = Decision::new(self, &lease_seed);
+        let mut d = Decision::new(self, lease_seed);
         d.record(RunEvent::MessagePosted {
             message: self.thread.last + 1,
             author: Author::User,
@@ -1388,7 +1317,7 @@ impl Run {
         if let (Some(command), MessageStatus::Processed) = (control, status) {
             // Decided again on the state that holds the message, so the
             // system messages it brings are numbered after it.
-            for event in d.state.decide(command)? {
+            for event in d.state.decide(command, stamp)? {
                 d.push(event);
             }
         }
@@ -1950,7 +1879,7 @@ impl Run {
 
 impl Aggregate for Run {
     const TYPE: &'static str = "Run";
-    type Command = RunCommand;
+    type Command = Stamped;
     type Event = RunEvent;
     type Error = RunError;
     type Services = ();
@@ -1961,7 +1890,7 @@ impl Aggregate for Run {
         _services: &Self::Services,
         sink: &EventSink<Self>,
     ) -> Result<(), Self::Error> {
-        for event in self.decide(command)? {
+        for event in self.decide(command.command, &command.stamp)? {
             sink.write(event, self).await;
         }
         Ok(())

@@ -86,54 +86,72 @@ fn inline(value: &str) -> ArtifactContent {
 
 // ---------------------------------------------------------------- commands --
 
-fn start(definition: Definition, ms: i64, seed: &str) -> RunCommand {
-    RunCommand::Start {
-        run_id: RunId::parse("r1").unwrap(),
-        template_id: TemplateId::parse("t1").unwrap(),
-        template_version: 1,
-        definition: Arc::new(definition),
-        input: input(),
-        retry_of: None,
-        redirected_from: None,
-        auto_run: true,
-        at: at(ms),
-        lease_seed: seed.into(),
+/// `command` as the engine hands it over: stamped with its time and lease
+/// seed.
+fn stamped(command: RunCommand, ms: i64, seed: &str) -> Stamped {
+    Stamped {
+        command,
+        stamp: Stamp {
+            at: at(ms),
+            lease_seed: seed.to_string(),
+        },
     }
 }
 
-fn complete(step: &str, token: &str, value: &str, ms: i64, seed: &str) -> RunCommand {
-    RunCommand::CompleteStep {
-        step: sid(step),
-        lease: lease(token),
-        outputs: outputs(value),
-        comments: Vec::new(),
-        at: at(ms),
-        lease_seed: seed.into(),
-    }
+/// Decides a stamped command.
+fn decide(run: &Run, command: Stamped) -> Result<Vec<RunEvent>, RunError> {
+    run.decide(command.command, &command.stamp)
 }
 
-fn fail(step: &str, token: &str, error: &str, ms: i64) -> RunCommand {
-    RunCommand::FailStep {
-        step: sid(step),
-        lease: lease(token),
-        error: error.into(),
-        comments: Vec::new(),
-        at: at(ms),
-    }
+fn start(definition: Definition, ms: i64, seed: &str) -> Stamped {
+    stamped(
+        RunCommand::Start {
+            run_id: RunId::parse("r1").unwrap(),
+            template_id: TemplateId::parse("t1").unwrap(),
+            template_version: 1,
+            definition: Arc::new(definition),
+            input: input(),
+            retry_of: None,
+            redirected_from: None,
+            auto_run: true,
+        },
+        ms,
+        seed,
+    )
 }
 
-fn dispatch_due(ms: i64, seed: &str) -> RunCommand {
-    RunCommand::DispatchDue {
-        at: at(ms),
-        lease_seed: seed.into(),
-    }
+fn complete(step: &str, token: &str, value: &str, ms: i64, seed: &str) -> Stamped {
+    stamped(
+        RunCommand::CompleteStep {
+            step: sid(step),
+            lease: lease(token),
+            outputs: outputs(value),
+            comments: Vec::new(),
+        },
+        ms,
+        seed,
+    )
 }
 
-fn recover(ms: i64, seed: &str) -> RunCommand {
-    RunCommand::Recover {
-        at: at(ms),
-        lease_seed: seed.into(),
-    }
+fn fail(step: &str, token: &str, error: &str, ms: i64) -> Stamped {
+    stamped(
+        RunCommand::FailStep {
+            step: sid(step),
+            lease: lease(token),
+            error: error.into(),
+            comments: Vec::new(),
+        },
+        ms,
+        "",
+    )
+}
+
+fn dispatch_due(ms: i64, seed: &str) -> Stamped {
+    stamped(RunCommand::DispatchDue, ms, seed)
+}
+
+fn recover(ms: i64, seed: &str) -> Stamped {
+    stamped(RunCommand::Recover, ms, seed)
 }
 
 // ------------------------------------------------------------------ events --
@@ -528,14 +546,16 @@ fn completing_the_last_step_completes_the_run() {
 fn completing_a_step_without_outputs_writes_no_artifact() {
     Given::with(())
         .given(diamond_started())
-        .when(RunCommand::CompleteStep {
-            step: sid("a"),
-            lease: lease("s0.1"),
-            outputs: Outputs::new(),
-            comments: Vec::new(),
-            at: at(20),
-            lease_seed: "s1".into(),
-        })
+        .when(stamped(
+            RunCommand::CompleteStep {
+                step: sid("a"),
+                lease: lease("s0.1"),
+                outputs: Outputs::new(),
+                comments: Vec::new(),
+            },
+            20,
+            "s1",
+        ))
         .then_expect_events(vec![
             RunEvent::StepCompleted {
                 step: sid("a"),
@@ -566,17 +586,19 @@ fn a_step_with_mapped_inputs_reads_only_the_artifacts_it_maps() {
             run_started(def.clone(), &["a"], 10),
             dispatched("a", 1, "s0.1", &[], 10),
         ])
-        .when(RunCommand::CompleteStep {
-            step: sid("a"),
-            lease: lease("s0.1"),
-            outputs: [("one", "1"), ("two", "2")]
-                .into_iter()
-                .map(|(o, v)| (OutputName::parse(o).unwrap(), inline(v)))
-                .collect(),
-            comments: Vec::new(),
-            at: at(20),
-            lease_seed: "s1".into(),
-        })
+        .when(stamped(
+            RunCommand::CompleteStep {
+                step: sid("a"),
+                lease: lease("s0.1"),
+                outputs: [("one", "1"), ("two", "2")]
+                    .into_iter()
+                    .map(|(o, v)| (OutputName::parse(o).unwrap(), inline(v)))
+                    .collect(),
+                comments: Vec::new(),
+            },
+            20,
+            "s1",
+        ))
         .then_expect_events(vec![
             RunEvent::StepCompleted {
                 step: sid("a"),
@@ -1111,13 +1133,12 @@ fn recovering_a_run_never_started_is_refused() {
 /// Runs `commands` through `decide`, folding each command's events into the
 /// live state as `Aggregate::handle` does, and returns that state together
 /// with the whole event log.
-fn drive(commands: Vec<RunCommand>) -> (Run, Vec<RunEvent>) {
+fn drive(commands: Vec<Stamped>) -> (Run, Vec<RunEvent>) {
     let mut state = Run::default();
     let mut log = Vec::new();
     for command in commands {
         let before = state.clone();
-        let events = state
-            .decide(command.clone())
+        let events = decide(&state, command.clone())
             .unwrap_or_else(|e| panic!("{command:?} was refused: {e:?}"));
         assert_eq!(state, before, "decide changed the state");
         for event in events {
@@ -1203,22 +1224,22 @@ fn replaying_a_run_with_a_retry_and_a_failure_rebuilds_the_state_decide_worked_o
 
 // ------------------------------------------------- run control: fixtures --
 
-fn pause(ms: i64) -> RunCommand {
-    RunCommand::Pause { at: at(ms) }
+fn pause(ms: i64) -> Stamped {
+    stamped(RunCommand::Pause, ms, "")
 }
 
-fn resume(ms: i64, seed: &str) -> RunCommand {
-    RunCommand::Resume {
-        at: at(ms),
-        lease_seed: seed.into(),
-    }
+fn resume(ms: i64, seed: &str) -> Stamped {
+    stamped(RunCommand::Resume, ms, seed)
 }
 
-fn cancel(reason: Option<&str>, ms: i64) -> RunCommand {
-    RunCommand::Cancel {
-        reason: reason.map(Into::into),
-        at: at(ms),
-    }
+fn cancel(reason: Option<&str>, ms: i64) -> Stamped {
+    stamped(
+        RunCommand::Cancel {
+            reason: reason.map(Into::into),
+        },
+        ms,
+        "",
+    )
 }
 
 fn pause_requested(ms: i64) -> RunEvent {
@@ -2145,18 +2166,20 @@ fn a_retry_starts_from_the_failed_runs_version_definition_and_input() {
     assert_eq!(source.input, input());
     Given::with(())
         .given_no_previous_events()
-        .when(RunCommand::Start {
-            run_id: RunId::parse("r2").unwrap(),
-            template_id: source.template_id,
-            template_version: source.template_version,
-            definition: source.definition,
-            input: source.input,
-            retry_of: Some(source.run_id),
-            redirected_from: None,
-            auto_run: source.auto_run,
-            at: at(30),
-            lease_seed: "s".into(),
-        })
+        .when(stamped(
+            RunCommand::Start {
+                run_id: RunId::parse("r2").unwrap(),
+                template_id: source.template_id,
+                template_version: source.template_version,
+                definition: source.definition,
+                input: source.input,
+                retry_of: Some(source.run_id),
+                redirected_from: None,
+                auto_run: source.auto_run,
+            },
+            30,
+            "s",
+        ))
         .then_expect_events(vec![
             RunEvent::RunStarted {
                 run_id: RunId::parse("r2").unwrap(),
@@ -2378,19 +2401,21 @@ fn start_with(
     auto_run: bool,
     ms: i64,
     seed: &str,
-) -> RunCommand {
-    RunCommand::Start {
-        run_id: rid(run_id),
-        template_id: TemplateId::parse("t1").unwrap(),
-        template_version: 1,
-        definition: Arc::new(definition),
-        input: input(),
-        retry_of: None,
-        redirected_from: redirected_from.map(|(from, text)| (rid(from), text.to_string())),
-        auto_run,
-        at: at(ms),
-        lease_seed: seed.into(),
-    }
+) -> Stamped {
+    stamped(
+        RunCommand::Start {
+            run_id: rid(run_id),
+            template_id: TemplateId::parse("t1").unwrap(),
+            template_version: 1,
+            definition: Arc::new(definition),
+            input: input(),
+            retry_of: None,
+            redirected_from: redirected_from.map(|(from, text)| (rid(from), text.to_string())),
+            auto_run,
+        },
+        ms,
+        seed,
+    )
 }
 
 fn message(action: Action, content: &str, key: Option<&str>) -> NewMessage {
@@ -2402,23 +2427,29 @@ fn message(action: Action, content: &str, key: Option<&str>) -> NewMessage {
     }
 }
 
-fn post(action: Action, content: &str, ms: i64, seed: &str) -> RunCommand {
+fn post(action: Action, content: &str, ms: i64, seed: &str) -> Stamped {
     post_message(message(action, content, None), None, ms, seed)
 }
 
-fn post_message(message: NewMessage, redirect_to: Option<&str>, ms: i64, seed: &str) -> RunCommand {
-    RunCommand::PostMessage {
-        message,
-        redirect_to: redirect_to.map(rid),
-        at: at(ms),
-        lease_seed: seed.into(),
-    }
+fn post_message(message: NewMessage, redirect_to: Option<&str>, ms: i64, seed: &str) -> Stamped {
+    stamped(
+        RunCommand::PostMessage {
+            message,
+            redirect_to: redirect_to.map(rid),
+        },
+        ms,
+        seed,
+    )
 }
 
-fn agent_comment(step: &str, token: &str, content: &str, ms: i64) -> RunCommand {
-    RunCommand::AgentComments {
-        comments: vec![(sid(step), lease(token), note_at(content, ms))],
-    }
+fn agent_comment(step: &str, token: &str, content: &str, ms: i64) -> Stamped {
+    stamped(
+        RunCommand::AgentComments {
+            comments: vec![(sid(step), lease(token), note_at(content, ms))],
+        },
+        ms,
+        "",
+    )
 }
 
 fn note_at(content: &str, ms: i64) -> AgentNote {
@@ -2428,66 +2459,75 @@ fn note_at(content: &str, ms: i64) -> AgentNote {
     }
 }
 
-fn interrupt(step: &str, token: &str, ms: i64, seed: &str) -> RunCommand {
-    RunCommand::InterruptStep {
-        step: sid(step),
-        lease: lease(token),
-        comments: Vec::new(),
-        at: at(ms),
-        lease_seed: seed.into(),
-    }
+fn interrupt(step: &str, token: &str, ms: i64, seed: &str) -> Stamped {
+    stamped(
+        RunCommand::InterruptStep {
+            step: sid(step),
+            lease: lease(token),
+            comments: Vec::new(),
+        },
+        ms,
+        seed,
+    )
 }
 
-fn approve(step: &str, choice: Option<&str>, ms: i64, seed: &str) -> RunCommand {
-    RunCommand::Approve {
-        step: sid(step),
-        choice: choice.map(Into::into),
-        at: at(ms),
-        lease_seed: seed.into(),
-    }
+fn approve(step: &str, choice: Option<&str>, ms: i64, seed: &str) -> Stamped {
+    stamped(
+        RunCommand::Approve {
+            step: sid(step),
+            choice: choice.map(Into::into),
+        },
+        ms,
+        seed,
+    )
 }
 
-fn retry_step(step: &str, prompt_override: Option<&str>, ms: i64, seed: &str) -> RunCommand {
-    RunCommand::RetryStep {
-        step: sid(step),
-        prompt_override: prompt_override.map(Into::into),
-        at: at(ms),
-        lease_seed: seed.into(),
-    }
+fn retry_step(step: &str, prompt_override: Option<&str>, ms: i64, seed: &str) -> Stamped {
+    stamped(
+        RunCommand::RetryStep {
+            step: sid(step),
+            prompt_override: prompt_override.map(Into::into),
+        },
+        ms,
+        seed,
+    )
 }
 
-fn trigger(step: &str, prompt_override: Option<&str>, ms: i64, seed: &str) -> RunCommand {
-    RunCommand::TriggerStep {
-        step: sid(step),
-        prompt_override: prompt_override.map(Into::into),
-        at: at(ms),
-        lease_seed: seed.into(),
-    }
+fn trigger(step: &str, prompt_override: Option<&str>, ms: i64, seed: &str) -> Stamped {
+    stamped(
+        RunCommand::TriggerStep {
+            step: sid(step),
+            prompt_override: prompt_override.map(Into::into),
+        },
+        ms,
+        seed,
+    )
 }
 
-fn set_auto_run(enabled: bool, ms: i64, seed: &str) -> RunCommand {
-    RunCommand::SetAutoRun {
-        enabled,
-        at: at(ms),
-        lease_seed: seed.into(),
-    }
+fn set_auto_run(enabled: bool, ms: i64, seed: &str) -> Stamped {
+    stamped(RunCommand::SetAutoRun { enabled }, ms, seed)
 }
 
-fn rollback(name: &str, to_version: u32, ms: i64, seed: &str) -> RunCommand {
-    RunCommand::RollbackArtifact {
-        name: artifact(name),
-        to_version,
-        at: at(ms),
-        lease_seed: seed.into(),
-    }
+fn rollback(name: &str, to_version: u32, ms: i64, seed: &str) -> Stamped {
+    stamped(
+        RunCommand::RollbackArtifact {
+            name: artifact(name),
+            to_version,
+        },
+        ms,
+        seed,
+    )
 }
 
-fn redirect(to: &str, instructions: &str, ms: i64) -> RunCommand {
-    RunCommand::Redirect {
-        new_run_id: rid(to),
-        instructions: instructions.into(),
-        at: at(ms),
-    }
+fn redirect(to: &str, instructions: &str, ms: i64) -> Stamped {
+    stamped(
+        RunCommand::Redirect {
+            new_run_id: rid(to),
+            instructions: instructions.into(),
+        },
+        ms,
+        "",
+    )
 }
 
 // ------------------------------------------------------- steering: events --
@@ -3047,9 +3087,11 @@ fn a_redirect_message_to_a_completed_run_is_ignored_with_the_refusal() {
 
 #[test]
 fn a_redirect_message_without_a_run_id_set_aside_is_ignored() {
-    let events = state_after(diamond_a_done())
-        .decide(post(Action::Redirect, "start over", 25, "s2"))
-        .unwrap();
+    let events = decide(
+        &state_after(diamond_a_done()),
+        post(Action::Redirect, "start over", 25, "s2"),
+    )
+    .unwrap();
     let [RunEvent::MessagePosted {
         message: 1,
         author: Author::User,
@@ -3148,13 +3190,13 @@ fn a_key_reused_for_a_different_action_or_metadata_is_refused() {
         "s2",
     );
     assert_eq!(
-        run.decide(other_action),
+        decide(&run, other_action),
         Err(RunError::IdempotencyKeyReused("k1".into()))
     );
     let mut with_metadata = message(Action::Comment, "hello", Some("k1"));
     with_metadata.metadata = json!({"x": 1});
     assert_eq!(
-        run.decide(post_message(with_metadata, None, 16, "s2")),
+        decide(&run, post_message(with_metadata, None, 16, "s2")),
         Err(RunError::IdempotencyKeyReused("k1".into()))
     );
 }
@@ -3208,13 +3250,17 @@ fn a_comment_about_a_step_that_is_not_running_is_dropped() {
 fn a_batch_of_comments_records_the_current_ones_in_order_and_drops_the_stale() {
     Given::with(())
         .given(diamond_started())
-        .when(RunCommand::AgentComments {
-            comments: vec![
-                (sid("a"), lease("s0.1"), note_at("one", 12)),
-                (sid("a"), lease("old"), note_at("stale", 13)),
-                (sid("a"), lease("s0.1"), note_at("two", 14)),
-            ],
-        })
+        .when(stamped(
+            RunCommand::AgentComments {
+                comments: vec![
+                    (sid("a"), lease("s0.1"), note_at("one", 12)),
+                    (sid("a"), lease("old"), note_at("stale", 13)),
+                    (sid("a"), lease("s0.1"), note_at("two", 14)),
+                ],
+            },
+            15,
+            "",
+        ))
         .then_expect_events(vec![
             step_note_by_agent(1, "a", "one", 12),
             step_note_by_agent(2, "a", "two", 14),
@@ -3224,10 +3270,10 @@ fn a_batch_of_comments_records_the_current_ones_in_order_and_drops_the_stale() {
 #[test]
 fn comments_sent_with_a_completion_are_recorded_before_it_in_the_same_commit() {
     let mut command = complete("a", "s0.1", "A", 20, "s1");
-    if let RunCommand::CompleteStep { comments, .. } = &mut command {
+    if let RunCommand::CompleteStep { comments, .. } = &mut command.command {
         *comments = vec![note_at("started", 12), note_at("finished", 19)];
     }
-    let events = state_after(diamond_started()).decide(command).unwrap();
+    let events = decide(&state_after(diamond_started()), command).unwrap();
     assert_eq!(events[0], step_note_by_agent(1, "a", "started", 12));
     assert_eq!(events[1], step_note_by_agent(2, "a", "finished", 19));
     assert!(
@@ -4475,14 +4521,16 @@ fn a_condition_on_a_blob_output_does_not_hold() {
             run_started(def, &["a"], 10),
             dispatched("a", 1, "s0.1", &[], 10),
         ])
-        .when(RunCommand::CompleteStep {
-            step: sid("a"),
-            lease: lease("s0.1"),
-            outputs: single_output("out", blob.clone()),
-            comments: Vec::new(),
-            at: at(20),
-            lease_seed: "s1".into(),
-        })
+        .when(stamped(
+            RunCommand::CompleteStep {
+                step: sid("a"),
+                lease: lease("s0.1"),
+                outputs: single_output("out", blob.clone()),
+                comments: Vec::new(),
+            },
+            20,
+            "s1",
+        ))
         .then_expect_events(vec![
             completed_with(
                 "a",
@@ -4902,8 +4950,8 @@ fn the_histories_these_tests_start_from_are_what_decide_records() {
 // ------------------------------------------- budgets, stale flags, overrides --
 
 /// Decides `command` on `run` and folds what it records; panics on a refusal.
-fn step_by(run: &mut Run, command: RunCommand) -> Vec<RunEvent> {
-    let events = run.decide(command).expect("command accepted");
+fn step_by(run: &mut Run, command: Stamped) -> Vec<RunEvent> {
+    let events = decide(run, command).expect("command accepted");
     for event in &events {
         run.apply_event(event.clone());
     }
@@ -4933,12 +4981,14 @@ fn a_step_retried_by_a_user_gets_its_whole_retry_budget_again() {
     assert_eq!(run.status, RunStatus::Failed);
     step_by(
         &mut run,
-        RunCommand::RetryStep {
-            step: sid("a"),
-            prompt_override: None,
-            at: at(200),
-            lease_seed: "s9".into(),
-        },
+        stamped(
+            RunCommand::RetryStep {
+                step: sid("a"),
+                prompt_override: None,
+            },
+            200,
+            "s9",
+        ),
     );
     assert_eq!(run.status, RunStatus::Running);
     assert_eq!(run.steps[&sid("a")].attempt, 4);
@@ -4962,27 +5012,23 @@ fn an_interrupted_attempt_does_not_use_up_the_retry_budget() {
     let one_attempt = definition(json!({"a": {"agent": "echo"}}));
     let mut run = Run::default();
     step_by(&mut run, start(one_attempt, 10, "s0"));
-    step_by(&mut run, RunCommand::Pause { at: at(20) });
+    step_by(&mut run, stamped(RunCommand::Pause, 20, ""));
     let token = current_lease(&run, "a");
     step_by(
         &mut run,
-        RunCommand::InterruptStep {
-            step: sid("a"),
-            lease: lease(&token),
-            comments: Vec::new(),
-            at: at(30),
-            lease_seed: "s1".into(),
-        },
+        stamped(
+            RunCommand::InterruptStep {
+                step: sid("a"),
+                lease: lease(&token),
+                comments: Vec::new(),
+            },
+            30,
+            "s1",
+        ),
     );
     assert_eq!(run.status, RunStatus::Paused);
     assert_eq!(run.steps[&sid("a")].failures, 0);
-    step_by(
-        &mut run,
-        RunCommand::Resume {
-            at: at(40),
-            lease_seed: "s2".into(),
-        },
-    );
+    step_by(&mut run, stamped(RunCommand::Resume, 40, "s2"));
     assert_eq!(run.steps[&sid("a")].attempt, 2);
 }
 
@@ -4990,7 +5036,7 @@ fn an_interrupted_attempt_does_not_use_up_the_retry_budget() {
 fn a_run_that_fails_while_a_pause_is_pending_keeps_no_stale_pause() {
     let mut run = Run::default();
     step_by(&mut run, start(diamond(), 10, "s0"));
-    step_by(&mut run, RunCommand::Pause { at: at(20) });
+    step_by(&mut run, stamped(RunCommand::Pause, 20, ""));
     let token = current_lease(&run, "a");
     step_by(&mut run, fail("a", &token, "boom", 30));
     assert_eq!(run.status, RunStatus::Failed);
@@ -4998,12 +5044,14 @@ fn a_run_that_fails_while_a_pause_is_pending_keeps_no_stale_pause() {
     // Retrying the step reopens the run and runs it at once.
     let events = step_by(
         &mut run,
-        RunCommand::RetryStep {
-            step: sid("a"),
-            prompt_override: None,
-            at: at(40),
-            lease_seed: "s1".into(),
-        },
+        stamped(
+            RunCommand::RetryStep {
+                step: sid("a"),
+                prompt_override: None,
+            },
+            40,
+            "s1",
+        ),
     );
     assert!(events
         .iter()
@@ -5015,47 +5063,47 @@ fn a_run_that_fails_while_a_pause_is_pending_keeps_no_stale_pause() {
 fn a_trigger_without_an_override_keeps_the_one_a_retry_set() {
     let mut run = Run::default();
     let mut command = start(diamond(), 10, "s0");
-    if let RunCommand::Start { auto_run, .. } = &mut command {
+    if let RunCommand::Start { auto_run, .. } = &mut command.command {
         *auto_run = false;
     }
     step_by(&mut run, command);
     let token = step_by(
         &mut run,
-        RunCommand::TriggerStep {
-            step: sid("a"),
-            prompt_override: None,
-            at: at(20),
-            lease_seed: "s1".into(),
-        },
+        stamped(
+            RunCommand::TriggerStep {
+                step: sid("a"),
+                prompt_override: None,
+            },
+            20,
+            "s1",
+        ),
     );
     assert_eq!(token.len(), 1);
     let token = current_lease(&run, "a");
     step_by(&mut run, complete("a", &token, "v1", 30, "s2"));
-    step_by(&mut run, RunCommand::Pause { at: at(40) });
+    step_by(&mut run, stamped(RunCommand::Pause, 40, ""));
     step_by(
         &mut run,
-        RunCommand::RetryStep {
-            step: sid("a"),
-            prompt_override: Some("shorter".into()),
-            at: at(50),
-            lease_seed: "s3".into(),
-        },
+        stamped(
+            RunCommand::RetryStep {
+                step: sid("a"),
+                prompt_override: Some("shorter".into()),
+            },
+            50,
+            "s3",
+        ),
     );
-    step_by(
-        &mut run,
-        RunCommand::Resume {
-            at: at(60),
-            lease_seed: "s4".into(),
-        },
-    );
+    step_by(&mut run, stamped(RunCommand::Resume, 60, "s4"));
     let events = step_by(
         &mut run,
-        RunCommand::TriggerStep {
-            step: sid("a"),
-            prompt_override: None,
-            at: at(70),
-            lease_seed: "s5".into(),
-        },
+        stamped(
+            RunCommand::TriggerStep {
+                step: sid("a"),
+                prompt_override: None,
+            },
+            70,
+            "s5",
+        ),
     );
     assert!(
         events.iter().any(|e| matches!(
@@ -5076,11 +5124,15 @@ fn the_outputs_of_a_step_skipped_since_it_ran_are_not_handed_on() {
     }));
     let mut run = Run::default();
     step_by(&mut run, start(branching, 10, "s0"));
-    let approve = |choice: &str, ms: i64, seed: &str| RunCommand::Approve {
-        step: sid("gate"),
-        choice: Some(choice.into()),
-        at: at(ms),
-        lease_seed: seed.into(),
+    let approve = |choice: &str, ms: i64, seed: &str| {
+        stamped(
+            RunCommand::Approve {
+                step: sid("gate"),
+                choice: Some(choice.into()),
+            },
+            ms,
+            seed,
+        )
     };
     let token = current_lease(&run, "gate");
     step_by(&mut run, complete("gate", &token, "g1", 20, "s1"));
@@ -5093,12 +5145,14 @@ fn the_outputs_of_a_step_skipped_since_it_ran_are_not_handed_on() {
     // Route the other way: x is skipped, and join no longer reads x's output.
     step_by(
         &mut run,
-        RunCommand::RetryStep {
-            step: sid("gate"),
-            prompt_override: None,
-            at: at(60),
-            lease_seed: "s5".into(),
-        },
+        stamped(
+            RunCommand::RetryStep {
+                step: sid("gate"),
+                prompt_override: None,
+            },
+            60,
+            "s5",
+        ),
     );
     let token = current_lease(&run, "gate");
     step_by(&mut run, complete("gate", &token, "g2", 70, "s6"));
