@@ -424,7 +424,7 @@ mod sigkill_mid_run_then_restart_completes_every_run_once {
 async fn redirect_cut_off_then_restart(backend: Backend) {
     use runlog::domain::definition::Definition;
     use runlog::domain::ids::{RunId, TemplateId, Timestamp};
-    use runlog::domain::run::{Run, RunCommand, Stamp};
+    use runlog::domain::run::{Run, RunCommand, Stamp, StartRun};
     use runlog::store::{self, AggregateStore};
     use std::collections::HashMap;
     use std::sync::Arc;
@@ -449,7 +449,7 @@ async fn redirect_cut_off_then_restart(backend: Backend) {
     let mut state = Run::default();
     let mut sequence = 0;
     for (command, at) in [
-        RunCommand::Start {
+        RunCommand::Start(StartRun {
             run_id: old.clone(),
             template_id: TemplateId::parse("tpl").expect("id"),
             template_version: 1,
@@ -458,7 +458,7 @@ async fn redirect_cut_off_then_restart(backend: Backend) {
             retry_of: None,
             redirected_from: None,
             auto_run: true,
-        },
+        }),
         RunCommand::Redirect {
             new_run_id: new.clone(),
             instructions: "be brief".into(),

@@ -17,7 +17,7 @@ use runlog::domain::ids::{
 };
 use runlog::domain::run::{
     ArtifactContent, ArtifactWritten, Outputs, Run, RunCommand, RunError, RunEvent, Stamp,
-    StepStatus,
+    StartRun, StepStatus,
 };
 use runlog::domain::template::{Template, TemplateCommand};
 use runlog::projections::{Projector, ReadModels, RunDetail};
@@ -70,7 +70,7 @@ fn diamond() -> Arc<Definition> {
 }
 
 fn start_command(run_id: &str, at: i64) -> (RunCommand, Stamp) {
-    let command = RunCommand::Start {
+    let command = RunCommand::Start(StartRun {
         run_id: RunId::parse(run_id).expect("run id"),
         template_id: TemplateId::parse("tpl").expect("template id"),
         template_version: 1,
@@ -79,7 +79,7 @@ fn start_command(run_id: &str, at: i64) -> (RunCommand, Stamp) {
         retry_of: None,
         redirected_from: None,
         auto_run: true,
-    };
+    });
     (command, stamp(at))
 }
 

@@ -28,7 +28,9 @@ use futures::future::BoxFuture;
 use serde_json::Value;
 
 use crate::domain::ids::{ArtifactName, RunId, StepId, TemplateId, Timestamp};
-use crate::domain::run::{Action, NewMessage, RetrySource, Run, RunCommand, RunError, RunEvent};
+use crate::domain::run::{
+    Action, NewMessage, RetrySource, Run, RunCommand, RunError, RunEvent, StartRun,
+};
 use crate::domain::template::{Template, TemplateCommand, TemplateError};
 use crate::projections::rfc3339;
 use crate::store::{AggregateStore, BlobStore, StoreError};
@@ -244,7 +246,7 @@ impl Engine {
     /// Sends a command to a run's actor; if that actor was just stopping,
     /// spawns a new one and sends again.
     async fn execute(&self, id: &RunId, command: RunCommand) -> Result<Committed, EngineError> {
-        let fresh = matches!(command, RunCommand::Start { .. });
+        let fresh = matches!(command, RunCommand::Start(_));
         let mut tries = 0;
         loop {
             tries += 1;
@@ -308,7 +310,7 @@ impl Engine {
             Link::RetryOf(original) => (Some(original), None),
             Link::RedirectedFrom(original, instructions) => (None, Some((original, instructions))),
         };
-        let command = RunCommand::Start {
+        let command = RunCommand::Start(StartRun {
             run_id: run_id.clone(),
             template_id: source.template_id,
             template_version: source.template_version,
@@ -317,7 +319,7 @@ impl Engine {
             retry_of,
             redirected_from,
             auto_run: source.auto_run,
-        };
+        });
         let committed = self.execute(&run_id, command).await?;
         Ok((run_id, committed))
     }

@@ -1,0 +1,270 @@
+//! Folding events into the run's state. No business logic: the events
+//! carry the facts (the next attempt, the new version, what became ready).
+
+use std::sync::Arc;
+
+use super::state::{ArtifactVersion, Run, RunStatus, StepState, StepStatus};
+use super::thread::{Action, MessageStatus, OpenInstruction};
+use super::{thread, ArtifactWritten, RunEvent};
+use crate::domain::ids::{StepId, Timestamp};
+
+impl Run {
+    /// Folds one event into the state. No business logic: events carry the
+    /// facts.
+    pub fn apply_event(&mut self, event: RunEvent) {
+        self.updated_at = event.at();
+        if let RunEvent::MessageStatusChanged {
+            message,
+            status: MessageStatus::Processed | MessageStatus::Ignored,
+            ..
+        } = &event
+        {
+            self.thread.close(*message);
+        }
+        match event {
+            RunEvent::RunStarted {
+                run_id,
+                template_id,
+                template_version,
+                definition,
+                input,
+                ready,
+                retry_of,
+                redirected_from,
+                auto_run,
+                at,
+            } => {
+                self.id = Some(run_id);
+                self.retry_of = retry_of;
+                self.redirected_from = redirected_from;
+                self.auto_run = auto_run;
+                self.template_id = Some(template_id);
+                self.template_version = template_version;
+                self.steps = definition
+                    .steps
+                    .keys()
+                    .map(|s| (s.clone(), StepState::default()))
+                    .collect();
+                self.definition = Arc::new(definition);
+                self.input = input;
+                self.status = RunStatus::Running;
+                self.created_at = at;
+                self.mark(ready, StepStatus::Ready);
+            }
+            RunEvent::StepDispatched {
+                step,
+                attempt,
+                lease,
+                prompt_override,
+                instructions,
+                at,
+                ..
+            } => {
+                let handed: Vec<OpenInstruction> = self
+                    .thread
+                    .for_dispatch(&step)
+                    .into_iter()
+                    .filter(|i| instructions.contains(&i.message))
+                    .collect();
+                self.thread
+                    .pending
+                    .retain(|i| !instructions.contains(&i.message));
+                if handed.is_empty() {
+                    self.thread.in_flight.remove(&step);
+                } else {
+                    self.thread.in_flight.insert(step.clone(), handed);
+                }
+                let s = self.steps.entry(step).or_default();
+                s.status = StepStatus::Running;
+                s.attempt = attempt;
+                s.lease = Some(lease);
+                s.retry_at = None;
+                s.started_at = Some(at);
+                s.prompt_override = prompt_override;
+            }
+            RunEvent::StepCompleted {
+                step,
+                attempt,
+                artifacts,
+                ready,
+                skipped,
+                at,
+            } => {
+                let s = self.steps.entry(step).or_default();
+                s.status = StepStatus::Completed;
+                s.lease = None;
+                s.error = None;
+                s.finished_at = Some(at);
+                self.add_versions(attempt, artifacts, at);
+                self.mark(ready, StepStatus::Ready);
+                self.mark(skipped, StepStatus::Skipped);
+            }
+            RunEvent::StepAwaitingReview {
+                step,
+                attempt,
+                artifacts,
+                at,
+            } => {
+                let s = self.steps.entry(step).or_default();
+                s.status = StepStatus::AwaitingReview;
+                s.lease = None;
+                s.error = None;
+                self.add_versions(attempt, artifacts, at);
+            }
+            RunEvent::StepApproved { .. } | RunEvent::MessageStatusChanged { .. } => {}
+            RunEvent::StepFailed {
+                step,
+                error,
+                will_retry,
+                fails_run,
+                at,
+                ..
+            } => {
+                let s = self.steps.entry(step.clone()).or_default();
+                s.lease = None;
+                s.error = Some(error.clone());
+                s.failures += 1;
+                if will_retry {
+                    s.status = StepStatus::Ready;
+                } else {
+                    s.status = StepStatus::Failed;
+                    s.finished_at = Some(at);
+                    if fails_run {
+                        self.failure.get_or_insert((step, error));
+                    }
+                }
+            }
+            RunEvent::StepRetryScheduled { step, due_at, .. } => {
+                let s = self.steps.entry(step).or_default();
+                s.status = StepStatus::Ready;
+                s.retry_at = Some(due_at);
+            }
+            RunEvent::StepInterrupted { step, .. } => {
+                let s = self.steps.entry(step).or_default();
+                s.status = StepStatus::Ready;
+                s.lease = None;
+                s.retry_at = None;
+            }
+            // A pause or cancel still pending when the run ends is moot.
+            RunEvent::RunCompleted { .. } => {
+                self.status = RunStatus::Completed;
+                self.pause_requested = false;
+                self.cancel_requested = None;
+            }
+            RunEvent::RunFailed { .. } => {
+                self.status = RunStatus::Failed;
+                self.pause_requested = false;
+                self.cancel_requested = None;
+            }
+            RunEvent::PauseRequested { .. } => self.pause_requested = true,
+            RunEvent::RunPaused { .. } => {
+                self.status = RunStatus::Paused;
+                self.pause_requested = false;
+            }
+            RunEvent::RunResumed { .. } => {
+                self.status = RunStatus::Running;
+                self.pause_requested = false;
+            }
+            RunEvent::CancelRequested { reason, .. } => self.cancel_requested = Some(reason),
+            RunEvent::RunCancelled { .. } => {
+                self.status = RunStatus::Cancelled;
+                self.pause_requested = false;
+            }
+            RunEvent::RunRedirected { to, .. } => self.redirected_to = Some(to),
+            RunEvent::AutoRunChanged { enabled, .. } => self.auto_run = enabled,
+            RunEvent::MessagePosted {
+                message,
+                action,
+                content,
+                metadata,
+                idempotency_key,
+                status,
+                ..
+            } => {
+                self.thread.last = message;
+                if let Some(key) = idempotency_key {
+                    let fingerprint = thread::fingerprint(action, &content, &metadata);
+                    self.thread.keys.insert(key, (message, fingerprint));
+                }
+                if action == Action::Instruction && status == MessageStatus::Pending {
+                    self.thread
+                        .pending
+                        .push(OpenInstruction { message, content });
+                }
+            }
+            RunEvent::StepRetryRequested {
+                step,
+                prompt_override,
+                invalidated,
+                reopens_run,
+                ..
+            } => {
+                let s = self.steps.entry(step).or_default();
+                s.status = StepStatus::Ready;
+                s.lease = None;
+                s.retry_at = None;
+                s.finished_at = None;
+                s.error = None;
+                s.failures = 0;
+                s.prompt_override = prompt_override;
+                self.invalidate(invalidated, reopens_run);
+            }
+            RunEvent::ArtifactRolledBack {
+                name,
+                to_version,
+                invalidated,
+                ready,
+                skipped,
+                reopens_run,
+                ..
+            } => {
+                self.artifacts.entry(name).or_default().latest = to_version;
+                self.invalidate(invalidated, reopens_run);
+                self.mark(ready, StepStatus::Ready);
+                self.mark(skipped, StepStatus::Skipped);
+            }
+        }
+    }
+
+    pub(super) fn add_versions(
+        &mut self,
+        attempt: u32,
+        artifacts: Vec<ArtifactWritten>,
+        at: Timestamp,
+    ) {
+        for written in artifacts {
+            let a = self.artifacts.entry(written.name).or_default();
+            a.latest = written.version;
+            a.versions.push(ArtifactVersion {
+                version: written.version,
+                attempt,
+                content: written.content,
+                at,
+            });
+        }
+    }
+
+    /// Sends steps back to `pending` (their inputs will change); reopens the
+    /// run when the event says so.
+    pub(super) fn invalidate(&mut self, steps: Vec<StepId>, reopens_run: bool) {
+        for step in steps {
+            let s = self.steps.entry(step).or_default();
+            s.status = StepStatus::Pending;
+            s.lease = None;
+            s.retry_at = None;
+            s.error = None;
+            s.finished_at = None;
+            s.failures = 0;
+        }
+        if reopens_run {
+            self.status = RunStatus::Running;
+            self.failure = None;
+        }
+    }
+
+    pub(super) fn mark(&mut self, steps: Vec<StepId>, status: StepStatus) {
+        for step in steps {
+            self.steps.entry(step).or_default().status = status;
+        }
+    }
+}

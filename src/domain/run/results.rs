@@ -1,0 +1,211 @@
+//! Starting a run and recording what its agents report: completions,
+//! failures, interruptions and comments; dispatching due retries, and
+//! recovery after a restart.
+
+use super::command::{Stamp, StartRun};
+use super::decision::Decision;
+use super::state::{Run, StepStatus};
+use super::thread::{Action, AgentNote, Author, MessageStatus};
+use super::{ArtifactWritten, Outputs, RunError, RunEvent};
+use crate::domain::definition::Definition;
+use crate::domain::ids::{ArtifactName, LeaseToken, StepId};
+use serde_json::Value;
+
+impl Run {
+    /// Starts the run: copies the definition, marks the roots ready and dispatches them.
+    pub(super) fn start(&self, start: StartRun, stamp: &Stamp) -> Result<Vec<RunEvent>, RunError> {
+        let StartRun {
+            run_id,
+            template_id,
+            template_version,
+            definition,
+            input,
+            retry_of,
+            redirected_from,
+            auto_run,
+        } = start;
+        let at = stamp.at;
+        if self.id.is_some() {
+            return Err(RunError::AlreadyStarted);
+        }
+        let mut d = Decision::new(self, stamp);
+        let ready = definition.roots().cloned().collect();
+        let (redirected_from, instructions) = redirected_from.unzip();
+        d.record(RunEvent::RunStarted {
+            run_id,
+            template_id,
+            template_version,
+            definition: Definition::clone(&definition),
+            input,
+            ready,
+            retry_of,
+            redirected_from,
+            auto_run,
+            at,
+        });
+        if let Some(content) = instructions {
+            d.record(RunEvent::MessagePosted {
+                message: 1,
+                author: Author::User,
+                action: Action::Instruction,
+                content,
+                metadata: Value::Null,
+                step: None,
+                idempotency_key: None,
+                status: MessageStatus::Pending,
+                reason: None,
+                at,
+            });
+        }
+        d.dispatch_due(at);
+        Ok(d.events)
+    }
+
+    /// An agent finished a step: its outputs become artifact versions; dependants become ready (or the step awaits review).
+    pub(super) fn complete_step(
+        &self,
+        step: StepId,
+        lease: LeaseToken,
+        outputs: Outputs,
+        comments: Vec<AgentNote>,
+        stamp: &Stamp,
+    ) -> Result<Vec<RunEvent>, RunError> {
+        let at = stamp.at;
+        let attempt = self.check_running_step(&step, &lease)?;
+        let artifacts: Vec<ArtifactWritten> = outputs
+            .into_iter()
+            .map(|(output, content)| ArtifactWritten {
+                version: self.next_version(&ArtifactName::new(&step, &output)),
+                name: ArtifactName::new(&step, &output),
+                content,
+            })
+            .collect();
+        let mut d = Decision::new(self, stamp);
+        d.agent_comments(&step, comments);
+        if self.definition.steps[&step].review {
+            d.record(RunEvent::StepAwaitingReview {
+                step,
+                attempt,
+                artifacts,
+                at,
+            });
+        } else {
+            let (ready, skipped) = self.advance_after(&step, &artifacts);
+            d.record(RunEvent::StepCompleted {
+                step,
+                attempt,
+                artifacts,
+                ready,
+                skipped,
+                at,
+            });
+            d.dispatch_due(at);
+        }
+        d.settle(at);
+        Ok(d.events)
+    }
+
+    /// An agent failed a step: another attempt is scheduled while the retry policy allows, else the step fails for good.
+    pub(super) fn fail_step(
+        &self,
+        step: StepId,
+        lease: LeaseToken,
+        error: String,
+        comments: Vec<AgentNote>,
+        stamp: &Stamp,
+    ) -> Result<Vec<RunEvent>, RunError> {
+        let at = stamp.at;
+        let attempt = self.check_running_step(&step, &lease)?;
+        let policy = self.definition.steps[&step].retry;
+        let failures = self.steps[&step].failures + 1;
+        let will_retry = failures < policy.max_attempts
+            && self.failure.is_none()
+            && self.cancel_requested.is_none();
+        // While a cancel is pending a failure is not retried and does
+        // not fail the run: the run ends cancelled.
+        let fails_run = !will_retry && self.cancel_requested.is_none();
+        let mut d = Decision::new(self, stamp);
+        d.agent_comments(&step, comments);
+        d.record(RunEvent::StepFailed {
+            step: step.clone(),
+            attempt,
+            error,
+            will_retry,
+            fails_run,
+            at,
+        });
+        if will_retry {
+            d.record(RunEvent::StepRetryScheduled {
+                step,
+                next_attempt: attempt + 1,
+                delay_ms: policy.backoff_ms,
+                due_at: at.plus_millis(policy.backoff_ms),
+                at,
+            });
+        }
+        d.settle(at);
+        Ok(d.events)
+    }
+
+    /// A running agent stopped because it was asked to: the step is ready again.
+    pub(super) fn interrupt_step(
+        &self,
+        step: StepId,
+        lease: LeaseToken,
+        comments: Vec<AgentNote>,
+        stamp: &Stamp,
+    ) -> Result<Vec<RunEvent>, RunError> {
+        let at = stamp.at;
+        let attempt = self.check_running_step(&step, &lease)?;
+        let mut d = Decision::new(self, stamp);
+        d.agent_comments(&step, comments);
+        d.record(RunEvent::StepInterrupted { step, attempt, at });
+        d.dispatch_due(at);
+        d.settle(at);
+        Ok(d.events)
+    }
+
+    /// Records comments agents posted, dropping those of attempts no longer current.
+    pub(super) fn agent_comments(
+        &self,
+        comments: Vec<(StepId, LeaseToken, AgentNote)>,
+        stamp: &Stamp,
+    ) -> Result<Vec<RunEvent>, RunError> {
+        self.check_active()?;
+        let mut d = Decision::new(self, stamp);
+        for (step, lease, note) in comments {
+            if self.check_running_step(&step, &lease).is_ok() {
+                d.agent_comments(&step, vec![note]);
+            }
+        }
+        Ok(d.events)
+    }
+
+    /// Dispatches the ready steps whose retry time has come.
+    pub(super) fn dispatch_due(&self, stamp: &Stamp) -> Result<Vec<RunEvent>, RunError> {
+        let at = stamp.at;
+        self.check_active()?;
+        let mut d = Decision::new(self, stamp);
+        d.dispatch_due(at);
+        Ok(d.events)
+    }
+
+    /// After a restart: re-dispatches the steps whose attempts died with the old process.
+    pub(super) fn recover(&self, stamp: &Stamp) -> Result<Vec<RunEvent>, RunError> {
+        let at = stamp.at;
+        self.check_active()?;
+        let mut d = Decision::new(self, stamp);
+        let running: Vec<(StepId, Option<String>)> = self
+            .steps
+            .iter()
+            .filter(|(_, s)| s.status == StepStatus::Running)
+            .map(|(id, s)| (id.clone(), s.prompt_override.clone()))
+            .collect();
+        for (step, prompt_override) in running {
+            d.dispatch(step, at, true, prompt_override);
+        }
+        d.dispatch_due(at);
+        d.settle(at);
+        Ok(d.events)
+    }
+}

@@ -1,0 +1,401 @@
+//! The state of a run (rebuilt from its events), its statuses, and the
+//! queries and checks that decisions and the engine make of it.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::error::RunError;
+use super::thread::ThreadState;
+use super::ArtifactContent;
+use crate::domain::definition::Definition;
+use crate::domain::ids::{ArtifactName, LeaseToken, RunId, StepId, TemplateId, Timestamp};
+
+/// Status of a run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    /// Not started yet.
+    #[default]
+    Queued,
+    /// Steps are being executed.
+    Running,
+    /// Every step completed.
+    Completed,
+    /// A step failed for good.
+    Failed,
+    /// Paused by a user: nothing runs until it is resumed.
+    Paused,
+    /// Cancelled by a user.
+    Cancelled,
+}
+
+impl RunStatus {
+    /// The status as the API and the tables spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Running => "running",
+            Self::Completed => "completed",
+            Self::Failed => "failed",
+            Self::Paused => "paused",
+            Self::Cancelled => "cancelled",
+        }
+    }
+
+    /// Parses the API spelling.
+    pub fn parse(text: &str) -> Option<Self> {
+        [
+            Self::Queued,
+            Self::Running,
+            Self::Completed,
+            Self::Failed,
+            Self::Paused,
+            Self::Cancelled,
+        ]
+        .into_iter()
+        .find(|s| s.as_str() == text)
+    }
+
+    /// Whether the run can change no more.
+    pub fn is_finished(self) -> bool {
+        matches!(self, Self::Completed | Self::Failed | Self::Cancelled)
+    }
+}
+
+/// Status of a step.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepStatus {
+    /// Waiting for its dependencies.
+    #[default]
+    Pending,
+    /// Its dependencies are done; it will be dispatched (at `retry_at` if set).
+    Ready,
+    /// Dispatched to its agent.
+    Running,
+    /// Its agent finished; it waits for a user's approval (review steps).
+    AwaitingReview,
+    /// Done; its outputs are artifacts.
+    Completed,
+    /// Failed for good.
+    Failed,
+    /// Not run: its `when` condition was false, or every dependency was
+    /// skipped.
+    Skipped,
+}
+
+impl StepStatus {
+    /// The status as the API spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Ready => "ready",
+            Self::Running => "running",
+            Self::AwaitingReview => "awaiting_review",
+            Self::Completed => "completed",
+            Self::Failed => "failed",
+            Self::Skipped => "skipped",
+        }
+    }
+
+    /// Completed or skipped: dependants need not wait for it.
+    pub fn is_done(self) -> bool {
+        matches!(self, Self::Completed | Self::Skipped)
+    }
+}
+
+/// The state of one step.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StepState {
+    /// Where it is.
+    pub status: StepStatus,
+    /// The current (or last) attempt, 0 before the first dispatch.
+    pub attempt: u32,
+    /// The lease of the current dispatch.
+    pub lease: Option<LeaseToken>,
+    /// When the next attempt is due, while a retry waits.
+    pub retry_at: Option<Timestamp>,
+    /// The last error.
+    pub error: Option<String>,
+    /// When the current attempt was dispatched.
+    pub started_at: Option<Timestamp>,
+    /// When the step completed or failed for good.
+    pub finished_at: Option<Timestamp>,
+    /// The prompt a user set for this step's attempts instead of its own
+    /// (by a step retry or a trigger).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt_override: Option<String>,
+    /// Failed attempts since the retry budget was last renewed (by a user's
+    /// step retry, or when a change upstream sent the step back to pending):
+    /// the policy's `max_attempts` counts these, so interrupted attempts and
+    /// earlier rounds do not use it up.
+    #[serde(default)]
+    pub failures: u32,
+}
+
+/// One stored version of an artifact.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ArtifactVersion {
+    /// The version number.
+    pub version: u32,
+    /// The attempt that wrote it.
+    pub attempt: u32,
+    /// The body.
+    pub content: ArtifactContent,
+    /// When it was written.
+    pub at: Timestamp,
+}
+
+/// All versions of one artifact and which is `latest`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ArtifactState {
+    /// The version `latest` points at.
+    pub latest: u32,
+    /// Every version, oldest first.
+    pub versions: Vec<ArtifactVersion>,
+}
+
+impl ArtifactState {
+    /// The body of the latest version.
+    pub fn latest_content(&self) -> Option<&ArtifactContent> {
+        self.versions
+            .iter()
+            .find(|v| v.version == self.latest)
+            .map(|v| &v.content)
+    }
+}
+
+/// The state of a run, rebuilt from its events.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Run {
+    /// Its id, once started.
+    pub id: Option<RunId>,
+    /// The template it started from.
+    pub template_id: Option<TemplateId>,
+    /// That template's version.
+    pub template_version: u32,
+    /// The copied definition.
+    pub definition: Arc<Definition>,
+    /// The run input.
+    pub input: Value,
+    /// Where the run is.
+    pub status: RunStatus,
+    /// Each step's state.
+    pub steps: BTreeMap<StepId, StepState>,
+    /// Each artifact's versions.
+    pub artifacts: BTreeMap<ArtifactName, ArtifactState>,
+    /// Set when a step failed for good while others still ran: the run fails
+    /// once they are done.
+    pub failure: Option<(StepId, String)>,
+    /// A pause was asked and not yet reached.
+    #[serde(default)]
+    pub pause_requested: bool,
+    /// A cancel was asked (with its reason) and not yet reached.
+    #[serde(default)]
+    pub cancel_requested: Option<Option<String>>,
+    /// The run this one retries, if any.
+    #[serde(default)]
+    pub retry_of: Option<RunId>,
+    /// The run this one replaced by a redirect, if any.
+    #[serde(default)]
+    pub redirected_from: Option<RunId>,
+    /// The run that replaced this one by a redirect, if any.
+    #[serde(default)]
+    pub redirected_to: Option<RunId>,
+    /// Whether ready steps are dispatched without a user's trigger.
+    #[serde(default = "crate::domain::yes")]
+    pub auto_run: bool,
+    /// What decisions need of the conversation thread.
+    #[serde(default)]
+    pub thread: ThreadState,
+    /// When it started.
+    pub created_at: Timestamp,
+    /// When it last changed.
+    pub updated_at: Timestamp,
+}
+
+/// What a retry of a run starts from (see [`Run::retry_source`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetrySource {
+    /// The run being retried.
+    pub run_id: RunId,
+    /// Its template.
+    pub template_id: TemplateId,
+    /// Its template version.
+    pub template_version: u32,
+    /// Its copied definition.
+    pub definition: Arc<Definition>,
+    /// Its input.
+    pub input: Value,
+    /// Its manual-mode setting.
+    pub auto_run: bool,
+}
+
+/// What a step receives as input, before blob references are resolved.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StepInput {
+    /// The run input (a step with no dependencies and no mapping).
+    RunInput(Value),
+    /// Named inputs: for each name, either all outputs of a dependency or a
+    /// single mapped artifact.
+    Named(BTreeMap<String, InputValue>),
+}
+
+/// One named input.
+#[derive(Debug, Clone, PartialEq)]
+pub enum InputValue {
+    /// All latest outputs of a dependency, by output name.
+    Outputs(BTreeMap<String, ArtifactContent>),
+    /// One artifact's latest version.
+    Artifact(ArtifactContent),
+    /// A mapped artifact that does not exist (the upstream step did not
+    /// produce that output).
+    Missing,
+}
+
+impl Run {
+    /// What a retry of this run starts from: the same template version,
+    /// definition and input. Only a failed or cancelled run can be retried.
+    pub fn retry_source(&self) -> Result<RetrySource, RunError> {
+        let source = self.source().ok_or(RunError::NotStarted)?;
+        if !matches!(self.status, RunStatus::Failed | RunStatus::Cancelled) {
+            return Err(RunError::NotRetryable(self.status.as_str()));
+        }
+        Ok(source)
+    }
+
+    /// What a new run of the same work starts from (retry or redirect).
+    pub fn source(&self) -> Option<RetrySource> {
+        let (Some(id), Some(template_id)) = (&self.id, &self.template_id) else {
+            return None;
+        };
+        Some(RetrySource {
+            run_id: id.clone(),
+            template_id: template_id.clone(),
+            template_version: self.template_version,
+            definition: self.definition.clone(),
+            input: self.input.clone(),
+            auto_run: self.auto_run,
+        })
+    }
+
+    /// Whether ready steps may be dispatched now: running, and no failure,
+    /// pause or cancel pending.
+    pub fn dispatching(&self) -> bool {
+        self.status == RunStatus::Running
+            && self.failure.is_none()
+            && !self.pause_requested
+            && self.cancel_requested.is_none()
+    }
+
+    /// What `step` receives as input: the run input for a step with no
+    /// dependencies and no mapping; its mapped artifacts when it has
+    /// `inputs`; else the latest outputs of each dependency, by step name.
+    pub fn step_input(&self, step: &StepId) -> StepInput {
+        let Some(def) = self.definition.steps.get(step) else {
+            return StepInput::Named(BTreeMap::new());
+        };
+        if !def.inputs.is_empty() {
+            let named = def
+                .inputs
+                .iter()
+                .map(|(input, source)| {
+                    let value = ArtifactName::parse(source.as_str())
+                        .ok()
+                        .filter(|name| self.is_live(name))
+                        .and_then(|name| self.artifacts.get(&name))
+                        .and_then(ArtifactState::latest_content)
+                        .map_or(InputValue::Missing, |c| InputValue::Artifact(c.clone()));
+                    (input.clone(), value)
+                })
+                .collect();
+            return StepInput::Named(named);
+        }
+        if def.depends_on.is_empty() {
+            return StepInput::RunInput(self.input.clone());
+        }
+        let named = def
+            .depends_on
+            .iter()
+            .map(|dep| (dep.to_string(), InputValue::Outputs(self.outputs_of(dep))))
+            .collect();
+        StepInput::Named(named)
+    }
+
+    /// The latest outputs of `step`, by output name.
+    pub fn outputs_of(&self, step: &StepId) -> BTreeMap<String, ArtifactContent> {
+        self.artifacts
+            .iter()
+            .filter(|(name, _)| name.step() == step.as_str() && self.is_live(name))
+            .filter_map(|(name, a)| {
+                a.latest_content()
+                    .map(|c| (name.output().to_string(), c.clone()))
+            })
+            .collect()
+    }
+
+    /// Steps that are ready but waiting for a retry time, with that time.
+    pub fn pending_retries(&self) -> impl Iterator<Item = (&StepId, Timestamp)> {
+        self.steps.iter().filter_map(|(id, s)| {
+            (s.status == StepStatus::Ready)
+                .then_some(s.retry_at)
+                .flatten()
+                .map(|t| (id, t))
+        })
+    }
+
+    pub(super) fn check_active(&self) -> Result<(), RunError> {
+        if self.id.is_none() {
+            return Err(RunError::NotStarted);
+        }
+        if self.status.is_finished() {
+            return Err(RunError::Finished(self.status.as_str()));
+        }
+        Ok(())
+    }
+
+    /// Checks that `step` is running under `lease`; returns its attempt.
+    pub(super) fn check_running_step(
+        &self,
+        step: &StepId,
+        lease: &LeaseToken,
+    ) -> Result<u32, RunError> {
+        self.check_active()?;
+        let state = self
+            .steps
+            .get(step)
+            .ok_or_else(|| RunError::UnknownStep(step.clone()))?;
+        if state.status != StepStatus::Running {
+            return Err(RunError::StepNotRunning(step.clone()));
+        }
+        if state.lease.as_ref() != Some(lease) {
+            return Err(RunError::StaleLease(step.clone()));
+        }
+        Ok(state.attempt)
+    }
+
+    /// The step's state, or `UnknownStep`.
+    pub(super) fn step_state(&self, step: &StepId) -> Result<&StepState, RunError> {
+        self.steps
+            .get(step)
+            .ok_or_else(|| RunError::UnknownStep(step.clone()))
+    }
+
+    /// Step retry and rollback work on running, paused, completed and failed
+    /// runs; not on cancelled or cancelling ones.
+    pub(super) fn check_reopenable(&self) -> Result<(), RunError> {
+        if self.id.is_none() {
+            return Err(RunError::NotStarted);
+        }
+        if self.status == RunStatus::Cancelled {
+            return Err(RunError::Finished(self.status.as_str()));
+        }
+        if self.cancel_requested.is_some() {
+            return Err(RunError::Cancelling);
+        }
+        Ok(())
+    }
+}
