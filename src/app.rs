@@ -16,7 +16,9 @@ use crate::db::Db;
 use crate::domain::ids::RunId;
 use crate::domain::run::{Run, RunEvent};
 use crate::domain::template::Template;
-use crate::engine::{AgentRegistry, Engine, EngineConfig, EngineParts, RunReadModels};
+use crate::engine::{
+    AgentRegistry, Engine, EngineConfig, EngineParts, RunReadModels, SharedClock, SystemClock,
+};
 use crate::projections::{Projector, ReadModels};
 use crate::store::{self, AggregateStore, BlobStore, EventLog, RecordedEvent, RUN_SNAPSHOT_EVERY};
 use cqrs_es::EventEnvelope;
@@ -86,6 +88,15 @@ impl Application {
     /// Builds everything and binds the listener. Must run inside an actix
     /// system (`#[actix_web::main]`, `#[actix_web::test]`).
     pub async fn build(settings: ServeSettings) -> Result<Self, AppError> {
+        Self::build_with_clock(settings, Arc::new(SystemClock)).await
+    }
+
+    /// [`Application::build`] with the engine reading `clock` (tests drive
+    /// timers with a [`ManualClock`](crate::engine::ManualClock)).
+    pub async fn build_with_clock(
+        settings: ServeSettings,
+        clock: SharedClock,
+    ) -> Result<Self, AppError> {
         let db = open_database(&settings.storage).await?;
         let projector = Projector::start(db.clone());
         projector.catch_up().await?;
@@ -101,6 +112,7 @@ impl Application {
                 passivate_after: settings.passivate_after(),
                 ..EngineConfig::default()
             },
+            clock,
         });
         let listener = TcpListener::bind(&settings.bind).map_err(|source| AppError::Bind {
             addr: settings.bind.clone(),

@@ -6,7 +6,14 @@
 //!   memory stays bounded however many runs exist. At start,
 //!   [`Engine::recover`] re-activates every run that was running.
 //! - Template commands: load, decide, commit, project.
+//! - [`executor`]: the execution seam. The domain decides effects; the
+//!   actor hands dispatches, stops and releases to the [`Executor`] of the
+//!   step's agent, and every outcome comes back through one way in,
+//!   [`Engine::report`]. The in-process executor (`local`) runs the
+//!   built-in agents on threads of their own.
 //! - [`agents`]: the agent trait, the registry and the built-ins.
+//! - [`clock`]: the clock port (the wall clock, and a manual one for
+//!   tests).
 //! - [`hub`]: fans committed events out to WebSocket sessions.
 //!
 //! Depends on `domain` and on store handles. It feeds the read models
@@ -14,12 +21,15 @@
 //! (template events), both wired in `app`. Never on `api`.
 
 pub mod agents;
+pub mod clock;
+pub mod executor;
 pub mod hub;
+mod local;
 mod run_actor;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use actix::{Actor, Addr, Arbiter, MailboxError};
@@ -27,17 +37,19 @@ use cqrs_es::{EventEnvelope, Query};
 use futures::future::BoxFuture;
 use serde_json::Value;
 
-use crate::domain::ids::{ArtifactName, RunId, StepId, TemplateId, Timestamp};
-use crate::domain::run::{
-    Action, NewMessage, RetrySource, Run, RunCommand, RunError, RunEvent, StartRun,
-};
+use crate::domain::ids::{AgentName, ArtifactName, RunId, StepId, TemplateId};
+use crate::domain::run::{Action, NewMessage, RetrySource, Run, RunCommand, RunError, StartRun};
 use crate::domain::template::{Template, TemplateCommand, TemplateError};
 use crate::projections::rfc3339;
 use crate::store::{AggregateStore, BlobStore, StoreError};
 
 pub use agents::{Agent, AgentError, AgentRegistry, CommentSink, StepContext, StopSignal};
+pub use clock::{Clock, ManualClock, SharedClock, SystemClock};
+pub use executor::{Executor, Outcome, StepReport, INLINE_ARTIFACT_LIMIT};
 pub use hub::{EventView, Hub};
-pub use run_actor::{Committed, RunActor, INLINE_ARTIFACT_LIMIT};
+pub use run_actor::{Committed, RunActor};
+
+use local::LocalExecutor;
 
 /// Queued read-model jobs beyond which actors wait for their writes.
 const READ_MODEL_BACKLOG_LIMIT: usize = 512;
@@ -98,13 +110,17 @@ pub struct EngineConfig {
     pub passivate_after: Duration,
     /// Arbiter threads the run actors are spread over.
     pub actor_threads: usize,
+    /// Threads that run in-process agents (never the actors' or HTTP's).
+    pub agent_threads: usize,
 }
 
 impl Default for EngineConfig {
     fn default() -> Self {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         Self {
             passivate_after: Duration::from_secs(10),
-            actor_threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            actor_threads: cores,
+            agent_threads: cores.max(2),
         }
     }
 }
@@ -125,6 +141,8 @@ pub struct EngineParts {
     pub template_queries: Vec<Arc<dyn Query<Template>>>,
     /// Tunables.
     pub config: EngineConfig,
+    /// Where the engine gets the time.
+    pub clock: SharedClock,
 }
 
 pub(crate) struct EngineCtx {
@@ -136,6 +154,9 @@ pub(crate) struct EngineCtx {
     template_queries: Vec<Arc<dyn Query<Template>>>,
     hub: Hub,
     config: EngineConfig,
+    clock: SharedClock,
+    /// Runs the built-in agents.
+    local: LocalExecutor,
     actors: Mutex<HashMap<RunId, Addr<RunActor>>>,
     arbiters: Vec<Arbiter>,
     next_arbiter: AtomicUsize,
@@ -156,6 +177,11 @@ impl EngineCtx {
         self.run_read_models.backlog() > READ_MODEL_BACKLOG_LIMIT
     }
 
+    /// The executor that runs `agent`'s steps.
+    pub(crate) fn executor_for(&self, _agent: &AgentName) -> &dyn Executor {
+        &self.local
+    }
+
     pub(crate) fn forget_actor(&self, id: &RunId, addr: &Addr<RunActor>) {
         let mut actors = self.actors.lock().unwrap_or_else(|e| e.into_inner());
         if actors.get(id) == Some(addr) {
@@ -170,9 +196,30 @@ pub struct Engine {
     ctx: Arc<EngineCtx>,
 }
 
-/// Now, in milliseconds since the epoch.
-pub(crate) fn now() -> Timestamp {
-    Timestamp(chrono::Utc::now().timestamp_millis())
+/// How executors report what attempts did: a handle on the engine that
+/// does not keep it alive.
+#[derive(Clone)]
+pub struct Reporter(Weak<EngineCtx>);
+
+impl Reporter {
+    /// See [`Engine::report`].
+    pub async fn report(&self, run: &RunId, report: StepReport) -> Result<(), EngineError> {
+        let ctx = self
+            .0
+            .upgrade()
+            .ok_or_else(|| EngineError::Unavailable("the engine has stopped".into()))?;
+        Engine { ctx }.report(run, report).await
+    }
+
+    /// Reports without waiting for the answer (comments of in-process
+    /// agents).
+    pub fn report_later(&self, run: &RunId, report: StepReport) {
+        if let Some(ctx) = self.0.upgrade() {
+            Engine { ctx }
+                .actor(run, false)
+                .do_send(run_actor::Report(report));
+        }
+    }
 }
 
 /// A fresh run id.
@@ -199,20 +246,50 @@ impl Engine {
         let arbiters = (0..parts.config.actor_threads.max(1))
             .map(|_| Arbiter::new())
             .collect();
-        Self {
-            ctx: Arc::new(EngineCtx {
-                runs: parts.runs,
-                templates: parts.templates,
-                blobs: parts.blobs,
-                agents: parts.agents,
-                run_read_models: parts.run_read_models,
-                template_queries: parts.template_queries,
-                hub: Hub::default(),
-                config: parts.config,
-                actors: Mutex::new(HashMap::new()),
-                arbiters,
-                next_arbiter: AtomicUsize::new(0),
-            }),
+        let ctx = Arc::new_cyclic(|engine: &Weak<EngineCtx>| EngineCtx {
+            local: LocalExecutor::new(
+                parts.agents.clone(),
+                parts.blobs.clone(),
+                Reporter(engine.clone()),
+                parts.config.agent_threads,
+            ),
+            runs: parts.runs,
+            templates: parts.templates,
+            blobs: parts.blobs,
+            agents: parts.agents,
+            run_read_models: parts.run_read_models,
+            template_queries: parts.template_queries,
+            hub: Hub::default(),
+            config: parts.config,
+            clock: parts.clock,
+            actors: Mutex::new(HashMap::new()),
+            arbiters,
+            next_arbiter: AtomicUsize::new(0),
+        });
+        Self { ctx }
+    }
+
+    /// The clock the engine reads.
+    pub fn clock(&self) -> &SharedClock {
+        &self.ctx.clock
+    }
+
+    /// Records what an attempt did, as its executor reports it: a
+    /// completion, a failure, a stop, or a comment. Both in-process agents
+    /// and remote workers come this way. A report under a lease that is no
+    /// longer the step's current one is refused with
+    /// [`RunError::StaleLease`] (or another refusal when the step or run
+    /// moved on) and changes nothing.
+    pub async fn report(&self, run: &RunId, report: StepReport) -> Result<(), EngineError> {
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let addr = self.actor(run, false);
+            match addr.send(run_actor::Report(report.clone())).await {
+                Ok(result) => return result,
+                Err(MailboxError::Closed) if tries < 3 => self.ctx.forget_actor(run, &addr),
+                Err(e) => return Err(EngineError::Unavailable(e.to_string())),
+            }
         }
     }
 
@@ -333,26 +410,10 @@ impl Engine {
             new_run_id: new_id.clone(),
             instructions,
         };
-        let committed = self.execute(id, command).await?;
-        self.start_redirected(id, &committed).await?;
+        // The run's actor starts the new run (an effect of RunRedirected)
+        // before it answers.
+        self.execute(id, command).await?;
         Ok(new_id)
-    }
-
-    /// Starts the run a committed `RunRedirected` points at.
-    async fn start_redirected(
-        &self,
-        from: &RunId,
-        committed: &Committed,
-    ) -> Result<(), EngineError> {
-        let Some((to, instructions)) = committed.iter().find_map(|e| match &e.payload {
-            RunEvent::RunRedirected {
-                to, instructions, ..
-            } => Some((to.clone(), instructions.clone())),
-            _ => None,
-        }) else {
-            return Ok(());
-        };
-        self.start_redirect_target(from, to, instructions).await
     }
 
     /// Finishes a redirect that a crash cut off between its two commits:
@@ -369,22 +430,37 @@ impl Engine {
         }
         tracing::warn!(run_id = %from, redirected_to = %to,
             "a redirect was cut off before its new run started; starting it now");
-        self.start_redirect_target(from, to, instructions).await?;
+        self.start_redirect_target(from, None, to, instructions)
+            .await?;
         Ok(true)
     }
 
-    async fn start_redirect_target(
+    /// Starts `to`, the new run of a redirect of `from`, from `source` (the
+    /// old run's template version, definition and input; loaded from the
+    /// log when not given).
+    pub(crate) async fn start_redirect_target(
         &self,
         from: &RunId,
+        source: Option<RetrySource>,
         to: RunId,
         instructions: String,
     ) -> Result<(), EngineError> {
         let started = async {
-            let state = self.ctx.runs.load(from.as_str()).await?.state;
-            let mut source = state
-                .source()
-                .ok_or(EngineError::Run(RunError::NotStarted))?;
-            source.run_id = to.clone();
+            let source = match source {
+                Some(source) => source,
+                None => self
+                    .ctx
+                    .runs
+                    .load(from.as_str())
+                    .await?
+                    .state
+                    .source()
+                    .ok_or(EngineError::Run(RunError::NotStarted))?,
+            };
+            let source = RetrySource {
+                run_id: to.clone(),
+                ..source
+            };
             self.start(source, Link::RedirectedFrom(from.clone(), instructions))
                 .await
         }
@@ -415,9 +491,7 @@ impl Engine {
             message,
             redirect_to,
         };
-        let committed = self.execute(id, command).await?;
-        self.start_redirected(id, &committed).await?;
-        Ok(committed)
+        self.execute(id, command).await
     }
 
     /// Approves a step awaiting review (with a choice if it offers some).
@@ -552,7 +626,7 @@ impl Engine {
             name,
             description,
             definition,
-            at: now(),
+            at: self.ctx.clock.now(),
         };
         self.template_command(&id, command).await?;
         Ok(id)
@@ -568,15 +642,20 @@ impl Engine {
         let command = TemplateCommand::Revise {
             definition,
             description,
-            at: now(),
+            at: self.ctx.clock.now(),
         };
         self.template_command(id, command).await
     }
 
     /// Archives a template.
     pub async fn archive_template(&self, id: &TemplateId) -> Result<(), EngineError> {
-        self.template_command(id, TemplateCommand::Archive { at: now() })
-            .await
+        self.template_command(
+            id,
+            TemplateCommand::Archive {
+                at: self.ctx.clock.now(),
+            },
+        )
+        .await
     }
 
     async fn template_command(
@@ -589,7 +668,7 @@ impl Engine {
             Err(TemplateError::NotFound) => return Err(EngineError::TemplateNotFound(id.clone())),
             other => other?,
         };
-        let metadata = HashMap::from([("recorded_at".to_string(), rfc3339(now()))]);
+        let metadata = HashMap::from([("recorded_at".to_string(), rfc3339(self.ctx.clock.now()))]);
         let (envelopes, _) = self
             .ctx
             .templates
@@ -616,6 +695,7 @@ impl Engine {
         while self.ctx.run_read_models.backlog() > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+        self.ctx.local.shutdown();
         for arbiter in &self.ctx.arbiters {
             arbiter.stop();
         }

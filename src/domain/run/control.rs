@@ -10,7 +10,7 @@ use crate::domain::ids::RunId;
 
 impl Run {
     /// Asks the run to pause at its next safe checkpoint.
-    pub(super) fn pause(&self, stamp: &Stamp) -> Result<Vec<RunEvent>, RunError> {
+    pub(super) fn pause(&self, stamp: &Stamp) -> Result<Decision, RunError> {
         let at = stamp.at;
         self.check_active()?;
         if self.cancel_requested.is_some() {
@@ -22,11 +22,11 @@ impl Run {
         let mut d = Decision::new(self, stamp);
         d.record(RunEvent::PauseRequested { at });
         d.settle(at);
-        Ok(d.events)
+        Ok(d)
     }
 
     /// Continues a paused run, or withdraws a pause not yet reached.
-    pub(super) fn resume(&self, stamp: &Stamp) -> Result<Vec<RunEvent>, RunError> {
+    pub(super) fn resume(&self, stamp: &Stamp) -> Result<Decision, RunError> {
         let at = stamp.at;
         self.check_active()?;
         if self.cancel_requested.is_some() {
@@ -39,7 +39,7 @@ impl Run {
         d.record(RunEvent::RunResumed { at });
         d.dispatch_due(at);
         d.settle(at);
-        Ok(d.events)
+        Ok(d)
     }
 
     /// Asks the run to cancel at its next safe checkpoint.
@@ -47,7 +47,7 @@ impl Run {
         &self,
         reason: Option<String>,
         stamp: &Stamp,
-    ) -> Result<Vec<RunEvent>, RunError> {
+    ) -> Result<Decision, RunError> {
         let at = stamp.at;
         self.check_active()?;
         if self.cancel_requested.is_some() {
@@ -56,7 +56,7 @@ impl Run {
         let mut d = Decision::new(self, stamp);
         d.record(RunEvent::CancelRequested { reason, at });
         d.settle(at);
-        Ok(d.events)
+        Ok(d)
     }
 
     /// Cancels the run in favour of `new_run_id`, which continues its work with `instructions`.
@@ -65,7 +65,7 @@ impl Run {
         new_run_id: RunId,
         instructions: String,
         stamp: &Stamp,
-    ) -> Result<Vec<RunEvent>, RunError> {
+    ) -> Result<Decision, RunError> {
         let at = stamp.at;
         self.check_active()?;
         if self.cancel_requested.is_some() {
@@ -83,6 +83,6 @@ impl Run {
             at,
         });
         d.settle(at);
-        Ok(d.events)
+        Ok(d)
     }
 }

@@ -35,6 +35,14 @@ impl Decision {
         }
     }
 
+    /// This decision with `earlier` (events decided before it on the state
+    /// it started from) in front of its own.
+    pub(super) fn after(mut self, mut earlier: Vec<RunEvent>) -> Self {
+        earlier.append(&mut self.events);
+        self.events = earlier;
+        self
+    }
+
     /// Records an event and what follows from it in the thread.
     pub(super) fn record(&mut self, event: RunEvent) {
         let was_paused = self.state.status == RunStatus::Paused;

@@ -17,7 +17,7 @@ impl Run {
         message: NewMessage,
         redirect_to: Option<RunId>,
         stamp: &Stamp,
-    ) -> Result<Vec<RunEvent>, RunError> {
+    ) -> Result<Decision, RunError> {
         let at = stamp.at;
         if self.id.is_none() {
             return Err(RunError::NotStarted);
@@ -25,7 +25,7 @@ impl Run {
         if let Some(key) = &message.idempotency_key {
             if let Some((_, fingerprint)) = self.thread.keys.get(key) {
                 return if *fingerprint == message.fingerprint() {
-                    Ok(Vec::new())
+                    Ok(Decision::new(self, stamp))
                 } else {
                     Err(RunError::IdempotencyKeyReused(key.clone()))
                 };
@@ -44,7 +44,7 @@ impl Run {
             }),
         };
         let (status, reason) = match (&control, message.action) {
-            (Some(command), _) => match self.decide(command.clone(), stamp) {
+            (Some(command), _) => match self.decision(command.clone(), stamp) {
                 Ok(_) => (MessageStatus::Processed, None),
                 Err(refused) => (MessageStatus::Ignored, Some(refused.to_string())),
             },
@@ -75,10 +75,8 @@ impl Run {
         if let (Some(command), MessageStatus::Processed) = (control, status) {
             // Decided again on the state that holds the message, so the
             // system messages it brings are numbered after it.
-            for event in d.state.decide(command, stamp)? {
-                d.push(event);
-            }
+            d = d.state.decision(command, stamp)?.after(d.events);
         }
-        Ok(d.events)
+        Ok(d)
     }
 }

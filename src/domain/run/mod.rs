@@ -19,6 +19,9 @@
 //! - [`decision`]: a decision in progress, with the dispatch and settle
 //!   helpers every family uses; [`graph`]: readiness, skips, invalidation
 //!   and reads; [`announce`]: the texts of the engine's system messages.
+//! - [`effects`]: what committed events oblige the engine to do (dispatch
+//!   a task, stop or release an attempt, start a redirect's run, wake at a
+//!   time), decided here so that every executor handles every effect.
 //! - [`events`], [`thread`]: the events (the stored contract) and the
 //!   thread's types.
 
@@ -27,6 +30,7 @@ mod apply;
 mod command;
 mod control;
 mod decision;
+pub mod effects;
 mod error;
 mod events;
 mod graph;
@@ -40,7 +44,10 @@ mod thread;
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::Aggregate;
 
+use decision::Decision;
+
 pub use command::{RunCommand, Stamp, Stamped, StartRun};
+pub use effects::{Effect, Task};
 pub use error::RunError;
 pub use events::{ArtifactContent, ArtifactWritten, Outputs, RunEvent};
 pub use state::{
@@ -51,9 +58,43 @@ pub use thread::{
     Action, AgentNote, Author, MessageStatus, NewMessage, OpenInstruction, ThreadState,
 };
 
+/// A command decided: its events, what the engine must do once they are
+/// committed, and the state they lead to (so the caller need not fold them
+/// again).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decided {
+    /// The events to commit, in order.
+    pub events: Vec<RunEvent>,
+    /// What the engine must do once they are committed.
+    pub effects: Vec<Effect>,
+    /// The state after the events.
+    pub state: Run,
+}
+
 impl Run {
     /// Decides the events for `command` without changing `self`.
     pub fn decide(&self, command: RunCommand, stamp: &Stamp) -> Result<Vec<RunEvent>, RunError> {
+        Ok(self.decision(command, stamp)?.events)
+    }
+
+    /// Decides `command` and the effects of its events (see
+    /// [`effects::effects`]) without changing `self`.
+    pub fn decide_with_effects(
+        &self,
+        command: RunCommand,
+        stamp: &Stamp,
+    ) -> Result<Decided, RunError> {
+        let decision = self.decision(command, stamp)?;
+        let effects = effects::effects(self, &decision.events, &decision.state);
+        Ok(Decided {
+            events: decision.events,
+            effects,
+            state: decision.state,
+        })
+    }
+
+    /// The decision for `command`: each command family decides its own.
+    fn decision(&self, command: RunCommand, stamp: &Stamp) -> Result<Decision, RunError> {
         match command {
             RunCommand::Start(start) => self.start(start, stamp),
             RunCommand::CompleteStep {

@@ -13,7 +13,7 @@ use serde_json::Value;
 
 impl Run {
     /// Starts the run: copies the definition, marks the roots ready and dispatches them.
-    pub(super) fn start(&self, start: StartRun, stamp: &Stamp) -> Result<Vec<RunEvent>, RunError> {
+    pub(super) fn start(&self, start: StartRun, stamp: &Stamp) -> Result<Decision, RunError> {
         let StartRun {
             run_id,
             template_id,
@@ -58,7 +58,7 @@ impl Run {
             });
         }
         d.dispatch_due(at);
-        Ok(d.events)
+        Ok(d)
     }
 
     /// An agent finished a step: its outputs become artifact versions; dependants become ready (or the step awaits review).
@@ -69,7 +69,7 @@ impl Run {
         outputs: Outputs,
         comments: Vec<AgentNote>,
         stamp: &Stamp,
-    ) -> Result<Vec<RunEvent>, RunError> {
+    ) -> Result<Decision, RunError> {
         let at = stamp.at;
         let attempt = self.check_running_step(&step, &lease)?;
         let artifacts: Vec<ArtifactWritten> = outputs
@@ -102,7 +102,7 @@ impl Run {
             d.dispatch_due(at);
         }
         d.settle(at);
-        Ok(d.events)
+        Ok(d)
     }
 
     /// An agent failed a step: another attempt is scheduled while the retry policy allows, else the step fails for good.
@@ -113,7 +113,7 @@ impl Run {
         error: String,
         comments: Vec<AgentNote>,
         stamp: &Stamp,
-    ) -> Result<Vec<RunEvent>, RunError> {
+    ) -> Result<Decision, RunError> {
         let at = stamp.at;
         let attempt = self.check_running_step(&step, &lease)?;
         let policy = self.definition.steps[&step].retry;
@@ -144,7 +144,7 @@ impl Run {
             });
         }
         d.settle(at);
-        Ok(d.events)
+        Ok(d)
     }
 
     /// A running agent stopped because it was asked to: the step is ready again.
@@ -154,7 +154,7 @@ impl Run {
         lease: LeaseToken,
         comments: Vec<AgentNote>,
         stamp: &Stamp,
-    ) -> Result<Vec<RunEvent>, RunError> {
+    ) -> Result<Decision, RunError> {
         let at = stamp.at;
         let attempt = self.check_running_step(&step, &lease)?;
         let mut d = Decision::new(self, stamp);
@@ -162,7 +162,7 @@ impl Run {
         d.record(RunEvent::StepInterrupted { step, attempt, at });
         d.dispatch_due(at);
         d.settle(at);
-        Ok(d.events)
+        Ok(d)
     }
 
     /// Records comments agents posted, dropping those of attempts no longer current.
@@ -170,7 +170,7 @@ impl Run {
         &self,
         comments: Vec<(StepId, LeaseToken, AgentNote)>,
         stamp: &Stamp,
-    ) -> Result<Vec<RunEvent>, RunError> {
+    ) -> Result<Decision, RunError> {
         self.check_active()?;
         let mut d = Decision::new(self, stamp);
         for (step, lease, note) in comments {
@@ -178,20 +178,20 @@ impl Run {
                 d.agent_comments(&step, vec![note]);
             }
         }
-        Ok(d.events)
+        Ok(d)
     }
 
     /// Dispatches the ready steps whose retry time has come.
-    pub(super) fn dispatch_due(&self, stamp: &Stamp) -> Result<Vec<RunEvent>, RunError> {
+    pub(super) fn dispatch_due(&self, stamp: &Stamp) -> Result<Decision, RunError> {
         let at = stamp.at;
         self.check_active()?;
         let mut d = Decision::new(self, stamp);
         d.dispatch_due(at);
-        Ok(d.events)
+        Ok(d)
     }
 
     /// After a restart: re-dispatches the steps whose attempts died with the old process.
-    pub(super) fn recover(&self, stamp: &Stamp) -> Result<Vec<RunEvent>, RunError> {
+    pub(super) fn recover(&self, stamp: &Stamp) -> Result<Decision, RunError> {
         let at = stamp.at;
         self.check_active()?;
         let mut d = Decision::new(self, stamp);
@@ -206,6 +206,6 @@ impl Run {
         }
         d.dispatch_due(at);
         d.settle(at);
-        Ok(d.events)
+        Ok(d)
     }
 }

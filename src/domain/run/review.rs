@@ -16,7 +16,7 @@ impl Run {
         step: StepId,
         choice: Option<String>,
         stamp: &Stamp,
-    ) -> Result<Vec<RunEvent>, RunError> {
+    ) -> Result<Decision, RunError> {
         let at = stamp.at;
         self.check_active()?;
         if self.cancel_requested.is_some() {
@@ -74,7 +74,7 @@ impl Run {
         });
         d.dispatch_due(at);
         d.settle(at);
-        Ok(d.events)
+        Ok(d)
     }
 
     /// Dispatches a ready step now (manual mode).
@@ -83,7 +83,7 @@ impl Run {
         step: StepId,
         prompt_override: Option<String>,
         stamp: &Stamp,
-    ) -> Result<Vec<RunEvent>, RunError> {
+    ) -> Result<Decision, RunError> {
         let at = stamp.at;
         self.check_active()?;
         if self.cancel_requested.is_some() {
@@ -104,23 +104,19 @@ impl Run {
         let prompt_override = prompt_override.or_else(|| state.prompt_override.clone());
         let mut d = Decision::new(self, stamp);
         d.dispatch(step, at, false, prompt_override);
-        Ok(d.events)
+        Ok(d)
     }
 
     /// Switches manual mode.
-    pub(super) fn set_auto_run(
-        &self,
-        enabled: bool,
-        stamp: &Stamp,
-    ) -> Result<Vec<RunEvent>, RunError> {
+    pub(super) fn set_auto_run(&self, enabled: bool, stamp: &Stamp) -> Result<Decision, RunError> {
         let at = stamp.at;
         self.check_active()?;
         if self.auto_run == enabled {
-            return Ok(Vec::new());
+            return Ok(Decision::new(self, stamp));
         }
         let mut d = Decision::new(self, stamp);
         d.record(RunEvent::AutoRunChanged { enabled, at });
         d.dispatch_due(at);
-        Ok(d.events)
+        Ok(d)
     }
 }

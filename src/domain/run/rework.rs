@@ -17,7 +17,7 @@ impl Run {
         step: StepId,
         prompt_override: Option<String>,
         stamp: &Stamp,
-    ) -> Result<Vec<RunEvent>, RunError> {
+    ) -> Result<Decision, RunError> {
         let at = stamp.at;
         self.check_reopenable()?;
         let state = self.step_state(&step)?;
@@ -49,7 +49,7 @@ impl Run {
         // Running steps it invalidated may have been the last ones
         // a pause waited for.
         d.settle(at);
-        Ok(d.events)
+        Ok(d)
     }
 
     /// Moves `latest` of an artifact back to an earlier version; the steps downstream of its step run again.
@@ -58,7 +58,7 @@ impl Run {
         name: ArtifactName,
         to_version: u32,
         stamp: &Stamp,
-    ) -> Result<Vec<RunEvent>, RunError> {
+    ) -> Result<Decision, RunError> {
         let at = stamp.at;
         self.check_reopenable()?;
         let artifact = self
@@ -118,6 +118,6 @@ impl Run {
         });
         d.dispatch_due(at);
         d.settle(at);
-        Ok(d.events)
+        Ok(d)
     }
 }

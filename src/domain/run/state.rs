@@ -357,12 +357,9 @@ impl Run {
         Ok(())
     }
 
-    /// Checks that `step` is running under `lease`; returns its attempt.
-    pub(super) fn check_running_step(
-        &self,
-        step: &StepId,
-        lease: &LeaseToken,
-    ) -> Result<u32, RunError> {
+    /// Checks that `step` is running under `lease` (the lease of its
+    /// current attempt); returns that attempt.
+    pub fn check_running_step(&self, step: &StepId, lease: &LeaseToken) -> Result<u32, RunError> {
         self.check_active()?;
         let state = self
             .steps

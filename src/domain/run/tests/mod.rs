@@ -21,6 +21,7 @@ use crate::domain::ids::{
 };
 
 mod control;
+mod effects;
 mod graph;
 mod replay;
 mod results;

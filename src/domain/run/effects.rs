@@ -1,0 +1,247 @@
+//! What committed events oblige the engine to do. Decided here, purely, so
+//! that the run's actor performs effects rather than re-deriving them from
+//! events, every executor (in-process agents, remote workers) handles every
+//! effect, and a test can assert on them beside the events.
+
+use std::collections::BTreeMap;
+
+use serde_json::Value;
+
+use super::state::{Run, StepInput, StepStatus};
+use super::{ArtifactContent, RunEvent};
+use crate::domain::ids::{AgentName, LeaseToken, RunId, StepId, Timestamp};
+
+/// Something the engine must do because events were committed.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Effect {
+    /// Hand an attempt of a step to its agent's executor.
+    Dispatch(Box<Task>),
+    /// Ask a running attempt to stop: the run is pausing or cancelling, or
+    /// the attempt's inputs went stale. It may finish anyway.
+    Stop {
+        /// The step.
+        step: StepId,
+        /// The attempt's lease.
+        lease: LeaseToken,
+    },
+    /// The attempt is over for the run (it completed, failed, stopped, or
+    /// was superseded): its executor lets go of it. A late result of it is
+    /// refused anyway.
+    Release {
+        /// The step.
+        step: StepId,
+        /// The attempt's lease.
+        lease: LeaseToken,
+    },
+    /// Start the run a redirect hands the work to.
+    StartRedirect {
+        /// The new run.
+        to: RunId,
+        /// The instructions it starts with.
+        instructions: String,
+    },
+    /// Decide again at this time (a retry falls due). The timers of a run are
+    /// a function of its state: `effects` always names the next one, and
+    /// its absence means there is none.
+    WakeAt(Timestamp),
+}
+
+/// One attempt of one step, as its agent needs it: everything but the
+/// bodies of large artifacts, which the executor resolves from the blob
+/// store.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Task {
+    /// The run.
+    pub run_id: RunId,
+    /// The step.
+    pub step: StepId,
+    /// The attempt, from 1.
+    pub attempt: u32,
+    /// The dispatch's lease: only a result under it is accepted.
+    pub lease: LeaseToken,
+    /// The agent that executes it.
+    pub agent: AgentName,
+    /// The step's agent configuration.
+    pub config: Value,
+    /// The step's own prompt.
+    pub prompt: Option<String>,
+    /// The prompt a user gave this attempt instead.
+    pub prompt_override: Option<String>,
+    /// The instructions handed to this attempt, oldest first.
+    pub instructions: Vec<String>,
+    /// The step's input (see [`Run::step_input`]).
+    pub input: StepInput,
+    /// The run input.
+    pub run_input: Value,
+    /// Latest outputs of every upstream step that has some: step → output →
+    /// content.
+    pub upstream: BTreeMap<String, BTreeMap<String, ArtifactContent>>,
+    /// The run asked its running agents to stop before this attempt started
+    /// (it is pausing or cancelling; a recovered attempt).
+    pub stop_requested: bool,
+}
+
+/// The effects of `events`, decided on `before` and leading to `after`.
+///
+/// In event order: a dispatch becomes [`Effect::Dispatch`]; a pause or
+/// cancel request stops every attempt still running; an attempt that ended
+/// (completed, awaiting review, failed, interrupted, invalidated by a
+/// change upstream, or replaced by a recovered dispatch) is released, after
+/// a stop when it may still be running; a redirect starts its new run. Last
+/// comes the run's next wake-up, if it has one.
+pub fn effects(before: &Run, events: &[RunEvent], after: &Run) -> Vec<Effect> {
+    let mut out = Vec::new();
+    // The attempts running before the events and not released yet, by step:
+    // each is released once.
+    let mut running: BTreeMap<StepId, LeaseToken> = before
+        .steps
+        .iter()
+        .filter(|(_, s)| s.status == StepStatus::Running)
+        .filter_map(|(step, s)| Some((step.clone(), s.lease.clone()?)))
+        .collect();
+    for event in events {
+        match event {
+            RunEvent::StepDispatched {
+                step,
+                attempt,
+                lease,
+                prompt_override,
+                instructions,
+                ..
+            } => {
+                if let Some(old) = running.remove(step).filter(|old| old != lease) {
+                    out.push(Effect::Release {
+                        step: step.clone(),
+                        lease: old,
+                    });
+                }
+                if let Some(task) =
+                    task(after, step, *attempt, lease, prompt_override, instructions)
+                {
+                    out.push(Effect::Dispatch(Box::new(task)));
+                }
+            }
+            RunEvent::PauseRequested { .. } | RunEvent::CancelRequested { .. } => {
+                for (step, state) in &after.steps {
+                    if let (StepStatus::Running, Some(lease)) = (state.status, &state.lease) {
+                        out.push(Effect::Stop {
+                            step: step.clone(),
+                            lease: lease.clone(),
+                        });
+                    }
+                }
+            }
+            RunEvent::StepRetryRequested { invalidated, .. }
+            | RunEvent::ArtifactRolledBack { invalidated, .. } => {
+                for step in invalidated {
+                    if let Some(lease) = running.remove(step) {
+                        out.push(Effect::Stop {
+                            step: step.clone(),
+                            lease: lease.clone(),
+                        });
+                        out.push(Effect::Release {
+                            step: step.clone(),
+                            lease,
+                        });
+                    }
+                }
+            }
+            RunEvent::StepCompleted { step, .. }
+            | RunEvent::StepAwaitingReview { step, .. }
+            | RunEvent::StepFailed { step, .. }
+            | RunEvent::StepInterrupted { step, .. } => {
+                if let Some(lease) = running.remove(step) {
+                    out.push(Effect::Release {
+                        step: step.clone(),
+                        lease,
+                    });
+                }
+            }
+            RunEvent::RunRedirected {
+                to, instructions, ..
+            } => out.push(Effect::StartRedirect {
+                to: to.clone(),
+                instructions: instructions.clone(),
+            }),
+            RunEvent::RunStarted { .. }
+            | RunEvent::StepRetryScheduled { .. }
+            | RunEvent::RunCompleted { .. }
+            | RunEvent::RunFailed { .. }
+            | RunEvent::RunPaused { .. }
+            | RunEvent::RunResumed { .. }
+            | RunEvent::RunCancelled { .. }
+            | RunEvent::MessagePosted { .. }
+            | RunEvent::MessageStatusChanged { .. }
+            | RunEvent::StepApproved { .. }
+            | RunEvent::AutoRunChanged { .. } => {}
+        }
+    }
+    if let Some(at) = after.next_wake() {
+        out.push(Effect::WakeAt(at));
+    }
+    out
+}
+
+/// The task of a dispatch that `run` (the state after it) records.
+fn task(
+    run: &Run,
+    step: &StepId,
+    attempt: u32,
+    lease: &LeaseToken,
+    prompt_override: &Option<String>,
+    instructions: &[u32],
+) -> Option<Task> {
+    let def = run.definition.steps.get(step)?;
+    // The texts of the instructions handed over: they are in flight for the
+    // step now.
+    let instructions = run
+        .thread
+        .in_flight
+        .get(step)
+        .map(|open| {
+            open.iter()
+                .filter(|i| instructions.contains(&i.message))
+                .map(|i| i.content.clone())
+                .collect()
+        })
+        .unwrap_or_default();
+    let upstream = run
+        .definition
+        .upstream_of(step)
+        .into_iter()
+        .map(|s| {
+            let outputs = run.outputs_of(&s);
+            (s.to_string(), outputs)
+        })
+        .filter(|(_, outputs)| !outputs.is_empty())
+        .collect();
+    Some(Task {
+        run_id: run.id.clone()?,
+        step: step.clone(),
+        attempt,
+        lease: lease.clone(),
+        agent: def.agent.clone(),
+        config: def.config.clone(),
+        prompt: def.prompt.clone(),
+        prompt_override: prompt_override.clone(),
+        instructions,
+        input: run.step_input(step),
+        run_input: run.input.clone(),
+        upstream,
+        stop_requested: run.pause_requested || run.cancel_requested.is_some(),
+    })
+}
+
+impl Run {
+    /// When the run must next be decided on without anything happening
+    /// outside: the earliest due retry, while the run may dispatch on its
+    /// own. A run that may not dispatch (paused, pausing, cancelling,
+    /// failing, finished) or is in manual mode has no wake-up: its retries
+    /// wait for a resume or a trigger.
+    pub fn next_wake(&self) -> Option<Timestamp> {
+        if !(self.dispatching() && self.auto_run) {
+            return None;
+        }
+        self.pending_retries().map(|(_, at)| at).min()
+    }
+}

@@ -1,0 +1,312 @@
+//! Agents execute steps. A small trait, a registry, and the two built-ins:
+//! `echo` (returns its input; `delay_ms` and `fail_times` make it slow or
+//! flaky for tests, demos and benchmarks; `stop_early` makes it honour a
+//! pause or cancel) and `template` (renders `config.text` with minijinja).
+//! Both post a comment to the run's thread when they start and when they
+//! finish (`"comments": false` in the step's config turns that off).
+
+mod echo;
+mod template;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+
+use serde_json::Value;
+
+pub use echo::Echo;
+pub use template::TemplateAgent;
+
+use crate::domain::definition::AgentCatalog;
+use crate::domain::ids::{AgentName, RunId, StepId};
+
+/// Tells a running agent that the run asked it to stop (a pause or a
+/// cancel, or its inputs went stale). Agents may ignore it and finish.
+#[derive(Debug, Clone)]
+pub struct StopSignal(tokio::sync::watch::Receiver<bool>);
+
+impl StopSignal {
+    /// A signal and the sender that raises it.
+    pub fn channel() -> (tokio::sync::watch::Sender<bool>, Self) {
+        let (sender, receiver) = tokio::sync::watch::channel(false);
+        (sender, Self(receiver))
+    }
+
+    /// Whether the agent was asked to stop.
+    pub fn is_raised(&self) -> bool {
+        *self.0.borrow()
+    }
+
+    /// Resolves once the agent is asked to stop (never, if the run drops the
+    /// sender without asking).
+    pub async fn raised(&mut self) {
+        if self.0.wait_for(|raised| *raised).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// Posts an agent's comments to the run's thread.
+#[derive(Clone)]
+pub struct CommentSink(Arc<dyn Fn(String) + Send + Sync>);
+
+impl CommentSink {
+    /// A sink that hands each comment to `post`.
+    pub fn new(post: impl Fn(String) + Send + Sync + 'static) -> Self {
+        Self(Arc::new(post))
+    }
+
+    /// A sink that drops comments (tests, tools).
+    pub fn discard() -> Self {
+        Self::new(|_| {})
+    }
+
+    /// Posts a comment (as the step's agent).
+    pub fn post(&self, text: impl Into<String>) {
+        (self.0)(text.into());
+    }
+}
+
+impl std::fmt::Debug for CommentSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CommentSink")
+    }
+}
+
+/// Why an attempt did not produce outputs.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AgentError {
+    /// The attempt failed with this message.
+    #[error("{0}")]
+    Failed(String),
+    /// The agent stopped early because the run asked it to.
+    #[error("stopped on request")]
+    Stopped,
+}
+
+impl From<String> for AgentError {
+    fn from(message: String) -> Self {
+        Self::Failed(message)
+    }
+}
+
+/// Everything an agent gets for one attempt of one step.
+#[derive(Debug, Clone)]
+pub struct StepContext {
+    /// The run.
+    pub run_id: RunId,
+    /// The step.
+    pub step: StepId,
+    /// The attempt, from 1.
+    pub attempt: u32,
+    /// The step's prompt, if any.
+    pub prompt: Option<String>,
+    /// The prompt a user gave this attempt instead (retry or trigger).
+    pub prompt_override: Option<String>,
+    /// Instructions users posted to the thread, handed to this attempt as
+    /// extra context, oldest first.
+    pub instructions: Vec<String>,
+    /// The step's agent configuration.
+    pub config: Value,
+    /// The step's input (see `Run::step_input`), blobs resolved.
+    pub input: Value,
+    /// The run input.
+    pub run_input: Value,
+    /// Latest outputs of every completed upstream step: step → output → value.
+    pub upstream: BTreeMap<String, Value>,
+    /// Raised when the run asks the agent to stop.
+    pub stop: StopSignal,
+    /// Where the agent's comments go.
+    pub comments: CommentSink,
+}
+
+impl StepContext {
+    /// The prompt this attempt runs with: the override, else the step's own.
+    pub fn effective_prompt(&self) -> Option<&str> {
+        self.prompt_override.as_deref().or(self.prompt.as_deref())
+    }
+
+    /// Whether the built-in agents post their start and finish comments.
+    fn comments_on(&self) -> bool {
+        self.config.get("comments").and_then(Value::as_bool) != Some(false)
+    }
+
+    fn comment(&self, text: String) {
+        if self.comments_on() {
+            self.comments.post(text);
+        }
+    }
+}
+
+/// What an agent returns: output name → value. Each output becomes the next
+/// version of the artifact `<step>.<output>`.
+pub type AgentOutputs = BTreeMap<String, Value>;
+
+/// An agent. Implementations must be safe to run more than once for the same
+/// step and attempt (execution is at-least-once; the engine makes the
+/// effect exactly-once).
+#[async_trait::async_trait]
+pub trait Agent: Send + Sync {
+    /// Executes one attempt. `Err(Failed)` fails the attempt with that
+    /// message; `Err(Stopped)` means it honoured `ctx.stop`.
+    async fn run(&self, ctx: StepContext) -> Result<AgentOutputs, AgentError>;
+}
+
+/// The agents this server can run, by name.
+#[derive(Clone, Default)]
+pub struct AgentRegistry {
+    agents: HashMap<String, Arc<dyn Agent>>,
+}
+
+impl std::fmt::Debug for AgentRegistry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_set().entries(self.agents.keys()).finish()
+    }
+}
+
+impl AgentRegistry {
+    /// A registry with the built-in agents.
+    pub fn with_builtins() -> Self {
+        let mut registry = Self::default();
+        registry.register("echo", Arc::new(Echo));
+        registry.register("template", Arc::new(TemplateAgent));
+        registry
+    }
+
+    /// Adds (or replaces) an agent.
+    pub fn register(&mut self, name: &str, agent: Arc<dyn Agent>) {
+        self.agents.insert(name.to_string(), agent);
+    }
+
+    /// The agent called `name`.
+    pub fn get(&self, name: &AgentName) -> Option<Arc<dyn Agent>> {
+        self.agents.get(name.as_str()).cloned()
+    }
+
+    /// The names, for validation.
+    pub fn names(&self) -> BTreeSet<String> {
+        self.agents.keys().cloned().collect()
+    }
+}
+
+impl AgentCatalog for AgentRegistry {
+    fn knows(&self, agent: &AgentName) -> bool {
+        self.agents.contains_key(agent.as_str())
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use serde_json::{json, Value};
+
+    use super::*;
+
+    pub(crate) fn ctx(attempt: u32, config: Value, input: Value) -> StepContext {
+        StepContext {
+            run_id: RunId::parse("r").unwrap(),
+            step: StepId::parse("s").unwrap(),
+            attempt,
+            prompt: None,
+            prompt_override: None,
+            instructions: Vec::new(),
+            config,
+            input,
+            run_input: json!({"topic": "owls"}),
+            upstream: BTreeMap::from([("outline".to_string(), json!({"text": "1. owls"}))]),
+            stop: StopSignal::channel().1,
+            comments: CommentSink::discard(),
+        }
+    }
+    /// A sink that keeps what agents post.
+    pub(crate) fn collecting() -> (CommentSink, Arc<std::sync::Mutex<Vec<String>>>) {
+        let posted = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = {
+            let posted = posted.clone();
+            CommentSink::new(move |text| posted.lock().unwrap().push(text))
+        };
+        (sink, posted)
+    }
+    /// Runs `agent` at most a minute: a hang fails the test instead of
+    /// blocking it.
+    pub(crate) async fn bounded(
+        run: impl std::future::Future<Output = Result<AgentOutputs, AgentError>>,
+    ) -> Result<AgentOutputs, AgentError> {
+        bounded_value(run).await
+    }
+    pub(crate) async fn bounded_value<T>(future: impl std::future::Future<Output = T>) -> T {
+        tokio::time::timeout(Duration::from_secs(60), future)
+            .await
+            .expect("the agent did not get there")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::agents::testing::*;
+    use serde_json::json;
+
+    #[tokio::test]
+    async fn echo_and_template_comment_when_they_start_and_finish() {
+        let (comments, posted) = collecting();
+        let mut context = ctx(3, Value::Null, json!({"a": 1}));
+        context.comments = comments.clone();
+        Echo.run(context).await.unwrap();
+        let mut context = ctx(3, json!({"text": "hi"}), json!({}));
+        context.comments = comments;
+        TemplateAgent.run(context).await.unwrap();
+        let posted = posted.lock().unwrap();
+        assert_eq!(posted.len(), 4, "{posted:?}");
+        assert!(
+            posted[0].starts_with("echo started attempt 3"),
+            "{posted:?}"
+        );
+        assert!(
+            posted[1].starts_with("echo finished attempt 3"),
+            "{posted:?}"
+        );
+        assert!(
+            posted[2].starts_with("template started attempt 3"),
+            "{posted:?}"
+        );
+        assert!(
+            posted[3].starts_with("template finished attempt 3"),
+            "{posted:?}"
+        );
+    }
+    #[tokio::test]
+    async fn agents_post_no_comments_when_the_config_turns_them_off() {
+        let (comments, posted) = collecting();
+        let mut context = ctx(1, json!({"comments": false}), json!({"a": 1}));
+        context.comments = comments.clone();
+        Echo.run(context).await.unwrap();
+        let mut context = ctx(1, json!({"comments": false, "text": "hi"}), json!({}));
+        context.comments = comments.clone();
+        TemplateAgent.run(context).await.unwrap();
+        let (raise, stop) = StopSignal::channel();
+        let mut context = ctx(
+            1,
+            json!({"comments": false, "delay_ms": 3_600_000, "stop_early": true}),
+            json!({}),
+        );
+        context.stop = stop;
+        context.comments = comments;
+        let running = tokio::spawn(Echo.run(context));
+        raise.send(true).unwrap();
+        let result = bounded(async { running.await.unwrap() }).await;
+        assert_eq!(result, Err(AgentError::Stopped));
+        assert!(posted.lock().unwrap().is_empty());
+    }
+    #[test]
+    fn the_effective_prompt_is_the_override_else_the_steps_own() {
+        let mut context = ctx(1, Value::Null, json!({}));
+        assert_eq!(context.effective_prompt(), None);
+        context.prompt = Some("own".into());
+        assert_eq!(context.effective_prompt(), Some("own"));
+        context.prompt_override = Some("override".into());
+        assert_eq!(context.effective_prompt(), Some("override"));
+    }
+}

@@ -1,0 +1,211 @@
+//! The in-process executor: runs built-in agents on a pool of agent threads
+//! of their own, never on the threads that serve actors and HTTP, and
+//! reports each outcome through [`Engine::report`](super::Engine::report).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use actix::Arbiter;
+use tokio::sync::watch;
+
+use super::agents::{AgentError, AgentRegistry, CommentSink, StepContext, StopSignal};
+use super::executor::{resolve, store_outputs, Executor, Outcome, StepReport};
+use super::{EngineError, Reporter};
+use crate::domain::ids::{LeaseToken, RunId, StepId};
+use crate::domain::run::Task;
+use crate::store::BlobStore;
+
+/// Attempts at reporting one outcome when storage fails.
+const REPORT_ATTEMPTS: u32 = 5;
+
+/// An attempt, as the executor knows it.
+type AttemptKey = (RunId, StepId, LeaseToken);
+
+/// Threads that run agents' futures: each an actix arbiter (a thread with
+/// its own single-threaded runtime), used in turn.
+pub(crate) struct AgentPool {
+    arbiters: Vec<Arbiter>,
+    next: AtomicUsize,
+}
+
+impl AgentPool {
+    /// A pool of `threads` agent threads (at least one).
+    pub(crate) fn new(threads: usize) -> Self {
+        Self {
+            arbiters: (0..threads.max(1)).map(|_| Arbiter::new()).collect(),
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    /// Runs the future `make` builds on one of the pool's threads (built
+    /// there, so it need not be `Send`).
+    fn spawn<F, Fut>(&self, make: F)
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + 'static,
+    {
+        let n = self.next.fetch_add(1, Ordering::Relaxed) % self.arbiters.len();
+        self.arbiters[n].spawn_fn(move || {
+            actix::spawn(make());
+        });
+    }
+
+    /// Stops the threads.
+    pub(crate) fn stop(&self) {
+        for arbiter in &self.arbiters {
+            arbiter.stop();
+        }
+    }
+}
+
+/// The in-process executor.
+pub(crate) struct LocalExecutor {
+    agents: AgentRegistry,
+    blobs: BlobStore,
+    reporter: Reporter,
+    pool: AgentPool,
+    /// The stop signal of each running attempt.
+    running: Arc<Mutex<HashMap<AttemptKey, watch::Sender<bool>>>>,
+}
+
+impl LocalExecutor {
+    pub(crate) fn new(
+        agents: AgentRegistry,
+        blobs: BlobStore,
+        reporter: Reporter,
+        threads: usize,
+    ) -> Self {
+        Self {
+            agents,
+            blobs,
+            reporter,
+            pool: AgentPool::new(threads),
+            running: Arc::default(),
+        }
+    }
+
+    /// Stops the agent threads (at shutdown).
+    pub(crate) fn shutdown(&self) {
+        self.pool.stop();
+    }
+
+    fn running(&self) -> std::sync::MutexGuard<'_, HashMap<AttemptKey, watch::Sender<bool>>> {
+        self.running.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Executor for LocalExecutor {
+    fn dispatch(&self, task: Task) {
+        let key = (task.run_id.clone(), task.step.clone(), task.lease.clone());
+        let (raise, stop) = StopSignal::channel();
+        if task.stop_requested {
+            let _ = raise.send(true);
+        }
+        self.running().insert(key.clone(), raise);
+        let agent = self.agents.get(&task.agent);
+        let blobs = self.blobs.clone();
+        let reporter = self.reporter.clone();
+        let running = self.running.clone();
+        self.pool.spawn(move || async move {
+            let comments = {
+                let (reporter, run, step, lease) = (
+                    reporter.clone(),
+                    task.run_id.clone(),
+                    task.step.clone(),
+                    task.lease.clone(),
+                );
+                CommentSink::new(move |text| {
+                    reporter.report_later(
+                        &run,
+                        StepReport {
+                            step: step.clone(),
+                            lease: lease.clone(),
+                            outcome: Outcome::Comment(text),
+                            notes: Vec::new(),
+                        },
+                    );
+                })
+            };
+            let result = async {
+                let agent = agent.ok_or_else(|| {
+                    format!("agent '{}' is not available on this server", task.agent)
+                })?;
+                let resolved = resolve(&blobs, &task).await?;
+                let outputs = agent
+                    .run(StepContext {
+                        run_id: task.run_id.clone(),
+                        step: task.step.clone(),
+                        attempt: task.attempt,
+                        prompt: task.prompt.clone(),
+                        prompt_override: task.prompt_override.clone(),
+                        instructions: task.instructions.clone(),
+                        config: task.config.clone(),
+                        input: resolved.input,
+                        run_input: task.run_input.clone(),
+                        upstream: resolved.upstream,
+                        stop,
+                        comments,
+                    })
+                    .await?;
+                Ok::<_, AgentError>(store_outputs(&blobs, outputs).await?)
+            }
+            .await;
+            let outcome = match result {
+                Ok(outputs) => Outcome::Completed(outputs),
+                Err(AgentError::Failed(error)) => Outcome::Failed { error },
+                Err(AgentError::Stopped) => Outcome::Stopped,
+            };
+            let report = StepReport {
+                step: task.step.clone(),
+                lease: task.lease.clone(),
+                outcome,
+                notes: Vec::new(),
+            };
+            report_with_retries(&reporter, &task.run_id, report).await;
+            running
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&key);
+        });
+    }
+
+    fn stop(&self, run: &RunId, step: &StepId, lease: &LeaseToken) {
+        if let Some(raise) = self
+            .running()
+            .get(&(run.clone(), step.clone(), lease.clone()))
+        {
+            let _ = raise.send(true);
+        }
+    }
+
+    fn release(&self, run: &RunId, step: &StepId, lease: &LeaseToken) {
+        self.running()
+            .remove(&(run.clone(), step.clone(), lease.clone()));
+    }
+}
+
+/// Reports an outcome, retrying while storage fails. A refusal (the lease
+/// is no longer current) is final: the lease check did its job.
+async fn report_with_retries(reporter: &Reporter, run: &RunId, report: StepReport) {
+    for attempt in 0..REPORT_ATTEMPTS {
+        match reporter.report(run, report.clone()).await {
+            Ok(()) => return,
+            Err(EngineError::Run(refused)) => {
+                tracing::debug!(run_id = %run, step = %report.step, %refused, "agent result refused");
+                return;
+            }
+            Err(e) if attempt + 1 < REPORT_ATTEMPTS => {
+                tracing::warn!(run_id = %run, step = %report.step, error = %e,
+                    "recording agent result failed; retrying");
+                tokio::time::sleep(Duration::from_millis(50 << attempt)).await;
+            }
+            Err(e) => {
+                tracing::error!(run_id = %run, step = %report.step, error = %e,
+                    "recording agent result failed for good; the step is re-dispatched at the next recovery");
+            }
+        }
+    }
+}
