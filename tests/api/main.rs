@@ -12,6 +12,7 @@ mod runs;
 mod scenario;
 mod templates;
 mod thread;
+mod timers;
 mod ws;
 
 pub use common::*;

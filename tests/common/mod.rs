@@ -9,6 +9,7 @@
 #![allow(dead_code)]
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -191,11 +192,27 @@ pub async fn spawn_app(backend: Backend) -> Option<TestApp> {
 
 /// Starts the real application on existing storage.
 pub async fn spawn_app_on(storage: Storage) -> TestApp {
+    spawn_app_with(storage, Arc::new(runlog::engine::SystemClock)).await
+}
+
+/// Starts the real application with fresh storage and a clock that moves
+/// only when the test advances it; `None` when the backend's tests are
+/// skipped.
+pub async fn spawn_app_with_clock(
+    backend: Backend,
+    clock: runlog::engine::ManualClock,
+) -> Option<TestApp> {
+    let storage = Storage::new(backend).await?;
+    Some(spawn_app_with(storage, Arc::new(clock)).await)
+}
+
+/// Starts the real application on existing storage, reading `clock`.
+pub async fn spawn_app_with(storage: Storage, clock: runlog::engine::SharedClock) -> TestApp {
     let settings = runlog::config::ServeSettings::ephemeral(
         storage.data_dir.clone(),
         storage.database_url.clone(),
     );
-    let app = runlog::app::Application::build(settings)
+    let app = runlog::app::Application::build_with_clock(settings, clock)
         .await
         .expect("application builds");
     let port = app.port();
