@@ -11,7 +11,10 @@ use std::time::Duration;
 use actix::Arbiter;
 use tokio::sync::watch;
 
-use super::agents::{AgentError, AgentRegistry, CommentSink, StepContext, StopSignal};
+use super::agents::{
+    AgentError, AgentLimits, AgentOutputs, AgentRegistry, CommentSink, CpuPool, StepContext,
+    StopSignal,
+};
 use super::executor::{resolve, store_outputs, Executor, Outcome, StepReport};
 use super::{EngineError, Reporter};
 use crate::domain::ids::{LeaseToken, RunId, StepId};
@@ -67,6 +70,8 @@ pub(crate) struct LocalExecutor {
     blobs: BlobStore,
     reporter: Reporter,
     pool: AgentPool,
+    cpu: CpuPool,
+    limits: AgentLimits,
     /// The stop signal of each running attempt.
     running: Arc<Mutex<HashMap<AttemptKey, watch::Sender<bool>>>>,
 }
@@ -77,12 +82,16 @@ impl LocalExecutor {
         blobs: BlobStore,
         reporter: Reporter,
         threads: usize,
+        cpu_threads: usize,
+        limits: AgentLimits,
     ) -> Self {
         Self {
             agents,
             blobs,
             reporter,
             pool: AgentPool::new(threads),
+            cpu: CpuPool::new(cpu_threads),
+            limits,
             running: Arc::default(),
         }
     }
@@ -109,6 +118,7 @@ impl Executor for LocalExecutor {
         let blobs = self.blobs.clone();
         let reporter = self.reporter.clone();
         let running = self.running.clone();
+        let (cpu, limits) = (self.cpu.clone(), self.limits);
         self.pool.spawn(move || async move {
             let comments = {
                 let (reporter, run, step, lease) = (
@@ -134,22 +144,34 @@ impl Executor for LocalExecutor {
                     format!("agent '{}' is not available on this server", task.agent)
                 })?;
                 let resolved = resolve(&blobs, &task).await?;
-                let outputs = agent
-                    .run(StepContext {
-                        run_id: task.run_id.clone(),
-                        step: task.step.clone(),
-                        attempt: task.attempt,
-                        prompt: task.prompt.clone(),
-                        prompt_override: task.prompt_override.clone(),
-                        instructions: task.instructions.clone(),
-                        config: task.config.clone(),
-                        input: resolved.input,
-                        run_input: task.run_input.clone(),
-                        upstream: resolved.upstream,
-                        stop,
-                        comments,
-                    })
-                    .await?;
+                let outputs = agent.run(StepContext {
+                    run_id: task.run_id.clone(),
+                    step: task.step.clone(),
+                    attempt: task.attempt,
+                    prompt: task.prompt.clone(),
+                    prompt_override: task.prompt_override.clone(),
+                    instructions: task.instructions.clone(),
+                    config: task.config.clone(),
+                    input: resolved.input,
+                    run_input: task.run_input.clone(),
+                    upstream: resolved.upstream,
+                    stop,
+                    comments,
+                    cpu,
+                    limits,
+                });
+                // The time limit: an attempt that takes longer fails (and
+                // may be retried); its future is dropped, which ends it.
+                let outputs = tokio::time::timeout(limits.timeout, outputs)
+                    .await
+                    .map_err(|_| {
+                        format!(
+                            "agent '{}' took longer than its time limit ({} s)",
+                            task.agent,
+                            limits.timeout.as_secs()
+                        )
+                    })??;
+                check_output_size(&outputs, limits.max_output_bytes)?;
                 Ok::<_, AgentError>(store_outputs(&blobs, outputs).await?)
             }
             .await;
@@ -185,6 +207,20 @@ impl Executor for LocalExecutor {
         self.running()
             .remove(&(run.clone(), step.clone(), lease.clone()));
     }
+}
+
+/// Fails an attempt whose outputs are larger than `max` bytes as JSON.
+fn check_output_size(outputs: &AgentOutputs, max: usize) -> Result<(), String> {
+    let size: usize = outputs
+        .iter()
+        .map(|(name, value)| name.len() + serde_json::to_vec(value).map_or(0, |v| v.len()))
+        .sum();
+    if size > max {
+        return Err(format!(
+            "the agent returned {size} bytes of outputs; the limit is {max} bytes"
+        ));
+    }
+    Ok(())
 }
 
 /// Reports an outcome, retrying while storage fails. A refusal (the lease

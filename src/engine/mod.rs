@@ -43,7 +43,9 @@ use crate::domain::template::{Template, TemplateCommand, TemplateError};
 use crate::projections::rfc3339;
 use crate::store::{AggregateStore, BlobStore, StoreError};
 
-pub use agents::{Agent, AgentError, AgentRegistry, CommentSink, StepContext, StopSignal};
+pub use agents::{
+    Agent, AgentError, AgentLimits, AgentRegistry, CommentSink, CpuPool, StepContext, StopSignal,
+};
 pub use clock::{Clock, ManualClock, SharedClock, SystemClock};
 pub use executor::{Executor, Outcome, StepReport, INLINE_ARTIFACT_LIMIT};
 pub use hub::{EventView, Hub};
@@ -112,6 +114,11 @@ pub struct EngineConfig {
     pub actor_threads: usize,
     /// Threads that run in-process agents (never the actors' or HTTP's).
     pub agent_threads: usize,
+    /// How many pieces of agents' CPU-bound work (template rendering,
+    /// scoring) run at once, each on a blocking thread.
+    pub agent_cpu_threads: usize,
+    /// The limits in-process agents run under.
+    pub agent_limits: AgentLimits,
 }
 
 impl Default for EngineConfig {
@@ -121,6 +128,9 @@ impl Default for EngineConfig {
             passivate_after: Duration::from_secs(10),
             actor_threads: cores,
             agent_threads: cores.max(2),
+            // One core is left to the actors, HTTP and the database.
+            agent_cpu_threads: cores.saturating_sub(1).max(1),
+            agent_limits: AgentLimits::default(),
         }
     }
 }
@@ -252,6 +262,8 @@ impl Engine {
                 parts.blobs.clone(),
                 Reporter(engine.clone()),
                 parts.config.agent_threads,
+                parts.config.agent_cpu_threads,
+                parts.config.agent_limits,
             ),
             runs: parts.runs,
             templates: parts.templates,

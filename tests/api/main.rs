@@ -7,6 +7,7 @@ mod common;
 mod concurrency;
 mod control;
 mod human;
+mod limits;
 mod replay;
 mod runs;
 mod scenario;

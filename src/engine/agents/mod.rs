@@ -6,10 +6,14 @@
 //! finish (`"comments": false` in the step's config turns that off).
 
 mod echo;
+pub mod render;
 mod template;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
 
 use serde_json::Value;
 
@@ -117,6 +121,69 @@ pub struct StepContext {
     pub stop: StopSignal,
     /// Where the agent's comments go.
     pub comments: CommentSink,
+    /// Where CPU-bound work runs.
+    pub cpu: CpuPool,
+    /// The limits the attempt runs under.
+    pub limits: AgentLimits,
+}
+
+/// The limits every in-process agent runs under (settings).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AgentLimits {
+    /// The longest an attempt may take; then it fails (retryable).
+    pub timeout: Duration,
+    /// The largest outputs an attempt may return, all outputs together as
+    /// JSON; a template's rendering is cut off there too.
+    pub max_output_bytes: usize,
+    /// How much work one template rendering may do (minijinja's fuel: about
+    /// one unit per instruction); a rendering that runs out fails.
+    pub template_fuel: u64,
+}
+
+impl Default for AgentLimits {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_secs(600),
+            max_output_bytes: 16 * 1024 * 1024,
+            template_fuel: 20_000_000,
+        }
+    }
+}
+
+/// Runs agents' CPU-bound work (template rendering, scoring) on blocking
+/// threads, a bounded number at a time, so that it never occupies the
+/// threads that serve actors, HTTP or other agents' IO.
+#[derive(Debug, Clone)]
+pub struct CpuPool {
+    permits: Arc<Semaphore>,
+}
+
+impl CpuPool {
+    /// A pool that runs at most `threads` pieces of work at once.
+    pub fn new(threads: usize) -> Self {
+        Self {
+            permits: Arc::new(Semaphore::new(threads.max(1))),
+        }
+    }
+
+    /// Runs `work` on a blocking thread once a slot is free.
+    pub async fn run<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, AgentError> {
+        let permit = self
+            .permits
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| AgentError::Failed("the agent work pool has stopped".into()))?;
+        tokio::task::spawn_blocking(move || {
+            let _slot = permit;
+            work()
+        })
+        .await
+        .map_err(|e| AgentError::Failed(format!("the agent's work failed: {e}")))
+    }
 }
 
 impl StepContext {
@@ -218,6 +285,8 @@ pub(crate) mod testing {
             upstream: BTreeMap::from([("outline".to_string(), json!({"text": "1. owls"}))]),
             stop: StopSignal::channel().1,
             comments: CommentSink::discard(),
+            cpu: CpuPool::new(1),
+            limits: AgentLimits::default(),
         }
     }
     /// A sink that keeps what agents post.

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{Map, Value};
 
+use super::render::render;
 use super::{Agent, AgentError, AgentOutputs, StepContext};
 
 /// `template`: renders `config.text` with minijinja. The context holds
@@ -16,7 +17,7 @@ pub struct TemplateAgent;
 
 #[async_trait::async_trait]
 impl Agent for TemplateAgent {
-    async fn run(&self, ctx: StepContext) -> Result<AgentOutputs, AgentError> {
+    async fn run(&self, mut ctx: StepContext) -> Result<AgentOutputs, AgentError> {
         let Some(text) = ctx.config.get("text").and_then(Value::as_str) else {
             return Err(AgentError::Failed(
                 "template: config.text (a string) is required".to_string(),
@@ -48,11 +49,16 @@ impl Agent for TemplateAgent {
                     .collect(),
             ),
         );
-        let mut env = minijinja::Environment::new();
-        env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
-        let rendered = env
-            .render_str(text, Value::Object(context))
-            .map_err(|e| format!("template: {e}"))?;
+        // Off the agent threads, under the fuel and output limits; a stop
+        // stops the wait (the rendering itself ends by its fuel).
+        let (text, limits) = (text.to_string(), ctx.limits);
+        let rendering = ctx
+            .cpu
+            .run(move || render(&text, Value::Object(context), &limits));
+        let rendered = tokio::select! {
+            rendered = rendering => rendered?.map_err(|e| format!("template: {e}"))?,
+            () = ctx.stop.raised() => return Err(AgentError::Stopped),
+        };
         ctx.comment(format!("template finished attempt {}.", ctx.attempt));
         Ok(BTreeMap::from([(
             "text".to_string(),
