@@ -424,7 +424,7 @@ mod sigkill_mid_run_then_restart_completes_every_run_once {
 async fn redirect_cut_off_then_restart(backend: Backend) {
     use runlog::domain::definition::Definition;
     use runlog::domain::ids::{RunId, TemplateId, Timestamp};
-    use runlog::domain::run::{Run, RunCommand, Stamp, StartRun};
+    use runlog::domain::run::{Policy, Run, RunCommand, Stamp, StartRun};
     use runlog::store::{self, AggregateStore};
     use std::collections::HashMap;
     use std::sync::Arc;
@@ -470,6 +470,7 @@ async fn redirect_cut_off_then_restart(backend: Backend) {
         let stamp = Stamp {
             at: Timestamp(at),
             lease_seed: format!("s{at}"),
+            policy: Policy::default(),
         };
         let events = state.decide(command, &stamp).expect("decided");
         let (committed, _) = runs

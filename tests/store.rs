@@ -16,7 +16,7 @@ use runlog::domain::ids::{
     ArtifactName, LeaseToken, OutputName, RunId, StepId, TemplateId, Timestamp,
 };
 use runlog::domain::run::{
-    ArtifactContent, ArtifactWritten, Outputs, Run, RunCommand, RunError, RunEvent, Stamp,
+    ArtifactContent, ArtifactWritten, Outputs, Policy, Run, RunCommand, RunError, RunEvent, Stamp,
     StartRun, StepStatus,
 };
 use runlog::domain::template::{Template, TemplateCommand};
@@ -102,6 +102,7 @@ fn stamp(at: i64) -> Stamp {
     Stamp {
         at: Timestamp(at),
         lease_seed: format!("seed-{at}"),
+        policy: Policy::default(),
     }
 }
 
@@ -148,6 +149,7 @@ fn filler(i: usize) -> RunEvent {
             error: format!("failure {i}"),
             will_retry: true,
             fails_run: false,
+            retryable: true,
             at,
         },
         2 => RunEvent::StepRetryScheduled {

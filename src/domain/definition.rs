@@ -16,6 +16,10 @@ use super::ids::{AgentName, OutputName, StepId};
 pub const MAX_ATTEMPTS_LIMIT: u32 = 100;
 /// Longest back-off a retry policy may ask for (one hour).
 pub const MAX_BACKOFF_MS: u64 = 3_600_000;
+/// Shortest lease a step may ask for (one second).
+pub const MIN_LEASE_MS: u64 = 1_000;
+/// Longest lease a step may ask for (one hour).
+pub const MAX_LEASE_MS: u64 = 3_600_000;
 /// Most steps one definition may hold.
 pub const MAX_STEPS: usize = 1_000;
 
@@ -61,6 +65,10 @@ pub struct StepDefinition {
     /// Run the step only when this holds; otherwise it is `skipped`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub when: Option<Condition>,
+    /// How long a remote worker's lease of this step lasts without a
+    /// heartbeat (instead of the server's `lease_ms`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heartbeat_timeout_ms: Option<u64>,
 }
 
 fn is_false(value: &bool) -> bool {
@@ -201,6 +209,16 @@ pub enum DefinitionError {
         /// What is wrong with it.
         reason: String,
     },
+    /// A field of the step is out of range.
+    #[error("step '{step}' has an invalid '{field}': {reason}")]
+    InvalidStepField {
+        /// The step at fault.
+        step: StepId,
+        /// The field.
+        field: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// `choices` without `review`, or empty, duplicate or too many choices.
     #[error("step '{step}' has invalid choices: {reason}")]
     InvalidChoices {
@@ -225,6 +243,7 @@ impl DefinitionError {
             Self::InvalidRetryPolicy { .. } => "invalid_retry_policy",
             Self::InvalidCondition { .. } => "invalid_condition",
             Self::InvalidChoices { .. } => "invalid_choices",
+            Self::InvalidStepField { .. } => "invalid_step_field",
         }
     }
 }
@@ -329,6 +348,15 @@ impl Definition {
                     step: step.clone(),
                     reason: format!("backoff_ms must be at most {MAX_BACKOFF_MS}"),
                 });
+            }
+            if let Some(ms) = def.heartbeat_timeout_ms {
+                if !(MIN_LEASE_MS..=MAX_LEASE_MS).contains(&ms) {
+                    return Err(DefinitionError::InvalidStepField {
+                        step: step.clone(),
+                        field: "heartbeat_timeout_ms",
+                        reason: format!("must be between {MIN_LEASE_MS} and {MAX_LEASE_MS}"),
+                    });
+                }
             }
             self.check_inputs(step, def)?;
             check_choices(step, def)?;

@@ -14,7 +14,9 @@ use std::collections::BTreeMap;
 use serde_json::Value;
 
 use crate::domain::ids::{LeaseToken, OutputName, RunId, StepId};
-use crate::domain::run::{AgentNote, ArtifactContent, InputValue, Outputs, StepInput, Task};
+use crate::domain::run::{
+    AgentNote, ArtifactContent, Failure, InputValue, Outputs, StepInput, Task,
+};
 use crate::store::BlobStore;
 
 /// Artifact bodies larger than this (serialised) go to the blob store.
@@ -50,10 +52,7 @@ pub enum Outcome {
     /// It produced these outputs (stored: large bodies are blobs already).
     Completed(Outputs),
     /// It failed.
-    Failed {
-        /// What went wrong.
-        error: String,
-    },
+    Failed(Failure),
     /// It stopped because the run asked it to.
     Stopped,
     /// It posted a comment and goes on (the comment waits to be recorded

@@ -177,8 +177,7 @@ impl Executor for LocalExecutor {
             .await;
             let outcome = match result {
                 Ok(outputs) => Outcome::Completed(outputs),
-                Err(AgentError::Failed(error)) => Outcome::Failed { error },
-                Err(AgentError::Stopped) => Outcome::Stopped,
+                Err(error) => error.failure().map_or(Outcome::Stopped, Outcome::Failed),
             };
             let report = StepReport {
                 step: task.step.clone(),

@@ -38,7 +38,9 @@ use futures::future::BoxFuture;
 use serde_json::Value;
 
 use crate::domain::ids::{AgentName, ArtifactName, RunId, StepId, TemplateId};
-use crate::domain::run::{Action, NewMessage, RetrySource, Run, RunCommand, RunError, StartRun};
+use crate::domain::run::{
+    Action, NewMessage, Policy, RetrySource, Run, RunCommand, RunError, StartRun,
+};
 use crate::domain::template::{Template, TemplateCommand, TemplateError};
 use crate::projections::rfc3339;
 use crate::store::{AggregateStore, BlobStore, StoreError};
@@ -119,6 +121,9 @@ pub struct EngineConfig {
     pub agent_cpu_threads: usize,
     /// The limits in-process agents run under.
     pub agent_limits: AgentLimits,
+    /// Lease lengths, the cancel grace and the lease-expiry limit: the
+    /// settings run decisions are made with.
+    pub policy: Policy,
 }
 
 impl Default for EngineConfig {
@@ -131,6 +136,7 @@ impl Default for EngineConfig {
             // One core is left to the actors, HTTP and the database.
             agent_cpu_threads: cores.saturating_sub(1).max(1),
             agent_limits: AgentLimits::default(),
+            policy: Policy::default(),
         }
     }
 }

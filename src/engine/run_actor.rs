@@ -142,6 +142,7 @@ impl RunActor {
         let stamp = Stamp {
             at: self.engine.clock.now(),
             lease_seed: new_lease_seed(),
+            policy: self.engine.config.policy,
         };
         let Decided {
             events,
@@ -310,10 +311,10 @@ impl RunActor {
                 outputs,
                 comments,
             },
-            Outcome::Failed { error } => RunCommand::FailStep {
+            Outcome::Failed(failure) => RunCommand::FailStep {
                 step,
                 lease,
-                error,
+                failure,
                 comments,
             },
             Outcome::Stopped | Outcome::Comment(_) => RunCommand::InterruptStep {
@@ -486,7 +487,7 @@ impl Handler<Wake> for RunActor {
 
     fn handle(&mut self, _: Wake, _: &mut Self::Context) -> Self::Result {
         self.wake = None;
-        AtomicResponse::new(Box::pin(self.turn(RunCommand::DispatchDue).map(
+        AtomicResponse::new(Box::pin(self.turn(RunCommand::Tick).map(
             |result, act, ctx| match result {
                 Ok(_) => {}
                 Err(EngineError::Run(RunError::Finished(_))) => {}

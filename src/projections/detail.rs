@@ -18,6 +18,13 @@ pub fn rfc3339(at: Timestamp) -> String {
         .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
+/// Parses what [`rfc3339`] writes.
+pub fn parse_rfc3339(text: &str) -> Option<Timestamp> {
+    chrono::DateTime::parse_from_rfc3339(text)
+        .ok()
+        .map(|t| Timestamp(t.timestamp_millis()))
+}
+
 /// One attempt of a step: what it was given and what it wrote, so the run
 /// detail can show why each artifact version exists.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -47,6 +54,12 @@ pub struct AttemptView {
     pub finished_at: Option<String>,
     /// Its error, if it failed.
     pub error: Option<String>,
+    /// The remote worker that claimed it, if one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker: Option<String>,
+    /// When that worker claimed it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claimed_at: Option<String>,
 }
 
 /// One step in the run detail.
@@ -96,6 +109,20 @@ pub struct StepView {
     /// Every attempt, oldest first.
     #[serde(default)]
     pub attempts: Vec<AttemptView>,
+    /// The remote worker holding the current attempt.
+    #[serde(default)]
+    pub worker: Option<String>,
+    /// When the current attempt's lease expires unless its worker sends a
+    /// heartbeat.
+    #[serde(default)]
+    pub lease_expires_at: Option<String>,
+    /// When its worker last extended the lease.
+    #[serde(default)]
+    pub last_heartbeat_at: Option<String>,
+    /// A running step whose worker's last heartbeat is older than its lease
+    /// (computed when read, against the server's clock; not a status).
+    #[serde(default)]
+    pub stalled: bool,
 }
 
 impl StepView {
@@ -104,6 +131,13 @@ impl StepView {
             .iter_mut()
             .rev()
             .find(|a| a.attempt == attempt)
+    }
+
+    /// The current attempt holds no lease any more.
+    fn drop_lease(&mut self) {
+        self.worker = None;
+        self.lease_expires_at = None;
+        self.last_heartbeat_at = None;
     }
 
     fn finish_attempt(&mut self, attempt: u32, status: &str, at: Timestamp) {
@@ -264,7 +298,10 @@ impl RunDetail {
                     started_at: rfc3339(*at),
                     finished_at: None,
                     error: None,
+                    worker: None,
+                    claimed_at: None,
                 };
+                s.drop_lease();
                 match s.attempt_mut(*attempt) {
                     // A recovered dispatch is the same attempt again.
                     Some(existing) if *recovered => *existing = view,
@@ -285,6 +322,7 @@ impl RunDetail {
                 s.finished_at = Some(rfc3339(*at));
                 s.error = None;
                 s.finish_attempt(*attempt, "completed", *at);
+                s.drop_lease();
                 self.mark(ready, StepStatus::Ready);
                 self.mark(skipped, StepStatus::Skipped);
             }
@@ -299,6 +337,7 @@ impl RunDetail {
                 s.status = StepStatus::AwaitingReview;
                 s.error = None;
                 s.finish_attempt(*attempt, "awaiting_review", *at);
+                s.drop_lease();
             }
             RunEvent::StepApproved { step, choice, .. } => {
                 self.step(step).choice = choice.clone();
@@ -314,6 +353,7 @@ impl RunDetail {
                 let s = self.step(step);
                 s.error = Some(error.clone());
                 s.finish_attempt(*attempt, "failed", *at);
+                s.drop_lease();
                 if let Some(a) = s.attempt_mut(*attempt) {
                     a.error = Some(error.clone());
                 }
@@ -330,9 +370,42 @@ impl RunDetail {
                 s.retry_at = Some(rfc3339(*due_at));
             }
             RunEvent::StepInterrupted { step, attempt, at } => {
+                self.attempt_ended(step, *attempt, "interrupted", *at);
+            }
+            RunEvent::StepLeaseExpired {
+                step, attempt, at, ..
+            } => self.attempt_ended(step, *attempt, "expired", *at),
+            RunEvent::StepReleased { step, attempt, at } => {
+                self.attempt_ended(step, *attempt, "released", *at);
+            }
+            RunEvent::StepLeaseRevoked { step, attempt, at } => {
+                self.attempt_ended(step, *attempt, "cancelled", *at);
+            }
+            RunEvent::StepClaimed {
+                step,
+                attempt,
+                worker,
+                lease_expires_at,
+                at,
+            } => {
                 let s = self.step(step);
-                s.status = StepStatus::Ready;
-                s.finish_attempt(*attempt, "interrupted", *at);
+                s.worker = Some(worker.clone());
+                s.lease_expires_at = Some(rfc3339(*lease_expires_at));
+                s.last_heartbeat_at = Some(rfc3339(*at));
+                if let Some(a) = s.attempt_mut(*attempt) {
+                    a.worker = Some(worker.clone());
+                    a.claimed_at = Some(rfc3339(*at));
+                }
+            }
+            RunEvent::StepHeartbeat {
+                step,
+                lease_expires_at,
+                at,
+                ..
+            } => {
+                let s = self.step(step);
+                s.lease_expires_at = Some(rfc3339(*lease_expires_at));
+                s.last_heartbeat_at = Some(rfc3339(*at));
             }
             RunEvent::StepRetryRequested {
                 step,
@@ -423,6 +496,28 @@ impl RunDetail {
         self.steps.entry(step.to_string()).or_default()
     }
 
+    /// An attempt ended without a result (stopped, expired, given back,
+    /// revoked): the step is ready again.
+    fn attempt_ended(&mut self, step: &StepId, attempt: u32, status: &str, at: Timestamp) {
+        let s = self.step(step);
+        s.status = StepStatus::Ready;
+        s.finish_attempt(attempt, status, at);
+        s.drop_lease();
+    }
+
+    /// Marks the running steps whose lease expired before `now` as stalled
+    /// (done when the document is read, not stored).
+    pub fn mark_stalled(&mut self, now: Timestamp) {
+        for step in self.steps.values_mut() {
+            step.stalled = step.status == StepStatus::Running
+                && step
+                    .lease_expires_at
+                    .as_deref()
+                    .and_then(parse_rfc3339)
+                    .is_some_and(|expires| expires < now);
+        }
+    }
+
     fn write_artifacts(
         &mut self,
         step: &StepId,
@@ -461,6 +556,7 @@ impl RunDetail {
                 let attempt = s.attempt;
                 s.finish_attempt(attempt, "invalidated", at);
             }
+            s.drop_lease();
             s.status = StepStatus::Pending;
             s.finished_at = None;
             s.retry_at = None;

@@ -688,13 +688,14 @@ on_both_backends!(
             ] {
                 assert!(keys.contains(&key), "an event without {key}: {event}");
             }
-            // RunStarted (retry_of, then redirected_from and auto_run) is at
-            // 1.2; StepFailed (fails_run), StepDispatched (prompt_override,
-            // instructions) and StepCompleted (skipped) at 1.1; every other
-            // event at 1.0.
+            // RunStarted (retry_of, then redirected_from and auto_run) and
+            // StepFailed (fails_run, then retryable) are at 1.2;
+            // StepDispatched (prompt_override, instructions), StepCompleted
+            // (skipped) and CancelRequested (grace_until) at 1.1; every
+            // other event at 1.0.
             let version = match event["event_type"].as_str() {
-                Some("RunStarted") => "1.2",
-                Some("StepFailed" | "StepDispatched" | "StepCompleted") => "1.1",
+                Some("RunStarted" | "StepFailed") => "1.2",
+                Some("StepDispatched" | "StepCompleted" | "CancelRequested") => "1.1",
                 _ => "1.0",
             };
             assert_eq!(event["event_version"], version, "{event}");

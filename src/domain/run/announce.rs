@@ -61,6 +61,18 @@ pub(super) fn announcement(
                 Some(step.clone()),
             ));
         }
+        RunEvent::StepLeaseExpired {
+            step,
+            worker,
+            expiries,
+            ..
+        } => format!(
+            "Step '{step}' lost its worker '{worker}' (no heartbeat before its lease ran out; \
+             {expiries} in a row)."
+        ),
+        RunEvent::StepLeaseRevoked { step, .. } => {
+            format!("Step '{step}' did not stop within the cancel's grace; its lease was revoked.")
+        }
         RunEvent::ArtifactRolledBack {
             name,
             from_version,

@@ -78,6 +78,9 @@ impl Run {
                 s.status = StepStatus::Running;
                 s.attempt = attempt;
                 s.lease = Some(lease);
+                s.claimed_by = None;
+                s.lease_expires_at = None;
+                s.last_heartbeat_at = None;
                 s.retry_at = None;
                 s.started_at = Some(at);
                 s.prompt_override = prompt_override;
@@ -92,7 +95,7 @@ impl Run {
             } => {
                 let s = self.steps.entry(step).or_default();
                 s.status = StepStatus::Completed;
-                s.lease = None;
+                s.end_attempt();
                 s.error = None;
                 s.finished_at = Some(at);
                 self.add_versions(attempt, artifacts, at);
@@ -107,7 +110,7 @@ impl Run {
             } => {
                 let s = self.steps.entry(step).or_default();
                 s.status = StepStatus::AwaitingReview;
-                s.lease = None;
+                s.end_attempt();
                 s.error = None;
                 self.add_versions(attempt, artifacts, at);
             }
@@ -121,7 +124,7 @@ impl Run {
                 ..
             } => {
                 let s = self.steps.entry(step.clone()).or_default();
-                s.lease = None;
+                s.end_attempt();
                 s.error = Some(error.clone());
                 s.failures += 1;
                 if will_retry {
@@ -139,10 +142,41 @@ impl Run {
                 s.status = StepStatus::Ready;
                 s.retry_at = Some(due_at);
             }
-            RunEvent::StepInterrupted { step, .. } => {
+            RunEvent::StepInterrupted { step, .. }
+            | RunEvent::StepReleased { step, .. }
+            | RunEvent::StepLeaseRevoked { step, .. } => {
                 let s = self.steps.entry(step).or_default();
                 s.status = StepStatus::Ready;
-                s.lease = None;
+                s.end_attempt();
+                s.retry_at = None;
+            }
+            RunEvent::StepClaimed {
+                step,
+                worker,
+                lease_expires_at,
+                at,
+                ..
+            } => {
+                let s = self.steps.entry(step).or_default();
+                s.claimed_by = Some(worker);
+                s.lease_expires_at = Some(lease_expires_at);
+                s.last_heartbeat_at = Some(at);
+            }
+            RunEvent::StepHeartbeat {
+                step,
+                lease_expires_at,
+                at,
+                ..
+            } => {
+                let s = self.steps.entry(step).or_default();
+                s.lease_expires_at = Some(lease_expires_at);
+                s.last_heartbeat_at = Some(at);
+            }
+            RunEvent::StepLeaseExpired { step, expiries, .. } => {
+                let s = self.steps.entry(step).or_default();
+                s.status = StepStatus::Ready;
+                s.end_attempt();
+                s.lease_expiries = expiries;
                 s.retry_at = None;
             }
             // A pause or cancel still pending when the run ends is moot.
@@ -150,11 +184,13 @@ impl Run {
                 self.status = RunStatus::Completed;
                 self.pause_requested = false;
                 self.cancel_requested = None;
+                self.cancel_grace_until = None;
             }
             RunEvent::RunFailed { .. } => {
                 self.status = RunStatus::Failed;
                 self.pause_requested = false;
                 self.cancel_requested = None;
+                self.cancel_grace_until = None;
             }
             RunEvent::PauseRequested { .. } => self.pause_requested = true,
             RunEvent::RunPaused { .. } => {
@@ -165,10 +201,18 @@ impl Run {
                 self.status = RunStatus::Running;
                 self.pause_requested = false;
             }
-            RunEvent::CancelRequested { reason, .. } => self.cancel_requested = Some(reason),
+            RunEvent::CancelRequested {
+                reason,
+                grace_until,
+                ..
+            } => {
+                self.cancel_requested = Some(reason);
+                self.cancel_grace_until = grace_until;
+            }
             RunEvent::RunCancelled { .. } => {
                 self.status = RunStatus::Cancelled;
                 self.pause_requested = false;
+                self.cancel_grace_until = None;
             }
             RunEvent::RunRedirected { to, .. } => self.redirected_to = Some(to),
             RunEvent::AutoRunChanged { enabled, .. } => self.auto_run = enabled,
@@ -201,7 +245,7 @@ impl Run {
             } => {
                 let s = self.steps.entry(step).or_default();
                 s.status = StepStatus::Ready;
-                s.lease = None;
+                s.end_attempt();
                 s.retry_at = None;
                 s.finished_at = None;
                 s.error = None;
@@ -250,7 +294,7 @@ impl Run {
         for step in steps {
             let s = self.steps.entry(step).or_default();
             s.status = StepStatus::Pending;
-            s.lease = None;
+            s.end_attempt();
             s.retry_at = None;
             s.error = None;
             s.finished_at = None;
@@ -266,5 +310,17 @@ impl Run {
         for step in steps {
             self.steps.entry(step).or_default().status = status;
         }
+    }
+}
+
+impl StepState {
+    /// The current attempt is over: its lease and its claim go, and a run of
+    /// lease expiries ends (a `StepLeaseExpired` sets the count after this).
+    fn end_attempt(&mut self) {
+        self.lease = None;
+        self.claimed_by = None;
+        self.lease_expires_at = None;
+        self.last_heartbeat_at = None;
+        self.lease_expiries = 0;
     }
 }

@@ -10,9 +10,10 @@ use super::Outputs;
 use crate::domain::definition::Definition;
 use crate::domain::ids::{ArtifactName, LeaseToken, RunId, StepId, TemplateId, Timestamp};
 
-/// When a command happens, and the seed its lease tokens are derived from:
-/// stamped on every command once, by the engine (the domain reads no clock
-/// and draws no random numbers).
+/// When a command happens, the seed its lease tokens are derived from, and
+/// the engine's settings it is decided with: stamped on every command once,
+/// by the engine (the domain reads no clock, draws no random numbers and
+/// reads no configuration).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Stamp {
     /// When the command is decided.
@@ -20,6 +21,57 @@ pub struct Stamp {
     /// Random text (from the engine); the domain derives one lease token per
     /// dispatch from it, so a replay of the decision gives the same tokens.
     pub lease_seed: String,
+    /// The settings decisions use.
+    pub policy: Policy,
+}
+
+/// The engine's settings that decisions use. The events record what was
+/// decided with them (an expiry time, a grace deadline, a failure), so a
+/// replay needs none of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Policy {
+    /// How long a remote worker's lease lasts from its claim or its last
+    /// heartbeat, for steps that do not set `heartbeat_timeout_ms`.
+    pub lease_ms: u64,
+    /// How long running attempts have after a cancel to stop; then their
+    /// leases are revoked and the run ends cancelled.
+    pub cancel_grace_ms: u64,
+    /// Lease expiries in a row after which a step fails.
+    pub max_lease_expiries: u32,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Self {
+            lease_ms: 30_000,
+            cancel_grace_ms: 30_000,
+            max_lease_expiries: 3,
+        }
+    }
+}
+
+/// Why an attempt failed, as its agent or worker reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    /// What went wrong.
+    pub error: String,
+    /// Whether another attempt may help (a timeout, a 5xx); a failure that
+    /// is not retryable fails the step at once, whatever its retry policy.
+    pub retryable: bool,
+    /// How long the agent was told to wait before trying again (an HTTP
+    /// `Retry-After`); the retry waits at least that long.
+    pub retry_after_ms: Option<u64>,
+}
+
+impl Failure {
+    /// A retryable failure with no wait of its own.
+    pub fn retryable(error: impl Into<String>) -> Self {
+        Self {
+            error: error.into(),
+            retryable: true,
+            retry_after_ms: None,
+        }
+    }
 }
 
 /// A command with its stamp: what the aggregate decides on.
@@ -54,16 +106,46 @@ pub enum RunCommand {
         step: StepId,
         /// The lease of the dispatch that failed.
         lease: LeaseToken,
-        /// What went wrong.
-        error: String,
+        /// What went wrong, and whether to try again.
+        failure: Failure,
         /// Comments the agent posted that are not recorded yet.
         comments: Vec<AgentNote>,
     },
-    /// Dispatch the ready steps whose retry time has come.
-    DispatchDue,
-    /// After a restart: re-dispatch the steps that were running, whose
-    /// in-process attempts died with the old process.
+    /// The run's wake-up time came: expire the leases whose time is up,
+    /// revoke those a cancel's grace no longer covers, and dispatch the
+    /// ready steps whose retry time has come.
+    Tick,
+    /// After a restart: re-dispatch the steps that were running in this
+    /// process (their attempts died with it). Attempts claimed by remote
+    /// workers keep running; their leases expire only by time.
     Recover,
+    /// A remote worker claims a dispatched attempt: its lease runs from now.
+    ClaimStep {
+        /// The step.
+        step: StepId,
+        /// The attempt's lease.
+        lease: LeaseToken,
+        /// The worker's id.
+        worker: String,
+    },
+    /// The worker of a claimed attempt is still at work: its lease is
+    /// extended.
+    Heartbeat {
+        /// The step.
+        step: StepId,
+        /// The attempt's lease.
+        lease: LeaseToken,
+    },
+    /// A worker gives a claimed attempt back (it stops, for a pause or its
+    /// own shutdown): the step runs again, as a new attempt.
+    ReleaseStep {
+        /// The step.
+        step: StepId,
+        /// The attempt's lease.
+        lease: LeaseToken,
+        /// Comments the worker posted that are not recorded yet.
+        comments: Vec<AgentNote>,
+    },
     /// Stop at the next safe checkpoint: dispatch nothing new; the run is
     /// paused once no step runs.
     Pause,

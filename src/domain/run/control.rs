@@ -54,7 +54,11 @@ impl Run {
             return Err(RunError::Cancelling);
         }
         let mut d = Decision::new(self, stamp);
-        d.record(RunEvent::CancelRequested { reason, at });
+        d.record(RunEvent::CancelRequested {
+            reason,
+            grace_until: Some(at.plus_millis(stamp.policy.cancel_grace_ms)),
+            at,
+        });
         d.settle(at);
         Ok(d)
     }
@@ -80,6 +84,7 @@ impl Run {
         });
         d.record(RunEvent::CancelRequested {
             reason: Some(reason),
+            grace_until: Some(at.plus_millis(stamp.policy.cancel_grace_ms)),
             at,
         });
         d.settle(at);

@@ -8,10 +8,11 @@
 use serde_json::Value;
 
 use super::announce;
-use super::command::Stamp;
+use super::command::{Failure, Stamp};
 use super::state::{Run, RunStatus, StepStatus};
 use super::thread::{Action, AgentNote, Author, MessageStatus};
 use super::RunEvent;
+use crate::domain::definition::MAX_BACKOFF_MS;
 use crate::domain::ids::{LeaseToken, StepId, Timestamp};
 
 /// Decisions accumulate here: each event is applied to a working copy as it
@@ -198,6 +199,49 @@ impl Decision {
                 status: MessageStatus::Acknowledged,
                 step: Some(step.clone()),
                 reason: None,
+                at,
+            });
+        }
+    }
+
+    /// Records the failure of an attempt: another attempt is scheduled when
+    /// the failure is retryable, the step's retry policy has attempts left
+    /// and the run is neither failing nor cancelling; the retry waits the
+    /// policy's back-off, or longer when the agent was told to wait.
+    pub(super) fn fail_attempt(
+        &mut self,
+        step: &StepId,
+        attempt: u32,
+        failure: Failure,
+        at: Timestamp,
+    ) {
+        let policy = self.state.definition.steps[step].retry;
+        let failures = self.state.steps.get(step).map_or(0, |s| s.failures) + 1;
+        let will_retry = failure.retryable
+            && failures < policy.max_attempts
+            && self.state.failure.is_none()
+            && self.state.cancel_requested.is_none();
+        // While a cancel is pending a failure is not retried and does not
+        // fail the run: the run ends cancelled.
+        let fails_run = !will_retry && self.state.cancel_requested.is_none();
+        self.record(RunEvent::StepFailed {
+            step: step.clone(),
+            attempt,
+            error: failure.error,
+            will_retry,
+            fails_run,
+            retryable: failure.retryable,
+            at,
+        });
+        if will_retry {
+            let delay_ms = policy
+                .backoff_ms
+                .max(failure.retry_after_ms.unwrap_or(0).min(MAX_BACKOFF_MS));
+            self.record(RunEvent::StepRetryScheduled {
+                step: step.clone(),
+                next_attempt: attempt + 1,
+                delay_ms,
+                due_at: at.plus_millis(delay_ms),
                 at,
             });
         }

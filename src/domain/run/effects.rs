@@ -149,7 +149,10 @@ pub fn effects(before: &Run, events: &[RunEvent], after: &Run) -> Vec<Effect> {
             RunEvent::StepCompleted { step, .. }
             | RunEvent::StepAwaitingReview { step, .. }
             | RunEvent::StepFailed { step, .. }
-            | RunEvent::StepInterrupted { step, .. } => {
+            | RunEvent::StepInterrupted { step, .. }
+            | RunEvent::StepLeaseExpired { step, .. }
+            | RunEvent::StepReleased { step, .. }
+            | RunEvent::StepLeaseRevoked { step, .. } => {
                 if let Some(lease) = running.remove(step) {
                     out.push(Effect::Release {
                         step: step.clone(),
@@ -173,7 +176,9 @@ pub fn effects(before: &Run, events: &[RunEvent], after: &Run) -> Vec<Effect> {
             | RunEvent::MessagePosted { .. }
             | RunEvent::MessageStatusChanged { .. }
             | RunEvent::StepApproved { .. }
-            | RunEvent::AutoRunChanged { .. } => {}
+            | RunEvent::AutoRunChanged { .. }
+            | RunEvent::StepClaimed { .. }
+            | RunEvent::StepHeartbeat { .. } => {}
         }
     }
     if let Some(at) = after.next_wake() {
@@ -234,14 +239,17 @@ fn task(
 
 impl Run {
     /// When the run must next be decided on without anything happening
-    /// outside: the earliest due retry, while the run may dispatch on its
-    /// own. A run that may not dispatch (paused, pausing, cancelling,
-    /// failing, finished) or is in manual mode has no wake-up: its retries
-    /// wait for a resume or a trigger.
+    /// outside: the earliest of a claimed attempt's lease expiry, a cancel's
+    /// grace running out while attempts still run, and a due retry while
+    /// the run may dispatch on its own (a run that is paused, pausing,
+    /// cancelling, failing, finished or in manual mode keeps its retries for
+    /// a resume or a trigger).
     pub fn next_wake(&self) -> Option<Timestamp> {
-        if !(self.dispatching() && self.auto_run) {
-            return None;
-        }
-        self.pending_retries().map(|(_, at)| at).min()
+        let retry = if self.dispatching() && self.auto_run {
+            self.pending_retries().map(|(_, at)| at).min()
+        } else {
+            None
+        };
+        retry.into_iter().chain(self.next_lease_deadline()).min()
     }
 }

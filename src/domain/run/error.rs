@@ -89,6 +89,12 @@ pub enum RunError {
     /// re-run the step the run failed on.
     #[error("the run failed on step '{0}', which this would not run again")]
     FailedElsewhere(StepId),
+    /// A claim of an attempt that a worker claimed already.
+    #[error("step '{0}' is already claimed by a worker")]
+    AlreadyClaimed(StepId),
+    /// A heartbeat or release of an attempt no worker claimed.
+    #[error("step '{0}' is not claimed by a worker")]
+    NotClaimed(StepId),
     /// An idempotency key reused for a different message.
     #[error("idempotency key '{0}' was already used for a different message")]
     IdempotencyKeyReused(String),
@@ -122,6 +128,8 @@ impl RunError {
             Self::AlreadyAtVersion(..) => "artifact_already_at_version",
             Self::FailedElsewhere(_) => "run_failed_elsewhere",
             Self::IdempotencyKeyReused(_) => "idempotency_key_reused",
+            Self::AlreadyClaimed(_) => "step_already_claimed",
+            Self::NotClaimed(_) => "step_not_claimed",
         }
     }
 }

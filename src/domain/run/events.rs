@@ -132,6 +132,10 @@ pub enum RunEvent {
         /// `will_retry` is false).
         #[serde(default = "crate::domain::yes")]
         fails_run: bool,
+        /// Whether the agent said another attempt might help. Added in 1.2;
+        /// older payloads read as `true`, which is what they meant.
+        #[serde(default = "crate::domain::yes")]
+        retryable: bool,
         /// When.
         at: Timestamp,
     },
@@ -183,6 +187,11 @@ pub enum RunEvent {
     CancelRequested {
         /// Why, as the user said.
         reason: Option<String>,
+        /// Until when running attempts may go on; then their leases are
+        /// revoked. Added in 1.1; a 1.0 payload reads as none (attempts
+        /// finish in their own time, as 1.0 did).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        grace_until: Option<Timestamp>,
         /// When.
         at: Timestamp,
     },
@@ -332,11 +341,75 @@ pub enum RunEvent {
         /// When.
         at: Timestamp,
     },
+    /// A remote worker claimed a dispatched attempt; its lease runs from
+    /// now and each heartbeat extends it.
+    StepClaimed {
+        /// The step.
+        step: StepId,
+        /// The attempt claimed.
+        attempt: u32,
+        /// The worker's id.
+        worker: String,
+        /// When the lease expires unless a heartbeat extends it.
+        lease_expires_at: Timestamp,
+        /// When.
+        at: Timestamp,
+    },
+    /// The worker of a claimed attempt sent a heartbeat that extended its
+    /// lease (heartbeats that come sooner than a third of a lease after the
+    /// last recorded one extend nothing and are not recorded).
+    StepHeartbeat {
+        /// The step.
+        step: StepId,
+        /// The attempt.
+        attempt: u32,
+        /// When the lease expires now.
+        lease_expires_at: Timestamp,
+        /// When.
+        at: Timestamp,
+    },
+    /// A claimed attempt's lease ran out without a heartbeat: the attempt
+    /// ends as interrupted and the step is ready again (a new attempt, not
+    /// counted against its retry policy), unless a `StepFailed` follows
+    /// because it has expired too many times in a row.
+    StepLeaseExpired {
+        /// The step.
+        step: StepId,
+        /// The attempt whose lease expired.
+        attempt: u32,
+        /// The worker that held it.
+        worker: String,
+        /// Expiries in a row for this step, this one included.
+        expiries: u32,
+        /// When.
+        at: Timestamp,
+    },
+    /// A worker gave a claimed attempt back: the step is ready again and
+    /// its next dispatch is a new attempt.
+    StepReleased {
+        /// The step.
+        step: StepId,
+        /// The attempt given back.
+        attempt: u32,
+        /// When.
+        at: Timestamp,
+    },
+    /// A cancel's grace ran out while the attempt still ran: its lease is
+    /// revoked (a late result is refused) and the attempt is recorded as
+    /// cancelled.
+    StepLeaseRevoked {
+        /// The step.
+        step: StepId,
+        /// The attempt.
+        attempt: u32,
+        /// When.
+        at: Timestamp,
+    },
 }
 
 impl RunEvent {
     /// The literal event type names, for the catalogue and for tests.
-    pub const TYPES: [&'static str; 21] = [
+    pub const TYPES: [&'static str; 26] = [
         "RunStarted",
         "StepDispatched",
         "StepCompleted",
@@ -358,6 +431,11 @@ impl RunEvent {
         "StepRetryRequested",
         "ArtifactRolledBack",
         "RunRedirected",
+        "StepClaimed",
+        "StepHeartbeat",
+        "StepLeaseExpired",
+        "StepReleased",
+        "StepLeaseRevoked",
     ];
 
     /// The time the event happened.
@@ -383,7 +461,12 @@ impl RunEvent {
             | Self::AutoRunChanged { at, .. }
             | Self::StepRetryRequested { at, .. }
             | Self::ArtifactRolledBack { at, .. }
-            | Self::RunRedirected { at, .. } => *at,
+            | Self::RunRedirected { at, .. }
+            | Self::StepClaimed { at, .. }
+            | Self::StepHeartbeat { at, .. }
+            | Self::StepLeaseExpired { at, .. }
+            | Self::StepReleased { at, .. }
+            | Self::StepLeaseRevoked { at, .. } => *at,
         }
     }
 
@@ -397,7 +480,12 @@ impl RunEvent {
             | Self::StepAwaitingReview { step, .. }
             | Self::StepApproved { step, .. }
             | Self::StepInterrupted { step, .. }
-            | Self::StepRetryRequested { step, .. } => Some(step),
+            | Self::StepRetryRequested { step, .. }
+            | Self::StepClaimed { step, .. }
+            | Self::StepHeartbeat { step, .. }
+            | Self::StepLeaseExpired { step, .. }
+            | Self::StepReleased { step, .. }
+            | Self::StepLeaseRevoked { step, .. } => Some(step),
             _ => None,
         }
     }
@@ -435,16 +523,21 @@ impl DomainEvent for RunEvent {
             Self::StepRetryRequested { .. } => Self::TYPES[18],
             Self::ArtifactRolledBack { .. } => Self::TYPES[19],
             Self::RunRedirected { .. } => Self::TYPES[20],
+            Self::StepClaimed { .. } => Self::TYPES[21],
+            Self::StepHeartbeat { .. } => Self::TYPES[22],
+            Self::StepLeaseExpired { .. } => Self::TYPES[23],
+            Self::StepReleased { .. } => Self::TYPES[24],
+            Self::StepLeaseRevoked { .. } => Self::TYPES[25],
         }
         .to_string()
     }
 
     fn event_version(&self) -> String {
         match self {
-            Self::RunStarted { .. } => "1.2",
-            Self::StepFailed { .. } | Self::StepDispatched { .. } | Self::StepCompleted { .. } => {
-                "1.1"
-            }
+            Self::RunStarted { .. } | Self::StepFailed { .. } => "1.2",
+            Self::StepDispatched { .. }
+            | Self::StepCompleted { .. }
+            | Self::CancelRequested { .. } => "1.1",
             _ => "1.0",
         }
         .to_string()

@@ -12,7 +12,9 @@
 //! - [`state`]: the run's state, statuses and the checks decisions make;
 //!   [`apply`]: folding events into it.
 //! - the command families, each an `impl Run` with one method per command:
-//!   [`results`] (start, agent results, due retries, recovery), [`control`]
+//!   [`results`] (start, agent results, recovery), [`leases`] (remote
+//!   workers' claims, heartbeats and releases; the tick that expires and
+//!   revokes leases and dispatches due retries), [`control`]
 //!   (pause, resume, cancel, redirect), [`messages`] (the thread),
 //!   [`review`] (review gates, manual mode) and [`rework`] (step retry,
 //!   rollback).
@@ -34,6 +36,7 @@ pub mod effects;
 mod error;
 mod events;
 mod graph;
+mod leases;
 mod messages;
 mod results;
 mod review;
@@ -46,7 +49,7 @@ use cqrs_es::Aggregate;
 
 use decision::Decision;
 
-pub use command::{RunCommand, Stamp, Stamped, StartRun};
+pub use command::{Failure, Policy, RunCommand, Stamp, Stamped, StartRun};
 pub use effects::{Effect, Task};
 pub use error::RunError;
 pub use events::{ArtifactContent, ArtifactWritten, Outputs, RunEvent};
@@ -106,11 +109,22 @@ impl Run {
             RunCommand::FailStep {
                 step,
                 lease,
-                error,
+                failure,
                 comments,
-            } => self.fail_step(step, lease, error, comments, stamp),
-            RunCommand::DispatchDue => self.dispatch_due(stamp),
+            } => self.fail_step(step, lease, failure, comments, stamp),
+            RunCommand::Tick => self.tick(stamp),
             RunCommand::Recover => self.recover(stamp),
+            RunCommand::ClaimStep {
+                step,
+                lease,
+                worker,
+            } => self.claim_step(step, lease, worker, stamp),
+            RunCommand::Heartbeat { step, lease } => self.heartbeat(step, lease, stamp),
+            RunCommand::ReleaseStep {
+                step,
+                lease,
+                comments,
+            } => self.release_step(step, lease, comments, stamp),
             RunCommand::Pause => self.pause(stamp),
             RunCommand::Resume => self.resume(stamp),
             RunCommand::Cancel { reason } => self.cancel(reason, stamp),

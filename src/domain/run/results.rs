@@ -2,7 +2,7 @@
 //! failures, interruptions and comments; dispatching due retries, and
 //! recovery after a restart.
 
-use super::command::{Stamp, StartRun};
+use super::command::{Failure, Stamp, StartRun};
 use super::decision::Decision;
 use super::state::{Run, StepStatus};
 use super::thread::{Action, AgentNote, Author, MessageStatus};
@@ -110,39 +110,15 @@ impl Run {
         &self,
         step: StepId,
         lease: LeaseToken,
-        error: String,
+        failure: Failure,
         comments: Vec<AgentNote>,
         stamp: &Stamp,
     ) -> Result<Decision, RunError> {
         let at = stamp.at;
         let attempt = self.check_running_step(&step, &lease)?;
-        let policy = self.definition.steps[&step].retry;
-        let failures = self.steps[&step].failures + 1;
-        let will_retry = failures < policy.max_attempts
-            && self.failure.is_none()
-            && self.cancel_requested.is_none();
-        // While a cancel is pending a failure is not retried and does
-        // not fail the run: the run ends cancelled.
-        let fails_run = !will_retry && self.cancel_requested.is_none();
         let mut d = Decision::new(self, stamp);
         d.agent_comments(&step, comments);
-        d.record(RunEvent::StepFailed {
-            step: step.clone(),
-            attempt,
-            error,
-            will_retry,
-            fails_run,
-            at,
-        });
-        if will_retry {
-            d.record(RunEvent::StepRetryScheduled {
-                step,
-                next_attempt: attempt + 1,
-                delay_ms: policy.backoff_ms,
-                due_at: at.plus_millis(policy.backoff_ms),
-                at,
-            });
-        }
+        d.fail_attempt(&step, attempt, failure, at);
         d.settle(at);
         Ok(d)
     }
@@ -181,24 +157,17 @@ impl Run {
         Ok(d)
     }
 
-    /// Dispatches the ready steps whose retry time has come.
-    pub(super) fn dispatch_due(&self, stamp: &Stamp) -> Result<Decision, RunError> {
-        let at = stamp.at;
-        self.check_active()?;
-        let mut d = Decision::new(self, stamp);
-        d.dispatch_due(at);
-        Ok(d)
-    }
-
     /// After a restart: re-dispatches the steps whose attempts died with the old process.
     pub(super) fn recover(&self, stamp: &Stamp) -> Result<Decision, RunError> {
         let at = stamp.at;
         self.check_active()?;
         let mut d = Decision::new(self, stamp);
+        // Attempts claimed by remote workers are not this process's: they
+        // go on, and their leases expire only by time.
         let running: Vec<(StepId, Option<String>)> = self
             .steps
             .iter()
-            .filter(|(_, s)| s.status == StepStatus::Running)
+            .filter(|(_, s)| s.status == StepStatus::Running && s.claimed_by.is_none())
             .map(|(id, s)| (id.clone(), s.prompt_override.clone()))
             .collect();
         for (step, prompt_override) in running {

@@ -134,6 +134,21 @@ pub struct StepState {
     /// earlier rounds do not use it up.
     #[serde(default)]
     pub failures: u32,
+    /// The worker that claimed the current attempt (remote agents).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claimed_by: Option<String>,
+    /// When the claimed attempt's lease expires unless a heartbeat extends
+    /// it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_expires_at: Option<Timestamp>,
+    /// When the claimed attempt's worker last extended its lease (its claim,
+    /// or a recorded heartbeat).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_heartbeat_at: Option<Timestamp>,
+    /// Leases of this step that expired in a row (reset when an attempt
+    /// ends any other way).
+    #[serde(default)]
+    pub lease_expiries: u32,
 }
 
 /// One stored version of an artifact.
@@ -196,6 +211,10 @@ pub struct Run {
     /// A cancel was asked (with its reason) and not yet reached.
     #[serde(default)]
     pub cancel_requested: Option<Option<String>>,
+    /// Until when running attempts may go on after the cancel; then their
+    /// leases are revoked.
+    #[serde(default)]
+    pub cancel_grace_until: Option<Timestamp>,
     /// The run this one retries, if any.
     #[serde(default)]
     pub retry_of: Option<RunId>,

@@ -22,6 +22,7 @@ pub use template::TemplateAgent;
 
 use crate::domain::definition::AgentCatalog;
 use crate::domain::ids::{AgentName, RunId, StepId};
+use crate::domain::run::Failure;
 
 /// Tells a running agent that the run asked it to stop (a pause or a
 /// cancel, or its inputs went stale). Agents may ignore it and finish.
@@ -79,12 +80,46 @@ impl std::fmt::Debug for CommentSink {
 /// Why an attempt did not produce outputs.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AgentError {
-    /// The attempt failed with this message.
+    /// The attempt failed with this message; another attempt may help (the
+    /// step's retry policy decides).
     #[error("{0}")]
     Failed(String),
+    /// The attempt failed in a way another attempt will not mend (a 4xx, a
+    /// bad configuration): the step fails at once.
+    #[error("{0}")]
+    NotRetryable(String),
+    /// The attempt was turned away for now (a 429 or 503 with
+    /// `Retry-After`): another attempt waits at least `after_ms`.
+    #[error("{message}")]
+    RetryAfter {
+        /// What the service said.
+        message: String,
+        /// How long it asked to wait.
+        after_ms: u64,
+    },
     /// The agent stopped early because the run asked it to.
     #[error("stopped on request")]
     Stopped,
+}
+
+impl AgentError {
+    /// The failure the engine records, or `None` for a stop.
+    pub fn failure(self) -> Option<Failure> {
+        match self {
+            Self::Failed(error) => Some(Failure::retryable(error)),
+            Self::NotRetryable(error) => Some(Failure {
+                error,
+                retryable: false,
+                retry_after_ms: None,
+            }),
+            Self::RetryAfter { message, after_ms } => Some(Failure {
+                error: message,
+                retryable: true,
+                retry_after_ms: Some(after_ms),
+            }),
+            Self::Stopped => None,
+        }
+    }
 }
 
 impl From<String> for AgentError {

@@ -231,7 +231,7 @@ fn pausing_a_cancelled_run_is_refused() {
 fn nothing_is_dispatched_while_paused_even_a_ready_step() {
     Given::with(())
         .given(diamond_paused())
-        .when(dispatch_due(45, "s5"))
+        .when(tick(45, "s5"))
         .then_expect_events(vec![]);
 }
 
@@ -239,7 +239,7 @@ fn nothing_is_dispatched_while_paused_even_a_ready_step() {
 fn a_due_retry_is_not_dispatched_while_paused() {
     Given::with(())
         .given(retrying_paused())
-        .when(dispatch_due(70, "s3"))
+        .when(tick(70, "s3"))
         .then_expect_events(vec![]);
 }
 
@@ -249,7 +249,7 @@ fn a_due_retry_is_not_dispatched_while_pausing() {
     history.push(pause_requested(30));
     Given::with(())
         .given(history)
-        .when(dispatch_due(70, "s3"))
+        .when(tick(70, "s3"))
         .then_expect_events(vec![]);
 }
 
@@ -333,7 +333,7 @@ fn a_retry_of_a_resumed_run_is_dispatched_once_due() {
     history.extend([run_resumed(40), resumed_note(3, 40)]);
     Given::with(())
         .given(history)
-        .when(dispatch_due(70, "s5"))
+        .when(tick(70, "s5"))
         .then_expect_events(vec![dispatched("a", 2, "s5.1", &[], 70)]);
 }
 
@@ -657,7 +657,7 @@ fn a_due_retry_is_not_dispatched_while_cancelling() {
     history.push(cancel_requested(None, 30));
     Given::with(())
         .given(history)
-        .when(dispatch_due(70, "s3"))
+        .when(tick(70, "s3"))
         .then_expect_events(vec![]);
 }
 
@@ -727,7 +727,7 @@ fn completing_a_step_of_a_cancelled_run_is_refused() {
 fn dispatching_due_steps_of_a_cancelled_run_is_refused() {
     Given::with(())
         .given(diamond_cancelled())
-        .when(dispatch_due(50, "s5"))
+        .when(tick(50, "s5"))
         .then_expect_error(RunError::Finished("cancelled"));
 }
 

@@ -103,7 +103,7 @@ fn a_failure_with_attempts_left_releases_the_attempt_and_wakes_the_run_when_the_
 
 #[test]
 fn a_due_retry_is_dispatched_as_the_next_attempt_and_the_wake_up_is_spent() {
-    let effects = effects_of(retrying_first_attempt_failed(), dispatch_due(70, "s2"));
+    let effects = effects_of(retrying_first_attempt_failed(), tick(70, "s2"));
     let tasks = dispatched_tasks(&effects);
     assert_eq!(tasks.len(), 1);
     assert_eq!((tasks[0].step.as_str(), tasks[0].attempt), ("a", 2));
@@ -130,9 +130,16 @@ fn a_pause_stops_every_running_attempt_and_releases_none() {
 }
 
 #[test]
-fn a_cancel_stops_every_running_attempt() {
+fn a_cancel_stops_every_running_attempt_and_wakes_the_run_when_its_grace_runs_out() {
     let effects = effects_of(diamond_a_done(), cancel(Some("enough"), 25));
-    assert_eq!(effects, [stop("b", "s1.1"), stop("c", "s1.2")]);
+    assert_eq!(
+        effects,
+        [
+            stop("b", "s1.1"),
+            stop("c", "s1.2"),
+            Effect::WakeAt(at(25 + GRACE_MS))
+        ]
+    );
 }
 
 #[test]
@@ -260,6 +267,7 @@ fn a_redirect_starts_its_new_run_and_stops_the_running_attempts() {
             },
             stop("b", "s1.1"),
             stop("c", "s1.2"),
+            Effect::WakeAt(at(25 + GRACE_MS)),
         ]
     );
 }

@@ -23,6 +23,7 @@ use crate::domain::ids::{
 mod control;
 mod effects;
 mod graph;
+mod leases;
 mod replay;
 mod results;
 mod review;
@@ -32,6 +33,9 @@ mod thread;
 type Given = TestFramework<Run>;
 
 // ---------------------------------------------------------------- fixtures --
+
+/// The cancel grace of the default policy.
+const GRACE_MS: i64 = 30_000;
 
 fn at(ms: i64) -> Timestamp {
     Timestamp(ms)
@@ -112,6 +116,7 @@ fn stamped(command: RunCommand, ms: i64, seed: &str) -> Stamped {
         stamp: Stamp {
             at: at(ms),
             lease_seed: seed.to_string(),
+            policy: Policy::default(),
         },
     }
 }
@@ -156,7 +161,7 @@ fn fail(step: &str, token: &str, error: &str, ms: i64) -> Stamped {
         RunCommand::FailStep {
             step: sid(step),
             lease: lease(token),
-            error: error.into(),
+            failure: Failure::retryable(error),
             comments: Vec::new(),
         },
         ms,
@@ -164,8 +169,9 @@ fn fail(step: &str, token: &str, error: &str, ms: i64) -> Stamped {
     )
 }
 
-fn dispatch_due(ms: i64, seed: &str) -> Stamped {
-    stamped(RunCommand::DispatchDue, ms, seed)
+/// The run's wake-up (expired leases, due retries).
+fn tick(ms: i64, seed: &str) -> Stamped {
+    stamped(RunCommand::Tick, ms, seed)
 }
 
 fn recover(ms: i64, seed: &str) -> Stamped {
@@ -244,6 +250,7 @@ fn failed(step: &str, attempt: u32, error: &str, will_retry: bool, ms: i64) -> R
         error: error.into(),
         will_retry,
         fails_run: !will_retry,
+        retryable: true,
         at: at(ms),
     }
 }
@@ -257,6 +264,7 @@ fn abandoned(step: &str, attempt: u32, error: &str, ms: i64) -> RunEvent {
         error: error.into(),
         will_retry: false,
         fails_run: false,
+        retryable: true,
         at: at(ms),
     }
 }
@@ -478,6 +486,7 @@ fn run_resumed(ms: i64) -> RunEvent {
 fn cancel_requested(reason: Option<&str>, ms: i64) -> RunEvent {
     RunEvent::CancelRequested {
         reason: reason.map(Into::into),
+        grace_until: Some(at(ms + GRACE_MS)),
         at: at(ms),
     }
 }

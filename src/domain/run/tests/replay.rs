@@ -45,7 +45,7 @@ fn replaying_a_run_with_a_retry_and_a_failure_rebuilds_the_state_decide_worked_o
     let (live, log) = drive(vec![
         start(retrying(), 10, "s0"),
         fail("a", "s0.1", "flaky", 20),
-        dispatch_due(70, "s2"),
+        tick(70, "s2"),
         recover(75, "s3"),
         complete("a", "s3.1", "A", 80, "s4"),
         fail("b", "s4.1", "boom", 90),

@@ -297,6 +297,7 @@ fn a_failure_with_attempts_left_schedules_the_next_attempt_after_the_backoff() {
                 error: "flaky".into(),
                 will_retry: true,
                 fails_run: false,
+                retryable: true,
                 at: at(20),
             },
             RunEvent::MessagePosted {
@@ -512,7 +513,7 @@ fn failing_a_step_of_a_completed_run_is_refused() {
 fn a_retry_is_dispatched_as_the_next_attempt_once_due() {
     Given::with(())
         .given(retrying_first_attempt_failed())
-        .when(dispatch_due(70, "s2"))
+        .when(tick(70, "s2"))
         .then_expect_events(vec![dispatched("a", 2, "s2.1", &[], 70)]);
 }
 
@@ -520,7 +521,7 @@ fn a_retry_is_dispatched_as_the_next_attempt_once_due() {
 fn a_retry_past_its_due_time_is_dispatched() {
     Given::with(())
         .given(retrying_first_attempt_failed())
-        .when(dispatch_due(500, "s2"))
+        .when(tick(500, "s2"))
         .then_expect_events(vec![dispatched("a", 2, "s2.1", &[], 500)]);
 }
 
@@ -540,7 +541,7 @@ fn a_retried_dependant_reads_the_latest_artifacts_of_its_dependencies() {
             failed_note(1, "b", 1, "flaky", true, 30),
             retry_scheduled("b", 2, 5, 30),
         ])
-        .when(dispatch_due(35, "s3"))
+        .when(tick(35, "s3"))
         .then_expect_events(vec![dispatched("b", 2, "s3.1", &[("a.out", 1)], 35)]);
 }
 
@@ -548,7 +549,7 @@ fn a_retried_dependant_reads_the_latest_artifacts_of_its_dependencies() {
 fn nothing_is_dispatched_before_a_retry_is_due() {
     Given::with(())
         .given(retrying_first_attempt_failed())
-        .when(dispatch_due(69, "s2"))
+        .when(tick(69, "s2"))
         .then_expect_events(vec![]);
 }
 
@@ -556,7 +557,7 @@ fn nothing_is_dispatched_before_a_retry_is_due() {
 fn nothing_is_dispatched_when_no_step_is_ready() {
     Given::with(())
         .given(diamond_a_done())
-        .when(dispatch_due(25, "s2"))
+        .when(tick(25, "s2"))
         .then_expect_events(vec![]);
 }
 
@@ -564,7 +565,7 @@ fn nothing_is_dispatched_when_no_step_is_ready() {
 fn dispatching_due_steps_of_a_completed_run_is_refused() {
     Given::with(())
         .given(diamond_completed())
-        .when(dispatch_due(60, "s5"))
+        .when(tick(60, "s5"))
         .then_expect_error(RunError::Finished("completed"));
 }
 
@@ -572,7 +573,7 @@ fn dispatching_due_steps_of_a_completed_run_is_refused() {
 fn dispatching_due_steps_of_a_failed_run_is_refused() {
     Given::with(())
         .given(diamond_failed())
-        .when(dispatch_due(50, "s5"))
+        .when(tick(50, "s5"))
         .then_expect_error(RunError::Finished("failed"));
 }
 
@@ -580,7 +581,7 @@ fn dispatching_due_steps_of_a_failed_run_is_refused() {
 fn dispatching_due_steps_of_a_run_never_started_is_refused() {
     Given::with(())
         .given_no_previous_events()
-        .when(dispatch_due(10, "s0"))
+        .when(tick(10, "s0"))
         .then_expect_error(RunError::NotStarted);
 }
 

@@ -456,7 +456,7 @@ fn a_step_retried_by_a_user_gets_its_whole_retry_budget_again() {
         let token = current_lease(&run, "a");
         step_by(&mut run, fail("a", &token, "boom", ms));
         if n < 3 {
-            step_by(&mut run, dispatch_due(ms + 60, &format!("d{n}")));
+            step_by(&mut run, tick(ms + 60, &format!("d{n}")));
         }
     }
     assert_eq!(run.status, RunStatus::Failed);

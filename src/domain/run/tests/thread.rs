@@ -503,7 +503,7 @@ fn an_instruction_is_handed_again_to_the_next_attempt_of_a_step_whose_attempt_fa
     ]);
     Given::with(())
         .given(history.clone())
-        .when(dispatch_due(130, "s5"))
+        .when(tick(130, "s5"))
         .then_expect_events(vec![dispatched_with("a", 3, "s5.1", &[], None, &[2], 130)]);
     history.push(dispatched_with("a", 3, "s5.1", &[], None, &[2], 130));
     Given::with(())
