@@ -21,7 +21,7 @@ use runlog::domain::run::{
 };
 use runlog::domain::template::{Template, TemplateCommand};
 use runlog::projections::{Projector, ReadModels, RunDetail};
-use runlog::store::{self, AggregateStore, BlobStore, StoreError};
+use runlog::store::{self, AggregateStore, BlobStore, NewTask, StoreError, TaskQueue};
 use serde_json::json;
 
 /// Snapshot size used by the round-trip tests: small, so that commits of
@@ -787,5 +787,120 @@ on_both_backends!(
         }
         let events = runs.load_events(stale_run).await.expect("load");
         assert_eq!(events.len(), 2, "the stale append left nothing in the log");
+    }
+);
+
+/// A task of `agent` queued at `at`.
+fn new_task(n: usize, agent: &str, at: i64) -> NewTask {
+    NewTask {
+        task_id: format!("task-{n}"),
+        lease: format!("lease-{n}"),
+        run_id: format!("run-{}", n % 7),
+        step: "s".into(),
+        attempt: 1,
+        agent: agent.into(),
+        payload: json!({"n": n}),
+        queued_at: at,
+    }
+}
+
+on_both_backends!(
+    concurrent_claimers_each_get_a_different_task_and_every_task_is_claimed_once,
+    |backend| {
+        let Some((_storage, db)) = open(backend).await else {
+            return;
+        };
+        let queue = TaskQueue::new(db.clone());
+        let tasks = 200;
+        let queued: Vec<_> = (0..tasks)
+            .map(|n| queue.enqueue(new_task(n, "work", n as i64)))
+            .collect();
+        for result in futures::future::join_all(queued).await {
+            result.expect("enqueue");
+        }
+        // Another agent's task is never handed to these claimers.
+        queue
+            .enqueue(new_task(999, "other", 0))
+            .await
+            .expect("enqueue");
+        let claimers = (0..8).map(|c| {
+            let queue = queue.clone();
+            tokio::spawn(async move {
+                let mut mine = Vec::new();
+                while let Some(task) = queue
+                    .claim(&["work".to_string()], &format!("w{c}"), 1_000)
+                    .await
+                    .expect("claim")
+                {
+                    assert_eq!(task.agent, "work");
+                    mine.push(task.task_id);
+                }
+                mine
+            })
+        });
+        let mut all: Vec<String> = Vec::new();
+        for claimer in futures::future::join_all(claimers).await {
+            all.extend(claimer.expect("claimer"));
+        }
+        let distinct: std::collections::BTreeSet<&String> = all.iter().collect();
+        assert_eq!(all.len(), tasks, "every task claimed");
+        assert_eq!(distinct.len(), tasks, "no task claimed twice");
+        // Claimed tasks can be looked up, with their worker.
+        let task = queue.get("task-5").await.expect("get").expect("a task");
+        assert_eq!(task.lease, "lease-5");
+        assert!(task.claimed_by.is_some_and(|w| w.starts_with('w')));
+        assert!(queue.get("task-x").await.expect("get").is_none());
+    }
+);
+
+on_both_backends!(
+    tasks_are_claimed_oldest_first_and_withdrawn_only_while_unclaimed,
+    |backend| {
+        let Some((_storage, db)) = open(backend).await else {
+            return;
+        };
+        let queue = TaskQueue::new(db.clone());
+        queue.enqueue(new_task(2, "a", 20)).await.expect("enqueue");
+        queue.enqueue(new_task(1, "b", 10)).await.expect("enqueue");
+        queue.enqueue(new_task(3, "a", 30)).await.expect("enqueue");
+        // The same lease again changes nothing.
+        queue.enqueue(new_task(3, "a", 5)).await.expect("enqueue");
+        let agents = ["a".to_string(), "b".to_string()];
+        let first = queue
+            .claim(&agents, "w", 40)
+            .await
+            .expect("claim")
+            .expect("a task");
+        assert_eq!(first.task_id, "task-1");
+        assert_eq!(first.payload, json!({"n": 1}));
+        // A claimed task is not withdrawn; an unclaimed one is.
+        assert!(!queue.withdraw("lease-1").await.expect("withdraw"));
+        assert!(queue.withdraw("lease-2").await.expect("withdraw"));
+        assert!(!queue.withdraw("lease-2").await.expect("withdraw"));
+        let next = queue
+            .claim(&agents, "w", 41)
+            .await
+            .expect("claim")
+            .expect("a task");
+        assert_eq!(next.task_id, "task-3");
+        assert!(queue
+            .claim(&agents, "w", 42)
+            .await
+            .expect("claim")
+            .is_none());
+        // Unclaimed again, it is claimable again; removed, it is gone.
+        queue.unclaim("task-3").await.expect("unclaim");
+        let again = queue
+            .claim(&agents, "w2", 43)
+            .await
+            .expect("claim")
+            .expect("a task");
+        assert_eq!(again.task_id, "task-3");
+        queue.remove("lease-3");
+        queue.remove("lease-1");
+        // Removals are group-committed: a later write waits for them.
+        queue.enqueue(new_task(4, "c", 50)).await.expect("enqueue");
+        assert!(queue.get("task-3").await.expect("get").is_none());
+        assert!(queue.get("task-1").await.expect("get").is_none());
     }
 );

@@ -35,6 +35,12 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../../schema/sqlite/003_thread.sql"),
         postgres: include_str!("../../schema/postgres/003_thread.sql"),
     },
+    Migration {
+        version: 4,
+        name: "tasks",
+        sqlite: include_str!("../../schema/sqlite/004_tasks.sql"),
+        postgres: include_str!("../../schema/postgres/004_tasks.sql"),
+    },
 ];
 
 const CREATE_TABLE: &str = "CREATE TABLE IF NOT EXISTS runlog_migrations \

@@ -8,6 +8,7 @@ mod appender;
 mod blobs;
 mod log;
 mod migrate;
+mod tasks;
 
 use std::collections::HashMap;
 
@@ -21,6 +22,7 @@ use sqlite_es::SqliteEventRepository;
 pub use blobs::BlobStore;
 pub use log::{EventLog, RecordedEvent};
 pub use migrate::migrate;
+pub use tasks::{ClaimedTask, NewTask, TaskQueue, TaskRef};
 
 use crate::db::Db;
 

@@ -1,0 +1,9 @@
+UPDATE tasks
+   SET claimed_by = $1, claimed_at = $2
+ WHERE task_id = (SELECT task_id
+                    FROM tasks
+                   WHERE claimed_by IS NULL AND agent = ANY($3)
+                   ORDER BY queued_at, task_id
+                   LIMIT 1
+                     FOR UPDATE SKIP LOCKED)
+RETURNING task_id, lease, run_id, step, attempt, agent, payload

@@ -1,0 +1,284 @@
+//! The queue remote workers claim attempts from. A row per attempt of a
+//! remote agent that is dispatched and not over yet; the log stays the
+//! truth (a claim is only a claim once `StepClaimed` is committed), the
+//! table lets workers find work and claim it atomically: `FOR UPDATE SKIP
+//! LOCKED` on PostgreSQL, one `UPDATE … RETURNING` statement on SQLite
+//! (which has one writer at a time).
+//!
+//! Inserts and deletes are group-committed by a writer task, as event
+//! appends are: many dispatches share one transaction.
+
+use serde_json::Value;
+use sqlx::Row;
+use tokio::sync::{mpsc, oneshot};
+
+use super::StoreError;
+use crate::db::{BeginWrite, Db};
+use crate::with_pool;
+
+const INSERT: &str = include_str!("sql/task_insert.sql");
+const DELETE: &str = include_str!("sql/task_delete.sql");
+const WITHDRAW: &str = include_str!("sql/task_withdraw.sql");
+const UNCLAIM: &str = include_str!("sql/task_unclaim.sql");
+const GET: &str = include_str!("sql/task_get.sql");
+const PG_CLAIM: &str = include_str!("sql/postgres/task_claim.sql");
+const SQLITE_CLAIM: &str = include_str!("sql/sqlite/task_claim.sql");
+
+/// Most writes gathered into one transaction.
+const MAX_WRITES_PER_TRANSACTION: usize = 512;
+
+/// An attempt to put in the queue.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewTask {
+    /// The task's id (what workers name it by).
+    pub task_id: String,
+    /// The attempt's lease.
+    pub lease: String,
+    /// The run.
+    pub run_id: String,
+    /// The step.
+    pub step: String,
+    /// The attempt.
+    pub attempt: u32,
+    /// The agent that serves it.
+    pub agent: String,
+    /// What the worker receives.
+    pub payload: Value,
+    /// When it was queued (ms since the epoch).
+    pub queued_at: i64,
+}
+
+/// A claimed task, as the queue hands it over.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClaimedTask {
+    /// The task's id.
+    pub task_id: String,
+    /// The attempt's lease.
+    pub lease: String,
+    /// The run.
+    pub run_id: String,
+    /// The step.
+    pub step: String,
+    /// The attempt.
+    pub attempt: u32,
+    /// The agent.
+    pub agent: String,
+    /// What the worker receives.
+    pub payload: Value,
+}
+
+/// A task as looked up by its id.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskRef {
+    /// The task's id.
+    pub task_id: String,
+    /// The attempt's lease.
+    pub lease: String,
+    /// The run.
+    pub run_id: String,
+    /// The step.
+    pub step: String,
+    /// The attempt.
+    pub attempt: u32,
+    /// The agent.
+    pub agent: String,
+    /// The worker that claimed it, if one did.
+    pub claimed_by: Option<String>,
+}
+
+enum Write {
+    Insert(NewTask, oneshot::Sender<Result<(), StoreError>>),
+    Delete(String),
+}
+
+/// The task queue of one database. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct TaskQueue {
+    db: Db,
+    writes: mpsc::UnboundedSender<Write>,
+}
+
+impl std::fmt::Debug for Write {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Write")
+    }
+}
+
+impl TaskQueue {
+    /// The queue in `db`; starts its writer on the current tokio runtime.
+    pub fn new(db: Db) -> Self {
+        let (writes, receiver) = mpsc::unbounded_channel();
+        tokio::spawn(write_loop(db.clone(), receiver));
+        Self { db, writes }
+    }
+
+    /// Queues an attempt (a second insert of the same lease does nothing);
+    /// resolves once it is committed and workers can claim it.
+    pub async fn enqueue(&self, task: NewTask) -> Result<(), StoreError> {
+        let (done, answer) = oneshot::channel();
+        self.writes
+            .send(Write::Insert(task, done))
+            .map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+
+    /// Forgets the task of a lease, claimed or not (the attempt is over).
+    pub fn remove(&self, lease: &str) {
+        let _ = self.writes.send(Write::Delete(lease.to_string()));
+    }
+
+    /// Removes the task of a lease if no worker claimed it yet; whether it
+    /// did.
+    pub async fn withdraw(&self, lease: &str) -> Result<bool, StoreError> {
+        let removed = with_pool!(&self.db, pool => {
+            sqlx::query(WITHDRAW).bind(lease).execute(pool).await?.rows_affected()
+        });
+        if removed > 0 {
+            crate::db::count_commit();
+        }
+        Ok(removed > 0)
+    }
+
+    /// Claims the oldest unclaimed task of one of `agents` for `worker`.
+    pub async fn claim(
+        &self,
+        agents: &[String],
+        worker: &str,
+        now: i64,
+    ) -> Result<Option<ClaimedTask>, StoreError> {
+        let row = match &self.db {
+            Db::Postgres(pool) => sqlx::query(PG_CLAIM)
+                .bind(worker)
+                .bind(now)
+                .bind(agents)
+                .fetch_optional(pool)
+                .await?
+                .map(|row| claimed(&row)),
+            Db::Sqlite(pool) => {
+                let agents = serde_json::to_string(agents)?;
+                let mut tx = pool.begin_write().await?;
+                let row = sqlx::query(SQLITE_CLAIM)
+                    .bind(worker)
+                    .bind(now)
+                    .bind(agents)
+                    .fetch_optional(&mut *tx)
+                    .await?
+                    .map(|row| claimed(&row));
+                tx.commit().await?;
+                row
+            }
+        };
+        let row = row.transpose()?;
+        if row.is_some() {
+            crate::db::count_commit();
+        }
+        Ok(row)
+    }
+
+    /// Gives a claimed task back to the queue (its claim could not be
+    /// recorded).
+    pub async fn unclaim(&self, task_id: &str) -> Result<(), StoreError> {
+        with_pool!(&self.db, pool => {
+            sqlx::query(UNCLAIM).bind(task_id).execute(pool).await?;
+        });
+        crate::db::count_commit();
+        Ok(())
+    }
+
+    /// The task with this id, if it is still queued or claimed.
+    pub async fn get(&self, task_id: &str) -> Result<Option<TaskRef>, StoreError> {
+        let row = with_pool!(&self.db, pool => {
+            sqlx::query(GET)
+                .bind(task_id)
+                .fetch_optional(pool)
+                .await?
+                .map(|row| -> Result<TaskRef, sqlx::Error> {
+                    Ok(TaskRef {
+                        task_id: row.try_get("task_id")?,
+                        lease: row.try_get("lease")?,
+                        run_id: row.try_get("run_id")?,
+                        step: row.try_get("step")?,
+                        attempt: u32::try_from(row.try_get::<i64, _>("attempt")?).unwrap_or(0),
+                        agent: row.try_get("agent")?,
+                        claimed_by: row.try_get("claimed_by")?,
+                    })
+                })
+                .transpose()?
+        });
+        Ok(row)
+    }
+}
+
+fn claimed<R: Row>(row: &R) -> Result<ClaimedTask, StoreError>
+where
+    for<'a> &'a str: sqlx::ColumnIndex<R>,
+    for<'a> String: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> i64: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> Value: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+{
+    Ok(ClaimedTask {
+        task_id: row.try_get("task_id")?,
+        lease: row.try_get("lease")?,
+        run_id: row.try_get("run_id")?,
+        step: row.try_get("step")?,
+        attempt: u32::try_from(row.try_get::<i64, _>("attempt")?).unwrap_or(0),
+        agent: row.try_get("agent")?,
+        payload: row.try_get("payload")?,
+    })
+}
+
+fn stopped() -> StoreError {
+    StoreError::Database("the task queue writer has stopped".into())
+}
+
+async fn write_loop(db: Db, mut receiver: mpsc::UnboundedReceiver<Write>) {
+    while let Some(first) = receiver.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < MAX_WRITES_PER_TRANSACTION {
+            match receiver.try_recv() {
+                Ok(write) => batch.push(write),
+                Err(_) => break,
+            }
+        }
+        let result = write(&db, &batch).await;
+        if let Err(e) = &result {
+            tracing::error!(error = %e, writes = batch.len(), "task queue write failed");
+        }
+        for write in batch {
+            if let Write::Insert(_, done) = write {
+                let _ = done.send(result.clone());
+            }
+        }
+    }
+}
+
+async fn write(db: &Db, batch: &[Write]) -> Result<(), StoreError> {
+    let result: Result<(), sqlx::Error> = with_pool!(db, pool => async {
+        let mut tx = pool.begin_write().await?;
+        for write in batch {
+            match write {
+                Write::Insert(task, _) => {
+                    sqlx::query(INSERT)
+                        .bind(&task.task_id)
+                        .bind(&task.lease)
+                        .bind(&task.run_id)
+                        .bind(&task.step)
+                        .bind(i64::from(task.attempt))
+                        .bind(&task.agent)
+                        .bind(&task.payload)
+                        .bind(task.queued_at)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                Write::Delete(lease) => {
+                    sqlx::query(DELETE).bind(lease).execute(&mut *tx).await?;
+                }
+            }
+        }
+        tx.commit().await
+    }
+    .await);
+    result?;
+    crate::db::count_commit();
+    Ok(())
+}
