@@ -209,6 +209,20 @@ pub enum DefinitionError {
         /// What is wrong with it.
         reason: String,
     },
+    /// The agent refuses the step's configuration.
+    #[error(
+        "step '{step}' has an invalid configuration for agent '{agent}' at '{field}': {reason}"
+    )]
+    InvalidAgentConfig {
+        /// The step at fault.
+        step: StepId,
+        /// Its agent.
+        agent: AgentName,
+        /// The field at fault (`config.url`, `config`).
+        field: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// A field of the step is out of range.
     #[error("step '{step}' has an invalid '{field}': {reason}")]
     InvalidStepField {
@@ -244,6 +258,7 @@ impl DefinitionError {
             Self::InvalidCondition { .. } => "invalid_condition",
             Self::InvalidChoices { .. } => "invalid_choices",
             Self::InvalidStepField { .. } => "invalid_step_field",
+            Self::InvalidAgentConfig { .. } => "invalid_agent_config",
         }
     }
 }
@@ -252,6 +267,21 @@ impl DefinitionError {
 pub trait AgentCatalog: Send + Sync {
     /// Whether `agent` can execute steps on this server.
     fn knows(&self, agent: &AgentName) -> bool;
+
+    /// Checks a step's configuration for `agent` (`config` is `{}` when the
+    /// step has none); the fault names the field.
+    fn check_config(&self, _agent: &AgentName, _config: &Value) -> Result<(), ConfigFault> {
+        Ok(())
+    }
+}
+
+/// What is wrong with an agent configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigFault {
+    /// The field at fault, as a path from the step (`config.url`).
+    pub field: String,
+    /// What is wrong with it.
+    pub reason: String,
 }
 
 impl AgentCatalog for BTreeSet<String> {
@@ -336,6 +366,19 @@ impl Definition {
                     agent: def.agent.clone(),
                 });
             }
+            let config = if def.config.is_null() {
+                Value::Object(Default::default())
+            } else {
+                def.config.clone()
+            };
+            agents.check_config(&def.agent, &config).map_err(|fault| {
+                DefinitionError::InvalidAgentConfig {
+                    step: step.clone(),
+                    agent: def.agent.clone(),
+                    field: fault.field,
+                    reason: fault.reason,
+                }
+            })?;
             let policy = def.retry;
             if policy.max_attempts == 0 || policy.max_attempts > MAX_ATTEMPTS_LIMIT {
                 return Err(DefinitionError::InvalidRetryPolicy {

@@ -291,6 +291,49 @@ on_both_backends!(an_unknown_agent_is_refused_naming_the_step, |backend| {
     .await;
 });
 
+on_both_backends!(
+    an_agent_configuration_the_agent_refuses_is_refused_naming_the_step_and_the_field,
+    |backend| {
+        let Some(app) = spawn_app(backend).await else {
+            return;
+        };
+        let cases = [
+            (
+                json!({"agent": "echo", "config": {"delay_ms": -1}}),
+                "config.delay_ms",
+            ),
+            (
+                json!({"agent": "echo", "config": {"dealy_ms": 5}}),
+                "dealy_ms",
+            ),
+            (json!({"agent": "echo", "config": "fast"}), "'config'"),
+            (json!({"agent": "template"}), "text"),
+            (
+                json!({"agent": "template", "config": {"text": 5}}),
+                "config.text",
+            ),
+            (
+                json!({"agent": "template", "config": {"text": "{% for x in %}"}}),
+                "config.text",
+            ),
+        ];
+        for (step, field) in cases {
+            let definition = json!({"steps": {"a": {"agent": "echo"}, "badly": step}});
+            refused(
+                &app,
+                definition.clone(),
+                422,
+                "invalid_agent_config",
+                Some("badly"),
+            )
+            .await;
+            let (_, body) = app.create_template("bad", definition).await;
+            let message = body["error"]["message"].as_str().unwrap();
+            assert!(message.contains(field), "{field}: {message}");
+        }
+    }
+);
+
 on_both_backends!(an_empty_step_set_is_refused, |backend| {
     let Some(app) = spawn_app(backend).await else {
         return;

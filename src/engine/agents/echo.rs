@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use super::{Agent, AgentError, AgentOutputs, StepContext};
+use serde_json::json;
+
+use super::{Agent, AgentError, AgentOutputs, AgentSpec, StepContext};
 
 /// `echo`: outputs its input. An object input gives one output per key;
 /// anything else gives the single output `value`. Config: `delay_ms` (wait
@@ -16,6 +18,29 @@ pub struct Echo;
 
 #[async_trait::async_trait]
 impl Agent for Echo {
+    fn spec(&self) -> AgentSpec {
+        AgentSpec {
+            description: "Returns its input as its outputs: each key of an object input is an \
+                          output, anything else the output `value`. For tests and demos."
+                .into(),
+            config_schema: json!({
+                "type": "object",
+                "additionalProperties": false,
+                "properties": {
+                    "delay_ms": {"type": "integer", "minimum": 0, "maximum": 86_400_000,
+                                 "description": "Wait this long first."},
+                    "fail_times": {"type": "integer", "minimum": 0,
+                                   "description": "Fail the first N attempts."},
+                    "stop_early": {"type": "boolean",
+                                   "description": "Stop waiting when the run asks its agents to stop."},
+                    "comments": {"type": "boolean",
+                                 "description": "Post start and finish comments (default true)."}
+                }
+            }),
+            output_schema: None,
+        }
+    }
+
     async fn run(&self, mut ctx: StepContext) -> Result<AgentOutputs, AgentError> {
         ctx.comment(format!("echo started attempt {}.", ctx.attempt));
         let delay = ctx

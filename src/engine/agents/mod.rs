@@ -9,7 +9,7 @@ mod echo;
 pub mod render;
 mod template;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,7 +20,7 @@ use serde_json::Value;
 pub use echo::Echo;
 pub use template::TemplateAgent;
 
-use crate::domain::definition::AgentCatalog;
+use crate::domain::definition::{AgentCatalog, ConfigFault};
 use crate::domain::ids::{AgentName, RunId, StepId};
 use crate::domain::run::Failure;
 
@@ -251,12 +251,76 @@ pub trait Agent: Send + Sync {
     /// Executes one attempt. `Err(Failed)` fails the attempt with that
     /// message; `Err(Stopped)` means it honoured `ctx.stop`.
     async fn run(&self, ctx: StepContext) -> Result<AgentOutputs, AgentError>;
+
+    /// What the agent does, the JSON Schema of its configuration and of its
+    /// outputs (for `GET /api/agents` and template validation).
+    fn spec(&self) -> AgentSpec;
+
+    /// Checks what a schema cannot (a URL that parses, a command that is
+    /// registered), after the configuration passed the schema.
+    fn check_config(&self, _config: &Value) -> Result<(), ConfigFault> {
+        Ok(())
+    }
 }
 
-/// The agents this server can run, by name.
+/// What an agent is, for clients and validation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AgentSpec {
+    /// What it does.
+    pub description: String,
+    /// The JSON Schema a step's `config` must satisfy.
+    pub config_schema: Value,
+    /// The JSON Schema of what it returns, when it says.
+    pub output_schema: Option<Value>,
+}
+
+/// Where an agent runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AgentKind {
+    /// In the server's process.
+    Builtin,
+    /// In remote workers that claim its tasks over HTTP.
+    Remote,
+}
+
+impl AgentKind {
+    /// The API spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Builtin => "builtin",
+            Self::Remote => "remote",
+        }
+    }
+}
+
+/// One agent of the registry.
+#[derive(Clone)]
+struct Registered {
+    kind: AgentKind,
+    spec: AgentSpec,
+    /// The in-process implementation (built-ins).
+    agent: Option<Arc<dyn Agent>>,
+    config: Arc<jsonschema::Validator>,
+    outputs: Option<Arc<jsonschema::Validator>>,
+}
+
+/// An agent as `GET /api/agents` lists it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AgentInfo {
+    /// Its name.
+    pub name: String,
+    /// Built-in or remote.
+    pub kind: AgentKind,
+    /// What it is.
+    pub spec: AgentSpec,
+}
+
+/// The agents this server can run, by name: the built-ins, which run
+/// in-process, and the remote agents the configuration declares, which
+/// workers serve.
 #[derive(Clone, Default)]
 pub struct AgentRegistry {
-    agents: HashMap<String, Arc<dyn Agent>>,
+    agents: BTreeMap<String, Registered>,
 }
 
 impl std::fmt::Debug for AgentRegistry {
@@ -265,34 +329,155 @@ impl std::fmt::Debug for AgentRegistry {
     }
 }
 
+/// Why an agent could not be registered.
+#[derive(Debug, thiserror::Error)]
+#[error("agent '{name}': {reason}")]
+pub struct RegistryError {
+    /// The agent.
+    pub name: String,
+    /// What is wrong.
+    pub reason: String,
+}
+
 impl AgentRegistry {
-    /// A registry with the built-in agents.
+    /// A registry with the built-in agents `echo` and `template`.
     pub fn with_builtins() -> Self {
         let mut registry = Self::default();
-        registry.register("echo", Arc::new(Echo));
-        registry.register("template", Arc::new(TemplateAgent));
+        registry
+            .register("echo", Arc::new(Echo))
+            .expect("echo's schema compiles");
+        registry
+            .register("template", Arc::new(TemplateAgent))
+            .expect("template's schema compiles");
         registry
     }
 
-    /// Adds (or replaces) an agent.
-    pub fn register(&mut self, name: &str, agent: Arc<dyn Agent>) {
-        self.agents.insert(name.to_string(), agent);
+    /// Adds (or replaces) an in-process agent.
+    pub fn register(&mut self, name: &str, agent: Arc<dyn Agent>) -> Result<(), RegistryError> {
+        let spec = agent.spec();
+        self.insert(name, AgentKind::Builtin, spec, Some(agent))
     }
 
-    /// The agent called `name`.
+    /// Adds an agent that remote workers serve.
+    pub fn register_remote(&mut self, name: &str, spec: AgentSpec) -> Result<(), RegistryError> {
+        self.insert(name, AgentKind::Remote, spec, None)
+    }
+
+    fn insert(
+        &mut self,
+        name: &str,
+        kind: AgentKind,
+        spec: AgentSpec,
+        agent: Option<Arc<dyn Agent>>,
+    ) -> Result<(), RegistryError> {
+        let compile = |schema: &Value| {
+            jsonschema::validator_for(schema)
+                .map(Arc::new)
+                .map_err(|e| RegistryError {
+                    name: name.to_string(),
+                    reason: format!("invalid JSON Schema: {e}"),
+                })
+        };
+        let config = compile(&spec.config_schema)?;
+        let outputs = spec.output_schema.as_ref().map(compile).transpose()?;
+        self.agents.insert(
+            name.to_string(),
+            Registered {
+                kind,
+                spec,
+                agent,
+                config,
+                outputs,
+            },
+        );
+        Ok(())
+    }
+
+    /// The in-process implementation of `name`.
     pub fn get(&self, name: &AgentName) -> Option<Arc<dyn Agent>> {
-        self.agents.get(name.as_str()).cloned()
+        self.agents.get(name.as_str()).and_then(|r| r.agent.clone())
+    }
+
+    /// Whether remote workers serve `name`.
+    pub fn is_remote(&self, name: &AgentName) -> bool {
+        self.agents
+            .get(name.as_str())
+            .is_some_and(|r| r.kind == AgentKind::Remote)
     }
 
     /// The names, for validation.
     pub fn names(&self) -> BTreeSet<String> {
         self.agents.keys().cloned().collect()
     }
+
+    /// Every agent, by name.
+    pub fn list(&self) -> Vec<AgentInfo> {
+        self.agents
+            .iter()
+            .map(|(name, r)| AgentInfo {
+                name: name.clone(),
+                kind: r.kind,
+                spec: r.spec.clone(),
+            })
+            .collect()
+    }
+
+    /// Checks outputs against the agent's output schema, if it has one.
+    pub fn check_outputs(&self, name: &AgentName, outputs: &Value) -> Result<(), ConfigFault> {
+        match self
+            .agents
+            .get(name.as_str())
+            .and_then(|r| r.outputs.as_ref())
+        {
+            Some(schema) => schema_fault(schema, outputs, "outputs"),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The first error of `value` against `schema`, as a fault at `root` plus
+/// the error's path (`config.url`).
+fn schema_fault(
+    schema: &jsonschema::Validator,
+    value: &Value,
+    root: &str,
+) -> Result<(), ConfigFault> {
+    match schema.iter_errors(value).next() {
+        None => Ok(()),
+        Some(error) => {
+            let path: Vec<String> = error
+                .instance_path()
+                .as_str()
+                .split('/')
+                .filter(|p| !p.is_empty())
+                .map(str::to_string)
+                .collect();
+            let field = std::iter::once(root.to_string())
+                .chain(path)
+                .collect::<Vec<_>>()
+                .join(".");
+            Err(ConfigFault {
+                field,
+                reason: error.to_string(),
+            })
+        }
+    }
 }
 
 impl AgentCatalog for AgentRegistry {
     fn knows(&self, agent: &AgentName) -> bool {
         self.agents.contains_key(agent.as_str())
+    }
+
+    fn check_config(&self, agent: &AgentName, config: &Value) -> Result<(), ConfigFault> {
+        let Some(registered) = self.agents.get(agent.as_str()) else {
+            return Ok(());
+        };
+        schema_fault(&registered.config, config, "config")?;
+        match &registered.agent {
+            Some(agent) => agent.check_config(config),
+            None => Ok(()),
+        }
     }
 }
 

@@ -2,10 +2,11 @@
 
 use std::collections::BTreeMap;
 
-use serde_json::{Map, Value};
+use serde_json::{json, Map, Value};
 
 use super::render::render;
-use super::{Agent, AgentError, AgentOutputs, StepContext};
+use super::{Agent, AgentError, AgentOutputs, AgentSpec, StepContext};
+use crate::domain::definition::ConfigFault;
 
 /// `template`: renders `config.text` with minijinja. The context holds
 /// `input` (the run input), `inputs` (the step's input), `steps` (every
@@ -17,6 +18,43 @@ pub struct TemplateAgent;
 
 #[async_trait::async_trait]
 impl Agent for TemplateAgent {
+    fn spec(&self) -> AgentSpec {
+        AgentSpec {
+            description: "Renders `config.text` with minijinja (input, inputs, steps, each \
+                          upstream step by name, prompt, instructions); output `text`."
+                .into(),
+            config_schema: json!({
+                "type": "object",
+                "additionalProperties": false,
+                "required": ["text"],
+                "properties": {
+                    "text": {"type": "string", "description": "The template."},
+                    "comments": {"type": "boolean",
+                                 "description": "Post start and finish comments (default true)."}
+                }
+            }),
+            output_schema: Some(json!({
+                "type": "object",
+                "properties": {"text": {"type": "string"}},
+                "required": ["text"]
+            })),
+        }
+    }
+
+    fn check_config(&self, config: &Value) -> Result<(), ConfigFault> {
+        let text = config
+            .get("text")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let env = minijinja::Environment::new();
+        env.template_from_str(text)
+            .map(|_| ())
+            .map_err(|e| ConfigFault {
+                field: "config.text".into(),
+                reason: format!("the template does not parse: {e}"),
+            })
+    }
+
     async fn run(&self, mut ctx: StepContext) -> Result<AgentOutputs, AgentError> {
         let Some(text) = ctx.config.get("text").and_then(Value::as_str) else {
             return Err(AgentError::Failed(

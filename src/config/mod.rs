@@ -1,6 +1,15 @@
 //! Settings: from flags and `RUNLOG_*` environment variables (clap reads
 //! both), with defaults that need no set-up: bind 127.0.0.1:8080, data in
-//! `./runlog-data` (SQLite).
+//! `./runlog-data` (SQLite); and an optional TOML file ([`file`]) for what
+//! does not fit on a command line (remote agents, commands, the LLM server,
+//! secrets, limits).
+
+mod file;
+
+pub use file::{
+    CommandConfig, ConfigError, FileConfig, LimitsConfig, LlmConfig, Price, RemoteAgentConfig,
+    SecretSource, BUILTIN_AGENTS,
+};
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -35,6 +44,10 @@ pub struct ServeSettings {
     /// Seconds the actor of a finished run lingers before it is passivated.
     #[arg(long, env = "RUNLOG_PASSIVATE_AFTER_SECS", default_value_t = 10)]
     pub passivate_after_secs: u64,
+    /// A TOML configuration file: remote agents and the worker token,
+    /// commands, the LLM server, secrets, limits (see docs/operations.md).
+    #[arg(long, env = "RUNLOG_CONFIG")]
+    pub config: Option<PathBuf>,
 }
 
 impl ServeSettings {
@@ -49,6 +62,7 @@ impl ServeSettings {
             },
             http_workers: None,
             passivate_after_secs: 10,
+            config: None,
         }
     }
 
