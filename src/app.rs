@@ -6,27 +6,38 @@
 use std::future::Future;
 use std::net::TcpListener;
 use std::sync::Arc;
+use std::time::Duration;
 
 use actix_web::dev::{Server, Service};
 use actix_web::{App, HttpServer};
 
-use crate::api::{self, ApiState};
-use crate::config::ServeSettings;
+use crate::api::{self, ApiState, WorkerAuth};
+use crate::config::{FileConfig, ServeSettings};
 use crate::db::Db;
 use crate::domain::ids::RunId;
-use crate::domain::run::{Run, RunEvent};
+use crate::domain::run::{Policy, Run, RunEvent};
 use crate::domain::template::Template;
+use crate::engine::agents::AgentSpec;
 use crate::engine::{
-    AgentRegistry, Engine, EngineConfig, EngineParts, RunReadModels, SharedClock, SystemClock,
+    AgentLimits, AgentRegistry, Engine, EngineConfig, EngineParts, RunReadModels, SharedClock,
+    SystemClock,
 };
 use crate::projections::{Projector, ReadModels};
-use crate::store::{self, AggregateStore, BlobStore, EventLog, RecordedEvent, RUN_SNAPSHOT_EVERY};
+use crate::store::{
+    self, AggregateStore, BlobStore, EventLog, RecordedEvent, TaskQueue, RUN_SNAPSHOT_EVERY,
+};
 use cqrs_es::EventEnvelope;
 use futures::future::BoxFuture;
 
 /// Start-up failures.
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
+    /// The configuration file is unreadable or invalid.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// An agent could not be set up.
+    #[error(transparent)]
+    Agent(#[from] crate::engine::agents::RegistryError),
     /// The database could not be opened.
     #[error(transparent)]
     Connect(#[from] crate::db::ConnectError),
@@ -97,6 +108,8 @@ impl Application {
         settings: ServeSettings,
         clock: SharedClock,
     ) -> Result<Self, AppError> {
+        let file = FileConfig::load(settings.config.as_deref())?;
+        let agents = agent_registry(&file)?;
         let db = open_database(&settings.storage).await?;
         let projector = Projector::start(db.clone());
         projector.catch_up().await?;
@@ -105,13 +118,11 @@ impl Application {
             runs: AggregateStore::<Run>::new(&db, RUN_SNAPSHOT_EVERY),
             templates: AggregateStore::<Template>::new(&db, 0),
             blobs: BlobStore::new(db.clone()),
-            agents: AgentRegistry::with_builtins(),
+            tasks: TaskQueue::new(db.clone()),
+            agents,
             run_read_models: Arc::new(projector.clone()),
             template_queries: vec![Arc::new(projector)],
-            config: EngineConfig {
-                passivate_after: settings.passivate_after(),
-                ..EngineConfig::default()
-            },
+            config: engine_config(&settings, &file),
             clock,
         });
         let listener = TcpListener::bind(&settings.bind).map_err(|source| AppError::Bind {
@@ -129,6 +140,7 @@ impl Application {
             engine: engine.clone(),
             reads: reads.clone(),
             log: EventLog::new(db.clone()),
+            workers: WorkerAuth::new(file.worker_token.as_deref()),
         };
         // What a crash left behind is listed before anything is served: runs
         // started from now on belong to this process, and "recovering" one
@@ -236,6 +248,58 @@ impl Application {
             .await;
         self.db.close().await;
         result
+    }
+}
+
+/// The agents: the built-ins, and the remote agents the configuration
+/// declares.
+fn agent_registry(file: &FileConfig) -> Result<AgentRegistry, AppError> {
+    let mut agents = AgentRegistry::with_builtins();
+    for (name, agent) in &file.agents {
+        let spec = AgentSpec {
+            description: agent.description.clone(),
+            config_schema: agent
+                .config_schema
+                .clone()
+                .unwrap_or_else(|| serde_json::json!({"type": "object"})),
+            output_schema: agent.output_schema.clone(),
+        };
+        agents.register_remote(name, spec)?;
+    }
+    Ok(agents)
+}
+
+/// The engine's settings from the flags and the file.
+fn engine_config(settings: &ServeSettings, file: &FileConfig) -> EngineConfig {
+    let defaults = EngineConfig::default();
+    let limits = AgentLimits {
+        timeout: file
+            .limits
+            .agent_timeout_ms
+            .map_or(defaults.agent_limits.timeout, Duration::from_millis),
+        max_output_bytes: file
+            .limits
+            .max_output_bytes
+            .unwrap_or(defaults.agent_limits.max_output_bytes),
+        template_fuel: file
+            .limits
+            .template_fuel
+            .unwrap_or(defaults.agent_limits.template_fuel),
+    };
+    let policy = Policy {
+        lease_ms: file.lease_ms.unwrap_or(defaults.policy.lease_ms),
+        cancel_grace_ms: file
+            .cancel_grace_ms
+            .unwrap_or(defaults.policy.cancel_grace_ms),
+        max_lease_expiries: file
+            .max_lease_expiries
+            .unwrap_or(defaults.policy.max_lease_expiries),
+    };
+    EngineConfig {
+        passivate_after: settings.passivate_after(),
+        agent_limits: limits,
+        policy,
+        ..defaults
     }
 }
 

@@ -19,6 +19,7 @@ pub struct ApiError {
     status: StatusCode,
     code: &'static str,
     message: String,
+    header: Option<(&'static str, &'static str)>,
 }
 
 impl ApiError {
@@ -28,7 +29,15 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            header: None,
         }
+    }
+
+    /// The same error with a response header (`WWW-Authenticate` on a
+    /// 401).
+    pub fn with_header(mut self, name: &'static str, value: &'static str) -> Self {
+        self.header = Some((name, value));
+        self
     }
 
     /// 400 with a code.
@@ -76,8 +85,11 @@ impl ResponseError for ApiError {
     }
 
     fn error_response(&self) -> HttpResponse {
-        HttpResponse::build(self.status)
-            .json(json!({"error": {"code": self.code, "message": self.message}}))
+        let mut response = HttpResponse::build(self.status);
+        if let Some(header) = self.header {
+            response.insert_header(header);
+        }
+        response.json(json!({"error": {"code": self.code, "message": self.message}}))
     }
 }
 
@@ -147,6 +159,17 @@ impl From<EngineError> for ApiError {
                 e.to_string(),
             ),
             EngineError::Store(ref s) => Self::internal(s),
+            EngineError::LeaseLost(_) => {
+                Self::new(StatusCode::CONFLICT, "lease_lost", e.to_string())
+            }
+            EngineError::InvalidOutputs { .. } => Self::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_outputs",
+                e.to_string(),
+            ),
+            EngineError::NotRemoteAgent(_) => {
+                Self::bad_request("not_a_remote_agent", e.to_string())
+            }
         }
     }
 }

@@ -8,12 +8,14 @@ mod error;
 mod runs;
 mod steering;
 mod templates;
+mod workers;
 mod ws;
 
 use actix_web::{error::JsonPayloadError, web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 
 pub use error::ApiError;
+pub use workers::WorkerAuth;
 
 use crate::engine::Engine;
 use crate::projections::{decode_cursor, ReadModels, DEFAULT_PAGE, MAX_PAGE};
@@ -31,6 +33,8 @@ pub struct ApiState {
     pub reads: ReadModels,
     /// The raw log (events endpoint, WebSocket catch-up).
     pub log: EventLog,
+    /// Who may call the worker endpoints.
+    pub workers: WorkerAuth,
 }
 
 /// Registers every route on an actix-web app.
@@ -88,6 +92,13 @@ pub fn configure(state: ApiState) -> impl FnOnce(&mut web::ServiceConfig) {
                     .service(
                         resource("/runs/{id}/artifacts/{name}/rollback").post(steering::rollback),
                     )
+                    .service(resource("/agents").get(workers::agents))
+                    .service(resource("/workers/claim").post(workers::claim))
+                    .service(resource("/tasks/{task_id}/heartbeat").post(workers::heartbeat))
+                    .service(resource("/tasks/{task_id}/complete").post(workers::complete))
+                    .service(resource("/tasks/{task_id}/fail").post(workers::fail))
+                    .service(resource("/tasks/{task_id}/comment").post(workers::comment))
+                    .service(resource("/tasks/{task_id}/release").post(workers::release))
                     .route("/ws", web::get().to(ws::connect))
                     .default_service(web::to(not_found)),
             )

@@ -53,11 +53,13 @@ pub(super) fn run_id(raw: &str) -> Result<RunId, ApiError> {
 /// committed so far.
 pub(super) async fn detail(state: &ApiState, id: &RunId) -> Result<RunDetail, ApiError> {
     state.engine.settle_run(id).await;
-    state
+    let mut detail = state
         .reads
         .run_detail(id.as_str())
         .await?
-        .ok_or_else(|| ApiError::not_found("run_not_found", format!("run '{id}' not found")))
+        .ok_or_else(|| ApiError::not_found("run_not_found", format!("run '{id}' not found")))?;
+    detail.mark_stalled(state.engine.clock().now());
+    Ok(detail)
 }
 
 pub(super) async fn start(

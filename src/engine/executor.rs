@@ -53,8 +53,12 @@ pub enum Outcome {
     Completed(Outputs),
     /// It failed.
     Failed(Failure),
-    /// It stopped because the run asked it to.
+    /// It stopped because the run asked it to (or it never started: a
+    /// queued task withdrawn).
     Stopped,
+    /// Its worker gave it back (to stop for a pause, or for its own
+    /// shutdown): the step runs again as a new attempt.
+    Released,
     /// It posted a comment and goes on (the comment waits to be recorded
     /// with the attempt's outcome, or on its own shortly after).
     Comment(String),

@@ -25,7 +25,9 @@ pub mod clock;
 pub mod executor;
 pub mod hub;
 mod local;
+mod remote;
 mod run_actor;
+mod workers;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -43,7 +45,7 @@ use crate::domain::run::{
 };
 use crate::domain::template::{Template, TemplateCommand, TemplateError};
 use crate::projections::rfc3339;
-use crate::store::{AggregateStore, BlobStore, StoreError};
+use crate::store::{AggregateStore, BlobStore, StoreError, TaskQueue};
 
 pub use agents::{
     Agent, AgentError, AgentLimits, AgentRegistry, CommentSink, CpuPool, StepContext, StopSignal,
@@ -51,9 +53,11 @@ pub use agents::{
 pub use clock::{Clock, ManualClock, SharedClock, SystemClock};
 pub use executor::{Executor, Outcome, StepReport, INLINE_ARTIFACT_LIMIT};
 pub use hub::{EventView, Hub};
-pub use run_actor::{Committed, RunActor};
+pub use run_actor::{Committed, LeaseStatus, RunActor};
+pub use workers::{AgentView, ClaimedWork};
 
 use local::LocalExecutor;
+use remote::RemoteExecutor;
 
 /// Queued read-model jobs beyond which actors wait for their writes.
 const READ_MODEL_BACKLOG_LIMIT: usize = 512;
@@ -96,6 +100,23 @@ pub enum EngineError {
     /// load).
     #[error("run actor unavailable: {0}")]
     Unavailable(String),
+    /// A worker's call under a lease that is no longer the attempt's (it
+    /// expired, the step was dispatched again, the run was cancelled, the
+    /// attempt is over).
+    #[error("{0}")]
+    LeaseLost(String),
+    /// A worker's outputs do not satisfy the agent's output schema, or are
+    /// not outputs.
+    #[error("invalid outputs at '{field}': {reason}")]
+    InvalidOutputs {
+        /// Where (`outputs.summary`).
+        field: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A worker asked for tasks of an agent no worker serves here.
+    #[error("agent '{0}' is not a remote agent of this server")]
+    NotRemoteAgent(String),
 }
 
 impl From<StoreError> for EngineError {
@@ -149,6 +170,8 @@ pub struct EngineParts {
     pub templates: AggregateStore<Template>,
     /// Artifact bodies.
     pub blobs: BlobStore,
+    /// The queue remote workers claim tasks from.
+    pub tasks: TaskQueue,
     /// The agents.
     pub agents: AgentRegistry,
     /// Read models fed with every committed run event.
@@ -173,6 +196,8 @@ pub(crate) struct EngineCtx {
     clock: SharedClock,
     /// Runs the built-in agents.
     local: LocalExecutor,
+    /// Queues the tasks of remote agents for workers.
+    remote: RemoteExecutor,
     actors: Mutex<HashMap<RunId, Addr<RunActor>>>,
     arbiters: Vec<Arbiter>,
     next_arbiter: AtomicUsize,
@@ -194,8 +219,12 @@ impl EngineCtx {
     }
 
     /// The executor that runs `agent`'s steps.
-    pub(crate) fn executor_for(&self, _agent: &AgentName) -> &dyn Executor {
-        &self.local
+    pub(crate) fn executor_for(&self, agent: &AgentName) -> &dyn Executor {
+        if self.agents.is_remote(agent) {
+            &self.remote
+        } else {
+            &self.local
+        }
     }
 
     pub(crate) fn forget_actor(&self, id: &RunId, addr: &Addr<RunActor>) {
@@ -270,6 +299,12 @@ impl Engine {
                 parts.config.agent_threads,
                 parts.config.agent_cpu_threads,
                 parts.config.agent_limits,
+            ),
+            remote: RemoteExecutor::new(
+                parts.tasks,
+                parts.blobs.clone(),
+                Reporter(engine.clone()),
+                parts.clock.clone(),
             ),
             runs: parts.runs,
             templates: parts.templates,

@@ -45,6 +45,28 @@ pub struct Execute(pub RunCommand);
 #[rtype(result = "Result<(), EngineError>")]
 pub struct Report(pub StepReport);
 
+/// A remote worker's heartbeat for a claimed attempt; answered with the
+/// lease as it stands after it.
+#[derive(Message)]
+#[rtype(result = "Result<LeaseStatus, EngineError>")]
+pub struct Heartbeat {
+    /// The step.
+    pub step: StepId,
+    /// The attempt's lease.
+    pub lease: LeaseToken,
+}
+
+/// What a heartbeat answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseStatus {
+    /// When the lease expires unless another heartbeat extends it.
+    pub lease_expires_at: Timestamp,
+    /// The run is being cancelled: stop (within the cancel's grace).
+    pub cancel_requested: bool,
+    /// The run is pausing: finish, or give the task back.
+    pub pause_requested: bool,
+}
+
 /// Resolves once the read models hold every event this actor committed
 /// before the message arrived (read-your-writes for readers).
 #[derive(Message)]
@@ -317,6 +339,11 @@ impl RunActor {
                 failure,
                 comments,
             },
+            Outcome::Released => RunCommand::ReleaseStep {
+                step,
+                lease,
+                comments,
+            },
             Outcome::Stopped | Outcome::Comment(_) => RunCommand::InterruptStep {
                 step,
                 lease,
@@ -428,7 +455,8 @@ impl Handler<Report> for RunActor {
         let kept = match &command {
             RunCommand::CompleteStep { comments, .. }
             | RunCommand::FailStep { comments, .. }
-            | RunCommand::InterruptStep { comments, .. } => comments.clone(),
+            | RunCommand::InterruptStep { comments, .. }
+            | RunCommand::ReleaseStep { comments, .. } => comments.clone(),
             _ => Vec::new(),
         };
         AtomicResponse::new(Box::pin(self.turn(command).map(move |result, act, _| {
@@ -444,6 +472,32 @@ impl Handler<Report> for RunActor {
                     Err(e)
                 }
             }
+        })))
+    }
+}
+
+impl Handler<Heartbeat> for RunActor {
+    type Result = AtomicResponse<Self, Result<LeaseStatus, EngineError>>;
+
+    fn handle(&mut self, beat: Heartbeat, _: &mut Self::Context) -> Self::Result {
+        let Heartbeat { step, lease } = beat;
+        let command = RunCommand::Heartbeat {
+            step: step.clone(),
+            lease,
+        };
+        AtomicResponse::new(Box::pin(self.turn(command).map(move |result, act, _| {
+            result?;
+            let expires = act
+                .state
+                .steps
+                .get(&step)
+                .and_then(|s| s.lease_expires_at)
+                .ok_or_else(|| EngineError::Run(RunError::NotClaimed(step.clone())))?;
+            Ok(LeaseStatus {
+                lease_expires_at: expires,
+                cancel_requested: act.state.cancel_requested.is_some(),
+                pause_requested: act.state.pause_requested,
+            })
         })))
     }
 }

@@ -575,3 +575,85 @@ impl RunDetail {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::domain::definition::Definition;
+    use crate::domain::ids::{LeaseToken, RunId, TemplateId};
+
+    fn folded(events: &[RunEvent]) -> RunDetail {
+        let mut detail = RunDetail::default();
+        for (n, event) in (1..).zip(events) {
+            detail.apply(n, event);
+        }
+        detail
+    }
+
+    fn claimed_run() -> Vec<RunEvent> {
+        let definition = Definition::parse(&json!({"steps": {"a": {"agent": "remote"}}})).unwrap();
+        let a = StepId::parse("a").unwrap();
+        vec![
+            RunEvent::RunStarted {
+                run_id: RunId::parse("r").unwrap(),
+                template_id: TemplateId::parse("t").unwrap(),
+                template_version: 1,
+                definition,
+                input: json!({}),
+                ready: vec![a.clone()],
+                retry_of: None,
+                redirected_from: None,
+                auto_run: true,
+                at: Timestamp(0),
+            },
+            RunEvent::StepDispatched {
+                step: a.clone(),
+                attempt: 1,
+                lease: LeaseToken::new("l"),
+                reads: BTreeMap::new(),
+                recovered: false,
+                prompt_override: None,
+                instructions: Vec::new(),
+                at: Timestamp(0),
+            },
+            RunEvent::StepClaimed {
+                step: a,
+                attempt: 1,
+                worker: "w".into(),
+                lease_expires_at: Timestamp(30_000),
+                at: Timestamp(0),
+            },
+        ]
+    }
+
+    #[test]
+    fn a_running_step_is_stalled_once_its_lease_is_past_and_not_before() {
+        let mut detail = folded(&claimed_run());
+        assert_eq!(detail.steps["a"].worker.as_deref(), Some("w"));
+        detail.mark_stalled(Timestamp(30_000));
+        assert!(!detail.steps["a"].stalled);
+        detail.mark_stalled(Timestamp(30_001));
+        assert!(detail.steps["a"].stalled);
+    }
+
+    #[test]
+    fn a_step_whose_lease_is_gone_is_not_stalled() {
+        let mut events = claimed_run();
+        events.push(RunEvent::StepLeaseExpired {
+            step: StepId::parse("a").unwrap(),
+            attempt: 1,
+            worker: "w".into(),
+            expiries: 1,
+            at: Timestamp(30_000),
+        });
+        let mut detail = folded(&events);
+        detail.mark_stalled(Timestamp(99_999));
+        assert!(!detail.steps["a"].stalled);
+        assert_eq!(detail.steps["a"].attempts[0].status, "expired");
+        assert_eq!(detail.steps["a"].worker, None);
+    }
+}

@@ -14,6 +14,7 @@ mod scenario;
 mod templates;
 mod thread;
 mod timers;
+mod workers;
 mod ws;
 
 pub use common::*;

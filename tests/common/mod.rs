@@ -192,7 +192,16 @@ pub async fn spawn_app(backend: Backend) -> Option<TestApp> {
 
 /// Starts the real application on existing storage.
 pub async fn spawn_app_on(storage: Storage) -> TestApp {
-    spawn_app_with(storage, Arc::new(runlog::engine::SystemClock)).await
+    spawn_app_with(storage, AppOptions::default()).await
+}
+
+/// How a test's application is set up beyond fresh storage.
+#[derive(Default, Clone)]
+pub struct AppOptions {
+    /// A clock the test moves by hand (default: the wall clock).
+    pub clock: Option<runlog::engine::ManualClock>,
+    /// The text of a configuration file (`serve --config`).
+    pub config: Option<String>,
 }
 
 /// Starts the real application with fresh storage and a clock that moves
@@ -202,16 +211,37 @@ pub async fn spawn_app_with_clock(
     backend: Backend,
     clock: runlog::engine::ManualClock,
 ) -> Option<TestApp> {
-    let storage = Storage::new(backend).await?;
-    Some(spawn_app_with(storage, Arc::new(clock)).await)
+    spawn_app_with_options(
+        backend,
+        AppOptions {
+            clock: Some(clock),
+            ..AppOptions::default()
+        },
+    )
+    .await
 }
 
-/// Starts the real application on existing storage, reading `clock`.
-pub async fn spawn_app_with(storage: Storage, clock: runlog::engine::SharedClock) -> TestApp {
-    let settings = runlog::config::ServeSettings::ephemeral(
+/// Starts the real application with fresh storage and `options`.
+pub async fn spawn_app_with_options(backend: Backend, options: AppOptions) -> Option<TestApp> {
+    let storage = Storage::new(backend).await?;
+    Some(spawn_app_with(storage, options).await)
+}
+
+/// Starts the real application on existing storage with `options`.
+pub async fn spawn_app_with(storage: Storage, options: AppOptions) -> TestApp {
+    let mut settings = runlog::config::ServeSettings::ephemeral(
         storage.data_dir.clone(),
         storage.database_url.clone(),
     );
+    if let Some(text) = &options.config {
+        let path = storage.data_dir.join("runlog.toml");
+        std::fs::write(&path, text).expect("write the configuration file");
+        settings.config = Some(path);
+    }
+    let clock: runlog::engine::SharedClock = match options.clock {
+        Some(clock) => Arc::new(clock),
+        None => Arc::new(runlog::engine::SystemClock),
+    };
     let app = runlog::app::Application::build_with_clock(settings, clock)
         .await
         .expect("application builds");
@@ -235,6 +265,20 @@ pub async fn spawn_app_with(storage: Storage, clock: runlog::engine::SharedClock
 pub type Reply = (u16, Value);
 
 impl TestApp {
+    /// Stops the server and hands back its storage (for a restart).
+    pub async fn stop_keeping_storage(mut self) -> Storage {
+        let placeholder = Storage {
+            backend: self.storage.backend,
+            data_dir: std::env::temp_dir()
+                .join(format!("runlog-test-{}", uuid::Uuid::new_v4().simple())),
+            database_url: None,
+        };
+        let storage = std::mem::replace(&mut self.storage, placeholder);
+        drop(self);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        storage
+    }
+
     /// Any request with an optional JSON body.
     pub async fn request(&self, method: &str, path: &str, body: Option<Value>) -> Reply {
         self.request_with_headers(method, path, body, &[])

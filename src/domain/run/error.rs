@@ -109,7 +109,7 @@ impl RunError {
             Self::Finished(_) => "run_finished",
             Self::UnknownStep(_) => "unknown_step",
             Self::StepNotRunning(_) => "step_not_running",
-            Self::StaleLease(_) => "stale_lease",
+            Self::StaleLease(_) => "lease_lost",
             Self::AlreadyPaused => "run_already_paused",
             Self::NotPaused => "run_not_paused",
             Self::Cancelling => "run_cancelling",

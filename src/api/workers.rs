@@ -1,0 +1,338 @@
+//! The worker protocol: remote workers (any language, any machine) claim
+//! tasks of the agents they serve, heartbeat while they work, and complete,
+//! fail, comment on or give back their tasks. Every call carries
+//! `Authorization: Bearer <worker_token>`; every call about a task carries
+//! its `lease_token`, and a token that is no longer the attempt's is `409
+//! lease_lost` and changes nothing. Also `GET /api/agents`.
+
+use std::time::Duration;
+
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+use super::{refuse_nul, refuse_nul_text, ApiError, ApiState};
+use crate::domain::ids::AgentName;
+use crate::domain::run::Failure;
+use crate::projections::rfc3339;
+
+/// The longest a claim may wait for a task.
+pub const MAX_WAIT_S: u64 = 30;
+/// Most agents one claim may ask for.
+const MAX_CLAIM_AGENTS: usize = 32;
+/// Longest worker id accepted.
+const MAX_WORKER_ID: usize = 128;
+/// Longest error or comment text accepted (characters).
+const MAX_TEXT_CHARS: usize = 32_000;
+/// Longest lease token accepted (bytes).
+const MAX_LEASE_TOKEN: usize = 256;
+
+/// Checks workers' bearer tokens. The token is kept only as its SHA-256
+/// (compared digest to digest), and never logged.
+#[derive(Clone)]
+pub struct WorkerAuth {
+    token: Option<[u8; 32]>,
+}
+
+impl std::fmt::Debug for WorkerAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerAuth")
+            .field("configured", &self.token.is_some())
+            .finish()
+    }
+}
+
+impl WorkerAuth {
+    /// Accepts `token` (none: no worker is accepted).
+    pub fn new(token: Option<&str>) -> Self {
+        Self {
+            token: token.map(|t| Sha256::digest(t.as_bytes()).into()),
+        }
+    }
+
+    /// Refuses a request without the worker token: 401 with
+    /// `WWW-Authenticate`.
+    fn check(&self, req: &HttpRequest) -> Result<(), ApiError> {
+        let Some(expected) = &self.token else {
+            return Err(unauthorized(
+                "workers_not_configured",
+                "this server accepts no workers: set worker_token in its configuration \
+                 (or RUNLOG_WORKER_TOKEN)",
+            ));
+        };
+        let presented = req
+            .headers()
+            .get("Authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        let Some(presented) = presented else {
+            return Err(unauthorized(
+                "missing_token",
+                "send the worker token as 'Authorization: Bearer <token>'",
+            ));
+        };
+        let digest: [u8; 32] = Sha256::digest(presented.trim().as_bytes()).into();
+        if digest != *expected {
+            return Err(unauthorized(
+                "invalid_token",
+                "the worker token is not valid",
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn unauthorized(code: &'static str, message: &str) -> ApiError {
+    ApiError::new(StatusCode::UNAUTHORIZED, code, message)
+        .with_header("WWW-Authenticate", "Bearer realm=\"runlog workers\"")
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Claim {
+    worker_id: String,
+    agents: Vec<String>,
+    #[serde(default)]
+    wait_s: u64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Lease {
+    lease_token: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Complete {
+    lease_token: String,
+    outputs: Value,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Fail {
+    lease_token: String,
+    error: String,
+    #[serde(default = "crate::domain::yes")]
+    retryable: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Comment {
+    lease_token: String,
+    text: String,
+}
+
+fn check_lease(token: &str) -> Result<(), ApiError> {
+    if token.is_empty() || token.len() > MAX_LEASE_TOKEN {
+        return Err(ApiError::bad_request(
+            "invalid_lease_token",
+            format!("lease_token must be 1 to {MAX_LEASE_TOKEN} bytes"),
+        ));
+    }
+    Ok(())
+}
+
+fn check_task_id(raw: &str) -> Result<(), ApiError> {
+    if raw.is_empty() || raw.len() > 64 || !raw.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        return Err(ApiError::bad_request(
+            "invalid_task_id",
+            "a task id is 1 to 64 ASCII letters and digits",
+        ));
+    }
+    Ok(())
+}
+
+fn check_text(field: &str, text: &str) -> Result<(), ApiError> {
+    refuse_nul_text(field, Some(text))?;
+    if text.trim().is_empty() || text.chars().count() > MAX_TEXT_CHARS {
+        return Err(ApiError::bad_request(
+            "invalid_text",
+            format!("{field} must be 1 to {MAX_TEXT_CHARS} characters and not blank"),
+        ));
+    }
+    Ok(())
+}
+
+/// `POST /api/workers/claim`.
+pub(super) async fn claim(
+    state: web::Data<ApiState>,
+    req: HttpRequest,
+    body: web::Json<Claim>,
+) -> Result<HttpResponse, ApiError> {
+    state.workers.check(&req)?;
+    let Claim {
+        worker_id,
+        agents,
+        wait_s,
+    } = body.into_inner();
+    if worker_id.is_empty()
+        || worker_id.len() > MAX_WORKER_ID
+        || !worker_id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._:@-".contains(&b))
+    {
+        return Err(ApiError::bad_request(
+            "invalid_worker_id",
+            format!("worker_id must be 1 to {MAX_WORKER_ID} ASCII letters, digits or . _ : @ -"),
+        ));
+    }
+    if agents.is_empty() || agents.len() > MAX_CLAIM_AGENTS {
+        return Err(ApiError::bad_request(
+            "invalid_agents",
+            format!("agents must name 1 to {MAX_CLAIM_AGENTS} agents"),
+        ));
+    }
+    let agents = agents
+        .iter()
+        .map(|a| AgentName::parse(a.as_str()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| ApiError::bad_request("invalid_agents", e.to_string()))?;
+    if wait_s > MAX_WAIT_S {
+        return Err(ApiError::bad_request(
+            "invalid_wait",
+            format!("wait_s must be at most {MAX_WAIT_S}"),
+        ));
+    }
+    let claimed = state
+        .engine
+        .claim(&worker_id, &agents, Duration::from_secs(wait_s))
+        .await?;
+    Ok(match claimed {
+        None => HttpResponse::NoContent().finish(),
+        Some(work) => {
+            let mut task = work.payload;
+            if let Value::Object(map) = &mut task {
+                map.insert("lease_token".into(), json!(work.lease.as_str()));
+                map.insert(
+                    "lease_expires_at".into(),
+                    json!(rfc3339(work.lease_expires_at)),
+                );
+            }
+            HttpResponse::Ok().json(task)
+        }
+    })
+}
+
+/// `POST /api/tasks/{task_id}/heartbeat`.
+pub(super) async fn heartbeat(
+    state: web::Data<ApiState>,
+    req: HttpRequest,
+    path: web::Path<String>,
+    body: web::Json<Lease>,
+) -> Result<HttpResponse, ApiError> {
+    state.workers.check(&req)?;
+    check_task_id(&path)?;
+    check_lease(&body.lease_token)?;
+    let status = state.engine.heartbeat(&path, &body.lease_token).await?;
+    Ok(HttpResponse::Ok().json(json!({
+        "lease_expires_at": rfc3339(status.lease_expires_at),
+        "cancel_requested": status.cancel_requested,
+        "pause_requested": status.pause_requested,
+    })))
+}
+
+fn recorded(task_id: &str, status: &str) -> HttpResponse {
+    HttpResponse::Ok().json(json!({"task_id": task_id, "status": status}))
+}
+
+/// `POST /api/tasks/{task_id}/complete`.
+pub(super) async fn complete(
+    state: web::Data<ApiState>,
+    req: HttpRequest,
+    path: web::Path<String>,
+    body: web::Json<Complete>,
+) -> Result<HttpResponse, ApiError> {
+    state.workers.check(&req)?;
+    check_task_id(&path)?;
+    let Complete {
+        lease_token,
+        outputs,
+    } = body.into_inner();
+    check_lease(&lease_token)?;
+    refuse_nul("outputs", &outputs)?;
+    state
+        .engine
+        .complete_task(&path, &lease_token, outputs)
+        .await?;
+    Ok(recorded(&path, "completed"))
+}
+
+/// `POST /api/tasks/{task_id}/fail`.
+pub(super) async fn fail(
+    state: web::Data<ApiState>,
+    req: HttpRequest,
+    path: web::Path<String>,
+    body: web::Json<Fail>,
+) -> Result<HttpResponse, ApiError> {
+    state.workers.check(&req)?;
+    check_task_id(&path)?;
+    let Fail {
+        lease_token,
+        error,
+        retryable,
+    } = body.into_inner();
+    check_lease(&lease_token)?;
+    check_text("error", &error)?;
+    let failure = Failure {
+        error,
+        retryable,
+        retry_after_ms: None,
+    };
+    state.engine.fail_task(&path, &lease_token, failure).await?;
+    Ok(recorded(&path, "failed"))
+}
+
+/// `POST /api/tasks/{task_id}/comment`.
+pub(super) async fn comment(
+    state: web::Data<ApiState>,
+    req: HttpRequest,
+    path: web::Path<String>,
+    body: web::Json<Comment>,
+) -> Result<HttpResponse, ApiError> {
+    state.workers.check(&req)?;
+    check_task_id(&path)?;
+    let Comment { lease_token, text } = body.into_inner();
+    check_lease(&lease_token)?;
+    check_text("text", &text)?;
+    state.engine.comment_task(&path, &lease_token, text).await?;
+    Ok(recorded(&path, "commented"))
+}
+
+/// `POST /api/tasks/{task_id}/release`.
+pub(super) async fn release(
+    state: web::Data<ApiState>,
+    req: HttpRequest,
+    path: web::Path<String>,
+    body: web::Json<Lease>,
+) -> Result<HttpResponse, ApiError> {
+    state.workers.check(&req)?;
+    check_task_id(&path)?;
+    check_lease(&body.lease_token)?;
+    state.engine.release_task(&path, &body.lease_token).await?;
+    Ok(recorded(&path, "released"))
+}
+
+/// `GET /api/agents`: every agent, built-in and remote.
+pub(super) async fn agents(state: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
+    let items: Vec<Value> = state
+        .engine
+        .agents()
+        .into_iter()
+        .map(|view| {
+            json!({
+                "name": view.info.name,
+                "kind": view.info.kind.as_str(),
+                "description": view.info.spec.description,
+                "config_schema": view.info.spec.config_schema,
+                "output_schema": view.info.spec.output_schema,
+                "workers": view.workers,
+            })
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(json!({ "items": items })))
+}

@@ -1,0 +1,285 @@
+//! What remote workers do, as engine calls: claim a task (long-polling),
+//! heartbeat, complete, fail, comment, release. Every call but the claim
+//! names its task and presents its lease token; a token that is not the
+//! attempt's current one is [`EngineError::LeaseLost`] and changes nothing.
+//! Results go through [`Engine::report`], the way in-process agents report.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::agents::{AgentInfo, AgentKind};
+use super::executor::{store_outputs, Outcome, StepReport};
+use super::run_actor::{self, LeaseStatus};
+use super::{Engine, EngineError};
+use crate::domain::ids::{AgentName, LeaseToken, RunId, StepId, Timestamp};
+use crate::domain::run::{Failure, RunCommand, RunError, RunEvent};
+use crate::store::TaskRef;
+
+/// A task a worker claimed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClaimedWork {
+    /// The task's id.
+    pub task_id: String,
+    /// The lease token every later call presents.
+    pub lease: LeaseToken,
+    /// When the lease expires unless a heartbeat extends it.
+    pub lease_expires_at: Timestamp,
+    /// The task as the worker gets it (run, step, attempt, agent, config,
+    /// prompt, prompt override, instructions, inputs).
+    pub payload: Value,
+}
+
+/// An agent with what `GET /api/agents` says of it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AgentView {
+    /// The agent.
+    pub info: AgentInfo,
+    /// For a remote agent: workers that asked for its tasks in the last
+    /// minute.
+    pub workers: Option<usize>,
+}
+
+/// The task's lease no longer holds.
+fn lost(task_id: &str) -> EngineError {
+    EngineError::LeaseLost(format!(
+        "task '{task_id}' is not held under this lease any more (it expired, was dispatched \
+         again, was given back or its run ended)"
+    ))
+}
+
+/// A refusal of the run's actor, for a worker: a stale or finished attempt
+/// is a lost lease; anything else stays what it is.
+fn refused_as_lost(task_id: &str, error: EngineError) -> EngineError {
+    match error {
+        EngineError::Run(
+            RunError::StaleLease(_)
+            | RunError::StepNotRunning(_)
+            | RunError::Finished(_)
+            | RunError::NotClaimed(_)
+            | RunError::AlreadyClaimed(_)
+            | RunError::UnknownStep(_)
+            | RunError::NotStarted,
+        ) => lost(task_id),
+        other => other,
+    }
+}
+
+/// The parts of a task reference the engine works with.
+fn parse(task: &TaskRef) -> Result<(RunId, StepId, LeaseToken), EngineError> {
+    let run =
+        RunId::parse(task.run_id.as_str()).map_err(|e| EngineError::Unavailable(e.to_string()))?;
+    let step =
+        StepId::parse(task.step.as_str()).map_err(|e| EngineError::Unavailable(e.to_string()))?;
+    Ok((run, step, LeaseToken::new(task.lease.clone())))
+}
+
+impl Engine {
+    /// Claims the oldest task of one of `agents` for `worker`, waiting up to
+    /// `wait` for one to be dispatched. A claim is atomic (two workers never
+    /// hold the same task) and recorded as `StepClaimed` before it is
+    /// answered. `None`: nothing came in time.
+    pub async fn claim(
+        &self,
+        worker: &str,
+        agents: &[AgentName],
+        wait: Duration,
+    ) -> Result<Option<ClaimedWork>, EngineError> {
+        if let Some(unknown) = agents.iter().find(|a| !self.ctx.agents.is_remote(a)) {
+            return Err(EngineError::NotRemoteAgent(unknown.to_string()));
+        }
+        let names: Vec<String> = agents.iter().map(ToString::to_string).collect();
+        let remote = &self.ctx.remote;
+        remote.saw(worker, &names);
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            // Registered before looking, so that a task queued between the
+            // look and the wait still wakes this claim.
+            let queued = remote.queued.clone();
+            let notified = queued.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            while let Some(task) = remote
+                .queue
+                .claim(&names, worker, self.ctx.clock.now().0)
+                .await?
+            {
+                let run = RunId::parse(task.run_id.as_str())
+                    .map_err(|e| EngineError::Unavailable(e.to_string()))?;
+                let step = StepId::parse(task.step.as_str())
+                    .map_err(|e| EngineError::Unavailable(e.to_string()))?;
+                let lease = LeaseToken::new(task.lease.clone());
+                let command = RunCommand::ClaimStep {
+                    step,
+                    lease: lease.clone(),
+                    worker: worker.to_string(),
+                };
+                match self.execute(&run, command).await {
+                    Ok(committed) => {
+                        let expires = committed.iter().find_map(|e| match &e.payload {
+                            RunEvent::StepClaimed {
+                                lease_expires_at, ..
+                            } => Some(*lease_expires_at),
+                            _ => None,
+                        });
+                        let Some(lease_expires_at) = expires else {
+                            continue;
+                        };
+                        return Ok(Some(ClaimedWork {
+                            task_id: task.task_id,
+                            lease,
+                            lease_expires_at,
+                            payload: task.payload,
+                        }));
+                    }
+                    // The run moved on (the attempt is over, the run was
+                    // cancelled): the row is stale; take the next.
+                    Err(EngineError::Run(_)) => remote.queue.remove(&task.lease),
+                    Err(e) => {
+                        // Not recorded: the task goes back to the queue.
+                        if let Err(undo) = remote.queue.unclaim(&task.task_id).await {
+                            tracing::error!(task_id = %task.task_id, error = %undo,
+                                "a claim that was not recorded could not be undone; the task \
+                                 is re-dispatched at the next recovery");
+                        }
+                        return Err(e);
+                    }
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Ok(None);
+            }
+            tokio::select! {
+                () = notified => {}
+                () = tokio::time::sleep_until(deadline) => return Ok(None),
+            }
+        }
+    }
+
+    /// The task `task_id` if `lease` is its lease.
+    async fn held(&self, task_id: &str, lease: &str) -> Result<TaskRef, EngineError> {
+        match self.ctx.remote.queue.get(task_id).await? {
+            Some(task) if task.lease == lease && task.claimed_by.is_some() => Ok(task),
+            _ => Err(lost(task_id)),
+        }
+    }
+
+    /// A worker is still at work on `task_id`: extends the lease; says
+    /// whether the run asked it to stop.
+    pub async fn heartbeat(&self, task_id: &str, lease: &str) -> Result<LeaseStatus, EngineError> {
+        let task = self.held(task_id, lease).await?;
+        let (run, step, lease) = parse(&task)?;
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let addr = self.actor(&run, false);
+            match addr
+                .send(run_actor::Heartbeat {
+                    step: step.clone(),
+                    lease: lease.clone(),
+                })
+                .await
+            {
+                Ok(result) => return result.map_err(|e| refused_as_lost(task_id, e)),
+                Err(actix::MailboxError::Closed) if tries < 3 => self.ctx.forget_actor(&run, &addr),
+                Err(e) => return Err(EngineError::Unavailable(e.to_string())),
+            }
+        }
+    }
+
+    /// A worker finished `task_id` with `outputs` (a JSON object: each key
+    /// an output). Checked against the agent's output schema first.
+    pub async fn complete_task(
+        &self,
+        task_id: &str,
+        lease: &str,
+        outputs: Value,
+    ) -> Result<(), EngineError> {
+        let task = self.held(task_id, lease).await?;
+        let agent = AgentName::parse(task.agent.as_str())
+            .map_err(|e| EngineError::Unavailable(e.to_string()))?;
+        self.ctx
+            .agents
+            .check_outputs(&agent, &outputs)
+            .map_err(|fault| EngineError::InvalidOutputs {
+                field: fault.field,
+                reason: fault.reason,
+            })?;
+        let Value::Object(map) = outputs else {
+            return Err(EngineError::InvalidOutputs {
+                field: "outputs".into(),
+                reason: "outputs must be a JSON object of output name to value".into(),
+            });
+        };
+        let limit = self.ctx.config.agent_limits.max_output_bytes;
+        let size = serde_json::to_vec(&map).map_or(0, |b| b.len());
+        if size > limit {
+            return Err(EngineError::InvalidOutputs {
+                field: "outputs".into(),
+                reason: format!("the outputs are {size} bytes; the limit is {limit} bytes"),
+            });
+        }
+        let stored = store_outputs(&self.ctx.blobs, map.into_iter().collect())
+            .await
+            .map_err(|reason| EngineError::InvalidOutputs {
+                field: "outputs".into(),
+                reason,
+            })?;
+        self.report_task(&task, Outcome::Completed(stored)).await
+    }
+
+    /// A worker failed `task_id`.
+    pub async fn fail_task(
+        &self,
+        task_id: &str,
+        lease: &str,
+        failure: Failure,
+    ) -> Result<(), EngineError> {
+        let task = self.held(task_id, lease).await?;
+        self.report_task(&task, Outcome::Failed(failure)).await
+    }
+
+    /// A worker posts a comment to the run's thread for `task_id`.
+    pub async fn comment_task(
+        &self,
+        task_id: &str,
+        lease: &str,
+        text: String,
+    ) -> Result<(), EngineError> {
+        let task = self.held(task_id, lease).await?;
+        self.report_task(&task, Outcome::Comment(text)).await
+    }
+
+    /// A worker gives `task_id` back: the step runs again as a new attempt.
+    pub async fn release_task(&self, task_id: &str, lease: &str) -> Result<(), EngineError> {
+        let task = self.held(task_id, lease).await?;
+        self.report_task(&task, Outcome::Released).await
+    }
+
+    async fn report_task(&self, task: &TaskRef, outcome: Outcome) -> Result<(), EngineError> {
+        let (run, step, lease) = parse(task)?;
+        let report = StepReport {
+            step,
+            lease,
+            outcome,
+            notes: Vec::new(),
+        };
+        self.report(&run, report)
+            .await
+            .map_err(|e| refused_as_lost(&task.task_id, e))
+    }
+
+    /// Every agent, built-in and remote.
+    pub fn agents(&self) -> Vec<AgentView> {
+        self.ctx
+            .agents
+            .list()
+            .into_iter()
+            .map(|info| {
+                let workers = (info.kind == AgentKind::Remote)
+                    .then(|| self.ctx.remote.workers_of(&info.name));
+                AgentView { info, workers }
+            })
+            .collect()
+    }
+}
