@@ -1,4 +1,5 @@
-//! The `runlog` command line: `serve`, `migrate`, `replay`, `bench`.
+//! The `runlog` command line: `serve`, `migrate`, `replay`, `bench`,
+//! `worker`.
 
 use std::process::ExitCode;
 
@@ -46,6 +47,9 @@ enum Command {
     /// Run the benchmark workloads against a real server over HTTP and
     /// write the figures to a Markdown file.
     Bench(crate::bench::BenchSettings),
+    /// Serve remote agents: claim their tasks from a runlog server and run
+    /// a program for each (task JSON on stdin, outputs as JSON on stdout).
+    Worker(crate::worker::WorkerSettings),
 }
 
 /// Parses the command line and runs the command.
@@ -63,6 +67,7 @@ pub fn run() -> ExitCode {
                 storage,
             } => replay(run_id, at, verify, storage).await,
             Command::Bench(settings) => crate::bench::run(settings).await,
+            Command::Worker(settings) => crate::worker::run(settings).await,
         }
     });
     match result {

@@ -19,6 +19,8 @@
 //! - [`api`]: actix-web handlers, the error type and the WebSocket session.
 //! - [`app`], [`cli`], [`config`], [`telemetry`]: wiring, the only place
 //!   concrete backends meet.
+//! - [`worker`]: `runlog worker`, a remote worker: a client of the HTTP
+//!   API that depends on no other module; [`bench`]: `runlog bench`.
 
 pub mod api;
 pub mod app;
@@ -31,3 +33,4 @@ pub mod engine;
 pub mod projections;
 pub mod store;
 pub mod telemetry;
+pub mod worker;

@@ -14,6 +14,7 @@ mod scenario;
 mod templates;
 mod thread;
 mod timers;
+mod worker_processes;
 mod workers;
 mod ws;
 

@@ -1,0 +1,543 @@
+//! `runlog worker`: a ready-made remote worker. It claims tasks of one or
+//! more agents from a runlog server over HTTP and runs a program for each
+//! (a path, not a shell string): the task JSON on its stdin; the JSON object
+//! it prints on stdout becomes the step's outputs. It heartbeats while the
+//! program runs, stops the program (SIGTERM, then SIGKILL) when the run is
+//! cancelled or the lease is lost, and shuts down cleanly on SIGTERM or
+//! Ctrl-C: it claims nothing more, lets running programs finish for a grace
+//! period, then stops them and gives their tasks back. It never reports a
+//! task twice.
+//!
+//! A program fails its task by exiting non-zero (the failure is retryable;
+//! its stderr is the error), or by printing `{"error": "…", "retryable":
+//! false}`. With `--echo` no program runs: each task completes with its
+//! inputs as outputs (to try the protocol, and for benchmarks).
+//!
+//! A client of the public HTTP API only: it depends on no other module.
+
+use std::process::{ExitCode, Stdio};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::watch;
+
+/// Settings of `runlog worker`.
+#[derive(Debug, Clone, Args)]
+pub struct WorkerSettings {
+    /// The runlog server, e.g. http://127.0.0.1:8080.
+    #[arg(long, env = "RUNLOG_SERVER")]
+    pub server: String,
+    /// The worker token (the server's `worker_token`).
+    #[arg(long, env = "RUNLOG_WORKER_TOKEN", hide_env_values = true)]
+    pub token: String,
+    /// The agent whose tasks to run (repeat for several).
+    #[arg(long = "agent", required = true)]
+    pub agents: Vec<String>,
+    /// The program to run for each task.
+    #[arg(long, required_unless_present = "echo", conflicts_with = "echo")]
+    pub exec: Option<std::path::PathBuf>,
+    /// Complete each task with its inputs as outputs; run no program.
+    #[arg(long)]
+    pub echo: bool,
+    /// Tasks run at once.
+    #[arg(long, default_value_t = 1)]
+    pub concurrency: usize,
+    /// This worker's id (default: host name and process id).
+    #[arg(long)]
+    pub worker_id: Option<String>,
+    /// How long running programs may finish after a shutdown signal (s).
+    #[arg(long, default_value_t = 30)]
+    pub shutdown_grace_secs: u64,
+    /// How long a stopped program has between SIGTERM and SIGKILL (ms).
+    #[arg(long, default_value_t = 5_000)]
+    pub kill_grace_ms: u64,
+    /// How long one claim waits for a task (s, at most 30). A shutdown
+    /// waits for the claim in flight, and gives back what it brings.
+    #[arg(long, default_value_t = 10)]
+    pub poll_secs: u64,
+    /// The program's arguments (after `--`).
+    #[arg(last = true)]
+    pub args: Vec<String>,
+}
+
+/// The worker's client errors.
+#[derive(Debug, thiserror::Error)]
+enum CallError {
+    /// The server could not be reached or answered garbage.
+    #[error("{0}")]
+    Transport(String),
+    /// The lease is gone (409): drop the task.
+    #[error("lease lost: {0}")]
+    LeaseLost(String),
+    /// The server refused the call (4xx other than 409).
+    #[error("refused ({status}): {body}")]
+    Refused { status: u16, body: String },
+    /// The server failed (5xx).
+    #[error("server error ({status}): {body}")]
+    Server { status: u16, body: String },
+}
+
+/// The HTTP side of the protocol.
+struct Client {
+    http: awc::Client,
+    server: String,
+    token: String,
+    worker_id: String,
+    agents: Vec<String>,
+}
+
+impl Client {
+    async fn post(
+        &self,
+        path: &str,
+        body: Value,
+        timeout: Duration,
+    ) -> Result<(u16, Value), CallError> {
+        let mut response = self
+            .http
+            .post(format!("{}{path}", self.server.trim_end_matches('/')))
+            .insert_header(("Authorization", format!("Bearer {}", self.token)))
+            .insert_header(("content-type", "application/json"))
+            .timeout(timeout)
+            .send_body(body.to_string())
+            .await
+            .map_err(|e| CallError::Transport(e.to_string()))?;
+        let status = response.status().as_u16();
+        let bytes = response
+            .body()
+            .limit(64 * 1024 * 1024)
+            .await
+            .map_err(|e| CallError::Transport(e.to_string()))?;
+        let body: Value = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes)
+                .unwrap_or_else(|_| json!(String::from_utf8_lossy(&bytes)))
+        };
+        match status {
+            200..=299 => Ok((status, body)),
+            409 => Err(CallError::LeaseLost(body.to_string())),
+            400..=499 => Err(CallError::Refused {
+                status,
+                body: body.to_string(),
+            }),
+            _ => Err(CallError::Server {
+                status,
+                body: body.to_string(),
+            }),
+        }
+    }
+
+    /// Claims a task, waiting up to `wait_s`; `None` when none came.
+    async fn claim(&self, wait_s: u64) -> Result<Option<Value>, CallError> {
+        let body = json!({"worker_id": self.worker_id, "agents": self.agents, "wait_s": wait_s});
+        let (status, task) = self
+            .post("/api/workers/claim", body, Duration::from_secs(wait_s + 15))
+            .await?;
+        Ok((status == 200).then_some(task))
+    }
+
+    /// A call about a task, retried while the server cannot be reached or
+    /// fails (a 409 or another refusal is final).
+    async fn task_call(
+        &self,
+        task: &Value,
+        action: &str,
+        extra: Value,
+    ) -> Result<Value, CallError> {
+        let id = task["task_id"].as_str().unwrap_or_default();
+        let mut body = json!({"lease_token": task["lease_token"]});
+        if let (Value::Object(body), Value::Object(extra)) = (&mut body, extra) {
+            body.extend(extra);
+        }
+        let mut delay = Duration::from_millis(200);
+        for attempt in 1..=5 {
+            match self
+                .post(
+                    &format!("/api/tasks/{id}/{action}"),
+                    body.clone(),
+                    Duration::from_secs(30),
+                )
+                .await
+            {
+                Ok((_, answer)) => return Ok(answer),
+                Err(e @ (CallError::Transport(_) | CallError::Server { .. })) if attempt < 5 => {
+                    tracing::warn!(task_id = id, action, error = %e, "retrying");
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        unreachable!("the loop returns on its last attempt")
+    }
+}
+
+/// Runs the worker until a shutdown signal.
+pub async fn run(settings: WorkerSettings) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    if settings.concurrency == 0 {
+        return Err("--concurrency must be at least 1".into());
+    }
+    let worker_id = settings.worker_id.clone().unwrap_or_else(default_worker_id);
+    let client = Rc::new(Client {
+        http: awc::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .finish(),
+        server: settings.server.clone(),
+        token: settings.token.clone(),
+        worker_id: worker_id.clone(),
+        agents: settings.agents.clone(),
+    });
+    let settings = Rc::new(settings);
+    // Raised once on SIGTERM or Ctrl-C.
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopping = Arc::new(AtomicBool::new(false));
+    {
+        let stopping = stopping.clone();
+        actix_web::rt::spawn(async move {
+            shutdown_signal().await;
+            tracing::info!("shutting down: no more claims; running tasks get their grace");
+            stopping.store(true, Ordering::SeqCst);
+            let _ = stop_tx.send(true);
+        });
+    }
+    tracing::info!(worker_id, agents = ?settings.agents, concurrency = settings.concurrency,
+        server = settings.server, "runlog worker started");
+    let slots: Vec<_> = (0..settings.concurrency)
+        .map(|_| {
+            let (client, settings, stop) = (client.clone(), settings.clone(), stop_rx.clone());
+            let stopping = stopping.clone();
+            actix_web::rt::spawn(async move { slot(&client, &settings, stop, &stopping).await })
+        })
+        .collect();
+    for slot in slots {
+        let _ = slot.await;
+    }
+    tracing::info!("runlog worker stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One slot: claims and runs tasks one at a time until shutdown. A claim in
+/// flight when the shutdown comes is waited for (the server may hand it a
+/// task), and a task it brings is given back at once.
+async fn slot(
+    client: &Client,
+    settings: &WorkerSettings,
+    mut stop: watch::Receiver<bool>,
+    stopping: &AtomicBool,
+) {
+    let mut backoff = Duration::from_millis(500);
+    let wait_s = settings.poll_secs.min(30);
+    while !stopping.load(Ordering::SeqCst) {
+        match client.claim(wait_s).await {
+            Ok(None) => backoff = Duration::from_millis(500),
+            Ok(Some(task)) if stopping.load(Ordering::SeqCst) => {
+                report(client, &task, "release", json!({})).await;
+            }
+            Ok(Some(task)) => {
+                backoff = Duration::from_millis(500);
+                run_task(client, settings, &task, stop.clone()).await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "claim failed; trying again in {backoff:?}");
+                tokio::select! {
+                    () = tokio::time::sleep(backoff) => {}
+                    _ = stop.wait_for(|s| *s) => break,
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+}
+
+/// How often to heartbeat: a third of the lease the server gave, between
+/// 200 ms and 10 s.
+fn heartbeat_interval(task: &Value) -> Duration {
+    let expires = task["lease_expires_at"]
+        .as_str()
+        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+        .map(|t| t.timestamp_millis());
+    let now = chrono::Utc::now().timestamp_millis();
+    let third = expires.map_or(10_000, |e| (e - now) / 3);
+    Duration::from_millis(u64::try_from(third.clamp(200, 10_000)).unwrap_or(10_000))
+}
+
+/// What became of a program.
+enum Ended {
+    /// It exited: its status, stdout and stderr.
+    Exited(std::process::ExitStatus, Vec<u8>, Vec<u8>),
+    /// It could not be started or read.
+    Broken(String),
+    /// It was stopped (cancel, lost lease, shutdown).
+    Stopped(&'static str),
+}
+
+/// Runs one task to its end and reports it (once).
+async fn run_task(
+    client: &Client,
+    settings: &WorkerSettings,
+    task: &Value,
+    mut stop: watch::Receiver<bool>,
+) {
+    let task_id = task["task_id"].as_str().unwrap_or_default().to_string();
+    tracing::info!(task_id, run_id = %task["run_id"], step = %task["step"], attempt = %task["attempt"], "task claimed");
+    if settings.echo {
+        let outputs = match &task["inputs"] {
+            Value::Object(map) if !map.is_empty() => Value::Object(map.clone()),
+            other => json!({"value": other}),
+        };
+        report(client, task, "complete", json!({"outputs": outputs})).await;
+        return;
+    }
+    let program = settings.exec.clone().unwrap_or_default();
+    // In a process group of its own, so that stopping it stops what it
+    // started too.
+    let mut child = match tokio::process::Command::new(&program)
+        .args(&settings.args)
+        .process_group(0)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+    {
+        Ok(child) => child,
+        Err(e) => {
+            let error = format!("cannot start {}: {e}", program.display());
+            report(
+                client,
+                task,
+                "fail",
+                json!({"error": error, "retryable": true}),
+            )
+            .await;
+            return;
+        }
+    };
+    let mut stdin = child.stdin.take();
+    let mut stdout = child.stdout.take();
+    let mut stderr = child.stderr.take();
+    let input = serde_json::to_vec(task).unwrap_or_default();
+    let io = async {
+        let write = async {
+            if let Some(mut stdin) = stdin.take() {
+                // A program that does not read its input is its business.
+                let _ = stdin.write_all(&input).await;
+            }
+        };
+        let read_out = async {
+            let mut out = Vec::new();
+            if let Some(s) = stdout.as_mut() {
+                let _ = s.take(64 * 1024 * 1024).read_to_end(&mut out).await;
+            }
+            out
+        };
+        let read_err = async {
+            let mut err = Vec::new();
+            if let Some(s) = stderr.as_mut() {
+                let _ = s.take(1024 * 1024).read_to_end(&mut err).await;
+            }
+            err
+        };
+        let ((), out, err) = futures::join!(write, read_out, read_err);
+        (out, err)
+    };
+    tokio::pin!(io);
+    let mut beats = tokio::time::interval(heartbeat_interval(task));
+    beats.tick().await;
+    let mut shutdown_deadline: Option<Instant> = None;
+    let mut output: Option<(Vec<u8>, Vec<u8>)> = None;
+    let ended = loop {
+        let grace_left = shutdown_deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        tokio::select! {
+            (out, err) = &mut io, if output.is_none() => {
+                output = Some((out, err));
+            }
+            status = child.wait(), if output.is_some() => {
+                let (out, err) = output.take().unwrap_or_default();
+                break match status {
+                    Ok(status) => Ended::Exited(status, out, err),
+                    Err(e) => Ended::Broken(format!("waiting for the program: {e}")),
+                };
+            }
+            _ = beats.tick() => {
+                match client.task_call(task, "heartbeat", json!({})).await {
+                    Ok(answer) if answer["cancel_requested"] == true => {
+                        tracing::info!(task_id, "the run was cancelled; stopping the program");
+                        stop_child(&mut child, settings.kill_grace_ms).await;
+                        break Ended::Stopped("the run was cancelled");
+                    }
+                    Ok(_) => {}
+                    Err(CallError::LeaseLost(_)) => {
+                        tracing::warn!(task_id, "the lease was lost; stopping the program");
+                        stop_child(&mut child, settings.kill_grace_ms).await;
+                        break Ended::Stopped("lease lost");
+                    }
+                    Err(e) => tracing::warn!(task_id, error = %e, "heartbeat failed"),
+                }
+            }
+            _ = stop.wait_for(|s| *s), if shutdown_deadline.is_none() => {
+                shutdown_deadline = Some(Instant::now() + Duration::from_secs(settings.shutdown_grace_secs));
+            }
+            () = tokio::time::sleep(grace_left.unwrap_or(Duration::MAX)), if grace_left.is_some() => {
+                tracing::info!(task_id, "shutdown grace over; stopping the program and giving the task back");
+                stop_child(&mut child, settings.kill_grace_ms).await;
+                break Ended::Stopped("shutdown");
+            }
+        }
+    };
+    match ended {
+        Ended::Stopped("lease lost") => {}
+        Ended::Stopped("shutdown") => report(client, task, "release", json!({})).await,
+        Ended::Stopped(why) => {
+            report(
+                client,
+                task,
+                "fail",
+                json!({"error": format!("stopped: {why}"), "retryable": false}),
+            )
+            .await;
+        }
+        Ended::Broken(error) => {
+            report(
+                client,
+                task,
+                "fail",
+                json!({"error": error, "retryable": true}),
+            )
+            .await
+        }
+        Ended::Exited(status, out, err) => {
+            let printed: Option<Value> = serde_json::from_slice(&out).ok();
+            match printed {
+                Some(Value::Object(map)) if map.get("error").is_some_and(Value::is_string) => {
+                    let retryable = map
+                        .get("retryable")
+                        .and_then(Value::as_bool)
+                        .unwrap_or(true);
+                    report(
+                        client,
+                        task,
+                        "fail",
+                        json!({"error": map["error"], "retryable": retryable}),
+                    )
+                    .await;
+                }
+                Some(Value::Object(map)) if status.success() => {
+                    report(client, task, "complete", json!({"outputs": map})).await;
+                }
+                _ => {
+                    let stderr = String::from_utf8_lossy(&err);
+                    let tail: String = stderr
+                        .trim()
+                        .chars()
+                        .rev()
+                        .take(2_000)
+                        .collect::<Vec<_>>()
+                        .into_iter()
+                        .rev()
+                        .collect();
+                    let what = match status.code() {
+                        Some(0) => "exited 0 without printing a JSON object on stdout".to_string(),
+                        Some(code) => format!("exited with code {code}"),
+                        None => "was killed by a signal".to_string(),
+                    };
+                    let error = if tail.is_empty() {
+                        format!("the program {what}")
+                    } else {
+                        format!("the program {what}: {tail}")
+                    };
+                    report(
+                        client,
+                        task,
+                        "fail",
+                        json!({"error": error, "retryable": true}),
+                    )
+                    .await;
+                }
+            }
+        }
+    }
+}
+
+/// Reports the end of a task; a refused report of outputs becomes a
+/// failure.
+async fn report(client: &Client, task: &Value, action: &str, body: Value) {
+    let task_id = task["task_id"].as_str().unwrap_or_default();
+    match client.task_call(task, action, body).await {
+        Ok(_) => tracing::info!(task_id, action, "task reported"),
+        Err(CallError::LeaseLost(_)) => {
+            tracing::warn!(
+                task_id,
+                action,
+                "the lease was lost before the report; the task is not reported"
+            )
+        }
+        Err(CallError::Refused { status: 422, body }) if action == "complete" => {
+            tracing::warn!(task_id, %body, "the server refused the outputs; failing the task");
+            let error = format!("the program's outputs were refused: {body}");
+            let _ = client
+                .task_call(task, "fail", json!({"error": error, "retryable": false}))
+                .await;
+        }
+        Err(e) => tracing::error!(task_id, action, error = %e, "the task could not be reported"),
+    }
+}
+
+/// Stops a program and its process group: SIGTERM, then SIGKILL after
+/// `grace_ms`.
+async fn stop_child(child: &mut tokio::process::Child, grace_ms: u64) {
+    use nix::sys::signal::{killpg, Signal};
+    let Some(group) = child
+        .id()
+        .and_then(|p| i32::try_from(p).ok())
+        .map(nix::unistd::Pid::from_raw)
+    else {
+        return;
+    };
+    let _ = killpg(group, Signal::SIGTERM);
+    if tokio::time::timeout(Duration::from_millis(grace_ms), child.wait())
+        .await
+        .is_err()
+    {
+        let _ = killpg(group, Signal::SIGKILL);
+        let _ = child.wait().await;
+    } else {
+        // The program is gone; what it started goes with it.
+        let _ = killpg(group, Signal::SIGKILL);
+    }
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("install SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+/// The host name and the process id, in the characters a worker id allows.
+fn default_worker_id() -> String {
+    let host = std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "worker".into());
+    let host: String = host
+        .trim()
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || "._-".contains(*c))
+        .take(64)
+        .collect();
+    format!(
+        "{}-{}",
+        if host.is_empty() { "worker" } else { &host },
+        std::process::id()
+    )
+}
