@@ -117,6 +117,7 @@ fn complete_command(state: &Run, name: &str, at: i64) -> (RunCommand, Stamp) {
         ArtifactContent::Inline(json!(format!("{name} at {at}"))),
     )]);
     let command = RunCommand::CompleteStep {
+        usage: None,
         step: step(name),
         lease,
         outputs,
@@ -160,6 +161,7 @@ fn filler(i: usize) -> RunEvent {
             at,
         },
         _ => RunEvent::StepCompleted {
+            usage: None,
             skipped: Vec::new(),
             artifacts: vec![ArtifactWritten {
                 name: ArtifactName::new(&s, &OutputName::parse("out").expect("output")),

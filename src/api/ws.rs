@@ -28,7 +28,7 @@ use serde_json::json;
 
 use super::ApiState;
 use crate::domain::ids::RunId;
-use crate::engine::EventView;
+use crate::engine::{EventView, Live, Progress};
 
 /// How often the server pings.
 const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(10);
@@ -101,6 +101,24 @@ impl Session {
             })
             .to_string(),
         );
+    }
+
+    /// An attempt's ephemeral progress, to a session that follows its run.
+    fn send_progress(&mut self, progress: &Progress, ctx: &mut ws::WebsocketContext<Self>) {
+        let follows = self.all
+            || RunId::parse(progress.run_id.as_str()).is_ok_and(|run| self.runs.contains_key(&run));
+        if follows {
+            ctx.text(
+                json!({
+                    "type": "progress",
+                    "run_id": progress.run_id,
+                    "step": progress.step,
+                    "attempt": progress.attempt,
+                    "text": progress.text,
+                })
+                .to_string(),
+            );
+        }
     }
 
     fn subscribe(&mut self, run: RunId, after: Option<i64>, ctx: &mut ws::WebsocketContext<Self>) {
@@ -251,11 +269,14 @@ impl Actor for Session {
     }
 }
 
-impl Handler<EventView> for Session {
+impl Handler<Live> for Session {
     type Result = ();
 
-    fn handle(&mut self, event: EventView, ctx: &mut Self::Context) {
-        self.send_event(&event, ctx);
+    fn handle(&mut self, live: Live, ctx: &mut Self::Context) {
+        match live {
+            Live::Event(event) => self.send_event(&event, ctx),
+            Live::Progress(progress) => self.send_progress(&progress, ctx),
+        }
     }
 }
 

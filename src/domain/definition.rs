@@ -29,6 +29,35 @@ pub const MAX_STEPS: usize = 1_000;
 pub struct Definition {
     /// The steps, by name.
     pub steps: BTreeMap<StepId, StepDefinition>,
+    /// What the whole run's model calls may use.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<Budget>,
+}
+
+/// A limit on model usage: a call that would pass it is not made.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Budget {
+    /// Most tokens (sent and received) in all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<u64>,
+    /// Most cost in all (in the currency of the server's prices).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_cost: Option<f64>,
+}
+
+impl Budget {
+    /// Why this budget is unusable, if it is.
+    fn fault(&self) -> Option<&'static str> {
+        match (self.max_tokens, self.max_cost) {
+            (None, None) => Some("give max_tokens, max_cost or both"),
+            (Some(0), _) => Some("max_tokens must be at least 1"),
+            (_, Some(cost)) if !(cost.is_finite() && cost > 0.0) => {
+                Some("max_cost must be a positive number")
+            }
+            _ => None,
+        }
+    }
 }
 
 /// One step of a definition.
@@ -69,6 +98,9 @@ pub struct StepDefinition {
     /// heartbeat (instead of the server's `lease_ms`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub heartbeat_timeout_ms: Option<u64>,
+    /// What this step's model calls may use, all attempts together.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<Budget>,
 }
 
 fn is_false(value: &bool) -> bool {
@@ -223,6 +255,14 @@ pub enum DefinitionError {
         /// What is wrong with it.
         reason: String,
     },
+    /// A budget is empty or out of range.
+    #[error("{} has an invalid budget: {reason}", step.as_ref().map_or("the definition".to_string(), |s| format!("step '{s}'")))]
+    InvalidBudget {
+        /// The step at fault; none for the run's budget.
+        step: Option<StepId>,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// A field of the step is out of range.
     #[error("step '{step}' has an invalid '{field}': {reason}")]
     InvalidStepField {
@@ -259,6 +299,7 @@ impl DefinitionError {
             Self::InvalidChoices { .. } => "invalid_choices",
             Self::InvalidStepField { .. } => "invalid_step_field",
             Self::InvalidAgentConfig { .. } => "invalid_agent_config",
+            Self::InvalidBudget { .. } => "invalid_budget",
         }
     }
 }
@@ -299,11 +340,21 @@ impl Definition {
                 "a definition must be a JSON object with a 'steps' object".into(),
             ));
         };
-        if let Some(unknown) = object.keys().find(|k| k.as_str() != "steps") {
+        if let Some(unknown) = object
+            .keys()
+            .find(|k| !matches!(k.as_str(), "steps" | "budget"))
+        {
             return Err(DefinitionError::Malformed(format!(
-                "unknown field '{unknown}' (expected 'steps')"
+                "unknown field '{unknown}' (expected 'steps' or 'budget')"
             )));
         }
+        let budget =
+            match object.get("budget") {
+                None => None,
+                Some(value) => Some(serde_json::from_value::<Budget>(value.clone()).map_err(
+                    |e| DefinitionError::Malformed(format!("'budget' is malformed: {e}")),
+                )?),
+            };
         let Some(steps) = object.get("steps") else {
             return Err(DefinitionError::Malformed("missing field 'steps'".into()));
         };
@@ -327,7 +378,10 @@ impl Definition {
             })?;
             parsed.insert(step, def);
         }
-        Ok(Self { steps: parsed })
+        Ok(Self {
+            steps: parsed,
+            budget,
+        })
     }
 
     /// Parses and validates in one go.
@@ -349,6 +403,12 @@ impl Definition {
         }
         if self.steps.len() > MAX_STEPS {
             return Err(DefinitionError::TooManySteps);
+        }
+        if let Some(reason) = self.budget.as_ref().and_then(Budget::fault) {
+            return Err(DefinitionError::InvalidBudget {
+                step: None,
+                reason: reason.into(),
+            });
         }
         for (step, def) in &self.steps {
             if let Some(dependency) = def.depends_on.iter().find(|d| !self.steps.contains_key(*d)) {
@@ -390,6 +450,12 @@ impl Definition {
                 return Err(DefinitionError::InvalidRetryPolicy {
                     step: step.clone(),
                     reason: format!("backoff_ms must be at most {MAX_BACKOFF_MS}"),
+                });
+            }
+            if let Some(reason) = def.budget.as_ref().and_then(Budget::fault) {
+                return Err(DefinitionError::InvalidBudget {
+                    step: Some(step.clone()),
+                    reason: reason.into(),
                 });
             }
             if let Some(ms) = def.heartbeat_timeout_ms {

@@ -15,7 +15,7 @@ use serde_json::Value;
 
 use crate::domain::ids::{LeaseToken, OutputName, RunId, StepId};
 use crate::domain::run::{
-    AgentNote, ArtifactContent, Failure, InputValue, Outputs, StepInput, Task,
+    AgentNote, ArtifactContent, Failure, InputValue, Outputs, StepInput, Task, Usage,
 };
 use crate::store::BlobStore;
 
@@ -49,8 +49,9 @@ pub struct StepReport {
 /// What an attempt did.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
-    /// It produced these outputs (stored: large bodies are blobs already).
-    Completed(Outputs),
+    /// It produced these outputs (stored: large bodies are blobs already),
+    /// having used this much of a model.
+    Completed(Outputs, Option<Usage>),
     /// It failed.
     Failed(Failure),
     /// It stopped because the run asked it to (or it never started: a

@@ -13,9 +13,32 @@ use crate::domain::ids::RunId;
 use crate::domain::run::Run;
 use crate::store::RecordedEvent;
 
-/// One event as clients see it (API and WebSocket).
-#[derive(Debug, Clone, PartialEq, Serialize, Message)]
+/// What the hub sends to a subscriber.
+#[derive(Debug, Clone, PartialEq, Message)]
 #[rtype(result = "()")]
+pub enum Live {
+    /// A committed event.
+    Event(EventView),
+    /// Ephemeral progress of a running attempt (an `llm` step's tokens as
+    /// they stream). Not an event: never stored, not replayed.
+    Progress(Progress),
+}
+
+/// Ephemeral progress of a running attempt.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Progress {
+    /// The run.
+    pub run_id: String,
+    /// The step.
+    pub step: String,
+    /// The attempt.
+    pub attempt: u32,
+    /// The text that came (a chunk, not the whole so far).
+    pub text: String,
+}
+
+/// One event as clients see it (API and WebSocket).
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct EventView {
     /// The run it belongs to.
     pub run_id: String,
@@ -82,13 +105,13 @@ impl EventView {
 /// Subscribers by run, and subscribers to every run.
 #[derive(Default)]
 pub struct Hub {
-    rooms: RwLock<HashMap<RunId, Vec<Recipient<EventView>>>>,
-    everything: RwLock<Vec<Recipient<EventView>>>,
+    rooms: RwLock<HashMap<RunId, Vec<Recipient<Live>>>>,
+    everything: RwLock<Vec<Recipient<Live>>>,
 }
 
 impl Hub {
     /// Delivers every future event of `run` to `recipient`.
-    pub fn subscribe(&self, run: RunId, recipient: Recipient<EventView>) {
+    pub fn subscribe(&self, run: RunId, recipient: Recipient<Live>) {
         let mut rooms = self.rooms.write().unwrap_or_else(|e| e.into_inner());
         let room = rooms.entry(run).or_default();
         if !room.contains(&recipient) {
@@ -97,7 +120,7 @@ impl Hub {
     }
 
     /// Stops delivering `run`'s events to `recipient`.
-    pub fn unsubscribe(&self, run: &RunId, recipient: &Recipient<EventView>) {
+    pub fn unsubscribe(&self, run: &RunId, recipient: &Recipient<Live>) {
         let mut rooms = self.rooms.write().unwrap_or_else(|e| e.into_inner());
         if let Some(room) = rooms.get_mut(run) {
             room.retain(|r| r != recipient);
@@ -108,7 +131,7 @@ impl Hub {
     }
 
     /// Delivers every future event of every run to `recipient`.
-    pub fn subscribe_all(&self, recipient: Recipient<EventView>) {
+    pub fn subscribe_all(&self, recipient: Recipient<Live>) {
         let mut everything = self.everything.write().unwrap_or_else(|e| e.into_inner());
         if !everything.contains(&recipient) {
             everything.push(recipient);
@@ -116,7 +139,7 @@ impl Hub {
     }
 
     /// Undoes [`Hub::subscribe_all`].
-    pub fn unsubscribe_all(&self, recipient: &Recipient<EventView>) {
+    pub fn unsubscribe_all(&self, recipient: &Recipient<Live>) {
         let mut everything = self.everything.write().unwrap_or_else(|e| e.into_inner());
         everything.retain(|r| r != recipient);
     }
@@ -131,10 +154,22 @@ impl Hub {
             return;
         }
         for envelope in events {
-            let view = EventView::from_envelope(envelope);
+            let view = Live::Event(EventView::from_envelope(envelope));
             for recipient in room.iter().chain(everything.iter()) {
                 recipient.do_send(view.clone());
             }
+        }
+    }
+
+    /// Sends an attempt's progress to the run's subscribers and to those of
+    /// every run.
+    pub fn progress(&self, run: &RunId, progress: Progress) {
+        let rooms = self.rooms.read().unwrap_or_else(|e| e.into_inner());
+        let everything = self.everything.read().unwrap_or_else(|e| e.into_inner());
+        let room = rooms.get(run).map_or(&[][..], Vec::as_slice);
+        let live = Live::Progress(progress);
+        for recipient in room.iter().chain(everything.iter()) {
+            recipient.do_send(live.clone());
         }
     }
 }

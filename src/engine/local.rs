@@ -12,8 +12,8 @@ use actix::Arbiter;
 use tokio::sync::watch;
 
 use super::agents::{
-    AgentError, AgentLimits, AgentOutputs, AgentRegistry, CommentSink, CpuPool, StepContext,
-    StopSignal,
+    AgentError, AgentLimits, AgentOutputs, AgentRegistry, CommentSink, CpuPool, ProgressSink,
+    StepContext, StopSignal,
 };
 use super::executor::{resolve, store_outputs, Executor, Outcome, StepReport};
 use super::{EngineError, Reporter};
@@ -139,6 +139,15 @@ impl Executor for LocalExecutor {
                     );
                 })
             };
+            let progress = {
+                let (reporter, run, step, attempt) = (
+                    reporter.clone(),
+                    task.run_id.clone(),
+                    task.step.clone(),
+                    task.attempt,
+                );
+                ProgressSink::new(move |text| reporter.progress(&run, &step, attempt, text))
+            };
             let result = async {
                 let agent = agent.ok_or_else(|| {
                     format!("agent '{}' is not available on this server", task.agent)
@@ -159,6 +168,8 @@ impl Executor for LocalExecutor {
                     comments,
                     cpu,
                     limits,
+                    budgets: task.budgets.clone(),
+                    progress,
                 });
                 // The time limit: an attempt that takes longer fails (and
                 // may be retried); its future is dropped, which ends it.
@@ -171,12 +182,13 @@ impl Executor for LocalExecutor {
                             limits.timeout.as_secs()
                         )
                     })??;
-                check_output_size(&outputs, limits.max_output_bytes)?;
-                Ok::<_, AgentError>(store_outputs(&blobs, outputs).await?)
+                check_output_size(&outputs.outputs, limits.max_output_bytes)?;
+                let usage = outputs.usage;
+                Ok::<_, AgentError>((store_outputs(&blobs, outputs.outputs).await?, usage))
             }
             .await;
             let outcome = match result {
-                Ok(outputs) => Outcome::Completed(outputs),
+                Ok((outputs, usage)) => Outcome::Completed(outputs, usage),
                 Err(error) => error.failure().map_or(Outcome::Stopped, Outcome::Failed),
             };
             let report = StepReport {

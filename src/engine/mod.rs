@@ -48,11 +48,12 @@ use crate::projections::rfc3339;
 use crate::store::{AggregateStore, BlobStore, StoreError, TaskQueue};
 
 pub use agents::{
-    Agent, AgentError, AgentLimits, AgentRegistry, CommentSink, CpuPool, StepContext, StopSignal,
+    Agent, AgentError, AgentLimits, AgentRegistry, AgentResult, CommentSink, CpuPool, ProgressSink,
+    StepContext, StopSignal,
 };
 pub use clock::{Clock, ManualClock, SharedClock, SystemClock};
 pub use executor::{Executor, Outcome, StepReport, INLINE_ARTIFACT_LIMIT};
-pub use hub::{EventView, Hub};
+pub use hub::{EventView, Hub, Live, Progress};
 pub use run_actor::{Committed, LeaseStatus, RunActor};
 pub use workers::{AgentView, ClaimedWork};
 
@@ -254,6 +255,21 @@ impl Reporter {
             .upgrade()
             .ok_or_else(|| EngineError::Unavailable("the engine has stopped".into()))?;
         Engine { ctx }.report(run, report).await
+    }
+
+    /// Sends an attempt's ephemeral progress to the run's live subscribers.
+    pub fn progress(&self, run: &RunId, step: &StepId, attempt: u32, text: String) {
+        if let Some(ctx) = self.0.upgrade() {
+            ctx.hub.progress(
+                run,
+                Progress {
+                    run_id: run.to_string(),
+                    step: step.to_string(),
+                    attempt,
+                    text,
+                },
+            );
+        }
     }
 
     /// Reports without waiting for the answer (comments of in-process

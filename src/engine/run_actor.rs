@@ -327,10 +327,11 @@ impl RunActor {
         let mut comments = self.take_notes(&step, &lease);
         comments.extend(notes);
         match outcome {
-            Outcome::Completed(outputs) => RunCommand::CompleteStep {
+            Outcome::Completed(outputs, usage) => RunCommand::CompleteStep {
                 step,
                 lease,
                 outputs,
+                usage,
                 comments,
             },
             Outcome::Failed(failure) => RunCommand::FailStep {

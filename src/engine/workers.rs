@@ -225,7 +225,8 @@ impl Engine {
                 field: "outputs".into(),
                 reason,
             })?;
-        self.report_task(&task, Outcome::Completed(stored)).await
+        self.report_task(&task, Outcome::Completed(stored, None))
+            .await
     }
 
     /// A worker failed `task_id`.

@@ -9,7 +9,9 @@ use serde_json::Value;
 
 use crate::domain::definition::Condition;
 use crate::domain::ids::{StepId, Timestamp};
-use crate::domain::run::{ArtifactContent, ArtifactWritten, RunEvent, RunStatus, StepStatus};
+use crate::domain::run::{
+    ArtifactContent, ArtifactWritten, RunEvent, RunStatus, StepStatus, Usage, UsageTotals,
+};
 
 /// Formats a timestamp as RFC 3339 UTC with milliseconds.
 pub fn rfc3339(at: Timestamp) -> String {
@@ -60,6 +62,9 @@ pub struct AttemptView {
     /// When that worker claimed it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub claimed_at: Option<String>,
+    /// What its model calls used (model, tokens, cost).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Usage>,
 }
 
 /// One step in the run detail.
@@ -213,6 +218,9 @@ pub struct RunDetail {
     /// Messages in the thread.
     #[serde(default)]
     pub messages: u32,
+    /// What the run's model calls used, every step together.
+    #[serde(default)]
+    pub usage: UsageTotals,
     /// When the run started.
     pub created_at: String,
     /// When it last changed.
@@ -300,6 +308,7 @@ impl RunDetail {
                     error: None,
                     worker: None,
                     claimed_at: None,
+                    usage: None,
                 };
                 s.drop_lease();
                 match s.attempt_mut(*attempt) {
@@ -314,8 +323,10 @@ impl RunDetail {
                 artifacts,
                 ready,
                 skipped,
+                usage,
                 at,
             } => {
+                self.record_usage(step, *attempt, usage.as_ref());
                 self.write_artifacts(step, *attempt, artifacts, *at);
                 let s = self.step(step);
                 s.status = StepStatus::Completed;
@@ -330,8 +341,10 @@ impl RunDetail {
                 step,
                 attempt,
                 artifacts,
+                usage,
                 at,
             } => {
+                self.record_usage(step, *attempt, usage.as_ref());
                 self.write_artifacts(step, *attempt, artifacts, *at);
                 let s = self.step(step);
                 s.status = StepStatus::AwaitingReview;
@@ -494,6 +507,17 @@ impl RunDetail {
 
     fn step(&mut self, step: &StepId) -> &mut StepView {
         self.steps.entry(step.to_string()).or_default()
+    }
+
+    /// Records an attempt's model usage, and adds it to the run's.
+    fn record_usage(&mut self, step: &StepId, attempt: u32, usage: Option<&Usage>) {
+        let Some(usage) = usage else {
+            return;
+        };
+        self.usage.add(usage);
+        if let Some(a) = self.step(step).attempt_mut(attempt) {
+            a.usage = Some(usage.clone());
+        }
     }
 
     /// An attempt ended without a result (stopped, expired, given back,

@@ -496,6 +496,7 @@ impl Rows {
                 attempt,
                 artifacts,
                 at,
+                ..
             } => {
                 for written in artifacts {
                     self.artifacts.push(ArtifactRow {

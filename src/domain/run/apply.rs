@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use super::state::{ArtifactVersion, Run, RunStatus, StepState, StepStatus};
 use super::thread::{Action, MessageStatus, OpenInstruction};
-use super::{thread, ArtifactWritten, RunEvent};
+use super::{thread, ArtifactWritten, RunEvent, Usage};
 use crate::domain::ids::{StepId, Timestamp};
 
 impl Run {
@@ -91,8 +91,10 @@ impl Run {
                 artifacts,
                 ready,
                 skipped,
+                usage,
                 at,
             } => {
+                self.add_usage(&step, usage.as_ref());
                 let s = self.steps.entry(step).or_default();
                 s.status = StepStatus::Completed;
                 s.end_attempt();
@@ -106,8 +108,10 @@ impl Run {
                 step,
                 attempt,
                 artifacts,
+                usage,
                 at,
             } => {
+                self.add_usage(&step, usage.as_ref());
                 let s = self.steps.entry(step).or_default();
                 s.status = StepStatus::AwaitingReview;
                 s.end_attempt();
@@ -303,6 +307,13 @@ impl Run {
         if reopens_run {
             self.status = RunStatus::Running;
             self.failure = None;
+        }
+    }
+
+    fn add_usage(&mut self, step: &StepId, usage: Option<&Usage>) {
+        if let Some(usage) = usage {
+            self.usage.add(usage);
+            self.steps.entry(step.clone()).or_default().usage.add(usage);
         }
     }
 

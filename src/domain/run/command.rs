@@ -6,7 +6,7 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use super::thread::{AgentNote, NewMessage};
-use super::Outputs;
+use super::{Outputs, Usage};
 use crate::domain::definition::Definition;
 use crate::domain::ids::{ArtifactName, LeaseToken, RunId, StepId, TemplateId, Timestamp};
 
@@ -97,6 +97,8 @@ pub enum RunCommand {
         lease: LeaseToken,
         /// What it produced.
         outputs: Outputs,
+        /// What its model calls used, if it made any.
+        usage: Option<Usage>,
         /// Comments the agent posted that are not recorded yet.
         comments: Vec<AgentNote>,
     },

@@ -7,8 +7,9 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 
-use super::state::{Run, StepInput, StepStatus};
+use super::state::{Run, StepInput, StepStatus, UsageTotals};
 use super::{ArtifactContent, RunEvent};
+use crate::domain::definition::Budget;
 use crate::domain::ids::{AgentName, LeaseToken, RunId, StepId, Timestamp};
 
 /// Something the engine must do because events were committed.
@@ -79,6 +80,48 @@ pub struct Task {
     /// The run asked its running agents to stop before this attempt started
     /// (it is pausing or cancelling; a recovered attempt).
     pub stop_requested: bool,
+    /// The budgets the attempt's model calls must stay within (the run's,
+    /// the step's), with what was spent of each so far.
+    pub budgets: Vec<BudgetLeft>,
+}
+
+/// A budget and what was spent of it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BudgetLeft {
+    /// Whose budget: `run` or `step`.
+    pub scope: &'static str,
+    /// The limits.
+    pub budget: Budget,
+    /// What was spent of it so far.
+    pub spent: UsageTotals,
+}
+
+impl BudgetLeft {
+    /// Why a call that would use `tokens` more tokens and cost `cost` more
+    /// (when priced) may not be made, if it may not.
+    pub fn refuses(&self, tokens: u64, cost: Option<f64>) -> Option<String> {
+        if let Some(max) = self.budget.max_tokens {
+            let total = self.spent.tokens() + tokens;
+            if total > max {
+                return Some(format!(
+                    "budget_exceeded: the {} budget allows {max} tokens; {} are spent and the \
+                     call could use {tokens} more",
+                    self.scope,
+                    self.spent.tokens()
+                ));
+            }
+        }
+        if let (Some(max), Some(cost)) = (self.budget.max_cost, cost) {
+            if self.spent.cost + cost > max {
+                return Some(format!(
+                    "budget_exceeded: the {} budget allows a cost of {max}; {} is spent and the \
+                     call could cost {cost} more",
+                    self.scope, self.spent.cost
+                ));
+            }
+        }
+        None
+    }
 }
 
 /// The effects of `events`, decided on `before` and leading to `after`.
@@ -234,6 +277,21 @@ fn task(
         run_input: run.input.clone(),
         upstream,
         stop_requested: run.pause_requested || run.cancel_requested.is_some(),
+        budgets: run
+            .definition
+            .budget
+            .map(|budget| BudgetLeft {
+                scope: "run",
+                budget,
+                spent: run.usage,
+            })
+            .into_iter()
+            .chain(def.budget.map(|budget| BudgetLeft {
+                scope: "step",
+                budget,
+                spent: run.steps.get(step).map(|s| s.usage).unwrap_or_default(),
+            }))
+            .collect(),
     })
 }
 

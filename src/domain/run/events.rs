@@ -32,6 +32,21 @@ pub enum ArtifactContent {
     },
 }
 
+/// What an attempt's language-model calls used: a fact of the run's
+/// history, so that its cost is too.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Usage {
+    /// The model that answered.
+    pub model: String,
+    /// Tokens sent.
+    pub prompt_tokens: u64,
+    /// Tokens received.
+    pub completion_tokens: u64,
+    /// What they cost, when the server's configuration prices the model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost: Option<f64>,
+}
+
 /// One artifact version written by a step completion.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ArtifactWritten {
@@ -112,6 +127,9 @@ pub enum RunEvent {
         /// false, or every dependency was skipped. Added in 1.1.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         skipped: Vec<StepId>,
+        /// What the attempt's model calls used. Added in 1.2.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        usage: Option<Usage>,
         /// When.
         at: Timestamp,
     },
@@ -256,6 +274,9 @@ pub enum RunEvent {
         attempt: u32,
         /// The artifact versions written.
         artifacts: Vec<ArtifactWritten>,
+        /// What the attempt's model calls used. Added in 1.1.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        usage: Option<Usage>,
         /// When.
         at: Timestamp,
     },

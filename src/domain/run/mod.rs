@@ -50,12 +50,12 @@ use cqrs_es::Aggregate;
 use decision::Decision;
 
 pub use command::{Failure, Policy, RunCommand, Stamp, Stamped, StartRun};
-pub use effects::{Effect, Task};
+pub use effects::{BudgetLeft, Effect, Task};
 pub use error::RunError;
-pub use events::{ArtifactContent, ArtifactWritten, Outputs, RunEvent};
+pub use events::{ArtifactContent, ArtifactWritten, Outputs, RunEvent, Usage};
 pub use state::{
     ArtifactState, ArtifactVersion, InputValue, RetrySource, Run, RunStatus, StepInput, StepState,
-    StepStatus,
+    StepStatus, UsageTotals,
 };
 pub use thread::{
     Action, AgentNote, Author, MessageStatus, NewMessage, OpenInstruction, ThreadState,
@@ -104,8 +104,9 @@ impl Run {
                 step,
                 lease,
                 outputs,
+                usage,
                 comments,
-            } => self.complete_step(step, lease, outputs, comments, stamp),
+            } => self.complete_step(step, lease, outputs, usage, comments, stamp),
             RunCommand::FailStep {
                 step,
                 lease,

@@ -6,7 +6,7 @@ use super::command::{Failure, Stamp, StartRun};
 use super::decision::Decision;
 use super::state::{Run, StepStatus};
 use super::thread::{Action, AgentNote, Author, MessageStatus};
-use super::{ArtifactWritten, Outputs, RunError, RunEvent};
+use super::{ArtifactWritten, Outputs, RunError, RunEvent, Usage};
 use crate::domain::definition::Definition;
 use crate::domain::ids::{ArtifactName, LeaseToken, StepId};
 use serde_json::Value;
@@ -67,6 +67,7 @@ impl Run {
         step: StepId,
         lease: LeaseToken,
         outputs: Outputs,
+        usage: Option<Usage>,
         comments: Vec<AgentNote>,
         stamp: &Stamp,
     ) -> Result<Decision, RunError> {
@@ -87,6 +88,7 @@ impl Run {
                 step,
                 attempt,
                 artifacts,
+                usage,
                 at,
             });
         } else {
@@ -97,6 +99,7 @@ impl Run {
                 artifacts,
                 ready,
                 skipped,
+                usage,
                 at,
             });
             d.dispatch_due(at);

@@ -70,6 +70,7 @@ impl Run {
             artifacts,
             ready,
             skipped,
+            usage: None,
             at,
         });
         d.dispatch_due(at);

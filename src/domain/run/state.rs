@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use super::error::RunError;
 use super::thread::ThreadState;
-use super::ArtifactContent;
+use super::{ArtifactContent, Usage};
 use crate::domain::definition::Definition;
 use crate::domain::ids::{ArtifactName, LeaseToken, RunId, StepId, TemplateId, Timestamp};
 
@@ -149,6 +149,34 @@ pub struct StepState {
     /// ends any other way).
     #[serde(default)]
     pub lease_expiries: u32,
+    /// What this step's model calls used, all attempts together.
+    #[serde(default)]
+    pub usage: UsageTotals,
+}
+
+/// Model usage added up (a run's or a step's).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct UsageTotals {
+    /// Tokens sent.
+    pub prompt_tokens: u64,
+    /// Tokens received.
+    pub completion_tokens: u64,
+    /// What the priced calls cost.
+    pub cost: f64,
+}
+
+impl UsageTotals {
+    /// Tokens in all.
+    pub fn tokens(&self) -> u64 {
+        self.prompt_tokens + self.completion_tokens
+    }
+
+    /// Adds one attempt's usage.
+    pub fn add(&mut self, usage: &Usage) {
+        self.prompt_tokens += usage.prompt_tokens;
+        self.completion_tokens += usage.completion_tokens;
+        self.cost += usage.cost.unwrap_or(0.0);
+    }
 }
 
 /// One stored version of an artifact.
@@ -215,6 +243,9 @@ pub struct Run {
     /// leases are revoked.
     #[serde(default)]
     pub cancel_grace_until: Option<Timestamp>,
+    /// What the run's model calls used, every step together.
+    #[serde(default)]
+    pub usage: UsageTotals,
     /// The run this one retries, if any.
     #[serde(default)]
     pub retry_of: Option<RunId>,

@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use serde_json::json;
 
-use super::{Agent, AgentError, AgentOutputs, AgentSpec, StepContext};
+use super::{Agent, AgentError, AgentOutputs, AgentResult, AgentSpec, StepContext};
 
 /// `echo`: outputs its input. An object input gives one output per key;
 /// anything else gives the single output `value`. Config: `delay_ms` (wait
@@ -16,7 +16,7 @@ use super::{Agent, AgentError, AgentOutputs, AgentSpec, StepContext};
 /// (stop waiting when the run asks it to stop).
 pub struct Echo;
 
-#[async_trait::async_trait]
+#[async_trait::async_trait(?Send)]
 impl Agent for Echo {
     fn spec(&self) -> AgentSpec {
         AgentSpec {
@@ -41,7 +41,7 @@ impl Agent for Echo {
         }
     }
 
-    async fn run(&self, mut ctx: StepContext) -> Result<AgentOutputs, AgentError> {
+    async fn run(&self, mut ctx: StepContext) -> Result<AgentResult, AgentError> {
         ctx.comment(format!("echo started attempt {}.", ctx.attempt));
         let delay = ctx
             .config
@@ -83,7 +83,7 @@ impl Agent for Echo {
             ctx.attempt,
             outputs.keys().cloned().collect::<Vec<_>>().join(", ")
         ));
-        Ok(outputs)
+        Ok(outputs.into())
     }
 }
 
@@ -99,12 +99,17 @@ mod tests {
         let out = Echo
             .run(ctx(1, Value::Null, json!({"a": 1, "b": "x"})))
             .await
-            .unwrap();
+            .unwrap()
+            .outputs;
         assert_eq!(
             out,
             BTreeMap::from([("a".into(), json!(1)), ("b".into(), json!("x"))])
         );
-        let out = Echo.run(ctx(1, Value::Null, json!(7))).await.unwrap();
+        let out = Echo
+            .run(ctx(1, Value::Null, json!(7)))
+            .await
+            .unwrap()
+            .outputs;
         assert_eq!(out, BTreeMap::from([("value".into(), json!(7))]));
     }
     #[tokio::test]
@@ -114,7 +119,7 @@ mod tests {
         assert!(Echo.run(ctx(2, config.clone(), json!({}))).await.is_err());
         assert!(Echo.run(ctx(3, config, json!({}))).await.is_ok());
     }
-    #[tokio::test]
+    #[actix_web::test]
     async fn echo_with_stop_early_stops_when_asked_while_it_waits() {
         let (raise, stop) = StopSignal::channel();
         let (said, mut heard) = tokio::sync::mpsc::unbounded_channel();
@@ -127,7 +132,7 @@ mod tests {
         context.comments = CommentSink::new(move |text| {
             let _ = said.send(text);
         });
-        let running = tokio::spawn(Echo.run(context));
+        let running = actix_web::rt::spawn(Echo.run(context));
         // Its start comment comes just before it waits: raise the signal
         // once it has been said.
         let started = bounded_value(heard.recv()).await.unwrap();

@@ -22,7 +22,7 @@ pub use template::TemplateAgent;
 
 use crate::domain::definition::{AgentCatalog, ConfigFault};
 use crate::domain::ids::{AgentName, RunId, StepId};
-use crate::domain::run::Failure;
+use crate::domain::run::{BudgetLeft, Failure, Usage};
 
 /// Tells a running agent that the run asked it to stop (a pause or a
 /// cancel, or its inputs went stale). Agents may ignore it and finish.
@@ -160,6 +160,38 @@ pub struct StepContext {
     pub cpu: CpuPool,
     /// The limits the attempt runs under.
     pub limits: AgentLimits,
+    /// The budgets its model calls must stay within.
+    pub budgets: Vec<BudgetLeft>,
+    /// Where ephemeral progress goes (streamed tokens, to the run's
+    /// WebSocket subscribers; never stored).
+    pub progress: ProgressSink,
+}
+
+/// Sends an attempt's ephemeral progress to the run's live subscribers.
+#[derive(Clone)]
+pub struct ProgressSink(Arc<dyn Fn(String) + Send + Sync>);
+
+impl ProgressSink {
+    /// A sink that hands each piece of progress to `send`.
+    pub fn new(send: impl Fn(String) + Send + Sync + 'static) -> Self {
+        Self(Arc::new(send))
+    }
+
+    /// A sink that drops progress.
+    pub fn discard() -> Self {
+        Self::new(|_| {})
+    }
+
+    /// Sends a piece of progress (a chunk of text).
+    pub fn send(&self, text: impl Into<String>) {
+        (self.0)(text.into());
+    }
+}
+
+impl std::fmt::Debug for ProgressSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ProgressSink")
+    }
 }
 
 /// The limits every in-process agent runs under (settings).
@@ -243,14 +275,35 @@ impl StepContext {
 /// version of the artifact `<step>.<output>`.
 pub type AgentOutputs = BTreeMap<String, Value>;
 
+/// An attempt's result: its outputs, and what its model calls used.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AgentResult {
+    /// The outputs.
+    pub outputs: AgentOutputs,
+    /// Model usage, recorded with the attempt.
+    pub usage: Option<Usage>,
+}
+
+impl From<AgentOutputs> for AgentResult {
+    fn from(outputs: AgentOutputs) -> Self {
+        Self {
+            outputs,
+            usage: None,
+        }
+    }
+}
+
 /// An agent. Implementations must be safe to run more than once for the same
 /// step and attempt (execution is at-least-once; the engine makes the
 /// effect exactly-once).
-#[async_trait::async_trait]
+///
+/// The future of `run` need not be `Send`: it runs on the agent thread that
+/// built it (HTTP clients of the actix family are thread-bound).
+#[async_trait::async_trait(?Send)]
 pub trait Agent: Send + Sync {
     /// Executes one attempt. `Err(Failed)` fails the attempt with that
     /// message; `Err(Stopped)` means it honoured `ctx.stop`.
-    async fn run(&self, ctx: StepContext) -> Result<AgentOutputs, AgentError>;
+    async fn run(&self, ctx: StepContext) -> Result<AgentResult, AgentError>;
 
     /// What the agent does, the JSON Schema of its configuration and of its
     /// outputs (for `GET /api/agents` and template validation).
@@ -507,6 +560,8 @@ pub(crate) mod testing {
             comments: CommentSink::discard(),
             cpu: CpuPool::new(1),
             limits: AgentLimits::default(),
+            budgets: Vec::new(),
+            progress: ProgressSink::discard(),
         }
     }
     /// A sink that keeps what agents post.
@@ -521,9 +576,9 @@ pub(crate) mod testing {
     /// Runs `agent` at most a minute: a hang fails the test instead of
     /// blocking it.
     pub(crate) async fn bounded(
-        run: impl std::future::Future<Output = Result<AgentOutputs, AgentError>>,
+        run: impl std::future::Future<Output = Result<AgentResult, AgentError>>,
     ) -> Result<AgentOutputs, AgentError> {
-        bounded_value(run).await
+        bounded_value(run).await.map(|r| r.outputs)
     }
     pub(crate) async fn bounded_value<T>(future: impl std::future::Future<Output = T>) -> T {
         tokio::time::timeout(Duration::from_secs(60), future)
@@ -566,7 +621,7 @@ mod tests {
             "{posted:?}"
         );
     }
-    #[tokio::test]
+    #[actix_web::test]
     async fn agents_post_no_comments_when_the_config_turns_them_off() {
         let (comments, posted) = collecting();
         let mut context = ctx(1, json!({"comments": false}), json!({"a": 1}));
@@ -583,7 +638,7 @@ mod tests {
         );
         context.stop = stop;
         context.comments = comments;
-        let running = tokio::spawn(Echo.run(context));
+        let running = actix_web::rt::spawn(Echo.run(context));
         raise.send(true).unwrap();
         let result = bounded(async { running.await.unwrap() }).await;
         assert_eq!(result, Err(AgentError::Stopped));

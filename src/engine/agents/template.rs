@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use serde_json::{json, Map, Value};
 
 use super::render::render;
-use super::{Agent, AgentError, AgentOutputs, AgentSpec, StepContext};
+use super::{Agent, AgentError, AgentOutputs, AgentResult, AgentSpec, StepContext};
 use crate::domain::definition::ConfigFault;
 
 /// `template`: renders `config.text` with minijinja. The context holds
@@ -16,7 +16,7 @@ use crate::domain::definition::ConfigFault;
 /// strings). Output: `text`.
 pub struct TemplateAgent;
 
-#[async_trait::async_trait]
+#[async_trait::async_trait(?Send)]
 impl Agent for TemplateAgent {
     fn spec(&self) -> AgentSpec {
         AgentSpec {
@@ -55,7 +55,7 @@ impl Agent for TemplateAgent {
             })
     }
 
-    async fn run(&self, mut ctx: StepContext) -> Result<AgentOutputs, AgentError> {
+    async fn run(&self, mut ctx: StepContext) -> Result<AgentResult, AgentError> {
         let Some(text) = ctx.config.get("text").and_then(Value::as_str) else {
             return Err(AgentError::Failed(
                 "template: config.text (a string) is required".to_string(),
@@ -98,10 +98,8 @@ impl Agent for TemplateAgent {
             () = ctx.stop.raised() => return Err(AgentError::Stopped),
         };
         ctx.comment(format!("template finished attempt {}.", ctx.attempt));
-        Ok(BTreeMap::from([(
-            "text".to_string(),
-            Value::String(rendered),
-        )]))
+        let outputs: AgentOutputs = BTreeMap::from([("text".to_string(), Value::String(rendered))]);
+        Ok(outputs.into())
     }
 }
 
@@ -115,7 +113,11 @@ mod tests {
     async fn template_renders_run_input_and_upstream_outputs() {
         let config =
             json!({"text": "{{ input.topic }} / {{ outline.text }} / {{ steps.outline.text }}"});
-        let out = TemplateAgent.run(ctx(1, config, json!({}))).await.unwrap();
+        let out = TemplateAgent
+            .run(ctx(1, config, json!({})))
+            .await
+            .unwrap()
+            .outputs;
         assert_eq!(out["text"], json!("owls / 1. owls / 1. owls"));
     }
     #[tokio::test]
@@ -124,19 +126,23 @@ mod tests {
         let mut context = ctx(1, config.clone(), json!({}));
         context.prompt = Some("write".into());
         context.instructions = vec!["be brief".into(), "no jargon".into()];
-        let out = TemplateAgent.run(context.clone()).await.unwrap();
+        let out = TemplateAgent.run(context.clone()).await.unwrap().outputs;
         assert_eq!(out["text"], json!("write|be brief;no jargon"));
 
         // A prompt override wins over the step's prompt.
         context.prompt_override = Some("rewrite".into());
-        let out = TemplateAgent.run(context).await.unwrap();
+        let out = TemplateAgent.run(context).await.unwrap().outputs;
         assert_eq!(out["text"], json!("rewrite|be brief;no jargon"));
 
         // With neither, the prompt is null and the instructions are empty.
         let config = json!({
             "text": "{{ 'null' if prompt is none else prompt }}|{{ instructions | length }}"
         });
-        let out = TemplateAgent.run(ctx(1, config, json!({}))).await.unwrap();
+        let out = TemplateAgent
+            .run(ctx(1, config, json!({})))
+            .await
+            .unwrap()
+            .outputs;
         assert_eq!(out["text"], json!("null|0"));
     }
     #[tokio::test]

@@ -177,6 +177,7 @@ fn a_condition_on_a_blob_output_does_not_hold() {
         ])
         .when(stamped(
             RunCommand::CompleteStep {
+                usage: None,
                 step: sid("a"),
                 lease: lease("s0.1"),
                 outputs: single_output("out", blob.clone()),

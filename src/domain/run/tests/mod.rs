@@ -146,6 +146,7 @@ fn start(definition: Definition, ms: i64, seed: &str) -> Stamped {
 fn complete(step: &str, token: &str, value: &str, ms: i64, seed: &str) -> Stamped {
     stamped(
         RunCommand::CompleteStep {
+            usage: None,
             step: sid(step),
             lease: lease(token),
             outputs: outputs(value),
@@ -230,6 +231,7 @@ fn completed(
     ms: i64,
 ) -> RunEvent {
     RunEvent::StepCompleted {
+        usage: None,
         step: sid(step),
         attempt,
         artifacts: vec![ArtifactWritten {
@@ -977,6 +979,7 @@ fn completed_with(
     ms: i64,
 ) -> RunEvent {
     RunEvent::StepCompleted {
+        usage: None,
         step: sid(step),
         attempt,
         artifacts,
@@ -988,6 +991,7 @@ fn completed_with(
 
 fn awaiting_review(step: &str, attempt: u32, (version, value): (u32, &str), ms: i64) -> RunEvent {
     RunEvent::StepAwaitingReview {
+        usage: None,
         step: sid(step),
         attempt,
         artifacts: vec![written(&format!("{step}.out"), version, value)],

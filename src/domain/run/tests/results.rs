@@ -63,6 +63,7 @@ fn completing_the_root_writes_version_one_and_dispatches_the_dependants_it_made_
         .when(complete("a", "s0.1", "A", 20, "s1"))
         .then_expect_events(vec![
             RunEvent::StepCompleted {
+                usage: None,
                 step: sid("a"),
                 attempt: 1,
                 artifacts: vec![ArtifactWritten {
@@ -127,6 +128,7 @@ fn completing_a_step_without_outputs_writes_no_artifact() {
         .given(diamond_started())
         .when(stamped(
             RunCommand::CompleteStep {
+                usage: None,
                 step: sid("a"),
                 lease: lease("s0.1"),
                 outputs: Outputs::new(),
@@ -137,6 +139,7 @@ fn completing_a_step_without_outputs_writes_no_artifact() {
         ))
         .then_expect_events(vec![
             RunEvent::StepCompleted {
+                usage: None,
                 step: sid("a"),
                 attempt: 1,
                 artifacts: vec![],
@@ -167,6 +170,7 @@ fn a_step_with_mapped_inputs_reads_only_the_artifacts_it_maps() {
         ])
         .when(stamped(
             RunCommand::CompleteStep {
+                usage: None,
                 step: sid("a"),
                 lease: lease("s0.1"),
                 outputs: [("one", "1"), ("two", "2")]
@@ -180,6 +184,7 @@ fn a_step_with_mapped_inputs_reads_only_the_artifacts_it_maps() {
         ))
         .then_expect_events(vec![
             RunEvent::StepCompleted {
+                usage: None,
                 step: sid("a"),
                 attempt: 1,
                 artifacts: vec![written("a.one", "1"), written("a.two", "2")],

@@ -14,6 +14,7 @@ fn a_review_step_whose_agent_finishes_awaits_review_and_blocks_its_dependants() 
         .when(complete("a", "s0.1", "A", 20, "s1"))
         .then_expect_events(vec![
             RunEvent::StepAwaitingReview {
+                usage: None,
                 step: sid("a"),
                 attempt: 1,
                 artifacts: vec![written("a.out", 1, "A")],
