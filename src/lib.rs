@@ -20,7 +20,9 @@
 //! - [`app`], [`cli`], [`config`], [`telemetry`]: wiring, the only place
 //!   concrete backends meet.
 //! - [`worker`]: `runlog worker`, a remote worker: a client of the HTTP
-//!   API that depends on no other module; [`bench`]: `runlog bench`.
+//!   API that depends on no other module but [`subprocess`] (running a
+//!   program with JSON in and out, also used by the `command` agent);
+//!   [`bench`]: `runlog bench`.
 
 pub mod api;
 pub mod app;
@@ -32,5 +34,6 @@ pub mod domain;
 pub mod engine;
 pub mod projections;
 pub mod store;
+pub mod subprocess;
 pub mod telemetry;
 pub mod worker;

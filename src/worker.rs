@@ -13,9 +13,10 @@
 //! false}`. With `--echo` no program runs: each task completes with its
 //! inputs as outputs (to try the protocol, and for benchmarks).
 //!
-//! A client of the public HTTP API only: it depends on no other module.
+//! A client of the public HTTP API only: it depends on no other module but
+//! [`subprocess`](crate::subprocess).
 
-use std::process::{ExitCode, Stdio};
+use std::process::ExitCode;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -23,8 +24,9 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
+
+use crate::subprocess::{verdict, Program, Verdict};
 
 /// Settings of `runlog worker`.
 #[derive(Debug, Clone, Args)]
@@ -269,8 +271,8 @@ fn heartbeat_interval(task: &Value) -> Duration {
 
 /// What became of a program.
 enum Ended {
-    /// It exited: its status, stdout and stderr.
-    Exited(std::process::ExitStatus, Vec<u8>, Vec<u8>),
+    /// It exited: what it came to.
+    Exited(Verdict),
     /// It could not be started or read.
     Broken(String),
     /// It was stopped (cancel, lost lease, shutdown).
@@ -294,21 +296,16 @@ async fn run_task(
         report(client, task, "complete", json!({"outputs": outputs})).await;
         return;
     }
-    let program = settings.exec.clone().unwrap_or_default();
-    // In a process group of its own, so that stopping it stops what it
-    // started too.
-    let mut child = match tokio::process::Command::new(&program)
-        .args(&settings.args)
-        .process_group(0)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-    {
-        Ok(child) => child,
+    let path = settings.exec.clone().unwrap_or_default();
+    let program = Program {
+        path: &path,
+        args: &settings.args,
+        env: None,
+    };
+    let mut running = match program.start(serde_json::to_vec(task).unwrap_or_default()) {
+        Ok(running) => running,
         Err(e) => {
-            let error = format!("cannot start {}: {e}", program.display());
+            let error = format!("cannot start {}: {e}", path.display());
             report(
                 client,
                 task,
@@ -319,49 +316,16 @@ async fn run_task(
             return;
         }
     };
-    let mut stdin = child.stdin.take();
-    let mut stdout = child.stdout.take();
-    let mut stderr = child.stderr.take();
-    let input = serde_json::to_vec(task).unwrap_or_default();
-    let io = async {
-        let write = async {
-            if let Some(mut stdin) = stdin.take() {
-                // A program that does not read its input is its business.
-                let _ = stdin.write_all(&input).await;
-            }
-        };
-        let read_out = async {
-            let mut out = Vec::new();
-            if let Some(s) = stdout.as_mut() {
-                let _ = s.take(64 * 1024 * 1024).read_to_end(&mut out).await;
-            }
-            out
-        };
-        let read_err = async {
-            let mut err = Vec::new();
-            if let Some(s) = stderr.as_mut() {
-                let _ = s.take(1024 * 1024).read_to_end(&mut err).await;
-            }
-            err
-        };
-        let ((), out, err) = futures::join!(write, read_out, read_err);
-        (out, err)
-    };
-    tokio::pin!(io);
+    let kill_grace = Duration::from_millis(settings.kill_grace_ms);
     let mut beats = tokio::time::interval(heartbeat_interval(task));
     beats.tick().await;
     let mut shutdown_deadline: Option<Instant> = None;
-    let mut output: Option<(Vec<u8>, Vec<u8>)> = None;
     let ended = loop {
         let grace_left = shutdown_deadline.map(|d| d.saturating_duration_since(Instant::now()));
         tokio::select! {
-            (out, err) = &mut io, if output.is_none() => {
-                output = Some((out, err));
-            }
-            status = child.wait(), if output.is_some() => {
-                let (out, err) = output.take().unwrap_or_default();
-                break match status {
-                    Ok(status) => Ended::Exited(status, out, err),
+            ended = running.wait() => {
+                break match ended {
+                    Ok((status, out, err)) => Ended::Exited(verdict("the program", status, &out, &err)),
                     Err(e) => Ended::Broken(format!("waiting for the program: {e}")),
                 };
             }
@@ -369,13 +333,13 @@ async fn run_task(
                 match client.task_call(task, "heartbeat", json!({})).await {
                     Ok(answer) if answer["cancel_requested"] == true => {
                         tracing::info!(task_id, "the run was cancelled; stopping the program");
-                        stop_child(&mut child, settings.kill_grace_ms).await;
+                        running.stop(kill_grace).await;
                         break Ended::Stopped("the run was cancelled");
                     }
                     Ok(_) => {}
                     Err(CallError::LeaseLost(_)) => {
                         tracing::warn!(task_id, "the lease was lost; stopping the program");
-                        stop_child(&mut child, settings.kill_grace_ms).await;
+                        running.stop(kill_grace).await;
                         break Ended::Stopped("lease lost");
                     }
                     Err(e) => tracing::warn!(task_id, error = %e, "heartbeat failed"),
@@ -386,7 +350,7 @@ async fn run_task(
             }
             () = tokio::time::sleep(grace_left.unwrap_or(Duration::MAX)), if grace_left.is_some() => {
                 tracing::info!(task_id, "shutdown grace over; stopping the program and giving the task back");
-                stop_child(&mut child, settings.kill_grace_ms).await;
+                running.stop(kill_grace).await;
                 break Ended::Stopped("shutdown");
             }
         }
@@ -412,55 +376,17 @@ async fn run_task(
             )
             .await
         }
-        Ended::Exited(status, out, err) => {
-            let printed: Option<Value> = serde_json::from_slice(&out).ok();
-            match printed {
-                Some(Value::Object(map)) if map.get("error").is_some_and(Value::is_string) => {
-                    let retryable = map
-                        .get("retryable")
-                        .and_then(Value::as_bool)
-                        .unwrap_or(true);
-                    report(
-                        client,
-                        task,
-                        "fail",
-                        json!({"error": map["error"], "retryable": retryable}),
-                    )
-                    .await;
-                }
-                Some(Value::Object(map)) if status.success() => {
-                    report(client, task, "complete", json!({"outputs": map})).await;
-                }
-                _ => {
-                    let stderr = String::from_utf8_lossy(&err);
-                    let tail: String = stderr
-                        .trim()
-                        .chars()
-                        .rev()
-                        .take(2_000)
-                        .collect::<Vec<_>>()
-                        .into_iter()
-                        .rev()
-                        .collect();
-                    let what = match status.code() {
-                        Some(0) => "exited 0 without printing a JSON object on stdout".to_string(),
-                        Some(code) => format!("exited with code {code}"),
-                        None => "was killed by a signal".to_string(),
-                    };
-                    let error = if tail.is_empty() {
-                        format!("the program {what}")
-                    } else {
-                        format!("the program {what}: {tail}")
-                    };
-                    report(
-                        client,
-                        task,
-                        "fail",
-                        json!({"error": error, "retryable": true}),
-                    )
-                    .await;
-                }
-            }
+        Ended::Exited(Verdict::Outputs(outputs)) => {
+            report(client, task, "complete", json!({"outputs": outputs})).await;
+        }
+        Ended::Exited(Verdict::Failed { error, retryable }) => {
+            report(
+                client,
+                task,
+                "fail",
+                json!({"error": error, "retryable": retryable}),
+            )
+            .await;
         }
     }
 }
@@ -486,30 +412,6 @@ async fn report(client: &Client, task: &Value, action: &str, body: Value) {
                 .await;
         }
         Err(e) => tracing::error!(task_id, action, error = %e, "the task could not be reported"),
-    }
-}
-
-/// Stops a program and its process group: SIGTERM, then SIGKILL after
-/// `grace_ms`.
-async fn stop_child(child: &mut tokio::process::Child, grace_ms: u64) {
-    use nix::sys::signal::{killpg, Signal};
-    let Some(group) = child
-        .id()
-        .and_then(|p| i32::try_from(p).ok())
-        .map(nix::unistd::Pid::from_raw)
-    else {
-        return;
-    };
-    let _ = killpg(group, Signal::SIGTERM);
-    if tokio::time::timeout(Duration::from_millis(grace_ms), child.wait())
-        .await
-        .is_err()
-    {
-        let _ = killpg(group, Signal::SIGKILL);
-        let _ = child.wait().await;
-    } else {
-        // The program is gone; what it started goes with it.
-        let _ = killpg(group, Signal::SIGKILL);
     }
 }
 
