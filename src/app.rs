@@ -17,7 +17,7 @@ use crate::db::Db;
 use crate::domain::ids::RunId;
 use crate::domain::run::{Policy, Run, RunEvent};
 use crate::domain::template::Template;
-use crate::engine::agents::AgentSpec;
+use crate::engine::agents::{AgentSpec, BuiltinSettings, CommandSpec, Secrets};
 use crate::engine::{
     AgentLimits, AgentRegistry, Engine, EngineConfig, EngineParts, RunReadModels, SharedClock,
     SystemClock,
@@ -254,7 +254,25 @@ impl Application {
 /// The agents: the built-ins, and the remote agents the configuration
 /// declares.
 fn agent_registry(file: &FileConfig) -> Result<AgentRegistry, AppError> {
-    let mut agents = AgentRegistry::with_builtins();
+    let commands = file
+        .commands
+        .iter()
+        .map(|(name, command)| {
+            let spec = CommandSpec {
+                program: command.program.clone(),
+                args: command.args.clone(),
+                timeout: command.timeout_ms.map(Duration::from_millis),
+                env: command.env.clone(),
+                description: command.description.clone(),
+            };
+            (name.clone(), spec)
+        })
+        .collect();
+    let settings = BuiltinSettings {
+        secrets: Secrets::new(file.resolve_secrets()?),
+        commands,
+    };
+    let mut agents = AgentRegistry::builtins(settings)?;
     for (name, agent) in &file.agents {
         let spec = AgentSpec {
             description: agent.description.clone(),

@@ -5,7 +5,10 @@
 //! Both post a comment to the run's thread when they start and when they
 //! finish (`"comments": false` in the step's config turns that off).
 
+mod command;
 mod echo;
+mod http;
+pub mod judge;
 pub mod render;
 mod template;
 
@@ -17,7 +20,10 @@ use tokio::sync::Semaphore;
 
 use serde_json::Value;
 
+pub use command::{CommandAgent, CommandSpec};
 pub use echo::Echo;
+pub use http::HttpAgent;
+pub use judge::Judge;
 pub use template::TemplateAgent;
 
 use crate::domain::definition::{AgentCatalog, ConfigFault};
@@ -165,6 +171,76 @@ pub struct StepContext {
     /// Where ephemeral progress goes (streamed tokens, to the run's
     /// WebSocket subscribers; never stored).
     pub progress: ProgressSink,
+}
+
+/// The secrets of the server's configuration, by name, for agent
+/// configurations that name them (`{{ secrets.NAME }}`). Their values are
+/// filled in where they are used and never stored, returned or logged.
+#[derive(Clone, Default)]
+pub struct Secrets(Arc<BTreeMap<String, String>>);
+
+impl std::fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Names only.
+        f.debug_set().entries(self.0.keys()).finish()
+    }
+}
+
+impl Secrets {
+    /// The secrets `values` holds.
+    pub fn new(values: BTreeMap<String, String>) -> Self {
+        Self(Arc::new(values))
+    }
+
+    /// `text` with the secrets it names filled in.
+    pub fn fill(&self, text: &str) -> Result<String, String> {
+        if !text.contains("{{") && !text.contains("{%") {
+            return Ok(text.to_string());
+        }
+        render::render(
+            text,
+            serde_json::json!({ "secrets": &*self.0 }),
+            &AgentLimits::default(),
+        )
+        .map_err(|e| format!("cannot fill in its secrets: {e}"))
+    }
+
+    /// Checks that `text` names only secrets the server has.
+    pub fn check(&self, text: &str) -> Result<(), String> {
+        let names: BTreeMap<&String, &str> = self.0.keys().map(|k| (k, "")).collect();
+        render::render(
+            text,
+            serde_json::json!({ "secrets": names }),
+            &AgentLimits::default(),
+        )
+        .map(|_| ())
+        .map_err(|e| {
+            format!(
+                "{e} (the server's secrets are: {})",
+                self.0.keys().cloned().collect::<Vec<_>>().join(", ")
+            )
+        })
+    }
+}
+
+/// The task as agents that hand it on (`http`, `command`) send it: run,
+/// step, attempt, inputs, prompt, prompt override, instructions and the
+/// step's config (without its headers).
+pub fn task_body(ctx: &StepContext) -> Value {
+    let mut config = ctx.config.clone();
+    if let Value::Object(map) = &mut config {
+        map.remove("headers");
+    }
+    serde_json::json!({
+        "run_id": ctx.run_id,
+        "step": ctx.step,
+        "attempt": ctx.attempt,
+        "inputs": ctx.input,
+        "prompt": ctx.effective_prompt(),
+        "prompt_override": ctx.prompt_override,
+        "instructions": ctx.instructions,
+        "config": config,
+    })
 }
 
 /// Sends an attempt's ephemeral progress to the run's live subscribers.
@@ -392,17 +468,33 @@ pub struct RegistryError {
     pub reason: String,
 }
 
+/// What the built-in agents are set up with (from the server's
+/// configuration).
+#[derive(Debug, Clone, Default)]
+pub struct BuiltinSettings {
+    /// Secrets agent configurations may name.
+    pub secrets: Secrets,
+    /// The programs the `command` agent may run, by name.
+    pub commands: BTreeMap<String, CommandSpec>,
+}
+
 impl AgentRegistry {
-    /// A registry with the built-in agents `echo` and `template`.
+    /// A registry with the built-in agents set up with default settings (no
+    /// secrets, no commands).
     pub fn with_builtins() -> Self {
+        Self::builtins(BuiltinSettings::default()).expect("the built-in agents' schemas compile")
+    }
+
+    /// A registry with the built-in agents: `echo`, `template`, `http`,
+    /// `command` and `judge`.
+    pub fn builtins(settings: BuiltinSettings) -> Result<Self, RegistryError> {
         let mut registry = Self::default();
-        registry
-            .register("echo", Arc::new(Echo))
-            .expect("echo's schema compiles");
-        registry
-            .register("template", Arc::new(TemplateAgent))
-            .expect("template's schema compiles");
-        registry
+        registry.register("echo", Arc::new(Echo))?;
+        registry.register("template", Arc::new(TemplateAgent))?;
+        registry.register("http", Arc::new(HttpAgent::new(settings.secrets.clone())))?;
+        registry.register("command", Arc::new(CommandAgent::new(settings.commands)))?;
+        registry.register("judge", Arc::new(Judge))?;
+        Ok(registry)
     }
 
     /// Adds (or replaces) an in-process agent.
