@@ -17,7 +17,9 @@ use crate::db::Db;
 use crate::domain::ids::RunId;
 use crate::domain::run::{Policy, Run, RunEvent};
 use crate::domain::template::Template;
-use crate::engine::agents::{AgentSpec, BuiltinSettings, CommandSpec, Secrets};
+use crate::engine::agents::{
+    AgentSpec, BuiltinSettings, CommandSpec, LlmSettings, Secrets, TokenPrice,
+};
 use crate::engine::{
     AgentLimits, AgentRegistry, Engine, EngineConfig, EngineParts, RunReadModels, SharedClock,
     SystemClock,
@@ -251,6 +253,11 @@ impl Application {
     }
 }
 
+/// `[llm] max_concurrency` unless set.
+const DEFAULT_LLM_CONCURRENCY: usize = 8;
+/// `[llm] timeout_ms` unless set (two minutes).
+const DEFAULT_LLM_TIMEOUT_MS: u64 = 120_000;
+
 /// The agents: the built-ins, and the remote agents the configuration
 /// declares.
 fn agent_registry(file: &FileConfig) -> Result<AgentRegistry, AppError> {
@@ -268,9 +275,29 @@ fn agent_registry(file: &FileConfig) -> Result<AgentRegistry, AppError> {
             (name.clone(), spec)
         })
         .collect();
+    let llm = LlmSettings {
+        base_url: file.llm.base_url.clone(),
+        api_key: file.llm.api_key.clone(),
+        model: file.llm.model.clone(),
+        max_concurrency: file.llm.max_concurrency.unwrap_or(DEFAULT_LLM_CONCURRENCY),
+        timeout: Duration::from_millis(file.llm.timeout_ms.unwrap_or(DEFAULT_LLM_TIMEOUT_MS)),
+        prices: file
+            .llm
+            .prices
+            .iter()
+            .map(|(model, p)| {
+                let price = TokenPrice {
+                    prompt: p.prompt,
+                    completion: p.completion,
+                };
+                (model.clone(), price)
+            })
+            .collect(),
+    };
     let settings = BuiltinSettings {
         secrets: Secrets::new(file.resolve_secrets()?),
         commands,
+        llm,
     };
     let mut agents = AgentRegistry::builtins(settings)?;
     for (name, agent) in &file.agents {

@@ -50,6 +50,9 @@ enum Command {
     /// Serve remote agents: claim their tasks from a runlog server and run
     /// a program for each (task JSON on stdin, outputs as JSON on stdout).
     Worker(crate::worker::WorkerSettings),
+    /// A deterministic stand-in for an OpenAI-compatible chat-completions
+    /// server, to try the llm agents without a model (a test double).
+    FakeLlm(crate::fakellm::FakeLlmSettings),
 }
 
 /// Parses the command line and runs the command.
@@ -68,6 +71,7 @@ pub fn run() -> ExitCode {
             } => replay(run_id, at, verify, storage).await,
             Command::Bench(settings) => crate::bench::run(settings).await,
             Command::Worker(settings) => crate::worker::run(settings).await,
+            Command::FakeLlm(settings) => crate::fakellm::run(settings).await,
         }
     });
     match result {

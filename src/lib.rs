@@ -22,7 +22,8 @@
 //! - [`worker`]: `runlog worker`, a remote worker: a client of the HTTP
 //!   API that depends on no other module but [`subprocess`] (running a
 //!   program with JSON in and out, also used by the `command` agent);
-//!   [`bench`]: `runlog bench`.
+//!   [`bench`]: `runlog bench`; [`fakellm`]: `runlog fake-llm`, a stand-in
+//!   chat-completions server for trying the llm agents and for tests.
 
 pub mod api;
 pub mod app;
@@ -32,6 +33,7 @@ pub mod config;
 pub mod db;
 pub mod domain;
 pub mod engine;
+pub mod fakellm;
 pub mod projections;
 pub mod store;
 pub mod subprocess;

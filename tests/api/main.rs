@@ -9,6 +9,7 @@ mod concurrency;
 mod control;
 mod human;
 mod limits;
+mod llm;
 mod replay;
 mod runs;
 mod scenario;

@@ -9,6 +9,8 @@ mod command;
 mod echo;
 mod http;
 pub mod judge;
+pub mod llm;
+pub mod llm_judge;
 pub mod render;
 mod template;
 
@@ -24,6 +26,8 @@ pub use command::{CommandAgent, CommandSpec};
 pub use echo::Echo;
 pub use http::HttpAgent;
 pub use judge::Judge;
+pub use llm::{LlmAgent, LlmClient, LlmSettings, TokenPrice};
+pub use llm_judge::LlmJudge;
 pub use template::TemplateAgent;
 
 use crate::domain::definition::{AgentCatalog, ConfigFault};
@@ -476,6 +480,8 @@ pub struct BuiltinSettings {
     pub secrets: Secrets,
     /// The programs the `command` agent may run, by name.
     pub commands: BTreeMap<String, CommandSpec>,
+    /// The chat-completions server of `llm` and `llm_judge`.
+    pub llm: LlmSettings,
 }
 
 impl AgentRegistry {
@@ -486,7 +492,7 @@ impl AgentRegistry {
     }
 
     /// A registry with the built-in agents: `echo`, `template`, `http`,
-    /// `command` and `judge`.
+    /// `command`, `judge`, `llm` and `llm_judge`.
     pub fn builtins(settings: BuiltinSettings) -> Result<Self, RegistryError> {
         let mut registry = Self::default();
         registry.register("echo", Arc::new(Echo))?;
@@ -494,6 +500,9 @@ impl AgentRegistry {
         registry.register("http", Arc::new(HttpAgent::new(settings.secrets.clone())))?;
         registry.register("command", Arc::new(CommandAgent::new(settings.commands)))?;
         registry.register("judge", Arc::new(Judge))?;
+        let llm = LlmClient::new(settings.llm);
+        registry.register("llm", Arc::new(LlmAgent::new(llm.clone())))?;
+        registry.register("llm_judge", Arc::new(LlmJudge::new(llm)))?;
         Ok(registry)
     }
 
