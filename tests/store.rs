@@ -135,6 +135,7 @@ fn filler(i: usize) -> RunEvent {
     let round = (i / 4 + 1) as u32;
     match i % 4 {
         0 => RunEvent::StepDispatched {
+            evaluating: false,
             step: s,
             attempt: round,
             lease: LeaseToken::new(format!("lease-{i}")),
@@ -161,6 +162,8 @@ fn filler(i: usize) -> RunEvent {
             at,
         },
         _ => RunEvent::StepCompleted {
+            latest: Default::default(),
+            final_score: None,
             usage: None,
             skipped: Vec::new(),
             artifacts: vec![ArtifactWritten {

@@ -34,6 +34,7 @@ fn empty_object() -> Value {
 pub(super) struct ListRuns {
     status: Option<String>,
     template_id: Option<String>,
+    agent: Option<String>,
     limit: Option<u32>,
     cursor: Option<String>,
 }
@@ -115,21 +116,30 @@ pub(super) async fn list(
     if let Some(t) = &query.template_id {
         template_id(t)?;
     }
+    if let Some(agent) = &query.agent {
+        crate::domain::ids::AgentName::parse(agent.as_str())
+            .map_err(|e| ApiError::bad_request("invalid_agent", e.to_string()))?;
+    }
     let (limit, cursor) = PageQuery {
         limit: query.limit,
         cursor: query.cursor,
     }
     .checked()?;
     state.engine.settle_all().await;
-    let page = state
+    let mut page = state
         .reads
         .list_runs(
             query.status.as_deref(),
             query.template_id.as_deref(),
+            query.agent.as_deref(),
             limit,
             cursor,
         )
         .await?;
+    let now = state.engine.clock().now();
+    for summary in &mut page.items {
+        summary.mark_stalled(now);
+    }
     Ok(HttpResponse::Ok().json(page))
 }
 

@@ -101,6 +101,52 @@ pub struct StepDefinition {
     /// What this step's model calls may use, all attempts together.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub budget: Option<Budget>,
+    /// Produce, evaluate, revise: after each attempt an evaluator scores
+    /// the outputs, and the step runs again with its feedback until the
+    /// score reaches the threshold or the attempts are spent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refine: Option<Refine>,
+}
+
+/// Most attempts a refine loop may ask for.
+pub const MAX_REFINE_ATTEMPTS: u32 = 50;
+
+/// A producer → evaluator → reviser loop (see [`StepDefinition::refine`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Refine {
+    /// The agent that scores each attempt's outputs (0..1, with feedback).
+    pub evaluator: AgentName,
+    /// Its configuration.
+    #[serde(default = "empty_object", skip_serializing_if = "is_empty_object")]
+    pub evaluator_config: Value,
+    /// Attempts in all (each one produced and evaluated).
+    pub max_attempts: u32,
+    /// The score an attempt needs to pass.
+    pub pass_threshold: f64,
+    /// When no attempt passes: fail the step, or accept the best-scoring
+    /// attempt.
+    #[serde(default)]
+    pub on_exhausted: OnExhausted,
+}
+
+/// What a refine loop does when no attempt passes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnExhausted {
+    /// The step fails.
+    #[default]
+    Fail,
+    /// The best-scoring attempt's outputs are the step's.
+    AcceptBest,
+}
+
+fn empty_object() -> Value {
+    Value::Object(Default::default())
+}
+
+fn is_empty_object(value: &Value) -> bool {
+    value.as_object().is_some_and(|m| m.is_empty())
 }
 
 fn is_false(value: &bool) -> bool {
@@ -255,6 +301,14 @@ pub enum DefinitionError {
         /// What is wrong with it.
         reason: String,
     },
+    /// A refine loop is out of range or names an unknown evaluator.
+    #[error("step '{step}' has an invalid refine loop: {reason}")]
+    InvalidRefine {
+        /// The step at fault.
+        step: StepId,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// A budget is empty or out of range.
     #[error("{} has an invalid budget: {reason}", step.as_ref().map_or("the definition".to_string(), |s| format!("step '{s}'")))]
     InvalidBudget {
@@ -300,6 +354,7 @@ impl DefinitionError {
             Self::InvalidStepField { .. } => "invalid_step_field",
             Self::InvalidAgentConfig { .. } => "invalid_agent_config",
             Self::InvalidBudget { .. } => "invalid_budget",
+            Self::InvalidRefine { .. } => "invalid_refine",
         }
     }
 }
@@ -467,6 +522,7 @@ impl Definition {
                     });
                 }
             }
+            check_refine(step, def, agents)?;
             self.check_inputs(step, def)?;
             check_choices(step, def)?;
             self.check_condition(step, def)?;
@@ -637,6 +693,47 @@ impl Definition {
             .filter(|(_, d)| d.depends_on.is_empty())
             .map(|(s, _)| s)
     }
+}
+
+fn check_refine(
+    step: &StepId,
+    def: &StepDefinition,
+    agents: &dyn AgentCatalog,
+) -> Result<(), DefinitionError> {
+    let Some(refine) = &def.refine else {
+        return Ok(());
+    };
+    let fail = |reason: String| DefinitionError::InvalidRefine {
+        step: step.clone(),
+        reason,
+    };
+    if !agents.knows(&refine.evaluator) {
+        return Err(fail(format!(
+            "its evaluator '{}' is not an agent of this server",
+            refine.evaluator
+        )));
+    }
+    if refine.max_attempts == 0 || refine.max_attempts > MAX_REFINE_ATTEMPTS {
+        return Err(fail(format!(
+            "max_attempts must be between 1 and {MAX_REFINE_ATTEMPTS}"
+        )));
+    }
+    if !(0.0..=1.0).contains(&refine.pass_threshold) {
+        return Err(fail("pass_threshold must be between 0 and 1".into()));
+    }
+    if def.review {
+        return Err(fail(
+            "a step cannot both refine and await review (put the review on a step after it)".into(),
+        ));
+    }
+    agents
+        .check_config(&refine.evaluator, &refine.evaluator_config)
+        .map_err(|fault| DefinitionError::InvalidAgentConfig {
+            step: step.clone(),
+            agent: refine.evaluator.clone(),
+            field: format!("refine.evaluator_{}", fault.field),
+            reason: fault.reason,
+        })
 }
 
 fn check_choices(step: &StepId, def: &StepDefinition) -> Result<(), DefinitionError> {

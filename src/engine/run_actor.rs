@@ -239,15 +239,15 @@ impl RunActor {
         for effect in effects {
             match effect {
                 Effect::Dispatch(task) => self.engine.executor_for(&task.agent).dispatch(*task),
-                Effect::Stop { step, lease } => {
-                    if let Some(executor) = self.executor_of(&step) {
-                        executor.stop(&self.id, &step, &lease);
-                    }
+                Effect::Stop { step, lease, agent } => {
+                    self.engine
+                        .executor_for(&agent)
+                        .stop(&self.id, &step, &lease);
                 }
-                Effect::Release { step, lease } => {
-                    if let Some(executor) = self.executor_of(&step) {
-                        executor.release(&self.id, &step, &lease);
-                    }
+                Effect::Release { step, lease, agent } => {
+                    self.engine
+                        .executor_for(&agent)
+                        .release(&self.id, &step, &lease);
                 }
                 Effect::StartRedirect { to, instructions } => {
                     redirects.push((to, instructions));
@@ -272,12 +272,6 @@ impl RunActor {
                     .await;
             }
         })
-    }
-
-    /// The executor of a step's agent.
-    fn executor_of(&self, step: &StepId) -> Option<&dyn super::executor::Executor> {
-        let agent = &self.state.definition.steps.get(step)?.agent;
-        Some(self.engine.executor_for(agent))
     }
 
     /// Arms the wake-up timer for `at` (disarms it for `None`). A timer

@@ -65,6 +65,40 @@ pub struct AttemptView {
     /// What its model calls used (model, tokens, cost).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage: Option<Usage>,
+    /// Its evaluator's score (refine loops).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub score: Option<f64>,
+    /// Its evaluator's feedback (refine loops).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub feedback: Option<String>,
+}
+
+/// A refine loop, as the run detail shows it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RefineView {
+    /// The evaluator.
+    pub evaluator: String,
+    /// The attempt running or last run.
+    pub current_attempt: u32,
+    /// Attempts in all.
+    pub max_attempts: u32,
+    /// The score that passes.
+    pub pass_threshold: f64,
+    /// Every scored attempt.
+    pub scores: Vec<ScoreView>,
+    /// The score the step completed with.
+    pub final_score: Option<f64>,
+}
+
+/// One scored attempt.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ScoreView {
+    /// The attempt.
+    pub attempt: u32,
+    /// Its score.
+    pub score: f64,
+    /// Whether it passed.
+    pub passed: bool,
 }
 
 /// One step in the run detail.
@@ -128,6 +162,9 @@ pub struct StepView {
     /// (computed when read, against the server's clock; not a status).
     #[serde(default)]
     pub stalled: bool,
+    /// Its refine loop, if it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refine: Option<RefineView>,
 }
 
 impl StepView {
@@ -271,12 +308,34 @@ impl RunDetail {
                             review: def.review,
                             choices: def.choices.clone(),
                             when: def.when.clone(),
+                            refine: def.refine.as_ref().map(|r| RefineView {
+                                evaluator: r.evaluator.to_string(),
+                                max_attempts: r.max_attempts,
+                                pass_threshold: r.pass_threshold,
+                                ..RefineView::default()
+                            }),
                             ..StepView::default()
                         };
                         (id.to_string(), view)
                     })
                     .collect();
                 self.mark(ready, StepStatus::Ready);
+            }
+            RunEvent::StepDispatched {
+                step,
+                attempt,
+                evaluating: true,
+                ..
+            } => {
+                // The evaluator of a refine loop: the same attempt, scored.
+                let s = self.step(step);
+                s.status = StepStatus::Running;
+                s.retry_at = None;
+                s.drop_lease();
+                if let Some(a) = s.attempt_mut(*attempt) {
+                    a.status = "evaluating".into();
+                    a.error = None;
+                }
             }
             RunEvent::StepDispatched {
                 step,
@@ -294,6 +353,9 @@ impl RunDetail {
                 s.started_at = Some(rfc3339(*at));
                 s.retry_at = None;
                 s.prompt_override = prompt_override.clone();
+                if let Some(refine) = s.refine.as_mut() {
+                    refine.current_attempt = *attempt;
+                }
                 let view = AttemptView {
                     attempt: *attempt,
                     status: "running".into(),
@@ -309,6 +371,8 @@ impl RunDetail {
                     worker: None,
                     claimed_at: None,
                     usage: None,
+                    score: None,
+                    feedback: None,
                 };
                 s.drop_lease();
                 match s.attempt_mut(*attempt) {
@@ -324,10 +388,20 @@ impl RunDetail {
                 ready,
                 skipped,
                 usage,
+                latest,
+                final_score,
                 at,
             } => {
                 self.record_usage(step, *attempt, usage.as_ref());
                 self.write_artifacts(step, *attempt, artifacts, *at);
+                for (name, version) in latest {
+                    let a = self.artifacts.entry(name.to_string()).or_default();
+                    a.latest = *version;
+                    a.updated_at = rfc3339(*at);
+                }
+                if let Some(refine) = self.step(step).refine.as_mut() {
+                    refine.final_score = *final_score;
+                }
                 let s = self.step(step);
                 s.status = StepStatus::Completed;
                 s.finished_at = Some(rfc3339(*at));
@@ -394,6 +468,51 @@ impl RunDetail {
             RunEvent::StepLeaseRevoked { step, attempt, at } => {
                 self.attempt_ended(step, *attempt, "cancelled", *at);
             }
+            RunEvent::StepProduced {
+                step,
+                attempt,
+                artifacts,
+                usage,
+                at,
+            } => {
+                self.record_usage(step, *attempt, usage.as_ref());
+                self.write_artifacts(step, *attempt, artifacts, *at);
+                let s = self.step(step);
+                s.status = StepStatus::Ready;
+                s.drop_lease();
+                if let Some(a) = s.attempt_mut(*attempt) {
+                    a.status = "evaluating".into();
+                }
+            }
+            RunEvent::StepEvaluated {
+                step,
+                attempt,
+                score,
+                feedback,
+                passed,
+                usage,
+                at,
+            } => {
+                if let Some(usage) = usage {
+                    self.usage.add(usage);
+                }
+                let s = self.step(step);
+                s.status = StepStatus::Ready;
+                s.drop_lease();
+                if let Some(a) = s.attempt_mut(*attempt) {
+                    a.status = if *passed { "passed" } else { "scored" }.into();
+                    a.score = Some(*score);
+                    a.feedback = Some(feedback.clone());
+                    a.finished_at = Some(rfc3339(*at));
+                }
+                if let Some(refine) = s.refine.as_mut() {
+                    refine.scores.push(ScoreView {
+                        attempt: *attempt,
+                        score: *score,
+                        passed: *passed,
+                    });
+                }
+            }
             RunEvent::StepClaimed {
                 step,
                 attempt,
@@ -440,6 +559,9 @@ impl RunDetail {
                 s.error = None;
                 s.choice = None;
                 s.prompt_override = prompt_override.clone();
+                if let Some(refine) = s.refine.as_mut() {
+                    refine.final_score = None;
+                }
                 self.invalidate(invalidated, *reopens_run, *at);
             }
             RunEvent::ArtifactRolledBack {
@@ -529,6 +651,50 @@ impl RunDetail {
         s.drop_lease();
     }
 
+    /// The agents of the run's steps and refine evaluators, as `,a,b,`
+    /// (for the runs list's `agent` filter).
+    pub fn agents_list(&self) -> String {
+        let mut agents: std::collections::BTreeSet<&str> = std::collections::BTreeSet::new();
+        for step in self.steps.values() {
+            agents.insert(step.agent.as_str());
+            if let Some(refine) = &step.refine {
+                agents.insert(refine.evaluator.as_str());
+            }
+        }
+        let list: Vec<&str> = agents.into_iter().collect();
+        format!(",{},", list.join(","))
+    }
+
+    /// The earliest lease expiry of a running step, if any.
+    pub fn earliest_lease_expiry(&self) -> Option<Timestamp> {
+        self.steps
+            .values()
+            .filter(|s| s.status == StepStatus::Running)
+            .filter_map(|s| s.lease_expires_at.as_deref().and_then(parse_rfc3339))
+            .min()
+    }
+
+    /// Each refine loop's state, by step (`None` when the run has none).
+    pub fn refine_summary(&self) -> Option<Value> {
+        let loops: serde_json::Map<String, Value> = self
+            .steps
+            .iter()
+            .filter_map(|(name, s)| {
+                let refine = s.refine.as_ref()?;
+                Some((
+                    name.clone(),
+                    serde_json::json!({
+                        "current_attempt": refine.current_attempt,
+                        "max_attempts": refine.max_attempts,
+                        "scores": refine.scores.iter().map(|x| x.score).collect::<Vec<_>>(),
+                        "final_score": refine.final_score,
+                    }),
+                ))
+            })
+            .collect();
+        (!loops.is_empty()).then_some(Value::Object(loops))
+    }
+
     /// Marks the running steps whose lease expired before `now` as stalled
     /// (done when the document is read, not stored).
     pub fn mark_stalled(&mut self, now: Timestamp) {
@@ -586,6 +752,9 @@ impl RunDetail {
             s.retry_at = None;
             s.error = None;
             s.choice = None;
+            if let Some(refine) = s.refine.as_mut() {
+                refine.final_score = None;
+            }
         }
         if reopens_run {
             self.status = RunStatus::Running;
@@ -635,6 +804,7 @@ mod tests {
                 at: Timestamp(0),
             },
             RunEvent::StepDispatched {
+                evaluating: false,
                 step: a.clone(),
                 attempt: 1,
                 lease: LeaseToken::new("l"),

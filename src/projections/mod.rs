@@ -21,7 +21,10 @@ mod detail;
 mod reads;
 mod writer;
 
-pub use detail::{rfc3339, ArtifactView, AttemptView, FailureView, RunDetail, StepView};
+pub use detail::{
+    parse_rfc3339, rfc3339, ArtifactView, AttemptView, FailureView, RefineView, RunDetail,
+    ScoreView, StepView,
+};
 pub use reads::{
     decode_cursor, ArtifactVersionRow, MessageView, Page, ReadModels, RunSummary, TemplateView,
     DEFAULT_PAGE, MAX_PAGE,

@@ -50,6 +50,29 @@ pub struct RunSummary {
     pub created_at: String,
     /// When it last changed.
     pub updated_at: String,
+    /// The agents of its steps and refine evaluators.
+    pub agents: Vec<String>,
+    /// The earliest lease expiry of its running steps.
+    pub lease_expires_at: Option<String>,
+    /// A running step's worker is late with its heartbeat (computed when
+    /// read).
+    pub stalled: bool,
+    /// Its refine loops, by step: current attempt, attempts, scores, final
+    /// score.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refine: Option<Value>,
+}
+
+impl RunSummary {
+    /// Marks the run stalled when a running step's lease expired before
+    /// `now`.
+    pub fn mark_stalled(&mut self, now: Timestamp) {
+        self.stalled = self
+            .lease_expires_at
+            .as_deref()
+            .and_then(super::parse_rfc3339)
+            .is_some_and(|expires| expires < now);
+    }
 }
 
 /// One stored artifact version.
@@ -268,10 +291,12 @@ impl ReadModels {
         &self,
         status: Option<&str>,
         template_id: Option<&str>,
+        agent: Option<&str>,
         limit: u32,
         cursor: Option<(i64, String)>,
     ) -> Result<Page<RunSummary>, ProjectionError> {
         let (after_at, after_id) = cursor.map_or((None, None), |(a, i)| (Some(a), Some(i)));
+        let agent = agent.map(|a| format!("%,{a},%"));
         let rows: Vec<(RunSummary, i64)> = with_pool!(&self.db, pool => {
             sqlx::query(SUMMARIES_LIST)
                 .bind(status)
@@ -279,11 +304,14 @@ impl ReadModels {
                 .bind(after_at)
                 .bind(after_id)
                 .bind(i64::from(limit) + 1)
+                .bind(&agent)
                 .fetch_all(pool)
                 .await?
                 .into_iter()
                 .map(|r| -> Result<_, sqlx::Error> {
                     let created: i64 = r.try_get("created_at")?;
+                    let agents: Option<String> = r.try_get("agents")?;
+                    let lease: Option<i64> = r.try_get("lease_expires_at")?;
                     Ok((RunSummary {
                         id: r.try_get("run_id")?,
                         template_id: r.try_get("template_id")?,
@@ -291,6 +319,15 @@ impl ReadModels {
                         status: r.try_get("status")?,
                         created_at: rfc3339(Timestamp(created)),
                         updated_at: rfc3339(Timestamp(r.try_get("updated_at")?)),
+                        agents: agents
+                            .unwrap_or_default()
+                            .split(',')
+                            .filter(|a| !a.is_empty())
+                            .map(str::to_string)
+                            .collect(),
+                        lease_expires_at: lease.map(|t| rfc3339(Timestamp(t))),
+                        stalled: false,
+                        refine: r.try_get("refine")?,
                     }, created))
                 })
                 .collect::<Result<Vec<_>, _>>()?

@@ -369,6 +369,9 @@ async fn write(
                 created_at: created_at_ms(&detail),
                 updated_at: updated_at_ms(&detail),
                 sequence: detail.sequence as i64,
+                agents: detail.agents_list(),
+                lease_expires_at: detail.earliest_lease_expiry().map(|t| t.0),
+                refine: detail.refine_summary(),
                 doc: serde_json::to_value(&detail)?,
             });
             written.push(detail);
@@ -436,6 +439,10 @@ struct DetailRow {
     created_at: i64,
     updated_at: i64,
     sequence: i64,
+    /// `,a,b,`: the agents of its steps and evaluators.
+    agents: String,
+    lease_expires_at: Option<i64>,
+    refine: Option<Value>,
     doc: Value,
 }
 
@@ -492,6 +499,13 @@ impl Rows {
                 ..
             }
             | RunEvent::StepAwaitingReview {
+                step,
+                attempt,
+                artifacts,
+                at,
+                ..
+            }
+            | RunEvent::StepProduced {
                 step,
                 attempt,
                 artifacts,
@@ -635,6 +649,9 @@ impl RowWriter for sqlx::Sqlite {
                 .bind(d.created_at)
                 .bind(d.updated_at)
                 .bind(d.sequence)
+                .bind(&d.agents)
+                .bind(d.lease_expires_at)
+                .bind(&d.refine)
                 .execute(&mut **tx)
                 .await?;
             sqlx::query(DETAIL_PUT)
@@ -711,6 +728,9 @@ impl RowWriter for sqlx::Postgres {
                 .bind(d.iter().map(|r| r.created_at).collect::<Vec<_>>())
                 .bind(d.iter().map(|r| r.updated_at).collect::<Vec<_>>())
                 .bind(d.iter().map(|r| r.sequence).collect::<Vec<_>>())
+                .bind(d.iter().map(|r| r.agents.as_str()).collect::<Vec<_>>())
+                .bind(d.iter().map(|r| r.lease_expires_at).collect::<Vec<_>>())
+                .bind(d.iter().map(|r| r.refine.clone()).collect::<Vec<_>>())
                 .execute(&mut **tx)
                 .await?;
             sqlx::query(PG_DETAILS_PUT)

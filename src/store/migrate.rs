@@ -41,6 +41,12 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../../schema/sqlite/004_tasks.sql"),
         postgres: include_str!("../../schema/postgres/004_tasks.sql"),
     },
+    Migration {
+        version: 5,
+        name: "summary_steps",
+        sqlite: include_str!("../../schema/sqlite/005_summary_steps.sql"),
+        postgres: include_str!("../../schema/postgres/005_summary_steps.sql"),
+    },
 ];
 
 const CREATE_TABLE: &str = "CREATE TABLE IF NOT EXISTS runlog_migrations \

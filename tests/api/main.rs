@@ -10,6 +10,7 @@ mod control;
 mod human;
 mod limits;
 mod llm;
+mod refine;
 mod replay;
 mod runs;
 mod scenario;

@@ -10,7 +10,7 @@ use crate::common::{diamond, is_thread_event, spawn_app, TestApp};
 use crate::on_both_backends;
 
 /// Runs `runlog replay <run_id> <extra…>` on the app's storage.
-async fn replay(app: &TestApp, run_id: &str, extra: &[&str]) -> Output {
+pub async fn replay(app: &TestApp, run_id: &str, extra: &[&str]) -> Output {
     let mut args: Vec<String> = vec!["replay".into(), run_id.into()];
     args.extend(extra.iter().map(|s| s.to_string()));
     args.extend(app.storage.cli_args());
@@ -27,7 +27,7 @@ async fn replay(app: &TestApp, run_id: &str, extra: &[&str]) -> Output {
 }
 
 /// The stdout of a successful replay, as JSON.
-fn json_of(output: &Output) -> Value {
+pub fn json_of(output: &Output) -> Value {
     assert!(
         output.status.success(),
         "replay failed ({}): {}",

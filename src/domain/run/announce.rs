@@ -61,6 +61,27 @@ pub(super) fn announcement(
                 Some(step.clone()),
             ));
         }
+        RunEvent::StepEvaluated {
+            step,
+            attempt,
+            score,
+            feedback,
+            passed,
+            ..
+        } => {
+            let threshold = state.definition.steps[step]
+                .refine
+                .as_ref()
+                .map_or(0.0, |r| r.pass_threshold);
+            let verdict = if *passed { "passes" } else { "below" };
+            let feedback = feedback.trim();
+            let feedback = if feedback.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", feedback.trim_end_matches('.'))
+            };
+            format!("Step '{step}' attempt {attempt} scored {score:.2} ({verdict} {threshold:.2}){feedback}.")
+        }
         RunEvent::StepLeaseExpired {
             step,
             worker,

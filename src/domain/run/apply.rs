@@ -3,7 +3,9 @@
 
 use std::sync::Arc;
 
-use super::state::{ArtifactVersion, Run, RunStatus, StepState, StepStatus};
+use super::state::{
+    ArtifactVersion, BestAttempt, RefineRound, Run, RunStatus, StepState, StepStatus,
+};
 use super::thread::{Action, MessageStatus, OpenInstruction};
 use super::{thread, ArtifactWritten, RunEvent, Usage};
 use crate::domain::ids::{StepId, Timestamp};
@@ -57,24 +59,32 @@ impl Run {
                 lease,
                 prompt_override,
                 instructions,
+                evaluating,
                 at,
                 ..
             } => {
-                let handed: Vec<OpenInstruction> = self
-                    .thread
-                    .for_dispatch(&step)
-                    .into_iter()
-                    .filter(|i| instructions.contains(&i.message))
-                    .collect();
-                self.thread
-                    .pending
-                    .retain(|i| !instructions.contains(&i.message));
-                if handed.is_empty() {
-                    self.thread.in_flight.remove(&step);
-                } else {
-                    self.thread.in_flight.insert(step.clone(), handed);
+                // An evaluator's dispatch leaves the attempt's instructions
+                // and prompt override as they are.
+                if !evaluating {
+                    let handed: Vec<OpenInstruction> = self
+                        .thread
+                        .for_dispatch(&step)
+                        .into_iter()
+                        .filter(|i| instructions.contains(&i.message))
+                        .collect();
+                    self.thread
+                        .pending
+                        .retain(|i| !instructions.contains(&i.message));
+                    if handed.is_empty() {
+                        self.thread.in_flight.remove(&step);
+                    } else {
+                        self.thread.in_flight.insert(step.clone(), handed);
+                    }
                 }
                 let s = self.steps.entry(step).or_default();
+                if !evaluating {
+                    s.prompt_override = prompt_override;
+                }
                 s.status = StepStatus::Running;
                 s.attempt = attempt;
                 s.lease = Some(lease);
@@ -83,7 +93,6 @@ impl Run {
                 s.last_heartbeat_at = None;
                 s.retry_at = None;
                 s.started_at = Some(at);
-                s.prompt_override = prompt_override;
             }
             RunEvent::StepCompleted {
                 step,
@@ -92,15 +101,21 @@ impl Run {
                 ready,
                 skipped,
                 usage,
+                latest,
                 at,
+                ..
             } => {
                 self.add_usage(&step, usage.as_ref());
                 let s = self.steps.entry(step).or_default();
                 s.status = StepStatus::Completed;
                 s.end_attempt();
+                s.refine = RefineRound::default();
                 s.error = None;
                 s.finished_at = Some(at);
                 self.add_versions(attempt, artifacts, at);
+                for (name, version) in latest {
+                    self.artifacts.entry(name).or_default().latest = version;
+                }
                 self.mark(ready, StepStatus::Ready);
                 self.mark(skipped, StepStatus::Skipped);
             }
@@ -153,6 +168,49 @@ impl Run {
                 s.status = StepStatus::Ready;
                 s.end_attempt();
                 s.retry_at = None;
+            }
+            RunEvent::StepProduced {
+                step,
+                attempt,
+                artifacts,
+                usage,
+                at,
+            } => {
+                self.add_usage(&step, usage.as_ref());
+                let s = self.steps.entry(step).or_default();
+                s.status = StepStatus::Ready;
+                s.end_attempt();
+                s.refine.evaluating = true;
+                s.refine.produced = artifacts
+                    .iter()
+                    .map(|w| (w.name.clone(), w.version))
+                    .collect();
+                self.add_versions(attempt, artifacts, at);
+            }
+            RunEvent::StepEvaluated {
+                step,
+                attempt,
+                score,
+                feedback,
+                usage,
+                ..
+            } => {
+                self.add_usage(&step, usage.as_ref());
+                let s = self.steps.entry(step).or_default();
+                s.status = StepStatus::Ready;
+                s.end_attempt();
+                let round = &mut s.refine;
+                round.evaluating = false;
+                round.evaluated += 1;
+                round.feedback = Some(feedback);
+                let produced = std::mem::take(&mut round.produced);
+                if round.best.as_ref().is_none_or(|b| score > b.score) {
+                    round.best = Some(BestAttempt {
+                        score,
+                        attempt,
+                        versions: produced,
+                    });
+                }
             }
             RunEvent::StepClaimed {
                 step,
@@ -254,6 +312,7 @@ impl Run {
                 s.finished_at = None;
                 s.error = None;
                 s.failures = 0;
+                s.refine = RefineRound::default();
                 s.prompt_override = prompt_override;
                 self.invalidate(invalidated, reopens_run);
             }
@@ -299,6 +358,7 @@ impl Run {
             let s = self.steps.entry(step).or_default();
             s.status = StepStatus::Pending;
             s.end_attempt();
+            s.refine = RefineRound::default();
             s.retry_at = None;
             s.error = None;
             s.finished_at = None;

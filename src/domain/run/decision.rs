@@ -162,35 +162,47 @@ impl Decision {
         prompt_override: Option<String>,
     ) {
         let current = self.state.steps.get(&step).map_or(0, |s| s.attempt);
-        let attempt = if recovered {
+        // A refine loop's evaluator scores the attempt that produced: it
+        // keeps its number, and the thread's instructions are not its.
+        let evaluating = self
+            .state
+            .steps
+            .get(&step)
+            .is_some_and(|s| s.refine.evaluating);
+        let attempt = if recovered || evaluating {
             current.max(1)
         } else {
             current + 1
         };
         let reads = self.state.reads_of(&step);
         let lease = self.next_lease();
-        let instructions: Vec<u32> = self
-            .state
-            .thread
-            .for_dispatch(&step)
-            .iter()
-            .map(|i| i.message)
-            .collect();
-        let newly: Vec<u32> = self
-            .state
-            .thread
-            .pending
-            .iter()
-            .map(|i| i.message)
-            .collect();
+        let (instructions, newly): (Vec<u32>, Vec<u32>) = if evaluating {
+            (Vec::new(), Vec::new())
+        } else {
+            (
+                self.state
+                    .thread
+                    .for_dispatch(&step)
+                    .iter()
+                    .map(|i| i.message)
+                    .collect(),
+                self.state
+                    .thread
+                    .pending
+                    .iter()
+                    .map(|i| i.message)
+                    .collect(),
+            )
+        };
         self.record(RunEvent::StepDispatched {
             step: step.clone(),
             attempt,
             lease,
             reads,
             recovered,
-            prompt_override,
+            prompt_override: if evaluating { None } else { prompt_override },
             instructions,
+            evaluating,
             at,
         });
         for message in newly {
@@ -224,6 +236,13 @@ impl Decision {
         // While a cancel is pending a failure is not retried and does not
         // fail the run: the run ends cancelled.
         let fails_run = !will_retry && self.state.cancel_requested.is_none();
+        // A refine loop's evaluator that failed scores the same attempt again.
+        let evaluating = self
+            .state
+            .steps
+            .get(step)
+            .is_some_and(|s| s.refine.evaluating);
+        let next_attempt = if evaluating { attempt } else { attempt + 1 };
         self.record(RunEvent::StepFailed {
             step: step.clone(),
             attempt,
@@ -239,7 +258,7 @@ impl Decision {
                 .max(failure.retry_after_ms.unwrap_or(0).min(MAX_BACKOFF_MS));
             self.record(RunEvent::StepRetryScheduled {
                 step: step.clone(),
-                next_attempt: attempt + 1,
+                next_attempt,
                 delay_ms,
                 due_at: at.plus_millis(delay_ms),
                 at,

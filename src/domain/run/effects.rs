@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 
-use super::state::{Run, StepInput, StepStatus, UsageTotals};
+use super::state::{InputValue, Run, StepInput, StepStatus, UsageTotals};
 use super::{ArtifactContent, RunEvent};
 use crate::domain::definition::Budget;
 use crate::domain::ids::{AgentName, LeaseToken, RunId, StepId, Timestamp};
@@ -24,6 +24,8 @@ pub enum Effect {
         step: StepId,
         /// The attempt's lease.
         lease: LeaseToken,
+        /// The agent running it (its executor is told).
+        agent: AgentName,
     },
     /// The attempt is over for the run (it completed, failed, stopped, or
     /// was superseded): its executor lets go of it. A late result of it is
@@ -33,6 +35,8 @@ pub enum Effect {
         step: StepId,
         /// The attempt's lease.
         lease: LeaseToken,
+        /// The agent that ran it (its executor lets go).
+        agent: AgentName,
     },
     /// Start the run a redirect hands the work to.
     StartRedirect {
@@ -134,14 +138,27 @@ impl BudgetLeft {
 /// comes the run's next wake-up, if it has one.
 pub fn effects(before: &Run, events: &[RunEvent], after: &Run) -> Vec<Effect> {
     let mut out = Vec::new();
-    // The attempts running before the events and not released yet, by step:
-    // each is released once.
-    let mut running: BTreeMap<StepId, LeaseToken> = before
+    // The attempts running before the events and not released yet, by step,
+    // with the agent running each: each is released once.
+    let mut running: BTreeMap<StepId, (LeaseToken, AgentName)> = before
         .steps
         .iter()
         .filter(|(_, s)| s.status == StepStatus::Running)
-        .filter_map(|(step, s)| Some((step.clone(), s.lease.clone()?)))
+        .filter_map(|(step, s)| {
+            Some((
+                step.clone(),
+                (s.lease.clone()?, running_agent(before, step)?),
+            ))
+        })
         .collect();
+    let release =
+        |out: &mut Vec<Effect>, step: &StepId, (lease, agent): (LeaseToken, AgentName)| {
+            out.push(Effect::Release {
+                step: step.clone(),
+                lease,
+                agent,
+            });
+        };
     for event in events {
         match event {
             RunEvent::StepDispatched {
@@ -152,11 +169,8 @@ pub fn effects(before: &Run, events: &[RunEvent], after: &Run) -> Vec<Effect> {
                 instructions,
                 ..
             } => {
-                if let Some(old) = running.remove(step).filter(|old| old != lease) {
-                    out.push(Effect::Release {
-                        step: step.clone(),
-                        lease: old,
-                    });
+                if let Some(old) = running.remove(step).filter(|(old, _)| old != lease) {
+                    release(&mut out, step, old);
                 }
                 if let Some(task) =
                     task(after, step, *attempt, lease, prompt_override, instructions)
@@ -166,10 +180,13 @@ pub fn effects(before: &Run, events: &[RunEvent], after: &Run) -> Vec<Effect> {
             }
             RunEvent::PauseRequested { .. } | RunEvent::CancelRequested { .. } => {
                 for (step, state) in &after.steps {
-                    if let (StepStatus::Running, Some(lease)) = (state.status, &state.lease) {
+                    if let (StepStatus::Running, Some(lease), Some(agent)) =
+                        (state.status, &state.lease, running_agent(after, step))
+                    {
                         out.push(Effect::Stop {
                             step: step.clone(),
                             lease: lease.clone(),
+                            agent,
                         });
                     }
                 }
@@ -177,15 +194,13 @@ pub fn effects(before: &Run, events: &[RunEvent], after: &Run) -> Vec<Effect> {
             RunEvent::StepRetryRequested { invalidated, .. }
             | RunEvent::ArtifactRolledBack { invalidated, .. } => {
                 for step in invalidated {
-                    if let Some(lease) = running.remove(step) {
+                    if let Some((lease, agent)) = running.remove(step) {
                         out.push(Effect::Stop {
                             step: step.clone(),
                             lease: lease.clone(),
+                            agent: agent.clone(),
                         });
-                        out.push(Effect::Release {
-                            step: step.clone(),
-                            lease,
-                        });
+                        release(&mut out, step, (lease, agent));
                     }
                 }
             }
@@ -195,12 +210,11 @@ pub fn effects(before: &Run, events: &[RunEvent], after: &Run) -> Vec<Effect> {
             | RunEvent::StepInterrupted { step, .. }
             | RunEvent::StepLeaseExpired { step, .. }
             | RunEvent::StepReleased { step, .. }
-            | RunEvent::StepLeaseRevoked { step, .. } => {
-                if let Some(lease) = running.remove(step) {
-                    out.push(Effect::Release {
-                        step: step.clone(),
-                        lease,
-                    });
+            | RunEvent::StepLeaseRevoked { step, .. }
+            | RunEvent::StepProduced { step, .. }
+            | RunEvent::StepEvaluated { step, .. } => {
+                if let Some(held) = running.remove(step) {
+                    release(&mut out, step, held);
                 }
             }
             RunEvent::RunRedirected {
@@ -230,6 +244,17 @@ pub fn effects(before: &Run, events: &[RunEvent], after: &Run) -> Vec<Effect> {
     out
 }
 
+/// The agent that runs (or would run) `step`'s current dispatch in `run`:
+/// a refining step's evaluator while it scores, else the step's agent.
+pub fn running_agent(run: &Run, step: &StepId) -> Option<AgentName> {
+    let def = run.definition.steps.get(step)?;
+    let evaluating = run.steps.get(step).is_some_and(|s| s.refine.evaluating);
+    match (&def.refine, evaluating) {
+        (Some(refine), true) => Some(refine.evaluator.clone()),
+        _ => Some(def.agent.clone()),
+    }
+}
+
 /// The task of a dispatch that `run` (the state after it) records.
 fn task(
     run: &Run,
@@ -240,9 +265,45 @@ fn task(
     instructions: &[u32],
 ) -> Option<Task> {
     let def = run.definition.steps.get(step)?;
+    let state = run.steps.get(step)?;
+    if let (Some(refine), true) = (&def.refine, state.refine.evaluating) {
+        // The evaluator scores the outputs the attempt produced.
+        let produced = state
+            .refine
+            .produced
+            .iter()
+            .filter_map(|(name, version)| {
+                let content = run
+                    .artifacts
+                    .get(name)?
+                    .versions
+                    .iter()
+                    .find(|v| v.version == *version)?
+                    .content
+                    .clone();
+                Some((name.output().to_string(), InputValue::Artifact(content)))
+            })
+            .collect();
+        return Some(Task {
+            run_id: run.id.clone()?,
+            step: step.clone(),
+            attempt,
+            lease: lease.clone(),
+            agent: refine.evaluator.clone(),
+            config: refine.evaluator_config.clone(),
+            prompt: None,
+            prompt_override: None,
+            instructions: Vec::new(),
+            input: StepInput::Named(produced),
+            run_input: run.input.clone(),
+            upstream: BTreeMap::new(),
+            stop_requested: run.pause_requested || run.cancel_requested.is_some(),
+            budgets: budgets(run, step),
+        });
+    }
     // The texts of the instructions handed over: they are in flight for the
-    // step now.
-    let instructions = run
+    // step now; then a refine loop's feedback on the attempt before.
+    let mut instructions: Vec<String> = run
         .thread
         .in_flight
         .get(step)
@@ -253,6 +314,12 @@ fn task(
                 .collect()
         })
         .unwrap_or_default();
+    if let Some(feedback) = state.refine.feedback.as_ref().filter(|f| !f.is_empty()) {
+        instructions.push(format!(
+            "Feedback on attempt {}: {feedback}",
+            attempt.saturating_sub(1)
+        ));
+    }
     let upstream = run
         .definition
         .upstream_of(step)
@@ -277,22 +344,27 @@ fn task(
         run_input: run.input.clone(),
         upstream,
         stop_requested: run.pause_requested || run.cancel_requested.is_some(),
-        budgets: run
-            .definition
-            .budget
-            .map(|budget| BudgetLeft {
-                scope: "run",
-                budget,
-                spent: run.usage,
-            })
-            .into_iter()
-            .chain(def.budget.map(|budget| BudgetLeft {
-                scope: "step",
-                budget,
-                spent: run.steps.get(step).map(|s| s.usage).unwrap_or_default(),
-            }))
-            .collect(),
+        budgets: budgets(run, step),
     })
+}
+
+/// The budgets `step`'s model calls must stay within, with what was spent.
+fn budgets(run: &Run, step: &StepId) -> Vec<BudgetLeft> {
+    let def = run.definition.steps.get(step);
+    run.definition
+        .budget
+        .map(|budget| BudgetLeft {
+            scope: "run",
+            budget,
+            spent: run.usage,
+        })
+        .into_iter()
+        .chain(def.and_then(|d| d.budget).map(|budget| BudgetLeft {
+            scope: "step",
+            budget,
+            spent: run.steps.get(step).map(|s| s.usage).unwrap_or_default(),
+        }))
+        .collect()
 }
 
 impl Run {

@@ -110,6 +110,10 @@ pub enum RunEvent {
         /// The instruction messages handed to this attempt. Added in 1.1.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         instructions: Vec<u32>,
+        /// The dispatch is the refine loop's evaluator scoring this
+        /// attempt's outputs (not the step's agent). Added in 1.2.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        evaluating: bool,
         /// When.
         at: Timestamp,
     },
@@ -130,6 +134,13 @@ pub enum RunEvent {
         /// What the attempt's model calls used. Added in 1.2.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         usage: Option<Usage>,
+        /// The versions `latest` moves to (a refine loop that accepts its
+        /// best attempt, not its last). Added in 1.2.
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        latest: BTreeMap<ArtifactName, u32>,
+        /// The score the step completed with (refine loops). Added in 1.2.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        final_score: Option<f64>,
         /// When.
         at: Timestamp,
     },
@@ -362,6 +373,40 @@ pub enum RunEvent {
         /// When.
         at: Timestamp,
     },
+    /// An attempt of a refining step produced its outputs, new artifact
+    /// versions: its evaluator scores them next.
+    StepProduced {
+        /// The step.
+        step: StepId,
+        /// The attempt.
+        attempt: u32,
+        /// The artifact versions written.
+        artifacts: Vec<ArtifactWritten>,
+        /// What the attempt's model calls used.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        usage: Option<Usage>,
+        /// When.
+        at: Timestamp,
+    },
+    /// The evaluator scored an attempt of a refining step. Unless it passed
+    /// or the attempts are spent, the step runs again with the feedback.
+    StepEvaluated {
+        /// The step.
+        step: StepId,
+        /// The attempt scored.
+        attempt: u32,
+        /// The score, 0..1.
+        score: f64,
+        /// What the evaluator said to improve.
+        feedback: String,
+        /// Whether the score reached the threshold.
+        passed: bool,
+        /// What the evaluator's model calls used.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        usage: Option<Usage>,
+        /// When.
+        at: Timestamp,
+    },
     /// A remote worker claimed a dispatched attempt; its lease runs from
     /// now and each heartbeat extends it.
     StepClaimed {
@@ -430,7 +475,7 @@ pub enum RunEvent {
 
 impl RunEvent {
     /// The literal event type names, for the catalogue and for tests.
-    pub const TYPES: [&'static str; 26] = [
+    pub const TYPES: [&'static str; 28] = [
         "RunStarted",
         "StepDispatched",
         "StepCompleted",
@@ -457,6 +502,8 @@ impl RunEvent {
         "StepLeaseExpired",
         "StepReleased",
         "StepLeaseRevoked",
+        "StepProduced",
+        "StepEvaluated",
     ];
 
     /// The time the event happened.
@@ -487,7 +534,9 @@ impl RunEvent {
             | Self::StepHeartbeat { at, .. }
             | Self::StepLeaseExpired { at, .. }
             | Self::StepReleased { at, .. }
-            | Self::StepLeaseRevoked { at, .. } => *at,
+            | Self::StepLeaseRevoked { at, .. }
+            | Self::StepProduced { at, .. }
+            | Self::StepEvaluated { at, .. } => *at,
         }
     }
 
@@ -506,7 +555,9 @@ impl RunEvent {
             | Self::StepHeartbeat { step, .. }
             | Self::StepLeaseExpired { step, .. }
             | Self::StepReleased { step, .. }
-            | Self::StepLeaseRevoked { step, .. } => Some(step),
+            | Self::StepLeaseRevoked { step, .. }
+            | Self::StepProduced { step, .. }
+            | Self::StepEvaluated { step, .. } => Some(step),
             _ => None,
         }
     }
@@ -549,6 +600,8 @@ impl DomainEvent for RunEvent {
             Self::StepLeaseExpired { .. } => Self::TYPES[23],
             Self::StepReleased { .. } => Self::TYPES[24],
             Self::StepLeaseRevoked { .. } => Self::TYPES[25],
+            Self::StepProduced { .. } => Self::TYPES[26],
+            Self::StepEvaluated { .. } => Self::TYPES[27],
         }
         .to_string()
     }

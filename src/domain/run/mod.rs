@@ -16,6 +16,7 @@
 //!   workers' claims, heartbeats and releases; the tick that expires and
 //!   revokes leases and dispatches due retries), [`control`]
 //!   (pause, resume, cancel, redirect), [`messages`] (the thread),
+//!   [`refine`] (producer → evaluator → reviser loops),
 //!   [`review`] (review gates, manual mode) and [`rework`] (step retry,
 //!   rollback).
 //! - [`decision`]: a decision in progress, with the dispatch and settle
@@ -38,6 +39,7 @@ mod events;
 mod graph;
 mod leases;
 mod messages;
+mod refine;
 mod results;
 mod review;
 mod rework;
@@ -54,8 +56,8 @@ pub use effects::{BudgetLeft, Effect, Task};
 pub use error::RunError;
 pub use events::{ArtifactContent, ArtifactWritten, Outputs, RunEvent, Usage};
 pub use state::{
-    ArtifactState, ArtifactVersion, InputValue, RetrySource, Run, RunStatus, StepInput, StepState,
-    StepStatus, UsageTotals,
+    ArtifactState, ArtifactVersion, BestAttempt, InputValue, RefineRound, RetrySource, Run,
+    RunStatus, StepInput, StepState, StepStatus, UsageTotals,
 };
 pub use thread::{
     Action, AgentNote, Author, MessageStatus, NewMessage, OpenInstruction, ThreadState,

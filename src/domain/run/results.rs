@@ -73,6 +73,9 @@ impl Run {
     ) -> Result<Decision, RunError> {
         let at = stamp.at;
         let attempt = self.check_running_step(&step, &lease)?;
+        if let Some(refine) = &self.definition.steps[&step].refine {
+            return self.refine_result(step, attempt, refine, outputs, usage, comments, stamp);
+        }
         let artifacts: Vec<ArtifactWritten> = outputs
             .into_iter()
             .map(|(output, content)| ArtifactWritten {
@@ -100,6 +103,8 @@ impl Run {
                 ready,
                 skipped,
                 usage,
+                latest: Default::default(),
+                final_score: None,
                 at,
             });
             d.dispatch_due(at);

@@ -71,6 +71,8 @@ impl Run {
             ready,
             skipped,
             usage: None,
+            latest: Default::default(),
+            final_score: None,
             at,
         });
         d.dispatch_due(at);

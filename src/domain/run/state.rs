@@ -152,6 +152,50 @@ pub struct StepState {
     /// What this step's model calls used, all attempts together.
     #[serde(default)]
     pub usage: UsageTotals,
+    /// The current round of a refine loop (renewed when the step runs
+    /// again from scratch).
+    #[serde(default, skip_serializing_if = "RefineRound::is_fresh")]
+    pub refine: RefineRound,
+}
+
+/// Where a refining step's loop is.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RefineRound {
+    /// The current attempt produced its outputs; its evaluator is (to be)
+    /// dispatched.
+    #[serde(default)]
+    pub evaluating: bool,
+    /// Attempts evaluated in this round.
+    #[serde(default)]
+    pub evaluated: u32,
+    /// The last evaluator's feedback, handed to the next attempt.
+    #[serde(default)]
+    pub feedback: Option<String>,
+    /// The best-scoring attempt so far: its score, its number and the
+    /// artifact versions it wrote.
+    #[serde(default)]
+    pub best: Option<BestAttempt>,
+    /// The artifact versions the current attempt wrote.
+    #[serde(default)]
+    pub produced: BTreeMap<ArtifactName, u32>,
+}
+
+/// The best-scoring attempt of a refine round.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BestAttempt {
+    /// Its score.
+    pub score: f64,
+    /// Its number.
+    pub attempt: u32,
+    /// The artifact versions it wrote.
+    pub versions: BTreeMap<ArtifactName, u32>,
+}
+
+impl RefineRound {
+    /// Nothing happened in this round yet.
+    pub fn is_fresh(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 /// Model usage added up (a run's or a step's).

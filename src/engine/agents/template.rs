@@ -9,7 +9,8 @@ use super::{Agent, AgentError, AgentOutputs, AgentResult, AgentSpec, StepContext
 use crate::domain::definition::ConfigFault;
 
 /// `template`: renders `config.text` with minijinja. The context holds
-/// `input` (the run input), `inputs` (the step's input), `steps` (every
+/// `input` (the run input), `inputs` (the step's input), `attempt` (the
+/// attempt's number), `steps` (every
 /// completed upstream step's outputs), each upstream step by name, `prompt`
 /// (the attempt's prompt: the override, else the step's own, else null) and
 /// `instructions` (the instruction messages handed to the attempt, a list of
@@ -71,6 +72,7 @@ impl Agent for TemplateAgent {
             Value::Object(ctx.upstream.clone().into_iter().collect()),
         );
         context.insert("input".into(), ctx.run_input.clone());
+        context.insert("attempt".into(), ctx.attempt.into());
         context.insert("inputs".into(), ctx.input.clone());
         context.insert(
             "prompt".into(),

@@ -2,6 +2,7 @@
 //! do), decided beside the events.
 
 use super::*;
+use crate::domain::ids::AgentName;
 
 /// Given `history`, when `command`: its effects (the command must be
 /// accepted).
@@ -32,10 +33,15 @@ fn others(effects: &[Effect]) -> Vec<Effect> {
         .collect()
 }
 
+fn echo() -> AgentName {
+    AgentName::parse("echo").unwrap()
+}
+
 fn stop(step: &str, token: &str) -> Effect {
     Effect::Stop {
         step: sid(step),
         lease: lease(token),
+        agent: echo(),
     }
 }
 
@@ -43,6 +49,7 @@ fn release(step: &str, token: &str) -> Effect {
     Effect::Release {
         step: sid(step),
         lease: lease(token),
+        agent: echo(),
     }
 }
 

@@ -24,6 +24,7 @@ mod control;
 mod effects;
 mod graph;
 mod leases;
+mod refine;
 mod replay;
 mod results;
 mod review;
@@ -198,6 +199,7 @@ fn run_started(definition: Definition, ready: &[&str], ms: i64) -> RunEvent {
 
 fn dispatched(step: &str, attempt: u32, token: &str, read: &[(&str, u32)], ms: i64) -> RunEvent {
     RunEvent::StepDispatched {
+        evaluating: false,
         step: sid(step),
         attempt,
         lease: lease(token),
@@ -211,6 +213,7 @@ fn dispatched(step: &str, attempt: u32, token: &str, read: &[(&str, u32)], ms: i
 
 fn redispatched(step: &str, attempt: u32, token: &str, read: &[(&str, u32)], ms: i64) -> RunEvent {
     RunEvent::StepDispatched {
+        evaluating: false,
         step: sid(step),
         attempt,
         lease: lease(token),
@@ -231,6 +234,8 @@ fn completed(
     ms: i64,
 ) -> RunEvent {
     RunEvent::StepCompleted {
+        latest: Default::default(),
+        final_score: None,
         usage: None,
         step: sid(step),
         attempt,
@@ -957,6 +962,7 @@ fn dispatched_with(
     ms: i64,
 ) -> RunEvent {
     RunEvent::StepDispatched {
+        evaluating: false,
         step: sid(step),
         attempt,
         lease: lease(token),
@@ -979,6 +985,8 @@ fn completed_with(
     ms: i64,
 ) -> RunEvent {
     RunEvent::StepCompleted {
+        latest: Default::default(),
+        final_score: None,
         usage: None,
         step: sid(step),
         attempt,

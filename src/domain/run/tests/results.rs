@@ -14,6 +14,7 @@ fn starting_a_diamond_dispatches_only_its_root() {
         .then_expect_events(vec![
             run_started(diamond(), &["a"], 10),
             RunEvent::StepDispatched {
+                evaluating: false,
                 step: sid("a"),
                 attempt: 1,
                 lease: lease("s0.1"),
@@ -63,6 +64,8 @@ fn completing_the_root_writes_version_one_and_dispatches_the_dependants_it_made_
         .when(complete("a", "s0.1", "A", 20, "s1"))
         .then_expect_events(vec![
             RunEvent::StepCompleted {
+                latest: Default::default(),
+                final_score: None,
                 usage: None,
                 step: sid("a"),
                 attempt: 1,
@@ -139,6 +142,8 @@ fn completing_a_step_without_outputs_writes_no_artifact() {
         ))
         .then_expect_events(vec![
             RunEvent::StepCompleted {
+                latest: Default::default(),
+                final_score: None,
                 usage: None,
                 step: sid("a"),
                 attempt: 1,
@@ -184,6 +189,8 @@ fn a_step_with_mapped_inputs_reads_only_the_artifacts_it_maps() {
         ))
         .then_expect_events(vec![
             RunEvent::StepCompleted {
+                latest: Default::default(),
+                final_score: None,
                 usage: None,
                 step: sid("a"),
                 attempt: 1,
@@ -599,6 +606,7 @@ fn recovering_redispatches_running_steps_with_the_same_attempt_and_a_new_lease()
         .when(recover(25, "s2"))
         .then_expect_events(vec![
             RunEvent::StepDispatched {
+                evaluating: false,
                 step: sid("b"),
                 attempt: 1,
                 lease: lease("s2.1"),
