@@ -301,8 +301,14 @@ impl FileConfig {
                 return invalid(format!("llm.prices.{model}: prices must not be negative"));
             }
         }
-        if self.limits.max_output_bytes == Some(0) || self.limits.template_fuel == Some(0) {
-            return invalid("limits must be at least 1".into());
+        for (name, zero) in [
+            ("agent_timeout_ms", self.limits.agent_timeout_ms == Some(0)),
+            ("max_output_bytes", self.limits.max_output_bytes == Some(0)),
+            ("template_fuel", self.limits.template_fuel == Some(0)),
+        ] {
+            if zero {
+                return invalid(format!("limits.{name} must be at least 1"));
+            }
         }
         Ok(())
     }
@@ -418,5 +424,8 @@ mod tests {
         assert!(invalid("[commands.x]\nprogram = \"wc\"").contains("absolute"));
         assert!(invalid("[commands.x]\nprogram = \"/no/such/program\"").contains("no file"));
         assert!(invalid("[llm]\nbase_url = \"ftp://x\"").contains("llm.base_url"));
+        for limit in ["agent_timeout_ms", "max_output_bytes", "template_fuel"] {
+            assert!(invalid(&format!("[limits]\n{limit} = 0")).contains(&format!("limits.{limit}")));
+        }
     }
 }

@@ -296,7 +296,7 @@ impl ReadModels {
         cursor: Option<(i64, String)>,
     ) -> Result<Page<RunSummary>, ProjectionError> {
         let (after_at, after_id) = cursor.map_or((None, None), |(a, i)| (Some(a), Some(i)));
-        let agent = agent.map(|a| format!("%,{a},%"));
+        let agent = agent.map(|a| format!(",{a},"));
         let rows: Vec<(RunSummary, i64)> = with_pool!(&self.db, pool => {
             sqlx::query(SUMMARIES_LIST)
                 .bind(status)

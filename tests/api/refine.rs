@@ -126,6 +126,14 @@ on_both_backends!(
         );
         let (_, none) = app.get("/api/runs?agent=llm").await;
         assert!(none["items"].as_array().unwrap().is_empty(), "{none}");
+        // Names match whole and exactly: no wildcard, no other case.
+        for near in ["judg_", "jud", "Judge"] {
+            let (_, none) = app.get(&format!("/api/runs?agent={near}")).await;
+            assert!(
+                none["items"].as_array().unwrap().is_empty(),
+                "{near}: {none}"
+            );
+        }
     }
 );
 

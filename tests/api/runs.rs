@@ -688,14 +688,15 @@ on_both_backends!(
             ] {
                 assert!(keys.contains(&key), "an event without {key}: {event}");
             }
-            // RunStarted (retry_of, then redirected_from and auto_run) and
-            // StepFailed (fails_run, then retryable) are at 1.2;
-            // StepDispatched (prompt_override, instructions), StepCompleted
-            // (skipped) and CancelRequested (grace_until) at 1.1; every
-            // other event at 1.0.
+            // RunStarted (retry_of, then redirected_from and auto_run),
+            // StepFailed (fails_run, then retryable), StepDispatched
+            // (prompt_override and instructions, then evaluating) and
+            // StepCompleted (skipped, then usage, latest and final_score)
+            // are at 1.2; CancelRequested (grace_until) and
+            // StepAwaitingReview (usage) at 1.1; every other event at 1.0.
             let version = match event["event_type"].as_str() {
-                Some("RunStarted" | "StepFailed") => "1.2",
-                Some("StepDispatched" | "StepCompleted" | "CancelRequested") => "1.1",
+                Some("RunStarted" | "StepFailed" | "StepDispatched" | "StepCompleted") => "1.2",
+                Some("CancelRequested" | "StepAwaitingReview") => "1.1",
                 _ => "1.0",
             };
             assert_eq!(event["event_version"], version, "{event}");

@@ -36,6 +36,10 @@ output_schema = {{ type = "object", required = ["summary"], properties = {{ summ
 
 [agents.render]
 description = "Renders things"
+
+[commands.shell]
+program = "/bin/sh"
+description = "A shell, for the agents list"
 "#
     )
 }
@@ -243,6 +247,17 @@ on_both_backends!(
             );
             expect_error(&response.reply(), 401, code);
         }
+        // The scheme is case-insensitive.
+        let lower = format!("bearer {TOKEN}");
+        let response = app
+            .request_with_headers(
+                "POST",
+                "/api/workers/claim",
+                Some(json!({"worker_id": "w", "agents": ["render"], "wait_s": 0})),
+                &[("Authorization", lower.as_str())],
+            )
+            .await;
+        assert_eq!(response.reply().0, 204);
         // Nothing was claimed: a worker with the token gets the task.
         let task = app.claim_one("w", &["summarize"]).await;
         assert_eq!(task["run_id"], run.as_str());
@@ -582,6 +597,18 @@ on_both_backends!(
         assert!(echo["workers"].is_null());
         assert_eq!(echo["config_schema"]["type"], "object");
         assert!(find("template")["config_schema"]["required"] == json!(["text"]));
+        let command = find("command");
+        assert!(
+            command["description"]
+                .as_str()
+                .unwrap()
+                .contains("shell: A shell, for the agents list"),
+            "{command}"
+        );
+        assert_eq!(
+            command["config_schema"]["properties"]["command"]["enum"],
+            json!(["shell"])
+        );
     }
 );
 

@@ -203,6 +203,7 @@ impl Run {
                 round.evaluating = false;
                 round.evaluated += 1;
                 round.feedback = Some(feedback);
+                round.feedback_on = Some(attempt);
                 let produced = std::mem::take(&mut round.produced);
                 if round.best.as_ref().is_none_or(|b| score > b.score) {
                     round.best = Some(BestAttempt {

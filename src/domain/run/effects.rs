@@ -315,10 +315,11 @@ fn task(
         })
         .unwrap_or_default();
     if let Some(feedback) = state.refine.feedback.as_ref().filter(|f| !f.is_empty()) {
-        instructions.push(format!(
-            "Feedback on attempt {}: {feedback}",
-            attempt.saturating_sub(1)
-        ));
+        let on = state
+            .refine
+            .feedback_on
+            .unwrap_or_else(|| attempt.saturating_sub(1));
+        instructions.push(format!("Feedback on attempt {on}: {feedback}"));
     }
     let upstream = run
         .definition

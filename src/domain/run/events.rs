@@ -608,10 +608,11 @@ impl DomainEvent for RunEvent {
 
     fn event_version(&self) -> String {
         match self {
-            Self::RunStarted { .. } | Self::StepFailed { .. } => "1.2",
-            Self::StepDispatched { .. }
-            | Self::StepCompleted { .. }
-            | Self::CancelRequested { .. } => "1.1",
+            Self::RunStarted { .. }
+            | Self::StepFailed { .. }
+            | Self::StepDispatched { .. }
+            | Self::StepCompleted { .. } => "1.2",
+            Self::CancelRequested { .. } | Self::StepAwaitingReview { .. } => "1.1",
             _ => "1.0",
         }
         .to_string()

@@ -171,6 +171,10 @@ pub struct RefineRound {
     /// The last evaluator's feedback, handed to the next attempt.
     #[serde(default)]
     pub feedback: Option<String>,
+    /// The attempt that feedback is about (absent in snapshots taken
+    /// before it was kept: the attempt before the current one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub feedback_on: Option<u32>,
     /// The best-scoring attempt so far: its score, its number and the
     /// artifact versions it wrote.
     #[serde(default)]

@@ -50,18 +50,22 @@ impl CommandAgent {
 impl Agent for CommandAgent {
     fn spec(&self) -> AgentSpec {
         let names: Vec<&String> = self.commands.keys().collect();
+        let listed: Vec<String> = self
+            .commands
+            .iter()
+            .map(|(name, spec)| match spec.description.trim() {
+                "" => name.clone(),
+                what => format!("{name}: {what}"),
+            })
+            .collect();
         AgentSpec {
             description: format!(
                 "Runs a command registered in the server's configuration (here: {}) with the \
                  task JSON on stdin; the JSON object it prints is the outputs.",
-                if names.is_empty() {
+                if listed.is_empty() {
                     "none".to_string()
                 } else {
-                    names
-                        .iter()
-                        .map(|n| n.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
+                    listed.join("; ")
                 }
             ),
             config_schema: json!({

@@ -5,6 +5,7 @@ SELECT run_id, template_id, template_version, status, created_at, updated_at,
  WHERE ($1 IS NULL OR status = $1)
    AND ($2 IS NULL OR template_id = $2)
    AND ($3 IS NULL OR created_at < $3 OR (created_at = $3 AND run_id < $4))
-   AND ($6 IS NULL OR agents LIKE $6)
+   -- $6 is ",agent,": a plain substring test (no LIKE wildcards, case-sensitive on both backends)
+   AND ($6 IS NULL OR replace(agents, $6, '') <> agents)
  ORDER BY created_at DESC, run_id DESC
  LIMIT $5

@@ -340,6 +340,25 @@ fn a_producer_failure_retries_as_the_next_attempt_and_the_loop_goes_on() {
 }
 
 #[test]
+fn feedback_names_the_attempt_it_scored_even_after_a_failed_attempt_between() {
+    let mut run = Driver::start(refining("fail"));
+    run.produce("cats", 20);
+    run.evaluate(0.0, "mention owls", 30);
+    // Attempt 2 gets attempt 1's feedback, then fails; attempt 3 gets it
+    // again, still naming attempt 1.
+    assert_eq!(
+        run.task("draft").instructions,
+        ["Feedback on attempt 1: mention owls"]
+    );
+    let token = run.lease("draft");
+    run.when(fail("draft", &token, "flaky", 40));
+    run.when(tick(50, "t"));
+    let task = run.task("draft");
+    assert_eq!(task.attempt, 3);
+    assert_eq!(task.instructions, ["Feedback on attempt 1: mention owls"]);
+}
+
+#[test]
 fn a_pause_while_the_producer_runs_holds_the_evaluator_until_resume() {
     let mut run = Driver::start(refining("fail"));
     run.when(pause(15));
