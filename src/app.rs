@@ -13,7 +13,7 @@ use actix_web::{App, HttpServer};
 
 use crate::api::{self, ApiState, WorkerAuth};
 use crate::config::{FileConfig, ServeSettings};
-use crate::db::Db;
+use crate::db::{Commits, Db};
 use crate::domain::ids::RunId;
 use crate::domain::run::{Policy, Run, RunEvent};
 use crate::domain::template::Template;
@@ -95,6 +95,8 @@ pub struct Application {
     server: Server,
     engine: Engine,
     db: Db,
+    /// The task queue's pool (relaxed commits, see [`Db::pool`]).
+    queue_db: Db,
 }
 
 impl Application {
@@ -116,11 +118,12 @@ impl Application {
         let projector = Projector::start(db.clone());
         projector.catch_up().await?;
         let reads = ReadModels::new(db.clone());
+        let queue_db = db.pool(4, Commits::Relaxed).await?;
         let engine = Engine::new(EngineParts {
             runs: AggregateStore::<Run>::new(&db, RUN_SNAPSHOT_EVERY),
             templates: AggregateStore::<Template>::new(&db, 0),
             blobs: BlobStore::new(db.clone()),
-            tasks: TaskQueue::new(db.clone()),
+            tasks: TaskQueue::new(queue_db.clone()),
             agents,
             run_read_models: Arc::new(projector.clone()),
             template_queries: vec![Arc::new(projector)],
@@ -219,6 +222,7 @@ impl Application {
             server,
             engine,
             db,
+            queue_db,
         })
     }
 
@@ -248,6 +252,7 @@ impl Application {
         self.engine
             .shutdown(std::time::Duration::from_secs(5))
             .await;
+        self.queue_db.close().await;
         self.db.close().await;
         result
     }

@@ -141,6 +141,45 @@ impl Db {
         Ok(Self::Sqlite(pool))
     }
 
+    /// Another pool of `connections` on the same database, with the same
+    /// settings except, with [`Commits::Relaxed`], that its commits do not
+    /// wait for the disk (PostgreSQL `synchronous_commit = off`, SQLite
+    /// `synchronous = NORMAL` in WAL mode).
+    ///
+    /// Relaxed commits are for writes that the log re-derives after a crash
+    /// (the task queue, the read models). Such a commit is still ordered
+    /// before every later commit: both backends write their write-ahead log
+    /// in order, so once any later durable commit is on disk, so is this
+    /// one; a relaxed write is lost only if no durable commit follows it
+    /// before the crash.
+    pub async fn pool(&self, connections: u32, commits: Commits) -> Result<Self, ConnectError> {
+        match self {
+            Self::Postgres(pool) => {
+                let mut options = (*pool.connect_options()).clone();
+                if commits == Commits::Relaxed {
+                    options = options.options([("synchronous_commit", "off")]);
+                }
+                let pool = PgPoolOptions::new()
+                    .max_connections(connections)
+                    .acquire_timeout(Duration::from_secs(10))
+                    .connect_with(options)
+                    .await?;
+                Ok(Self::Postgres(pool))
+            }
+            Self::Sqlite(pool) => {
+                let mut options = (*pool.connect_options()).clone();
+                if commits == Commits::Relaxed {
+                    options = options.synchronous(SqliteSynchronous::Normal);
+                }
+                let pool = SqlitePoolOptions::new()
+                    .max_connections(connections)
+                    .connect_with(options)
+                    .await?;
+                Ok(Self::Sqlite(pool))
+            }
+        }
+    }
+
     /// The backend's name, for logs and reports.
     pub fn backend(&self) -> &'static str {
         match self {
@@ -152,6 +191,57 @@ impl Db {
     /// Closes every connection.
     pub async fn close(&self) {
         with_pool!(self, pool => pool.close().await)
+    }
+}
+
+/// How the commits of a pool wait for the disk (see [`Db::pool`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Commits {
+    /// An answered commit is on disk.
+    Durable,
+    /// An answered commit is visible, and on disk with the next durable one.
+    Relaxed,
+}
+
+/// Runs `task` on a thread of its own (a single-threaded tokio runtime)
+/// with a pool of its own of `connections` on `db`'s database (see
+/// [`Db::pool`]), so that its work (the event appender, the projection
+/// writers) neither waits behind nor delays what runs on the server's other
+/// threads. The thread ends when the task does. If the pool cannot be
+/// opened, the task uses `db`'s.
+pub fn spawn_dedicated<F, Fut>(name: &str, db: Db, connections: u32, commits: Commits, task: F)
+where
+    F: FnOnce(Db) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()>,
+{
+    let thread = name.to_string();
+    let spawned = std::thread::Builder::new()
+        .name(name.to_string())
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(e) => {
+                    tracing::error!(thread, error = %e, "cannot start a runtime; the task does not run");
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                let own = match db.pool(connections, commits).await {
+                    Ok(own) => own,
+                    Err(e) => {
+                        tracing::warn!(thread, error = %e, "cannot open a pool of its own; sharing the server's");
+                        db
+                    }
+                };
+                task(own.clone()).await;
+                own.close().await;
+            });
+        });
+    if let Err(e) = spawned {
+        tracing::error!(name, error = %e, "cannot start a thread");
     }
 }
 

@@ -19,7 +19,7 @@ use super::executor::{resolve, Executor, Outcome, StepReport};
 use super::Reporter;
 use crate::domain::ids::{LeaseToken, RunId, StepId, Timestamp};
 use crate::domain::run::Task;
-use crate::store::{BlobStore, NewTask, TaskQueue};
+use crate::store::{BlobStore, NewTask, TaskQueue, TaskRef};
 
 /// How long a worker counts as serving an agent after it last asked for its
 /// tasks.
@@ -35,6 +35,10 @@ pub(crate) struct RemoteExecutor {
     pub(crate) queued: Arc<Notify>,
     /// When each worker last asked for each agent's tasks.
     seen: Mutex<HashMap<String, BTreeMap<String, Timestamp>>>,
+    /// Tasks claimed through this server and not over yet, by task id: the
+    /// worker's calls find their run and step here without a query (after
+    /// a restart, the queue table answers).
+    claimed: Mutex<HashMap<String, TaskRef>>,
     /// Tasks being queued (their insert not committed yet), by lease, and
     /// what was asked of them meanwhile.
     queuing: Arc<Mutex<HashMap<String, Asked>>>,
@@ -62,6 +66,7 @@ impl RemoteExecutor {
             clock,
             queued: Arc::new(Notify::new()),
             seen: Mutex::new(HashMap::new()),
+            claimed: Mutex::new(HashMap::new()),
             queuing: Arc::default(),
         }
     }
@@ -75,6 +80,22 @@ impl RemoteExecutor {
             workers.insert(worker.to_string(), now);
             workers.retain(|_, at| now.0 - at.0 <= WORKER_SEEN_MS);
         }
+    }
+
+    /// Remembers a task claimed through this server.
+    pub(crate) fn remember_claim(&self, task: TaskRef) {
+        lock(&self.claimed).insert(task.task_id.clone(), task);
+    }
+
+    /// A task claimed through this server, if it is not over.
+    pub(crate) fn claimed(&self, task_id: &str) -> Option<TaskRef> {
+        lock(&self.claimed).get(task_id).cloned()
+    }
+
+    /// Forgets the task of `lease`: the row, and the claim if remembered.
+    pub(crate) fn forget(&self, lease: &str) {
+        lock(&self.claimed).retain(|_, t| t.lease != lease);
+        self.queue.remove(lease);
     }
 
     /// How many workers asked for `agent`'s tasks in the last minute.
@@ -181,7 +202,7 @@ impl Executor for RemoteExecutor {
             *asked = Asked::Release;
             return;
         }
-        self.queue.remove(lease.as_str());
+        self.forget(lease.as_str());
     }
 }
 

@@ -125,6 +125,15 @@ impl Engine {
                         let Some(lease_expires_at) = expires else {
                             continue;
                         };
+                        remote.remember_claim(TaskRef {
+                            task_id: task.task_id.clone(),
+                            lease: task.lease.clone(),
+                            run_id: task.run_id.clone(),
+                            step: task.step.clone(),
+                            attempt: task.attempt,
+                            agent: task.agent.clone(),
+                            claimed_by: Some(worker.to_string()),
+                        });
                         return Ok(Some(ClaimedWork {
                             task_id: task.task_id,
                             lease,
@@ -158,7 +167,11 @@ impl Engine {
 
     /// The task `task_id` if `lease` is its lease.
     async fn held(&self, task_id: &str, lease: &str) -> Result<TaskRef, EngineError> {
-        match self.ctx.remote.queue.get(task_id).await? {
+        let known = match self.ctx.remote.claimed(task_id) {
+            Some(task) => Some(task),
+            None => self.ctx.remote.queue.get(task_id).await?,
+        };
+        match known {
             Some(task) if task.lease == lease && task.claimed_by.is_some() => Ok(task),
             _ => Err(lost(task_id)),
         }

@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::detail::RunDetail;
 use super::ProjectionError;
-use crate::db::{BeginWrite, Db};
+use crate::db::{BeginWrite, Commits, Db};
 use crate::domain::run::{Author, Run, RunEvent};
 use crate::domain::template::{Template, TemplateEvent};
 use crate::with_pool;
@@ -82,20 +82,30 @@ impl std::fmt::Debug for Job {
 }
 
 impl Projector {
-    /// Starts the writer task on the current tokio runtime.
+    /// Starts the writer tasks, on a thread of their own.
     pub fn start(db: Db) -> Self {
         let writers = match db {
             Db::Sqlite(_) => 1,
             Db::Postgres(_) => POSTGRES_WRITERS,
         };
         let backlog = Arc::new(AtomicUsize::new(0));
-        let senders = (0..writers)
-            .map(|_| {
-                let (sender, receiver) = mpsc::unbounded_channel();
-                tokio::spawn(write_loop(db.clone(), receiver, backlog.clone()));
-                sender
-            })
-            .collect();
+        let (senders, receivers): (Vec<_>, Vec<_>) =
+            (0..writers).map(|_| mpsc::unbounded_channel()).unzip();
+        let counter = backlog.clone();
+        crate::db::spawn_dedicated(
+            "runlog-projector",
+            db.clone(),
+            u32::try_from(writers).unwrap_or(4) + 1,
+            // The read models are re-derived from the log: a write lost in
+            // a crash is repaired by the catch-up at start.
+            Commits::Relaxed,
+            move |db| async move {
+                let loops = receivers
+                    .into_iter()
+                    .map(|receiver| write_loop(db.clone(), receiver, counter.clone()));
+                futures::future::join_all(loops).await;
+            },
+        );
         Self {
             senders,
             backlog,

@@ -1,7 +1,8 @@
 //! Group commit: appends from many actors, gathered while the previous
-//! transaction commits, go into the log in one transaction (one multi-row
-//! `INSERT … SELECT FROM UNNEST` on PostgreSQL; one prepared insert per
-//! event on SQLite, which is in-process). The table and its primary key are
+//! transaction commits, go into the log in one transaction (on PostgreSQL
+//! one multi-row `INSERT … SELECT FROM UNNEST` statement, which is its own
+//! transaction: one round trip; on SQLite, which is in-process, one
+//! prepared insert per event inside `BEGIN IMMEDIATE`). The table and its primary key are
 //! exactly those of sqlite-es / postgres-es, so optimistic concurrency is
 //! unchanged: a duplicate `(aggregate_type, aggregate_id, sequence)` fails
 //! the batch, which is then retried one append per transaction so that only
@@ -11,8 +12,7 @@ use cqrs_es::persist::SerializedEvent;
 use tokio::sync::{mpsc, oneshot};
 
 use super::StoreError;
-use crate::db::{BeginWrite, Db};
-use crate::with_pool;
+use crate::db::{BeginWrite, Commits, Db};
 
 const INSERT_EVENT: &str = include_str!("sql/event_insert.sql");
 const PG_INSERT_EVENTS: &str = include_str!("sql/postgres/events_insert_many.sql");
@@ -32,10 +32,12 @@ pub(crate) struct Appender {
 }
 
 impl Appender {
-    /// Starts the task on the current tokio runtime.
+    /// Starts the task on a thread of its own.
     pub(crate) fn start(db: Db) -> Self {
         let (sender, receiver) = mpsc::unbounded_channel();
-        tokio::spawn(append_loop(db, receiver));
+        crate::db::spawn_dedicated("runlog-appender", db, 4, Commits::Durable, move |db| {
+            append_loop(db, receiver)
+        });
         Self { sender }
     }
 
@@ -85,12 +87,31 @@ async fn append_loop(db: Db, mut receiver: mpsc::UnboundedReceiver<Append>) {
 }
 
 async fn insert(db: &Db, events: &[&SerializedEvent]) -> Result<(), StoreError> {
-    let result: Result<(), sqlx::Error> = with_pool!(db, pool => async {
-        let mut tx = pool.begin_write().await?;
-        insert_events(&mut tx, events).await?;
-        tx.commit().await
-    }
-    .await);
+    let result: Result<(), sqlx::Error> = match db {
+        // One statement is one transaction: the whole batch commits or none
+        // of it does, in a single round trip (no BEGIN / COMMIT).
+        Db::Postgres(pool) => pg_insert(pool, events).await,
+        // In-process: one prepared insert per event, under the write lock.
+        Db::Sqlite(pool) => {
+            async {
+                let mut tx = pool.begin_write().await?;
+                for e in events {
+                    sqlx::query(INSERT_EVENT)
+                        .bind(&e.aggregate_type)
+                        .bind(&e.aggregate_id)
+                        .bind(e.sequence as i64)
+                        .bind(&e.event_type)
+                        .bind(&e.event_version)
+                        .bind(&e.payload)
+                        .bind(&e.metadata)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                tx.commit().await
+            }
+            .await
+        }
+    };
     match result {
         Ok(()) => {
             crate::db::count_commit();
@@ -101,82 +122,42 @@ async fn insert(db: &Db, events: &[&SerializedEvent]) -> Result<(), StoreError> 
     }
 }
 
-/// Inserts events inside a transaction, per backend.
-trait EventWriter: sqlx::Database {
-    async fn insert_events(
-        tx: &mut sqlx::Transaction<'static, Self>,
-        events: &[&SerializedEvent],
-    ) -> Result<(), sqlx::Error>;
-}
-
-async fn insert_events<DB: EventWriter>(
-    tx: &mut sqlx::Transaction<'static, DB>,
-    events: &[&SerializedEvent],
-) -> Result<(), sqlx::Error> {
-    DB::insert_events(tx, events).await
-}
-
-impl EventWriter for sqlx::Sqlite {
-    async fn insert_events(
-        tx: &mut sqlx::Transaction<'static, Self>,
-        events: &[&SerializedEvent],
-    ) -> Result<(), sqlx::Error> {
-        for e in events {
-            sqlx::query(INSERT_EVENT)
-                .bind(&e.aggregate_type)
-                .bind(&e.aggregate_id)
-                .bind(e.sequence as i64)
-                .bind(&e.event_type)
-                .bind(&e.event_version)
-                .bind(&e.payload)
-                .bind(&e.metadata)
-                .execute(&mut **tx)
-                .await?;
-        }
-        Ok(())
-    }
-}
-
-impl EventWriter for sqlx::Postgres {
-    async fn insert_events(
-        tx: &mut sqlx::Transaction<'static, Self>,
-        events: &[&SerializedEvent],
-    ) -> Result<(), sqlx::Error> {
-        sqlx::query(PG_INSERT_EVENTS)
-            .bind(
-                events
-                    .iter()
-                    .map(|e| e.aggregate_type.as_str())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                events
-                    .iter()
-                    .map(|e| e.aggregate_id.as_str())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(events.iter().map(|e| e.sequence as i64).collect::<Vec<_>>())
-            .bind(
-                events
-                    .iter()
-                    .map(|e| e.event_type.as_str())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                events
-                    .iter()
-                    .map(|e| e.event_version.as_str())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(events.iter().map(|e| e.payload.clone()).collect::<Vec<_>>())
-            .bind(
-                events
-                    .iter()
-                    .map(|e| e.metadata.clone())
-                    .collect::<Vec<_>>(),
-            )
-            .execute(&mut **tx)
-            .await?;
-        Ok(())
-    }
+/// The batch as one multi-row `INSERT … SELECT FROM UNNEST`.
+async fn pg_insert(pool: &sqlx::PgPool, events: &[&SerializedEvent]) -> Result<(), sqlx::Error> {
+    sqlx::query(PG_INSERT_EVENTS)
+        .bind(
+            events
+                .iter()
+                .map(|e| e.aggregate_type.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            events
+                .iter()
+                .map(|e| e.aggregate_id.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(events.iter().map(|e| e.sequence as i64).collect::<Vec<_>>())
+        .bind(
+            events
+                .iter()
+                .map(|e| e.event_type.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            events
+                .iter()
+                .map(|e| e.event_version.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(events.iter().map(|e| e.payload.clone()).collect::<Vec<_>>())
+        .bind(
+            events
+                .iter()
+                .map(|e| e.metadata.clone())
+                .collect::<Vec<_>>(),
+        )
+        .execute(pool)
+        .await?;
+    Ok(())
 }

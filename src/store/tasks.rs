@@ -5,8 +5,11 @@
 //! LOCKED` on PostgreSQL, one `UPDATE … RETURNING` statement on SQLite
 //! (which has one writer at a time).
 //!
-//! Inserts and deletes are group-committed by a writer task, as event
-//! appends are: many dispatches share one transaction.
+//! The queue is written through a pool whose commits do not wait for the
+//! disk ([`Db::pool`] with [`Commits::Relaxed`](crate::db::Commits)): every row can be re-derived from the log, and a
+//! queue write is on disk as soon as any later event commit is. A dispatch
+//! inserts its row with one statement (claimable at once); deletes, which
+//! nobody waits for, are gathered into one transaction by a writer task.
 
 use serde_json::Value;
 use sqlx::Row;
@@ -86,9 +89,11 @@ pub struct TaskRef {
     pub claimed_by: Option<String>,
 }
 
+/// What the writer task is asked: deletes nobody waits for, and a flush
+/// that answers once every earlier delete is committed.
 enum Write {
-    Insert(NewTask, oneshot::Sender<Result<(), StoreError>>),
     Delete(String),
+    Flush(oneshot::Sender<()>),
 }
 
 /// The task queue of one database. Cheap to clone.
@@ -115,16 +120,35 @@ impl TaskQueue {
     /// Queues an attempt (a second insert of the same lease does nothing);
     /// resolves once it is committed and workers can claim it.
     pub async fn enqueue(&self, task: NewTask) -> Result<(), StoreError> {
-        let (done, answer) = oneshot::channel();
-        self.writes
-            .send(Write::Insert(task, done))
-            .map_err(|_| stopped())?;
-        answer.await.map_err(|_| stopped())?
+        with_pool!(&self.db, pool => {
+            sqlx::query(INSERT)
+                .bind(&task.task_id)
+                .bind(&task.lease)
+                .bind(&task.run_id)
+                .bind(&task.step)
+                .bind(i64::from(task.attempt))
+                .bind(&task.agent)
+                .bind(&task.payload)
+                .bind(task.queued_at)
+                .execute(pool)
+                .await?;
+        });
+        crate::db::count_commit();
+        Ok(())
     }
 
     /// Forgets the task of a lease, claimed or not (the attempt is over).
     pub fn remove(&self, lease: &str) {
         let _ = self.writes.send(Write::Delete(lease.to_string()));
+    }
+
+    /// Resolves once every earlier [`remove`](Self::remove) is committed
+    /// (or has failed, which is logged).
+    pub async fn flush(&self) {
+        let (done, flushed) = oneshot::channel();
+        if self.writes.send(Write::Flush(done)).is_ok() {
+            let _ = flushed.await;
+        }
     }
 
     /// Removes the task of a lease if no worker claimed it yet; whether it
@@ -227,10 +251,6 @@ where
     })
 }
 
-fn stopped() -> StoreError {
-    StoreError::Database("the task queue writer has stopped".into())
-}
-
 async fn write_loop(db: Db, mut receiver: mpsc::UnboundedReceiver<Write>) {
     while let Some(first) = receiver.recv().await {
         let mut batch = vec![first];
@@ -240,13 +260,17 @@ async fn write_loop(db: Db, mut receiver: mpsc::UnboundedReceiver<Write>) {
                 Err(_) => break,
             }
         }
-        let result = write(&db, &batch).await;
-        if let Err(e) = &result {
-            tracing::error!(error = %e, writes = batch.len(), "task queue write failed");
+        let (deletes, flushes): (Vec<_>, Vec<_>) = batch
+            .into_iter()
+            .partition(|w| matches!(w, Write::Delete(_)));
+        if !deletes.is_empty() {
+            if let Err(e) = write(&db, &deletes).await {
+                tracing::error!(error = %e, writes = deletes.len(), "task queue write failed");
+            }
         }
-        for write in batch {
-            if let Write::Insert(_, done) = write {
-                let _ = done.send(result.clone());
+        for flush in flushes {
+            if let Write::Flush(done) = flush {
+                let _ = done.send(());
             }
         }
     }
@@ -256,23 +280,8 @@ async fn write(db: &Db, batch: &[Write]) -> Result<(), StoreError> {
     let result: Result<(), sqlx::Error> = with_pool!(db, pool => async {
         let mut tx = pool.begin_write().await?;
         for write in batch {
-            match write {
-                Write::Insert(task, _) => {
-                    sqlx::query(INSERT)
-                        .bind(&task.task_id)
-                        .bind(&task.lease)
-                        .bind(&task.run_id)
-                        .bind(&task.step)
-                        .bind(i64::from(task.attempt))
-                        .bind(&task.agent)
-                        .bind(&task.payload)
-                        .bind(task.queued_at)
-                        .execute(&mut *tx)
-                        .await?;
-                }
-                Write::Delete(lease) => {
-                    sqlx::query(DELETE).bind(lease).execute(&mut *tx).await?;
-                }
+            if let Write::Delete(lease) = write {
+                sqlx::query(DELETE).bind(lease).execute(&mut *tx).await?;
             }
         }
         tx.commit().await
