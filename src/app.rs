@@ -252,6 +252,8 @@ impl Application {
         self.engine
             .shutdown(std::time::Duration::from_secs(5))
             .await;
+        // Removals of finished tasks still queued for the writer.
+        self.engine.flush_task_queue().await;
         self.queue_db.close().await;
         self.db.close().await;
         result

@@ -788,46 +788,42 @@ fn log_findings(path: &Path, every_line: bool) -> Option<String> {
 // The client.
 
 async fn post(client: &awc::Client, url: &str, body: &Value) -> Result<Value, String> {
-    let mut response = client
-        .post(url)
-        .insert_header(("content-type", "application/json"))
-        .send_body(body.to_string())
-        .await
-        .map_err(|e| format!("POST {url}: {e}"))?;
-    let bytes = response
-        .body()
-        .limit(64 * 1024 * 1024)
-        .await
-        .map_err(|e| format!("POST {url}: {e}"))?;
-    if !response.status().is_success() {
-        return Err(format!(
-            "POST {url}: {} {}",
-            response.status(),
-            String::from_utf8_lossy(&bytes)
-        ));
-    }
-    serde_json::from_slice(&bytes).map_err(|e| format!("POST {url}: {e}"))
+    call(client, awc::http::Method::POST, url, Some(body)).await
 }
 
 async fn get(client: &awc::Client, url: &str) -> Result<Value, String> {
-    let mut response = client
-        .get(url)
-        .send()
+    call(client, awc::http::Method::GET, url, None).await
+}
+
+/// One JSON request; a non-2xx answer is an error naming the call.
+async fn call(
+    client: &awc::Client,
+    method: awc::http::Method,
+    url: &str,
+    body: Option<&Value>,
+) -> Result<Value, String> {
+    let what = format!("{method} {url}");
+    let mut request = client.request(method, url);
+    if body.is_some() {
+        request = request.insert_header(("content-type", "application/json"));
+    }
+    let mut response = request
+        .send_body(body.map(Value::to_string).unwrap_or_default())
         .await
-        .map_err(|e| format!("GET {url}: {e}"))?;
+        .map_err(|e| format!("{what}: {e}"))?;
     let bytes = response
         .body()
         .limit(64 * 1024 * 1024)
         .await
-        .map_err(|e| format!("GET {url}: {e}"))?;
+        .map_err(|e| format!("{what}: {e}"))?;
     if !response.status().is_success() {
         return Err(format!(
-            "GET {url}: {} {}",
+            "{what}: {} {}",
             response.status(),
             String::from_utf8_lossy(&bytes)
         ));
     }
-    serde_json::from_slice(&bytes).map_err(|e| format!("GET {url}: {e}"))
+    serde_json::from_slice(&bytes).map_err(|e| format!("{what}: {e}"))
 }
 
 fn http_client() -> awc::Client {

@@ -229,15 +229,17 @@ where
                 }
             };
             runtime.block_on(async move {
-                let own = match db.pool(connections, commits).await {
-                    Ok(own) => own,
-                    Err(e) => {
-                        tracing::warn!(thread, error = %e, "cannot open a pool of its own; sharing the server's");
-                        db
+                match db.pool(connections, commits).await {
+                    Ok(own) => {
+                        task(own.clone()).await;
+                        own.close().await;
                     }
-                };
-                task(own.clone()).await;
-                own.close().await;
+                    Err(e) => {
+                        // The server's pool is not this thread's to close.
+                        tracing::warn!(thread, error = %e, "cannot open a pool of its own; sharing the server's");
+                        task(db).await;
+                    }
+                }
             });
         });
     if let Err(e) = spawned {
@@ -245,8 +247,9 @@ where
     }
 }
 
-/// Write transactions committed by this process (event commits, read-model
-/// batches, blob writes), for the benchmark's "durable commits per run".
+/// Durable write transactions committed by this process (event commits,
+/// read-model batches, blob writes; not the task queue's relaxed ones),
+/// for the benchmark's "durable commits per run".
 static DURABLE_COMMITS: AtomicU64 = AtomicU64::new(0);
 
 /// Counts one committed write transaction.

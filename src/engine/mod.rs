@@ -756,6 +756,11 @@ impl Engine {
         Ok(())
     }
 
+    /// Waits until the task queue's background removals are committed.
+    pub async fn flush_task_queue(&self) {
+        self.ctx.remote.queue.flush().await;
+    }
+
     /// Stops the engine after the HTTP server stopped: lets the read-model
     /// writer drain (up to `grace`), then stops the actor threads. Steps
     /// still running are re-dispatched at the next start.

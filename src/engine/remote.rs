@@ -21,6 +21,13 @@ use crate::domain::ids::{LeaseToken, RunId, StepId, Timestamp};
 use crate::domain::run::Task;
 use crate::store::{BlobStore, NewTask, TaskQueue, TaskRef};
 
+/// Tasks claimed through this server, by task id and by lease.
+#[derive(Debug, Default)]
+struct Claimed {
+    by_task: HashMap<String, TaskRef>,
+    by_lease: HashMap<String, String>,
+}
+
 /// How long a worker counts as serving an agent after it last asked for its
 /// tasks.
 pub const WORKER_SEEN_MS: i64 = 60_000;
@@ -35,10 +42,10 @@ pub(crate) struct RemoteExecutor {
     pub(crate) queued: Arc<Notify>,
     /// When each worker last asked for each agent's tasks.
     seen: Mutex<HashMap<String, BTreeMap<String, Timestamp>>>,
-    /// Tasks claimed through this server and not over yet, by task id: the
-    /// worker's calls find their run and step here without a query (after
-    /// a restart, the queue table answers).
-    claimed: Mutex<HashMap<String, TaskRef>>,
+    /// Tasks claimed through this server and not over yet: the worker's
+    /// calls find their run and step here without a query (after a
+    /// restart, the queue table answers).
+    claimed: Mutex<Claimed>,
     /// Tasks being queued (their insert not committed yet), by lease, and
     /// what was asked of them meanwhile.
     queuing: Arc<Mutex<HashMap<String, Asked>>>,
@@ -66,7 +73,7 @@ impl RemoteExecutor {
             clock,
             queued: Arc::new(Notify::new()),
             seen: Mutex::new(HashMap::new()),
-            claimed: Mutex::new(HashMap::new()),
+            claimed: Mutex::default(),
             queuing: Arc::default(),
         }
     }
@@ -84,17 +91,34 @@ impl RemoteExecutor {
 
     /// Remembers a task claimed through this server.
     pub(crate) fn remember_claim(&self, task: TaskRef) {
-        lock(&self.claimed).insert(task.task_id.clone(), task);
+        let mut claimed = lock(&self.claimed);
+        claimed
+            .by_lease
+            .insert(task.lease.clone(), task.task_id.clone());
+        claimed.by_task.insert(task.task_id.clone(), task);
     }
 
     /// A task claimed through this server, if it is not over.
     pub(crate) fn claimed(&self, task_id: &str) -> Option<TaskRef> {
-        lock(&self.claimed).get(task_id).cloned()
+        lock(&self.claimed).by_task.get(task_id).cloned()
+    }
+
+    /// Forgets the claim of a task (its lease was found lost).
+    pub(crate) fn forget_claim(&self, task_id: &str) {
+        let mut claimed = lock(&self.claimed);
+        if let Some(task) = claimed.by_task.remove(task_id) {
+            claimed.by_lease.remove(&task.lease);
+        }
     }
 
     /// Forgets the task of `lease`: the row, and the claim if remembered.
     pub(crate) fn forget(&self, lease: &str) {
-        lock(&self.claimed).retain(|_, t| t.lease != lease);
+        {
+            let mut claimed = lock(&self.claimed);
+            if let Some(task_id) = claimed.by_lease.remove(lease) {
+                claimed.by_task.remove(&task_id);
+            }
+        }
         self.queue.remove(lease);
     }
 

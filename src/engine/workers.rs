@@ -43,8 +43,9 @@ pub struct AgentView {
 /// The task's lease no longer holds.
 fn lost(task_id: &str) -> EngineError {
     EngineError::LeaseLost(format!(
-        "task '{task_id}' is not held under this lease any more (it expired, was dispatched \
-         again, was given back or its run ended)"
+        "task '{task_id}' is not held under this lease: the attempt is over (it completed, \
+         failed, expired, was given back, was dispatched again or its run ended) or the task \
+         was never claimed with it"
     ))
 }
 
@@ -165,6 +166,15 @@ impl Engine {
         }
     }
 
+    /// [`refused_as_lost`], forgetting the claim of a lost task.
+    fn refused_as_lost(&self, task_id: &str, error: EngineError) -> EngineError {
+        let error = refused_as_lost(task_id, error);
+        if matches!(error, EngineError::LeaseLost(_)) {
+            self.ctx.remote.forget_claim(task_id);
+        }
+        error
+    }
+
     /// The task `task_id` if `lease` is its lease.
     async fn held(&self, task_id: &str, lease: &str) -> Result<TaskRef, EngineError> {
         let known = match self.ctx.remote.claimed(task_id) {
@@ -193,7 +203,9 @@ impl Engine {
                 })
                 .await
             {
-                Ok(result) => return result.map_err(|e| refused_as_lost(task_id, e)),
+                Ok(result) => {
+                    return result.map_err(|e| self.refused_as_lost(task_id, e));
+                }
                 Err(actix::MailboxError::Closed) if tries < 3 => self.ctx.forget_actor(&run, &addr),
                 Err(e) => return Err(EngineError::Unavailable(e.to_string())),
             }
@@ -280,7 +292,7 @@ impl Engine {
         };
         self.report(&run, report)
             .await
-            .map_err(|e| refused_as_lost(&task.task_id, e))
+            .map_err(|e| self.refused_as_lost(&task.task_id, e))
     }
 
     /// Every agent, built-in and remote.

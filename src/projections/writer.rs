@@ -96,9 +96,10 @@ impl Projector {
             "runlog-projector",
             db.clone(),
             u32::try_from(writers).unwrap_or(4) + 1,
-            // The read models are re-derived from the log: a write lost in
-            // a crash is repaired by the catch-up at start.
-            Commits::Relaxed,
+            // Durable: the writers' document cache assumes that what
+            // committed stays (a batch lost while the server goes on would
+            // be hidden by the next one, which builds on the cache).
+            Commits::Durable,
             move |db| async move {
                 let loops = receivers
                     .into_iter()

@@ -133,7 +133,6 @@ impl TaskQueue {
                 .execute(pool)
                 .await?;
         });
-        crate::db::count_commit();
         Ok(())
     }
 
@@ -157,9 +156,6 @@ impl TaskQueue {
         let removed = with_pool!(&self.db, pool => {
             sqlx::query(WITHDRAW).bind(lease).execute(pool).await?.rows_affected()
         });
-        if removed > 0 {
-            crate::db::count_commit();
-        }
         Ok(removed > 0)
     }
 
@@ -192,11 +188,7 @@ impl TaskQueue {
                 row
             }
         };
-        let row = row.transpose()?;
-        if row.is_some() {
-            crate::db::count_commit();
-        }
-        Ok(row)
+        row.transpose()
     }
 
     /// Gives a claimed task back to the queue (its claim could not be
@@ -205,7 +197,6 @@ impl TaskQueue {
         with_pool!(&self.db, pool => {
             sqlx::query(UNCLAIM).bind(task_id).execute(pool).await?;
         });
-        crate::db::count_commit();
         Ok(())
     }
 
@@ -287,7 +278,5 @@ async fn write(db: &Db, batch: &[Write]) -> Result<(), StoreError> {
         tx.commit().await
     }
     .await);
-    result?;
-    crate::db::count_commit();
-    Ok(())
+    Ok(result?)
 }
