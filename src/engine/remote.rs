@@ -38,8 +38,9 @@ pub(crate) struct RemoteExecutor {
     blobs: BlobStore,
     reporter: Reporter,
     clock: SharedClock,
-    /// Woken whenever a task is queued.
-    pub(crate) queued: Arc<Notify>,
+    /// One signal per remote agent: each task queued wakes one claim
+    /// waiting for its agent (not every waiting claim).
+    signals: Mutex<HashMap<String, Arc<Notify>>>,
     /// When each worker last asked for each agent's tasks.
     seen: Mutex<HashMap<String, BTreeMap<String, Timestamp>>>,
     /// Tasks claimed through this server and not over yet: the worker's
@@ -71,7 +72,7 @@ impl RemoteExecutor {
             blobs,
             reporter,
             clock,
-            queued: Arc::new(Notify::new()),
+            signals: Mutex::default(),
             seen: Mutex::new(HashMap::new()),
             claimed: Mutex::default(),
             queuing: Arc::default(),
@@ -87,6 +88,14 @@ impl RemoteExecutor {
             workers.insert(worker.to_string(), now);
             workers.retain(|_, at| now.0 - at.0 <= WORKER_SEEN_MS);
         }
+    }
+
+    /// The signal of `agent`'s queued tasks (a declared remote agent).
+    pub(crate) fn signal(&self, agent: &str) -> Arc<Notify> {
+        lock(&self.signals)
+            .entry(agent.to_string())
+            .or_insert_with(|| Arc::new(Notify::new()))
+            .clone()
     }
 
     /// Remembers a task claimed through this server.
@@ -160,7 +169,7 @@ impl Executor for RemoteExecutor {
             self.reporter.clone(),
             self.clock.now(),
         );
-        let queued = self.queued.clone();
+        let queued = self.signal(task.agent.as_str());
         let queuing = self.queuing.clone();
         lock(&queuing).insert(task.lease.to_string(), Asked::Nothing);
         tokio::spawn(async move {
@@ -188,7 +197,9 @@ impl Executor for RemoteExecutor {
                 Ok(()) if asked == Asked::Stop => {
                     withdraw(&queue, &reporter, &task.run_id, &task.step, &task.lease).await;
                 }
-                Ok(()) => queued.notify_waiters(),
+                // One waiting claim of the agent wakes (or, if none waits,
+                // the next one to wait does at once).
+                Ok(()) => queued.notify_one(),
                 Err(error) => {
                     // The attempt cannot reach a worker: fail it (the retry
                     // policy decides whether it runs again).

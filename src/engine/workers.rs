@@ -93,18 +93,34 @@ impl Engine {
         let remote = &self.ctx.remote;
         remote.saw(worker, &names);
         let deadline = tokio::time::Instant::now() + wait;
+        let signals: Vec<_> = names.iter().map(|agent| remote.signal(agent)).collect();
         loop {
             // Registered before looking, so that a task queued between the
-            // look and the wait still wakes this claim.
-            let queued = remote.queued.clone();
-            let notified = queued.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            while let Some(task) = remote
-                .queue
-                .claim(&names, worker, self.ctx.clock.now().0)
-                .await?
-            {
+            // look and the wait still wakes this claim. Each queued task
+            // wakes one claim; a wake-up this claim does not use (it ends
+            // first) passes to the next waiting claim when dropped.
+            let mut waits: Vec<_> = signals
+                .iter()
+                .map(|signal| {
+                    let mut notified = Box::pin(signal.notified());
+                    notified.as_mut().enable();
+                    notified
+                })
+                .collect();
+            loop {
+                let task = match remote
+                    .queue
+                    .claim(&names, worker, self.ctx.clock.now().0)
+                    .await
+                {
+                    Ok(Some(task)) => task,
+                    Ok(None) => break,
+                    Err(e) => {
+                        // The wake-up this claim may have taken is handed on.
+                        signals.iter().for_each(|signal| signal.notify_one());
+                        return Err(e.into());
+                    }
+                };
                 let run = RunId::parse(task.run_id.as_str())
                     .map_err(|e| EngineError::Unavailable(e.to_string()))?;
                 let step = StepId::parse(task.step.as_str())
@@ -147,10 +163,11 @@ impl Engine {
                     Err(EngineError::Run(_)) => remote.queue.remove(&task.lease),
                     Err(e) => {
                         // Not recorded: the task goes back to the queue.
-                        if let Err(undo) = remote.queue.unclaim(&task.task_id).await {
-                            tracing::error!(task_id = %task.task_id, error = %undo,
+                        match remote.queue.unclaim(&task.task_id).await {
+                            Ok(()) => remote.signal(&task.agent).notify_one(),
+                            Err(undo) => tracing::error!(task_id = %task.task_id, error = %undo,
                                 "a claim that was not recorded could not be undone; the task \
-                                 is re-dispatched at the next recovery");
+                                 is re-dispatched at the next recovery"),
                         }
                         return Err(e);
                     }
@@ -160,7 +177,7 @@ impl Engine {
                 return Ok(None);
             }
             tokio::select! {
-                () = notified => {}
+                _ = futures::future::select_all(waits.iter_mut().map(|w| w.as_mut())) => {}
                 () = tokio::time::sleep_until(deadline) => return Ok(None),
             }
         }

@@ -222,6 +222,68 @@ on_both_backends!(
 );
 
 on_both_backends!(
+    each_dispatched_task_wakes_a_waiting_claim_of_its_agent_and_no_wake_up_is_lost,
+    |backend| {
+        let Some(app) = spawn(backend, None).await else {
+            return;
+        };
+        let summarize = app
+            .template_id(
+                "one-summary",
+                json!({"steps": {"s": {"agent": "summarize", "config": {"words": 1}}}}),
+            )
+            .await;
+        let render = app
+            .template_id("one-render", json!({"steps": {"r": {"agent": "render"}}}))
+            .await;
+        // Two claims wait for summarize, one for render; two summaries and
+        // a rendering are dispatched: each claim gets one.
+        let claims = futures::future::join_all([
+            app.claim("w1", &["summarize"], 20),
+            app.claim("w2", &["summarize"], 20),
+            app.claim("w3", &["render"], 20),
+        ]);
+        let started = async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let at = Instant::now();
+            let mut runs = Vec::new();
+            for template in [&summarize, &summarize, &render] {
+                runs.push(app.run_id(template, json!({})).await);
+            }
+            (runs, at)
+        };
+        let (answers, (runs, dispatched)) = futures::join!(claims, started);
+        // Woken by the dispatches, not by the end of their 20 s wait.
+        assert!(dispatched.elapsed() < Duration::from_secs(10));
+        for (status, task) in &answers {
+            assert_eq!(*status, 200, "{task}");
+        }
+        assert_eq!(answers[0].1["agent"], "summarize");
+        assert_eq!(answers[1].1["agent"], "summarize");
+        assert_eq!(answers[2].1["agent"], "render");
+        let mut got: Vec<&str> = answers
+            .iter()
+            .map(|(_, task)| task["run_id"].as_str().expect("run_id"))
+            .collect();
+        got.sort_unstable();
+        let mut expected: Vec<&str> = runs.iter().map(String::as_str).collect();
+        expected.sort_unstable();
+        assert_eq!(got, expected, "three runs, three different tasks");
+        // A claim for either agent is woken by a task of the second.
+        let waiting = app.claim("w4", &["summarize", "render"], 20);
+        let started = async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let at = Instant::now();
+            (app.run_id(&render, json!({})).await, at)
+        };
+        let ((status, task), (run, dispatched)) = futures::join!(waiting, started);
+        assert_eq!(status, 200, "{task}");
+        assert_eq!(task["run_id"], run.as_str());
+        assert!(dispatched.elapsed() < Duration::from_secs(10));
+    }
+);
+
+on_both_backends!(
     worker_calls_without_the_worker_token_are_refused_with_401_and_change_nothing,
     |backend| {
         let Some(app) = spawn(backend, None).await else {
