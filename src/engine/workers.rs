@@ -94,11 +94,24 @@ impl Engine {
         remote.saw(worker, &names);
         let deadline = tokio::time::Instant::now() + wait;
         let signals: Vec<_> = names.iter().map(|agent| remote.signal(agent)).collect();
+        // Wakes one waiting claim of every agent of this claim but
+        // `except`: this claim may have taken their wake-ups (a claim for
+        // two agents can be woken by both and take one task).
+        let hand_on = |except: Option<&str>| {
+            for (name, signal) in names.iter().zip(&signals) {
+                if except != Some(name.as_str()) {
+                    signal.notify_one();
+                }
+            }
+        };
         loop {
             // Registered before looking, so that a task queued between the
             // look and the wait still wakes this claim. Each queued task
-            // wakes one claim; a wake-up this claim does not use (it ends
-            // first) passes to the next waiting claim when dropped.
+            // wakes one claim: a wake-up that was never polled passes to the
+            // next waiting claim when dropped, but one this claim has taken
+            // (a stored permit taken by `enable`, or the wait that ended)
+            // must be handed on by hand when the claim does not use it for
+            // a task of that agent (see `hand_on`).
             let mut waits: Vec<_> = signals
                 .iter()
                 .map(|signal| {
@@ -116,8 +129,7 @@ impl Engine {
                     Ok(Some(task)) => task,
                     Ok(None) => break,
                     Err(e) => {
-                        // The wake-up this claim may have taken is handed on.
-                        signals.iter().for_each(|signal| signal.notify_one());
+                        hand_on(None);
                         return Err(e.into());
                     }
                 };
@@ -151,6 +163,7 @@ impl Engine {
                             agent: task.agent.clone(),
                             claimed_by: Some(worker.to_string()),
                         });
+                        hand_on(Some(task.agent.as_str()));
                         return Ok(Some(ClaimedWork {
                             task_id: task.task_id,
                             lease,
@@ -163,12 +176,14 @@ impl Engine {
                     Err(EngineError::Run(_)) => remote.queue.remove(&task.lease),
                     Err(e) => {
                         // Not recorded: the task goes back to the queue.
-                        match remote.queue.unclaim(&task.task_id).await {
-                            Ok(()) => remote.signal(&task.agent).notify_one(),
-                            Err(undo) => tracing::error!(task_id = %task.task_id, error = %undo,
+                        if let Err(undo) = remote.queue.unclaim(&task.task_id).await {
+                            tracing::error!(task_id = %task.task_id, error = %undo,
                                 "a claim that was not recorded could not be undone; the task \
-                                 is re-dispatched at the next recovery"),
+                                 is re-dispatched at the next recovery");
                         }
+                        // The task is back in the queue, and this claim's
+                        // wake-ups are not used.
+                        hand_on(None);
                         return Err(e);
                     }
                 }

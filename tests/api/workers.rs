@@ -284,6 +284,54 @@ on_both_backends!(
 );
 
 on_both_backends!(
+    a_claim_for_two_agents_woken_by_both_hands_the_wake_up_it_does_not_use_on,
+    |backend| {
+        let Some(app) = spawn(backend, None).await else {
+            return;
+        };
+        // Two root steps: their tasks are queued at once, so a claim for
+        // both agents is likely woken by both before it looks.
+        let both = app
+            .template_id(
+                "both",
+                json!({"steps": {
+                    "s": {"agent": "summarize", "config": {"words": 1}},
+                    "r": {"agent": "render"}
+                }}),
+            )
+            .await;
+        let either = app.claim("either", &["summarize", "render"], 5);
+        let summaries = async {
+            // Waits after the claim for either agent.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            app.claim("summaries", &["summarize"], 5).await
+        };
+        let started = async {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let at = Instant::now();
+            (app.run_id(&both, json!({})).await, at)
+        };
+        let ((status, first), (summary_status, summary), (run, dispatched)) =
+            futures::join!(either, summaries, started);
+        assert_eq!(status, 200, "{first}");
+        assert_eq!(first["run_id"], run.as_str());
+        if first["agent"] == "render" {
+            // The summary must reach the claim waiting for it at once,
+            // not when its wait ends.
+            assert_eq!(summary_status, 200, "{summary}");
+            assert_eq!(summary["agent"], "summarize");
+            assert_eq!(summary["run_id"], run.as_str());
+            assert!(dispatched.elapsed() < Duration::from_secs(4));
+        } else {
+            // The claim for either took the summary: nothing else was
+            // there for the other.
+            assert_eq!(first["agent"], "summarize");
+            assert_eq!(summary_status, 204, "{summary}");
+        }
+    }
+);
+
+on_both_backends!(
     worker_calls_without_the_worker_token_are_refused_with_401_and_change_nothing,
     |backend| {
         let Some(app) = spawn(backend, None).await else {
