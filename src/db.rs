@@ -147,7 +147,7 @@ impl Db {
     /// `synchronous = NORMAL` in WAL mode).
     ///
     /// Relaxed commits are for writes that the log re-derives after a crash
-    /// (the task queue, the read models). Such a commit is still ordered
+    /// (the task queue). Such a commit is still ordered
     /// before every later commit: both backends write their write-ahead log
     /// in order, so once any later durable commit is on disk, so is this
     /// one; a relaxed write is lost only if no durable commit follows it
