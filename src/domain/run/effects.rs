@@ -273,14 +273,7 @@ fn task(
             .produced
             .iter()
             .filter_map(|(name, version)| {
-                let content = run
-                    .artifacts
-                    .get(name)?
-                    .versions
-                    .iter()
-                    .find(|v| v.version == *version)?
-                    .content
-                    .clone();
+                let content = run.artifacts.get(name)?.content(*version)?.clone();
                 Some((name.output().to_string(), InputValue::Artifact(content)))
             })
             .collect();

@@ -166,15 +166,7 @@ fn complete(
     let fresh: Vec<ArtifactWritten> = selected
         .iter()
         .filter_map(|(name, version)| {
-            let content = d
-                .state
-                .artifacts
-                .get(name)?
-                .versions
-                .iter()
-                .find(|v| v.version == *version)?
-                .content
-                .clone();
+            let content = d.state.artifacts.get(name)?.content(*version)?.clone();
             Some(ArtifactWritten {
                 name: name.clone(),
                 version: *version,

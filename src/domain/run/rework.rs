@@ -65,9 +65,9 @@ impl Run {
             .artifacts
             .get(&name)
             .ok_or_else(|| RunError::UnknownArtifact(name.clone()))?;
-        if !artifact.versions.iter().any(|v| v.version == to_version) {
+        let Some(old_content) = artifact.content(to_version) else {
             return Err(RunError::UnknownArtifactVersion(name, to_version));
-        }
+        };
         if artifact.latest == to_version {
             return Err(RunError::AlreadyAtVersion(name, to_version));
         }
@@ -91,18 +91,13 @@ impl Run {
             .iter()
             .map(|s| (s.clone(), StepStatus::Pending))
             .collect();
-        let old = artifact
-            .versions
-            .iter()
-            .find(|v| v.version == to_version)
-            .map(|v| (name.clone(), v.content.clone()));
         let (ready, skipped) = if invalidated.is_empty() {
             (Vec::new(), Vec::new())
         } else {
             self.evaluate(
                 self.definition.dependants_of(&producer).cloned().collect(),
                 seed,
-                old.into_iter().collect(),
+                std::iter::once((name.clone(), old_content.clone())).collect(),
             )
         };
         let mut d = Decision::new(self, stamp);

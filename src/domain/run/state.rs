@@ -252,9 +252,14 @@ pub struct ArtifactState {
 impl ArtifactState {
     /// The body of the latest version.
     pub fn latest_content(&self) -> Option<&ArtifactContent> {
+        self.content(self.latest)
+    }
+
+    /// The body of `version`, if there is one.
+    pub fn content(&self, version: u32) -> Option<&ArtifactContent> {
         self.versions
             .iter()
-            .find(|v| v.version == self.latest)
+            .find(|v| v.version == version)
             .map(|v| &v.content)
     }
 }
