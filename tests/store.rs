@@ -16,8 +16,8 @@ use runlog::domain::ids::{
     ArtifactName, LeaseToken, OutputName, RunId, StepId, TemplateId, Timestamp,
 };
 use runlog::domain::run::{
-    ArtifactContent, ArtifactWritten, Outputs, Policy, Run, RunCommand, RunError, RunEvent, Stamp,
-    StartRun, StepStatus,
+    Action, ArtifactContent, ArtifactWritten, Author, MessageStatus, Outputs, Policy, Run,
+    RunCommand, RunError, RunEvent, Stamp, StartRun, StepStatus,
 };
 use runlog::domain::template::{Template, TemplateCommand};
 use runlog::projections::{Projector, ReadModels, RunDetail};
@@ -721,6 +721,133 @@ mod catch_up_repairs_a_lost_batch {
     #[actix_web::test]
     async fn on_postgres() {
         catch_up_repairs_a_lost_batch(Backend::Postgres).await;
+    }
+}
+
+/// A thread message and its status changes, as the run commits them.
+fn thread_events() -> Vec<Vec<RunEvent>> {
+    let posted =
+        |message: u32, action: Action, status: MessageStatus, at: i64| RunEvent::MessagePosted {
+            message,
+            author: Author::User,
+            action,
+            content: format!("message {message}"),
+            metadata: json!(null),
+            step: None,
+            idempotency_key: None,
+            status,
+            reason: None,
+            at: Timestamp(at),
+        };
+    let changed = |message: u32, status: MessageStatus, step_name: Option<&str>, at: i64| {
+        RunEvent::MessageStatusChanged {
+            message,
+            status,
+            step: step_name.map(step),
+            reason: (status == MessageStatus::Ignored).then(|| "the run ended".to_string()),
+            at: Timestamp(at),
+        }
+    };
+    vec![
+        vec![posted(1, Action::Instruction, MessageStatus::Pending, 100)],
+        vec![
+            changed(1, MessageStatus::Acknowledged, Some("b"), 110),
+            posted(2, Action::Instruction, MessageStatus::Pending, 120),
+        ],
+        vec![changed(2, MessageStatus::Acknowledged, Some("c"), 130)],
+        vec![
+            posted(3, Action::Comment, MessageStatus::Processed, 140),
+            changed(1, MessageStatus::Processed, None, 150),
+            changed(2, MessageStatus::Ignored, None, 160),
+        ],
+    ]
+}
+
+/// The thread read model does not depend on how the writer batched the
+/// events: a status change of a message posted in the same batch (folded
+/// into its insert) reads the same as one applied to an earlier message.
+async fn the_thread_reads_the_same_however_batched(backend: Backend) {
+    let Some((_storage, db)) = open(backend).await else {
+        return;
+    };
+    let runs = AggregateStore::<Run>::new(&db, store::RUN_SNAPSHOT_EVERY);
+    let projector = Projector::start(db.clone());
+    let reads = ReadModels::new(db.clone());
+    // Each run commits the same events; "one-by-one" projects every commit
+    // on its own, "all-at-once" projects them all in one batch, "split"
+    // projects the first two commits, then the rest in one batch (status
+    // changes of a message posted in an earlier batch, gathered).
+    for run_id in ["one-by-one", "all-at-once", "split"] {
+        let mut sequence = 0;
+        let mut committed = Vec::new();
+        let mut split = run_id == "split";
+        let start = Run::default()
+            .decide_with(start_command(run_id, 1))
+            .expect("start");
+        for events in std::iter::once(start).chain(thread_events()) {
+            let (envelopes, _) = runs
+                .commit(run_id, Run::default(), sequence, None, events, metadata())
+                .await
+                .expect("commit");
+            sequence += envelopes.len();
+            if run_id == "one-by-one" {
+                projector.project_runs(&envelopes).await.expect("project");
+            }
+            committed.extend(envelopes);
+            if split && committed.len() == 3 {
+                projector.project_runs(&committed).await.expect("project");
+                committed.clear();
+                split = false;
+            }
+        }
+        if run_id != "one-by-one" {
+            projector.project_runs(&committed).await.expect("project");
+        }
+    }
+    let thread = |run_id: &'static str| {
+        let reads = &reads;
+        async move {
+            reads
+                .messages(run_id, 0, 100)
+                .await
+                .expect("messages")
+                .items
+                .into_iter()
+                .map(|m| (m.id, m.status, m.step, m.reason, m.created_at, m.updated_at))
+                .collect::<Vec<_>>()
+        }
+    };
+    let one_by_one = thread("one-by-one").await;
+    let statuses: Vec<(u32, &str, Option<&str>)> = one_by_one
+        .iter()
+        .map(|(id, status, step, _, _, _)| (*id, status.as_str(), step.as_deref()))
+        .collect();
+    assert_eq!(
+        statuses,
+        vec![
+            (1, "processed", Some("b")),
+            (2, "ignored", Some("c")),
+            (3, "processed", None)
+        ]
+    );
+    assert_eq!(one_by_one[1].3.as_deref(), Some("the run ended"));
+    assert_ne!(one_by_one[0].4, one_by_one[0].5, "updated_at moved on");
+    assert_eq!(thread("all-at-once").await, one_by_one);
+    assert_eq!(thread("split").await, one_by_one);
+    db.close().await;
+}
+
+mod the_thread_reads_the_same_however_batched {
+    use super::*;
+
+    #[actix_web::test]
+    async fn on_sqlite() {
+        the_thread_reads_the_same_however_batched(Backend::Sqlite).await;
+    }
+
+    #[actix_web::test]
+    async fn on_postgres() {
+        the_thread_reads_the_same_however_batched(Backend::Postgres).await;
     }
 }
 

@@ -28,13 +28,9 @@ const TEMPLATE_PUT: &str = include_str!("sql/template_put.sql");
 const STALE_RUNS: &str = include_str!("sql/stale_runs.sql");
 const STALE_TEMPLATES: &str = include_str!("sql/stale_templates.sql");
 const EVENTS_AFTER: &str = include_str!("sql/events_after.sql");
-const PG_ARTIFACTS_PUT: &str = include_str!("sql/postgres/artifacts_put_many.sql");
-const PG_SUMMARIES_PUT: &str = include_str!("sql/postgres/summaries_put_many.sql");
-const PG_DETAILS_PUT: &str = include_str!("sql/postgres/details_put_many.sql");
+const PG_ROWS_PUT: &str = include_str!("sql/postgres/rows_put.sql");
 const MESSAGE_PUT: &str = include_str!("sql/message_put.sql");
 const MESSAGE_STATUS: &str = include_str!("sql/message_status.sql");
-const PG_MESSAGES_PUT: &str = include_str!("sql/postgres/messages_put_many.sql");
-const PG_MESSAGE_STATUSES: &str = include_str!("sql/postgres/message_statuses_many.sql");
 
 /// Most jobs grouped into one transaction.
 const MAX_JOBS_PER_TRANSACTION: usize = 256;
@@ -312,6 +308,11 @@ async fn write_loop(db: Db, mut receiver: mpsc::UnboundedReceiver<Job>, backlog:
 
 /// Writes every job's events in one transaction; returns the run detail
 /// documents written (the caller caches them once the write succeeded).
+///
+/// The documents a batch builds on are read first, outside the write (this
+/// writer is the only one for its runs); the rows then go in at once: on
+/// PostgreSQL one statement, which is its own transaction (a batch with
+/// template events, which are rare, takes a transaction of a few).
 async fn write(
     db: &Db,
     jobs: &[Job],
@@ -334,17 +335,19 @@ async fn write(
     }
     let mut rows = Rows::default();
     with_pool!(db, pool => {
-        let mut tx = pool.begin_write().await?;
         for (run_id, events) in runs {
+            let first = events.first().map_or(0, |(s, _)| *s);
             // A cached document is as good as the stored one: this writer is
             // the only one for this run, and a stale one (another node wrote
-            // since) shows as a gap and is filled from the log.
+            // since) shows as a gap and is filled from the log. A batch that
+            // starts at the run's first event builds its document afresh.
             let mut detail: RunDetail = match cache.get(run_id) {
                 Some(cached) => cached.clone(),
+                None if first == 1 => RunDetail::default(),
                 None => {
                     let doc: Option<Value> = sqlx::query_scalar(DETAIL_GET)
                         .bind(run_id)
-                        .fetch_optional(&mut *tx)
+                        .fetch_optional(pool)
                         .await?;
                     match doc {
                         Some(doc) => serde_json::from_value(doc)?,
@@ -356,8 +359,8 @@ async fn write(
             // A gap (an earlier batch was lost to a failed write) is filled
             // from the log, which holds every committed event.
             let from_log;
-            let events: Vec<&(u64, RunEvent)> = if events.first().is_some_and(|(s, _)| *s > before + 1) {
-                from_log = events_after::<RunEvent, _>(&mut tx, "Run", run_id, before).await?;
+            let events: Vec<&(u64, RunEvent)> = if first > before + 1 {
+                from_log = events_after::<RunEvent, _, _>(pool, "Run", run_id, before).await?;
                 from_log.iter().collect()
             } else {
                 events
@@ -387,44 +390,49 @@ async fn write(
             });
             written.push(detail);
         }
-        for (template_id, events) in templates {
-            let row = sqlx::query(TEMPLATE_GET)
-                .bind(template_id)
-                .fetch_optional(&mut *tx)
-                .await?;
-            let mut view = match row {
-                Some(row) => super::reads::template_from_row(&row)?,
-                None => super::reads::TemplateRow::default(),
-            };
-            let before = view.last_sequence;
-            let from_log;
-            let events: Vec<&(u64, TemplateEvent)> = if events.first().is_some_and(|(s, _)| *s > before + 1) {
-                from_log = events_after::<TemplateEvent, _>(&mut tx, "Template", template_id, before).await?;
-                from_log.iter().collect()
-            } else {
-                events
-            };
-            for (sequence, event) in events {
-                view.apply(template_id, *sequence, event);
+        if templates.is_empty() {
+            RowWriter::write_alone(pool, &rows).await?;
+        } else {
+            let mut tx = pool.begin_write().await?;
+            for (template_id, events) in templates {
+                let row = sqlx::query(TEMPLATE_GET)
+                    .bind(template_id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                let mut view = match row {
+                    Some(row) => super::reads::template_from_row(&row)?,
+                    None => super::reads::TemplateRow::default(),
+                };
+                let before = view.last_sequence;
+                let from_log;
+                let events: Vec<&(u64, TemplateEvent)> = if events.first().is_some_and(|(s, _)| *s > before + 1) {
+                    from_log = events_after::<TemplateEvent, _, _>(&mut *tx, "Template", template_id, before).await?;
+                    from_log.iter().collect()
+                } else {
+                    events
+                };
+                for (sequence, event) in events {
+                    view.apply(template_id, *sequence, event);
+                }
+                if view.last_sequence == before {
+                    continue;
+                }
+                sqlx::query(TEMPLATE_PUT)
+                    .bind(&view.id)
+                    .bind(&view.name)
+                    .bind(&view.description)
+                    .bind(i64::from(view.version))
+                    .bind(&view.definition)
+                    .bind(i64::from(view.archived))
+                    .bind(view.created_at)
+                    .bind(view.updated_at)
+                    .bind(view.last_sequence as i64)
+                    .execute(&mut *tx)
+                    .await?;
             }
-            if view.last_sequence == before {
-                continue;
-            }
-            sqlx::query(TEMPLATE_PUT)
-                .bind(&view.id)
-                .bind(&view.name)
-                .bind(&view.description)
-                .bind(i64::from(view.version))
-                .bind(&view.definition)
-                .bind(i64::from(view.archived))
-                .bind(view.created_at)
-                .bind(view.updated_at)
-                .bind(view.last_sequence as i64)
-                .execute(&mut *tx)
-                .await?;
+            RowWriter::write_rows(&mut tx, &rows).await?;
+            tx.commit().await?;
         }
-        write_rows(&mut tx, &rows).await?;
-        tx.commit().await?;
     });
     crate::db::count_commit();
     Ok(written)
@@ -470,6 +478,7 @@ struct MessageRow {
     status: &'static str,
     reason: Option<String>,
     at: i64,
+    updated_at: i64,
     sequence: i64,
 }
 
@@ -494,6 +503,13 @@ struct Rows {
 }
 
 impl Rows {
+    fn is_empty(&self) -> bool {
+        self.artifacts.is_empty()
+            && self.details.is_empty()
+            && self.messages.is_empty()
+            && self.statuses.is_empty()
+    }
+
     /// Collects the artifact and thread rows one run event implies.
     fn add(
         &mut self,
@@ -562,6 +578,7 @@ impl Rows {
                 status: status.as_str(),
                 reason: reason.clone(),
                 at: at.0,
+                updated_at: at.0,
                 sequence: sequence as i64,
             }),
             RunEvent::MessageStatusChanged {
@@ -571,16 +588,45 @@ impl Rows {
                 reason,
                 at,
             } => {
-                self.statuses.insert(
-                    (run_id.to_string(), i64::from(*message)),
-                    StatusRow {
+                // A message posted in this batch takes its new status in its
+                // insert (the parts of the PostgreSQL statement do not see
+                // each other's rows).
+                let number = i64::from(*message);
+                if let Some(posted) = self
+                    .messages
+                    .iter_mut()
+                    .rev()
+                    .find(|m| m.run_id == run_id && m.message == number)
+                {
+                    posted.status = status.as_str();
+                    posted.reason.clone_from(reason);
+                    if step.is_some() {
+                        posted.step = step.as_ref().map(ToString::to_string);
+                    }
+                    posted.updated_at = at.0;
+                    posted.sequence = sequence as i64;
+                    return Ok(());
+                }
+                // The latest change wins, but a step named by an earlier
+                // one stays unless a later one names another (as in the
+                // statement's `COALESCE`).
+                let row = self
+                    .statuses
+                    .entry((run_id.to_string(), number))
+                    .or_insert(StatusRow {
                         status: status.as_str(),
-                        step: step.as_ref().map(ToString::to_string),
-                        reason: reason.clone(),
+                        step: None,
+                        reason: None,
                         at: at.0,
                         sequence: sequence as i64,
-                    },
-                );
+                    });
+                row.status = status.as_str();
+                if step.is_some() {
+                    row.step = step.as_ref().map(ToString::to_string);
+                }
+                row.reason.clone_from(reason);
+                row.at = at.0;
+                row.sequence = sequence as i64;
             }
             _ => {}
         }
@@ -589,23 +635,26 @@ impl Rows {
 }
 
 /// Writes a batch's rows: one statement per row on SQLite (in-process, so
-/// cheap); one multi-row `UNNEST` statement per table on PostgreSQL, where
-/// every statement is a round trip.
+/// cheap); one statement for the whole batch on PostgreSQL, where every
+/// statement is a round trip.
 trait RowWriter: sqlx::Database {
+    /// Writes `rows` in a transaction of their own.
+    async fn write_alone(pool: &sqlx::Pool<Self>, rows: &Rows) -> Result<(), sqlx::Error>;
+
+    /// Writes `rows` inside `tx`.
     async fn write_rows(
         tx: &mut sqlx::Transaction<'static, Self>,
         rows: &Rows,
     ) -> Result<(), sqlx::Error>;
 }
 
-async fn write_rows<DB: RowWriter>(
-    tx: &mut sqlx::Transaction<'static, DB>,
-    rows: &Rows,
-) -> Result<(), sqlx::Error> {
-    DB::write_rows(tx, rows).await
-}
-
 impl RowWriter for sqlx::Sqlite {
+    async fn write_alone(pool: &sqlx::Pool<Self>, rows: &Rows) -> Result<(), sqlx::Error> {
+        let mut tx = pool.begin_write().await?;
+        Self::write_rows(&mut tx, rows).await?;
+        tx.commit().await
+    }
+
     async fn write_rows(
         tx: &mut sqlx::Transaction<'static, Self>,
         rows: &Rows,
@@ -635,6 +684,7 @@ impl RowWriter for sqlx::Sqlite {
                 .bind(m.status)
                 .bind(&m.reason)
                 .bind(m.at)
+                .bind(m.updated_at)
                 .bind(m.sequence)
                 .execute(&mut **tx)
                 .await?;
@@ -677,87 +727,87 @@ impl RowWriter for sqlx::Sqlite {
 }
 
 impl RowWriter for sqlx::Postgres {
+    async fn write_alone(pool: &sqlx::Pool<Self>, rows: &Rows) -> Result<(), sqlx::Error> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        // One statement is one transaction: no BEGIN / COMMIT round trips.
+        pg_rows_put(rows).execute(pool).await?;
+        Ok(())
+    }
+
     async fn write_rows(
         tx: &mut sqlx::Transaction<'static, Self>,
         rows: &Rows,
     ) -> Result<(), sqlx::Error> {
-        if !rows.artifacts.is_empty() {
-            let a = &rows.artifacts;
-            sqlx::query(PG_ARTIFACTS_PUT)
-                .bind(a.iter().map(|r| r.run_id.as_str()).collect::<Vec<_>>())
-                .bind(a.iter().map(|r| r.name.as_str()).collect::<Vec<_>>())
-                .bind(a.iter().map(|r| r.version).collect::<Vec<_>>())
-                .bind(a.iter().map(|r| r.step.as_str()).collect::<Vec<_>>())
-                .bind(a.iter().map(|r| r.attempt).collect::<Vec<_>>())
-                .bind(a.iter().map(|r| r.created_at).collect::<Vec<_>>())
-                .bind(a.iter().map(|r| r.content.clone()).collect::<Vec<_>>())
-                .execute(&mut **tx)
-                .await?;
-        }
-        if !rows.messages.is_empty() {
-            let m = &rows.messages;
-            sqlx::query(PG_MESSAGES_PUT)
-                .bind(m.iter().map(|r| r.run_id.as_str()).collect::<Vec<_>>())
-                .bind(m.iter().map(|r| r.message).collect::<Vec<_>>())
-                .bind(m.iter().map(|r| r.author).collect::<Vec<_>>())
-                .bind(m.iter().map(|r| r.action).collect::<Vec<_>>())
-                .bind(m.iter().map(|r| r.content.as_str()).collect::<Vec<_>>())
-                .bind(m.iter().map(|r| r.metadata.clone()).collect::<Vec<_>>())
-                .bind(m.iter().map(|r| r.step.clone()).collect::<Vec<_>>())
-                .bind(
-                    m.iter()
-                        .map(|r| r.idempotency_key.clone())
-                        .collect::<Vec<_>>(),
-                )
-                .bind(m.iter().map(|r| r.status).collect::<Vec<_>>())
-                .bind(m.iter().map(|r| r.reason.clone()).collect::<Vec<_>>())
-                .bind(m.iter().map(|r| r.at).collect::<Vec<_>>())
-                .bind(m.iter().map(|r| r.sequence).collect::<Vec<_>>())
-                .execute(&mut **tx)
-                .await?;
-        }
-        if !rows.statuses.is_empty() {
-            let s = &rows.statuses;
-            sqlx::query(PG_MESSAGE_STATUSES)
-                .bind(s.keys().map(|(r, _)| r.as_str()).collect::<Vec<_>>())
-                .bind(s.keys().map(|(_, n)| *n).collect::<Vec<_>>())
-                .bind(s.values().map(|r| r.status).collect::<Vec<_>>())
-                .bind(s.values().map(|r| r.reason.clone()).collect::<Vec<_>>())
-                .bind(s.values().map(|r| r.at).collect::<Vec<_>>())
-                .bind(s.values().map(|r| r.sequence).collect::<Vec<_>>())
-                .bind(s.values().map(|r| r.step.clone()).collect::<Vec<_>>())
-                .execute(&mut **tx)
-                .await?;
-        }
-        if !rows.details.is_empty() {
-            let d = &rows.details;
-            sqlx::query(PG_SUMMARIES_PUT)
-                .bind(d.iter().map(|r| r.run_id.as_str()).collect::<Vec<_>>())
-                .bind(d.iter().map(|r| r.template_id.as_str()).collect::<Vec<_>>())
-                .bind(d.iter().map(|r| r.template_version).collect::<Vec<_>>())
-                .bind(d.iter().map(|r| r.status).collect::<Vec<_>>())
-                .bind(d.iter().map(|r| r.created_at).collect::<Vec<_>>())
-                .bind(d.iter().map(|r| r.updated_at).collect::<Vec<_>>())
-                .bind(d.iter().map(|r| r.sequence).collect::<Vec<_>>())
-                .bind(d.iter().map(|r| r.agents.as_str()).collect::<Vec<_>>())
-                .bind(d.iter().map(|r| r.lease_expires_at).collect::<Vec<_>>())
-                .bind(d.iter().map(|r| r.refine.clone()).collect::<Vec<_>>())
-                .execute(&mut **tx)
-                .await?;
-            sqlx::query(PG_DETAILS_PUT)
-                .bind(d.iter().map(|r| r.run_id.as_str()).collect::<Vec<_>>())
-                .bind(d.iter().map(|r| r.sequence).collect::<Vec<_>>())
-                .bind(d.iter().map(|r| r.doc.clone()).collect::<Vec<_>>())
-                .execute(&mut **tx)
-                .await?;
+        if !rows.is_empty() {
+            pg_rows_put(rows).execute(&mut **tx).await?;
         }
         Ok(())
     }
 }
 
+/// The statement that writes a batch's rows on PostgreSQL (see
+/// `rows_put.sql`).
+fn pg_rows_put(rows: &Rows) -> sqlx::query::Query<'_, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    let (d, a, m, s) = (
+        &rows.details,
+        &rows.artifacts,
+        &rows.messages,
+        &rows.statuses,
+    );
+    sqlx::query(PG_ROWS_PUT)
+        // Details and summaries ($1 to $11).
+        .bind(d.iter().map(|r| r.run_id.as_str()).collect::<Vec<_>>())
+        .bind(d.iter().map(|r| r.sequence).collect::<Vec<_>>())
+        .bind(d.iter().map(|r| r.doc.clone()).collect::<Vec<_>>())
+        .bind(d.iter().map(|r| r.template_id.as_str()).collect::<Vec<_>>())
+        .bind(d.iter().map(|r| r.template_version).collect::<Vec<_>>())
+        .bind(d.iter().map(|r| r.status).collect::<Vec<_>>())
+        .bind(d.iter().map(|r| r.created_at).collect::<Vec<_>>())
+        .bind(d.iter().map(|r| r.updated_at).collect::<Vec<_>>())
+        .bind(d.iter().map(|r| r.agents.as_str()).collect::<Vec<_>>())
+        .bind(d.iter().map(|r| r.lease_expires_at).collect::<Vec<_>>())
+        .bind(d.iter().map(|r| r.refine.clone()).collect::<Vec<_>>())
+        // Artifact versions ($12 to $18).
+        .bind(a.iter().map(|r| r.run_id.as_str()).collect::<Vec<_>>())
+        .bind(a.iter().map(|r| r.name.as_str()).collect::<Vec<_>>())
+        .bind(a.iter().map(|r| r.version).collect::<Vec<_>>())
+        .bind(a.iter().map(|r| r.step.as_str()).collect::<Vec<_>>())
+        .bind(a.iter().map(|r| r.attempt).collect::<Vec<_>>())
+        .bind(a.iter().map(|r| r.created_at).collect::<Vec<_>>())
+        .bind(a.iter().map(|r| r.content.clone()).collect::<Vec<_>>())
+        // Messages ($19 to $31).
+        .bind(m.iter().map(|r| r.run_id.as_str()).collect::<Vec<_>>())
+        .bind(m.iter().map(|r| r.message).collect::<Vec<_>>())
+        .bind(m.iter().map(|r| r.author).collect::<Vec<_>>())
+        .bind(m.iter().map(|r| r.action).collect::<Vec<_>>())
+        .bind(m.iter().map(|r| r.content.as_str()).collect::<Vec<_>>())
+        .bind(m.iter().map(|r| r.metadata.clone()).collect::<Vec<_>>())
+        .bind(m.iter().map(|r| r.step.clone()).collect::<Vec<_>>())
+        .bind(
+            m.iter()
+                .map(|r| r.idempotency_key.clone())
+                .collect::<Vec<_>>(),
+        )
+        .bind(m.iter().map(|r| r.status).collect::<Vec<_>>())
+        .bind(m.iter().map(|r| r.reason.clone()).collect::<Vec<_>>())
+        .bind(m.iter().map(|r| r.at).collect::<Vec<_>>())
+        .bind(m.iter().map(|r| r.updated_at).collect::<Vec<_>>())
+        .bind(m.iter().map(|r| r.sequence).collect::<Vec<_>>())
+        // Status changes of earlier messages ($32 to $38).
+        .bind(s.keys().map(|(r, _)| r.as_str()).collect::<Vec<_>>())
+        .bind(s.keys().map(|(_, n)| *n).collect::<Vec<_>>())
+        .bind(s.values().map(|r| r.status).collect::<Vec<_>>())
+        .bind(s.values().map(|r| r.reason.clone()).collect::<Vec<_>>())
+        .bind(s.values().map(|r| r.at).collect::<Vec<_>>())
+        .bind(s.values().map(|r| r.sequence).collect::<Vec<_>>())
+        .bind(s.values().map(|r| r.step.clone()).collect::<Vec<_>>())
+}
+
 /// The events of one aggregate after `after`, read from the log.
-async fn events_after<E, DB>(
-    tx: &mut sqlx::Transaction<'static, DB>,
+async fn events_after<'c, E, DB, X>(
+    executor: X,
     aggregate_type: &str,
     id: &str,
     after: u64,
@@ -765,7 +815,7 @@ async fn events_after<E, DB>(
 where
     E: serde::de::DeserializeOwned,
     DB: sqlx::Database,
-    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+    X: sqlx::Executor<'c, Database = DB>,
     for<'q> <DB as sqlx::Database>::Arguments<'q>: sqlx::IntoArguments<'q, DB>,
     for<'q> &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
     i64: for<'q> sqlx::Encode<'q, DB> + sqlx::Type<DB> + for<'r> sqlx::Decode<'r, DB>,
@@ -776,7 +826,7 @@ where
         .bind(aggregate_type)
         .bind(id)
         .bind(after as i64)
-        .fetch_all(&mut **tx)
+        .fetch_all(executor)
         .await?;
     rows.iter()
         .map(|row| {
