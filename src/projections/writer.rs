@@ -39,8 +39,11 @@ const MAX_JOBS_PER_TRANSACTION: usize = 256;
 const DOC_CACHE_LIMIT: usize = 10_000;
 /// Writer tasks on PostgreSQL; each owns the aggregates that hash to it, so
 /// one aggregate's batches stay in order. SQLite has one writer at a time
-/// anyway, so it gets one task.
-const POSTGRES_WRITERS: usize = 4;
+/// anyway, so it gets one task. One on PostgreSQL too, now that a batch is
+/// one statement: a single writer gathers more events per batch (W1 with
+/// remote workers: 25.4 statements per run against 28.5 with four writers,
+/// and a higher throughput; docs/benchmarks.md).
+const POSTGRES_WRITERS: usize = 1;
 /// Attempts at one transaction before its jobs are answered with the error.
 const WRITE_ATTEMPTS: u32 = 3;
 

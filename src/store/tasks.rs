@@ -9,7 +9,8 @@
 //! disk ([`Db::pool`] with [`Commits::Relaxed`](crate::db::Commits)): every row can be re-derived from the log, and a
 //! queue write is on disk as soon as any later event commit is. A dispatch
 //! inserts its row with one statement (claimable at once); deletes, which
-//! nobody waits for, are gathered into one transaction by a writer task.
+//! nobody waits for, are gathered by a writer task (on PostgreSQL into one
+//! statement).
 
 use serde_json::Value;
 use sqlx::Row;
@@ -21,6 +22,7 @@ use crate::with_pool;
 
 const INSERT: &str = include_str!("sql/task_insert.sql");
 const DELETE: &str = include_str!("sql/task_delete.sql");
+const PG_DELETE_MANY: &str = include_str!("sql/postgres/tasks_delete_many.sql");
 const WITHDRAW: &str = include_str!("sql/task_withdraw.sql");
 const UNCLAIM: &str = include_str!("sql/task_unclaim.sql");
 const GET: &str = include_str!("sql/task_get.sql");
@@ -268,15 +270,28 @@ async fn write_loop(db: Db, mut receiver: mpsc::UnboundedReceiver<Write>) {
 }
 
 async fn write(db: &Db, batch: &[Write]) -> Result<(), StoreError> {
-    let result: Result<(), sqlx::Error> = with_pool!(db, pool => async {
-        let mut tx = pool.begin_write().await?;
-        for write in batch {
-            if let Write::Delete(lease) = write {
-                sqlx::query(DELETE).bind(lease).execute(&mut *tx).await?;
+    let leases = batch.iter().filter_map(|write| match write {
+        Write::Delete(lease) => Some(lease.as_str()),
+        Write::Flush(_) => None,
+    });
+    let result: Result<(), sqlx::Error> = match db {
+        // One statement, its own transaction: one round trip.
+        Db::Postgres(pool) => sqlx::query(PG_DELETE_MANY)
+            .bind(leases.collect::<Vec<_>>())
+            .execute(pool)
+            .await
+            .map(|_| ()),
+        // In-process: one prepared delete per lease, under the write lock.
+        Db::Sqlite(pool) => {
+            async {
+                let mut tx = pool.begin_write().await?;
+                for lease in leases {
+                    sqlx::query(DELETE).bind(lease).execute(&mut *tx).await?;
+                }
+                tx.commit().await
             }
+            .await
         }
-        tx.commit().await
-    }
-    .await);
+    };
     Ok(result?)
 }
