@@ -157,13 +157,15 @@ impl Client {
         if let (Value::Object(body), Value::Object(extra)) = (&mut body, extra) {
             body.extend(extra);
         }
+        // A report that also claims the next task may wait for one.
+        let waits = body["next"]["wait_s"].as_u64().unwrap_or(0);
         let mut delay = Duration::from_millis(200);
         for attempt in 1..=5 {
             match self
                 .post(
                     &format!("/api/tasks/{id}/{action}"),
                     body.clone(),
-                    Duration::from_secs(30),
+                    Duration::from_secs(30 + waits),
                 )
                 .await
             {
@@ -235,15 +237,21 @@ async fn slot(
 ) {
     let mut backoff = Duration::from_millis(500);
     let wait_s = settings.poll_secs.min(30);
+    // The task the last report brought (it claimed the next one).
+    let mut next: Option<Value> = None;
     while !stopping.load(Ordering::SeqCst) {
-        match client.claim(wait_s).await {
+        let claimed = match next.take() {
+            Some(task) => Ok(Some(task)),
+            None => client.claim(wait_s).await,
+        };
+        match claimed {
             Ok(None) => backoff = Duration::from_millis(500),
             Ok(Some(task)) if stopping.load(Ordering::SeqCst) => {
-                report(client, &task, "release", json!({})).await;
+                report(client, &task, "release", json!({}), None).await;
             }
             Ok(Some(task)) => {
                 backoff = Duration::from_millis(500);
-                run_task(client, settings, &task, stop.clone()).await;
+                next = run_task(client, settings, &task, stop.clone(), stopping, wait_s).await;
             }
             Err(e) => {
                 tracing::warn!(error = %e, "claim failed; trying again in {backoff:?}");
@@ -254,6 +262,10 @@ async fn slot(
                 backoff = (backoff * 2).min(Duration::from_secs(10));
             }
         }
+    }
+    // A task the last report brought as the shutdown came goes back.
+    if let Some(task) = next {
+        report(client, &task, "release", json!({}), None).await;
     }
 }
 
@@ -279,22 +291,33 @@ enum Ended {
     Stopped(&'static str),
 }
 
-/// Runs one task to its end and reports it (once).
+/// Runs one task to its end and reports it (once). Unless the worker is
+/// shutting down, the report also claims the slot's next task (waiting up
+/// to `wait_s`), which is returned.
 async fn run_task(
     client: &Client,
     settings: &WorkerSettings,
     task: &Value,
     mut stop: watch::Receiver<bool>,
-) {
+    stopping: &AtomicBool,
+    wait_s: u64,
+) -> Option<Value> {
     let task_id = task["task_id"].as_str().unwrap_or_default().to_string();
     tracing::info!(task_id, run_id = %task["run_id"], step = %task["step"], attempt = %task["attempt"], "task claimed");
+    let next = || (!stopping.load(Ordering::SeqCst)).then_some(wait_s);
     if settings.echo {
         let outputs = match &task["inputs"] {
             Value::Object(map) if !map.is_empty() => Value::Object(map.clone()),
             other => json!({"value": other}),
         };
-        report(client, task, "complete", json!({"outputs": outputs})).await;
-        return;
+        return report(
+            client,
+            task,
+            "complete",
+            json!({"outputs": outputs}),
+            next(),
+        )
+        .await;
     }
     let path = settings.exec.clone().unwrap_or_default();
     let program = Program {
@@ -306,14 +329,14 @@ async fn run_task(
         Ok(running) => running,
         Err(e) => {
             let error = format!("cannot start {}: {e}", path.display());
-            report(
+            return report(
                 client,
                 task,
                 "fail",
                 json!({"error": error, "retryable": true}),
+                next(),
             )
             .await;
-            return;
         }
     };
     let kill_grace = Duration::from_millis(settings.kill_grace_ms);
@@ -356,16 +379,17 @@ async fn run_task(
         }
     };
     match ended {
-        Ended::Stopped("lease lost") => {}
-        Ended::Stopped("shutdown") => report(client, task, "release", json!({})).await,
+        Ended::Stopped("lease lost") => None,
+        Ended::Stopped("shutdown") => report(client, task, "release", json!({}), None).await,
         Ended::Stopped(why) => {
             report(
                 client,
                 task,
                 "fail",
                 json!({"error": format!("stopped: {why}"), "retryable": false}),
+                next(),
             )
-            .await;
+            .await
         }
         Ended::Broken(error) => {
             report(
@@ -373,11 +397,19 @@ async fn run_task(
                 task,
                 "fail",
                 json!({"error": error, "retryable": true}),
+                next(),
             )
             .await
         }
         Ended::Exited(Verdict::Outputs(outputs)) => {
-            report(client, task, "complete", json!({"outputs": outputs})).await;
+            report(
+                client,
+                task,
+                "complete",
+                json!({"outputs": outputs}),
+                next(),
+            )
+            .await
         }
         Ended::Exited(Verdict::Failed { error, retryable }) => {
             report(
@@ -385,33 +417,69 @@ async fn run_task(
                 task,
                 "fail",
                 json!({"error": error, "retryable": retryable}),
+                next(),
             )
-            .await;
+            .await
         }
     }
 }
 
 /// Reports the end of a task; a refused report of outputs becomes a
-/// failure.
-async fn report(client: &Client, task: &Value, action: &str, body: Value) {
+/// failure. With `next` (a wait in seconds), a completion or failure also
+/// claims the next task, which is returned.
+async fn report(
+    client: &Client,
+    task: &Value,
+    action: &str,
+    mut body: Value,
+    next: Option<u64>,
+) -> Option<Value> {
     let task_id = task["task_id"].as_str().unwrap_or_default();
+    let claim_next = |body: &mut Value| {
+        if let (Some(wait_s), Value::Object(map)) = (next, body) {
+            map.insert(
+                "next".into(),
+                json!({"worker_id": client.worker_id, "agents": client.agents, "wait_s": wait_s}),
+            );
+        }
+    };
+    claim_next(&mut body);
     match client.task_call(task, action, body).await {
-        Ok(_) => tracing::info!(task_id, action, "task reported"),
+        Ok(answer) => {
+            tracing::info!(task_id, action, "task reported");
+            next_task(answer)
+        }
         Err(CallError::LeaseLost(_)) => {
             tracing::warn!(
                 task_id,
                 action,
                 "the lease was lost before the report; the task is not reported"
-            )
+            );
+            None
         }
         Err(CallError::Refused { status: 422, body }) if action == "complete" => {
             tracing::warn!(task_id, %body, "the server refused the outputs; failing the task");
             let error = format!("the program's outputs were refused: {body}");
-            let _ = client
-                .task_call(task, "fail", json!({"error": error, "retryable": false}))
-                .await;
+            let mut failure = json!({"error": error, "retryable": false});
+            claim_next(&mut failure);
+            client
+                .task_call(task, "fail", failure)
+                .await
+                .ok()
+                .and_then(next_task)
         }
-        Err(e) => tracing::error!(task_id, action, error = %e, "the task could not be reported"),
+        Err(e) => {
+            tracing::error!(task_id, action, error = %e, "the task could not be reported");
+            None
+        }
+    }
+}
+
+/// The next task a report's answer brought, if any.
+fn next_task(answer: Value) -> Option<Value> {
+    match answer {
+        Value::Object(mut map) => map.remove("next").filter(Value::is_object),
+        _ => None,
     }
 }
 

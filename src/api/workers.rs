@@ -112,6 +112,9 @@ pub(super) struct Lease {
 pub(super) struct Complete {
     lease_token: String,
     outputs: Value,
+    /// Claim the worker's next task in the same call.
+    #[serde(default)]
+    next: Option<Claim>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -121,6 +124,16 @@ pub(super) struct Fail {
     error: String,
     #[serde(default = "crate::domain::yes")]
     retryable: bool,
+    /// Claim the worker's next task in the same call.
+    #[serde(default)]
+    next: Option<Claim>,
+}
+
+/// A claim, checked.
+struct ClaimOf {
+    worker_id: String,
+    agents: Vec<AgentName>,
+    wait: Duration,
 }
 
 #[derive(Debug, Deserialize)]
@@ -161,18 +174,14 @@ fn check_text(field: &str, text: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// `POST /api/workers/claim`.
-pub(super) async fn claim(
-    state: web::Data<ApiState>,
-    req: HttpRequest,
-    body: web::Json<Claim>,
-) -> Result<HttpResponse, ApiError> {
-    state.workers.check(&req)?;
+/// Checks a claim: its worker id, its agents (declared remote agents) and
+/// its wait.
+fn check_claim(state: &ApiState, claim: Claim) -> Result<ClaimOf, ApiError> {
     let Claim {
         worker_id,
         agents,
         wait_s,
-    } = body.into_inner();
+    } = claim;
     if worker_id.is_empty()
         || worker_id.len() > MAX_WORKER_ID
         || !worker_id
@@ -201,23 +210,44 @@ pub(super) async fn claim(
             format!("wait_s must be at most {MAX_WAIT_S}"),
         ));
     }
+    state.engine.check_remote_agents(&agents)?;
+    Ok(ClaimOf {
+        worker_id,
+        agents,
+        wait: Duration::from_secs(wait_s),
+    })
+}
+
+/// The task as a worker receives it, or `None` when none came.
+async fn claim_task(state: &ApiState, claim: &ClaimOf) -> Result<Option<Value>, ApiError> {
     let claimed = state
         .engine
-        .claim(&worker_id, &agents, Duration::from_secs(wait_s))
+        .claim(&claim.worker_id, &claim.agents, claim.wait)
         .await?;
-    Ok(match claimed {
-        None => HttpResponse::NoContent().finish(),
-        Some(work) => {
-            let mut task = work.payload;
-            if let Value::Object(map) = &mut task {
-                map.insert("lease_token".into(), json!(work.lease.as_str()));
-                map.insert(
-                    "lease_expires_at".into(),
-                    json!(rfc3339(work.lease_expires_at)),
-                );
-            }
-            HttpResponse::Ok().json(task)
+    Ok(claimed.map(|work| {
+        let mut task = work.payload;
+        if let Value::Object(map) = &mut task {
+            map.insert("lease_token".into(), json!(work.lease.as_str()));
+            map.insert(
+                "lease_expires_at".into(),
+                json!(rfc3339(work.lease_expires_at)),
+            );
         }
+        task
+    }))
+}
+
+/// `POST /api/workers/claim`.
+pub(super) async fn claim(
+    state: web::Data<ApiState>,
+    req: HttpRequest,
+    body: web::Json<Claim>,
+) -> Result<HttpResponse, ApiError> {
+    state.workers.check(&req)?;
+    let claim = check_claim(&state, body.into_inner())?;
+    Ok(match claim_task(&state, &claim).await? {
+        None => HttpResponse::NoContent().finish(),
+        Some(task) => HttpResponse::Ok().json(task),
     })
 }
 
@@ -243,6 +273,30 @@ fn recorded(task_id: &str, status: &str) -> HttpResponse {
     HttpResponse::Ok().json(json!({"task_id": task_id, "status": status}))
 }
 
+/// The answer to a report that also asked for the next task: the report is
+/// recorded, then the claim waits as `POST /api/workers/claim` does.
+/// `next` is null when no task came in time, or when the claim failed (it
+/// is logged; the worker claims again).
+async fn recorded_then_claim(
+    state: &ApiState,
+    task_id: &str,
+    status: &str,
+    next: Option<ClaimOf>,
+) -> HttpResponse {
+    let Some(claim) = next else {
+        return recorded(task_id, status);
+    };
+    let next = match claim_task(state, &claim).await {
+        Ok(task) => task,
+        Err(e) => {
+            tracing::warn!(task_id, worker_id = claim.worker_id, error = %e,
+                "the report was recorded; claiming the worker's next task failed");
+            None
+        }
+    };
+    HttpResponse::Ok().json(json!({"task_id": task_id, "status": status, "next": next}))
+}
+
 /// `POST /api/tasks/{task_id}/complete`.
 pub(super) async fn complete(
     state: web::Data<ApiState>,
@@ -255,14 +309,16 @@ pub(super) async fn complete(
     let Complete {
         lease_token,
         outputs,
+        next,
     } = body.into_inner();
     check_lease(&lease_token)?;
     refuse_nul("outputs", &outputs)?;
+    let next = next.map(|claim| check_claim(&state, claim)).transpose()?;
     state
         .engine
         .complete_task(&path, &lease_token, outputs)
         .await?;
-    Ok(recorded(&path, "completed"))
+    Ok(recorded_then_claim(&state, &path, "completed", next).await)
 }
 
 /// `POST /api/tasks/{task_id}/fail`.
@@ -278,16 +334,18 @@ pub(super) async fn fail(
         lease_token,
         error,
         retryable,
+        next,
     } = body.into_inner();
     check_lease(&lease_token)?;
     check_text("error", &error)?;
+    let next = next.map(|claim| check_claim(&state, claim)).transpose()?;
     let failure = Failure {
         error,
         retryable,
         retry_after_ms: None,
     };
     state.engine.fail_task(&path, &lease_token, failure).await?;
-    Ok(recorded(&path, "failed"))
+    Ok(recorded_then_claim(&state, &path, "failed", next).await)
 }
 
 /// `POST /api/tasks/{task_id}/comment`.

@@ -141,14 +141,11 @@ impl Session {
         // ctx.wait: live events queue behind the catch-up, keeping order.
         ctx.wait(
             async move {
-                // The log, not a read model, says whether the run exists.
-                let exists = !state
-                    .log
-                    .events_of("Run", run.as_str(), 0, 1)
-                    .await?
-                    .is_empty();
+                // The log, not a read model, says whether the run exists: a
+                // catch-up that finds events says so itself; otherwise one
+                // event is looked for.
                 let mut missed = Vec::new();
-                if let (true, Some(mut after)) = (exists, after) {
+                if let Some(mut after) = after {
                     loop {
                         let page = state
                             .log
@@ -165,6 +162,12 @@ impl Session {
                         }
                     }
                 }
+                let exists = !missed.is_empty()
+                    || !state
+                        .log
+                        .events_of("Run", run.as_str(), 0, 1)
+                        .await?
+                        .is_empty();
                 Ok::<_, Box<dyn std::error::Error>>((run, exists, missed))
             }
             .into_actor(self)

@@ -86,9 +86,7 @@ impl Engine {
         agents: &[AgentName],
         wait: Duration,
     ) -> Result<Option<ClaimedWork>, EngineError> {
-        if let Some(unknown) = agents.iter().find(|a| !self.ctx.agents.is_remote(a)) {
-            return Err(EngineError::NotRemoteAgent(unknown.to_string()));
-        }
+        self.check_remote_agents(agents)?;
         let names: Vec<String> = agents.iter().map(ToString::to_string).collect();
         let remote = &self.ctx.remote;
         remote.saw(worker, &names);
@@ -195,6 +193,15 @@ impl Engine {
                 _ = futures::future::select_all(waits.iter_mut().map(|w| w.as_mut())) => {}
                 () = tokio::time::sleep_until(deadline) => return Ok(None),
             }
+        }
+    }
+
+    /// Refuses agents that are not declared remote agents (workers cannot
+    /// claim their tasks).
+    pub fn check_remote_agents(&self, agents: &[AgentName]) -> Result<(), EngineError> {
+        match agents.iter().find(|a| !self.ctx.agents.is_remote(a)) {
+            Some(unknown) => Err(EngineError::NotRemoteAgent(unknown.to_string())),
+            None => Ok(()),
         }
     }
 

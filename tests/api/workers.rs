@@ -196,6 +196,131 @@ on_both_backends!(
 );
 
 on_both_backends!(
+    a_report_can_claim_the_next_task_in_the_same_call,
+    |backend| {
+        let Some(app) = spawn(backend, None).await else {
+            return;
+        };
+        let template = app.template_id("remote", remote_then_local()).await;
+        let first = app.run_id(&template, json!({"n": 1})).await;
+        let second = app.run_id(&template, json!({"n": 2})).await;
+        let third = app.run_id(&template, json!({"n": 3})).await;
+        let task = app.claim_one("worker-1", &["summarize"]).await;
+        let next = json!({"worker_id": "worker-1", "agents": ["summarize"], "wait_s": 5});
+
+        // Completing one task claims the next: the answer carries it, and
+        // the run records the claim.
+        let (status, body) = app
+            .task_call(
+                &task,
+                "complete",
+                json!({"outputs": {"summary": "one"}, "next": next}),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["status"], "completed");
+        assert_eq!(body["task_id"], task["task_id"]);
+        let task2 = body["next"].clone();
+        assert!(task2["lease_token"].is_string(), "{body}");
+        assert!(task2["lease_expires_at"].is_string(), "{body}");
+        assert_eq!(task2["step"], "a");
+        assert_ne!(task2["run_id"], task["run_id"]);
+        let run2 = task2["run_id"].as_str().expect("run_id").to_string();
+        assert_eq!(app.run(&run2).await["steps"]["a"]["worker"], "worker-1");
+
+        // Failing claims the next too.
+        let (status, body) = app
+            .task_call(
+                &task2,
+                "fail",
+                json!({"error": "no luck", "retryable": false, "next": next}),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["status"], "failed");
+        let task3 = body["next"].clone();
+        assert!(task3["lease_token"].is_string(), "{body}");
+        let run3 = task3["run_id"].as_str().expect("run_id").to_string();
+        let mut runs = vec![
+            task["run_id"].as_str().expect("run_id").to_string(),
+            run2.clone(),
+            run3.clone(),
+        ];
+        runs.sort();
+        let mut started = vec![first, second, third];
+        started.sort();
+        assert_eq!(runs, started, "each run's task was handed out once");
+
+        // No task comes in time: `next` is null, the report still counts.
+        let (status, body) = app
+            .task_call(
+                &task3,
+                "complete",
+                json!({"outputs": {"summary": "three"},
+                       "next": {"worker_id": "worker-1", "agents": ["summarize"], "wait_s": 0}}),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["next"], Value::Null, "{body}");
+        assert_eq!(app.wait_finished(&run3, WAIT).await["status"], "completed");
+        assert_eq!(app.wait_finished(&run2, WAIT).await["status"], "failed");
+    }
+);
+
+on_both_backends!(
+    a_report_with_a_bad_next_claim_is_refused_and_records_nothing,
+    |backend| {
+        let Some(app) = spawn(backend, None).await else {
+            return;
+        };
+        let template = app.template_id("remote", remote_then_local()).await;
+        let run = app.run_id(&template, json!({})).await;
+        let task = app.claim_one("worker-1", &["summarize"]).await;
+        let before = app.events(&run).await.len();
+        let cases = [
+            (
+                json!({"worker_id": "", "agents": ["summarize"]}),
+                "invalid_worker_id",
+            ),
+            (json!({"worker_id": "w", "agents": []}), "invalid_agents"),
+            (
+                json!({"worker_id": "w", "agents": ["summarize"], "wait_s": 31}),
+                "invalid_wait",
+            ),
+            (
+                json!({"worker_id": "w", "agents": ["echo"]}),
+                "not_a_remote_agent",
+            ),
+        ];
+        for (next, code) in cases {
+            for (action, extra) in [
+                (
+                    "complete",
+                    json!({"outputs": {"summary": "x"}, "next": next}),
+                ),
+                ("fail", json!({"error": "e", "next": next})),
+            ] {
+                let reply = app.task_call(&task, action, extra).await;
+                expect_error(&reply, 400, code);
+            }
+        }
+        let reply = app
+            .task_call(
+                &task,
+                "complete",
+                json!({"outputs": {"summary": "x"}, "next": {"worker_id": "w", "agents": ["summarize"], "colour": 1}}),
+            )
+            .await;
+        assert_eq!(reply.0, 400, "{}", reply.1);
+        assert_eq!(app.events(&run).await.len(), before, "nothing recorded");
+        assert_eq!(app.run(&run).await["steps"]["a"]["status"], "running");
+        // The lease still holds.
+        let (status, body) = app.task_call(&task, "heartbeat", json!({})).await;
+        assert_eq!(status, 200, "{body}");
+    }
+);
+
+on_both_backends!(
     a_waiting_claim_wakes_as_soon_as_a_task_is_dispatched_and_an_idle_one_answers_no_content,
     |backend| {
         let Some(app) = spawn(backend, None).await else {
