@@ -279,10 +279,10 @@ impl ReadModels {
 
     /// The detail document of a run.
     pub async fn run_detail(&self, run_id: &str) -> Result<Option<RunDetail>, ProjectionError> {
-        let doc: Option<Value> = with_pool!(&self.db, pool => {
+        let doc: Option<String> = with_pool!(&self.db, pool => {
             sqlx::query_scalar(DETAIL_GET).bind(run_id).fetch_optional(pool).await?
         });
-        Ok(doc.map(serde_json::from_value).transpose()?)
+        Ok(doc.as_deref().map(serde_json::from_str).transpose()?)
     }
 
     /// Runs, newest first, filtered by status and template. `cursor` must

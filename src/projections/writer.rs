@@ -348,12 +348,12 @@ async fn write(
                 Some(cached) => cached.clone(),
                 None if first == 1 => RunDetail::default(),
                 None => {
-                    let doc: Option<Value> = sqlx::query_scalar(DETAIL_GET)
+                    let doc: Option<String> = sqlx::query_scalar(DETAIL_GET)
                         .bind(run_id)
                         .fetch_optional(pool)
                         .await?;
                     match doc {
-                        Some(doc) => serde_json::from_value(doc)?,
+                        Some(doc) => serde_json::from_str(&doc)?,
                         None => RunDetail::default(),
                     }
                 }
@@ -389,7 +389,7 @@ async fn write(
                 agents: detail.agents_list(),
                 lease_expires_at: detail.earliest_lease_expiry().map(|t| t.0),
                 refine: detail.refine_summary(),
-                doc: serde_json::to_value(&detail)?,
+                doc: serde_json::to_string(&detail)?,
             });
             written.push(detail);
         }
@@ -465,7 +465,8 @@ struct DetailRow {
     agents: String,
     lease_expires_at: Option<i64>,
     refine: Option<Value>,
-    doc: Value,
+    /// The document as JSON text.
+    doc: String,
 }
 
 /// One thread message to insert.
@@ -763,7 +764,7 @@ fn pg_rows_put(rows: &Rows) -> sqlx::query::Query<'_, sqlx::Postgres, sqlx::post
         // Details and summaries ($1 to $11).
         .bind(d.iter().map(|r| r.run_id.as_str()).collect::<Vec<_>>())
         .bind(d.iter().map(|r| r.sequence).collect::<Vec<_>>())
-        .bind(d.iter().map(|r| r.doc.clone()).collect::<Vec<_>>())
+        .bind(d.iter().map(|r| r.doc.as_str()).collect::<Vec<_>>())
         .bind(d.iter().map(|r| r.template_id.as_str()).collect::<Vec<_>>())
         .bind(d.iter().map(|r| r.template_version).collect::<Vec<_>>())
         .bind(d.iter().map(|r| r.status).collect::<Vec<_>>())

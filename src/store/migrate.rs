@@ -47,6 +47,12 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../../schema/sqlite/005_summary_steps.sql"),
         postgres: include_str!("../../schema/postgres/005_summary_steps.sql"),
     },
+    Migration {
+        version: 6,
+        name: "detail_text",
+        sqlite: include_str!("../../schema/sqlite/006_detail_text.sql"),
+        postgres: include_str!("../../schema/postgres/006_detail_text.sql"),
+    },
 ];
 
 const CREATE_TABLE: &str = "CREATE TABLE IF NOT EXISTS runlog_migrations \

@@ -31,6 +31,8 @@ const SQLITE_CLAIM: &str = include_str!("sql/sqlite/task_claim.sql");
 
 /// Most writes gathered into one transaction.
 const MAX_WRITES_PER_TRANSACTION: usize = 512;
+/// How long the writer lets deletes gather before it writes them.
+const DELETE_GATHER: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// An attempt to put in the queue.
 #[derive(Debug, Clone, PartialEq)]
@@ -246,6 +248,12 @@ where
 
 async fn write_loop(db: Db, mut receiver: mpsc::UnboundedReceiver<Write>) {
     while let Some(first) = receiver.recv().await {
+        // Nobody waits for a delete: let a few more come (a row left a few
+        // milliseconds longer is harmless: claims skip claimed rows, and a
+        // released row that is claimed is found stale and dropped).
+        if matches!(first, Write::Delete(_)) {
+            tokio::time::sleep(DELETE_GATHER).await;
+        }
         let mut batch = vec![first];
         while batch.len() < MAX_WRITES_PER_TRANSACTION {
             match receiver.try_recv() {
