@@ -443,8 +443,20 @@ async fn report(
             );
         }
     };
+    let plain = body.clone();
     claim_next(&mut body);
-    match client.task_call(task, action, body).await {
+    let mut answer = client.task_call(task, action, body).await;
+    if next.is_some() && matches!(answer, Err(CallError::Refused { status: 400, .. })) {
+        // A server that does not take `next` (older), or refuses this claim
+        // (an agent no longer remote): report without it, claim on its own.
+        tracing::warn!(
+            task_id,
+            action,
+            "the report with the next claim was refused; reporting without it"
+        );
+        answer = client.task_call(task, action, plain).await;
+    }
+    match answer {
         Ok(answer) => {
             tracing::info!(task_id, action, "task reported");
             next_task(answer)
@@ -453,7 +465,8 @@ async fn report(
             tracing::warn!(
                 task_id,
                 action,
-                "the lease was lost before the report; the task is not reported"
+                "the lease was lost before the report, or an earlier try of this report that got \
+                 no answer was recorded; the task is not reported again"
             );
             None
         }

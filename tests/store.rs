@@ -834,6 +834,34 @@ async fn the_thread_reads_the_same_however_batched(backend: Backend) {
     assert_ne!(one_by_one[0].4, one_by_one[0].5, "updated_at moved on");
     assert_eq!(thread("all-at-once").await, one_by_one);
     assert_eq!(thread("split").await, one_by_one);
+
+    // A writer whose document is behind the stored rows (here: a second
+    // projector, with an empty cache, given the whole log) re-applies
+    // messages already stored: their status changes still land.
+    let again = "again";
+    let mut sequence = 0;
+    let mut committed = Vec::new();
+    let start = Run::default()
+        .decide_with(start_command(again, 1))
+        .expect("start");
+    for events in std::iter::once(start).chain(thread_events()) {
+        let (envelopes, _) = runs
+            .commit(again, Run::default(), sequence, None, events, metadata())
+            .await
+            .expect("commit");
+        sequence += envelopes.len();
+        committed.extend(envelopes);
+    }
+    projector
+        .project_runs(&committed[..3])
+        .await
+        .expect("project the first message");
+    let second = Projector::start(db.clone());
+    second
+        .project_runs(&committed)
+        .await
+        .expect("project again");
+    assert_eq!(thread(again).await, one_by_one);
     db.close().await;
 }
 

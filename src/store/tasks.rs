@@ -278,6 +278,7 @@ async fn write_loop(db: Db, mut receiver: mpsc::UnboundedReceiver<Write>) {
 }
 
 async fn write(db: &Db, batch: &[Write]) -> Result<(), StoreError> {
+    // The caller passes deletes only.
     let leases = batch.iter().filter_map(|write| match write {
         Write::Delete(lease) => Some(lease.as_str()),
         Write::Flush(_) => None,

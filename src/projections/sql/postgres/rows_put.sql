@@ -33,7 +33,13 @@ WITH details AS (
     SELECT * FROM UNNEST($19::text[], $20::bigint[], $21::text[], $22::text[], $23::text[],
                          $24::jsonb[], $25::text[], $26::text[], $27::text[], $28::text[],
                          $29::bigint[], $30::bigint[], $31::bigint[])
-    ON CONFLICT (run_id, message) DO NOTHING
+    -- A message already stored (a batch re-applied after its document fell
+    -- behind) still takes the status changes folded into this insert.
+    ON CONFLICT (run_id, message) DO UPDATE
+       SET status = excluded.status, reason = excluded.reason,
+           step = COALESCE(excluded.step, run_messages.step),
+           updated_at = excluded.updated_at, last_sequence = excluded.last_sequence
+     WHERE run_messages.last_sequence < excluded.last_sequence
 ), statuses AS (
     -- At most one row per message (the writer keeps the latest).
     UPDATE run_messages AS m
