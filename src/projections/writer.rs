@@ -19,7 +19,8 @@ use crate::domain::run::{Author, Run, RunEvent};
 use crate::domain::template::{Template, TemplateEvent};
 use crate::with_pool;
 
-const DETAIL_GET: &str = include_str!("sql/detail_get.sql");
+const PG_DETAILS_GET: &str = include_str!("sql/postgres/details_get_many.sql");
+const SQLITE_DETAILS_GET: &str = include_str!("sql/sqlite/details_get_many.sql");
 const DETAIL_PUT: &str = include_str!("sql/detail_put.sql");
 const SUMMARY_PUT: &str = include_str!("sql/summary_put.sql");
 const ARTIFACT_PUT: &str = include_str!("sql/artifact_put.sql");
@@ -336,27 +337,25 @@ async fn write(
         // Only barriers: nothing to write.
         return Ok(written);
     }
+    // A cached document is as good as the stored one: this writer is the
+    // only one for its runs, and a stale one (another node wrote since)
+    // shows as a gap and is filled from the log. A batch that starts at the
+    // run's first event builds its document afresh; the others are read in
+    // one query.
+    let first_of = |events: &[&(u64, RunEvent)]| events.first().map_or(0, |(s, _)| *s);
+    let uncached: Vec<&str> = runs
+        .iter()
+        .filter(|(id, events)| !cache.contains_key(**id) && first_of(events) != 1)
+        .map(|(id, _)| *id)
+        .collect();
+    let mut stored = stored_details(db, &uncached).await?;
     let mut rows = Rows::default();
     with_pool!(db, pool => {
         for (run_id, events) in runs {
-            let first = events.first().map_or(0, |(s, _)| *s);
-            // A cached document is as good as the stored one: this writer is
-            // the only one for this run, and a stale one (another node wrote
-            // since) shows as a gap and is filled from the log. A batch that
-            // starts at the run's first event builds its document afresh.
+            let first = first_of(&events);
             let mut detail: RunDetail = match cache.get(run_id) {
                 Some(cached) => cached.clone(),
-                None if first == 1 => RunDetail::default(),
-                None => {
-                    let doc: Option<String> = sqlx::query_scalar(DETAIL_GET)
-                        .bind(run_id)
-                        .fetch_optional(pool)
-                        .await?;
-                    match doc {
-                        Some(doc) => serde_json::from_str(&doc)?,
-                        None => RunDetail::default(),
-                    }
-                }
+                None => stored.remove(run_id).unwrap_or_default(),
             };
             let before = detail.sequence;
             // A gap (an earlier batch was lost to a failed write) is filled
@@ -439,6 +438,33 @@ async fn write(
     });
     crate::db::count_commit();
     Ok(written)
+}
+
+/// The stored detail documents of `run_ids` (those that have one).
+async fn stored_details(
+    db: &Db,
+    run_ids: &[&str],
+) -> Result<HashMap<String, RunDetail>, ProjectionError> {
+    if run_ids.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let rows: Vec<(String, String)> = match db {
+        Db::Postgres(pool) => {
+            sqlx::query_as(PG_DETAILS_GET)
+                .bind(run_ids)
+                .fetch_all(pool)
+                .await?
+        }
+        Db::Sqlite(pool) => {
+            sqlx::query_as(SQLITE_DETAILS_GET)
+                .bind(serde_json::to_string(run_ids)?)
+                .fetch_all(pool)
+                .await?
+        }
+    };
+    rows.into_iter()
+        .map(|(id, doc)| Ok((id, serde_json::from_str(&doc)?)))
+        .collect()
 }
 
 /// One artifact version to insert.
