@@ -38,13 +38,6 @@ const MAX_JOBS_PER_TRANSACTION: usize = 256;
 /// Detail documents each writer keeps in memory (so a batch need not read
 /// them back); past this the cache is emptied.
 const DOC_CACHE_LIMIT: usize = 10_000;
-/// Writer tasks on PostgreSQL; each owns the aggregates that hash to it, so
-/// one aggregate's batches stay in order. SQLite has one writer at a time
-/// anyway, so it gets one task. One on PostgreSQL too, now that a batch is
-/// one statement: a single writer gathers more events per batch (W1 with
-/// remote workers: 25.4 statements per run against 28.5 with four writers,
-/// and a higher throughput; docs/benchmarks.md).
-const POSTGRES_WRITERS: usize = 1;
 /// Attempts at one transaction before its jobs are answered with the error.
 const WRITE_ATTEMPTS: u32 = 3;
 
@@ -63,6 +56,13 @@ struct Job {
 
 /// Handle to the projection writer task. Cheap to clone.
 ///
+/// One task writes every read model, so one aggregate's batches are
+/// written in the order queued. (PostgreSQL had four, each owning the
+/// aggregates that hashed to it, while a batch took six round trips; now
+/// that a batch is one statement, one task gathers more events per batch:
+/// W1 with remote workers, 25.4 statements per run against 28.5 with four,
+/// and a higher throughput; docs/benchmarks.md.)
+///
 /// The queue is unbounded so that queueing never waits and never reorders;
 /// callers keep it short by waiting for their writes when [`backlog`]
 /// grows (see the engine).
@@ -70,7 +70,7 @@ struct Job {
 /// [`backlog`]: Projector::backlog
 #[derive(Clone, Debug)]
 pub struct Projector {
-    senders: Vec<mpsc::UnboundedSender<Job>>,
+    sender: mpsc::UnboundedSender<Job>,
     backlog: Arc<AtomicUsize>,
     db: Db,
 }
@@ -82,44 +82,26 @@ impl std::fmt::Debug for Job {
 }
 
 impl Projector {
-    /// Starts the writer tasks, on a thread of their own.
+    /// Starts the writer task, on a thread of its own.
     pub fn start(db: Db) -> Self {
-        let writers = match db {
-            Db::Sqlite(_) => 1,
-            Db::Postgres(_) => POSTGRES_WRITERS,
-        };
         let backlog = Arc::new(AtomicUsize::new(0));
-        let (senders, receivers): (Vec<_>, Vec<_>) =
-            (0..writers).map(|_| mpsc::unbounded_channel()).unzip();
+        let (sender, receiver) = mpsc::unbounded_channel();
         let counter = backlog.clone();
         crate::db::spawn_dedicated(
             "runlog-projector",
             db.clone(),
-            u32::try_from(writers).unwrap_or(4) + 1,
-            // Durable: the writers' document cache assumes that what
+            2,
+            // Durable: the writer's document cache assumes that what
             // committed stays (a batch lost while the server goes on would
             // be hidden by the next one, which builds on the cache).
             Commits::Durable,
-            move |db| async move {
-                let loops = receivers
-                    .into_iter()
-                    .map(|receiver| write_loop(db.clone(), receiver, counter.clone()));
-                futures::future::join_all(loops).await;
-            },
+            move |db| write_loop(db, receiver, counter),
         );
         Self {
-            senders,
+            sender,
             backlog,
             db,
         }
-    }
-
-    /// The writer that owns `aggregate_id`.
-    fn sender_for(&self, aggregate_id: &str) -> &mpsc::UnboundedSender<Job> {
-        use std::hash::{Hash, Hasher};
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        aggregate_id.hash(&mut hasher);
-        &self.senders[(hasher.finish() % self.senders.len() as u64) as usize]
     }
 
     /// Jobs queued and not yet written.
@@ -133,11 +115,7 @@ impl Projector {
         &self,
         batch: Batch,
     ) -> impl Future<Output = Result<(), ProjectionError>> + Send + 'static {
-        let sender = match &batch {
-            Batch::Runs(id, _) | Batch::Templates(id, _) => self.sender_for(id),
-            Batch::Barrier => &self.senders[0],
-        };
-        let queued = self.enqueue(sender, batch);
+        let queued = self.enqueue(batch);
         async move {
             queued?
                 .await
@@ -146,16 +124,15 @@ impl Projector {
         }
     }
 
-    /// Sends one job to one writer, counting it in the backlog until the
+    /// Sends one job to the writer, counting it in the backlog until the
     /// writer answers; returns where the answer will come.
     fn enqueue(
         &self,
-        sender: &mpsc::UnboundedSender<Job>,
         batch: Batch,
     ) -> Result<oneshot::Receiver<Result<(), String>>, ProjectionError> {
         let (done, answer) = oneshot::channel();
         self.backlog.fetch_add(1, Ordering::Relaxed);
-        if sender.send(Job { batch, done }).is_err() {
+        if self.sender.send(Job { batch, done }).is_err() {
             self.backlog.fetch_sub(1, Ordering::Relaxed);
             return Err(ProjectionError::WriterStopped);
         }
@@ -184,16 +161,11 @@ impl Projector {
         }
     }
 
-    /// Resolves once every job queued (on any writer) before the call is
-    /// written.
+    /// Resolves once every job queued before the call is written.
     pub fn barrier(&self) -> impl Future<Output = ()> + Send + 'static {
-        let answers: Vec<_> = self
-            .senders
-            .iter()
-            .filter_map(|sender| self.enqueue(sender, Batch::Barrier).ok())
-            .collect();
+        let answer = self.enqueue(Batch::Barrier).ok();
         async move {
-            for answer in answers {
+            if let Some(answer) = answer {
                 let _ = answer.await;
             }
         }
