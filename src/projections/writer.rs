@@ -15,7 +15,8 @@ use tokio::sync::{mpsc, oneshot};
 use super::detail::RunDetail;
 use super::ProjectionError;
 use crate::db::{BeginWrite, Commits, Db};
-use crate::domain::run::{Author, Run, RunEvent};
+use crate::domain::ids::{StepId, Timestamp};
+use crate::domain::run::{Author, MessageStatus, Run, RunEvent};
 use crate::domain::template::{Template, TemplateEvent};
 use crate::with_pool;
 
@@ -365,6 +366,10 @@ async fn write(
             written.push(detail);
         }
         if templates.is_empty() {
+            if rows.is_empty() {
+                // Every event was applied already: nothing to write.
+                return Ok(written);
+            }
             RowWriter::write_alone(pool, &rows).await?;
         } else {
             let mut tx = pool.begin_write().await?;
@@ -475,22 +480,43 @@ struct MessageRow {
     action: &'static str,
     content: String,
     metadata: Option<Value>,
-    step: Option<String>,
     idempotency_key: Option<String>,
-    status: &'static str,
-    reason: Option<String>,
-    at: i64,
-    updated_at: i64,
-    sequence: i64,
+    /// When it was posted.
+    created_at: i64,
+    /// Its status, step and reason as of the batch's last change to it
+    /// (`at`: when its status last changed).
+    state: StatusRow,
 }
 
-/// One thread message's new status.
+/// A thread message's status, step and reason, as of a change.
 struct StatusRow {
     status: &'static str,
     step: Option<String>,
     reason: Option<String>,
     at: i64,
     sequence: i64,
+}
+
+impl StatusRow {
+    /// Applies a later status change: the latest status and reason win; a
+    /// step stays unless the change names another (as `COALESCE` in the
+    /// statements).
+    fn change(
+        &mut self,
+        status: MessageStatus,
+        step: Option<&StepId>,
+        reason: Option<&String>,
+        at: Timestamp,
+        sequence: u64,
+    ) {
+        self.status = status.as_str();
+        if let Some(step) = step {
+            self.step = Some(step.to_string());
+        }
+        self.reason = reason.cloned();
+        self.at = at.0;
+        self.sequence = sequence as i64;
+    }
 }
 
 /// The rows a batch writes, collected first so that PostgreSQL can take
@@ -575,13 +601,15 @@ impl Rows {
                 action: action.as_str(),
                 content: content.clone(),
                 metadata: (!metadata.is_null()).then(|| metadata.clone()),
-                step: step.as_ref().map(ToString::to_string),
                 idempotency_key: idempotency_key.clone(),
-                status: status.as_str(),
-                reason: reason.clone(),
-                at: at.0,
-                updated_at: at.0,
-                sequence: sequence as i64,
+                created_at: at.0,
+                state: StatusRow {
+                    status: status.as_str(),
+                    step: step.as_ref().map(ToString::to_string),
+                    reason: reason.clone(),
+                    at: at.0,
+                    sequence: sequence as i64,
+                },
             }),
             RunEvent::MessageStatusChanged {
                 message,
@@ -592,43 +620,28 @@ impl Rows {
             } => {
                 // A message posted in this batch takes its new status in its
                 // insert (the parts of the PostgreSQL statement do not see
-                // each other's rows).
+                // each other's rows); an earlier one gets an update.
                 let number = i64::from(*message);
-                if let Some(posted) = self
+                let posted = self
                     .messages
                     .iter_mut()
                     .rev()
-                    .find(|m| m.run_id == run_id && m.message == number)
-                {
-                    posted.status = status.as_str();
-                    posted.reason.clone_from(reason);
-                    if step.is_some() {
-                        posted.step = step.as_ref().map(ToString::to_string);
+                    .find(|m| m.run_id == run_id && m.message == number);
+                let row = match posted {
+                    Some(posted) => &mut posted.state,
+                    None => {
+                        self.statuses
+                            .entry((run_id.to_string(), number))
+                            .or_insert(StatusRow {
+                                status: status.as_str(),
+                                step: None,
+                                reason: None,
+                                at: at.0,
+                                sequence: sequence as i64,
+                            })
                     }
-                    posted.updated_at = at.0;
-                    posted.sequence = sequence as i64;
-                    return Ok(());
-                }
-                // The latest change wins, but a step named by an earlier
-                // one stays unless a later one names another (as in the
-                // statement's `COALESCE`).
-                let row = self
-                    .statuses
-                    .entry((run_id.to_string(), number))
-                    .or_insert(StatusRow {
-                        status: status.as_str(),
-                        step: None,
-                        reason: None,
-                        at: at.0,
-                        sequence: sequence as i64,
-                    });
-                row.status = status.as_str();
-                if step.is_some() {
-                    row.step = step.as_ref().map(ToString::to_string);
-                }
-                row.reason.clone_from(reason);
-                row.at = at.0;
-                row.sequence = sequence as i64;
+                };
+                row.change(*status, step.as_ref(), reason.as_ref(), *at, sequence);
             }
             _ => {}
         }
@@ -640,7 +653,7 @@ impl Rows {
 /// cheap); one statement for the whole batch on PostgreSQL, where every
 /// statement is a round trip.
 trait RowWriter: sqlx::Database {
-    /// Writes `rows` in a transaction of their own.
+    /// Writes `rows` (not empty) in a transaction of their own.
     async fn write_alone(pool: &sqlx::Pool<Self>, rows: &Rows) -> Result<(), sqlx::Error>;
 
     /// Writes `rows` inside `tx`.
@@ -681,13 +694,13 @@ impl RowWriter for sqlx::Sqlite {
                 .bind(m.action)
                 .bind(&m.content)
                 .bind(&m.metadata)
-                .bind(&m.step)
+                .bind(&m.state.step)
                 .bind(&m.idempotency_key)
-                .bind(m.status)
-                .bind(&m.reason)
-                .bind(m.at)
-                .bind(m.updated_at)
-                .bind(m.sequence)
+                .bind(m.state.status)
+                .bind(&m.state.reason)
+                .bind(m.created_at)
+                .bind(m.state.at)
+                .bind(m.state.sequence)
                 .execute(&mut **tx)
                 .await?;
         }
@@ -730,9 +743,6 @@ impl RowWriter for sqlx::Sqlite {
 
 impl RowWriter for sqlx::Postgres {
     async fn write_alone(pool: &sqlx::Pool<Self>, rows: &Rows) -> Result<(), sqlx::Error> {
-        if rows.is_empty() {
-            return Ok(());
-        }
         // One statement is one transaction: no BEGIN / COMMIT round trips.
         pg_rows_put(rows).execute(pool).await?;
         Ok(())
@@ -786,17 +796,17 @@ fn pg_rows_put(rows: &Rows) -> sqlx::query::Query<'_, sqlx::Postgres, sqlx::post
         .bind(m.iter().map(|r| r.action).collect::<Vec<_>>())
         .bind(m.iter().map(|r| r.content.as_str()).collect::<Vec<_>>())
         .bind(m.iter().map(|r| r.metadata.clone()).collect::<Vec<_>>())
-        .bind(m.iter().map(|r| r.step.clone()).collect::<Vec<_>>())
+        .bind(m.iter().map(|r| r.state.step.clone()).collect::<Vec<_>>())
         .bind(
             m.iter()
                 .map(|r| r.idempotency_key.clone())
                 .collect::<Vec<_>>(),
         )
-        .bind(m.iter().map(|r| r.status).collect::<Vec<_>>())
-        .bind(m.iter().map(|r| r.reason.clone()).collect::<Vec<_>>())
-        .bind(m.iter().map(|r| r.at).collect::<Vec<_>>())
-        .bind(m.iter().map(|r| r.updated_at).collect::<Vec<_>>())
-        .bind(m.iter().map(|r| r.sequence).collect::<Vec<_>>())
+        .bind(m.iter().map(|r| r.state.status).collect::<Vec<_>>())
+        .bind(m.iter().map(|r| r.state.reason.clone()).collect::<Vec<_>>())
+        .bind(m.iter().map(|r| r.created_at).collect::<Vec<_>>())
+        .bind(m.iter().map(|r| r.state.at).collect::<Vec<_>>())
+        .bind(m.iter().map(|r| r.state.sequence).collect::<Vec<_>>())
         // Status changes of earlier messages ($32 to $38).
         .bind(s.keys().map(|(r, _)| r.as_str()).collect::<Vec<_>>())
         .bind(s.keys().map(|(_, n)| *n).collect::<Vec<_>>())
