@@ -443,10 +443,11 @@ async fn report(
             );
         }
     };
-    let plain = body.clone();
+    // Kept only to report again without the claim.
+    let plain = next.is_some().then(|| body.clone());
     claim_next(&mut body);
     let mut answer = client.task_call(task, action, body).await;
-    if next.is_some() && matches!(answer, Err(CallError::Refused { status: 400, .. })) {
+    if let (Some(plain), Err(CallError::Refused { status: 400, .. })) = (plain, &answer) {
         // A server that does not take `next` (older), or refuses this claim
         // (an agent no longer remote): report without it, claim on its own.
         tracing::warn!(

@@ -261,32 +261,31 @@ async fn write_loop(db: Db, mut receiver: mpsc::UnboundedReceiver<Write>) {
                 Err(_) => break,
             }
         }
-        let (deletes, flushes): (Vec<_>, Vec<_>) = batch
-            .into_iter()
-            .partition(|w| matches!(w, Write::Delete(_)));
-        if !deletes.is_empty() {
-            if let Err(e) = write(&db, &deletes).await {
-                tracing::error!(error = %e, writes = deletes.len(), "task queue write failed");
+        let mut leases = Vec::new();
+        let mut flushes = Vec::new();
+        for write in batch {
+            match write {
+                Write::Delete(lease) => leases.push(lease),
+                Write::Flush(done) => flushes.push(done),
             }
         }
-        for flush in flushes {
-            if let Write::Flush(done) = flush {
-                let _ = done.send(());
+        if !leases.is_empty() {
+            if let Err(e) = delete(&db, &leases).await {
+                tracing::error!(error = %e, writes = leases.len(), "task queue write failed");
             }
+        }
+        for done in flushes {
+            let _ = done.send(());
         }
     }
 }
 
-async fn write(db: &Db, batch: &[Write]) -> Result<(), StoreError> {
-    // The caller passes deletes only.
-    let leases = batch.iter().filter_map(|write| match write {
-        Write::Delete(lease) => Some(lease.as_str()),
-        Write::Flush(_) => None,
-    });
+/// Deletes the tasks of `leases`.
+async fn delete(db: &Db, leases: &[String]) -> Result<(), StoreError> {
     let result: Result<(), sqlx::Error> = match db {
         // One statement, its own transaction: one round trip.
         Db::Postgres(pool) => sqlx::query(PG_DELETE_MANY)
-            .bind(leases.collect::<Vec<_>>())
+            .bind(leases)
             .execute(pool)
             .await
             .map(|_| ()),
