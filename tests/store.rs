@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use common::{Backend, Storage};
+use cqrs_es::EventEnvelope;
 use runlog::db::Db;
 use runlog::domain::definition::Definition;
 use runlog::domain::ids::{
@@ -763,6 +764,25 @@ fn thread_events() -> Vec<Vec<RunEvent>> {
     ]
 }
 
+/// Commits the start of `run_id` and then [`thread_events`], one commit
+/// each; returns each commit's envelopes.
+async fn commit_thread(runs: &AggregateStore<Run>, run_id: &str) -> Vec<Vec<EventEnvelope<Run>>> {
+    let start = Run::default()
+        .decide_with(start_command(run_id, 1))
+        .expect("start");
+    let mut sequence = 0;
+    let mut commits = Vec::new();
+    for events in std::iter::once(start).chain(thread_events()) {
+        let (envelopes, _) = runs
+            .commit(run_id, Run::default(), sequence, None, events, metadata())
+            .await
+            .expect("commit");
+        sequence += envelopes.len();
+        commits.push(envelopes);
+    }
+    commits
+}
+
 /// The thread read model does not depend on how the writer batched the
 /// events: a status change of a message posted in the same batch (folded
 /// into its insert) reads the same as one applied to an earlier message.
@@ -778,30 +798,14 @@ async fn the_thread_reads_the_same_however_batched(backend: Backend) {
     // projects the first two commits, then the rest in one batch (status
     // changes of a message posted in an earlier batch, gathered).
     for run_id in ["one-by-one", "all-at-once", "split"] {
-        let mut sequence = 0;
-        let mut committed = Vec::new();
-        let mut split = run_id == "split";
-        let start = Run::default()
-            .decide_with(start_command(run_id, 1))
-            .expect("start");
-        for events in std::iter::once(start).chain(thread_events()) {
-            let (envelopes, _) = runs
-                .commit(run_id, Run::default(), sequence, None, events, metadata())
-                .await
-                .expect("commit");
-            sequence += envelopes.len();
-            if run_id == "one-by-one" {
-                projector.project_runs(&envelopes).await.expect("project");
-            }
-            committed.extend(envelopes);
-            if split && committed.len() == 3 {
-                projector.project_runs(&committed).await.expect("project");
-                committed.clear();
-                split = false;
-            }
-        }
-        if run_id != "one-by-one" {
-            projector.project_runs(&committed).await.expect("project");
+        let commits = commit_thread(&runs, run_id).await;
+        let batches = match run_id {
+            "one-by-one" => commits,
+            "all-at-once" => vec![commits.concat()],
+            _ => vec![commits[..2].concat(), commits[2..].concat()],
+        };
+        for batch in batches {
+            projector.project_runs(&batch).await.expect("project");
         }
     }
     let thread = |run_id: &'static str| {
@@ -839,26 +843,14 @@ async fn the_thread_reads_the_same_however_batched(backend: Backend) {
     // projector, with an empty cache, given the whole log) re-applies
     // messages already stored: their status changes still land.
     let again = "again";
-    let mut sequence = 0;
-    let mut committed = Vec::new();
-    let start = Run::default()
-        .decide_with(start_command(again, 1))
-        .expect("start");
-    for events in std::iter::once(start).chain(thread_events()) {
-        let (envelopes, _) = runs
-            .commit(again, Run::default(), sequence, None, events, metadata())
-            .await
-            .expect("commit");
-        sequence += envelopes.len();
-        committed.extend(envelopes);
-    }
+    let commits = commit_thread(&runs, again).await;
     projector
-        .project_runs(&committed[..3])
+        .project_runs(&commits[..2].concat())
         .await
         .expect("project the first message");
     let second = Projector::start(db.clone());
     second
-        .project_runs(&committed)
+        .project_runs(&commits.concat())
         .await
         .expect("project again");
     assert_eq!(thread(again).await, one_by_one);
