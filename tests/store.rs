@@ -1057,3 +1057,140 @@ on_both_backends!(
         assert!(queue.get("task-1").await.expect("get").is_none());
     }
 );
+
+/// Appends `events` events to aggregate `id` after `after` in one
+/// transaction held open for `hold` before it commits (or rolls back).
+async fn append_slowly(
+    db: &Db,
+    id: &str,
+    after: i64,
+    events: i64,
+    hold: std::time::Duration,
+    commit: bool,
+) {
+    const INSERT: &str = "INSERT INTO events (aggregate_type, aggregate_id, sequence, \
+        event_type, event_version, payload, metadata) VALUES ('Run', $1, $2, 'Filler', '1.0', $3, $4)";
+    runlog::with_pool!(db, pool => {
+        let mut tx = pool.begin().await.expect("begin");
+        for sequence in after + 1..=after + events {
+            sqlx::query(INSERT)
+                .bind(id)
+                .bind(sequence)
+                .bind(sqlx::types::Json(json!({"n": sequence})))
+                .bind(sqlx::types::Json(json!({})))
+                .execute(&mut *tx)
+                .await
+                .expect("insert");
+        }
+        tokio::time::sleep(hold).await;
+        if commit {
+            tx.commit().await.expect("commit");
+        } else {
+            tx.rollback().await.expect("rollback");
+        }
+    });
+}
+
+on_both_backends!(
+    reading_the_log_by_position_skips_no_late_commit,
+    |backend| {
+        // 8 writers whose transactions stay open for up to 45 ms after
+        // their inserts, so that on PostgreSQL later positions commit
+        // before earlier ones (and every fourth rolls back). A reader
+        // follows the log from the last position it got, as a projection
+        // does, in small pages, while they write.
+        const WRITERS: usize = 8;
+        const TRANSACTIONS: usize = 12;
+        const EVENTS: i64 = 3;
+        let Some((_storage, db)) = open(backend).await else {
+            return;
+        };
+        let log = store::EventLog::new(db.clone());
+        let writers: Vec<_> = (0..WRITERS)
+            .map(|w| {
+                let db = db.clone();
+                tokio::spawn(async move {
+                    let id = format!("writer-{w}");
+                    let mut committed = Vec::new();
+                    let mut sequence = 0;
+                    for t in 0..TRANSACTIONS {
+                        let commit = t % 4 != 3;
+                        let hold = std::time::Duration::from_millis(((w * 7 + t * 13) % 46) as u64);
+                        append_slowly(&db, &id, sequence, EVENTS, hold, commit).await;
+                        if commit {
+                            committed.extend(
+                                (sequence + 1..=sequence + EVENTS).map(|s| (id.clone(), s)),
+                            );
+                            sequence += EVENTS;
+                        }
+                    }
+                    committed
+                })
+            })
+            .collect();
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let reader = {
+            let done = done.clone();
+            let log = log.clone();
+            tokio::spawn(async move {
+                let mut at = runlog::domain::log::Position::START;
+                let mut seen = Vec::new();
+                loop {
+                    // Read the flag before the page: a page read after every
+                    // writer finished that comes back empty is the end.
+                    let finished = done.load(std::sync::atomic::Ordering::SeqCst);
+                    let page = log.read_after(at, 5).await.expect("read the log");
+                    for entry in &page {
+                        assert!(
+                            entry.position > at,
+                            "positions go forward: {} after {at}",
+                            entry.position
+                        );
+                        at = entry.position;
+                        seen.push((entry.aggregate_id.clone(), entry.event.sequence));
+                    }
+                    if page.is_empty() {
+                        if finished {
+                            break;
+                        }
+                        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+                    }
+                }
+                (seen, at)
+            })
+        };
+        let mut committed = Vec::new();
+        for writer in writers {
+            committed.extend(writer.await.expect("writer"));
+        }
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
+        let (seen, last) = reader.await.expect("reader");
+
+        // Every committed event exactly once, each aggregate's in order.
+        assert_eq!(seen.len(), committed.len(), "events read once each");
+        let read: BTreeSet<_> = seen.iter().cloned().collect();
+        let expected: BTreeSet<_> = committed.iter().cloned().collect();
+        assert_eq!(read.len(), seen.len(), "no event read twice");
+        assert_eq!(
+            read, expected,
+            "no committed event skipped, none rolled back read"
+        );
+        let mut by_writer: BTreeMap<&str, Vec<i64>> = BTreeMap::new();
+        for (id, sequence) in &seen {
+            by_writer.entry(id).or_default().push(*sequence);
+        }
+        for (id, sequences) in by_writer {
+            assert!(
+                sequences.windows(2).all(|w| w[0] < w[1]),
+                "{id} in order: {sequences:?}"
+            );
+        }
+        assert_eq!(
+            log.head().await.expect("head"),
+            last,
+            "the head is the last event read"
+        );
+        assert!(log.read_after(last, 10).await.expect("read").is_empty());
+        db.close().await;
+    }
+);

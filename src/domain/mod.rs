@@ -6,6 +6,7 @@
 
 pub mod definition;
 pub mod ids;
+pub mod log;
 pub mod run;
 pub mod template;
 

@@ -1,15 +1,21 @@
 //! Raw reads of the event log, as stored: for the events endpoint, the
-//! WebSocket catch-up, replay and the start-up projection catch-up.
+//! WebSocket catch-up, replay and the start-up projection catch-up; and the
+//! whole log in order, by [`Position`] (docs/adr/0005).
 
 use serde_json::Value;
 use sqlx::Row;
 
 use super::StoreError;
 use crate::db::Db;
+use crate::domain::log::Position;
 use crate::with_pool;
 
 const EVENTS_OF: &str = include_str!("sql/events_of.sql");
 const EVENTS_OF_TYPE: &str = include_str!("sql/events_of_type.sql");
+const PG_LOG_AFTER: &str = include_str!("sql/postgres/log_after.sql");
+const PG_LOG_HEAD: &str = include_str!("sql/postgres/log_head.sql");
+const SQLITE_LOG_AFTER: &str = include_str!("sql/sqlite/log_after.sql");
+const SQLITE_LOG_HEAD: &str = include_str!("sql/sqlite/log_head.sql");
 
 /// One event as stored.
 #[derive(Debug, Clone, PartialEq)]
@@ -24,6 +30,54 @@ pub struct RecordedEvent {
     pub payload: Value,
     /// The metadata (recorded_at, …).
     pub metadata: Value,
+}
+
+/// One event of the whole log, read in log order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogEntry {
+    /// Where it is in the log.
+    pub position: Position,
+    /// `Run` or `Template`.
+    pub aggregate_type: String,
+    /// The aggregate's id.
+    pub aggregate_id: String,
+    /// The event.
+    pub event: RecordedEvent,
+}
+
+fn entry_from_row<R: Row>(row: &R) -> Result<LogEntry, sqlx::Error>
+where
+    for<'r> &'r str: sqlx::ColumnIndex<R>,
+    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> Value: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    Ok(LogEntry {
+        position: position_from_row(row)?,
+        aggregate_type: row.try_get("aggregate_type")?,
+        aggregate_id: row.try_get("aggregate_id")?,
+        event: RecordedEvent {
+            sequence: row.try_get("sequence")?,
+            event_type: row.try_get("event_type")?,
+            event_version: row.try_get("event_version")?,
+            payload: row.try_get("payload")?,
+            metadata: row.try_get("metadata")?,
+        },
+    })
+}
+
+fn position_from_row<R: Row>(row: &R) -> Result<Position, sqlx::Error>
+where
+    for<'r> &'r str: sqlx::ColumnIndex<R>,
+    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    let tx: i64 = row.try_get("tx")?;
+    Ok(Position {
+        // xid8 values are far below 2^63: their epoch counts wraparounds
+        // of 32-bit xids.
+        tx: u64::try_from(tx).unwrap_or_default(),
+        position: row.try_get("position")?,
+    })
 }
 
 /// Reads of the log.
@@ -95,5 +149,50 @@ impl EventLog {
                 .collect::<Result<Vec<_>, _>>()?
         });
         Ok(rows)
+    }
+
+    /// Up to `limit` events after `after`, in log order. On PostgreSQL only
+    /// events of finished transactions are returned (those below the
+    /// snapshot's xmin), so a transaction that commits late never sorts
+    /// below an event already returned: reading on from the last position
+    /// returned skips nothing (docs/adr/0005).
+    pub async fn read_after(
+        &self,
+        after: Position,
+        limit: i64,
+    ) -> Result<Vec<LogEntry>, StoreError> {
+        let entries = match &self.db {
+            Db::Postgres(pool) => sqlx::query(PG_LOG_AFTER)
+                .bind(i64::try_from(after.tx).unwrap_or(i64::MAX))
+                .bind(after.position)
+                .bind(limit)
+                .fetch_all(pool)
+                .await?
+                .iter()
+                .map(entry_from_row)
+                .collect::<Result<Vec<_>, _>>()?,
+            Db::Sqlite(pool) => sqlx::query(SQLITE_LOG_AFTER)
+                .bind(after.position)
+                .bind(limit)
+                .fetch_all(pool)
+                .await?
+                .iter()
+                .map(entry_from_row)
+                .collect::<Result<Vec<_>, _>>()?,
+        };
+        Ok(entries)
+    }
+
+    /// The position of the last event [`EventLog::read_after`] would return
+    /// now ([`Position::START`] for an empty log).
+    pub async fn head(&self) -> Result<Position, StoreError> {
+        let head = with_pool!(&self.db, pool => {
+            let query = if matches!(self.db, Db::Postgres(_)) { PG_LOG_HEAD } else { SQLITE_LOG_HEAD };
+            match sqlx::query(query).fetch_optional(pool).await? {
+                Some(row) => position_from_row(&row)?,
+                None => Position::START,
+            }
+        });
+        Ok(head)
     }
 }

@@ -53,6 +53,12 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../../schema/sqlite/006_detail_text.sql"),
         postgres: include_str!("../../schema/postgres/006_detail_text.sql"),
     },
+    Migration {
+        version: 7,
+        name: "log_position",
+        sqlite: include_str!("../../schema/sqlite/007_log_position.sql"),
+        postgres: include_str!("../../schema/postgres/007_log_position.sql"),
+    },
 ];
 
 const CREATE_TABLE: &str = "CREATE TABLE IF NOT EXISTS runlog_migrations \

@@ -20,7 +20,7 @@ use postgres_es::PostgresEventRepository;
 use sqlite_es::SqliteEventRepository;
 
 pub use blobs::BlobStore;
-pub use log::{EventLog, RecordedEvent};
+pub use log::{EventLog, LogEntry, RecordedEvent};
 pub use migrate::migrate;
 pub use tasks::{ClaimedTask, NewTask, TaskQueue, TaskRef};
 

@@ -1,0 +1,56 @@
+//! Places in the event log: the vocabulary shared by the store, which reads
+//! the log in order, and the readers that follow it (projections, other
+//! nodes). Pure data (docs/adr/0005).
+
+use serde::{Deserialize, Serialize};
+
+/// A place in the log. Events are read in `(tx, position)` order: on
+/// PostgreSQL `tx` is the writing transaction's id and `position` the
+/// event's identity value; on SQLite `tx` is 0 and `position` the rowid
+/// (writers are serialised there, so rowid order is commit order).
+/// Positions are not dense: a rolled-back insert leaves a hole.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+pub struct Position {
+    /// The writing transaction (0 on SQLite).
+    pub tx: u64,
+    /// The event's place among those of its transaction and after.
+    pub position: i64,
+}
+
+impl Position {
+    /// Before the first event.
+    pub const START: Self = Self { tx: 0, position: 0 };
+}
+
+impl std::fmt::Display for Position {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.tx == 0 {
+            write!(f, "{}", self.position)
+        } else {
+            write!(f, "{}:{}", self.tx, self.position)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Position;
+
+    #[test]
+    fn positions_order_by_transaction_then_position() {
+        let early_tx_late_insert = Position {
+            tx: 7,
+            position: 20,
+        };
+        let late_tx_early_insert = Position {
+            tx: 8,
+            position: 11,
+        };
+        assert!(early_tx_late_insert < late_tx_early_insert);
+        assert!(Position::START < Position { tx: 0, position: 1 });
+        assert_eq!(late_tx_early_insert.to_string(), "8:11");
+        assert_eq!(Position { tx: 0, position: 5 }.to_string(), "5");
+    }
+}
