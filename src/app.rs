@@ -15,20 +15,20 @@ use crate::api::{self, ApiState, WorkerAuth};
 use crate::config::{FileConfig, ServeSettings};
 use crate::db::{Commits, Db};
 use crate::domain::ids::RunId;
+use crate::domain::log::{Logged, Position};
 use crate::domain::run::{Policy, Run, RunEvent};
 use crate::domain::template::Template;
 use crate::engine::agents::{
     AgentSpec, BuiltinSettings, CommandSpec, LlmSettings, Secrets, TokenPrice,
 };
 use crate::engine::{
-    AgentLimits, AgentRegistry, Engine, EngineConfig, EngineParts, RunReadModels, SharedClock,
+    AgentLimits, AgentRegistry, Engine, EngineConfig, EngineParts, ReadModelFeed, SharedClock,
     SystemClock,
 };
-use crate::projections::{Projector, ReadModels};
+use crate::projections::{LogReader, Projector, ReadModels};
 use crate::store::{
     self, AggregateStore, BlobStore, EventLog, RecordedEvent, TaskQueue, RUN_SNAPSHOT_EVERY,
 };
-use cqrs_es::EventEnvelope;
 use futures::future::BoxFuture;
 
 /// Start-up failures.
@@ -59,27 +59,61 @@ pub enum AppError {
     },
 }
 
-impl RunReadModels for Projector {
-    fn queue(&self, events: &[EventEnvelope<Run>]) -> BoxFuture<'static, ()> {
-        let run_id = events
-            .first()
-            .map(|e| e.aggregate_id.clone())
-            .unwrap_or_default();
-        let written = self.queue_runs(events);
-        Box::pin(async move {
-            if let Err(e) = written.await {
-                tracing::error!(%run_id, error = %e, "run projection failed; it is repaired from the log");
-            }
-        })
+/// The engine tells the follower where its commits went.
+struct Feed(Projector);
+
+impl ReadModelFeed for Feed {
+    fn committed(&self, position: Position) {
+        self.0.committed(position);
+    }
+
+    fn applied(&self, position: Position) -> BoxFuture<'static, ()> {
+        Box::pin(self.0.applied(position))
     }
 
     fn backlog(&self) -> usize {
-        Projector::backlog(self)
+        self.0.backlog()
     }
 
     fn barrier(&self) -> BoxFuture<'static, ()> {
-        Box::pin(Projector::barrier(self))
+        Box::pin(self.0.barrier())
     }
+}
+
+/// The projections read the log through the store.
+struct StoreLog(EventLog);
+
+impl LogReader for StoreLog {
+    fn read_after(
+        &self,
+        after: Position,
+        limit: i64,
+    ) -> BoxFuture<'_, Result<Vec<Logged>, String>> {
+        Box::pin(async move { self.0.follow(after, limit).await.map_err(|e| e.to_string()) })
+    }
+
+    fn aggregate_after<'a>(
+        &'a self,
+        aggregate_type: &'a str,
+        aggregate_id: &'a str,
+        after: u64,
+    ) -> BoxFuture<'a, Result<Vec<Logged>, String>> {
+        Box::pin(async move {
+            self.0
+                .follow_aggregate(aggregate_type, aggregate_id, after)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
+}
+
+/// Starts the projection follower on `db`, reading the log through the
+/// store.
+pub fn start_projector(db: &Db) -> Projector {
+    Projector::start(
+        db.clone(),
+        Box::new(|own: Db| Box::new(StoreLog(EventLog::new(own))) as Box<dyn LogReader>),
+    )
 }
 
 /// Opens and migrates the database.
@@ -115,8 +149,16 @@ impl Application {
         let file = FileConfig::load(settings.config.as_deref())?;
         let agents = agent_registry(&file)?;
         let db = open_database(&settings.storage).await?;
-        let projector = Projector::start(db.clone());
-        projector.catch_up().await?;
+        let projector = start_projector(&db);
+        let head = EventLog::new(db.clone())
+            .last_committed()
+            .await
+            .map_err(|e| crate::projections::ProjectionError::Log(e.to_string()))?;
+        let applied = projector.catch_up(head).await?;
+        if applied > 0 {
+            tracing::info!(events = applied, position = %projector.position(),
+                "read models caught up with the log");
+        }
         let reads = ReadModels::new(db.clone());
         let queue_db = db.pool(4, Commits::Relaxed).await?;
         let engine = Engine::new(EngineParts {
@@ -125,8 +167,7 @@ impl Application {
             blobs: BlobStore::new(db.clone()),
             tasks: TaskQueue::new(queue_db.clone()),
             agents,
-            run_read_models: Arc::new(projector.clone()),
-            template_queries: vec![Arc::new(projector)],
+            read_models: Arc::new(Feed(projector)),
             config: engine_config(&settings, &file),
             clock,
         });

@@ -473,7 +473,7 @@ async fn redirect_cut_off_then_restart(backend: Backend) {
             policy: Policy::default(),
         };
         let events = state.decide(command, &stamp).expect("decided");
-        let (committed, _) = runs
+        let (committed, _, _) = runs
             .commit(
                 old.as_str(),
                 state.clone(),

@@ -10,18 +10,19 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use common::{Backend, Storage};
-use cqrs_es::EventEnvelope;
+use runlog::app::start_projector;
 use runlog::db::Db;
 use runlog::domain::definition::Definition;
 use runlog::domain::ids::{
     ArtifactName, LeaseToken, OutputName, RunId, StepId, TemplateId, Timestamp,
 };
+use runlog::domain::log::Position;
 use runlog::domain::run::{
     Action, ArtifactContent, ArtifactWritten, Author, MessageStatus, Outputs, Policy, Run,
     RunCommand, RunError, RunEvent, Stamp, StartRun, StepStatus,
 };
 use runlog::domain::template::{Template, TemplateCommand};
-use runlog::projections::{Projector, ReadModels, RunDetail};
+use runlog::projections::{ReadModels, RunDetail, READ_MODELS};
 use runlog::store::{self, AggregateStore, BlobStore, NewTask, StoreError, TaskQueue};
 use serde_json::json;
 
@@ -210,7 +211,7 @@ struct Writer {
 impl Writer {
     /// Commits `events`, checks the envelopes' sequences and folds them in.
     async fn commit(&mut self, runs: &AggregateStore<Run>, run_id: &str, events: &[RunEvent]) {
-        let (envelopes, next) = runs
+        let (envelopes, next, _) = runs
             .commit(
                 run_id,
                 self.state.clone(),
@@ -308,7 +309,7 @@ on_both_backends!(snapshot_store_round_trip, |backend| {
     // A writer that reloads (like an actor after a conflict or a restart)
     // can commit on top of what it loaded.
     let loaded = runs.load(run_id).await.expect("load");
-    let (envelopes, _) = runs
+    let (envelopes, _, _) = runs
         .commit(
             run_id,
             loaded.state,
@@ -403,7 +404,7 @@ on_both_backends!(a_stale_sequence_is_a_conflict, |backend| {
                     matches!(result, Err(StoreError::Conflict)),
                     "snapshot_every {snapshot_every}: a commit of {size} at stale sequence \
                      {stale} (log at {total}) must be a Conflict, got {:?}",
-                    result.map(|(envelopes, _)| envelopes.len())
+                    result.map(|(envelopes, _, _)| envelopes.len())
                 );
             }
         }
@@ -492,19 +493,55 @@ async fn folded_detail(runs: &AggregateStore<Run>, run_id: &str) -> RunDetail {
     detail
 }
 
-on_both_backends!(catch_up_repairs_read_models_behind_the_log, |backend| {
+/// Applies everything in the log with a fresh follower, from the stored
+/// positions, then stops it; returns how many events it applied.
+async fn project_all(db: &Db) -> u64 {
+    let projector = start_projector(db);
+    let head = store::EventLog::new(db.clone())
+        .last_committed()
+        .await
+        .expect("the log's head");
+    let applied = projector.catch_up(head).await.expect("catch-up");
+    projector.stop().await;
+    applied
+}
+
+/// Every read model's stored position.
+async fn stored_positions(db: &Db) -> Vec<(String, Position)> {
+    let rows: Vec<(String, i64, i64)> = runlog::with_pool!(db, pool => {
+        sqlx::query_as("SELECT name, tx, position FROM projection_positions ORDER BY name")
+            .fetch_all(pool)
+            .await
+            .expect("positions")
+    });
+    rows.into_iter()
+        .map(|(name, tx, position)| {
+            (
+                name,
+                Position {
+                    tx: tx as u64,
+                    position,
+                },
+            )
+        })
+        .collect()
+}
+
+on_both_backends!(a_follower_catches_up_from_its_position, |backend| {
     let Some((_storage, db)) = open(backend).await else {
         return;
     };
     let runs = AggregateStore::<Run>::new(&db, store::RUN_SNAPSHOT_EVERY);
     let templates = AggregateStore::<Template>::new(&db, 0);
-    let projector = Projector::start(db.clone());
     let reads = ReadModels::new(db.clone());
+    let log = store::EventLog::new(db.clone());
 
-    // Nothing to repair on an empty database.
-    assert_eq!(projector.catch_up().await.expect("catch-up"), 0);
+    // Nothing to apply on an empty database.
+    assert_eq!(project_all(&db).await, 0);
 
-    // A template committed but never projected.
+    // Committed while no follower runs (a crash, or a server stopped):
+    // a template, run 1 started with one step completed, run 2 finished,
+    // run 3 started.
     let agents: BTreeSet<String> = ["echo".to_string()].into();
     let template_id = "tpl-unprojected";
     let created = Template::default()
@@ -519,6 +556,7 @@ on_both_backends!(catch_up_repairs_read_models_behind_the_log, |backend| {
             &agents,
         )
         .expect("create template");
+    let template_events = created.len() as u64;
     templates
         .commit(
             template_id,
@@ -530,8 +568,6 @@ on_both_backends!(catch_up_repairs_read_models_behind_the_log, |backend| {
         )
         .await
         .expect("commit template");
-
-    // Run 1: started and one step completed, nothing projected.
     let mut one = Writer::default();
     let start = one
         .state
@@ -543,33 +579,12 @@ on_both_backends!(catch_up_repairs_read_models_behind_the_log, |backend| {
         .decide_with(complete_command(&one.state, "a", 20))
         .expect("complete a");
     one.commit(&runs, "run-one", &done_a).await;
-
-    // Run 2: the start projected, later commits not (a crash in between).
     let mut two = Writer::default();
     let start = two
         .state
         .decide_with(start_command("run-two", 30))
         .expect("start");
-    let (envelopes, snapshot) = runs
-        .commit(
-            "run-two",
-            Run::default(),
-            0,
-            None,
-            start.clone(),
-            metadata(),
-        )
-        .await
-        .expect("commit start");
-    projector
-        .project_runs(&envelopes)
-        .await
-        .expect("project the start");
-    for event in start {
-        two.state.apply_event(event);
-    }
-    two.sequence = envelopes.len();
-    two.snapshot = snapshot;
+    two.commit(&runs, "run-two", &start).await;
     for (name, at) in [("a", 40), ("b", 50), ("c", 60), ("d", 70)] {
         let events = two
             .state
@@ -578,33 +593,19 @@ on_both_backends!(catch_up_repairs_read_models_behind_the_log, |backend| {
         two.commit(&runs, "run-two", &events).await;
     }
     assert_eq!(two.state.status.as_str(), "completed");
-
-    // Run 3: fully projected; nothing to repair.
-    let start = Run::default()
+    let mut three = Writer::default();
+    let start = three
+        .state
         .decide_with(start_command("run-three", 80))
         .expect("start");
-    let (envelopes, _) = runs
-        .commit("run-three", Run::default(), 0, None, start, metadata())
-        .await
-        .expect("commit start");
-    projector.project_runs(&envelopes).await.expect("project");
-
-    // Before the catch-up, the read models lag.
+    three.commit(&runs, "run-three", &start).await;
     assert_eq!(reads.run_detail("run-one").await.expect("read"), None);
-    assert_eq!(
-        reads
-            .run_detail("run-two")
-            .await
-            .expect("read")
-            .map(|d| d.sequence),
-        Some(2)
-    );
     assert!(reads.template(template_id).await.expect("read").is_none());
 
-    let repaired = projector.catch_up().await.expect("catch-up");
-    assert_eq!(repaired, 3, "the template and the two lagging runs");
-
-    for (run_id, writer) in [("run-one", &one), ("run-two", &two)] {
+    // A follower started now applies all of it from the start of the log.
+    let everything = template_events + (one.sequence + two.sequence + three.sequence) as u64;
+    assert_eq!(project_all(&db).await, everything);
+    for (run_id, writer) in [("run-one", &one), ("run-two", &two), ("run-three", &three)] {
         let detail = reads
             .run_detail(run_id)
             .await
@@ -621,16 +622,6 @@ on_both_backends!(catch_up_repairs_read_models_behind_the_log, |backend| {
     assert_eq!(one_detail.status.as_str(), "running");
     assert_eq!(one_detail.steps["a"].status, StepStatus::Completed);
     assert_eq!(one_detail.steps["b"].status, StepStatus::Running);
-    let two_detail = reads
-        .run_detail("run-two")
-        .await
-        .expect("read")
-        .expect("row");
-    assert_eq!(two_detail.status.as_str(), "completed");
-    assert!(two_detail
-        .steps
-        .values()
-        .all(|s| s.status == StepStatus::Completed));
     assert_eq!(
         reads.active_runs().await.expect("active runs"),
         vec!["run-one".to_string(), "run-three".to_string()]
@@ -644,56 +635,80 @@ on_both_backends!(catch_up_repairs_read_models_behind_the_log, |backend| {
         (template.name.as_str(), template.version),
         ("unprojected", 1)
     );
+    // Every read model records the log's head as its position.
+    let head = log.last_committed().await.expect("head");
+    let positions = stored_positions(&db).await;
+    let mut names: Vec<&str> = READ_MODELS.to_vec();
+    names.sort_unstable();
+    assert_eq!(
+        positions
+            .iter()
+            .map(|(n, _)| n.as_str())
+            .collect::<Vec<_>>(),
+        names
+    );
+    assert!(
+        positions.iter().all(|(_, p)| *p == head),
+        "{positions:?} at {head}"
+    );
 
-    // Idempotent: nothing left behind.
-    assert_eq!(projector.catch_up().await.expect("second catch-up"), 0);
+    // The next follower applies only what came after: O(events since).
+    let done_b = one
+        .state
+        .decide_with(complete_command(&one.state, "b", 90))
+        .expect("complete b");
+    one.commit(&runs, "run-one", &done_b).await;
+    assert_eq!(project_all(&db).await, done_b.len() as u64);
+    assert_eq!(
+        reads
+            .run_detail("run-one")
+            .await
+            .expect("read")
+            .expect("row"),
+        folded_detail(&runs, "run-one").await
+    );
+    assert_eq!(project_all(&db).await, 0, "nothing left behind");
     db.close().await;
 });
 
-/// A projection batch that failed for good (e.g. three "database is
-/// locked" errors in a row on SQLite) while later batches of the same run
-/// succeed: the read model must still end up equal to the fold of the log
-/// once `catch_up` has run.
-async fn catch_up_repairs_a_lost_batch(backend: Backend) {
+/// A read model whose rows went missing (deleted by hand, or written by an
+/// older build that lost a write) is filled from the run's own events at
+/// the run's next event, not folded from the middle.
+async fn a_document_behind_the_log_is_filled_from_the_run(backend: Backend) {
     let Some((_storage, db)) = open(backend).await else {
         return;
     };
     let runs = AggregateStore::<Run>::new(&db, store::RUN_SNAPSHOT_EVERY);
-    let projector = Projector::start(db.clone());
     let reads = ReadModels::new(db.clone());
-    let run_id = "run-lost-batch";
-    // Start, then complete a, b and c: 2 + 3 + 1 + 2 events.
-    let mut state = Run::default();
-    let mut batches = Vec::new();
-    for (name, at) in [("", 10), ("a", 20), ("b", 30), ("c", 40)] {
-        let command = if name.is_empty() {
-            start_command(run_id, at)
-        } else {
-            complete_command(&state, name, at)
-        };
-        let events = state.decide(command.0, &command.1).expect("decide");
-        for event in &events {
-            state.apply_event(event.clone());
-        }
-        batches.push(events);
-    }
+    let run_id = "run-lost-rows";
     let mut writer = Writer::default();
-    for (n, events) in batches.iter().enumerate() {
-        let sequence = writer.sequence;
-        writer.commit(&runs, run_id, events).await;
-        // The batch that completed `a` never reaches the read models.
-        if n != 1 {
-            let envelopes: Vec<_> = runs
-                .load_events(run_id)
-                .await
-                .expect("load_events")
-                .into_iter()
-                .filter(|e| e.sequence > sequence)
-                .collect();
-            projector.project_runs(&envelopes).await.expect("project");
+    for (name, at) in [("", 10), ("a", 20)] {
+        let events = if name.is_empty() {
+            writer.state.decide_with(start_command(run_id, at))
+        } else {
+            writer
+                .state
+                .decide_with(complete_command(&writer.state, name, at))
         }
+        .expect("decide");
+        writer.commit(&runs, run_id, &events).await;
     }
-    projector.catch_up().await.expect("catch-up");
+    project_all(&db).await;
+    runlog::with_pool!(&db, pool => {
+        for table in ["run_details", "run_summaries"] {
+            sqlx::query(&format!("DELETE FROM {table} WHERE run_id = $1"))
+                .bind(run_id)
+                .execute(pool)
+                .await
+                .expect("delete the run's rows");
+        }
+    });
+    let done_b = writer
+        .state
+        .decide_with(complete_command(&writer.state, "b", 30))
+        .expect("complete b");
+    writer.commit(&runs, run_id, &done_b).await;
+    project_all(&db).await;
     let detail = reads
         .run_detail(run_id)
         .await
@@ -704,24 +719,24 @@ async fn catch_up_repairs_a_lost_batch(backend: Backend) {
     assert_eq!(
         detail.steps["a"].status,
         StepStatus::Completed,
-        "the read model is at sequence {} of {} but misses the lost batch",
+        "the read model is at sequence {} of {} but misses the first events",
         detail.sequence,
         folded.sequence
     );
     assert_eq!(detail, folded);
 }
 
-mod catch_up_repairs_a_lost_batch {
+mod a_document_behind_the_log_is_filled_from_the_run {
     use super::*;
 
     #[actix_web::test]
     async fn on_sqlite() {
-        catch_up_repairs_a_lost_batch(Backend::Sqlite).await;
+        a_document_behind_the_log_is_filled_from_the_run(Backend::Sqlite).await;
     }
 
     #[actix_web::test]
     async fn on_postgres() {
-        catch_up_repairs_a_lost_batch(Backend::Postgres).await;
+        a_document_behind_the_log_is_filled_from_the_run(Backend::Postgres).await;
     }
 }
 
@@ -765,49 +780,61 @@ fn thread_events() -> Vec<Vec<RunEvent>> {
 }
 
 /// Commits the start of `run_id` and then [`thread_events`], one commit
-/// each; returns each commit's envelopes.
-async fn commit_thread(runs: &AggregateStore<Run>, run_id: &str) -> Vec<Vec<EventEnvelope<Run>>> {
+/// each; returns each commit's position in the log.
+async fn commit_thread(runs: &AggregateStore<Run>, run_id: &str) -> Vec<Position> {
     let start = Run::default()
         .decide_with(start_command(run_id, 1))
         .expect("start");
     let mut sequence = 0;
-    let mut commits = Vec::new();
+    let mut positions = Vec::new();
     for events in std::iter::once(start).chain(thread_events()) {
-        let (envelopes, _) = runs
+        let (envelopes, _, position) = runs
             .commit(run_id, Run::default(), sequence, None, events, metadata())
             .await
             .expect("commit");
         sequence += envelopes.len();
-        commits.push(envelopes);
+        positions.push(position);
     }
-    commits
+    positions
 }
 
-/// The thread read model does not depend on how the writer batched the
-/// events: a status change of a message posted in the same batch (folded
-/// into its insert) reads the same as one applied to an earlier message.
+/// The thread read model does not depend on how the follower paged the
+/// log: a status change of a message posted in the same page (folded into
+/// its insert) reads the same as one applied to an earlier message.
 async fn the_thread_reads_the_same_however_batched(backend: Backend) {
     let Some((_storage, db)) = open(backend).await else {
         return;
     };
     let runs = AggregateStore::<Run>::new(&db, store::RUN_SNAPSHOT_EVERY);
-    let projector = Projector::start(db.clone());
     let reads = ReadModels::new(db.clone());
-    // Each run commits the same events; "one-by-one" projects every commit
-    // on its own, "all-at-once" projects them all in one batch, "split"
-    // projects the first two commits, then the rest in one batch (status
-    // changes of a message posted in an earlier batch, gathered).
-    for run_id in ["one-by-one", "all-at-once", "split"] {
-        let commits = commit_thread(&runs, run_id).await;
-        let batches = match run_id {
-            "one-by-one" => commits,
-            "all-at-once" => vec![commits.concat()],
-            _ => vec![commits[..2].concat(), commits[2..].concat()],
-        };
-        for batch in batches {
-            projector.project_runs(&batch).await.expect("project");
-        }
+    // Each run commits the same events. "one-by-one": a follower applies
+    // every commit before the next is made; "all-at-once": a follower
+    // started after all of them applies them in one page.
+    let following = start_projector(&db);
+    let start = Run::default()
+        .decide_with(start_command("one-by-one", 1))
+        .expect("start");
+    let mut sequence = 0;
+    for events in std::iter::once(start).chain(thread_events()) {
+        let (envelopes, _, position) = runs
+            .commit(
+                "one-by-one",
+                Run::default(),
+                sequence,
+                None,
+                events,
+                metadata(),
+            )
+            .await
+            .expect("commit");
+        sequence += envelopes.len();
+        following.committed(position);
+        following.applied(position).await;
+        assert!(following.position() >= position);
     }
+    following.stop().await;
+    commit_thread(&runs, "all-at-once").await;
+    project_all(&db).await;
     let thread = |run_id: &'static str| {
         let reads = &reads;
         async move {
@@ -837,23 +864,24 @@ async fn the_thread_reads_the_same_however_batched(backend: Backend) {
     assert_eq!(one_by_one[1].3.as_deref(), Some("the run ended"));
     assert_ne!(one_by_one[0].4, one_by_one[0].5, "updated_at moved on");
     assert_eq!(thread("all-at-once").await, one_by_one);
-    assert_eq!(thread("split").await, one_by_one);
 
-    // A writer whose document is behind the stored rows (here: a second
-    // projector, with an empty cache, given the whole log) re-applies
-    // messages already stored: their status changes still land.
-    let again = "again";
-    let commits = commit_thread(&runs, again).await;
-    projector
-        .project_runs(&commits[..2].concat())
-        .await
-        .expect("project the first message");
-    let second = Projector::start(db.clone());
-    second
-        .project_runs(&commits.concat())
-        .await
-        .expect("project again");
-    assert_eq!(thread(again).await, one_by_one);
+    // Positions forgotten (an upgrade from a build without them): a
+    // follower applies the whole log again over the stored rows, which
+    // changes nothing.
+    runlog::with_pool!(&db, pool => {
+        sqlx::query("DELETE FROM projection_positions")
+            .execute(pool)
+            .await
+            .expect("forget the positions");
+    });
+    let total = project_all(&db).await;
+    assert_eq!(
+        total as usize,
+        2 * sequence,
+        "both runs' events applied again"
+    );
+    assert_eq!(thread("one-by-one").await, one_by_one);
+    assert_eq!(thread("all-at-once").await, one_by_one);
     db.close().await;
 }
 
@@ -1194,3 +1222,69 @@ on_both_backends!(
         db.close().await;
     }
 );
+
+/// Transactions are server-wide on PostgreSQL: one left open in another
+/// database of the same server must not hold this log back, while one open
+/// in this database must (it may still commit below what a reader takes).
+#[actix_web::test]
+async fn a_transaction_open_elsewhere_on_the_server_does_not_hold_the_log_back() {
+    let Some((_storage, db)) = open(Backend::Postgres).await else {
+        return;
+    };
+    let Ok(base) = std::env::var("RUNLOG_TEST_DATABASE_URL") else {
+        return;
+    };
+    let elsewhere = sqlx::PgPool::connect(&base)
+        .await
+        .expect("the base database");
+    let mut open_elsewhere = elsewhere.begin().await.expect("begin elsewhere");
+    // Writing gives the transaction an xid, as any writer's has.
+    let xid: String = sqlx::query_scalar("SELECT pg_current_xact_id()::text")
+        .fetch_one(&mut *open_elsewhere)
+        .await
+        .expect("an xid elsewhere");
+    assert!(!xid.is_empty());
+    let log = store::EventLog::new(db.clone());
+    append_slowly(&db, "run-a", 0, 2, std::time::Duration::ZERO, true).await;
+    let read = log.read_after(Position::START, 10).await.expect("read");
+    assert_eq!(
+        read.len(),
+        2,
+        "an open transaction elsewhere holds nothing back"
+    );
+
+    // One open here holds back what commits after it, until it ends.
+    let here = {
+        let db = db.clone();
+        tokio::spawn(async move {
+            append_slowly(
+                &db,
+                "run-b",
+                0,
+                1,
+                std::time::Duration::from_millis(600),
+                true,
+            )
+            .await;
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    append_slowly(&db, "run-c", 0, 1, std::time::Duration::ZERO, true).await;
+    let held = log.read_after(read[1].position, 10).await.expect("read");
+    assert!(
+        held.is_empty(),
+        "run-c waits behind run-b's open transaction: {held:?}"
+    );
+    here.await.expect("run-b");
+    let after: Vec<String> = log
+        .read_after(read[1].position, 10)
+        .await
+        .expect("read")
+        .into_iter()
+        .map(|e| e.aggregate_id)
+        .collect();
+    assert_eq!(after, ["run-b", "run-c"]);
+    open_elsewhere.rollback().await.expect("rollback");
+    elsewhere.close().await;
+    db.close().await;
+}

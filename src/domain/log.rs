@@ -4,6 +4,9 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::run::RunEvent;
+use super::template::TemplateEvent;
+
 /// A place in the log. Events are read in `(tx, position)` order: on
 /// PostgreSQL `tx` is the writing transaction's id and `position` the
 /// event's identity value; on SQLite `tx` is 0 and `position` the rowid
@@ -32,6 +35,32 @@ impl std::fmt::Display for Position {
             write!(f, "{}:{}", self.tx, self.position)
         }
     }
+}
+
+/// An event of the log as its followers get it: where it is, whose it is,
+/// and the event itself (as its aggregate folds it, upcast by the store).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Logged {
+    /// Where it is in the log.
+    pub position: Position,
+    /// The aggregate's id.
+    pub aggregate_id: String,
+    /// Its sequence within the aggregate, from 1.
+    pub sequence: u64,
+    /// The event.
+    pub event: LoggedEvent,
+}
+
+/// The event of a [`Logged`], by aggregate type.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LoggedEvent {
+    /// An event of a run.
+    Run(RunEvent),
+    /// An event of a template.
+    Template(TemplateEvent),
+    /// An event of an aggregate type that followers do not know (a newer
+    /// build wrote it): skipped, its position still passed.
+    Other,
 }
 
 #[cfg(test)]

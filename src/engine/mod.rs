@@ -16,9 +16,9 @@
 //!   tests).
 //! - [`hub`]: fans committed events out to WebSocket sessions.
 //!
-//! Depends on `domain` and on store handles. It feeds the read models
-//! through [`RunReadModels`] (run events) and the cqrs-es `Query` trait
-//! (template events), both wired in `app`. Never on `api`.
+//! Depends on `domain` and on store handles. It tells the read models
+//! where its commits went in the log through [`ReadModelFeed`] (wired in
+//! `app`; the projections follow the log themselves). Never on `api`.
 
 pub mod agents;
 pub mod clock;
@@ -35,11 +35,11 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use actix::{Actor, Addr, Arbiter, MailboxError};
-use cqrs_es::{EventEnvelope, Query};
 use futures::future::BoxFuture;
 use serde_json::Value;
 
 use crate::domain::ids::{AgentName, ArtifactName, RunId, StepId, TemplateId};
+use crate::domain::log::Position;
 use crate::domain::run::{
     Action, NewMessage, Policy, RetrySource, Run, RunCommand, RunError, StartRun,
 };
@@ -60,19 +60,24 @@ pub use workers::{AgentView, ClaimedWork};
 use local::LocalExecutor;
 use remote::RemoteExecutor;
 
-/// Queued read-model jobs beyond which actors wait for their writes.
+/// Commits not yet applied by the read models beyond which actors wait
+/// for theirs.
 const READ_MODEL_BACKLOG_LIMIT: usize = 512;
 
-/// Where committed run events go to become read models. Implemented by the
-/// projection writer (wired in `app`).
-pub trait RunReadModels: Send + Sync {
-    /// Queues events, in the order of calls, and returns a future that
-    /// resolves once they are written (failures are logged by the writer and
-    /// repaired from the log).
-    fn queue(&self, events: &[EventEnvelope<Run>]) -> BoxFuture<'static, ()>;
-    /// Jobs queued and not yet written.
+/// Where the read models learn of this process's commits. Implemented by
+/// the projection follower (wired in `app`), which reads the log itself:
+/// the engine only says where its commits went, so that readers can wait
+/// for them (read-your-writes) and the follower wakes at once.
+pub trait ReadModelFeed: Send + Sync {
+    /// A commit of this process is in the log, its last event at
+    /// `position`.
+    fn committed(&self, position: Position);
+    /// Resolves once the read models have applied the log up to
+    /// `position` (or have given up waiting; the follower logs why).
+    fn applied(&self, position: Position) -> BoxFuture<'static, ()>;
+    /// Commits of this process that the read models have not applied yet.
     fn backlog(&self) -> usize;
-    /// Resolves once every job queued before the call is written.
+    /// Resolves once every commit of this process so far is applied.
     fn barrier(&self) -> BoxFuture<'static, ()>;
 }
 
@@ -175,10 +180,8 @@ pub struct EngineParts {
     pub tasks: TaskQueue,
     /// The agents.
     pub agents: AgentRegistry,
-    /// Read models fed with every committed run event.
-    pub run_read_models: Arc<dyn RunReadModels>,
-    /// Read models fed with every committed template event.
-    pub template_queries: Vec<Arc<dyn Query<Template>>>,
+    /// The read models, told where every commit went.
+    pub read_models: Arc<dyn ReadModelFeed>,
     /// Tunables.
     pub config: EngineConfig,
     /// Where the engine gets the time.
@@ -190,8 +193,7 @@ pub(crate) struct EngineCtx {
     templates: AggregateStore<Template>,
     blobs: BlobStore,
     agents: AgentRegistry,
-    run_read_models: Arc<dyn RunReadModels>,
-    template_queries: Vec<Arc<dyn Query<Template>>>,
+    read_models: Arc<dyn ReadModelFeed>,
     hub: Hub,
     config: EngineConfig,
     clock: SharedClock,
@@ -205,18 +207,19 @@ pub(crate) struct EngineCtx {
 }
 
 impl EngineCtx {
-    /// Hands committed events to the read models. The returned future
-    /// resolves once they are written; callers that need read-your-writes
-    /// (answers to clients) wait for it, internal turns do not unless the
-    /// writer falls behind.
-    fn project_runs(&self, events: &[EventEnvelope<Run>]) -> BoxFuture<'static, ()> {
-        self.run_read_models.queue(events)
+    /// Tells the read models of a commit. The returned future resolves once
+    /// they have applied it; callers that need read-your-writes (answers to
+    /// clients) wait for it, internal turns do not unless the read models
+    /// fall behind.
+    fn project(&self, position: Position) -> BoxFuture<'static, ()> {
+        self.read_models.committed(position);
+        self.read_models.applied(position)
     }
 
     /// Whether internal turns should wait for their read-model writes, to
     /// keep the writer's queue short.
     fn read_models_behind(&self) -> bool {
-        self.run_read_models.backlog() > READ_MODEL_BACKLOG_LIMIT
+        self.read_models.backlog() > READ_MODEL_BACKLOG_LIMIT
     }
 
     /// The executor that runs `agent`'s steps.
@@ -326,8 +329,7 @@ impl Engine {
             templates: parts.templates,
             blobs: parts.blobs,
             agents: parts.agents,
-            run_read_models: parts.run_read_models,
-            template_queries: parts.template_queries,
+            read_models: parts.read_models,
             hub: Hub::default(),
             config: parts.config,
             clock: parts.clock,
@@ -659,7 +661,7 @@ impl Engine {
     /// Waits until the read models hold every run event committed so far
     /// (read-your-writes for list readers).
     pub async fn settle_all(&self) {
-        self.ctx.run_read_models.barrier().await;
+        self.ctx.read_models.barrier().await;
     }
 
     /// Re-activates runs after a restart: each re-dispatches the steps whose
@@ -738,7 +740,7 @@ impl Engine {
             other => other?,
         };
         let metadata = HashMap::from([("recorded_at".to_string(), rfc3339(self.ctx.clock.now()))]);
-        let (envelopes, _) = self
+        let (_, _, position) = self
             .ctx
             .templates
             .commit(
@@ -750,9 +752,7 @@ impl Engine {
                 metadata,
             )
             .await?;
-        for query in &self.ctx.template_queries {
-            query.dispatch(id.as_str(), &envelopes).await;
-        }
+        self.ctx.project(position).await;
         Ok(())
     }
 
@@ -766,7 +766,7 @@ impl Engine {
     /// still running are re-dispatched at the next start.
     pub async fn shutdown(&self, grace: Duration) {
         let deadline = tokio::time::Instant::now() + grace;
-        while self.ctx.run_read_models.backlog() > 0 && tokio::time::Instant::now() < deadline {
+        while self.ctx.read_models.backlog() > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         self.ctx.local.shutdown();

@@ -196,14 +196,14 @@ impl RunActor {
             .into_actor(self)
             .then(move |committed, act, ctx| -> ResponseActFuture<Self, Result<Committed, EngineError>> {
                 match committed {
-                    Ok((envelopes, snapshot)) => {
+                    Ok((envelopes, snapshot, position)) => {
                         act.state = state;
                         if let Some(last) = envelopes.last() {
                             act.sequence = last.sequence;
                         }
                         act.snapshot = snapshot;
                         act.engine.hub.publish(&act.id, &envelopes);
-                        let written = act.engine.project_runs(&envelopes).shared();
+                        let written = act.engine.project(position).shared();
                         act.last_written = Some(written.clone());
                         let redirects = act.perform(effects, ctx);
                         act.schedule(ctx);

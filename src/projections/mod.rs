@@ -1,19 +1,16 @@
 //! Read models built from events, never written by command handlers: run
-//! summaries (list and filter), run detail, artifact versions and the
-//! template catalogue.
+//! summaries (list and filter), run detail, artifact versions, the thread
+//! and the template catalogue.
 //!
-//! [`Projector`] is the only writer. The engine hands it every committed
-//! batch of events: run events through the engine's `RunReadModels` trait
-//! (queued in order, not awaited; readers wait instead, through the run's
-//! actor or [`Projector::barrier`], so a client sees the effect of its
-//! command in its next GET), template events through the cqrs-es `Query`
-//! trait (awaited). Writes from many runs are grouped into
-//! one transaction per writer task (one task on SQLite, four on PostgreSQL,
-//! each owning the aggregates that hash to it). Every row records the last
-//! sequence it reflects, which makes updates idempotent; a gap in a run's
-//! sequence is filled from the log, and [`Projector::catch_up`] repairs read
-//! models that a crash left behind the log. All of this is safe to replay:
-//! it has no side effects beyond its own tables.
+//! [`Projector`] is the only writer: one task that follows the log in
+//! position order through [`LogReader`] (which the store implements and
+//! `app` hands it) and writes each page of events, with the read models'
+//! new position, in one transaction (docs/adr/0005). The engine only says
+//! where its commits went ([`Projector::committed`]), which wakes it;
+//! readers wait for a position ([`Projector::applied`]), so a client sees
+//! the effect of its command in its next GET. Every row records the last
+//! sequence it reflects, which makes re-applying harmless. All of this is
+//! safe to replay: it has no side effects beyond its own tables.
 //!
 //! Depends on `domain` and `db`; never on `store`, `engine` or `api`.
 
@@ -29,7 +26,7 @@ pub use reads::{
     decode_cursor, ArtifactVersionRow, MessageView, Page, ReadModels, RunSummary, TemplateView,
     DEFAULT_PAGE, MAX_PAGE,
 };
-pub use writer::Projector;
+pub use writer::{LogReader, LogReaderFactory, Projector, READ_MODELS};
 
 /// Read-model failures.
 #[derive(Debug, thiserror::Error)]
@@ -40,10 +37,10 @@ pub enum ProjectionError {
     /// A stored document or event could not be read.
     #[error("stored data could not be deserialised: {0}")]
     Corrupt(#[from] serde_json::Error),
-    /// The writer task is gone (the server is shutting down).
-    #[error("the projection writer has stopped")]
+    /// The follower is gone (the server is shutting down).
+    #[error("the projection follower has stopped")]
     WriterStopped,
-    /// A write failed; the message says why.
-    #[error("projection write failed: {0}")]
-    WriteFailed(String),
+    /// The log could not be read.
+    #[error("cannot read the log: {0}")]
+    Log(String),
 }

@@ -1,23 +1,25 @@
-//! The projection writer: a task that applies committed events to the read
-//! models, many runs per transaction.
+//! The projection follower: a task that reads the log in position order
+//! (through [`LogReader`]) and applies it to the read models, many runs per
+//! transaction, recording in the same transaction how far it got
+//! (`projection_positions`; docs/adr/0005).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use cqrs_es::{EventEnvelope, Query};
+use futures::future::BoxFuture;
 use serde_json::Value;
-use sqlx::Row;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{watch, Notify};
 
 use super::detail::RunDetail;
 use super::ProjectionError;
 use crate::db::{BeginWrite, Commits, Db};
 use crate::domain::ids::{StepId, Timestamp};
-use crate::domain::run::{Author, MessageStatus, Run, RunEvent};
-use crate::domain::template::{Template, TemplateEvent};
+use crate::domain::log::{Logged, LoggedEvent, Position};
+use crate::domain::run::{Author, MessageStatus, RunEvent};
+use crate::domain::template::TemplateEvent;
 use crate::with_pool;
 
 const PG_DETAILS_GET: &str = include_str!("sql/postgres/details_get_many.sql");
@@ -27,295 +29,341 @@ const SUMMARY_PUT: &str = include_str!("sql/summary_put.sql");
 const ARTIFACT_PUT: &str = include_str!("sql/artifact_put.sql");
 const TEMPLATE_GET: &str = include_str!("sql/template_get.sql");
 const TEMPLATE_PUT: &str = include_str!("sql/template_put.sql");
-const STALE_RUNS: &str = include_str!("sql/stale_runs.sql");
-const STALE_TEMPLATES: &str = include_str!("sql/stale_templates.sql");
-const EVENTS_AFTER: &str = include_str!("sql/events_after.sql");
 const PG_ROWS_PUT: &str = include_str!("sql/postgres/rows_put.sql");
 const MESSAGE_PUT: &str = include_str!("sql/message_put.sql");
 const MESSAGE_STATUS: &str = include_str!("sql/message_status.sql");
+const POSITIONS_GET: &str = include_str!("sql/positions_get.sql");
+const POSITION_PUT: &str = include_str!("sql/position_put.sql");
 
-/// Most jobs grouped into one transaction.
-const MAX_JOBS_PER_TRANSACTION: usize = 256;
-/// Detail documents each writer keeps in memory (so a batch need not read
+/// The read models the follower writes, each with its position row.
+pub const READ_MODELS: [&str; 5] = [
+    "run_summaries",
+    "run_details",
+    "artifact_versions",
+    "run_messages",
+    "template_catalogue",
+];
+/// Most events read and applied in one transaction.
+const PAGE: i64 = 512;
+/// Detail documents the follower keeps in memory (so a page need not read
 /// them back); past this the cache is emptied.
 const DOC_CACHE_LIMIT: usize = 10_000;
-/// Attempts at one transaction before its jobs are answered with the error.
-const WRITE_ATTEMPTS: u32 = 3;
+/// How long the follower idles before it looks at the log again without
+/// being woken (commits of other processes).
+const IDLE_LOOK: Duration = Duration::from_millis(250);
+/// How soon it looks again when a commit of this process is not readable
+/// yet (an older transaction of another writer is still open).
+const BUSY_LOOK: Duration = Duration::from_millis(1);
+/// How long a reader waits for the read models to apply a commit before it
+/// goes on with what they hold (the follower logs why it is behind).
+const APPLY_WAIT: Duration = Duration::from_secs(10);
 
-/// Events of one aggregate, as the writer receives them.
-enum Batch {
-    Runs(String, Vec<(u64, RunEvent)>),
-    Templates(String, Vec<(u64, TemplateEvent)>),
-    /// Writes nothing; answered once everything queued before it is written.
-    Barrier,
+/// The log, as the projections read it. Implemented by the store, wired in
+/// `app`; events arrive decoded (upcast) by the store.
+pub trait LogReader: Send + Sync {
+    /// Up to `limit` events after `after`, in log order; never skips an
+    /// event that commits later (see docs/adr/0005).
+    fn read_after(&self, after: Position, limit: i64)
+        -> BoxFuture<'_, Result<Vec<Logged>, String>>;
+    /// The events of one run or template with sequence above `after`
+    /// (`Run` or `Template`), to fill a document that fell behind.
+    fn aggregate_after<'a>(
+        &'a self,
+        aggregate_type: &'a str,
+        aggregate_id: &'a str,
+        after: u64,
+    ) -> BoxFuture<'a, Result<Vec<Logged>, String>>;
 }
 
-struct Job {
-    batch: Batch,
-    done: oneshot::Sender<Result<(), String>>,
+/// Builds the follower's log reader on the follower's own pool.
+pub type LogReaderFactory = Box<dyn FnOnce(Db) -> Box<dyn LogReader> + Send>;
+
+/// What the follower and its handles share.
+#[derive(Debug)]
+struct Shared {
+    /// Wakes the follower: a commit of this process.
+    wake: Notify,
+    /// The position the read models have applied.
+    applied: watch::Sender<Position>,
+    /// Commits of this process above `applied`.
+    pending: Mutex<BTreeSet<Position>>,
+    /// The last commit of this process.
+    last_committed: Mutex<Position>,
+    /// Events applied since the follower started.
+    events_applied: AtomicU64,
+    /// Asks the follower to stop after its current page.
+    stop: AtomicBool,
+    /// Set once the follower has stopped.
+    stopped: watch::Sender<bool>,
 }
 
-/// Handle to the projection writer task. Cheap to clone.
+/// Handle to the projection follower. Cheap to clone.
 ///
-/// One task writes every read model, so one aggregate's batches are
-/// written in the order queued. (PostgreSQL had four, each owning the
-/// aggregates that hashed to it, while a batch took six round trips; now
-/// that a batch is one statement, one task gathers more events per batch:
-/// W1 with remote workers, 25.4 statements per run against 28.5 with four,
-/// and a higher throughput; docs/benchmarks.md.)
+/// One task writes every read model, reading the log in position order
+/// from where the read models' positions say it got. The engine tells it
+/// where each of this process's commits went ([`Projector::committed`]),
+/// which wakes it and lets readers wait for their own writes
+/// ([`Projector::applied`]).
 ///
-/// The queue is unbounded so that queueing never waits and never reorders;
-/// callers keep it short by waiting for their writes when [`backlog`]
-/// grows (see the engine).
-///
-/// [`backlog`]: Projector::backlog
+/// The follower stops when the last handle is dropped (or at
+/// [`Projector::stop`]).
 #[derive(Clone, Debug)]
 pub struct Projector {
-    sender: mpsc::UnboundedSender<Job>,
-    backlog: Arc<AtomicUsize>,
-    db: Db,
+    shared: Arc<Shared>,
+    _handles: Arc<StopOnDrop>,
 }
 
-impl std::fmt::Debug for Job {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Job")
+/// Stops the follower when the last handle goes.
+#[derive(Debug)]
+struct StopOnDrop(Arc<Shared>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.stop.store(true, Ordering::SeqCst);
+        self.0.wake.notify_one();
     }
 }
 
 impl Projector {
-    /// Starts the writer task, on a thread of its own.
-    pub fn start(db: Db) -> Self {
-        let backlog = Arc::new(AtomicUsize::new(0));
-        let (sender, receiver) = mpsc::unbounded_channel();
-        let counter = backlog.clone();
+    /// Starts the follower, on a thread of its own, reading the log through
+    /// the reader `log` builds.
+    pub fn start(db: Db, log: LogReaderFactory) -> Self {
+        let shared = Arc::new(Shared {
+            wake: Notify::new(),
+            applied: watch::channel(Position::START).0,
+            pending: Mutex::new(BTreeSet::new()),
+            last_committed: Mutex::new(Position::START),
+            events_applied: AtomicU64::new(0),
+            stop: AtomicBool::new(false),
+            stopped: watch::channel(false).0,
+        });
+        let follower = shared.clone();
         crate::db::spawn_dedicated(
             "runlog-projector",
-            db.clone(),
+            db,
             2,
-            // Durable: the writer's document cache assumes that what
-            // committed stays (a batch lost while the server goes on would
-            // be hidden by the next one, which builds on the cache).
+            // Durable: the follower's document cache assumes that what
+            // committed stays.
             Commits::Durable,
-            move |db| write_loop(db, receiver, counter),
+            move |db| async move {
+                let log = log(db.clone());
+                follow(db, log, follower.clone()).await;
+                follower.stopped.send_replace(true);
+            },
         );
         Self {
-            sender,
-            backlog,
-            db,
+            _handles: Arc::new(StopOnDrop(shared.clone())),
+            shared,
         }
     }
 
-    /// Jobs queued and not yet written.
+    /// A commit of this process reached the log at `position`.
+    pub fn committed(&self, position: Position) {
+        if position > *self.shared.applied.borrow() {
+            lock(&self.shared.pending).insert(position);
+        }
+        let mut last = lock(&self.shared.last_committed);
+        if position > *last {
+            *last = position;
+        }
+        drop(last);
+        self.shared.wake.notify_one();
+    }
+
+    /// Resolves once the read models have applied the log up to
+    /// `position`, or after [`APPLY_WAIT`] (then it logs a warning).
+    pub fn applied(&self, position: Position) -> impl Future<Output = ()> + Send + 'static {
+        let mut applied = self.shared.applied.subscribe();
+        async move {
+            let reached = tokio::time::timeout(APPLY_WAIT, applied.wait_for(|a| *a >= position));
+            if reached.await.is_err() {
+                tracing::warn!(%position, applied = %*applied.borrow(),
+                    "the read models have not applied a commit in time; answering from what they hold");
+            }
+        }
+    }
+
+    /// The position the read models have applied.
+    pub fn position(&self) -> Position {
+        *self.shared.applied.borrow()
+    }
+
+    /// Commits of this process not yet applied.
     pub fn backlog(&self) -> usize {
-        self.backlog.load(Ordering::Relaxed)
+        lock(&self.shared.pending).len()
     }
 
-    /// Queues a batch now (so batches of one caller are written in the order
-    /// queued) and returns a future that resolves once it is written.
-    fn queue(
-        &self,
-        batch: Batch,
-    ) -> impl Future<Output = Result<(), ProjectionError>> + Send + 'static {
-        let queued = self.enqueue(batch);
-        async move {
-            queued?
-                .await
-                .map_err(|_| ProjectionError::WriterStopped)?
-                .map_err(ProjectionError::WriteFailed)
-        }
-    }
-
-    /// Sends one job to the writer, counting it in the backlog until the
-    /// writer answers; returns where the answer will come.
-    fn enqueue(
-        &self,
-        batch: Batch,
-    ) -> Result<oneshot::Receiver<Result<(), String>>, ProjectionError> {
-        let (done, answer) = oneshot::channel();
-        self.backlog.fetch_add(1, Ordering::Relaxed);
-        if self.sender.send(Job { batch, done }).is_err() {
-            self.backlog.fetch_sub(1, Ordering::Relaxed);
-            return Err(ProjectionError::WriterStopped);
-        }
-        Ok(answer)
-    }
-
-    /// Queues committed run events (in the order of calls) and returns a
-    /// future that resolves once they are written.
-    pub fn queue_runs(
-        &self,
-        events: &[EventEnvelope<Run>],
-    ) -> impl Future<Output = Result<(), ProjectionError>> + Send + 'static {
-        let batch = events.first().map(|first| {
-            let events = events
-                .iter()
-                .map(|e| (e.sequence as u64, e.payload.clone()))
-                .collect();
-            Batch::Runs(first.aggregate_id.clone(), events)
-        });
-        let queued = batch.map(|b| self.queue(b));
-        async move {
-            match queued {
-                Some(written) => written.await,
-                None => Ok(()),
-            }
-        }
-    }
-
-    /// Resolves once every job queued before the call is written.
+    /// Resolves once every commit of this process so far is applied.
     pub fn barrier(&self) -> impl Future<Output = ()> + Send + 'static {
-        let answer = self.enqueue(Batch::Barrier).ok();
-        async move {
-            if let Some(answer) = answer {
-                let _ = answer.await;
-            }
-        }
+        let last = *lock(&self.shared.last_committed);
+        self.applied(last)
     }
 
-    /// Applies committed run events and waits until they are written.
-    pub async fn project_runs(&self, events: &[EventEnvelope<Run>]) -> Result<(), ProjectionError> {
-        self.queue_runs(events).await
-    }
-
-    /// Applies committed template events and waits until they are written.
-    pub async fn project_templates(
-        &self,
-        events: &[EventEnvelope<Template>],
-    ) -> Result<(), ProjectionError> {
-        let Some(first) = events.first() else {
-            return Ok(());
-        };
-        let batch = events
-            .iter()
-            .map(|e| (e.sequence as u64, e.payload.clone()))
-            .collect();
-        self.queue(Batch::Templates(first.aggregate_id.clone(), batch))
+    /// Waits until the follower has applied the log up to `head` (the
+    /// log's last committed position when the caller asked); returns how
+    /// many events it has applied since it started. At start, before
+    /// serving, this is the catch-up: O(events since the stored positions).
+    pub async fn catch_up(&self, head: Position) -> Result<u64, ProjectionError> {
+        let mut applied = self.shared.applied.subscribe();
+        self.shared.wake.notify_one();
+        applied
+            .wait_for(|a| *a >= head)
             .await
+            .map_err(|_| ProjectionError::WriterStopped)?;
+        Ok(self.shared.events_applied.load(Ordering::Relaxed))
     }
 
-    /// Brings every read model up to its log: re-applies the events that a
-    /// crash between commit and projection left out. Returns how many
-    /// aggregates were repaired.
-    pub async fn catch_up(&self) -> Result<usize, ProjectionError> {
-        let mut repaired = 0;
-        for (query, aggregate_type) in [(STALE_TEMPLATES, "Template"), (STALE_RUNS, "Run")] {
-            let stale: Vec<(String, i64)> = with_pool!(&self.db, pool => {
-                sqlx::query_as(query).fetch_all(pool).await?
-            });
-            for (id, projected) in stale {
-                let rows: Vec<(i64, Value)> = with_pool!(&self.db, pool => {
-                    sqlx::query(EVENTS_AFTER)
-                        .bind(aggregate_type)
-                        .bind(&id)
-                        .bind(projected)
-                        .fetch_all(pool)
-                        .await?
-                        .into_iter()
-                        .map(|r| Ok::<_, sqlx::Error>((r.try_get("sequence")?, r.try_get("payload")?)))
-                        .collect::<Result<Vec<_>, _>>()?
-                });
-                let batch = if aggregate_type == "Run" {
-                    let events = rows
-                        .into_iter()
-                        .map(|(seq, p)| Ok((seq as u64, serde_json::from_value(p)?)))
-                        .collect::<Result<Vec<_>, serde_json::Error>>()?;
-                    Batch::Runs(id, events)
-                } else {
-                    let events = rows
-                        .into_iter()
-                        .map(|(seq, p)| Ok((seq as u64, serde_json::from_value(p)?)))
-                        .collect::<Result<Vec<_>, serde_json::Error>>()?;
-                    Batch::Templates(id, events)
-                };
-                self.queue(batch).await?;
-                repaired += 1;
-            }
-        }
-        if repaired > 0 {
-            tracing::warn!(
-                repaired,
-                "read models were behind the log and have been caught up"
-            );
-        }
-        Ok(repaired)
+    /// Stops the follower after its current page and waits until it has.
+    pub async fn stop(&self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        self.shared.wake.notify_one();
+        let _ = self.shared.stopped.subscribe().wait_for(|s| *s).await;
     }
 }
 
-async fn write_loop(db: Db, mut receiver: mpsc::UnboundedReceiver<Job>, backlog: Arc<AtomicUsize>) {
-    let mut cache: HashMap<String, RunDetail> = HashMap::new();
-    while let Some(first) = receiver.recv().await {
-        let mut jobs = vec![first];
-        while jobs.len() < MAX_JOBS_PER_TRANSACTION {
-            match receiver.try_recv() {
-                Ok(job) => jobs.push(job),
-                Err(_) => break,
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The follower: from the stored position, read a page, apply it with the
+/// new position in one transaction, tell the waiting readers; when the log
+/// has nothing new, wait to be woken.
+async fn follow(db: Db, log: Box<dyn LogReader>, shared: Arc<Shared>) {
+    let mut at = loop {
+        match stored_position(&db).await {
+            Ok(position) => break position,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the read models' positions; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
             }
         }
-        let mut attempt = 0;
-        let result = loop {
-            attempt += 1;
-            match write(&db, &jobs, &cache).await {
-                Ok(written) => {
-                    if cache.len() + written.len() > DOC_CACHE_LIMIT {
-                        cache.clear();
-                    }
-                    for doc in written {
-                        // Finished runs rarely change again: do not keep them.
-                        if doc.status.is_finished() {
-                            cache.remove(&doc.id);
-                        } else {
-                            cache.insert(doc.id.clone(), doc);
-                        }
-                    }
-                    break Ok(());
-                }
-                Err(e) if attempt < WRITE_ATTEMPTS => {
-                    tracing::warn!(error = %e, attempt, "projection write failed; retrying");
-                    tokio::time::sleep(Duration::from_millis(20 * u64::from(attempt))).await;
-                }
-                Err(e) => break Err(e.to_string()),
+        if shared.stop.load(Ordering::SeqCst) {
+            return;
+        }
+    };
+    shared.applied.send_replace(at);
+    let mut cache: HashMap<String, RunDetail> = HashMap::new();
+    let mut failures = 0u32;
+    while !shared.stop.load(Ordering::SeqCst) {
+        // Registered before the look, so that a commit during it wakes the
+        // next wait.
+        let woken = shared.wake.notified();
+        tokio::pin!(woken);
+        woken.as_mut().enable();
+        let page = match log.read_after(at, PAGE).await {
+            Ok(page) => page,
+            Err(e) => {
+                tracing::error!(error = %e, %at, "cannot read the log; retrying");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
             }
         };
-        backlog.fetch_sub(jobs.len(), Ordering::Relaxed);
-        for job in jobs {
-            let _ = job.done.send(result.clone());
+        let Some(last) = page.last().map(|e| e.position) else {
+            let waiting = lock(&shared.pending).first().is_some_and(|p| *p > at);
+            let look = if waiting { BUSY_LOOK } else { IDLE_LOOK };
+            tokio::select! {
+                () = &mut woken => {}
+                () = tokio::time::sleep(look) => {}
+            }
+            continue;
+        };
+        match write(&db, log.as_ref(), &page, &cache, last).await {
+            Ok(written) => {
+                failures = 0;
+                if cache.len() + written.len() > DOC_CACHE_LIMIT {
+                    cache.clear();
+                }
+                for doc in written {
+                    // Finished runs rarely change again: do not keep them.
+                    if doc.status.is_finished() {
+                        cache.remove(&doc.id);
+                    } else {
+                        cache.insert(doc.id.clone(), doc);
+                    }
+                }
+                at = last;
+                shared
+                    .events_applied
+                    .fetch_add(page.len() as u64, Ordering::Relaxed);
+                {
+                    let mut pending = lock(&shared.pending);
+                    let above = pending.split_off(&Position {
+                        tx: at.tx,
+                        position: at.position + 1,
+                    });
+                    *pending = above;
+                }
+                shared.applied.send_replace(at);
+            }
+            Err(e) => {
+                // Never skipped: the page is applied again until it goes in
+                // (readers stop waiting after APPLY_WAIT).
+                failures += 1;
+                cache.clear();
+                tracing::error!(error = %e, %at, failures,
+                    "projection write failed; the page is applied again");
+                tokio::time::sleep(Duration::from_millis(50 * u64::from(failures.min(20)))).await;
+            }
         }
     }
 }
 
-/// Writes every job's events in one transaction; returns the run detail
-/// documents written (the caller caches them once the write succeeded).
+/// The position the read models have all applied (the lowest stored; the
+/// start of the log if one has none).
+async fn stored_position(db: &Db) -> Result<Position, ProjectionError> {
+    let rows: Vec<(String, i64, i64)> = with_pool!(db, pool => {
+        sqlx::query_as(POSITIONS_GET).fetch_all(pool).await?
+    });
+    let mut lowest: Option<Position> = None;
+    for name in READ_MODELS {
+        let Some((_, tx, position)) = rows.iter().find(|(n, _, _)| n == name) else {
+            return Ok(Position::START);
+        };
+        let p = Position {
+            tx: u64::try_from(*tx).unwrap_or_default(),
+            position: *position,
+        };
+        lowest = Some(lowest.map_or(p, |l| l.min(p)));
+    }
+    Ok(lowest.unwrap_or(Position::START))
+}
+
+/// Applies a page of the log and records `last` as every read model's
+/// position, in one transaction; returns the run detail documents written
+/// (the caller caches them once the write succeeded).
 ///
-/// The documents a batch builds on are read first, outside the write (this
-/// writer is the only one for its runs); the rows then go in at once: on
-/// PostgreSQL one statement, which is its own transaction (a batch with
-/// template events, which are rare, takes a transaction of a few).
+/// The documents a page builds on are read first, outside the write (this
+/// follower is the only writer of the read models); the rows then go in at
+/// once: on PostgreSQL one statement, which is its own transaction (a page
+/// with template events, which are rare, takes a transaction of a few).
 async fn write(
     db: &Db,
-    jobs: &[Job],
+    log: &dyn LogReader,
+    page: &[Logged],
     cache: &HashMap<String, RunDetail>,
+    last: Position,
 ) -> Result<Vec<RunDetail>, ProjectionError> {
     let mut written = Vec::new();
-    // Group by aggregate so each document is read and written once.
-    let mut runs: BTreeMap<&str, Vec<&(u64, RunEvent)>> = BTreeMap::new();
-    let mut templates: BTreeMap<&str, Vec<&(u64, TemplateEvent)>> = BTreeMap::new();
-    for job in jobs {
-        match &job.batch {
-            Batch::Runs(id, events) => runs.entry(id).or_default().extend(events.iter()),
-            Batch::Templates(id, events) => templates.entry(id).or_default().extend(events.iter()),
-            Batch::Barrier => {}
+    // Grouped by aggregate so each document is read and written once.
+    let mut runs: BTreeMap<&str, Vec<(u64, &RunEvent)>> = BTreeMap::new();
+    let mut templates: BTreeMap<&str, Vec<(u64, &TemplateEvent)>> = BTreeMap::new();
+    for logged in page {
+        match &logged.event {
+            LoggedEvent::Run(e) => runs
+                .entry(&logged.aggregate_id)
+                .or_default()
+                .push((logged.sequence, e)),
+            LoggedEvent::Template(e) => templates
+                .entry(&logged.aggregate_id)
+                .or_default()
+                .push((logged.sequence, e)),
+            LoggedEvent::Other => {}
         }
     }
-    if runs.is_empty() && templates.is_empty() {
-        // Only barriers: nothing to write.
-        return Ok(written);
-    }
-    // A cached document is as good as the stored one: this writer is the
-    // only one for its runs, and a stale one (another node wrote since)
-    // shows as a gap and is filled from the log. A batch that starts at the
-    // run's first event builds its document afresh; the others are read in
-    // one query.
-    let first_of = |events: &[&(u64, RunEvent)]| events.first().map_or(0, |(s, _)| *s);
+    // A cached document is as good as the stored one: this follower is the
+    // only writer. A page that starts at the run's first event builds its
+    // document afresh; the others are read in one query.
+    let first_of = |events: &[(u64, &RunEvent)]| events.first().map_or(0, |(s, _)| *s);
     let uncached: Vec<&str> = runs
         .iter()
         .filter(|(id, events)| !cache.contains_key(**id) && first_of(events) != 1)
@@ -323,54 +371,60 @@ async fn write(
         .collect();
     let mut stored = stored_details(db, &uncached).await?;
     let mut rows = Rows::default();
-    with_pool!(db, pool => {
-        for (run_id, events) in runs {
-            let first = first_of(&events);
-            let mut detail: RunDetail = match cache.get(run_id) {
-                Some(cached) => cached.clone(),
-                None => stored.remove(run_id).unwrap_or_default(),
-            };
-            let before = detail.sequence;
-            // A gap (an earlier batch was lost to a failed write) is filled
-            // from the log, which holds every committed event.
-            let from_log;
-            let events: Vec<&(u64, RunEvent)> = if first > before + 1 {
-                from_log = events_after::<RunEvent, _, _>(pool, "Run", run_id, before).await?;
-                from_log.iter().collect()
-            } else {
-                events
-            };
-            for (sequence, event) in events {
-                if *sequence <= detail.sequence {
-                    continue;
-                }
-                detail.apply(*sequence, event);
-                rows.add(run_id, *sequence, event)?;
-            }
-            if detail.sequence == before {
+    for (run_id, events) in runs {
+        let first = first_of(&events);
+        let mut detail: RunDetail = match cache.get(run_id) {
+            Some(cached) => cached.clone(),
+            None => stored.remove(run_id).unwrap_or_default(),
+        };
+        let before = detail.sequence;
+        // A document behind the log (its rows were deleted, or written by
+        // an older build that lost a write) is filled from the run's events.
+        let filled;
+        let events: Vec<(u64, &RunEvent)> = if first > before + 1 {
+            filled = log
+                .aggregate_after("Run", run_id, before)
+                .await
+                .map_err(ProjectionError::Log)?;
+            filled
+                .iter()
+                .filter_map(|l| match &l.event {
+                    LoggedEvent::Run(e) => Some((l.sequence, e)),
+                    _ => None,
+                })
+                .collect()
+        } else {
+            events
+        };
+        for (sequence, event) in events {
+            if sequence <= detail.sequence {
                 continue;
             }
-            rows.details.push(DetailRow {
-                run_id: run_id.to_string(),
-                template_id: detail.template_id.clone(),
-                template_version: i64::from(detail.template_version),
-                status: detail.status.as_str(),
-                created_at: created_at_ms(&detail),
-                updated_at: updated_at_ms(&detail),
-                sequence: detail.sequence as i64,
-                agents: detail.agents_list(),
-                lease_expires_at: detail.earliest_lease_expiry().map(|t| t.0),
-                refine: detail.refine_summary(),
-                doc: serde_json::to_string(&detail)?,
-            });
-            written.push(detail);
+            detail.apply(sequence, event);
+            rows.add(run_id, sequence, event)?;
         }
+        if detail.sequence == before {
+            continue;
+        }
+        rows.details.push(DetailRow {
+            run_id: run_id.to_string(),
+            template_id: detail.template_id.clone(),
+            template_version: i64::from(detail.template_version),
+            status: detail.status.as_str(),
+            created_at: created_at_ms(&detail),
+            updated_at: updated_at_ms(&detail),
+            sequence: detail.sequence as i64,
+            agents: detail.agents_list(),
+            lease_expires_at: detail.earliest_lease_expiry().map(|t| t.0),
+            refine: detail.refine_summary(),
+            doc: serde_json::to_string(&detail)?,
+        });
+        written.push(detail);
+    }
+    let now = chrono::Utc::now().timestamp_millis();
+    with_pool!(db, pool => {
         if templates.is_empty() {
-            if rows.is_empty() {
-                // Every event was applied already: nothing to write.
-                return Ok(written);
-            }
-            RowWriter::write_alone(pool, &rows).await?;
+            RowWriter::write_alone(pool, &rows, last, now).await?;
         } else {
             let mut tx = pool.begin_write().await?;
             for (template_id, events) in templates {
@@ -383,15 +437,24 @@ async fn write(
                     None => super::reads::TemplateRow::default(),
                 };
                 let before = view.last_sequence;
-                let from_log;
-                let events: Vec<&(u64, TemplateEvent)> = if events.first().is_some_and(|(s, _)| *s > before + 1) {
-                    from_log = events_after::<TemplateEvent, _, _>(&mut *tx, "Template", template_id, before).await?;
-                    from_log.iter().collect()
+                let filled;
+                let events: Vec<(u64, &TemplateEvent)> = if events.first().is_some_and(|(s, _)| *s > before + 1) {
+                    filled = log
+                        .aggregate_after("Template", template_id, before)
+                        .await
+                        .map_err(ProjectionError::Log)?;
+                    filled
+                        .iter()
+                        .filter_map(|l| match &l.event {
+                            LoggedEvent::Template(e) => Some((l.sequence, e)),
+                            _ => None,
+                        })
+                        .collect()
                 } else {
                     events
                 };
                 for (sequence, event) in events {
-                    view.apply(template_id, *sequence, event);
+                    view.apply(template_id, sequence, event);
                 }
                 if view.last_sequence == before {
                     continue;
@@ -409,7 +472,7 @@ async fn write(
                     .execute(&mut *tx)
                     .await?;
             }
-            RowWriter::write_rows(&mut tx, &rows).await?;
+            RowWriter::write_rows(&mut tx, &rows, last, now).await?;
             tx.commit().await?;
         }
     });
@@ -531,13 +594,6 @@ struct Rows {
 }
 
 impl Rows {
-    fn is_empty(&self) -> bool {
-        self.artifacts.is_empty()
-            && self.details.is_empty()
-            && self.messages.is_empty()
-            && self.statuses.is_empty()
-    }
-
     /// Collects the artifact and thread rows one run event implies.
     fn add(
         &mut self,
@@ -653,27 +709,51 @@ impl Rows {
 /// cheap); one statement for the whole batch on PostgreSQL, where every
 /// statement is a round trip.
 trait RowWriter: sqlx::Database {
-    /// Writes `rows` (not empty) in a transaction of their own.
-    async fn write_alone(pool: &sqlx::Pool<Self>, rows: &Rows) -> Result<(), sqlx::Error>;
+    /// Writes `rows` and the read models' position `last` (at `now`) in a
+    /// transaction of their own.
+    async fn write_alone(
+        pool: &sqlx::Pool<Self>,
+        rows: &Rows,
+        last: Position,
+        now: i64,
+    ) -> Result<(), sqlx::Error>;
 
-    /// Writes `rows` inside `tx`.
+    /// Writes `rows` and the position inside `tx`.
     async fn write_rows(
         tx: &mut sqlx::Transaction<'static, Self>,
         rows: &Rows,
+        last: Position,
+        now: i64,
     ) -> Result<(), sqlx::Error>;
 }
 
 impl RowWriter for sqlx::Sqlite {
-    async fn write_alone(pool: &sqlx::Pool<Self>, rows: &Rows) -> Result<(), sqlx::Error> {
+    async fn write_alone(
+        pool: &sqlx::Pool<Self>,
+        rows: &Rows,
+        last: Position,
+        now: i64,
+    ) -> Result<(), sqlx::Error> {
         let mut tx = pool.begin_write().await?;
-        Self::write_rows(&mut tx, rows).await?;
+        Self::write_rows(&mut tx, rows, last, now).await?;
         tx.commit().await
     }
 
     async fn write_rows(
         tx: &mut sqlx::Transaction<'static, Self>,
         rows: &Rows,
+        last: Position,
+        now: i64,
     ) -> Result<(), sqlx::Error> {
+        for name in READ_MODELS {
+            sqlx::query(POSITION_PUT)
+                .bind(name)
+                .bind(i64::try_from(last.tx).unwrap_or(i64::MAX))
+                .bind(last.position)
+                .bind(now)
+                .execute(&mut **tx)
+                .await?;
+        }
         for a in &rows.artifacts {
             sqlx::query(ARTIFACT_PUT)
                 .bind(&a.run_id)
@@ -742,26 +822,35 @@ impl RowWriter for sqlx::Sqlite {
 }
 
 impl RowWriter for sqlx::Postgres {
-    async fn write_alone(pool: &sqlx::Pool<Self>, rows: &Rows) -> Result<(), sqlx::Error> {
+    async fn write_alone(
+        pool: &sqlx::Pool<Self>,
+        rows: &Rows,
+        last: Position,
+        now: i64,
+    ) -> Result<(), sqlx::Error> {
         // One statement is one transaction: no BEGIN / COMMIT round trips.
-        pg_rows_put(rows).execute(pool).await?;
+        pg_rows_put(rows, last, now).execute(pool).await?;
         Ok(())
     }
 
     async fn write_rows(
         tx: &mut sqlx::Transaction<'static, Self>,
         rows: &Rows,
+        last: Position,
+        now: i64,
     ) -> Result<(), sqlx::Error> {
-        if !rows.is_empty() {
-            pg_rows_put(rows).execute(&mut **tx).await?;
-        }
+        pg_rows_put(rows, last, now).execute(&mut **tx).await?;
         Ok(())
     }
 }
 
 /// The statement that writes a batch's rows on PostgreSQL (see
 /// `rows_put.sql`).
-fn pg_rows_put(rows: &Rows) -> sqlx::query::Query<'_, sqlx::Postgres, sqlx::postgres::PgArguments> {
+fn pg_rows_put(
+    rows: &Rows,
+    last: Position,
+    now: i64,
+) -> sqlx::query::Query<'_, sqlx::Postgres, sqlx::postgres::PgArguments> {
     let (d, a, m, s) = (
         &rows.details,
         &rows.artifacts,
@@ -815,38 +904,11 @@ fn pg_rows_put(rows: &Rows) -> sqlx::query::Query<'_, sqlx::Postgres, sqlx::post
         .bind(s.values().map(|r| r.at).collect::<Vec<_>>())
         .bind(s.values().map(|r| r.sequence).collect::<Vec<_>>())
         .bind(s.values().map(|r| r.step.clone()).collect::<Vec<_>>())
-}
-
-/// The events of one aggregate after `after`, read from the log.
-async fn events_after<'c, E, DB, X>(
-    executor: X,
-    aggregate_type: &str,
-    id: &str,
-    after: u64,
-) -> Result<Vec<(u64, E)>, ProjectionError>
-where
-    E: serde::de::DeserializeOwned,
-    DB: sqlx::Database,
-    X: sqlx::Executor<'c, Database = DB>,
-    for<'q> <DB as sqlx::Database>::Arguments<'q>: sqlx::IntoArguments<'q, DB>,
-    for<'q> &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
-    i64: for<'q> sqlx::Encode<'q, DB> + sqlx::Type<DB> + for<'r> sqlx::Decode<'r, DB>,
-    Value: for<'r> sqlx::Decode<'r, DB> + sqlx::Type<DB>,
-    for<'r> &'r str: sqlx::ColumnIndex<DB::Row>,
-{
-    let rows = sqlx::query(EVENTS_AFTER)
-        .bind(aggregate_type)
-        .bind(id)
-        .bind(after as i64)
-        .fetch_all(executor)
-        .await?;
-    rows.iter()
-        .map(|row| {
-            let sequence: i64 = row.try_get("sequence")?;
-            let payload: Value = row.try_get("payload")?;
-            Ok((sequence as u64, serde_json::from_value(payload)?))
-        })
-        .collect()
+        // The read models' position ($39 to $42).
+        .bind(READ_MODELS.to_vec())
+        .bind(i64::try_from(last.tx).unwrap_or(i64::MAX))
+        .bind(last.position)
+        .bind(now)
 }
 
 fn parse_ms(text: &str) -> i64 {
@@ -859,13 +921,4 @@ fn created_at_ms(detail: &RunDetail) -> i64 {
 
 fn updated_at_ms(detail: &RunDetail) -> i64 {
     parse_ms(&detail.updated_at)
-}
-
-#[async_trait::async_trait]
-impl Query<Template> for Projector {
-    async fn dispatch(&self, aggregate_id: &str, events: &[EventEnvelope<Template>]) {
-        if let Err(e) = self.project_templates(events).await {
-            tracing::error!(template_id = aggregate_id, error = %e, "template projection failed; it is repaired by the next catch-up");
-        }
-    }
 }

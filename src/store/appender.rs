@@ -6,13 +6,18 @@
 //! exactly those of sqlite-es / postgres-es, so optimistic concurrency is
 //! unchanged: a duplicate `(aggregate_type, aggregate_id, sequence)` fails
 //! the batch, which is then retried one append per transaction so that only
-//! the stale writer sees its conflict.
+//! the stale writer sees its conflict. Each append learns its
+//! [`Position`] in the log: where its last event went.
+
+use std::collections::HashMap;
 
 use cqrs_es::persist::SerializedEvent;
+use sqlx::Row;
 use tokio::sync::{mpsc, oneshot};
 
 use super::StoreError;
 use crate::db::{BeginWrite, Commits, Db};
+use crate::domain::log::Position;
 
 const INSERT_EVENT: &str = include_str!("sql/event_insert.sql");
 const PG_INSERT_EVENTS: &str = include_str!("sql/postgres/events_insert_many.sql");
@@ -22,7 +27,7 @@ const MAX_APPENDS_PER_TRANSACTION: usize = 256;
 
 struct Append {
     events: Vec<SerializedEvent>,
-    done: oneshot::Sender<Result<(), StoreError>>,
+    done: oneshot::Sender<Result<Position, StoreError>>,
 }
 
 /// Handle to the group-commit task of one database.
@@ -41,9 +46,13 @@ impl Appender {
         Self { sender }
     }
 
-    /// Appends `events` (of one aggregate, sequences already set) and waits
-    /// until they are committed.
-    pub(crate) async fn append(&self, events: Vec<SerializedEvent>) -> Result<(), StoreError> {
+    /// Appends `events` (of one aggregate, sequences already set, not
+    /// empty) and waits until they are committed; returns the position of
+    /// the last one.
+    pub(crate) async fn append(
+        &self,
+        events: Vec<SerializedEvent>,
+    ) -> Result<Position, StoreError> {
         let (done, answer) = oneshot::channel();
         self.sender
             .send(Append { events, done })
@@ -65,15 +74,17 @@ async fn append_loop(db: Db, mut receiver: mpsc::UnboundedReceiver<Append>) {
         }
         let events: Vec<&SerializedEvent> = batch.iter().flat_map(|a| a.events.iter()).collect();
         match insert(&db, &events).await {
-            Ok(()) => {
+            Ok(positions) => {
                 for append in batch {
-                    let _ = append.done.send(Ok(()));
+                    let _ = append.done.send(position_of(&positions, &append.events));
                 }
             }
             Err(_) if batch.len() > 1 => {
                 // Find the stale writer(s): one append per transaction.
                 for append in batch {
-                    let result = insert(&db, &append.events.iter().collect::<Vec<_>>()).await;
+                    let result = insert(&db, &append.events.iter().collect::<Vec<_>>())
+                        .await
+                        .and_then(|positions| position_of(&positions, &append.events));
                     let _ = append.done.send(result);
                 }
             }
@@ -86,8 +97,20 @@ async fn append_loop(db: Db, mut receiver: mpsc::UnboundedReceiver<Append>) {
     }
 }
 
-async fn insert(db: &Db, events: &[&SerializedEvent]) -> Result<(), StoreError> {
-    let result: Result<(), sqlx::Error> = match db {
+/// Where each inserted event went, by (aggregate id, sequence).
+type Positions = HashMap<(String, i64), Position>;
+
+/// The position of an append's last event.
+fn position_of(positions: &Positions, events: &[SerializedEvent]) -> Result<Position, StoreError> {
+    events
+        .last()
+        .and_then(|last| positions.get(&(last.aggregate_id.clone(), last.sequence as i64)))
+        .copied()
+        .ok_or_else(|| StoreError::Database("the log did not say where an append went".into()))
+}
+
+async fn insert(db: &Db, events: &[&SerializedEvent]) -> Result<Positions, StoreError> {
+    let result: Result<Positions, sqlx::Error> = match db {
         // One statement is one transaction: the whole batch commits or none
         // of it does, in a single round trip (no BEGIN / COMMIT).
         Db::Postgres(pool) => pg_insert(pool, events).await,
@@ -95,8 +118,9 @@ async fn insert(db: &Db, events: &[&SerializedEvent]) -> Result<(), StoreError> 
         Db::Sqlite(pool) => {
             async {
                 let mut tx = pool.begin_write().await?;
+                let mut positions = Positions::new();
                 for e in events {
-                    sqlx::query(INSERT_EVENT)
+                    let done = sqlx::query(INSERT_EVENT)
                         .bind(&e.aggregate_type)
                         .bind(&e.aggregate_id)
                         .bind(e.sequence as i64)
@@ -106,16 +130,24 @@ async fn insert(db: &Db, events: &[&SerializedEvent]) -> Result<(), StoreError> 
                         .bind(&e.metadata)
                         .execute(&mut *tx)
                         .await?;
+                    positions.insert(
+                        (e.aggregate_id.clone(), e.sequence as i64),
+                        Position {
+                            tx: 0,
+                            position: done.last_insert_rowid(),
+                        },
+                    );
                 }
-                tx.commit().await
+                tx.commit().await?;
+                Ok(positions)
             }
             .await
         }
     };
     match result {
-        Ok(()) => {
+        Ok(positions) => {
             crate::db::count_commit();
-            Ok(())
+            Ok(positions)
         }
         Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Err(StoreError::Conflict),
         Err(e) => Err(e.into()),
@@ -123,8 +155,11 @@ async fn insert(db: &Db, events: &[&SerializedEvent]) -> Result<(), StoreError> 
 }
 
 /// The batch as one multi-row `INSERT … SELECT FROM UNNEST`.
-async fn pg_insert(pool: &sqlx::PgPool, events: &[&SerializedEvent]) -> Result<(), sqlx::Error> {
-    sqlx::query(PG_INSERT_EVENTS)
+async fn pg_insert(
+    pool: &sqlx::PgPool,
+    events: &[&SerializedEvent],
+) -> Result<Positions, sqlx::Error> {
+    let rows = sqlx::query(PG_INSERT_EVENTS)
         .bind(
             events
                 .iter()
@@ -157,7 +192,18 @@ async fn pg_insert(pool: &sqlx::PgPool, events: &[&SerializedEvent]) -> Result<(
                 .map(|e| e.metadata.clone())
                 .collect::<Vec<_>>(),
         )
-        .execute(pool)
+        .fetch_all(pool)
         .await?;
-    Ok(())
+    rows.iter()
+        .map(|row| {
+            let tx: i64 = row.try_get("tx")?;
+            Ok((
+                (row.try_get("aggregate_id")?, row.try_get("sequence")?),
+                Position {
+                    tx: u64::try_from(tx).unwrap_or_default(),
+                    position: row.try_get("position")?,
+                },
+            ))
+        })
+        .collect()
 }

@@ -7,7 +7,9 @@ use sqlx::Row;
 
 use super::StoreError;
 use crate::db::Db;
-use crate::domain::log::Position;
+use crate::domain::log::{Logged, LoggedEvent, Position};
+use crate::domain::run::{Run, RunEvent};
+use crate::domain::template::{Template, TemplateEvent};
 use crate::with_pool;
 
 const EVENTS_OF: &str = include_str!("sql/events_of.sql");
@@ -16,6 +18,9 @@ const PG_LOG_AFTER: &str = include_str!("sql/postgres/log_after.sql");
 const PG_LOG_HEAD: &str = include_str!("sql/postgres/log_head.sql");
 const SQLITE_LOG_AFTER: &str = include_str!("sql/sqlite/log_after.sql");
 const SQLITE_LOG_HEAD: &str = include_str!("sql/sqlite/log_head.sql");
+const PG_LOG_LAST: &str = include_str!("sql/postgres/log_last.sql");
+const PG_EVENT_POSITION: &str = include_str!("sql/postgres/event_position.sql");
+const SQLITE_EVENT_POSITION: &str = include_str!("sql/sqlite/event_position.sql");
 
 /// One event as stored.
 #[derive(Debug, Clone, PartialEq)]
@@ -186,8 +191,21 @@ impl EventLog {
     /// The position of the last event [`EventLog::read_after`] would return
     /// now ([`Position::START`] for an empty log).
     pub async fn head(&self) -> Result<Position, StoreError> {
+        self.last(PG_LOG_HEAD).await
+    }
+
+    /// The position of the last committed event, even if
+    /// [`EventLog::read_after`] does not return it yet (on PostgreSQL, while
+    /// an older transaction anywhere on the server is still open). A
+    /// follower that has applied it has applied everything committed before
+    /// the call.
+    pub async fn last_committed(&self) -> Result<Position, StoreError> {
+        self.last(PG_LOG_LAST).await
+    }
+
+    async fn last(&self, pg_query: &'static str) -> Result<Position, StoreError> {
         let head = with_pool!(&self.db, pool => {
-            let query = if matches!(self.db, Db::Postgres(_)) { PG_LOG_HEAD } else { SQLITE_LOG_HEAD };
+            let query = if matches!(self.db, Db::Postgres(_)) { pg_query } else { SQLITE_LOG_HEAD };
             match sqlx::query(query).fetch_optional(pool).await? {
                 Some(row) => position_from_row(&row)?,
                 None => Position::START,
@@ -195,4 +213,85 @@ impl EventLog {
         });
         Ok(head)
     }
+
+    /// Where event `sequence` of an aggregate is in the log.
+    pub async fn position_of(
+        &self,
+        aggregate_type: &str,
+        aggregate_id: &str,
+        sequence: usize,
+    ) -> Result<Position, StoreError> {
+        let query = match &self.db {
+            Db::Postgres(_) => PG_EVENT_POSITION,
+            Db::Sqlite(_) => SQLITE_EVENT_POSITION,
+        };
+        let found = with_pool!(&self.db, pool => {
+            match sqlx::query(query)
+                .bind(aggregate_type)
+                .bind(aggregate_id)
+                .bind(sequence as i64)
+                .fetch_optional(pool)
+                .await?
+            {
+                Some(row) => Some(position_from_row(&row)?),
+                None => None,
+            }
+        });
+        found.ok_or_else(|| {
+            StoreError::Database(format!(
+                "event {sequence} of {aggregate_type} {aggregate_id} is not in the log"
+            ))
+        })
+    }
+
+    /// [`EventLog::read_after`], decoded: what projections follow. Decoding
+    /// is the store's, so that what changes in stored shapes (upcasters)
+    /// is handled once for every reader.
+    pub async fn follow(&self, after: Position, limit: i64) -> Result<Vec<Logged>, StoreError> {
+        self.read_after(after, limit)
+            .await?
+            .into_iter()
+            .map(decode)
+            .collect()
+    }
+
+    /// The events of one aggregate with sequence above `after`, decoded.
+    pub async fn follow_aggregate(
+        &self,
+        aggregate_type: &str,
+        aggregate_id: &str,
+        after: u64,
+    ) -> Result<Vec<Logged>, StoreError> {
+        self.events_of(aggregate_type, aggregate_id, after as i64, i64::MAX)
+            .await?
+            .into_iter()
+            .map(|event| {
+                decode(LogEntry {
+                    // Read by aggregate, not in log order.
+                    position: Position::START,
+                    aggregate_type: aggregate_type.to_string(),
+                    aggregate_id: aggregate_id.to_string(),
+                    event,
+                })
+            })
+            .collect()
+    }
+}
+
+/// A stored event as its aggregate folds it.
+fn decode(entry: LogEntry) -> Result<Logged, StoreError> {
+    use cqrs_es::Aggregate;
+    let event = match entry.aggregate_type.as_str() {
+        Run::TYPE => LoggedEvent::Run(serde_json::from_value::<RunEvent>(entry.event.payload)?),
+        Template::TYPE => LoggedEvent::Template(serde_json::from_value::<TemplateEvent>(
+            entry.event.payload,
+        )?),
+        _ => LoggedEvent::Other,
+    };
+    Ok(Logged {
+        position: entry.position,
+        aggregate_id: entry.aggregate_id,
+        sequence: u64::try_from(entry.event.sequence).unwrap_or_default(),
+        event,
+    })
 }

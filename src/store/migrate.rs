@@ -59,6 +59,12 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../../schema/sqlite/007_log_position.sql"),
         postgres: include_str!("../../schema/postgres/007_log_position.sql"),
     },
+    Migration {
+        version: 8,
+        name: "projection_positions",
+        sqlite: include_str!("../../schema/sqlite/008_projection_positions.sql"),
+        postgres: include_str!("../../schema/postgres/008_projection_positions.sql"),
+    },
 ];
 
 const CREATE_TABLE: &str = "CREATE TABLE IF NOT EXISTS runlog_migrations \

@@ -25,6 +25,7 @@ pub use migrate::migrate;
 pub use tasks::{ClaimedTask, NewTask, TaskQueue, TaskRef};
 
 use crate::db::Db;
+use crate::domain::log::Position;
 
 /// Snapshot a run every this many events, so loading a long run reads one
 /// snapshot plus fewer than this many events.
@@ -107,6 +108,7 @@ enum Backend<A: Aggregate> {
 pub struct AggregateStore<A: Aggregate> {
     backend: Backend<A>,
     appender: appender::Appender,
+    log: EventLog,
     snapshot_every: usize,
 }
 
@@ -138,6 +140,7 @@ impl<A: Aggregate + 'static> AggregateStore<A> {
         Self {
             backend,
             appender: appender::Appender::start(db.clone()),
+            log: EventLog::new(db.clone()),
             snapshot_every,
         }
     }
@@ -177,8 +180,9 @@ impl<A: Aggregate + 'static> AggregateStore<A> {
     /// the same transaction. `state` is read only then (see
     /// [`AggregateStore::snapshot_due`]): otherwise callers may pass
     /// `A::default()` and spare a copy. Fails with [`StoreError::Conflict`] when another
-    /// writer appended first. Returns the committed envelopes and the
-    /// snapshot counter to pass to the next commit.
+    /// writer appended first. Returns the committed envelopes, the
+    /// snapshot counter to pass to the next commit, and the position of the
+    /// last event in the log (readers wait for it to see the commit).
     pub async fn commit(
         &self,
         id: &str,
@@ -187,7 +191,7 @@ impl<A: Aggregate + 'static> AggregateStore<A> {
         snapshot: Option<usize>,
         events: Vec<A::Event>,
         metadata: HashMap<String, String>,
-    ) -> Result<(Vec<EventEnvelope<A>>, Option<usize>), StoreError> {
+    ) -> Result<(Vec<EventEnvelope<A>>, Option<usize>, Position), StoreError> {
         let due = self.snapshot_due(sequence, events.len());
         let envelopes: Vec<EventEnvelope<A>> = events
             .into_iter()
@@ -216,20 +220,24 @@ impl<A: Aggregate + 'static> AggregateStore<A> {
         } else {
             (None, snapshot)
         };
-        match (&self.backend, snapshot_update) {
+        let last = sequence + envelopes.len();
+        let position = match (&self.backend, snapshot_update) {
             // The common case: group-committed with other appends.
             (_, None) => self.appender.append(serialized).await?,
             // Every `snapshot_every` events: the repository writes the events
-            // and the snapshot in one transaction.
+            // and the snapshot in one transaction, and does not say where
+            // they went.
             (Backend::Sqlite(_, repo), update) => {
                 repo.persist::<A>(&serialized, update).await?;
                 crate::db::count_commit();
+                self.log.position_of(A::TYPE, id, last).await?
             }
             (Backend::Postgres(_, repo), update) => {
                 repo.persist::<A>(&serialized, update).await?;
                 crate::db::count_commit();
+                self.log.position_of(A::TYPE, id, last).await?
             }
-        }
-        Ok((envelopes, next_snapshot))
+        };
+        Ok((envelopes, next_snapshot, position))
     }
 }

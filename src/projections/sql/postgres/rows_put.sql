@@ -3,7 +3,7 @@
 -- once, on the snapshot taken before the statement, so no part sees
 -- another's rows: the writer folds a status change of a message inserted by
 -- the same batch into that message's insert, and `status_*` only names
--- messages written before.
+-- messages written before. The read models' positions go in with them.
 WITH details AS (
     -- Each run at most once.
     INSERT INTO run_details (run_id, last_sequence, doc)
@@ -49,5 +49,11 @@ WITH details AS (
                   $37::bigint[], $38::text[])
            AS u (r, n, s, re, t, q, st)
      WHERE m.run_id = u.r AND m.message = u.n AND m.last_sequence < u.q
+), positions AS (
+    -- How far the read models got: in the same statement as their rows.
+    INSERT INTO projection_positions (name, version, tx, position, updated_at)
+    SELECT name, 1, $40, $41, $42 FROM UNNEST($39::text[]) AS n (name)
+    ON CONFLICT (name) DO UPDATE SET tx = excluded.tx, position = excluded.position,
+                                     updated_at = excluded.updated_at
 )
 SELECT 1

@@ -1,0 +1,5 @@
+-- A read model's position, written with its rows.
+INSERT INTO projection_positions (name, version, tx, position, updated_at)
+VALUES ($1, 1, $2, $3, $4)
+ON CONFLICT (name) DO UPDATE SET tx = excluded.tx, position = excluded.position,
+                                 updated_at = excluded.updated_at

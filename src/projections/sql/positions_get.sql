@@ -1,0 +1,1 @@
+SELECT name, tx, position FROM projection_positions
