@@ -1,5 +1,5 @@
-//! The `runlog` command line: `serve`, `migrate`, `replay`, `bench`,
-//! `worker`.
+//! The `runlog` command line: `serve`, `migrate`, `replay`,
+//! `projections`, `bench`, `worker`.
 
 use std::process::ExitCode;
 
@@ -10,8 +10,8 @@ use crate::config::{ServeSettings, StorageSettings};
 use crate::db::Db;
 use crate::domain::ids::RunId;
 use crate::domain::run::Run;
-use crate::projections::{ReadModels, RunDetail};
-use crate::store::AggregateStore;
+use crate::projections::{rfc3339, ReadModels, RunDetail};
+use crate::store::{AggregateStore, EventLog};
 
 /// runlog: a durable, event-sourced orchestration server for AI-agent
 /// workflows.
@@ -44,6 +44,12 @@ enum Command {
         #[command(flatten)]
         storage: StorageSettings,
     },
+    /// The read models: where each is in the log.
+    Projections {
+        /// What to do.
+        #[command(subcommand)]
+        command: ProjectionsCommand,
+    },
     /// Run the benchmark workloads against a real server over HTTP and
     /// write the figures to a Markdown file.
     Bench(crate::bench::BenchSettings),
@@ -53,6 +59,22 @@ enum Command {
     /// A deterministic stand-in for an OpenAI-compatible chat-completions
     /// server, to try the llm agents without a model (a test double).
     FakeLlm(crate::fakellm::FakeLlmSettings),
+}
+
+#[derive(Debug, Subcommand)]
+enum ProjectionsCommand {
+    /// Show each read model, its version, the log position it has applied,
+    /// how many events it is behind and when it last wrote (read-only:
+    /// runs beside a server).
+    List {
+        /// Print JSON (the shape of GET /api/admin/projections) instead of
+        /// a table.
+        #[arg(long)]
+        json: bool,
+        /// Storage.
+        #[command(flatten)]
+        storage: StorageSettings,
+    },
 }
 
 /// Parses the command line and runs the command.
@@ -69,6 +91,9 @@ pub fn run() -> ExitCode {
                 verify,
                 storage,
             } => replay(run_id, at, verify, storage).await,
+            Command::Projections {
+                command: ProjectionsCommand::List { json, storage },
+            } => projections_list(json, storage).await,
             Command::Bench(settings) => crate::bench::run(settings).await,
             Command::Worker(settings) => crate::worker::run(settings).await,
             Command::FakeLlm(settings) => crate::fakellm::run(settings).await,
@@ -120,6 +145,41 @@ async fn migrate(storage: StorageSettings) -> CliResult {
     let db = open_database(&storage).await?;
     eprintln!("schema is up to date ({})", db.backend());
     db.close().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn projections_list(json: bool, storage: StorageSettings) -> CliResult {
+    // Read-only, like replay.
+    let db = Db::open_existing(storage.database_url.as_deref(), &storage.data_dir).await?;
+    let log = EventLog::new(db.clone());
+    let mut rows = Vec::new();
+    for p in ReadModels::new(db.clone()).positions().await? {
+        let lag = log.count_after(p.position).await?;
+        rows.push((p, lag));
+    }
+    db.close().await;
+    if json {
+        let items: Vec<serde_json::Value> = rows.iter().map(|(p, lag)| p.view(*lag)).collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({ "items": items }))?
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{:<20} {:>7} {:>22} {:>10}  UPDATED",
+        "NAME", "VERSION", "POSITION", "LAG"
+    );
+    for (p, lag) in rows {
+        println!(
+            "{:<20} {:>7} {:>22} {:>10}  {}",
+            p.name,
+            p.version.map_or("-".to_string(), |v| v.to_string()),
+            p.position.to_string(),
+            lag,
+            p.updated_at.map_or("never".to_string(), rfc3339)
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -4,6 +4,7 @@
 //!
 //! Depends on `engine`, `projections` and (for raw log reads) store handles.
 
+mod admin;
 mod error;
 mod runs;
 mod steering;
@@ -93,6 +94,7 @@ pub fn configure(state: ApiState) -> impl FnOnce(&mut web::ServiceConfig) {
                         resource("/runs/{id}/artifacts/{name}/rollback").post(steering::rollback),
                     )
                     .service(resource("/agents").get(workers::agents))
+                    .service(resource("/admin/projections").get(admin::projections))
                     .service(resource("/workers/claim").post(workers::claim))
                     .service(resource("/tasks/{task_id}/heartbeat").post(workers::heartbeat))
                     .service(resource("/tasks/{task_id}/complete").post(workers::complete))

@@ -23,8 +23,8 @@ pub use detail::{
     ScoreView, StepView,
 };
 pub use reads::{
-    decode_cursor, ArtifactVersionRow, MessageView, Page, ReadModels, RunSummary, TemplateView,
-    DEFAULT_PAGE, MAX_PAGE,
+    decode_cursor, ArtifactVersionRow, MessageView, Page, ProjectionPosition, ReadModels,
+    RunSummary, TemplateView, DEFAULT_PAGE, MAX_PAGE,
 };
 pub use writer::{LogReader, LogReaderFactory, Projector, READ_MODELS};
 

@@ -8,6 +8,7 @@ use super::detail::{rfc3339, RunDetail};
 use super::ProjectionError;
 use crate::db::Db;
 use crate::domain::ids::Timestamp;
+use crate::domain::log::Position;
 use crate::domain::template::TemplateEvent;
 use crate::with_pool;
 
@@ -20,6 +21,35 @@ const TEMPLATES_LIST: &str = include_str!("sql/templates_list.sql");
 const MESSAGES_LIST: &str = include_str!("sql/messages_list.sql");
 const MESSAGE_GET: &str = include_str!("sql/message_get.sql");
 const MESSAGE_BY_KEY: &str = include_str!("sql/message_by_key.sql");
+const POSITIONS_LIST: &str = include_str!("sql/positions_list.sql");
+
+/// How far one read model has applied the log.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ProjectionPosition {
+    /// The read model (its table).
+    pub name: String,
+    /// The version of the code that built it (none before its first write).
+    pub version: Option<u32>,
+    /// The last position it applied ([`Position::START`] before its first
+    /// write).
+    pub position: Position,
+    /// When it last recorded its position.
+    pub updated_at: Option<Timestamp>,
+}
+
+impl ProjectionPosition {
+    /// As `GET /api/admin/projections` and `runlog projections list --json`
+    /// show it, `lag_events` behind the log.
+    pub fn view(&self, lag_events: i64) -> Value {
+        serde_json::json!({
+            "name": self.name,
+            "version": self.version,
+            "position": self.position,
+            "lag_events": lag_events,
+            "updated_at": self.updated_at.map(rfc3339),
+        })
+    }
+}
 
 /// Page size when none is asked for.
 pub const DEFAULT_PAGE: u32 = 50;
@@ -417,6 +447,36 @@ impl ReadModels {
             }
         });
         Ok(row)
+    }
+
+    /// Every read model's position, in name order, including those that
+    /// have recorded none yet.
+    pub async fn positions(&self) -> Result<Vec<ProjectionPosition>, ProjectionError> {
+        let rows: Vec<(String, i64, i64, i64, i64)> = with_pool!(&self.db, pool => {
+            sqlx::query_as(POSITIONS_LIST).fetch_all(pool).await?
+        });
+        let mut names = super::READ_MODELS.to_vec();
+        names.sort_unstable();
+        Ok(names
+            .into_iter()
+            .map(|name| match rows.iter().find(|r| r.0 == name) {
+                Some((_, version, tx, position, at)) => ProjectionPosition {
+                    name: name.to_string(),
+                    version: u32::try_from(*version).ok(),
+                    position: Position {
+                        tx: u64::try_from(*tx).unwrap_or_default(),
+                        position: *position,
+                    },
+                    updated_at: Some(Timestamp(*at)),
+                },
+                None => ProjectionPosition {
+                    name: name.to_string(),
+                    version: None,
+                    position: Position::START,
+                    updated_at: None,
+                },
+            })
+            .collect())
     }
 
     /// Ids of runs that are queued or running, oldest first.

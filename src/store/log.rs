@@ -18,6 +18,8 @@ const PG_LOG_AFTER: &str = include_str!("sql/postgres/log_after.sql");
 const PG_LOG_HEAD: &str = include_str!("sql/postgres/log_head.sql");
 const SQLITE_LOG_AFTER: &str = include_str!("sql/sqlite/log_after.sql");
 const SQLITE_LOG_HEAD: &str = include_str!("sql/sqlite/log_head.sql");
+const PG_LOG_COUNT_AFTER: &str = include_str!("sql/postgres/log_count_after.sql");
+const SQLITE_LOG_COUNT_AFTER: &str = include_str!("sql/sqlite/log_count_after.sql");
 const PG_LOG_LAST: &str = include_str!("sql/postgres/log_last.sql");
 const PG_EVENT_POSITION: &str = include_str!("sql/postgres/event_position.sql");
 const SQLITE_EVENT_POSITION: &str = include_str!("sql/sqlite/event_position.sql");
@@ -201,6 +203,26 @@ impl EventLog {
     /// the call.
     pub async fn last_committed(&self) -> Result<Position, StoreError> {
         self.last(PG_LOG_LAST).await
+    }
+
+    /// How many committed events come after `after` (a follower's lag).
+    pub async fn count_after(&self, after: Position) -> Result<i64, StoreError> {
+        let count = match &self.db {
+            Db::Postgres(pool) => {
+                sqlx::query_scalar(PG_LOG_COUNT_AFTER)
+                    .bind(i64::try_from(after.tx).unwrap_or(i64::MAX))
+                    .bind(after.position)
+                    .fetch_one(pool)
+                    .await?
+            }
+            Db::Sqlite(pool) => {
+                sqlx::query_scalar(SQLITE_LOG_COUNT_AFTER)
+                    .bind(after.position)
+                    .fetch_one(pool)
+                    .await?
+            }
+        };
+        Ok(count)
     }
 
     async fn last(&self, pg_query: &'static str) -> Result<Position, StoreError> {
