@@ -199,13 +199,12 @@ async fn replay(
         eprintln!("error: run '{run_id}' has no events in this database");
         return Ok(ExitCode::from(2));
     }
-    let mut detail = RunDetail::default();
-    for envelope in events
-        .iter()
-        .take_while(|e| at.is_none_or(|at| e.sequence as u64 <= at))
-    {
-        detail.apply(envelope.sequence as u64, &envelope.payload);
+    let last = events.last().map_or(0, |e| e.sequence as u64);
+    if let Some(at) = at.filter(|at| *at == 0 || *at > last) {
+        eprintln!("error: --at {at}: run '{run_id}' has events 1 to {last}");
+        return Ok(ExitCode::from(2));
     }
+    let detail = RunDetail::replayed(events.iter().map(|e| (e.sequence as u64, &e.payload)), at);
     println!("{}", serde_json::to_string_pretty(&detail)?);
     if verify {
         let mut ok = true;

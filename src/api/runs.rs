@@ -7,6 +7,7 @@ use serde_json::Value;
 use super::templates::template_id;
 use super::{optional_body, refuse_nul, refuse_nul_text, ApiError, ApiState, PageQuery};
 use crate::domain::ids::{ArtifactName, RunId};
+use crate::domain::log::LoggedEvent;
 use crate::domain::run::{ArtifactContent, RunStatus};
 use crate::engine::{Committed, EventView};
 use crate::projections::{Page, RunDetail};
@@ -37,6 +38,13 @@ pub(super) struct ListRuns {
     agent: Option<String>,
     limit: Option<u32>,
     cursor: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct DetailQuery {
+    /// The run as it was after this event (time travel, for audits).
+    at: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -146,9 +154,46 @@ pub(super) async fn list(
 pub(super) async fn get(
     state: web::Data<ApiState>,
     path: web::Path<String>,
+    query: web::Query<DetailQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let id = run_id(&path)?;
-    Ok(HttpResponse::Ok().json(detail(&state, &id).await?))
+    let detail = match query.at {
+        None => detail(&state, &id).await?,
+        Some(at) => detail_at(&state, &id, at).await?,
+    };
+    Ok(HttpResponse::Ok().json(detail))
+}
+
+/// The run as it was after event `at`, folded from its log (not the read
+/// model): the document `runlog replay --at` prints. Nothing is computed
+/// against the present (no `stalled`).
+async fn detail_at(state: &ApiState, id: &RunId, at: i64) -> Result<RunDetail, ApiError> {
+    if at < 1 {
+        return Err(ApiError::bad_request(
+            "invalid_at",
+            "at is an event sequence of the run: 1 or more",
+        ));
+    }
+    let events = state.log.follow_aggregate("Run", id.as_str(), 0).await?;
+    let Some(last) = events.last().map(|e| e.sequence) else {
+        return Err(ApiError::not_found(
+            "run_not_found",
+            format!("run '{id}' not found"),
+        ));
+    };
+    if at as u64 > last {
+        return Err(ApiError::bad_request(
+            "invalid_at",
+            format!("run '{id}' has events 1 to {last}; at={at} is past its last"),
+        ));
+    }
+    Ok(RunDetail::replayed(
+        events.iter().filter_map(|e| match &e.event {
+            LoggedEvent::Run(event) => Some((e.sequence, event)),
+            _ => None,
+        }),
+        Some(at as u64),
+    ))
 }
 
 pub(super) async fn events(

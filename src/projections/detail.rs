@@ -267,6 +267,23 @@ pub struct RunDetail {
 }
 
 impl RunDetail {
+    /// The run as it was after event `at` (all of it with `None`), folded
+    /// from its events in sequence order: what `runlog replay --at` and
+    /// `GET /api/runs/{id}?at=` show.
+    pub fn replayed<'a>(
+        events: impl IntoIterator<Item = (u64, &'a RunEvent)>,
+        at: Option<u64>,
+    ) -> Self {
+        let mut detail = Self::default();
+        for (sequence, event) in events {
+            if at.is_some_and(|at| sequence > at) {
+                break;
+            }
+            detail.apply(sequence, event);
+        }
+        detail
+    }
+
     /// Folds one event (with its sequence) into the document. Events at or
     /// below the current sequence are ignored, so the fold is idempotent.
     pub fn apply(&mut self, sequence: u64, event: &RunEvent) {

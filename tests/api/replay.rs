@@ -167,3 +167,64 @@ on_both_backends!(replay_of_an_unknown_or_invalid_run_fails, |backend| {
     let stderr = String::from_utf8_lossy(&invalid.stderr);
     assert!(stderr.contains("error"), "stderr: {stderr}");
 });
+
+on_both_backends!(
+    time_travel_over_the_api_shows_what_replay_at_prints,
+    |backend| {
+        let Some(app) = spawn_app(backend).await else {
+            return;
+        };
+        let run = finished_diamond(&app).await;
+        let now = app.run(&run).await;
+        let last = now["sequence"].as_u64().expect("sequence");
+        for n in [1, last / 2, last] {
+            let (status, past) = app.get(&format!("/api/runs/{run}?at={n}")).await;
+            assert_eq!(status, 200, "{past}");
+            assert_eq!(past["sequence"], n, "{past}");
+            let printed = json_of(&replay(&app, &run, &["--at", &n.to_string()]).await);
+            assert_eq!(past, printed, "at {n}");
+        }
+        let (_, first) = app.get(&format!("/api/runs/{run}?at=1")).await;
+        assert_eq!(first["status"], "running", "{first}");
+        assert_eq!(first["steps"]["a"]["status"], "ready", "{first}");
+        // The last event's state is the read model's.
+        let (_, at_last) = app.get(&format!("/api/runs/{run}?at={last}")).await;
+        assert_eq!(at_last, now);
+    }
+);
+
+on_both_backends!(
+    time_travel_to_a_sequence_the_run_does_not_have_is_refused,
+    |backend| {
+        let Some(app) = spawn_app(backend).await else {
+            return;
+        };
+        let run = finished_diamond(&app).await;
+        let before = app.events(&run).await;
+        let last = before.len();
+        for (at, code) in [
+            ("0", "invalid_at"),
+            ("-3", "invalid_at"),
+            (&*(last + 1).to_string(), "invalid_at"),
+            ("soon", "invalid_query"),
+            ("1.5", "invalid_query"),
+        ] {
+            let (status, body) = app.get(&format!("/api/runs/{run}?at={at}")).await;
+            assert_eq!(status, 400, "at={at}: {body}");
+            assert_eq!(body["error"]["code"], code, "at={at}: {body}");
+        }
+        let (status, body) = app.get("/api/runs/no-such-run?at=1").await;
+        assert_eq!(status, 404, "{body}");
+        assert_eq!(body["error"]["code"], "run_not_found", "{body}");
+        // The CLI refuses the same.
+        for at in ["0", &*(last + 1).to_string()] {
+            let out = replay(&app, &run, &["--at", at]).await;
+            assert_eq!(out.status.code(), Some(2), "--at {at}");
+            assert!(out.stdout.is_empty());
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(stderr.contains(&format!("events 1 to {last}")), "{stderr}");
+        }
+        // Reads change nothing.
+        assert_eq!(app.events(&run).await, before);
+    }
+);
