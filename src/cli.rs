@@ -29,10 +29,19 @@ enum Command {
     /// Apply the schema to the database and exit.
     Migrate(StorageSettings),
     /// Print a run's state rebuilt from its event log alone, as JSON on
-    /// stdout (the shape of GET /api/runs/{id}).
+    /// stdout (the shape of GET /api/runs/{id}); or, with --verify and
+    /// --all or --since, check every run's read model against its log.
     Replay {
-        /// The run.
-        run_id: String,
+        /// The run (not with --all or --since).
+        #[arg(required_unless_present_any = ["all", "since"])]
+        run_id: Option<String>,
+        /// With --verify: every run in the log.
+        #[arg(long, requires = "verify", conflicts_with_all = ["run_id", "at"])]
+        all: bool,
+        /// With --verify: the runs with an event recorded at or after this
+        /// time (RFC 3339, e.g. 2026-12-01T00:00:00Z).
+        #[arg(long, requires = "verify", conflicts_with_all = ["run_id", "at", "all"])]
+        since: Option<String>,
         /// Rebuild the state as of this event sequence.
         #[arg(long)]
         at: Option<u64>,
@@ -86,11 +95,18 @@ pub fn run() -> ExitCode {
             Command::Serve(settings) => serve(settings).await,
             Command::Migrate(storage) => migrate(storage).await,
             Command::Replay {
-                run_id,
+                run_id: Some(run_id),
                 at,
                 verify,
                 storage,
+                ..
             } => replay(run_id, at, verify, storage).await,
+            Command::Replay {
+                run_id: None,
+                since,
+                storage,
+                ..
+            } => verify_all(since, storage).await,
             Command::Projections {
                 command: ProjectionsCommand::List { json, storage },
             } => projections_list(json, storage).await,
@@ -181,6 +197,60 @@ async fn projections_list(json: bool, storage: StorageSettings) -> CliResult {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `replay --verify --all` / `--since TIME`.
+async fn verify_all(since: Option<String>, storage: StorageSettings) -> CliResult {
+    let since = match since {
+        Some(text) => {
+            match crate::projections::parse_rfc3339(&text) {
+                Some(at) => Some(rfc3339(at)),
+                None => {
+                    eprintln!("error: --since {text:?} is not an RFC 3339 time (e.g. 2026-12-01T00:00:00Z)");
+                    return Ok(ExitCode::from(2));
+                }
+            }
+        }
+        None => None,
+    };
+    // Read-only, like replay.
+    let db = Db::open_existing(storage.database_url.as_deref(), &storage.data_dir).await?;
+    let mut progress = crate::audit::progress_reporter("verify");
+    let report = crate::audit::verify_runs(
+        &EventLog::new(db.clone()),
+        &ReadModels::new(db.clone()),
+        since.as_deref(),
+        &mut progress,
+    )
+    .await;
+    db.close().await;
+    let report = report?;
+    for d in &report.divergences {
+        let field = if d.field.is_empty() {
+            "(the document)"
+        } else {
+            &d.field
+        };
+        println!(
+            "{}: {field}: expected {}, found {}",
+            d.run_id, d.expected, d.found
+        );
+    }
+    for run in &report.behind {
+        println!("{run}: the read model is behind the log");
+    }
+    eprintln!(
+        "verify: {} runs checked, {} divergent, {} behind",
+        report.runs,
+        report.divergent_runs(),
+        report.behind.len()
+    );
+    eprintln!("verify: {}", if report.ok() { "ok" } else { "FAILED" });
+    Ok(if report.ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 async fn replay(

@@ -20,6 +20,8 @@ const SQLITE_LOG_AFTER: &str = include_str!("sql/sqlite/log_after.sql");
 const SQLITE_LOG_HEAD: &str = include_str!("sql/sqlite/log_head.sql");
 const PG_LOG_COUNT_AFTER: &str = include_str!("sql/postgres/log_count_after.sql");
 const SQLITE_LOG_COUNT_AFTER: &str = include_str!("sql/sqlite/log_count_after.sql");
+const PG_RUN_IDS: &str = include_str!("sql/postgres/run_ids.sql");
+const SQLITE_RUN_IDS: &str = include_str!("sql/sqlite/run_ids.sql");
 const PG_LOG_LAST: &str = include_str!("sql/postgres/log_last.sql");
 const PG_EVENT_POSITION: &str = include_str!("sql/postgres/event_position.sql");
 const SQLITE_EVENT_POSITION: &str = include_str!("sql/sqlite/event_position.sql");
@@ -203,6 +205,20 @@ impl EventLog {
     /// the call.
     pub async fn last_committed(&self) -> Result<Position, StoreError> {
         self.last(PG_LOG_LAST).await
+    }
+
+    /// The ids of the runs in the log, in id order; with `since` (RFC 3339,
+    /// UTC, milliseconds: the format of `recorded_at`) only those with an
+    /// event recorded at or after it. A scan of the log.
+    pub async fn run_ids(&self, since: Option<&str>) -> Result<Vec<String>, StoreError> {
+        let query = match &self.db {
+            Db::Postgres(_) => PG_RUN_IDS,
+            Db::Sqlite(_) => SQLITE_RUN_IDS,
+        };
+        let ids = with_pool!(&self.db, pool => {
+            sqlx::query_scalar(query).bind(since).fetch_all(pool).await?
+        });
+        Ok(ids)
     }
 
     /// How many committed events come after `after` (a follower's lag).

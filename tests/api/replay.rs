@@ -228,3 +228,104 @@ on_both_backends!(
         assert_eq!(app.events(&run).await, before);
     }
 );
+
+/// `runlog replay --verify <extra…>` over every run (no run id).
+async fn verify_runs(app: &TestApp, extra: &[&str]) -> Output {
+    let mut args: Vec<String> = vec!["replay".into(), "--verify".into()];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args.extend(app.storage.cli_args());
+    tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_runlog"))
+            .args(&args)
+            .env("RUST_LOG", "warn")
+            .output()
+            .expect("the runlog binary runs")
+    })
+    .await
+    .expect("the blocking task completes")
+}
+
+on_both_backends!(
+    verify_all_passes_when_every_read_model_agrees_with_its_log,
+    |backend| {
+        let Some(app) = spawn_app(backend).await else {
+            return;
+        };
+        finished_diamond(&app).await;
+        finished_diamond(&app).await;
+        for (extra, runs) in [
+            (&["--all"][..], 2),
+            (&["--since", "2000-01-01T00:00:00Z"][..], 2),
+            (&["--since", "2999-01-01T00:00:00+02:00"][..], 0),
+        ] {
+            let out = verify_runs(&app, extra).await;
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(out.status.success(), "{extra:?}: {stderr}");
+            assert!(
+                stderr.contains(&format!(
+                    "verify: {runs} runs checked, 0 divergent, 0 behind"
+                )),
+                "{extra:?}: {stderr}"
+            );
+            assert!(stderr.contains("verify: ok"), "{stderr}");
+            assert!(
+                out.stdout.is_empty(),
+                "{}",
+                String::from_utf8_lossy(&out.stdout)
+            );
+        }
+        // Bad invocations are refused, with the reason.
+        let out = verify_runs(&app, &["--since", "yesterday"]).await;
+        assert_eq!(out.status.code(), Some(2));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("RFC 3339"));
+        for args in [&["--all", "some-run"][..], &["--all", "--at", "3"][..]] {
+            let out = verify_runs(&app, args).await;
+            assert_eq!(out.status.code(), Some(2), "{args:?}");
+            assert!(out.stdout.is_empty(), "{args:?}");
+        }
+    }
+);
+
+on_both_backends!(
+    verify_all_reports_each_field_where_a_read_model_differs_from_its_log,
+    |backend| {
+        let Some(app) = spawn_app(backend).await else {
+            return;
+        };
+        let healthy = finished_diamond(&app).await;
+        let tampered = finished_diamond(&app).await;
+        // Someone edits a read model by hand.
+        let db =
+            runlog::db::Db::connect(app.storage.database_url.as_deref(), &app.storage.data_dir)
+                .await
+                .expect("connect");
+        runlog::with_pool!(&db, pool => {
+            let done = sqlx::query("UPDATE run_details SET doc = REPLACE(doc, $1, $2) WHERE run_id = $3")
+                .bind("\"topic\":\"owls\"")
+                .bind("\"topic\":\"cats\"")
+                .bind(&tampered)
+                .execute(pool)
+                .await
+                .expect("tamper");
+            assert_eq!(done.rows_affected(), 1);
+        });
+        db.close().await;
+        let out = verify_runs(&app, &["--all"]).await;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stdout} {stderr}");
+        assert_eq!(
+            stdout.lines().collect::<Vec<_>>(),
+            [format!(
+                "{tampered}: input.topic: expected \"owls\", found \"cats\""
+            )],
+            "{stderr}"
+        );
+        assert!(!stdout.contains(&healthy));
+        assert!(
+            stderr.contains("verify: 2 runs checked, 1 divergent, 0 behind"),
+            "{stderr}"
+        );
+        assert!(stderr.contains("verify: FAILED"), "{stderr}");
+    }
+);
