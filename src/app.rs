@@ -131,6 +131,8 @@ pub struct Application {
     db: Db,
     /// The task queue's pool (relaxed commits, see [`Db::pool`]).
     queue_db: Db,
+    /// The read models' follower, stopped after the engine.
+    projector: Projector,
 }
 
 impl Application {
@@ -167,7 +169,7 @@ impl Application {
             blobs: BlobStore::new(db.clone()),
             tasks: TaskQueue::new(queue_db.clone()),
             agents,
-            read_models: Arc::new(Feed(projector)),
+            read_models: Arc::new(Feed(projector.clone())),
             config: engine_config(&settings, &file),
             clock,
         });
@@ -262,6 +264,7 @@ impl Application {
             port,
             server,
             engine,
+            projector,
             db,
             queue_db,
         })
@@ -295,6 +298,7 @@ impl Application {
             .await;
         // Removals of finished tasks still queued for the writer.
         self.engine.flush_task_queue().await;
+        self.projector.stop().await;
         self.queue_db.close().await;
         self.db.close().await;
         result

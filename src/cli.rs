@@ -168,9 +168,13 @@ async fn projections_list(json: bool, storage: StorageSettings) -> CliResult {
     // Read-only, like replay.
     let db = Db::open_existing(storage.database_url.as_deref(), &storage.data_dir).await?;
     let log = EventLog::new(db.clone());
-    let mut rows = Vec::new();
+    let mut rows: Vec<(crate::projections::ProjectionPosition, i64)> = Vec::new();
     for p in ReadModels::new(db.clone()).positions().await? {
-        let lag = log.count_after(p.position).await?;
+        // The read models usually share a position: count once per position.
+        let lag = match rows.last() {
+            Some((q, lag)) if q.position == p.position => *lag,
+            _ => log.count_after(p.position).await?,
+        };
         rows.push((p, lag));
     }
     db.close().await;

@@ -1254,28 +1254,24 @@ async fn a_transaction_open_elsewhere_on_the_server_does_not_hold_the_log_back()
     );
 
     // One open here holds back what commits after it, until it ends.
-    let here = {
-        let db = db.clone();
-        tokio::spawn(async move {
-            append_slowly(
-                &db,
-                "run-b",
-                0,
-                1,
-                std::time::Duration::from_millis(600),
-                true,
-            )
-            .await;
-        })
+    let Db::Postgres(pool) = &db else {
+        unreachable!("a PostgreSQL database")
     };
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let mut open_here = pool.begin().await.expect("begin here");
+    sqlx::query(
+        "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, \
+         payload, metadata) VALUES ('Run', 'run-b', 1, 'Filler', '1.0', '{}', '{}')",
+    )
+    .execute(&mut *open_here)
+    .await
+    .expect("insert, not committed");
     append_slowly(&db, "run-c", 0, 1, std::time::Duration::ZERO, true).await;
     let held = log.read_after(read[1].position, 10).await.expect("read");
     assert!(
         held.is_empty(),
         "run-c waits behind run-b's open transaction: {held:?}"
     );
-    here.await.expect("run-b");
+    open_here.commit().await.expect("commit here");
     let after: Vec<String> = log
         .read_after(read[1].position, 10)
         .await
@@ -1286,5 +1282,68 @@ async fn a_transaction_open_elsewhere_on_the_server_does_not_hold_the_log_back()
     assert_eq!(after, ["run-b", "run-c"]);
     open_elsewhere.rollback().await.expect("rollback");
     elsewhere.close().await;
+    db.close().await;
+}
+
+/// A log restored from another PostgreSQL server (pg_dump / pg_restore)
+/// carries that server's transaction ids, which may be ahead of this
+/// one's: such events would sort after, and hide behind, everything this
+/// server writes. The migration at start restamps them, and the read models
+/// apply the log again.
+#[actix_web::test]
+async fn a_log_restored_from_a_server_ahead_of_this_one_reads_in_order() {
+    let Some((_storage, db)) = open(Backend::Postgres).await else {
+        return;
+    };
+    let Db::Postgres(pool) = &db else {
+        unreachable!("a PostgreSQL database")
+    };
+    // The restored rows: transaction ids a million ahead of this server's.
+    sqlx::query(
+        "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, \
+         payload, metadata, txid) \
+         SELECT 'Run', 'restored', s, 'Filler', '1.0', '{}', '{}', \
+                ((pg_snapshot_xmax(pg_current_snapshot())::text::bigint + 1000000)::text)::xid8 \
+           FROM generate_series(1, 3) AS s",
+    )
+    .execute(pool)
+    .await
+    .expect("restore");
+    sqlx::query(
+        "INSERT INTO projection_positions (name, version, tx, position, updated_at) \
+         VALUES ('run_details', 1, 9999999, 3, 0)",
+    )
+    .execute(pool)
+    .await
+    .expect("a restored position");
+    let log = store::EventLog::new(db.clone());
+    assert!(
+        log.read_after(Position::START, 10)
+            .await
+            .expect("read")
+            .is_empty(),
+        "before the restamp the restored events sort in this server's future"
+    );
+    store::migrate(&db).await.expect("migrate");
+    let read = log.read_after(Position::START, 10).await.expect("read");
+    assert_eq!(
+        read.iter().map(|e| e.event.sequence).collect::<Vec<_>>(),
+        [1, 2, 3]
+    );
+    assert!(
+        stored_positions(&db).await.is_empty(),
+        "positions start over"
+    );
+    // What this server writes next sorts after the restored log.
+    append_slowly(&db, "new", 0, 1, std::time::Duration::ZERO, true).await;
+    let all = log.read_after(Position::START, 10).await.expect("read");
+    assert_eq!(all.last().map(|e| e.aggregate_id.as_str()), Some("new"));
+    assert!(all[2].position < all[3].position);
+    // Migrating again changes nothing.
+    store::migrate(&db).await.expect("migrate again");
+    assert_eq!(
+        log.read_after(Position::START, 10).await.expect("read"),
+        all
+    );
     db.close().await;
 }

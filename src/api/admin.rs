@@ -10,8 +10,14 @@ use super::{ApiError, ApiState};
 /// `GET /api/admin/projections`.
 pub(super) async fn projections(state: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
     let mut items = Vec::new();
+    // The read models usually share a position: count once per position.
+    let mut counted: Option<(crate::domain::log::Position, i64)> = None;
     for p in state.reads.positions().await? {
-        let lag = state.log.count_after(p.position).await?;
+        let lag = match counted {
+            Some((at, lag)) if at == p.position => lag,
+            _ => state.log.count_after(p.position).await?,
+        };
+        counted = Some((p.position, lag));
         items.push(p.view(lag));
     }
     Ok(HttpResponse::Ok().json(json!({ "items": items })))

@@ -38,7 +38,7 @@ impl std::fmt::Display for Position {
 }
 
 /// An event of the log as its followers get it: where it is, whose it is,
-/// and the event itself (as its aggregate folds it, upcast by the store).
+/// and the event itself (as its aggregate folds it, decoded by the store).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Logged {
     /// Where it is in the log.

@@ -51,15 +51,16 @@ const DOC_CACHE_LIMIT: usize = 10_000;
 /// How long the follower idles before it looks at the log again without
 /// being woken (commits of other processes).
 const IDLE_LOOK: Duration = Duration::from_millis(250);
-/// How soon it looks again when a commit of this process is not readable
-/// yet (an older transaction of another writer is still open).
+/// How soon it first looks again when a commit of this process is not
+/// readable yet (an older transaction of another writer is still open);
+/// doubled at each empty look, up to [`IDLE_LOOK`].
 const BUSY_LOOK: Duration = Duration::from_millis(1);
 /// How long a reader waits for the read models to apply a commit before it
 /// goes on with what they hold (the follower logs why it is behind).
 const APPLY_WAIT: Duration = Duration::from_secs(10);
 
 /// The log, as the projections read it. Implemented by the store, wired in
-/// `app`; events arrive decoded (upcast) by the store.
+/// `app`; events arrive decoded by the store.
 pub trait LogReader: Send + Sync {
     /// Up to `limit` events after `after`, in log order; never skips an
     /// event that commits later (see docs/adr/0005).
@@ -113,6 +114,15 @@ pub struct Projector {
     _handles: Arc<StopOnDrop>,
 }
 
+/// Marks the follower stopped when its task ends.
+struct StoppedOnDrop(Arc<Shared>);
+
+impl Drop for StoppedOnDrop {
+    fn drop(&mut self) {
+        self.0.stopped.send_replace(true);
+    }
+}
+
 /// Stops the follower when the last handle goes.
 #[derive(Debug)]
 struct StopOnDrop(Arc<Shared>);
@@ -146,9 +156,13 @@ impl Projector {
             // committed stays.
             Commits::Durable,
             move |db| async move {
+                // Says "stopped" however the task ends (a panic included).
+                let _stopped = StoppedOnDrop(follower.clone());
                 let log = log(db.clone());
-                follow(db, log, follower.clone()).await;
-                follower.stopped.send_replace(true);
+                follow(db.clone(), log, follower).await;
+                // Closed before "stopped": its connections are gone when
+                // `stop` returns.
+                db.close().await;
             },
         );
         Self {
@@ -159,8 +173,13 @@ impl Projector {
 
     /// A commit of this process reached the log at `position`.
     pub fn committed(&self, position: Position) {
-        if position > *self.shared.applied.borrow() {
-            lock(&self.shared.pending).insert(position);
+        {
+            // Under the lock the follower holds while it publishes a new
+            // position, so an entry is never left at or below it.
+            let mut pending = lock(&self.shared.pending);
+            if position > *self.shared.applied.borrow() {
+                pending.insert(position);
+            }
         }
         let mut last = lock(&self.shared.last_committed);
         if position > *last {
@@ -203,14 +222,29 @@ impl Projector {
     /// log's last committed position when the caller asked); returns how
     /// many events it has applied since it started. At start, before
     /// serving, this is the catch-up: O(events since the stored positions).
+    /// Fails if the follower stops first; says every 10 s how far it got.
     pub async fn catch_up(&self, head: Position) -> Result<u64, ProjectionError> {
         let mut applied = self.shared.applied.subscribe();
+        let mut stopped = self.shared.stopped.subscribe();
         self.shared.wake.notify_one();
-        applied
-            .wait_for(|a| *a >= head)
-            .await
-            .map_err(|_| ProjectionError::WriterStopped)?;
-        Ok(self.shared.events_applied.load(Ordering::Relaxed))
+        let mut report = tokio::time::interval(Duration::from_secs(10));
+        report.tick().await;
+        loop {
+            tokio::select! {
+                reached = applied.wait_for(|a| *a >= head) => {
+                    reached.map_err(|_| ProjectionError::WriterStopped)?;
+                    return Ok(self.shared.events_applied.load(Ordering::Relaxed));
+                }
+                _ = stopped.wait_for(|s| *s) => return Err(ProjectionError::WriterStopped),
+                _ = report.tick() => {
+                    tracing::info!(
+                        events = self.shared.events_applied.load(Ordering::Relaxed),
+                        position = %*self.shared.applied.borrow(), %head,
+                        "catching the read models up with the log"
+                    );
+                }
+            }
+        }
     }
 
     /// Stops the follower after its current page and waits until it has.
@@ -244,6 +278,8 @@ async fn follow(db: Db, log: Box<dyn LogReader>, shared: Arc<Shared>) {
     shared.applied.send_replace(at);
     let mut cache: HashMap<String, RunDetail> = HashMap::new();
     let mut failures = 0u32;
+    let mut read_failures = 0u32;
+    let mut busy_look = BUSY_LOOK;
     while !shared.stop.load(Ordering::SeqCst) {
         // Registered before the look, so that a commit during it wakes the
         // next wait.
@@ -253,14 +289,29 @@ async fn follow(db: Db, log: Box<dyn LogReader>, shared: Arc<Shared>) {
         let page = match log.read_after(at, PAGE).await {
             Ok(page) => page,
             Err(e) => {
-                tracing::error!(error = %e, %at, "cannot read the log; retrying");
-                tokio::time::sleep(Duration::from_millis(200)).await;
+                // Never skipped (an event this build cannot decode stops
+                // the read models here, loudly, rather than leave them
+                // wrong): retried with a back-off up to 5 s.
+                read_failures += 1;
+                tracing::error!(error = %e, %at, failures = read_failures,
+                    "cannot read the log after the read models' position; retrying");
+                let back_off = 100 * u64::from(read_failures.min(50));
+                tokio::time::sleep(Duration::from_millis(back_off)).await;
                 continue;
             }
         };
         let Some(last) = page.last().map(|e| e.position) else {
             let waiting = lock(&shared.pending).first().is_some_and(|p| *p > at);
-            let look = if waiting { BUSY_LOOK } else { IDLE_LOOK };
+            let look = if waiting {
+                // A commit of this process is not readable yet: look again
+                // soon, then less and less often while an older
+                // transaction stays open.
+                let look = busy_look;
+                busy_look = (busy_look * 2).min(IDLE_LOOK);
+                look
+            } else {
+                IDLE_LOOK
+            };
             tokio::select! {
                 () = &mut woken => {}
                 () = tokio::time::sleep(look) => {}
@@ -292,8 +343,10 @@ async fn follow(db: Db, log: Box<dyn LogReader>, shared: Arc<Shared>) {
                         position: at.position + 1,
                     });
                     *pending = above;
+                    shared.applied.send_replace(at);
                 }
-                shared.applied.send_replace(at);
+                busy_look = BUSY_LOOK;
+                read_failures = 0;
             }
             Err(e) => {
                 // Never skipped: the page is applied again until it goes in
@@ -359,6 +412,14 @@ async fn write(
                 .push((logged.sequence, e)),
             LoggedEvent::Other => {}
         }
+    }
+    // In sequence order within each aggregate (the log's order within one
+    // transaction need not be).
+    for events in runs.values_mut() {
+        events.sort_by_key(|(s, _)| *s);
+    }
+    for events in templates.values_mut() {
+        events.sort_by_key(|(s, _)| *s);
     }
     // A cached document is as good as the stored one: this follower is the
     // only writer. A page that starts at the run's first event builds its

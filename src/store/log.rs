@@ -161,8 +161,9 @@ impl EventLog {
     }
 
     /// Up to `limit` events after `after`, in log order. On PostgreSQL only
-    /// events of finished transactions are returned (those below the
-    /// snapshot's xmin), so a transaction that commits late never sorts
+    /// events of finished transactions are returned (those below the oldest
+    /// transaction still running that may belong to this database; see
+    /// `sql/postgres/log_after.sql`), so a transaction that commits late never sorts
     /// below an event already returned: reading on from the last position
     /// returned skips nothing (docs/adr/0005).
     pub async fn read_after(
@@ -283,8 +284,9 @@ impl EventLog {
     }
 
     /// [`EventLog::read_after`], decoded: what projections follow. Decoding
-    /// is the store's, so that what changes in stored shapes (upcasters)
-    /// is handled once for every reader.
+    /// is the store's, so that what changes in stored shapes is handled
+    /// once for every reader (no upcasters are registered yet: older
+    /// shapes load through serde defaults).
     pub async fn follow(&self, after: Position, limit: i64) -> Result<Vec<Logged>, StoreError> {
         self.read_after(after, limit)
             .await?

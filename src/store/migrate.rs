@@ -73,10 +73,14 @@ const APPLIED: &str = "SELECT version FROM runlog_migrations ORDER BY version";
 const RECORD: &str =
     "INSERT INTO runlog_migrations (version, name, applied_at) VALUES ($1, $2, $3)";
 const PG_LOCK: &str = "SELECT pg_advisory_xact_lock($1)";
+const PG_RESTORED_LOG_FOUND: &str = include_str!("sql/postgres/restored_log_found.sql");
+const PG_RESTORED_LOG_REBASE: &str = include_str!("sql/postgres/restored_log_rebase.sql");
 /// An arbitrary constant shared by every runlog node.
 const PG_LOCK_KEY: i64 = 0x72756e6c6f67;
 
 /// Applies every migration not applied yet; returns how many were applied.
+/// On PostgreSQL it also restamps a log restored from another server (see
+/// `sql/postgres/restored_log_rebase.sql`).
 /// One write transaction: on SQLite `BEGIN IMMEDIATE` serialises
 /// migrators, on PostgreSQL a transaction-scoped advisory lock does.
 pub async fn migrate(db: &Db) -> Result<usize, StoreError> {
@@ -99,6 +103,14 @@ pub async fn migrate(db: &Db) -> Result<usize, StoreError> {
                 .execute(&mut *tx)
                 .await?;
             applied += 1;
+        }
+        if postgres {
+            let restored: bool = sqlx::query_scalar(PG_RESTORED_LOG_FOUND).fetch_one(&mut *tx).await?;
+            if restored {
+                (&mut *tx).execute(PG_RESTORED_LOG_REBASE).await?;
+                tracing::warn!("the event log carries transaction ids of another server (a restore): \
+                    restamped so that it reads in order here; the read models apply it again");
+            }
         }
         tx.commit().await?;
         applied

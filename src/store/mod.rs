@@ -145,6 +145,21 @@ impl<A: Aggregate + 'static> AggregateStore<A> {
         }
     }
 
+    /// Where event `sequence` of `id`, just committed, went. The commit
+    /// stands whatever happens here: if the lookup fails, the log's last
+    /// committed position (at or after it) serves, and failing that the
+    /// start of the log (readers then do not wait for it).
+    async fn committed_position(&self, id: &str, sequence: usize) -> Position {
+        match self.log.position_of(A::TYPE, id, sequence).await {
+            Ok(position) => position,
+            Err(e) => {
+                tracing::warn!(aggregate_id = id, sequence, error = %e,
+                    "cannot look up where a commit went; using the log's last position");
+                self.log.last_committed().await.unwrap_or(Position::START)
+            }
+        }
+    }
+
     /// Whether a commit of `events` events on top of `sequence` crosses a
     /// multiple of the snapshot size (then the commit writes a snapshot and
     /// needs the aggregate's state).
@@ -230,12 +245,12 @@ impl<A: Aggregate + 'static> AggregateStore<A> {
             (Backend::Sqlite(_, repo), update) => {
                 repo.persist::<A>(&serialized, update).await?;
                 crate::db::count_commit();
-                self.log.position_of(A::TYPE, id, last).await?
+                self.committed_position(id, last).await
             }
             (Backend::Postgres(_, repo), update) => {
                 repo.persist::<A>(&serialized, update).await?;
                 crate::db::count_commit();
-                self.log.position_of(A::TYPE, id, last).await?
+                self.committed_position(id, last).await
             }
         };
         Ok((envelopes, next_snapshot, position))

@@ -55,5 +55,6 @@ WITH details AS (
     SELECT name, 1, $40, $41, $42 FROM UNNEST($39::text[]) AS n (name)
     ON CONFLICT (name) DO UPDATE SET tx = excluded.tx, position = excluded.position,
                                      updated_at = excluded.updated_at
+     WHERE (projection_positions.tx, projection_positions.position) < (excluded.tx, excluded.position)
 )
 SELECT 1
