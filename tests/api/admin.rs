@@ -2,7 +2,6 @@
 //! `runlog projections list`, which say where each read model is in the
 //! log.
 
-use std::process::Command;
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -12,18 +11,8 @@ use crate::on_both_backends;
 
 /// Runs `runlog projections list <extra…>` on the app's storage.
 async fn projections_list(app: &TestApp, extra: &[&str]) -> std::process::Output {
-    let mut args: Vec<String> = vec!["projections".into(), "list".into()];
-    args.extend(extra.iter().map(|s| s.to_string()));
-    args.extend(app.storage.cli_args());
-    tokio::task::spawn_blocking(move || {
-        Command::new(env!("CARGO_BIN_EXE_runlog"))
-            .args(&args)
-            .env("RUST_LOG", "warn")
-            .output()
-            .expect("the runlog binary runs")
-    })
-    .await
-    .expect("the blocking task completes")
+    app.cli(&[&["projections", "list"][..], extra].concat())
+        .await
 }
 
 const READ_MODELS: [&str; 5] = [

@@ -1,7 +1,7 @@
 //! `runlog replay`: the real binary, reading the database a live server
 //! holds open, rebuilds a run's state from its event log alone.
 
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -11,19 +11,7 @@ use crate::on_both_backends;
 
 /// Runs `runlog replay <run_id> <extra…>` on the app's storage.
 pub async fn replay(app: &TestApp, run_id: &str, extra: &[&str]) -> Output {
-    let mut args: Vec<String> = vec!["replay".into(), run_id.into()];
-    args.extend(extra.iter().map(|s| s.to_string()));
-    args.extend(app.storage.cli_args());
-    // Off the async runtime: the server keeps serving meanwhile.
-    tokio::task::spawn_blocking(move || {
-        Command::new(env!("CARGO_BIN_EXE_runlog"))
-            .args(&args)
-            .env("RUST_LOG", "warn")
-            .output()
-            .expect("the runlog binary runs")
-    })
-    .await
-    .expect("the blocking task completes")
+    app.cli(&[&["replay", run_id][..], extra].concat()).await
 }
 
 /// The stdout of a successful replay, as JSON.
@@ -231,18 +219,8 @@ on_both_backends!(
 
 /// `runlog replay --verify <extra…>` over every run (no run id).
 async fn verify_runs(app: &TestApp, extra: &[&str]) -> Output {
-    let mut args: Vec<String> = vec!["replay".into(), "--verify".into()];
-    args.extend(extra.iter().map(|s| s.to_string()));
-    args.extend(app.storage.cli_args());
-    tokio::task::spawn_blocking(move || {
-        Command::new(env!("CARGO_BIN_EXE_runlog"))
-            .args(&args)
-            .env("RUST_LOG", "warn")
-            .output()
-            .expect("the runlog binary runs")
-    })
-    .await
-    .expect("the blocking task completes")
+    app.cli(&[&["replay", "--verify"][..], extra].concat())
+        .await
 }
 
 on_both_backends!(

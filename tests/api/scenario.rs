@@ -4,7 +4,6 @@
 //! rolled back, and finished; then its event history and `runlog replay
 //! --at N` tell that story.
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -132,17 +131,8 @@ fn assert_in_order(events: &[&Value], expected: &[(&str, Value)]) -> Vec<u64> {
 
 /// `runlog replay <run> --at <n>` on the app's storage, as JSON.
 async fn replay_at(app: &TestApp, run: &str, n: u64) -> Value {
-    let mut args: Vec<String> = vec!["replay".into(), run.into(), "--at".into(), n.to_string()];
-    args.extend(app.storage.cli_args());
-    let output = tokio::task::spawn_blocking(move || {
-        Command::new(env!("CARGO_BIN_EXE_runlog"))
-            .args(&args)
-            .env("RUST_LOG", "warn")
-            .output()
-            .expect("the runlog binary runs")
-    })
-    .await
-    .expect("the blocking task completes");
+    let n_text = n.to_string();
+    let output = app.cli(&["replay", run, "--at", &n_text]).await;
     assert!(
         output.status.success(),
         "replay --at {n} failed: {}",

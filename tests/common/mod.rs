@@ -265,6 +265,23 @@ pub async fn spawn_app_with(storage: Storage, options: AppOptions) -> TestApp {
 pub type Reply = (u16, Value);
 
 impl TestApp {
+    /// Runs the real `runlog` binary with `args` followed by the flags of
+    /// this app's storage, off the async runtime (the server keeps serving
+    /// meanwhile).
+    pub async fn cli(&self, args: &[&str]) -> std::process::Output {
+        let mut args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        args.extend(self.storage.cli_args());
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_runlog"))
+                .args(&args)
+                .env("RUST_LOG", "warn")
+                .output()
+                .expect("the runlog binary runs")
+        })
+        .await
+        .expect("the blocking task completes")
+    }
+
     /// Stops the server and hands back its storage (for a restart).
     pub async fn stop_keeping_storage(mut self) -> Storage {
         let placeholder = Storage {
