@@ -52,6 +52,8 @@ pub(super) struct DetailQuery {
 pub(super) struct EventsQuery {
     after: Option<i64>,
     limit: Option<i64>,
+    /// Only events with a sequence up to this one (a history slider).
+    at_or_before: Option<i64>,
 }
 
 pub(super) fn run_id(raw: &str) -> Result<RunId, ApiError> {
@@ -216,19 +218,34 @@ pub(super) async fn events(
             format!("limit must be between 1 and {MAX_EVENTS_PAGE}"),
         ));
     }
+    if query.at_or_before.is_some_and(|n| n < 1) {
+        return Err(ApiError::bad_request(
+            "invalid_at_or_before",
+            "at_or_before is an event sequence of the run: 1 or more",
+        ));
+    }
+    // Sequences are dense (1 to the last), so a page that must stop at
+    // `at_or_before` holds at most that many events after `after`.
+    let page = query
+        .at_or_before
+        .map_or(limit, |n| limit.min((n - after).max(0)));
     // One more than asked tells whether another page follows.
-    let mut events = state
-        .log
-        .events_of("Run", id.as_str(), after, limit + 1)
-        .await?;
+    let mut events = if page == 0 {
+        Vec::new()
+    } else {
+        state
+            .log
+            .events_of("Run", id.as_str(), after, page + 1)
+            .await?
+    };
     if events.is_empty() && (after == 0 || state.reads.run_detail(id.as_str()).await?.is_none()) {
         return Err(ApiError::not_found(
             "run_not_found",
             format!("run '{id}' not found"),
         ));
     }
-    let more = events.len() as i64 > limit;
-    events.truncate(limit as usize);
+    let more = events.len() as i64 > page && query.at_or_before.is_none_or(|n| after + page < n);
+    events.truncate(page as usize);
     let next_cursor = more
         .then(|| events.last().map(|e| e.sequence.to_string()))
         .flatten();

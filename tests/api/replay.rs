@@ -307,3 +307,54 @@ on_both_backends!(
         assert!(stderr.contains("verify: FAILED"), "{stderr}");
     }
 );
+
+/// The sequences of a page of the events endpoint, and its cursor.
+async fn events_page(app: &TestApp, run: &str, query: &str) -> (Vec<u64>, Value) {
+    let (status, body) = app.get(&format!("/api/runs/{run}/events?{query}")).await;
+    assert_eq!(status, 200, "{query}: {body}");
+    let sequences = body["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter_map(|e| e["sequence"].as_u64())
+        .collect();
+    (sequences, body["next_cursor"].clone())
+}
+
+on_both_backends!(
+    the_events_up_to_a_sequence_page_like_the_rest_for_a_history_slider,
+    |backend| {
+        let Some(app) = spawn_app(backend).await else {
+            return;
+        };
+        let run = finished_diamond(&app).await;
+        let last = app.events(&run).await.len() as u64;
+        assert!(last > 5);
+        let (page, cursor) = events_page(&app, &run, "at_or_before=3").await;
+        assert_eq!((page, cursor), (vec![1, 2, 3], Value::Null));
+        let (page, cursor) = events_page(&app, &run, "at_or_before=3&limit=2").await;
+        assert_eq!((page, cursor), (vec![1, 2], json!("2")));
+        let (page, cursor) = events_page(&app, &run, "after=2&at_or_before=3&limit=1").await;
+        assert_eq!(
+            (page, cursor),
+            (vec![3], Value::Null),
+            "a page ending at the bound"
+        );
+        let (page, _) = events_page(&app, &run, "after=3&at_or_before=3").await;
+        assert!(page.is_empty());
+        let (page, cursor) = events_page(&app, &run, &format!("at_or_before={}", last + 10)).await;
+        assert_eq!(page, (1..=last).collect::<Vec<_>>());
+        assert_eq!(cursor, Value::Null);
+        for (query, code) in [
+            ("at_or_before=0", "invalid_at_or_before"),
+            ("at_or_before=-1", "invalid_at_or_before"),
+            ("at_or_before=soon", "invalid_query"),
+        ] {
+            let (status, body) = app.get(&format!("/api/runs/{run}/events?{query}")).await;
+            assert_eq!(status, 400, "{query}: {body}");
+            assert_eq!(body["error"]["code"], code, "{query}: {body}");
+        }
+        let (status, body) = app.get("/api/runs/no-such-run/events?at_or_before=2").await;
+        assert_eq!(status, 404, "{body}");
+    }
+);
