@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::domain::log::LoggedEvent;
+use crate::domain::log::Logged;
 use crate::projections::{ReadModels, RunDetail};
 use crate::store::EventLog;
 
@@ -106,13 +106,7 @@ async fn verify_run(
         return Ok(false);
     };
     let upto = stored.sequence.min(last);
-    let folded = RunDetail::replayed(
-        events.iter().filter_map(|e| match &e.event {
-            LoggedEvent::Run(event) => Some((e.sequence, event)),
-            _ => None,
-        }),
-        Some(upto),
-    );
+    let folded = RunDetail::replayed(events.iter().filter_map(Logged::as_run), Some(upto));
     let mut fields = Vec::new();
     diff(
         "",

@@ -7,7 +7,7 @@ use serde_json::Value;
 use super::templates::template_id;
 use super::{optional_body, refuse_nul, refuse_nul_text, ApiError, ApiState, PageQuery};
 use crate::domain::ids::{ArtifactName, RunId};
-use crate::domain::log::LoggedEvent;
+use crate::domain::log::Logged;
 use crate::domain::run::{ArtifactContent, RunStatus};
 use crate::engine::{Committed, EventView};
 use crate::projections::{Page, RunDetail};
@@ -190,10 +190,7 @@ async fn detail_at(state: &ApiState, id: &RunId, at: i64) -> Result<RunDetail, A
         ));
     }
     Ok(RunDetail::replayed(
-        events.iter().filter_map(|e| match &e.event {
-            LoggedEvent::Run(event) => Some((e.sequence, event)),
-            _ => None,
-        }),
+        events.iter().filter_map(Logged::as_run),
         Some(at as u64),
     ))
 }

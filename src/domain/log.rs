@@ -51,6 +51,24 @@ pub struct Logged {
     pub event: LoggedEvent,
 }
 
+impl Logged {
+    /// Its sequence and event, if it is a run's.
+    pub fn as_run(&self) -> Option<(u64, &RunEvent)> {
+        match &self.event {
+            LoggedEvent::Run(e) => Some((self.sequence, e)),
+            _ => None,
+        }
+    }
+
+    /// Its sequence and event, if it is a template's.
+    pub fn as_template(&self) -> Option<(u64, &TemplateEvent)> {
+        match &self.event {
+            LoggedEvent::Template(e) => Some((self.sequence, e)),
+            _ => None,
+        }
+    }
+}
+
 /// The event of a [`Logged`], by aggregate type.
 #[derive(Debug, Clone, PartialEq)]
 pub enum LoggedEvent {

@@ -447,13 +447,7 @@ async fn write(
                 .aggregate_after("Run", run_id, before)
                 .await
                 .map_err(ProjectionError::Log)?;
-            filled
-                .iter()
-                .filter_map(|l| match &l.event {
-                    LoggedEvent::Run(e) => Some((l.sequence, e)),
-                    _ => None,
-                })
-                .collect()
+            filled.iter().filter_map(Logged::as_run).collect()
         } else {
             events
         };
@@ -504,13 +498,7 @@ async fn write(
                         .aggregate_after("Template", template_id, before)
                         .await
                         .map_err(ProjectionError::Log)?;
-                    filled
-                        .iter()
-                        .filter_map(|l| match &l.event {
-                            LoggedEvent::Template(e) => Some((l.sequence, e)),
-                            _ => None,
-                        })
-                        .collect()
+                    filled.iter().filter_map(Logged::as_template).collect()
                 } else {
                     events
                 };
