@@ -112,7 +112,7 @@ impl LogReader for StoreLog {
 pub fn start_projector(db: &Db) -> Projector {
     Projector::start(
         db.clone(),
-        Box::new(|own: Db| Box::new(StoreLog(EventLog::new(own))) as Box<dyn LogReader>),
+        std::sync::Arc::new(|own: Db| Box::new(StoreLog(EventLog::new(own))) as Box<dyn LogReader>),
     )
 }
 

@@ -2,10 +2,14 @@
 //! summaries (list and filter), run detail, artifact versions, the thread
 //! and the template catalogue.
 //!
-//! [`Projector`] is the only writer: one task that follows the log in
-//! position order through [`LogReader`] (which the store implements and
-//! `app` hands it) and writes each page of events, with the read models'
-//! new position, in one transaction (docs/adr/0005). The engine only says
+//! Each read model is a [`projection::Projection`] in a file of its own
+//! (`run_summaries`, `run_details`, `artifact_versions`, `run_messages`,
+//! `template_catalogue`) with its own SQL under `sql/<name>/`: a name, a
+//! code version, the tables it owns, and how a page of events becomes its
+//! rows. [`Projector`] is their only writer: one task that follows the log
+//! in position order through [`LogReader`] (which the store implements and
+//! `app` hands it) and writes each page of events to every projection, with
+//! their new positions, in one transaction (`apply`; docs/adr/0005). The engine only says
 //! where its commits went ([`Projector::committed`]), which wakes it;
 //! readers wait for a position ([`Projector::applied`]), so a client sees
 //! the effect of its command in its next GET. Every row records the last
@@ -14,19 +18,48 @@
 //!
 //! Depends on `domain` and `db`; never on `store`, `engine` or `api`.
 
+mod apply;
+mod artifact_versions;
 mod detail;
+mod follower;
+mod log;
+mod projection;
 mod reads;
-mod writer;
+mod run_details;
+mod run_messages;
+mod run_summaries;
+mod template_catalogue;
 
 pub use detail::{
     parse_rfc3339, rfc3339, ArtifactView, AttemptView, FailureView, RefineView, RunDetail,
     ScoreView, StepView,
 };
+pub use follower::Projector;
+pub use log::{LogReader, LogReaderFactory};
 pub use reads::{
     decode_cursor, ArtifactVersionRow, MessageView, Page, ProjectionPosition, ReadModels,
     RunSummary, TemplateView, DEFAULT_PAGE, MAX_PAGE,
 };
-pub use writer::{LogReader, LogReaderFactory, Projector, READ_MODELS};
+
+use projection::Projection;
+
+/// Every read model, in the order the follower writes them.
+const ALL: [&'static dyn Projection; 5] = [
+    &run_summaries::RunSummaries,
+    &run_details::RunDetails,
+    &artifact_versions::ArtifactVersions,
+    &run_messages::RunMessages,
+    &template_catalogue::TemplateCatalogue,
+];
+
+/// The read models' names (as `projections list` shows them).
+pub const READ_MODELS: [&str; 5] = [
+    "run_summaries",
+    "run_details",
+    "artifact_versions",
+    "run_messages",
+    "template_catalogue",
+];
 
 /// Read-model failures.
 #[derive(Debug, thiserror::Error)]
@@ -43,4 +76,23 @@ pub enum ProjectionError {
     /// The log could not be read.
     #[error("cannot read the log: {0}")]
     Log(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_read_model_is_a_projection_with_tables_of_its_own() {
+        let names: Vec<&str> = ALL.iter().map(|p| p.name()).collect();
+        assert_eq!(names, READ_MODELS);
+        let mut tables: Vec<&str> = ALL
+            .iter()
+            .flat_map(|p| p.tables().iter().copied())
+            .collect();
+        let count = tables.len();
+        tables.sort_unstable();
+        tables.dedup();
+        assert_eq!(tables.len(), count, "two projections claim one table");
+    }
 }

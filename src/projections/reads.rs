@@ -5,23 +5,23 @@ use serde_json::Value;
 use sqlx::Row;
 
 use super::detail::{rfc3339, RunDetail};
+use super::template_catalogue::{template_from_row, TemplateRow};
 use super::ProjectionError;
 use crate::db::Db;
 use crate::domain::ids::Timestamp;
 use crate::domain::log::Position;
-use crate::domain::template::TemplateEvent;
 use crate::with_pool;
 
-const DETAIL_GET: &str = include_str!("sql/detail_get.sql");
-const SUMMARIES_LIST: &str = include_str!("sql/summaries_list.sql");
-const ARTIFACT_VERSIONS: &str = include_str!("sql/artifact_versions.sql");
-const ACTIVE_RUNS: &str = include_str!("sql/active_runs.sql");
-const TEMPLATE_GET: &str = include_str!("sql/template_get.sql");
-const TEMPLATES_LIST: &str = include_str!("sql/templates_list.sql");
-const MESSAGES_LIST: &str = include_str!("sql/messages_list.sql");
-const MESSAGE_GET: &str = include_str!("sql/message_get.sql");
-const MESSAGE_BY_KEY: &str = include_str!("sql/message_by_key.sql");
-const POSITIONS_LIST: &str = include_str!("sql/positions_list.sql");
+const DETAIL_GET: &str = include_str!("sql/run_details/get.sql");
+const SUMMARIES_LIST: &str = include_str!("sql/run_summaries/list.sql");
+const ARTIFACT_VERSIONS: &str = include_str!("sql/artifact_versions/list.sql");
+const ACTIVE_RUNS: &str = include_str!("sql/run_summaries/active.sql");
+const TEMPLATE_GET: &str = include_str!("sql/template_catalogue/get.sql");
+const TEMPLATES_LIST: &str = include_str!("sql/template_catalogue/list.sql");
+const MESSAGES_LIST: &str = include_str!("sql/run_messages/list.sql");
+const MESSAGE_GET: &str = include_str!("sql/run_messages/get.sql");
+const MESSAGE_BY_KEY: &str = include_str!("sql/run_messages/by_key.sql");
+const POSITIONS_LIST: &str = include_str!("sql/follower/positions_list.sql");
 
 /// How far one read model has applied the log.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -139,97 +139,6 @@ pub struct TemplateView {
     pub created_at: String,
     /// When it last changed.
     pub updated_at: String,
-}
-
-/// A catalogue row as stored.
-#[derive(Debug, Clone, Default)]
-pub(super) struct TemplateRow {
-    pub id: String,
-    pub name: String,
-    pub description: Option<String>,
-    pub version: u32,
-    pub definition: Value,
-    pub archived: bool,
-    pub created_at: i64,
-    pub updated_at: i64,
-    pub last_sequence: u64,
-}
-
-impl TemplateRow {
-    /// Folds one template event into the row (idempotent by sequence).
-    pub(super) fn apply(&mut self, id: &str, sequence: u64, event: &TemplateEvent) {
-        if sequence <= self.last_sequence {
-            return;
-        }
-        self.last_sequence = sequence;
-        match event {
-            TemplateEvent::TemplateCreated {
-                name,
-                description,
-                version,
-                definition,
-                at,
-                ..
-            } => {
-                self.id = id.to_string();
-                self.name = name.clone();
-                self.description = description.clone();
-                self.version = *version;
-                self.definition = serde_json::to_value(definition).unwrap_or(Value::Null);
-                self.created_at = at.0;
-                self.updated_at = at.0;
-            }
-            TemplateEvent::TemplateRevised {
-                version,
-                definition,
-                description,
-                at,
-            } => {
-                self.version = *version;
-                self.definition = serde_json::to_value(definition).unwrap_or(Value::Null);
-                self.description = description.clone();
-                self.updated_at = at.0;
-            }
-            TemplateEvent::TemplateArchived { at } => {
-                self.archived = true;
-                self.updated_at = at.0;
-            }
-        }
-    }
-
-    fn view(self) -> TemplateView {
-        TemplateView {
-            id: self.id,
-            name: self.name,
-            description: self.description,
-            version: self.version,
-            definition: self.definition,
-            archived: self.archived,
-            created_at: rfc3339(Timestamp(self.created_at)),
-            updated_at: rfc3339(Timestamp(self.updated_at)),
-        }
-    }
-}
-
-pub(super) fn template_from_row<R: Row>(row: &R) -> Result<TemplateRow, sqlx::Error>
-where
-    for<'r> &'r str: sqlx::ColumnIndex<R>,
-    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-    for<'r> Option<String>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-    for<'r> Value: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-{
-    Ok(TemplateRow {
-        id: row.try_get("template_id")?,
-        name: row.try_get("name")?,
-        description: row.try_get("description")?,
-        version: u32::try_from(row.try_get::<i64, _>("version")?).unwrap_or(0),
-        definition: row.try_get("definition")?,
-        archived: row.try_get::<i64, _>("archived")? != 0,
-        created_at: row.try_get("created_at")?,
-        updated_at: row.try_get("updated_at")?,
-        last_sequence: u64::try_from(row.try_get::<i64, _>("last_sequence")?).unwrap_or(0),
-    })
 }
 
 /// A keyset cursor: `<created_at ms>_<id>`.

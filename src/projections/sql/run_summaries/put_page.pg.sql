@@ -1,0 +1,13 @@
+-- Run summaries, a page's worth: each run at most once.
+summaries AS (
+    INSERT INTO run_summaries (run_id, template_id, template_version, status, created_at,
+                               updated_at, last_sequence, agents, lease_expires_at, refine)
+    SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::text[], $5::bigint[],
+                         $6::bigint[], $7::bigint[], $8::text[], $9::bigint[], $10::jsonb[])
+    ON CONFLICT (run_id) DO UPDATE SET status = excluded.status, updated_at = excluded.updated_at,
+                                       last_sequence = excluded.last_sequence,
+                                       agents = excluded.agents,
+                                       lease_expires_at = excluded.lease_expires_at,
+                                       refine = excluded.refine
+     WHERE run_summaries.last_sequence < excluded.last_sequence
+)
