@@ -25,7 +25,7 @@ use crate::engine::{
     AgentLimits, AgentRegistry, Engine, EngineConfig, EngineParts, ReadModelFeed, SharedClock,
     SystemClock,
 };
-use crate::projections::{LogReader, Projector, ReadModels};
+use crate::projections::{LogReader, LogReaderFactory, Projector, ReadModels, Rebuilds};
 use crate::store::{
     self, AggregateStore, BlobStore, EventLog, RecordedEvent, TaskQueue, RUN_SNAPSHOT_EVERY,
 };
@@ -105,15 +105,50 @@ impl LogReader for StoreLog {
                 .map_err(|e| e.to_string())
         })
     }
+
+    fn count_after(&self, after: Position) -> BoxFuture<'_, Result<u64, String>> {
+        Box::pin(async move {
+            let count = self.0.count_after(after).await.map_err(|e| e.to_string())?;
+            Ok(u64::try_from(count).unwrap_or_default())
+        })
+    }
 }
 
 /// Starts the projection follower on `db`, reading the log through the
 /// store.
 pub fn start_projector(db: &Db) -> Projector {
-    Projector::start(
-        db.clone(),
-        std::sync::Arc::new(|own: Db| Box::new(StoreLog(EventLog::new(own))) as Box<dyn LogReader>),
-    )
+    Projector::start(db.clone(), log_readers())
+}
+
+/// Builds the projections' log readers: the store's log on a given pool.
+pub fn log_readers() -> LogReaderFactory {
+    Arc::new(|own: Db| Box::new(StoreLog(EventLog::new(own))) as Box<dyn LogReader>)
+}
+
+/// Starts a rebuild of each projection whose stored version is older than
+/// its code's (or, with `rebuild` off, says how to); the live ones keep
+/// serving meanwhile.
+pub async fn rebuild_outdated(db: &Db, rebuilds: &Rebuilds, rebuild: bool) {
+    let outdated = match crate::projections::outdated(db).await {
+        Ok(outdated) => outdated,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read the projections' versions");
+            return;
+        }
+    };
+    for (name, stored, code) in outdated {
+        if !rebuild {
+            tracing::warn!(projection = %name, stored, code,
+                "projection is older than this build: run `runlog projections rebuild {name}` \
+                 (or POST /api/admin/projections/{name}/rebuild)");
+            continue;
+        }
+        tracing::info!(projection = %name, stored, code,
+            "projection is older than this build: rebuilding it while the old one serves");
+        if let Err(e) = rebuilds.start(&name) {
+            tracing::error!(projection = %name, error = %e, "cannot start the rebuild");
+        }
+    }
 }
 
 /// Opens and migrates the database.
@@ -189,7 +224,9 @@ impl Application {
             reads: reads.clone(),
             log: EventLog::new(db.clone()),
             workers: WorkerAuth::new(file.worker_token.as_deref()),
+            rebuilds: Rebuilds::new(db.clone(), log_readers()),
         };
+        rebuild_outdated(&db, &state.rebuilds, settings.rebuild_outdated).await;
         // What a crash left behind is listed before anything is served: runs
         // started from now on belong to this process, and "recovering" one
         // would dispatch its running steps a second time.

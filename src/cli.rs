@@ -84,6 +84,17 @@ enum ProjectionsCommand {
         #[command(flatten)]
         storage: StorageSettings,
     },
+    /// Rebuild one read model from the log into fresh tables and swap them
+    /// in when they have caught up; a server on the same database keeps
+    /// serving the old tables meanwhile. Shows a progress bar on a
+    /// terminal, log lines otherwise.
+    Rebuild {
+        /// The read model (as `projections list` names it).
+        name: String,
+        /// Storage.
+        #[command(flatten)]
+        storage: StorageSettings,
+    },
 }
 
 /// Parses the command line and runs the command.
@@ -110,6 +121,9 @@ pub fn run() -> ExitCode {
             Command::Projections {
                 command: ProjectionsCommand::List { json, storage },
             } => projections_list(json, storage).await,
+            Command::Projections {
+                command: ProjectionsCommand::Rebuild { name, storage },
+            } => projections_rebuild(name, storage).await,
             Command::Bench(settings) => crate::bench::run(settings).await,
             Command::Worker(settings) => crate::worker::run(settings).await,
             Command::FakeLlm(settings) => crate::fakellm::run(settings).await,
@@ -201,6 +215,73 @@ async fn projections_list(json: bool, storage: StorageSettings) -> CliResult {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+async fn projections_rebuild(name: String, storage: StorageSettings) -> CliResult {
+    use crate::projections::{ProjectionError, RebuildState, Rebuilds, READ_MODELS};
+    use std::io::IsTerminal;
+    // It writes: an existing database, opened (and migrated) as `serve`
+    // opens it.
+    Db::open_existing(storage.database_url.as_deref(), &storage.data_dir)
+        .await?
+        .close()
+        .await;
+    let db = open_database(&storage).await?;
+    let rebuilds = Rebuilds::new(db.clone(), crate::app::log_readers());
+    let mut progress = match rebuilds.start(&name) {
+        Ok(progress) => progress,
+        Err(e @ ProjectionError::UnknownProjection(_)) => {
+            db.close().await;
+            eprintln!("error: {e} (the read models: {})", READ_MODELS.join(", "));
+            return Ok(ExitCode::from(2));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let bar = std::io::stderr().is_terminal().then(|| {
+        let bar = indicatif::ProgressBar::new(0);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{msg} [{bar:30}] {pos}/{len} events, {per_sec}, ETA {eta}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        bar.set_message(format!("rebuilding {name}"));
+        bar
+    });
+    let last = loop {
+        let changed = progress.changed().await;
+        let now = progress.borrow_and_update().clone();
+        if let Some(bar) = &bar {
+            bar.set_length(now.events_total.max(now.events_applied));
+            bar.set_position(now.events_applied);
+            if now.state == RebuildState::Swapping {
+                bar.set_message(format!("swapping {name} in"));
+            }
+        }
+        if now.is_finished() || changed.is_err() {
+            break now;
+        }
+    };
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    db.close().await;
+    match last.state {
+        RebuildState::Done => {
+            println!(
+                "{name}: rebuilt from {} events ({} events/s) and swapped in",
+                last.events_applied, last.events_per_s
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        _ => {
+            eprintln!(
+                "error: rebuilding {name} failed: {} (the live tables are unchanged)",
+                last.error.as_deref().unwrap_or("the rebuild stopped")
+            );
+            Ok(ExitCode::FAILURE)
+        }
+    }
 }
 
 /// `replay --verify --all` / `--since TIME`.

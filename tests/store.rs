@@ -1347,3 +1347,124 @@ async fn a_log_restored_from_a_server_ahead_of_this_one_reads_in_order() {
     );
     db.close().await;
 }
+
+/// A log reader whose reads wait for a gate: a rebuild that runs until the
+/// test lets it go.
+struct GatedLog {
+    inner: Box<dyn runlog::projections::LogReader>,
+    gate: Arc<tokio::sync::Semaphore>,
+}
+
+impl runlog::projections::LogReader for GatedLog {
+    fn read_after(
+        &self,
+        after: Position,
+        limit: i64,
+    ) -> futures::future::BoxFuture<'_, Result<Vec<runlog::domain::log::Logged>, String>> {
+        Box::pin(async move {
+            let _permit = self.gate.acquire().await.map_err(|e| e.to_string())?;
+            self.inner.read_after(after, limit).await
+        })
+    }
+
+    fn aggregate_after<'a>(
+        &'a self,
+        aggregate_type: &'a str,
+        aggregate_id: &'a str,
+        after: u64,
+    ) -> futures::future::BoxFuture<'a, Result<Vec<runlog::domain::log::Logged>, String>> {
+        self.inner
+            .aggregate_after(aggregate_type, aggregate_id, after)
+    }
+
+    fn count_after(&self, after: Position) -> futures::future::BoxFuture<'_, Result<u64, String>> {
+        self.inner.count_after(after)
+    }
+}
+
+on_both_backends!(
+    a_second_rebuild_of_a_projection_is_refused_while_one_runs,
+    |backend| {
+        use runlog::projections::{ProjectionError, RebuildState, Rebuilds};
+        let Some((_storage, db)) = open(backend).await else {
+            return;
+        };
+        let runs = AggregateStore::<Run>::new(&db, SNAPSHOT_EVERY);
+        let mut one = Writer::default();
+        let start = one
+            .state
+            .decide_with(start_command("run-1", 1))
+            .expect("start");
+        one.commit(&runs, "run-1", &start).await;
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let factory: runlog::projections::LogReaderFactory = {
+            let gate = gate.clone();
+            Arc::new(move |own: Db| {
+                Box::new(GatedLog {
+                    inner: runlog::app::log_readers()(own),
+                    gate: gate.clone(),
+                }) as Box<dyn runlog::projections::LogReader>
+            })
+        };
+        let rebuilds = Rebuilds::new(db.clone(), factory.clone());
+        assert!(matches!(
+            rebuilds.start("runs"),
+            Err(ProjectionError::UnknownProjection(name)) if name == "runs"
+        ));
+        let mut first = rebuilds.start("run_summaries").expect("the first starts");
+        // It has taken its lock and counted the log; now it waits at the gate.
+        first.changed().await.expect("progress");
+        assert_eq!(first.borrow().state, RebuildState::Building);
+        assert!(matches!(
+            rebuilds.start("run_summaries"),
+            Err(ProjectionError::RebuildRunning(name)) if name == "run_summaries"
+        ));
+        // Another projection may rebuild meanwhile.
+        let other = rebuilds.start("run_details").expect("another projection");
+        if backend == Backend::Postgres {
+            // Another process (another registry) is refused by the advisory
+            // lock, and says so.
+            let elsewhere = Rebuilds::new(db.clone(), factory.clone());
+            let mut refused = elsewhere
+                .start("run_summaries")
+                .expect("starts, then fails");
+            let failed = refused
+                .wait_for(|p| p.is_finished())
+                .await
+                .map(|p| p.clone())
+                .unwrap_or_else(|_| refused.borrow().clone());
+            assert_eq!(failed.state, RebuildState::Failed, "{failed:?}");
+            assert!(
+                failed
+                    .error
+                    .as_deref()
+                    .unwrap_or("")
+                    .contains("already running"),
+                "{failed:?}"
+            );
+        }
+        gate.add_permits(1_000);
+        for mut progress in [first, other] {
+            let done = progress
+                .wait_for(|p| p.is_finished())
+                .await
+                .map(|p| p.clone())
+                .unwrap_or_else(|_| progress.borrow().clone());
+            assert_eq!(done.state, RebuildState::Done, "{done:?}");
+            assert_eq!(done.events_applied, start.len() as u64, "{done:?}");
+        }
+        // Once finished, it may run again.
+        let mut again = rebuilds.start("run_summaries").expect("runs again");
+        let done = again
+            .wait_for(|p| p.is_finished())
+            .await
+            .map(|p| p.clone())
+            .unwrap_or_else(|_| again.borrow().clone());
+        assert_eq!(done.state, RebuildState::Done, "{done:?}");
+        let listed = ReadModels::new(db.clone())
+            .list_runs(None, None, None, 10, None)
+            .await
+            .expect("list");
+        assert_eq!(listed.items.len(), 1);
+    }
+);

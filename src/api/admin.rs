@@ -1,6 +1,7 @@
 //! Endpoints for operators: `GET /api/admin/projections` (each read
-//! model's position in the log and how far behind it is). Open to every
-//! caller until accounts exist (issue #9 makes it admin-only).
+//! model's position in the log, how far behind it is, and its latest
+//! rebuild) and `POST /api/admin/projections/{name}/rebuild`. Open to every
+//! caller until accounts exist (issue #9 makes them admin-only).
 
 use actix_web::{web, HttpResponse};
 use serde_json::json;
@@ -10,6 +11,7 @@ use super::{ApiError, ApiState};
 /// `GET /api/admin/projections`.
 pub(super) async fn projections(state: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
     let mut items = Vec::new();
+    let rebuilds = state.rebuilds.progress();
     // The read models usually share a position: count once per position.
     let mut counted: Option<(crate::domain::log::Position, i64)> = None;
     for p in state.reads.positions().await? {
@@ -18,7 +20,24 @@ pub(super) async fn projections(state: web::Data<ApiState>) -> Result<HttpRespon
             _ => state.log.count_after(p.position).await?,
         };
         counted = Some((p.position, lag));
-        items.push(p.view(lag));
+        let mut item = p.view(lag);
+        item["rebuild"] = rebuilds
+            .get(&p.name)
+            .map_or(serde_json::Value::Null, |r| json!(r));
+        items.push(item);
     }
     Ok(HttpResponse::Ok().json(json!({ "items": items })))
+}
+
+/// `POST /api/admin/projections/{name}/rebuild`: starts rebuilding one
+/// projection from the log while the live one keeps serving; 202 with its
+/// progress (follow it in `GET /api/admin/projections`). 404 for an unknown
+/// name, 409 while a rebuild of it runs.
+pub(super) async fn rebuild(
+    state: web::Data<ApiState>,
+    name: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let progress = state.rebuilds.start(&name)?;
+    let body = json!(*progress.borrow());
+    Ok(HttpResponse::Accepted().json(body))
 }

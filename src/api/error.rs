@@ -176,7 +176,15 @@ impl From<EngineError> for ApiError {
 
 impl From<ProjectionError> for ApiError {
     fn from(e: ProjectionError) -> Self {
-        Self::internal(&e)
+        match e {
+            ProjectionError::UnknownProjection(_) => {
+                Self::not_found("unknown_projection", e.to_string())
+            }
+            ProjectionError::RebuildRunning(_) => {
+                Self::new(StatusCode::CONFLICT, "rebuild_running", e.to_string())
+            }
+            _ => Self::internal(&e),
+        }
     }
 }
 

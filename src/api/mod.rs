@@ -36,6 +36,8 @@ pub struct ApiState {
     pub log: EventLog,
     /// Who may call the worker endpoints.
     pub workers: WorkerAuth,
+    /// Projection rebuilds (admin endpoints).
+    pub rebuilds: crate::projections::Rebuilds,
 }
 
 /// Registers every route on an actix-web app.
@@ -95,6 +97,7 @@ pub fn configure(state: ApiState) -> impl FnOnce(&mut web::ServiceConfig) {
                     )
                     .service(resource("/agents").get(workers::agents))
                     .service(resource("/admin/projections").get(admin::projections))
+                    .service(resource("/admin/projections/{name}/rebuild").post(admin::rebuild))
                     .service(resource("/workers/claim").post(workers::claim))
                     .service(resource("/tasks/{task_id}/heartbeat").post(workers::heartbeat))
                     .service(resource("/tasks/{task_id}/complete").post(workers::complete))

@@ -48,6 +48,12 @@ pub struct ServeSettings {
     /// commands, the LLM server, secrets, limits (see docs/operations.md).
     #[arg(long, env = "RUNLOG_CONFIG")]
     pub config: Option<PathBuf>,
+    /// Rebuild, in the background while the old ones serve, the
+    /// projections whose stored version is older than this build's
+    /// (`false`: only say so in the log).
+    #[arg(long, env = "RUNLOG_REBUILD_OUTDATED", default_value_t = true,
+          action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub rebuild_outdated: bool,
 }
 
 impl ServeSettings {
@@ -62,6 +68,7 @@ impl ServeSettings {
             },
             http_workers: None,
             passivate_after_secs: 10,
+            rebuild_outdated: true,
             config: None,
         }
     }

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use super::detail::RunDetail;
 use super::log::LogReader;
 use super::projection::{
-    shift_parameters, Conn, PageRows, Projection, RunChange, Target, TemplateChange,
+    shift_parameters, Conn, PageRows, PgQuery, Projection, RunChange, Target, TemplateChange,
 };
 use super::{run_details, ProjectionError};
 use crate::db::{BeginWrite, Db};
@@ -112,61 +112,107 @@ impl Applier {
     ) -> Result<(), ProjectionError> {
         let mut rows: Vec<Box<dyn PageRows>> = self.projections.iter().map(|p| p.rows()).collect();
         let written = self.collect(db, log, page, &mut rows).await?;
-        let now = chrono::Utc::now().timestamp_millis();
-        let tx_at = i64::try_from(last.tx).unwrap_or(i64::MAX);
         match db {
             Db::Postgres(pool) => {
-                let own: Vec<&dyn PageRows> = self
-                    .projections
-                    .iter()
-                    .zip(&rows)
+                let own = self.projections.iter().zip(&rows);
+                if own
                     .filter(|(p, r)| p.pg_part().is_none() && !r.is_empty())
-                    .map(|(_, r)| r.as_ref())
-                    .collect();
-                let mut query = sqlx::query(&self.pg_statement);
-                for (p, r) in self.projections.iter().zip(&rows) {
-                    if p.pg_part().is_some() {
-                        query = r.bind_pg(query);
-                    }
-                }
-                let query = query
-                    .bind(&self.names)
-                    .bind(&self.versions)
-                    .bind(tx_at)
-                    .bind(last.position)
-                    .bind(now);
-                if own.is_empty() {
+                    .count()
+                    == 0
+                {
                     // One statement is one transaction: no BEGIN / COMMIT
                     // round trips.
-                    query.execute(pool).await?;
+                    self.pg_statement(&rows, last).execute(pool).await?;
                 } else {
                     let mut tx = pool.begin_write().await?;
-                    for r in own {
-                        r.write(Conn::Postgres(&mut tx), &self.target, log).await?;
-                    }
-                    query.execute(&mut *tx).await?;
+                    self.write(Conn::Postgres(&mut tx), log, &rows, last)
+                        .await?;
                     tx.commit().await?;
                 }
             }
             Db::Sqlite(pool) => {
                 let mut tx = pool.begin_write().await?;
-                for r in rows.iter().filter(|r| !r.is_empty()) {
-                    r.write(Conn::Sqlite(&mut tx), &self.target, log).await?;
-                }
-                for (name, version) in self.names.iter().zip(&self.versions) {
-                    sqlx::query(POSITION_PUT)
-                        .bind(name)
-                        .bind(version)
-                        .bind(tx_at)
-                        .bind(last.position)
-                        .bind(now)
-                        .execute(&mut *tx)
-                        .await?;
-                }
+                self.write(Conn::Sqlite(&mut tx), log, &rows, last).await?;
                 tx.commit().await?;
             }
         }
         crate::db::count_commit();
+        self.remember(written);
+        Ok(())
+    }
+
+    /// [`Applier::apply`] inside a transaction of the caller's (`conn`).
+    /// If that transaction does not commit, call [`Applier::forget`].
+    pub(super) async fn apply_in(
+        &mut self,
+        conn: Conn<'_>,
+        db: &Db,
+        log: &dyn LogReader,
+        page: &[Logged],
+        last: Position,
+    ) -> Result<(), ProjectionError> {
+        let mut rows: Vec<Box<dyn PageRows>> = self.projections.iter().map(|p| p.rows()).collect();
+        let written = self.collect(db, log, page, &mut rows).await?;
+        self.write(conn, log, &rows, last).await?;
+        self.remember(written);
+        Ok(())
+    }
+
+    /// The page's one PostgreSQL statement, bound.
+    fn pg_statement<'q>(&'q self, rows: &'q [Box<dyn PageRows>], last: Position) -> PgQuery<'q> {
+        let mut query = sqlx::query(&self.pg_statement);
+        for (p, r) in self.projections.iter().zip(rows) {
+            if p.pg_part().is_some() {
+                query = r.bind_pg(query);
+            }
+        }
+        query
+            .bind(&self.names)
+            .bind(&self.versions)
+            .bind(i64::try_from(last.tx).unwrap_or(i64::MAX))
+            .bind(last.position)
+            .bind(chrono::Utc::now().timestamp_millis())
+    }
+
+    /// Writes a page's rows and the position inside a transaction.
+    async fn write(
+        &self,
+        conn: Conn<'_>,
+        log: &dyn LogReader,
+        rows: &[Box<dyn PageRows>],
+        last: Position,
+    ) -> Result<(), ProjectionError> {
+        match conn {
+            Conn::Postgres(c) => {
+                for (p, r) in self.projections.iter().zip(rows) {
+                    if p.pg_part().is_none() && !r.is_empty() {
+                        r.write(Conn::Postgres(&mut *c), &self.target, log).await?;
+                    }
+                }
+                self.pg_statement(rows, last).execute(&mut *c).await?;
+            }
+            Conn::Sqlite(c) => {
+                for r in rows.iter().filter(|r| !r.is_empty()) {
+                    r.write(Conn::Sqlite(&mut *c), &self.target, log).await?;
+                }
+                let now = chrono::Utc::now().timestamp_millis();
+                for (name, version) in self.names.iter().zip(&self.versions) {
+                    sqlx::query(POSITION_PUT)
+                        .bind(name)
+                        .bind(version)
+                        .bind(i64::try_from(last.tx).unwrap_or(i64::MAX))
+                        .bind(last.position)
+                        .bind(now)
+                        .execute(&mut *c)
+                        .await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Keeps the documents a page wrote.
+    fn remember(&mut self, written: Vec<RunDetail>) {
         if self.cache.len() + written.len() > DOC_CACHE_LIMIT {
             self.cache.clear();
         }
@@ -178,7 +224,6 @@ impl Applier {
                 self.cache.insert(doc.id.clone(), doc);
             }
         }
-        Ok(())
     }
 
     /// Hands each projection's collector what the page changes; returns the

@@ -22,6 +22,8 @@ pub trait LogReader: Send + Sync {
         aggregate_id: &'a str,
         after: u64,
     ) -> BoxFuture<'a, Result<Vec<Logged>, String>>;
+    /// How many events the log holds after `after` (for progress).
+    fn count_after(&self, after: Position) -> BoxFuture<'_, Result<u64, String>>;
 }
 
 /// Builds a log reader on a pool of the caller's (the follower's own).

@@ -25,6 +25,7 @@ mod follower;
 mod log;
 mod projection;
 mod reads;
+mod rebuild;
 mod run_details;
 mod run_messages;
 mod run_summaries;
@@ -40,6 +41,7 @@ pub use reads::{
     decode_cursor, ArtifactVersionRow, MessageView, Page, ProjectionPosition, ReadModels,
     RunSummary, TemplateView, DEFAULT_PAGE, MAX_PAGE,
 };
+pub use rebuild::{outdated, RebuildProgress, RebuildState, Rebuilds};
 
 use projection::Projection;
 
@@ -76,6 +78,12 @@ pub enum ProjectionError {
     /// The log could not be read.
     #[error("cannot read the log: {0}")]
     Log(String),
+    /// No read model has that name.
+    #[error("no projection is named '{0}'")]
+    UnknownProjection(String),
+    /// A rebuild of that projection is already running.
+    #[error("a rebuild of '{0}' is already running")]
+    RebuildRunning(String),
 }
 
 #[cfg(test)]

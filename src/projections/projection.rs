@@ -55,7 +55,6 @@ pub(super) trait Projection: Sync {
     fn version(&self) -> u32;
     /// The tables it owns, written by nothing else (a rebuild replaces all
     /// of them at once).
-    #[allow(dead_code)] // the rebuild reads it (next commit)
     fn tables(&self) -> &'static [&'static str];
     /// Its part of the page's one PostgreSQL statement: common table
     /// expressions (`name AS (…)`, comma-separated) whose parameters are
@@ -127,7 +126,6 @@ impl Target {
     }
 
     /// The rebuild copies of `tables`.
-    #[allow(dead_code)] // the rebuild builds one (next commit)
     pub(super) fn rebuild(tables: &[&'static str]) -> Self {
         Self {
             renamed: tables.to_vec(),
