@@ -75,6 +75,8 @@ use futures::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
+mod rebuild;
+
 use crate::app::Application;
 use crate::config::ServeSettings;
 
@@ -85,6 +87,8 @@ const DEFAULT_LATENCY_RUNS: usize = 200;
 const DEFAULT_THROUGHPUT_RUNS: usize = 1000;
 const DEFAULT_CONCURRENCY: usize = 32;
 const DEFAULT_REPEAT: usize = 5;
+const DEFAULT_REBUILD_EVENTS: u64 = 1_000_000;
+const DEFAULT_CATCH_UP_EVENTS: u64 = 100_000;
 const DEFAULT_WORKERS: usize = 4;
 const DEFAULT_WORKER_CONCURRENCY: usize = 1;
 /// W1 runs before L, not measured.
@@ -148,6 +152,9 @@ pub enum Scenario {
     W1,
     /// Start and cancel response times while in-process agents spin.
     Stall,
+    /// `runlog projections rebuild` over a big log, and a server's start
+    /// with its read models behind (`--events`, `--catch-up-events`).
+    Rebuild,
 }
 
 /// Benchmark settings.
@@ -198,6 +205,13 @@ pub struct BenchSettings {
     /// (`"comments": false`), as the engine ran before the thread existed.
     #[arg(long)]
     pub no_agent_comments: bool,
+    /// --scenario rebuild: events to fill the log with.
+    #[arg(long, default_value_t = DEFAULT_REBUILD_EVENTS)]
+    pub events: u64,
+    /// --scenario rebuild: events the read models are set behind by before
+    /// the timed start.
+    #[arg(long, default_value_t = DEFAULT_CATCH_UP_EVENTS)]
+    pub catch_up_events: u64,
 }
 
 /// Refuses settings that make no sense together.
@@ -233,6 +247,18 @@ fn check(settings: &BenchSettings) -> BenchResult<()> {
             return Err("--no-agent-comments does not apply to --scenario stall".into());
         }
     }
+    if settings.scenario == Scenario::Rebuild
+        && (remote || settings.server != ServerMode::Process || settings.no_agent_comments)
+    {
+        return Err(
+            "--scenario rebuild runs the server in its own process with in-process \
+                    agents; drop --agents, --server and --no-agent-comments"
+                .into(),
+        );
+    }
+    if settings.scenario == Scenario::Rebuild && settings.catch_up_events >= settings.events {
+        return Err("--catch-up-events must be below --events".into());
+    }
     if settings.agents == AgentsMode::RemoteExec && !Path::new("/bin/sh").exists() {
         return Err("--agents remote-exec needs /bin/sh".into());
     }
@@ -256,6 +282,7 @@ fn section_key(settings: &BenchSettings) -> String {
     let mut key = match settings.scenario {
         Scenario::W1 => backend.to_string(),
         Scenario::Stall => format!("stall-{backend}"),
+        Scenario::Rebuild => format!("rebuild-{backend}"),
     };
     if settings.no_agent_comments {
         key.push_str("-no-comments");
@@ -322,6 +349,14 @@ fn command_line(settings: &BenchSettings) -> String {
             if value != default {
                 flags.push_str(&format!(" {flag} {value}"));
             }
+        }
+    }
+    if settings.scenario == Scenario::Rebuild {
+        if settings.events != DEFAULT_REBUILD_EVENTS {
+            flags.push_str(&format!(" --events {}", settings.events));
+        }
+        if settings.catch_up_events != DEFAULT_CATCH_UP_EVENTS {
+            flags.push_str(&format!(" --catch-up-events {}", settings.catch_up_events));
         }
     }
     if settings.repeat != DEFAULT_REPEAT {
@@ -1539,6 +1574,7 @@ async fn drive_stall(port: u16) -> BenchResult<StallFigures> {
 enum Measured {
     W1(Figures),
     Stall(StallFigures),
+    Rebuild(rebuild::RebuildFigures),
 }
 
 async fn fresh_postgres(base: &str) -> BenchResult<String> {
@@ -1599,6 +1635,11 @@ async fn measure(
     database_url: Option<String>,
     processes: &mut Processes,
 ) -> BenchResult<Measured> {
+    if settings.scenario == Scenario::Rebuild {
+        return rebuild::drive(settings, dir, database_url, processes)
+            .await
+            .map(Measured::Rebuild);
+    }
     let remote = settings.agents != AgentsMode::InProcess;
     let token = worker_token(settings);
     let config = if remote {
@@ -1619,6 +1660,7 @@ async fn measure(
     let measured = match settings.scenario {
         Scenario::W1 => drive_w1(settings, port).await.map(Measured::W1),
         Scenario::Stall => drive_stall(port).await.map(Measured::Stall),
+        Scenario::Rebuild => unreachable!("measured above"),
     };
     measured.map_err(|e| {
         let dead = processes.dead_workers();
@@ -1947,6 +1989,7 @@ pub async fn run(settings: BenchSettings) -> Result<ExitCode, Box<dyn std::error
     let repeat = settings.repeat.max(1);
     let mut w1 = Vec::new();
     let mut stall = Vec::new();
+    let mut rebuilt = Vec::new();
     for i in 1..=repeat {
         match repetition(&settings)
             .await
@@ -1986,11 +2029,31 @@ pub async fn run(settings: BenchSettings) -> Result<ExitCode, Box<dyn std::error
                 );
                 stall.push(f);
             }
+            Measured::Rebuild(f) => {
+                let rebuilds: Vec<String> = f
+                    .rebuilds
+                    .iter()
+                    .map(|(name, secs, events)| {
+                        format!("{name} {secs:.1} s ({:.0} events/s)", *events as f64 / secs)
+                    })
+                    .collect();
+                eprintln!(
+                    "{key} repetition {i}/{repeat}: {} events; {}; start {:.2} s with {} \
+                     events behind, {:.2} s without",
+                    f.events,
+                    rebuilds.join(", "),
+                    f.catch_up.1,
+                    f.catch_up.0,
+                    f.idle_start_s
+                );
+                rebuilt.push(f);
+            }
         }
     }
     let section = match settings.scenario {
         Scenario::W1 => w1_section(&settings, &key, &w1),
         Scenario::Stall => stall_section(&settings, &key, &stall),
+        Scenario::Rebuild => rebuild::section(&settings, &key, &rebuilt),
     };
     println!("{section}");
     if !settings.no_write {
