@@ -1468,3 +1468,218 @@ on_both_backends!(
         assert_eq!(listed.items.len(), 1);
     }
 );
+
+/// `tests/fixtures/events/older_versions.json`: stored events of every
+/// older event version, and what each reads as today.
+fn older_versions() -> serde_json::Value {
+    serde_json::from_str(include_str!("fixtures/events/older_versions.json"))
+        .expect("the fixture is JSON")
+}
+
+/// A fixture entry's payload as the store keeps it (tagged by variant).
+fn tagged(entry: &serde_json::Value, field: &str) -> serde_json::Value {
+    let event_type = entry["event_type"].as_str().expect("event_type");
+    json!({ event_type: entry[field].clone() })
+}
+
+on_both_backends!(older_event_versions_load_through_the_upcasters, |backend| {
+    use cqrs_es::DomainEvent;
+    let Some((_storage, db)) = open(backend).await else {
+        return;
+    };
+    let fixture = older_versions();
+    let fixture_runs = fixture["runs"].as_array().expect("runs");
+    // Written as an older build wrote them, straight into the log.
+    for run in fixture_runs {
+        let run_id = run["run_id"].as_str().expect("run_id");
+        for (i, entry) in run["events"].as_array().expect("events").iter().enumerate() {
+            runlog::with_pool!(&db, pool => {
+                sqlx::query(
+                    "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, \
+                     event_version, payload, metadata) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                )
+                .bind("Run")
+                .bind(run_id)
+                .bind(i as i64 + 1)
+                .bind(entry["event_type"].as_str())
+                .bind(entry["event_version"].as_str())
+                .bind(tagged(entry, "stored"))
+                .bind(json!({"recorded_at": "fixture"}))
+                .execute(pool)
+                .await
+                .expect("insert a stored event");
+            });
+        }
+    }
+    let runs = AggregateStore::<Run>::new(&db, SNAPSHOT_EVERY);
+    let log = store::EventLog::new(db.clone());
+    let mut versions = BTreeSet::new();
+    for run in fixture_runs {
+        let run_id = run["run_id"].as_str().expect("run_id");
+        let entries = run["events"].as_array().expect("events");
+        let expected: Vec<RunEvent> = entries
+            .iter()
+            .map(|e| serde_json::from_value(tagged(e, "expected")).expect("an expected event"))
+            .collect();
+        for (entry, event) in entries.iter().zip(&expected) {
+            versions.insert(format!(
+                "{} {}",
+                entry["event_type"], entry["event_version"]
+            ));
+            // What the upcasters make of the stored payload: the expected
+            // payload, at the version this build writes.
+            let upcast = store::upcast::upcast(cqrs_es::persist::SerializedEvent::new(
+                run_id.into(),
+                1,
+                "Run".into(),
+                entry["event_type"].as_str().expect("type").into(),
+                entry["event_version"].as_str().expect("version").into(),
+                tagged(entry, "stored"),
+                json!({}),
+            ));
+            assert_eq!(upcast.payload, tagged(entry, "expected"), "{entry}");
+            assert_eq!(upcast.event_version, event.event_version(), "{entry}");
+        }
+        // Through the aggregate store (replay, actors).
+        let loaded: Vec<RunEvent> = runs
+            .load_events(run_id)
+            .await
+            .expect("the older events load")
+            .into_iter()
+            .map(|e| e.payload)
+            .collect();
+        assert_eq!(loaded, expected, "{run_id}");
+        let mut folded = Run::default();
+        for event in &expected {
+            folded.apply_event(event.clone());
+        }
+        let state = runs.load(run_id).await.expect("the run loads");
+        assert_eq!(state.sequence, expected.len());
+        assert_eq!(
+            serde_json::to_value(&state.state).expect("state"),
+            serde_json::to_value(&folded).expect("state")
+        );
+        // Through the log the projections and audit read.
+        let followed = log
+            .follow_aggregate("Run", run_id, 0)
+            .await
+            .expect("the log decodes them");
+        let followed: Vec<RunEvent> = followed
+            .iter()
+            .filter_map(|l| l.as_run().map(|(_, e)| e.clone()))
+            .collect();
+        assert_eq!(followed, expected, "{run_id}");
+    }
+    // Every older version of the catalogue is covered.
+    for needed in [
+        "RunStarted 1.0",
+        "RunStarted 1.1",
+        "StepDispatched 1.0",
+        "StepDispatched 1.1",
+        "StepCompleted 1.0",
+        "StepCompleted 1.1",
+        "StepFailed 1.0",
+        "StepFailed 1.1",
+        "CancelRequested 1.0",
+        "StepAwaitingReview 1.0",
+    ] {
+        let (event_type, version) = needed.split_once(' ').expect("pair");
+        assert!(
+            versions.contains(&format!("\"{event_type}\" \"{version}\"")),
+            "the fixture lacks {needed}: {versions:?}"
+        );
+    }
+    // And the read models build from them.
+    project_all(&db).await;
+    let reads = ReadModels::new(db.clone());
+    for (run_id, status) in [
+        ("fixture-old-1", "completed"),
+        ("fixture-old-2", "cancelled"),
+        ("fixture-old-3", "failed"),
+    ] {
+        let detail = reads
+            .run_detail(run_id)
+            .await
+            .expect("read")
+            .expect("a detail");
+        assert_eq!(detail.status.as_str(), status, "{run_id}");
+    }
+    let one = reads
+        .run_detail("fixture-old-1")
+        .await
+        .expect("read")
+        .expect("detail");
+    assert!(one.auto_run, "a 1.0 run ran its steps automatically");
+});
+
+on_both_backends!(
+    a_snapshot_of_another_version_is_ignored_never_misread,
+    |backend| {
+        let Some((_storage, db)) = open(backend).await else {
+            return;
+        };
+        let runs = AggregateStore::<Run>::new(&db, SNAPSHOT_EVERY);
+        let mut one = Writer::default();
+        let start = one
+            .state
+            .decide_with(start_command("run-snap", 10))
+            .expect("start");
+        one.commit(&runs, "run-snap", &start).await;
+        let done = one
+            .state
+            .decide_with(complete_command(&one.state, "a", 20))
+            .expect("a");
+        one.commit(&runs, "run-snap", &done).await;
+        assert!(one.sequence >= SNAPSHOT_EVERY, "a snapshot was written");
+        let payload: serde_json::Value = runlog::with_pool!(&db, pool => {
+            sqlx::query_scalar("SELECT payload FROM snapshots WHERE aggregate_id = 'run-snap'")
+                .fetch_one(pool)
+                .await
+                .expect("the snapshot")
+        });
+        assert_eq!(payload["snapshot_version"], 1, "{payload}");
+        let truth = serde_json::to_value(&one.state).expect("state");
+        assert_eq!(payload["state"], truth);
+        // A snapshot of an older shape that would read as a different state
+        // (here: a run with no steps), with an old version, or with none (as
+        // written before snapshots had versions).
+        let mut misleading = truth.clone();
+        misleading["steps"] = json!({});
+        for stored in [
+            json!({"snapshot_version": 0, "state": misleading.clone()}),
+            misleading.clone(),
+        ] {
+            runlog::with_pool!(&db, pool => {
+                sqlx::query("UPDATE snapshots SET payload = $1 WHERE aggregate_id = 'run-snap'")
+                    .bind(&stored)
+                    .execute(pool)
+                    .await
+                    .expect("tamper");
+            });
+            let loaded = runs.load("run-snap").await.expect("loads from the events");
+            assert_eq!(loaded.sequence, one.sequence);
+            assert_eq!(serde_json::to_value(&loaded.state).expect("state"), truth);
+            assert_eq!(loaded.snapshot, one.snapshot, "the counter is kept");
+        }
+        // The next snapshot replaces the ignored one.
+        for step in ["b", "c", "d"] {
+            let events = one
+                .state
+                .decide_with(complete_command(&one.state, step, 30))
+                .expect("complete");
+            one.commit(&runs, "run-snap", &events).await;
+        }
+        let payload: serde_json::Value = runlog::with_pool!(&db, pool => {
+            sqlx::query_scalar("SELECT payload FROM snapshots WHERE aggregate_id = 'run-snap'")
+                .fetch_one(pool)
+                .await
+                .expect("the snapshot")
+        });
+        assert_eq!(payload["snapshot_version"], 1, "{payload}");
+        let loaded = runs.load("run-snap").await.expect("loads");
+        assert_eq!(
+            serde_json::to_value(&loaded.state).expect("state"),
+            serde_json::to_value(&one.state).expect("state")
+        );
+    }
+);

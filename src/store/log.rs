@@ -321,17 +321,27 @@ impl EventLog {
 /// A stored event as its aggregate folds it.
 fn decode(entry: LogEntry) -> Result<Logged, StoreError> {
     use cqrs_es::Aggregate;
+    let sequence = entry.event.sequence;
+    let upcast = super::upcast::upcast(cqrs_es::persist::SerializedEvent::new(
+        entry.aggregate_id.clone(),
+        usize::try_from(sequence).unwrap_or_default(),
+        entry.aggregate_type.clone(),
+        entry.event.event_type,
+        entry.event.event_version,
+        entry.event.payload,
+        Value::Null,
+    ));
     let event = match entry.aggregate_type.as_str() {
-        Run::TYPE => LoggedEvent::Run(serde_json::from_value::<RunEvent>(entry.event.payload)?),
-        Template::TYPE => LoggedEvent::Template(serde_json::from_value::<TemplateEvent>(
-            entry.event.payload,
-        )?),
+        Run::TYPE => LoggedEvent::Run(serde_json::from_value::<RunEvent>(upcast.payload)?),
+        Template::TYPE => {
+            LoggedEvent::Template(serde_json::from_value::<TemplateEvent>(upcast.payload)?)
+        }
         _ => LoggedEvent::Other,
     };
     Ok(Logged {
         position: entry.position,
         aggregate_id: entry.aggregate_id,
-        sequence: u64::try_from(entry.event.sequence).unwrap_or_default(),
+        sequence: u64::try_from(sequence).unwrap_or_default(),
         event,
     })
 }

@@ -1,6 +1,7 @@
-//! Storage: the cqrs-es event stores (sqlite-es / postgres-es repositories
-//! behind `PersistedEventStore`), the content-addressed blob store, schema
-//! migrations and raw reads of the log for the API, replay and catch-up.
+//! Storage: the cqrs-es event repositories (sqlite-es / postgres-es), with
+//! versioned snapshots and the event upcasters (`upcast`), the
+//! content-addressed blob store, schema migrations and raw reads of the log
+//! for the API, replay and catch-up.
 //!
 //! Depends on `domain` and `db`; never on `projections`, `engine` or `api`.
 
@@ -9,14 +10,16 @@ mod blobs;
 mod log;
 mod migrate;
 mod tasks;
+pub mod upcast;
 
 use std::collections::HashMap;
 
 use cqrs_es::persist::{
-    PersistedEventRepository, PersistedEventStore, PersistenceError, SerializedEvent,
+    PersistedEventRepository, PersistenceError, SerializedEvent, SerializedSnapshot,
 };
-use cqrs_es::{Aggregate, AggregateError, EventEnvelope, EventStore};
+use cqrs_es::{Aggregate, AggregateError, EventEnvelope};
 use postgres_es::PostgresEventRepository;
+use serde_json::Value;
 use sqlite_es::SqliteEventRepository;
 
 pub use blobs::BlobStore;
@@ -26,6 +29,26 @@ pub use tasks::{ClaimedTask, NewTask, TaskQueue, TaskRef};
 
 use crate::db::Db;
 use crate::domain::log::Position;
+use crate::domain::run::Run;
+use crate::domain::template::Template;
+
+/// An aggregate whose state is stored in snapshots, with the version of
+/// that state's shape. Raise the version whenever the state's fields or
+/// the meaning of `apply` change: a snapshot of another version is then
+/// ignored (the aggregate is folded from its events, and the next snapshot
+/// replaces it), never misread.
+pub trait Snapshotted: Aggregate {
+    /// The version of the state's stored shape.
+    const SNAPSHOT_VERSION: u32;
+}
+
+impl Snapshotted for Run {
+    const SNAPSHOT_VERSION: u32 = 1;
+}
+
+impl Snapshotted for Template {
+    const SNAPSHOT_VERSION: u32 = 1;
+}
 
 /// Snapshot a run every this many events, so loading a long run reads one
 /// snapshot plus fewer than this many events.
@@ -87,58 +110,72 @@ pub struct Loaded<A> {
     pub snapshot: Option<usize>,
 }
 
-/// Loads go through cqrs-es's `PersistedEventStore` (snapshot + newer
-/// events, upcasters); appends go straight to the repository's `persist`,
-/// because `PersistedEventStore::commit` in cqrs-es 0.5 folds only the events
+/// The repository of one backend. Loads read the snapshot and the newer
+/// events from it, through the upcasters; appends go to its `persist` (or
+/// the group-commit appender), not through cqrs-es's
+/// `PersistedEventStore`: its `commit` in cqrs-es 0.5 folds only the events
 /// up to a snapshot boundary into the snapshot while the repositories record
-/// it at the commit's last event, so a commit that crosses a boundary with
-/// events to spare leaves a snapshot that skips them.
-enum Backend<A: Aggregate> {
-    Sqlite(
-        PersistedEventStore<SqliteEventRepository, A>,
-        SqliteEventRepository,
-    ),
-    Postgres(
-        PersistedEventStore<PostgresEventRepository, A>,
-        PostgresEventRepository,
-    ),
+/// it at the commit's last event, and its load cannot tell a snapshot of an
+/// older shape from a current one.
+enum Backend {
+    Sqlite(SqliteEventRepository),
+    Postgres(PostgresEventRepository),
+}
+
+/// A stored snapshot: `{"snapshot_version": N, "state": …}`. Snapshots
+/// written before versions existed hold the bare state: version 0.
+fn snapshot_payload<A: Snapshotted>(state: &A) -> Result<Value, serde_json::Error> {
+    Ok(serde_json::json!({
+        "snapshot_version": A::SNAPSHOT_VERSION,
+        "state": serde_json::to_value(state)?,
+    }))
+}
+
+/// The state a stored snapshot holds, if it is of this build's version.
+fn snapshot_state<A: Snapshotted>(payload: Value) -> Result<Option<A>, serde_json::Error> {
+    let version = payload.get("snapshot_version").and_then(Value::as_u64);
+    if version != Some(u64::from(A::SNAPSHOT_VERSION)) {
+        return Ok(None);
+    }
+    match payload {
+        Value::Object(mut object) => {
+            serde_json::from_value(object.remove("state").unwrap_or_default()).map(Some)
+        }
+        _ => Ok(None),
+    }
+}
+
+/// Stored events as their aggregate folds them, through the upcasters.
+fn envelopes<A: Aggregate>(
+    events: Vec<SerializedEvent>,
+) -> Result<Vec<EventEnvelope<A>>, StoreError> {
+    events
+        .into_iter()
+        .map(|event| Ok(EventEnvelope::<A>::try_from(upcast::upcast(event))?))
+        .collect()
 }
 
 /// The cqrs-es event store of one aggregate type, on either backend.
-pub struct AggregateStore<A: Aggregate> {
-    backend: Backend<A>,
+pub struct AggregateStore<A: Snapshotted> {
+    backend: Backend,
+    _aggregate: std::marker::PhantomData<fn() -> A>,
     appender: appender::Appender,
     log: EventLog,
     snapshot_every: usize,
 }
 
-impl<A: Aggregate + 'static> AggregateStore<A> {
+impl<A: Snapshotted + 'static> AggregateStore<A> {
     /// A store over `db` that snapshots every `snapshot_every` events (0:
     /// never). Starts its group-commit task, so it must be called inside a
     /// tokio runtime.
     pub fn new(db: &Db, snapshot_every: usize) -> Self {
         let backend = match db {
-            Db::Sqlite(pool) => {
-                let repo = SqliteEventRepository::new(pool.clone());
-                let store = if snapshot_every == 0 {
-                    PersistedEventStore::new_event_store(repo)
-                } else {
-                    PersistedEventStore::new_snapshot_store(repo, snapshot_every)
-                };
-                Backend::Sqlite(store, SqliteEventRepository::new(pool.clone()))
-            }
-            Db::Postgres(pool) => {
-                let repo = PostgresEventRepository::new(pool.clone());
-                let store = if snapshot_every == 0 {
-                    PersistedEventStore::new_event_store(repo)
-                } else {
-                    PersistedEventStore::new_snapshot_store(repo, snapshot_every)
-                };
-                Backend::Postgres(store, PostgresEventRepository::new(pool.clone()))
-            }
+            Db::Sqlite(pool) => Backend::Sqlite(SqliteEventRepository::new(pool.clone())),
+            Db::Postgres(pool) => Backend::Postgres(PostgresEventRepository::new(pool.clone())),
         };
         Self {
             backend,
+            _aggregate: std::marker::PhantomData,
             appender: appender::Appender::start(db.clone()),
             log: EventLog::new(db.clone()),
             snapshot_every,
@@ -168,25 +205,56 @@ impl<A: Aggregate + 'static> AggregateStore<A> {
             && sequence / self.snapshot_every != (sequence + events) / self.snapshot_every
     }
 
-    /// Loads an aggregate: its snapshot, if any, plus newer events.
+    /// Loads an aggregate: its snapshot, if any and of this build's
+    /// version, plus newer events (every event when there is none).
     pub async fn load(&self, id: &str) -> Result<Loaded<A>, StoreError> {
-        let context = match &self.backend {
-            Backend::Sqlite(s, _) => s.load_aggregate(id).await?,
-            Backend::Postgres(s, _) => s.load_aggregate(id).await?,
+        let stored: Option<SerializedSnapshot> = if self.snapshot_every == 0 {
+            None
+        } else {
+            match &self.backend {
+                Backend::Sqlite(repo) => repo.get_snapshot::<A>(id).await?,
+                Backend::Postgres(repo) => repo.get_snapshot::<A>(id).await?,
+            }
         };
+        // The stored counter is kept even when the state is not read: the
+        // next snapshot replaces that row.
+        let counter = stored.as_ref().map(|s| s.current_snapshot);
+        let (mut state, mut sequence) = match stored {
+            Some(snapshot) => match snapshot_state::<A>(snapshot.aggregate)? {
+                Some(state) => (state, snapshot.current_sequence),
+                None => {
+                    tracing::info!(
+                        aggregate_type = A::TYPE,
+                        aggregate_id = id,
+                        "ignoring a snapshot of another version; folding every event"
+                    );
+                    (A::default(), 0)
+                }
+            },
+            None => (A::default(), 0),
+        };
+        let events = match &self.backend {
+            Backend::Sqlite(repo) => repo.get_last_events::<A>(id, sequence).await?,
+            Backend::Postgres(repo) => repo.get_last_events::<A>(id, sequence).await?,
+        };
+        for envelope in envelopes::<A>(events)? {
+            sequence = envelope.sequence;
+            state.apply(envelope.payload);
+        }
         Ok(Loaded {
-            state: context.aggregate,
-            sequence: context.current_sequence,
-            snapshot: context.current_snapshot,
+            state,
+            sequence,
+            snapshot: counter,
         })
     }
 
     /// Every event of an aggregate, in order.
     pub async fn load_events(&self, id: &str) -> Result<Vec<EventEnvelope<A>>, StoreError> {
-        Ok(match &self.backend {
-            Backend::Sqlite(s, _) => s.load_events(id).await?,
-            Backend::Postgres(s, _) => s.load_events(id).await?,
-        })
+        let events = match &self.backend {
+            Backend::Sqlite(repo) => repo.get_events::<A>(id).await?,
+            Backend::Postgres(repo) => repo.get_events::<A>(id).await?,
+        };
+        envelopes(events)
     }
 
     /// Appends `events` after `sequence` in one transaction. `state` is the
@@ -229,7 +297,7 @@ impl<A: Aggregate + 'static> AggregateStore<A> {
             }
             let next = snapshot.map_or(1, |s| s + 1);
             (
-                Some((id.to_string(), serde_json::to_value(&after)?, next)),
+                Some((id.to_string(), snapshot_payload(&after)?, next)),
                 Some(next),
             )
         } else {
@@ -242,12 +310,12 @@ impl<A: Aggregate + 'static> AggregateStore<A> {
             // Every `snapshot_every` events: the repository writes the events
             // and the snapshot in one transaction, and does not say where
             // they went.
-            (Backend::Sqlite(_, repo), update) => {
+            (Backend::Sqlite(repo), update) => {
                 repo.persist::<A>(&serialized, update).await?;
                 crate::db::count_commit();
                 self.committed_position(id, last).await
             }
-            (Backend::Postgres(_, repo), update) => {
+            (Backend::Postgres(repo), update) => {
                 repo.persist::<A>(&serialized, update).await?;
                 crate::db::count_commit();
                 self.committed_position(id, last).await

@@ -84,8 +84,8 @@ pub enum RunEvent {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         redirected_from: Option<RunId>,
         /// Whether ready steps are dispatched without a user's trigger.
-        /// Added in 1.2; a 1.0/1.1 payload reads as `true`, its meaning.
-        #[serde(default = "crate::domain::yes")]
+        /// Added in 1.2; the store's upcaster gives a 1.0/1.1 payload
+        /// `true`, its meaning.
         auto_run: bool,
         /// When.
         at: Timestamp,
@@ -158,12 +158,11 @@ pub enum RunEvent {
         /// False for a failure while a cancel is pending: the run ends
         /// cancelled. Added in 1.1; a 1.0 payload lacks it and reads as
         /// `true`, which is what 1.0 meant (it only matters when
-        /// `will_retry` is false).
-        #[serde(default = "crate::domain::yes")]
+        /// `will_retry` is false); the store's upcaster gives it.
         fails_run: bool,
         /// Whether the agent said another attempt might help. Added in 1.2;
-        /// older payloads read as `true`, which is what they meant.
-        #[serde(default = "crate::domain::yes")]
+        /// the store's upcaster gives older payloads `true`, which is what
+        /// they meant.
         retryable: bool,
         /// When.
         at: Timestamp,
