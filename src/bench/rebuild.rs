@@ -182,11 +182,14 @@ async fn set_behind(data_dir: &Path, database_url: Option<&str>, count: u64) -> 
         .map_err(|e| format!("connecting to the benchmark database: {e}"))?;
     let result = async {
         let (order, after) = match &db {
-            Db::Postgres(_) => ("txid, position", "(txid, position) > ($1, $2)"),
+            Db::Postgres(_) => (
+                "txid, position",
+                "(txid, position) > (($1::bigint)::text::xid8, $2)",
+            ),
             Db::Sqlite(_) => ("rowid", "rowid > $2 AND $1 = $1"),
         };
         let position = match &db {
-            Db::Postgres(_) => "txid::bigint, position",
+            Db::Postgres(_) => "txid::text::bigint, position",
             Db::Sqlite(_) => "0, rowid",
         };
         let total: i64 = crate::with_pool!(&db, pool => {
