@@ -225,6 +225,7 @@ impl Application {
             log: EventLog::new(db.clone()),
             workers: WorkerAuth::new(file.worker_token.as_deref()),
             rebuilds: Rebuilds::new(db.clone(), log_readers()),
+            history: store::History::new(db.clone()),
         };
         rebuild_outdated(&db, &state.rebuilds, settings.rebuild_outdated).await;
         // What a crash left behind is listed before anything is served: runs

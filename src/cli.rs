@@ -53,6 +53,33 @@ enum Command {
         #[command(flatten)]
         storage: StorageSettings,
     },
+    /// Write the history of runs (their events as stored and the blobs
+    /// they reference) as JSON Lines, for `runlog import` elsewhere
+    /// (read-only: runs beside a server).
+    Export {
+        /// The runs.
+        run_ids: Vec<String>,
+        /// Every run.
+        #[arg(long, conflicts_with = "run_ids")]
+        all: bool,
+        /// Write to this file instead of standard output.
+        #[arg(long, short)]
+        output: Option<std::path::PathBuf>,
+        /// Storage.
+        #[command(flatten)]
+        storage: StorageSettings,
+    },
+    /// Load a history written by `runlog export` (a file, or - for
+    /// standard input) into this database, all or nothing: refused if a
+    /// run id exists here, a run had not finished, or the file is not
+    /// whole.
+    Import {
+        /// The file.
+        file: std::path::PathBuf,
+        /// Storage.
+        #[command(flatten)]
+        storage: StorageSettings,
+    },
     /// The read models: where each is in the log.
     Projections {
         /// What to do.
@@ -124,6 +151,13 @@ pub fn run() -> ExitCode {
             Command::Projections {
                 command: ProjectionsCommand::Rebuild { name, storage },
             } => projections_rebuild(name, storage).await,
+            Command::Export {
+                run_ids,
+                all,
+                output,
+                storage,
+            } => export(run_ids, all, output, storage).await,
+            Command::Import { file, storage } => import(file, storage).await,
             Command::Bench(settings) => crate::bench::run(settings).await,
             Command::Worker(settings) => crate::worker::run(settings).await,
             Command::FakeLlm(settings) => crate::fakellm::run(settings).await,
@@ -215,6 +249,91 @@ async fn projections_list(json: bool, storage: StorageSettings) -> CliResult {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+async fn export(
+    run_ids: Vec<String>,
+    all: bool,
+    output: Option<std::path::PathBuf>,
+    storage: StorageSettings,
+) -> CliResult {
+    use std::io::Write;
+    if run_ids.is_empty() && !all {
+        eprintln!("error: name the runs to export, or --all");
+        return Ok(ExitCode::from(2));
+    }
+    // Read-only, like replay.
+    let db = Db::open_existing(storage.database_url.as_deref(), &storage.data_dir).await?;
+    let history = crate::store::History::new(db.clone());
+    let ids = if all {
+        EventLog::new(db.clone()).run_ids(None).await?
+    } else {
+        run_ids
+    };
+    let unknown = history.unknown(&ids).await?;
+    if !unknown.is_empty() {
+        db.close().await;
+        eprintln!("error: no run {} in this database", unknown.join(", "));
+        return Ok(ExitCode::from(2));
+    }
+    let mut out: Box<dyn Write> = match &output {
+        Some(path) => Box::new(std::io::BufWriter::new(std::fs::File::create(path)?)),
+        None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
+    };
+    let counts = history
+        .export(&ids, |line| {
+            serde_json::to_writer(&mut out, line)?;
+            out.write_all(b"\n")
+        })
+        .await;
+    db.close().await;
+    let counts = counts?;
+    out.flush()?;
+    eprintln!(
+        "exported {} runs ({} events, {} blobs){}",
+        counts.runs,
+        counts.events,
+        counts.blobs,
+        output.map_or(String::new(), |p| format!(" to {}", p.display()))
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn import(file: std::path::PathBuf, storage: StorageSettings) -> CliResult {
+    use crate::store::ImportError;
+    let input: Box<dyn std::io::BufRead> = if file.as_os_str() == "-" {
+        Box::new(std::io::BufReader::new(std::io::stdin()))
+    } else {
+        match std::fs::File::open(&file) {
+            Ok(f) => Box::new(std::io::BufReader::new(f)),
+            Err(e) => {
+                eprintln!("error: cannot open {}: {e}", file.display());
+                return Ok(ExitCode::from(2));
+            }
+        }
+    };
+    let db = open_database(&storage).await?;
+    let result = crate::store::History::new(db.clone()).import(input).await;
+    db.close().await;
+    match result {
+        Ok(counts) => {
+            println!(
+                "imported {} runs ({} events, {} blobs); a server on this database shows them \
+                 once its read models have applied them",
+                counts.runs, counts.events, counts.blobs
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e @ ImportError::Format { .. }) => {
+            eprintln!("error: {}: {e}; nothing imported", file.display());
+            Ok(ExitCode::from(2))
+        }
+        Err(e @ (ImportError::Exists(_) | ImportError::Unfinished(_))) => {
+            eprintln!("error: {e}");
+            Ok(ExitCode::FAILURE)
+        }
+        Err(ImportError::Store(e)) => Err(e.into()),
+    }
 }
 
 async fn projections_rebuild(name: String, storage: StorageSettings) -> CliResult {

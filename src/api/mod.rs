@@ -36,6 +36,8 @@ pub struct ApiState {
     pub log: EventLog,
     /// Who may call the worker endpoints.
     pub workers: WorkerAuth,
+    /// Run histories (export).
+    pub history: crate::store::History,
     /// Projection rebuilds (admin endpoints).
     pub rebuilds: crate::projections::Rebuilds,
 }
@@ -91,6 +93,7 @@ pub fn configure(state: ApiState) -> impl FnOnce(&mut web::ServiceConfig) {
                     .service(resource("/runs/{id}/steps/{step}/retry").post(steering::retry_step))
                     .service(resource("/runs/{id}/steps/{step}/trigger").post(steering::trigger))
                     .service(resource("/runs/{id}/events").get(runs::events))
+                    .service(resource("/runs/{id}/export").get(runs::export))
                     .service(resource("/runs/{id}/artifacts/{name}").get(runs::artifact))
                     .service(
                         resource("/runs/{id}/artifacts/{name}/rollback").post(steering::rollback),

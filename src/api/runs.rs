@@ -372,3 +372,35 @@ pub(super) async fn cancel(
     state.engine.cancel(&id, body.reason).await?;
     controlled(&state, &id).await
 }
+
+/// `GET /api/runs/{id}/export`: the run's history as JSON Lines, as
+/// `runlog export RUN` writes it (`runlog import` loads it elsewhere).
+pub(super) async fn export(
+    state: web::Data<ApiState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let id = run_id(&path)?;
+    let ids = vec![id.to_string()];
+    if !state.history.unknown(&ids).await?.is_empty() {
+        return Err(ApiError::not_found(
+            "run_not_found",
+            format!("run '{id}' not found"),
+        ));
+    }
+    let mut body = Vec::new();
+    state
+        .history
+        .export(&ids, |line| {
+            serde_json::to_writer(&mut body, line)?;
+            body.push(b'\n');
+            Ok(())
+        })
+        .await?;
+    Ok(HttpResponse::Ok()
+        .content_type("application/x-ndjson")
+        .insert_header((
+            "Content-Disposition",
+            format!("attachment; filename=\"run-{id}.jsonl\""),
+        ))
+        .body(body))
+}

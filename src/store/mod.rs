@@ -7,6 +7,7 @@
 
 mod appender;
 mod blobs;
+mod history;
 mod log;
 mod migrate;
 mod tasks;
@@ -23,6 +24,7 @@ use serde_json::Value;
 use sqlite_es::SqliteEventRepository;
 
 pub use blobs::BlobStore;
+pub use history::{History, HistoryCounts, ImportError, FORMAT_VERSION};
 pub use log::{EventLog, LogEntry, RecordedEvent};
 pub use migrate::migrate;
 pub use tasks::{ClaimedTask, NewTask, TaskQueue, TaskRef};

@@ -8,6 +8,7 @@ mod admin;
 mod agents;
 mod concurrency;
 mod control;
+mod history;
 mod human;
 mod limits;
 mod llm;
