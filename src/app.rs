@@ -49,6 +49,27 @@ pub enum AppError {
     /// The read models could not be caught up.
     #[error("projection catch-up failed: {0}")]
     Projections(#[from] crate::projections::ProjectionError),
+    /// Another `runlog serve` holds this SQLite database.
+    #[error(
+        "another runlog serve{holder} holds the SQLite database {path} (lock {lock}); \
+             SQLite serves one process: stop it first, or use PostgreSQL for many nodes"
+    )]
+    Locked {
+        /// The database file.
+        path: String,
+        /// The lock file.
+        lock: String,
+        /// ` (pid N)` when the lock file says.
+        holder: String,
+    },
+    /// The serving lock could not be taken.
+    #[error("cannot take the serving lock {lock}: {source}")]
+    Lock {
+        /// The lock file.
+        lock: String,
+        /// Why.
+        source: std::io::Error,
+    },
     /// The address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -57,6 +78,82 @@ pub enum AppError {
         /// Why.
         source: std::io::Error,
     },
+}
+
+/// Held by the process serving a SQLite database for as long as it
+/// serves: an exclusive lock on `<database>.serve-lock` (`flock`, released
+/// by the kernel however the process ends), so a second `serve` on the
+/// same database is refused instead of running every run twice.
+struct ServeLock {
+    _file: std::fs::File,
+}
+
+/// How long a second `serve` waits for the lock before it gives up (a
+/// server that is stopping still holds it for a few seconds).
+const SERVE_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+impl ServeLock {
+    /// Takes the lock of `db` if it is a SQLite file (PostgreSQL serves
+    /// many nodes; an in-memory database is this process's alone).
+    async fn take(db: &Db) -> Result<Option<Self>, AppError> {
+        let Db::Sqlite(pool) = db else {
+            return Ok(None);
+        };
+        let options = pool.connect_options();
+        let database = options.get_filename();
+        if database.as_os_str().is_empty() || database.as_os_str() == ":memory:" {
+            return Ok(None);
+        }
+        let mut lock = database.as_os_str().to_owned();
+        lock.push(".serve-lock");
+        let lock = std::path::PathBuf::from(lock);
+        let failed = |source| AppError::Lock {
+            lock: lock.display().to_string(),
+            source,
+        };
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&lock)
+            .map_err(failed)?;
+        let deadline = std::time::Instant::now() + SERVE_LOCK_WAIT;
+        let mut said = false;
+        loop {
+            match file.try_lock() {
+                Ok(()) => break,
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    if std::time::Instant::now() >= deadline {
+                        let holder = std::fs::read_to_string(&lock)
+                            .ok()
+                            .and_then(|pid| pid.trim().parse::<u32>().ok())
+                            .map_or(String::new(), |pid| format!(" (pid {pid})"));
+                        return Err(AppError::Locked {
+                            path: database.display().to_string(),
+                            lock: lock.display().to_string(),
+                            holder,
+                        });
+                    }
+                    if !said {
+                        said = true;
+                        tracing::warn!(lock = %lock.display(),
+                            "another runlog serve holds this SQLite database; waiting up to 10 s for it to stop");
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+                Err(std::fs::TryLockError::Error(e)) => return Err(failed(e)),
+            }
+        }
+        // Says who holds it (for the error a second process prints).
+        use std::io::{Seek, Write};
+        let pid = std::process::id().to_string();
+        file.set_len(0)
+            .and_then(|()| file.rewind())
+            .and_then(|()| file.write_all(pid.as_bytes()))
+            .map_err(failed)?;
+        Ok(Some(Self { _file: file }))
+    }
 }
 
 /// The engine tells the follower where its commits went.
@@ -168,6 +265,8 @@ pub struct Application {
     queue_db: Db,
     /// The read models' follower, stopped after the engine.
     projector: Projector,
+    /// SQLite: this process's claim on the database, released last.
+    _serve_lock: Option<ServeLock>,
 }
 
 impl Application {
@@ -186,6 +285,13 @@ impl Application {
         let file = FileConfig::load(settings.config.as_deref())?;
         let agents = agent_registry(&file)?;
         let db = open_database(&settings.storage).await?;
+        let serve_lock = match ServeLock::take(&db).await {
+            Ok(lock) => lock,
+            Err(e) => {
+                db.close().await;
+                return Err(e);
+            }
+        };
         let projector = start_projector(&db);
         let head = EventLog::new(db.clone())
             .last_committed()
@@ -305,6 +411,7 @@ impl Application {
             projector,
             db,
             queue_db,
+            _serve_lock: serve_lock,
         })
     }
 
@@ -339,6 +446,7 @@ impl Application {
         self.projector.stop().await;
         self.queue_db.close().await;
         self.db.close().await;
+        drop(self._serve_lock);
         result
     }
 }

@@ -142,7 +142,7 @@ fn filler(i: usize) -> RunEvent {
             attempt: round,
             lease: LeaseToken::new(format!("lease-{i}")),
             reads: BTreeMap::new(),
-            recovered: i % 8 == 0,
+            recovered: i.is_multiple_of(8),
             prompt_override: None,
             instructions: Vec::new(),
             at,

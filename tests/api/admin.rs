@@ -428,3 +428,42 @@ on_both_backends!(
         }
     }
 );
+
+#[actix_web::test]
+async fn a_second_server_on_one_sqlite_database_is_refused_with_the_holder_named() {
+    let Some(app) = spawn_app(crate::common::Backend::Sqlite).await else {
+        return;
+    };
+    let data_dir = app.storage.data_dir.display().to_string();
+    let started = std::time::Instant::now();
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_runlog"))
+            .args(["serve", "--bind", "127.0.0.1:0", "--data-dir", &data_dir])
+            .env("RUST_LOG", "warn")
+            .output()
+            .expect("the runlog binary runs")
+    })
+    .await
+    .expect("the blocking task completes");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("another runlog serve") && stderr.contains("holds the SQLite database"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("(pid {})", std::process::id())),
+        "{stderr}"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_secs(9),
+        "it waited for the holder to stop"
+    );
+    // The first server still serves.
+    let (status, _) = app.get("/api/runs").await;
+    assert_eq!(status, 200);
+    // Once it has stopped, another may start on the same database.
+    let storage = app.stop_keeping_storage().await;
+    let again = crate::common::spawn_app_on(storage).await;
+    assert_eq!(again.get("/api/runs").await.0, 200);
+}
