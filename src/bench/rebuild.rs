@@ -6,7 +6,8 @@
 //!    `--events` events; it is then stopped.
 //! 2. Each read model is rebuilt by `runlog projections rebuild NAME`, a
 //!    process of its own as an operator runs it; timed from spawn to exit.
-//! 3. Catch-up: the read-model rows of every run with an event among the
+//! 3. `runlog replay --verify --all` over every run, its own process.
+//! 4. Catch-up: the read-model rows of every run with an event among the
 //!    last `--catch-up-events` of the log are deleted and the positions set
 //!    back to before them (as if the server had stopped that far behind);
 //!    a server is started and timed from spawn to listening (it catches up
@@ -42,6 +43,8 @@ pub(super) struct RebuildFigures {
     pub catch_up: (u64, f64),
     /// A start with nothing to catch up, wall seconds.
     pub idle_start_s: f64,
+    /// `replay --verify --all`: runs checked, wall seconds.
+    pub verify: (usize, f64),
 }
 
 /// The repetition (the caller made `dir` and the database, and stops what
@@ -120,6 +123,28 @@ pub(super) async fn drive(
         rebuilds.push((name.to_string(), took, applied));
     }
 
+    // The audit over every run: `replay --verify --all`, its own process.
+    let mut args = vec!["replay", "--verify", "--all"];
+    args.extend(storage.iter().map(String::as_str));
+    let started = Instant::now();
+    let output = own_command(&args)?
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .map_err(|e| format!("running runlog replay --verify --all: {e}"))?;
+    let verify_s = started.elapsed().as_secs_f64();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    if !output.status.success() {
+        return Err(format!("runlog replay --verify --all failed: {stderr}").into());
+    }
+    // "verify: N runs checked, D divergent, B behind"
+    let verified = stderr
+        .split("verify: ")
+        .filter_map(|rest| rest.split(" runs checked").next())
+        .find_map(|n| n.trim().parse::<usize>().ok())
+        .ok_or_else(|| format!("unexpected output of replay --verify --all: {stderr}"))?;
+    eprintln!("  verified {verified} runs in {verify_s:.1} s");
+
     let behind = set_behind(&data_dir, database_url.as_deref(), settings.catch_up_events).await?;
     let started = Instant::now();
     let (server, _) = start_server(settings, dir, database_url.clone(), None).await?;
@@ -142,6 +167,7 @@ pub(super) async fn drive(
         rebuilds,
         catch_up: (behind, catch_up_s),
         idle_start_s,
+        verify: (verified, verify_s),
     })
 }
 
@@ -290,6 +316,17 @@ pub(super) fn section(settings: &BenchSettings, key: &str, all: &[RebuildFigures
         "\nServer start with {behind} events to catch up: {} s; with nothing to catch up: {} s.\n",
         spread(catch_up, 2),
         spread(idle, 2)
+    ));
+    let verified = all.first().map_or(0, |f| f.verify.0);
+    let verify_s: Vec<f64> = all.iter().map(|f| f.verify.1).collect();
+    let verify_rate: Vec<f64> = all
+        .iter()
+        .map(|f| f.verify.0 as f64 / f.verify.1.max(1e-9))
+        .collect();
+    out.push_str(&format!(
+        "\n`runlog replay --verify --all` (its own process) over the {verified} runs: {} s, {} runs/s.\n",
+        spread(verify_s, 1),
+        spread(verify_rate, 0)
     ));
     out.push_str(&format!("\n`{}`\n", super::command_line(settings).trim()));
     out
