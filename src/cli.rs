@@ -266,7 +266,17 @@ async fn export(
     let db = Db::open_existing(storage.database_url.as_deref(), &storage.data_dir).await?;
     let history = crate::store::History::new(db.clone());
     let ids = if all {
-        EventLog::new(db.clone()).run_ids(None).await?
+        // Only finished runs: an import refuses the others (a server
+        // there would resume them).
+        let every = EventLog::new(db.clone()).run_ids(None).await?;
+        let finished = history.finished(&every).await?;
+        if finished.len() < every.len() {
+            eprintln!(
+                "note: {} unfinished runs left out (name them to export them anyway)",
+                every.len() - finished.len()
+            );
+        }
+        finished
     } else {
         run_ids
     };

@@ -14,8 +14,10 @@ use crate::domain::log::{Logged, LoggedEvent, Position};
 use crate::domain::run::RunEvent;
 use crate::domain::template::TemplateEvent;
 use crate::with_pool;
+use sqlx::Row;
 
 const POSITIONS_PUT_PG: &str = include_str!("sql/follower/page_put.pg.sql");
+const GUARD_PG: &str = include_str!("sql/follower/page_guard.pg.sql");
 const POSITION_PUT: &str = include_str!("sql/follower/position_put.sql");
 const POSITIONS_GET: &str = include_str!("sql/follower/positions_get.sql");
 
@@ -31,6 +33,9 @@ pub(super) struct Applier {
     names: Vec<String>,
     /// Their code versions (recorded with a position row's first write).
     versions: Vec<i64>,
+    /// Their generations as last read: a page is written only while they
+    /// are current (a rebuild's swap raises its projection's).
+    generations: Vec<i64>,
     /// The page's one PostgreSQL statement.
     pg_statement: String,
     /// Whether the run detail documents are among them (then one the cache
@@ -45,7 +50,9 @@ impl Applier {
     /// An applier of `projections` into `target`.
     pub(super) fn new(projections: Vec<&'static dyn Projection>, target: Target) -> Self {
         let mut pg_statement = String::from("WITH\n");
-        let mut offset = 0;
+        pg_statement.push_str(GUARD_PG.trim_end());
+        pg_statement.push_str(",\n");
+        let mut offset = 2;
         for part in projections.iter().filter_map(|p| p.pg_part()) {
             let (text, highest) = shift_parameters(&target.sql(part), offset);
             pg_statement.push_str(text.trim_end());
@@ -54,13 +61,14 @@ impl Applier {
         }
         let (positions, _) = shift_parameters(POSITIONS_PUT_PG, offset);
         pg_statement.push_str(positions.trim_end());
-        pg_statement.push_str("\nSELECT 1");
+        pg_statement.push_str("\nSELECT current FROM guard");
         Self {
             names: projections
                 .iter()
                 .map(|p| target.name(p.name()).into_owned())
                 .collect(),
             versions: projections.iter().map(|p| i64::from(p.version())).collect(),
+            generations: vec![0; projections.len()],
             stores_documents: projections.iter().any(|p| p.name() == run_details::NAME),
             projections,
             target,
@@ -69,15 +77,21 @@ impl Applier {
         }
     }
 
-    /// The position all its projections have applied (the lowest stored;
-    /// the start of the log if one has none).
-    pub(super) async fn stored_position(&self, db: &Db) -> Result<Position, ProjectionError> {
-        let rows: Vec<(String, i64, i64)> = with_pool!(db, pool => {
+    /// Reads its projections' stored positions and generations; returns
+    /// the position all of them have applied (the lowest stored; the start
+    /// of the log if one has none).
+    pub(super) async fn stored_position(&mut self, db: &Db) -> Result<Position, ProjectionError> {
+        let rows: Vec<(String, i64, i64, i64)> = with_pool!(db, pool => {
             sqlx::query_as(POSITIONS_GET).fetch_all(pool).await?
         });
+        self.generations = self
+            .names
+            .iter()
+            .map(|name| rows.iter().find(|r| &r.0 == name).map_or(0, |r| r.3))
+            .collect();
         let mut lowest: Option<Position> = None;
         for name in &self.names {
-            let Some((_, tx, position)) = rows.iter().find(|(n, _, _)| n == name) else {
+            let Some((_, tx, position, _)) = rows.iter().find(|r| &r.0 == name) else {
                 return Ok(Position::START);
             };
             let p = Position {
@@ -99,7 +113,9 @@ impl Applier {
     /// position, in one transaction.
     ///
     /// The documents the page builds on are read first, outside the write
-    /// (an applier is the only writer of its target); the rows then go in
+    /// (an applier is the only writer of its target but for a rebuild's
+    /// swap, which the generations catch: then nothing is written and
+    /// [`ProjectionError::Swapped`] says so); the rows then go in
     /// at once: on PostgreSQL one statement, which is its own transaction
     /// (a page with rows of a projection that writes with statements of its
     /// own takes a transaction of a few).
@@ -121,8 +137,12 @@ impl Applier {
                     == 0
                 {
                     // One statement is one transaction: no BEGIN / COMMIT
-                    // round trips.
-                    self.pg_statement(&rows, last).execute(pool).await?;
+                    // round trips. It wrote nothing if a swap intervened.
+                    let current: bool =
+                        self.pg_statement(&rows, last).fetch_one(pool).await?.get(0);
+                    if !current {
+                        return Err(ProjectionError::Swapped);
+                    }
                 } else {
                     let mut tx = pool.begin_write().await?;
                     self.write(Conn::Postgres(&mut tx), log, &rows, last)
@@ -158,9 +178,12 @@ impl Applier {
         Ok(())
     }
 
-    /// The page's one PostgreSQL statement, bound.
+    /// The page's one PostgreSQL statement, bound; it returns whether the
+    /// generations were current (else it wrote nothing).
     fn pg_statement<'q>(&'q self, rows: &'q [Box<dyn PageRows>], last: Position) -> PgQuery<'q> {
-        let mut query = sqlx::query(&self.pg_statement);
+        let mut query = sqlx::query(&self.pg_statement)
+            .bind(&self.names)
+            .bind(&self.generations);
         for (p, r) in self.projections.iter().zip(rows) {
             if p.pg_part().is_some() {
                 query = r.bind_pg(query);
@@ -174,7 +197,9 @@ impl Applier {
             .bind(chrono::Utc::now().timestamp_millis())
     }
 
-    /// Writes a page's rows and the position inside a transaction.
+    /// Writes a page's rows and the position inside a transaction; fails
+    /// with [`ProjectionError::Swapped`] (the caller must not commit) when a
+    /// projection's generation moved since its documents were read.
     async fn write(
         &self,
         conn: Conn<'_>,
@@ -189,9 +214,30 @@ impl Applier {
                         r.write(Conn::Postgres(&mut *c), &self.target, log).await?;
                     }
                 }
-                self.pg_statement(rows, last).execute(&mut *c).await?;
+                let current: bool = self
+                    .pg_statement(rows, last)
+                    .fetch_one(&mut *c)
+                    .await?
+                    .get(0);
+                if !current {
+                    return Err(ProjectionError::Swapped);
+                }
             }
             Conn::Sqlite(c) => {
+                // Inside the write lock: a swap cannot come between this
+                // check and the commit.
+                let stored: Vec<(String, i64)> =
+                    sqlx::query_as("SELECT name, generation FROM projection_positions")
+                        .fetch_all(&mut *c)
+                        .await?;
+                let moved = self
+                    .names
+                    .iter()
+                    .zip(&self.generations)
+                    .any(|(name, g)| stored.iter().any(|(n, stored)| n == name && stored != g));
+                if moved {
+                    return Err(ProjectionError::Swapped);
+                }
                 for r in rows.iter().filter(|r| !r.is_empty()) {
                     r.write(Conn::Sqlite(&mut *c), &self.target, log).await?;
                 }

@@ -216,6 +216,7 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// has nothing new, wait to be woken.
 async fn follow(db: Db, log: Box<dyn LogReader>, shared: Arc<Shared>) {
     let mut applier = Applier::new(super::ALL.to_vec(), Target::live());
+    // (stored_position also reads the generations the page writes check.)
     let mut at = loop {
         match applier.stored_position(&db).await {
             Ok(position) => break position,
@@ -288,6 +289,18 @@ async fn follow(db: Db, log: Box<dyn LogReader>, shared: Arc<Shared>) {
                 }
                 busy_look = BUSY_LOOK;
                 read_failures = 0;
+            }
+            Err(ProjectionError::Swapped) => {
+                // A rebuild swapped its tables in: what this follower held
+                // (its documents, the generations) describes the old ones.
+                // Its position stays (the swapped-in tables are at or past
+                // it); the page is applied again from the new tables.
+                tracing::info!(%at, "a rebuilt projection was swapped in; applying the page again from it");
+                applier.forget();
+                if let Err(e) = applier.stored_position(&db).await {
+                    tracing::error!(error = %e, "cannot read the projections' generations; retrying");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
             }
             Err(e) => {
                 // Never skipped: the page is applied again until it goes in

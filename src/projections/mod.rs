@@ -81,6 +81,10 @@ pub enum ProjectionError {
     /// No read model has that name.
     #[error("no projection is named '{0}'")]
     UnknownProjection(String),
+    /// A rebuild swapped a projection in while a page was being applied:
+    /// nothing was written; the page is applied again from the new tables.
+    #[error("a rebuilt projection was swapped in meanwhile")]
+    Swapped,
     /// A rebuild of that projection is already running.
     #[error("a rebuild of '{0}' is already running")]
     RebuildRunning(String),

@@ -34,15 +34,23 @@ use crate::db::{BeginWrite, Commits, Db};
 use crate::domain::ids::Timestamp;
 use crate::domain::log::Position;
 
+/// How many times a swap that timed out waiting for the live tables' lock
+/// is tried.
+const SWAP_ATTEMPTS: u32 = 5;
+
+/// Whether PostgreSQL gave up waiting for a lock (`lock_timeout`).
+fn lock_timed_out(e: &sqlx::Error) -> bool {
+    e.as_database_error()
+        .and_then(|d| d.code())
+        .is_some_and(|code| code == "55P03")
+}
+
 /// Events read and applied per transaction while rebuilding.
 const REBUILD_PAGE: i64 = 2048;
 
 const POSITION_GET: &str = "SELECT tx, position FROM projection_positions WHERE name = $1";
 const POSITION_DELETE: &str = "DELETE FROM projection_positions WHERE name = $1";
-const POSITION_SET: &str =
-    "INSERT INTO projection_positions (name, version, tx, position, updated_at) \
-     VALUES ($1, $2, $3, $4, $5) ON CONFLICT (name) DO UPDATE SET version = excluded.version, \
-     tx = excluded.tx, position = excluded.position, updated_at = excluded.updated_at";
+const POSITION_SET: &str = include_str!("sql/follower/position_swap.sql");
 
 /// How far a rebuild is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -143,10 +151,7 @@ impl Rebuilds {
             .find(|p| p.name() == name)
             .ok_or_else(|| ProjectionError::UnknownProjection(name.to_string()))?;
         let mut latest = self.latest.lock().unwrap_or_else(|e| e.into_inner());
-        if latest
-            .get(projection.name())
-            .is_some_and(|p| !p.borrow().is_finished())
-        {
+        if latest.get(projection.name()).is_some_and(running) {
             return Err(ProjectionError::RebuildRunning(name.to_string()));
         }
         let (progress, watching) = watch::channel(RebuildProgress::starting(name));
@@ -176,9 +181,22 @@ impl Rebuilds {
         let latest = self.latest.lock().unwrap_or_else(|e| e.into_inner());
         latest
             .iter()
-            .map(|(name, p)| ((*name).to_string(), p.borrow().clone()))
+            .map(|(name, p)| {
+                let mut progress = p.borrow().clone();
+                if !progress.is_finished() && !running(p) {
+                    progress.state = RebuildState::Failed;
+                    progress.error = Some("the rebuild stopped unexpectedly (see the log)".into());
+                }
+                ((*name).to_string(), progress)
+            })
             .collect()
     }
+}
+
+/// Whether a rebuild is still going: not finished, and its task (the
+/// sender) still alive; one that died without a word has stopped.
+fn running(progress: &watch::Receiver<RebuildProgress>) -> bool {
+    !progress.borrow().is_finished() && progress.has_changed().is_ok()
 }
 
 /// The projections whose stored version is older than their code's (each
@@ -233,21 +251,8 @@ async fn run(
 ) -> Result<(), ProjectionError> {
     let name = projection.name();
     // Held until the end: a rebuild of the same projection in another
-    // process is refused (PostgreSQL; SQLite serves one process).
-    let _guard = match db {
-        Db::Postgres(pool) => {
-            let mut conn = pool.acquire().await?;
-            let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtext($1))")
-                .bind(format!("runlog.rebuild.{name}"))
-                .fetch_one(&mut *conn)
-                .await?;
-            if !locked {
-                return Err(ProjectionError::RebuildRunning(name.to_string()));
-            }
-            Some(conn)
-        }
-        Db::Sqlite(_) => None,
-    };
+    // process is refused.
+    let guard = RebuildLock::take(db, name).await?;
     let built = build(db, log, projection, progress).await;
     if built.is_err() {
         // Best effort, while still holding the lock: do not leave the
@@ -256,7 +261,80 @@ async fn run(
             tracing::warn!(projection = name, error = %e, "cannot drop the rebuild's tables");
         }
     }
+    // Released before the result is told: a rebuild asked for as soon as
+    // this one is done must not find it still held.
+    guard.release(name).await;
     built
+}
+
+/// One rebuild of a projection at a time across processes: on PostgreSQL
+/// the session advisory lock `hashtext('runlog.rebuild.<name>')` on a
+/// connection held for the rebuild; on SQLite an exclusive `flock` on
+/// `<database>.rebuild-<name>.lock`. Both go with the process.
+enum RebuildLock {
+    Postgres(sqlx::pool::PoolConnection<sqlx::Postgres>),
+    Sqlite {
+        /// Held for its lock; closed (unlocked) when dropped.
+        _file: Option<std::fs::File>,
+    },
+}
+
+impl RebuildLock {
+    async fn take(db: &Db, name: &str) -> Result<Self, ProjectionError> {
+        match db {
+            Db::Postgres(pool) => {
+                let mut conn = pool.acquire().await?;
+                let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtext($1))")
+                    .bind(format!("runlog.rebuild.{name}"))
+                    .fetch_one(&mut *conn)
+                    .await?;
+                if !locked {
+                    return Err(ProjectionError::RebuildRunning(name.to_string()));
+                }
+                Ok(Self::Postgres(conn))
+            }
+            Db::Sqlite(pool) => {
+                let options = pool.connect_options();
+                let database = options.get_filename();
+                if database.as_os_str().is_empty() || database.as_os_str() == ":memory:" {
+                    return Ok(Self::Sqlite { _file: None });
+                }
+                let mut path = database.as_os_str().to_owned();
+                path.push(format!(".rebuild-{name}.lock"));
+                let file = std::fs::OpenOptions::new()
+                    .create(true)
+                    .truncate(false)
+                    .write(true)
+                    .open(&path)
+                    .map_err(|e| {
+                        ProjectionError::Log(format!("cannot open the rebuild lock: {e}"))
+                    })?;
+                match file.try_lock() {
+                    Ok(()) => Ok(Self::Sqlite { _file: Some(file) }),
+                    Err(std::fs::TryLockError::WouldBlock) => {
+                        Err(ProjectionError::RebuildRunning(name.to_string()))
+                    }
+                    Err(std::fs::TryLockError::Error(e)) => Err(ProjectionError::Log(format!(
+                        "cannot take the rebuild lock: {e}"
+                    ))),
+                }
+            }
+        }
+    }
+
+    async fn release(self, name: &str) {
+        if let Self::Postgres(mut conn) = self {
+            let unlocked = sqlx::query("SELECT pg_advisory_unlock(hashtext($1))")
+                .bind(format!("runlog.rebuild.{name}"))
+                .execute(&mut *conn)
+                .await;
+            if unlocked.is_err() {
+                // The lock goes with the session: close it rather than
+                // hand a locked connection back to the pool.
+                let _ = sqlx::Connection::close(conn.detach()).await;
+            }
+        }
+    }
 }
 
 /// Fills the fresh tables and swaps them in (the caller holds the lock).
@@ -320,11 +398,27 @@ async fn build(
         }
     }
     report(applied, RebuildState::Swapping);
-    let swapped = swap(db, log, projection, &mut applier, at).await;
-    if swapped.is_err() {
-        applier.forget();
-    }
-    let (at, caught_up) = swapped?;
+    // A swap that could not lock the live tables in time (a long reader)
+    // is tried again a few times; nothing of it was committed.
+    let mut attempt = 1;
+    let (at, caught_up) = loop {
+        let swapped = swap(db, log, projection, &mut applier, at).await;
+        if swapped.is_err() {
+            applier.forget();
+        }
+        match swapped {
+            Err(ProjectionError::Database(e)) if lock_timed_out(&e) && attempt < SWAP_ATTEMPTS => {
+                tracing::warn!(
+                    projection = name,
+                    attempt,
+                    "the live tables stayed busy; trying the swap again"
+                );
+                attempt += 1;
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+            other => break other?,
+        }
+    };
     applied += caught_up;
     report(applied, RebuildState::Swapping);
     tracing::info!(projection = name, events = applied, %at,
@@ -395,6 +489,11 @@ async fn swap(
     match db {
         Db::Postgres(pool) => {
             let mut tx = pool.begin().await?;
+            // Behind a long reader the lock would queue every reader of the
+            // table: give up after a while and let the caller try again.
+            sqlx::query("SET LOCAL lock_timeout = '5s'")
+                .execute(&mut *tx)
+                .await?;
             for table in projection.tables() {
                 sqlx::query(&format!("LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE"))
                     .execute(&mut *tx)
@@ -402,18 +501,12 @@ async fn swap(
             }
             let live = live_position(Conn::Postgres(&mut tx), name).await?;
             while at < live {
-                let page = log
-                    .read_after(at, REBUILD_PAGE)
-                    .await
-                    .map_err(ProjectionError::Log)?;
-                let Some(last) = page.last().map(|e| e.position) else {
-                    break;
-                };
+                let (last, events) = next_page(log, at, live).await?;
                 applier
-                    .apply_in(Conn::Postgres(&mut tx), db, log, &page, last)
+                    .apply_in(Conn::Postgres(&mut tx), db, log, &events, last)
                     .await?;
                 at = last;
-                caught_up += page.len() as u64;
+                caught_up += events.len() as u64;
             }
             for table in projection.tables() {
                 // The live indexes' names, by what they index.
@@ -467,18 +560,12 @@ async fn swap(
             let mut tx = pool.begin_write().await?;
             let live = live_position(Conn::Sqlite(&mut tx), name).await?;
             while at < live {
-                let page = log
-                    .read_after(at, REBUILD_PAGE)
-                    .await
-                    .map_err(ProjectionError::Log)?;
-                let Some(last) = page.last().map(|e| e.position) else {
-                    break;
-                };
+                let (last, events) = next_page(log, at, live).await?;
                 applier
-                    .apply_in(Conn::Sqlite(&mut tx), db, log, &page, last)
+                    .apply_in(Conn::Sqlite(&mut tx), db, log, &events, last)
                     .await?;
                 at = last;
-                caught_up += page.len() as u64;
+                caught_up += events.len() as u64;
             }
             for table in projection.tables() {
                 // SQLite cannot rename an index: the live ones are made
@@ -507,6 +594,26 @@ async fn swap(
         }
     }
     Ok((at, caught_up))
+}
+
+/// The swap's next page of catch-up, which must exist: the live tables
+/// have applied up to `live`, so the log holds it (a rebuilt table behind
+/// the follower would miss events for good).
+async fn next_page(
+    log: &dyn LogReader,
+    at: Position,
+    live: Position,
+) -> Result<(Position, Vec<crate::domain::log::Logged>), ProjectionError> {
+    let page = log
+        .read_after(at, REBUILD_PAGE)
+        .await
+        .map_err(ProjectionError::Log)?;
+    match page.last().map(|e| e.position) {
+        Some(last) => Ok((last, page)),
+        None => Err(ProjectionError::Log(format!(
+            "the log ends at {at} but the live projection is at {live}; not swapping"
+        ))),
+    }
 }
 
 /// An index definition without its name and table: what it indexes.

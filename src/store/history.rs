@@ -92,13 +92,44 @@ impl History {
 
     /// The runs of `run_ids` that the log has none of.
     pub async fn unknown(&self, run_ids: &[String]) -> Result<Vec<String>, StoreError> {
-        let mut unknown = Vec::new();
+        let present = self.present(run_ids.iter()).await?;
+        Ok(run_ids
+            .iter()
+            .filter(|id| !present.contains(id))
+            .cloned()
+            .collect())
+    }
+
+    /// The runs of `run_ids` that have finished (folded from their events:
+    /// completed, failed or cancelled), the ones an import accepts.
+    pub async fn finished(&self, run_ids: &[String]) -> Result<Vec<String>, StoreError> {
+        let mut done = Vec::new();
         for id in run_ids {
-            if self.log.events_of("Run", id, 0, 1).await?.is_empty() {
-                unknown.push(id.clone());
+            let mut events = Vec::new();
+            let mut after = 0;
+            loop {
+                let page = self.log.events_of("Run", id, after, 1000).await?;
+                let Some(last) = page.last().map(|e| e.sequence) else {
+                    break;
+                };
+                events.extend(page.into_iter().map(|e| {
+                    SerializedEvent::new(
+                        id.clone(),
+                        usize::try_from(e.sequence).unwrap_or_default(),
+                        "Run".into(),
+                        e.event_type,
+                        e.event_version,
+                        e.payload,
+                        e.metadata,
+                    )
+                }));
+                after = last;
+            }
+            if finished(&events) {
+                done.push(id.clone());
             }
         }
-        Ok(unknown)
+        Ok(done)
     }
 
     /// Writes the history of `run_ids` (each known to the log), one JSON
@@ -168,7 +199,7 @@ impl History {
         let file = parse(input)?;
         // Refused before anything is written.
         let exists = self
-            .runs_present(file.runs.keys())
+            .present(file.runs.keys())
             .await
             .map_err(ImportError::Store)?;
         if !exists.is_empty() {
@@ -218,10 +249,8 @@ impl History {
         Ok(counts)
     }
 
-    async fn runs_present(
-        &self,
-        ids: impl Iterator<Item = &String>,
-    ) -> Result<Vec<String>, StoreError> {
+    /// The runs of `ids` the log has events of.
+    async fn present(&self, ids: impl Iterator<Item = &String>) -> Result<Vec<String>, StoreError> {
         let mut present = Vec::new();
         for id in ids {
             if !self.log.events_of("Run", id, 0, 1).await?.is_empty() {

@@ -65,6 +65,12 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../../schema/sqlite/008_projection_positions.sql"),
         postgres: include_str!("../../schema/postgres/008_projection_positions.sql"),
     },
+    Migration {
+        version: 9,
+        name: "projection_generations",
+        sqlite: include_str!("../../schema/sqlite/009_projection_generations.sql"),
+        postgres: include_str!("../../schema/postgres/009_projection_generations.sql"),
+    },
 ];
 
 const CREATE_TABLE: &str = "CREATE TABLE IF NOT EXISTS runlog_migrations \

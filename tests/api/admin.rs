@@ -467,3 +467,61 @@ async fn a_second_server_on_one_sqlite_database_is_refused_with_the_holder_named
     let again = crate::common::spawn_app_on(storage).await;
     assert_eq!(again.get("/api/runs").await.0, 200);
 }
+
+on_both_backends!(
+    a_run_that_goes_on_across_a_swap_keeps_the_rebuilt_document,
+    |backend| {
+        let Some(app) = spawn_app(backend).await else {
+            return;
+        };
+        let template = app.template_id("diamond", diamond(0)).await;
+        // In manual mode the run stays running, waiting for triggers.
+        let (status, body) = app
+            .post(
+                "/api/runs",
+                json!({"template_id": template, "input": {"topic": "owls"}, "auto_run": false}),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+        let run = body["id"].as_str().expect("id").to_string();
+        let truth = app.run(&run).await;
+        assert_eq!(truth["input"]["topic"], "owls");
+        tamper(
+            &app,
+            &[&format!(
+                "UPDATE run_details SET doc = REPLACE(doc, '\"owls\"', '\"cats\"') WHERE run_id = '{run}'"
+            )],
+        )
+        .await;
+        // After a restart the follower holds the damaged document from its
+        // next event on, as a follower holds any document it wrote.
+        let storage = app.stop_keeping_storage().await;
+        let app = crate::common::spawn_app_on(storage).await;
+        let (status, _) = app.post_message(&run, json!({"content": "first"})).await;
+        assert_eq!(status, 201);
+        assert_eq!(app.run(&run).await["input"]["topic"], "cats");
+
+        let (status, body) = app
+            .post("/api/admin/projections/run_details/rebuild", json!({}))
+            .await;
+        assert_eq!(status, 202, "{body}");
+        let item = rebuilt(&app, "run_details").await;
+        assert_eq!(item["rebuild"]["state"], "done", "{item}");
+        assert_eq!(app.run(&run).await["input"]["topic"], "owls");
+        // The run goes on: its next events land on the rebuilt document,
+        // not on the one the follower held before the swap.
+        for content in ["second", "third"] {
+            let (status, _) = app.post_message(&run, json!({"content": content})).await;
+            assert_eq!(status, 201);
+        }
+        let after = app.run(&run).await;
+        assert_eq!(after["input"]["topic"], "owls", "{after}");
+        let out = app.cli(&["replay", &run, "--verify"]).await;
+        assert!(
+            out.status.success(),
+            "{} {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+);

@@ -218,6 +218,29 @@ on_both_backends!(
             without_blob.join("\n"),
             "the end record counts",
         ));
+        // … and with the end record made to agree: still refused.
+        let mut agreeing: Vec<String> = without_blob.iter().map(|l| l.to_string()).collect();
+        let last = agreeing.len() - 1;
+        let mut end: Value = serde_json::from_str(&agreeing[last]).expect("JSON");
+        end["blobs"] = json!(end["blobs"].as_u64().unwrap_or(1) - 1);
+        agreeing[last] = end.to_string();
+        bad.push((
+            "a missing blob, counts agreeing",
+            agreeing.join("\n"),
+            "is referenced but not in the file",
+        ));
+        // An event left out: the next one does not follow.
+        let gap: Vec<&str> = all
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != 3)
+            .map(|(_, l)| *l)
+            .collect();
+        bad.push((
+            "a gap",
+            gap.join("\n"),
+            "events must follow each other from 1",
+        ));
         bad.push(("empty", String::new(), "empty"));
 
         let Some(target) = Storage::new(backend).await else {
@@ -249,6 +272,22 @@ on_both_backends!(
         assert!(String::from_utf8_lossy(&out.stderr).contains("no run nope"));
         let out = app.cli(&["export"]).await;
         assert_eq!(out.status.code(), Some(2));
+        // --all leaves unfinished runs out, and says so.
+        let out = app.cli(&["export", "--all"]).await;
+        assert!(out.status.success());
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("1 unfinished runs left out"),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let header: Value = serde_json::from_str(
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .next()
+                .expect("a header"),
+        )
+        .expect("JSON");
+        assert_eq!(header["runs"], json!([big]));
     }
 );
 

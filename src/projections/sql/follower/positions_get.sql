@@ -1,1 +1,1 @@
-SELECT name, tx, position FROM projection_positions
+SELECT name, tx, position, generation FROM projection_positions

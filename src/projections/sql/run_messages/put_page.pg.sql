@@ -10,6 +10,7 @@ messages AS (
     SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[],
                          $6::jsonb[], $7::text[], $8::text[], $9::text[], $10::text[],
                          $11::bigint[], $12::bigint[], $13::bigint[])
+     WHERE (SELECT current FROM guard)
     -- A message already stored (a page re-applied after its document fell
     -- behind) still takes the status changes folded into this insert.
     ON CONFLICT (run_id, message) DO UPDATE
@@ -26,4 +27,5 @@ messages AS (
                   $19::bigint[], $20::text[])
            AS u (r, n, s, re, t, q, st)
      WHERE m.run_id = u.r AND m.message = u.n AND m.last_sequence < u.q
+       AND (SELECT current FROM guard)
 )

@@ -4,6 +4,7 @@ summaries AS (
                                updated_at, last_sequence, agents, lease_expires_at, refine)
     SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::text[], $5::bigint[],
                          $6::bigint[], $7::bigint[], $8::text[], $9::bigint[], $10::jsonb[])
+     WHERE (SELECT current FROM guard)
     ON CONFLICT (run_id) DO UPDATE SET status = excluded.status, updated_at = excluded.updated_at,
                                        last_sequence = excluded.last_sequence,
                                        agents = excluded.agents,
