@@ -576,7 +576,9 @@ async fn killed_at_random_the_read_models_still_equal_a_rebuild(backend: Backend
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos() as u64);
-    let quick = json!({"delay_ms": 20});
+    // Each step takes longer than the latest kill (200 ms after the
+    // starts), so every kill cuts steps off, whatever the seed.
+    let quick = json!({"delay_ms": 250});
     let definition = json!({"steps": {
         "a": {"agent": "echo", "config": quick},
         "b": {"agent": "echo", "depends_on": ["a"], "config": quick},

@@ -27,7 +27,7 @@ const DOC_CACHE_LIMIT: usize = 10_000;
 
 /// Applies pages of the log to some projections, in one target.
 pub(super) struct Applier {
-    projections: Vec<&'static dyn Projection>,
+    projections: Vec<&'static Projection>,
     target: Target,
     /// Their position rows' names in the target.
     names: Vec<String>,
@@ -48,12 +48,12 @@ pub(super) struct Applier {
 
 impl Applier {
     /// An applier of `projections` into `target`.
-    pub(super) fn new(projections: Vec<&'static dyn Projection>, target: Target) -> Self {
+    pub(super) fn new(projections: Vec<&'static Projection>, target: Target) -> Self {
         let mut pg_statement = String::from("WITH\n");
         pg_statement.push_str(GUARD_PG.trim_end());
         pg_statement.push_str(",\n");
         let mut offset = 2;
-        for part in projections.iter().filter_map(|p| p.pg_part()) {
+        for part in projections.iter().filter_map(|p| p.pg_part) {
             let (text, highest) = shift_parameters(&target.sql(part), offset);
             pg_statement.push_str(text.trim_end());
             pg_statement.push_str(",\n");
@@ -65,11 +65,11 @@ impl Applier {
         Self {
             names: projections
                 .iter()
-                .map(|p| target.name(p.name()).into_owned())
+                .map(|p| target.name(p.name).into_owned())
                 .collect(),
-            versions: projections.iter().map(|p| i64::from(p.version())).collect(),
+            versions: projections.iter().map(|p| i64::from(p.version)).collect(),
             generations: vec![0; projections.len()],
-            stores_documents: projections.iter().any(|p| p.name() == run_details::NAME),
+            stores_documents: projections.iter().any(|p| p.name == run_details::NAME),
             projections,
             target,
             pg_statement,
@@ -126,13 +126,14 @@ impl Applier {
         page: &[Logged],
         last: Position,
     ) -> Result<(), ProjectionError> {
-        let mut rows: Vec<Box<dyn PageRows>> = self.projections.iter().map(|p| p.rows()).collect();
+        let mut rows: Vec<Box<dyn PageRows>> =
+            self.projections.iter().map(|p| (p.rows)()).collect();
         let written = self.collect(db, log, page, &mut rows).await?;
         match db {
             Db::Postgres(pool) => {
                 let own = self.projections.iter().zip(&rows);
                 if own
-                    .filter(|(p, r)| p.pg_part().is_none() && !r.is_empty())
+                    .filter(|(p, r)| p.pg_part.is_none() && !r.is_empty())
                     .count()
                     == 0
                 {
@@ -171,7 +172,8 @@ impl Applier {
         page: &[Logged],
         last: Position,
     ) -> Result<(), ProjectionError> {
-        let mut rows: Vec<Box<dyn PageRows>> = self.projections.iter().map(|p| p.rows()).collect();
+        let mut rows: Vec<Box<dyn PageRows>> =
+            self.projections.iter().map(|p| (p.rows)()).collect();
         let written = self.collect(db, log, page, &mut rows).await?;
         self.write(conn, log, &rows, last).await?;
         self.remember(written);
@@ -185,7 +187,7 @@ impl Applier {
             .bind(&self.names)
             .bind(&self.generations);
         for (p, r) in self.projections.iter().zip(rows) {
-            if p.pg_part().is_some() {
+            if p.pg_part.is_some() {
                 query = r.bind_pg(query);
             }
         }
@@ -210,7 +212,7 @@ impl Applier {
         match conn {
             Conn::Postgres(c) => {
                 for (p, r) in self.projections.iter().zip(rows) {
-                    if p.pg_part().is_none() && !r.is_empty() {
+                    if p.pg_part.is_none() && !r.is_empty() {
                         r.write(Conn::Postgres(&mut *c), &self.target, log).await?;
                     }
                 }

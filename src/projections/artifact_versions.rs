@@ -14,25 +14,13 @@ const PUT: &str = include_str!("sql/artifact_versions/put.sql");
 const PUT_PAGE_PG: &str = include_str!("sql/artifact_versions/put_page.pg.sql");
 
 /// The artifact versions.
-pub(super) struct ArtifactVersions;
-
-impl Projection for ArtifactVersions {
-    fn name(&self) -> &'static str {
-        "artifact_versions"
-    }
-    fn version(&self) -> u32 {
-        1
-    }
-    fn tables(&self) -> &'static [&'static str] {
-        &["artifact_versions"]
-    }
-    fn pg_part(&self) -> Option<&'static str> {
-        Some(PUT_PAGE_PG)
-    }
-    fn rows(&self) -> Box<dyn PageRows> {
-        Box::<Rows>::default()
-    }
-}
+pub(super) const ARTIFACT_VERSIONS: Projection = Projection {
+    name: "artifact_versions",
+    version: 1,
+    tables: &["artifact_versions"],
+    pg_part: Some(PUT_PAGE_PG),
+    rows: || Box::<Rows>::default(),
+};
 
 /// One artifact version.
 struct Row {

@@ -1,6 +1,7 @@
 //! What every read model is to the follower: a named, versioned
 //! [`Projection`] that owns its tables and, for each page of the log,
-//! collects the rows the page implies ([`PageRows`]) and writes them.
+//! collects the rows the page implies and writes them (the one small
+//! trait, [`PageRows`]).
 //!
 //! The follower ([`super::apply::Applier`]) does the shared work: it reads
 //! the page, groups it by run and template, keeps each run's detail
@@ -33,6 +34,16 @@ pub(super) enum Conn<'c> {
     Postgres(&'c mut sqlx::PgConnection),
 }
 
+impl Conn<'_> {
+    /// The same connection, for one more call.
+    pub(super) fn reborrow(&mut self) -> Conn<'_> {
+        match self {
+            Self::Sqlite(c) => Conn::Sqlite(c),
+            Self::Postgres(c) => Conn::Postgres(c),
+        }
+    }
+}
+
 /// Runs the same sqlx code on whichever backend `conn` is.
 macro_rules! with_conn {
     ($conn:expr, $c:ident => $body:expr) => {
@@ -44,25 +55,28 @@ macro_rules! with_conn {
 }
 pub(super) use with_conn;
 
-/// One read model.
-pub(super) trait Projection: Sync {
+/// One read model: what it is called and owns, and how a page becomes its
+/// rows (its [`PageRows`], the behaviour). Each read model's file declares
+/// one as a constant.
+#[derive(Debug)]
+pub(super) struct Projection {
     /// Its name: what operators name it by and its row in
     /// `projection_positions`.
-    fn name(&self) -> &'static str;
+    pub name: &'static str,
     /// The version of the code that builds it. Raised whenever a change
     /// means rows built before are wrong or incomplete; a stored version
     /// below it asks for a rebuild.
-    fn version(&self) -> u32;
+    pub version: u32,
     /// The tables it owns, written by nothing else (a rebuild replaces all
     /// of them at once).
-    fn tables(&self) -> &'static [&'static str];
+    pub tables: &'static [&'static str],
     /// Its part of the page's one PostgreSQL statement: common table
     /// expressions (`name AS (…)`, comma-separated) whose parameters are
     /// numbered from `$1`; `None` if it writes with statements of its own
     /// ([`PageRows::write`]) on PostgreSQL too.
-    fn pg_part(&self) -> Option<&'static str>;
+    pub pg_part: Option<&'static str>,
     /// A collector for one page.
-    fn rows(&self) -> Box<dyn PageRows>;
+    pub rows: fn() -> Box<dyn PageRows>,
 }
 
 /// A run whose events a page applies.

@@ -48,6 +48,8 @@ fn lock_timed_out(e: &sqlx::Error) -> bool {
 /// Events read and applied per transaction while rebuilding.
 const REBUILD_PAGE: i64 = 2048;
 
+const PG_INDEXES: &str = "SELECT indexname, indexdef FROM pg_indexes \
+     WHERE schemaname = current_schema() AND tablename = $1";
 const POSITION_GET: &str = "SELECT tx, position FROM projection_positions WHERE name = $1";
 const POSITION_DELETE: &str = "DELETE FROM projection_positions WHERE name = $1";
 const POSITION_SET: &str = include_str!("sql/follower/position_swap.sql");
@@ -148,14 +150,14 @@ impl Rebuilds {
         let projection = super::ALL
             .iter()
             .copied()
-            .find(|p| p.name() == name)
+            .find(|p| p.name == name)
             .ok_or_else(|| ProjectionError::UnknownProjection(name.to_string()))?;
         let mut latest = self.latest.lock().unwrap_or_else(|e| e.into_inner());
-        if latest.get(projection.name()).is_some_and(running) {
+        if latest.get(projection.name).is_some_and(running) {
             return Err(ProjectionError::RebuildRunning(name.to_string()));
         }
         let (progress, watching) = watch::channel(RebuildProgress::starting(name));
-        latest.insert(projection.name(), watching.clone());
+        latest.insert(projection.name, watching.clone());
         drop(latest);
         let log = self.log.clone();
         crate::db::spawn_dedicated(
@@ -208,9 +210,9 @@ pub async fn outdated(db: &Db) -> Result<Vec<(String, u32, u32)>, ProjectionErro
     Ok(super::ALL
         .iter()
         .filter_map(|p| {
-            let (_, stored) = rows.iter().find(|(n, _)| n == p.name())?;
+            let (_, stored) = rows.iter().find(|(n, _)| n == p.name)?;
             let stored = u32::try_from(*stored).unwrap_or(0);
-            (stored < p.version()).then(|| (p.name().to_string(), stored, p.version()))
+            (stored < p.version).then(|| (p.name.to_string(), stored, p.version))
         })
         .collect())
 }
@@ -222,7 +224,7 @@ pub async fn outdated(db: &Db) -> Result<Vec<(String, u32, u32)>, ProjectionErro
 pub(super) async fn rebuild(
     db: &Db,
     log: &dyn LogReader,
-    projection: &'static dyn Projection,
+    projection: &'static Projection,
     progress: &watch::Sender<RebuildProgress>,
 ) -> Result<(), ProjectionError> {
     let result = run(db, log, projection, progress).await;
@@ -238,7 +240,7 @@ pub(super) async fn rebuild(
         }
     });
     if let Err(e) = &result {
-        tracing::error!(projection = projection.name(), error = %e, "rebuild failed; the live tables are unchanged");
+        tracing::error!(projection = projection.name, error = %e, "rebuild failed; the live tables are unchanged");
     }
     result
 }
@@ -246,10 +248,10 @@ pub(super) async fn rebuild(
 async fn run(
     db: &Db,
     log: &dyn LogReader,
-    projection: &'static dyn Projection,
+    projection: &'static Projection,
     progress: &watch::Sender<RebuildProgress>,
 ) -> Result<(), ProjectionError> {
-    let name = projection.name();
+    let name = projection.name;
     // Held until the end: a rebuild of the same projection in another
     // process is refused.
     let guard = RebuildLock::take(db, name).await?;
@@ -341,10 +343,10 @@ impl RebuildLock {
 async fn build(
     db: &Db,
     log: &dyn LogReader,
-    projection: &'static dyn Projection,
+    projection: &'static Projection,
     progress: &watch::Sender<RebuildProgress>,
 ) -> Result<(), ProjectionError> {
-    let name = projection.name();
+    let name = projection.name;
     let started = Instant::now();
     let total = log
         .count_after(Position::START)
@@ -353,7 +355,7 @@ async fn build(
     progress.send_modify(|p| p.events_total = total);
     tracing::info!(projection = name, events = total, "rebuilding from the log");
     create_fresh(db, projection).await?;
-    let mut applier = Applier::new(vec![projection], Target::rebuild(projection.tables()));
+    let mut applier = Applier::new(vec![projection], Target::rebuild(projection.tables));
     let mut at = Position::START;
     let mut applied: u64 = 0;
     let mut last_log = Instant::now();
@@ -427,12 +429,12 @@ async fn build(
 }
 
 /// Creates the fresh tables (dropping any an interrupted rebuild left).
-async fn create_fresh(db: &Db, projection: &dyn Projection) -> Result<(), ProjectionError> {
+async fn create_fresh(db: &Db, projection: &Projection) -> Result<(), ProjectionError> {
     drop_fresh(db, projection).await?;
     match db {
         Db::Postgres(pool) => {
             let mut tx = pool.begin().await?;
-            for table in projection.tables() {
+            for table in projection.tables {
                 sqlx::query(&format!(
                     "CREATE TABLE {table}{REBUILD_SUFFIX} (LIKE {table} INCLUDING ALL)"
                 ))
@@ -443,7 +445,7 @@ async fn create_fresh(db: &Db, projection: &dyn Projection) -> Result<(), Projec
         }
         Db::Sqlite(pool) => {
             let mut tx = pool.begin_write().await?;
-            for table in projection.tables() {
+            for table in projection.tables {
                 let sql: String = sqlx::query_scalar(
                     "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = $1",
                 )
@@ -460,10 +462,10 @@ async fn create_fresh(db: &Db, projection: &dyn Projection) -> Result<(), Projec
 }
 
 /// Drops the fresh tables and their position row.
-async fn drop_fresh(db: &Db, projection: &dyn Projection) -> Result<(), ProjectionError> {
-    let position = format!("{}{REBUILD_SUFFIX}", projection.name());
+async fn drop_fresh(db: &Db, projection: &Projection) -> Result<(), ProjectionError> {
+    let position = format!("{}{REBUILD_SUFFIX}", projection.name);
     crate::with_pool!(db, pool => {
-        for table in projection.tables() {
+        for table in projection.tables {
             sqlx::query(&format!("DROP TABLE IF EXISTS {table}{REBUILD_SUFFIX}"))
                 .execute(pool)
                 .await?;
@@ -478,14 +480,14 @@ async fn drop_fresh(db: &Db, projection: &dyn Projection) -> Result<(), Projecti
 async fn swap(
     db: &Db,
     log: &dyn LogReader,
-    projection: &'static dyn Projection,
+    projection: &'static Projection,
     applier: &mut Applier,
     mut at: Position,
 ) -> Result<(Position, u64), ProjectionError> {
-    let name = projection.name();
+    let name = projection.name;
     let fresh_position = format!("{name}{REBUILD_SUFFIX}");
     let now = chrono::Utc::now().timestamp_millis();
-    let mut caught_up = 0;
+    let caught_up;
     match db {
         Db::Postgres(pool) => {
             let mut tx = pool.begin().await?;
@@ -494,36 +496,22 @@ async fn swap(
             sqlx::query("SET LOCAL lock_timeout = '5s'")
                 .execute(&mut *tx)
                 .await?;
-            for table in projection.tables() {
+            for table in projection.tables {
                 sqlx::query(&format!("LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE"))
                     .execute(&mut *tx)
                     .await?;
             }
-            let live = live_position(Conn::Postgres(&mut tx), name).await?;
-            while at < live {
-                let (last, events) = next_page(log, at, live).await?;
-                applier
-                    .apply_in(Conn::Postgres(&mut tx), db, log, &events, last)
-                    .await?;
-                at = last;
-                caught_up += events.len() as u64;
-            }
-            for table in projection.tables() {
+            (at, caught_up) = catch_up(Conn::Postgres(&mut tx), db, log, name, applier, at).await?;
+            for table in projection.tables {
                 // The live indexes' names, by what they index.
-                let live: Vec<(String, String)> = sqlx::query_as(
-                    "SELECT indexname, indexdef FROM pg_indexes \
-                      WHERE schemaname = current_schema() AND tablename = $1",
-                )
-                .bind(table)
-                .fetch_all(&mut *tx)
-                .await?;
-                let fresh: Vec<(String, String)> = sqlx::query_as(
-                    "SELECT indexname, indexdef FROM pg_indexes \
-                      WHERE schemaname = current_schema() AND tablename = $1",
-                )
-                .bind(format!("{table}{REBUILD_SUFFIX}"))
-                .fetch_all(&mut *tx)
-                .await?;
+                let live: Vec<(String, String)> = sqlx::query_as(PG_INDEXES)
+                    .bind(table)
+                    .fetch_all(&mut *tx)
+                    .await?;
+                let fresh: Vec<(String, String)> = sqlx::query_as(PG_INDEXES)
+                    .bind(format!("{table}{REBUILD_SUFFIX}"))
+                    .fetch_all(&mut *tx)
+                    .await?;
                 sqlx::query(&format!("DROP TABLE {table}"))
                     .execute(&mut *tx)
                     .await?;
@@ -558,16 +546,8 @@ async fn swap(
         }
         Db::Sqlite(pool) => {
             let mut tx = pool.begin_write().await?;
-            let live = live_position(Conn::Sqlite(&mut tx), name).await?;
-            while at < live {
-                let (last, events) = next_page(log, at, live).await?;
-                applier
-                    .apply_in(Conn::Sqlite(&mut tx), db, log, &events, last)
-                    .await?;
-                at = last;
-                caught_up += events.len() as u64;
-            }
-            for table in projection.tables() {
+            (at, caught_up) = catch_up(Conn::Sqlite(&mut tx), db, log, name, applier, at).await?;
+            for table in projection.tables {
                 // SQLite cannot rename an index: the live ones are made
                 // again on the renamed table, under their own names.
                 let indexes: Vec<String> = sqlx::query_scalar(
@@ -592,6 +572,30 @@ async fn swap(
             set_positions(Conn::Sqlite(&mut tx), projection, &fresh_position, at, now).await?;
             tx.commit().await?;
         }
+    }
+    Ok((at, caught_up))
+}
+
+/// Inside the swap: catches the fresh tables up to at least the live
+/// position (read under the swap's lock); returns where they are and how
+/// many events that took.
+async fn catch_up(
+    mut conn: Conn<'_>,
+    db: &Db,
+    log: &dyn LogReader,
+    name: &str,
+    applier: &mut Applier,
+    mut at: Position,
+) -> Result<(Position, u64), ProjectionError> {
+    let live = live_position(conn.reborrow(), name).await?;
+    let mut caught_up = 0;
+    while at < live {
+        let (last, events) = next_page(log, at, live).await?;
+        applier
+            .apply_in(conn.reborrow(), db, log, &events, last)
+            .await?;
+        at = last;
+        caught_up += events.len() as u64;
     }
     Ok((at, caught_up))
 }
@@ -637,7 +641,7 @@ async fn live_position(conn: Conn<'_>, name: &str) -> Result<Position, Projectio
 /// version; the rebuild's row goes.
 async fn set_positions(
     conn: Conn<'_>,
-    projection: &dyn Projection,
+    projection: &Projection,
     fresh_position: &str,
     at: Position,
     now: i64,
@@ -648,8 +652,8 @@ async fn set_positions(
             .execute(&mut *c)
             .await?;
         sqlx::query(POSITION_SET)
-            .bind(projection.name())
-            .bind(i64::from(projection.version()))
+            .bind(projection.name)
+            .bind(i64::from(projection.version))
             .bind(i64::try_from(at.tx).unwrap_or(i64::MAX))
             .bind(at.position)
             .bind(now)

@@ -18,29 +18,17 @@ const PUT_PAGE_PG: &str = include_str!("sql/run_details/put_page.pg.sql");
 const GET_MANY_PG: &str = include_str!("sql/run_details/get_many.pg.sql");
 const GET_MANY_SQLITE: &str = include_str!("sql/run_details/get_many.sqlite.sql");
 
-/// The run detail documents.
-pub(super) struct RunDetails;
-
 /// Its name (the follower reads documents back from its table).
 pub(super) const NAME: &str = "run_details";
 
-impl Projection for RunDetails {
-    fn name(&self) -> &'static str {
-        NAME
-    }
-    fn version(&self) -> u32 {
-        1
-    }
-    fn tables(&self) -> &'static [&'static str] {
-        &["run_details"]
-    }
-    fn pg_part(&self) -> Option<&'static str> {
-        Some(PUT_PAGE_PG)
-    }
-    fn rows(&self) -> Box<dyn PageRows> {
-        Box::<Rows>::default()
-    }
-}
+/// The run detail documents.
+pub(super) const RUN_DETAILS: Projection = Projection {
+    name: NAME,
+    version: 1,
+    tables: &["run_details"],
+    pg_part: Some(PUT_PAGE_PG),
+    rows: || Box::<Rows>::default(),
+};
 
 /// One run's document.
 struct Row {

@@ -18,25 +18,13 @@ const STATUS: &str = include_str!("sql/run_messages/status.sql");
 const PUT_PAGE_PG: &str = include_str!("sql/run_messages/put_page.pg.sql");
 
 /// The thread.
-pub(super) struct RunMessages;
-
-impl Projection for RunMessages {
-    fn name(&self) -> &'static str {
-        "run_messages"
-    }
-    fn version(&self) -> u32 {
-        1
-    }
-    fn tables(&self) -> &'static [&'static str] {
-        &["run_messages"]
-    }
-    fn pg_part(&self) -> Option<&'static str> {
-        Some(PUT_PAGE_PG)
-    }
-    fn rows(&self) -> Box<dyn PageRows> {
-        Box::<Rows>::default()
-    }
-}
+pub(super) const RUN_MESSAGES: Projection = Projection {
+    name: "run_messages",
+    version: 1,
+    tables: &["run_messages"],
+    pg_part: Some(PUT_PAGE_PG),
+    rows: || Box::<Rows>::default(),
+};
 
 /// One message to insert.
 struct MessageRow {

@@ -14,25 +14,13 @@ const PUT: &str = include_str!("sql/run_summaries/put.sql");
 const PUT_PAGE_PG: &str = include_str!("sql/run_summaries/put_page.pg.sql");
 
 /// The run summaries.
-pub(super) struct RunSummaries;
-
-impl Projection for RunSummaries {
-    fn name(&self) -> &'static str {
-        "run_summaries"
-    }
-    fn version(&self) -> u32 {
-        1
-    }
-    fn tables(&self) -> &'static [&'static str] {
-        &["run_summaries"]
-    }
-    fn pg_part(&self) -> Option<&'static str> {
-        Some(PUT_PAGE_PG)
-    }
-    fn rows(&self) -> Box<dyn PageRows> {
-        Box::<Rows>::default()
-    }
-}
+pub(super) const RUN_SUMMARIES: Projection = Projection {
+    name: "run_summaries",
+    version: 1,
+    tables: &["run_summaries"],
+    pg_part: Some(PUT_PAGE_PG),
+    rows: || Box::<Rows>::default(),
+};
 
 /// One run's summary.
 struct Row {

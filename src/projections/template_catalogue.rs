@@ -21,25 +21,13 @@ const GET: &str = include_str!("sql/template_catalogue/get.sql");
 const PUT: &str = include_str!("sql/template_catalogue/put.sql");
 
 /// The template catalogue.
-pub(super) struct TemplateCatalogue;
-
-impl Projection for TemplateCatalogue {
-    fn name(&self) -> &'static str {
-        "template_catalogue"
-    }
-    fn version(&self) -> u32 {
-        1
-    }
-    fn tables(&self) -> &'static [&'static str] {
-        &["template_catalogue"]
-    }
-    fn pg_part(&self) -> Option<&'static str> {
-        None
-    }
-    fn rows(&self) -> Box<dyn PageRows> {
-        Box::<Rows>::default()
-    }
-}
+pub(super) const TEMPLATE_CATALOGUE: Projection = Projection {
+    name: "template_catalogue",
+    version: 1,
+    tables: &["template_catalogue"],
+    pg_part: None,
+    rows: || Box::<Rows>::default(),
+};
 
 /// The templates a page changes, with their events.
 #[derive(Default)]
