@@ -85,7 +85,7 @@ pub enum AppError {
 /// by the kernel however the process ends), so a second `serve` on the
 /// same database is refused instead of running every run twice.
 struct ServeLock {
-    _file: std::fs::File,
+    _lock: crate::db::FileLock,
 }
 
 /// How long a second `serve` waits for the lock before it gives up (a
@@ -96,63 +96,41 @@ impl ServeLock {
     /// Takes the lock of `db` if it is a SQLite file (PostgreSQL serves
     /// many nodes; an in-memory database is this process's alone).
     async fn take(db: &Db) -> Result<Option<Self>, AppError> {
-        let Db::Sqlite(pool) = db else {
+        let Some((database, path)) = db.sqlite_lock_path(".serve-lock") else {
             return Ok(None);
         };
-        let options = pool.connect_options();
-        let database = options.get_filename();
-        if database.as_os_str().is_empty() || database.as_os_str() == ":memory:" {
-            return Ok(None);
-        }
-        let mut lock = database.as_os_str().to_owned();
-        lock.push(".serve-lock");
-        let lock = std::path::PathBuf::from(lock);
         let failed = |source| AppError::Lock {
-            lock: lock.display().to_string(),
+            lock: path.display().to_string(),
             source,
         };
-        let mut file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .read(true)
-            .write(true)
-            .open(&lock)
-            .map_err(failed)?;
         let deadline = std::time::Instant::now() + SERVE_LOCK_WAIT;
         let mut said = false;
-        loop {
-            match file.try_lock() {
-                Ok(()) => break,
-                Err(std::fs::TryLockError::WouldBlock) => {
-                    if std::time::Instant::now() >= deadline {
-                        let holder = std::fs::read_to_string(&lock)
-                            .ok()
-                            .and_then(|pid| pid.trim().parse::<u32>().ok())
-                            .map_or(String::new(), |pid| format!(" (pid {pid})"));
-                        return Err(AppError::Locked {
-                            path: database.display().to_string(),
-                            lock: lock.display().to_string(),
-                            holder,
-                        });
-                    }
-                    if !said {
-                        said = true;
-                        tracing::warn!(lock = %lock.display(),
-                            "another runlog serve holds this SQLite database; waiting up to 10 s for it to stop");
-                    }
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                }
-                Err(std::fs::TryLockError::Error(e)) => return Err(failed(e)),
+        let mut lock = loop {
+            if let Some(lock) = crate::db::FileLock::try_take(path.clone()).map_err(failed)? {
+                break lock;
             }
-        }
+            if std::time::Instant::now() >= deadline {
+                let holder = std::fs::read_to_string(&path)
+                    .ok()
+                    .and_then(|pid| pid.trim().parse::<u32>().ok())
+                    .map_or(String::new(), |pid| format!(" (pid {pid})"));
+                return Err(AppError::Locked {
+                    path: database.display().to_string(),
+                    lock: path.display().to_string(),
+                    holder,
+                });
+            }
+            if !said {
+                said = true;
+                tracing::warn!(lock = %path.display(),
+                    "another runlog serve holds this SQLite database; waiting up to 10 s for it to stop");
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        };
         // Says who holds it (for the error a second process prints).
-        use std::io::{Seek, Write};
-        let pid = std::process::id().to_string();
-        file.set_len(0)
-            .and_then(|()| file.rewind())
-            .and_then(|()| file.write_all(pid.as_bytes()))
+        lock.write_holder(&std::process::id().to_string())
             .map_err(failed)?;
-        Ok(Some(Self { _file: file }))
+        Ok(Some(Self { _lock: lock }))
     }
 }
 

@@ -57,6 +57,42 @@ pub enum ConnectError {
     Sqlx(#[from] sqlx::Error),
 }
 
+/// A file a process holds an exclusive lock on (`flock`; the kernel
+/// releases it however the process ends), beside a SQLite database.
+#[derive(Debug)]
+pub struct FileLock {
+    /// The lock file.
+    pub path: std::path::PathBuf,
+    /// Open while held.
+    file: std::fs::File,
+}
+
+impl FileLock {
+    /// Takes the lock on `path`, creating the file, without waiting:
+    /// `Ok(None)` when another holder has it.
+    pub fn try_take(path: std::path::PathBuf) -> std::io::Result<Option<Self>> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&path)?;
+        match file.try_lock() {
+            Ok(()) => Ok(Some(Self { path, file })),
+            Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+            Err(std::fs::TryLockError::Error(e)) => Err(e),
+        }
+    }
+
+    /// Replaces the file's text (who holds it, for the next one to say).
+    pub fn write_holder(&mut self, text: &str) -> std::io::Result<()> {
+        use std::io::{Seek, Write};
+        self.file.set_len(0)?;
+        self.file.rewind()?;
+        self.file.write_all(text.as_bytes())
+    }
+}
+
 impl Db {
     /// Opens the database: `database_url` if given (postgres:// or sqlite://),
     /// else a SQLite file `runlog.db` under `data_dir`.
@@ -87,6 +123,26 @@ impl Db {
                 Self::sqlite(options).await
             }
         }
+    }
+
+    /// The SQLite database file and `<file><suffix>` beside it, for a
+    /// process lock; `None` on PostgreSQL and for an in-memory database
+    /// (this process's alone).
+    pub fn sqlite_lock_path(
+        &self,
+        suffix: &str,
+    ) -> Option<(std::path::PathBuf, std::path::PathBuf)> {
+        let Self::Sqlite(pool) = self else {
+            return None;
+        };
+        let options = pool.connect_options();
+        let database = options.get_filename();
+        if database.as_os_str().is_empty() || database.as_os_str() == ":memory:" {
+            return None;
+        }
+        let mut lock = database.as_os_str().to_owned();
+        lock.push(suffix);
+        Some((database.to_path_buf(), lock.into()))
     }
 
     /// Opens an existing database without creating or migrating anything

@@ -276,8 +276,8 @@ async fn run(
 enum RebuildLock {
     Postgres(sqlx::pool::PoolConnection<sqlx::Postgres>),
     Sqlite {
-        /// Held for its lock; closed (unlocked) when dropped.
-        _file: Option<std::fs::File>,
+        /// Held for its lock; released when dropped.
+        _lock: Option<crate::db::FileLock>,
     },
 }
 
@@ -295,28 +295,14 @@ impl RebuildLock {
                 }
                 Ok(Self::Postgres(conn))
             }
-            Db::Sqlite(pool) => {
-                let options = pool.connect_options();
-                let database = options.get_filename();
-                if database.as_os_str().is_empty() || database.as_os_str() == ":memory:" {
-                    return Ok(Self::Sqlite { _file: None });
-                }
-                let mut path = database.as_os_str().to_owned();
-                path.push(format!(".rebuild-{name}.lock"));
-                let file = std::fs::OpenOptions::new()
-                    .create(true)
-                    .truncate(false)
-                    .write(true)
-                    .open(&path)
-                    .map_err(|e| {
-                        ProjectionError::Log(format!("cannot open the rebuild lock: {e}"))
-                    })?;
-                match file.try_lock() {
-                    Ok(()) => Ok(Self::Sqlite { _file: Some(file) }),
-                    Err(std::fs::TryLockError::WouldBlock) => {
-                        Err(ProjectionError::RebuildRunning(name.to_string()))
-                    }
-                    Err(std::fs::TryLockError::Error(e)) => Err(ProjectionError::Log(format!(
+            Db::Sqlite(_) => {
+                let Some((_, path)) = db.sqlite_lock_path(&format!(".rebuild-{name}.lock")) else {
+                    return Ok(Self::Sqlite { _lock: None });
+                };
+                match crate::db::FileLock::try_take(path) {
+                    Ok(Some(lock)) => Ok(Self::Sqlite { _lock: Some(lock) }),
+                    Ok(None) => Err(ProjectionError::RebuildRunning(name.to_string())),
+                    Err(e) => Err(ProjectionError::Log(format!(
                         "cannot take the rebuild lock: {e}"
                     ))),
                 }
@@ -512,14 +498,7 @@ async fn swap(
                     .bind(format!("{table}{REBUILD_SUFFIX}"))
                     .fetch_all(&mut *tx)
                     .await?;
-                sqlx::query(&format!("DROP TABLE {table}"))
-                    .execute(&mut *tx)
-                    .await?;
-                sqlx::query(&format!(
-                    "ALTER TABLE {table}{REBUILD_SUFFIX} RENAME TO {table}"
-                ))
-                .execute(&mut *tx)
-                .await?;
+                replace_table(Conn::Postgres(&mut tx), table).await?;
                 for (fresh_name, fresh_def) in &fresh {
                     let Some((live_name, _)) = live
                         .iter()
@@ -557,14 +536,7 @@ async fn swap(
                 .bind(table)
                 .fetch_all(&mut *tx)
                 .await?;
-                sqlx::query(&format!("DROP TABLE {table}"))
-                    .execute(&mut *tx)
-                    .await?;
-                sqlx::query(&format!(
-                    "ALTER TABLE {table}{REBUILD_SUFFIX} RENAME TO {table}"
-                ))
-                .execute(&mut *tx)
-                .await?;
+                replace_table(Conn::Sqlite(&mut tx), table).await?;
                 for index in indexes {
                     sqlx::query(&index).execute(&mut *tx).await?;
                 }
@@ -618,6 +590,19 @@ async fn next_page(
             "the log ends at {at} but the live projection is at {live}; not swapping"
         ))),
     }
+}
+
+/// Drops the live `table` and renames its fresh copy into its place.
+async fn replace_table(conn: Conn<'_>, table: &str) -> Result<(), ProjectionError> {
+    with_conn!(conn, c => {
+        sqlx::query(&format!("DROP TABLE {table}"))
+            .execute(&mut *c)
+            .await?;
+        sqlx::query(&format!("ALTER TABLE {table}{REBUILD_SUFFIX} RENAME TO {table}"))
+            .execute(&mut *c)
+            .await?;
+    });
+    Ok(())
 }
 
 /// An index definition without its name and table: what it indexes.
