@@ -18,7 +18,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::BufRead;
 
-use cqrs_es::persist::SerializedEvent;
+use cqrs_es::persist::{PersistenceError, SerializedEvent};
 use cqrs_es::EventEnvelope;
 use serde_json::{json, Value};
 
@@ -125,7 +125,9 @@ impl History {
                 }));
                 after = last;
             }
-            if finished(&events) {
+            // A run this build cannot fold is left out too: an import
+            // would refuse it.
+            if fold(&events).is_ok_and(|run| run.status.is_finished()) {
                 done.push(id.clone());
             }
         }
@@ -205,14 +207,8 @@ impl History {
         if !exists.is_empty() {
             return Err(ImportError::Exists(exists));
         }
-        let unfinished: Vec<String> = file
-            .runs
-            .iter()
-            .filter(|(_, events)| !finished(events))
-            .map(|(id, _)| id.clone())
-            .collect();
-        if !unfinished.is_empty() {
-            return Err(ImportError::Unfinished(unfinished));
+        if !file.unfinished.is_empty() {
+            return Err(ImportError::Unfinished(file.unfinished));
         }
         let counts = HistoryCounts {
             runs: file.runs.len(),
@@ -292,6 +288,8 @@ struct HistoryFile {
     runs: BTreeMap<String, Vec<SerializedEvent>>,
     /// Blob bodies by key.
     blobs: BTreeMap<String, Vec<u8>>,
+    /// The runs that had not finished when exported.
+    unfinished: Vec<String>,
 }
 
 fn format_error(line: usize, reason: impl Into<String>) -> ImportError {
@@ -452,30 +450,38 @@ fn parse(input: impl BufRead) -> Result<HistoryFile, ImportError> {
             format!("blob {missing} is referenced but not in the file"),
         ));
     }
-    // Every event must read with this build (through its upcasters).
-    for events in runs.values() {
-        for e in events {
-            EventEnvelope::<Run>::try_from(super::upcast::upcast(e.clone())).map_err(|err| {
-                format_error(
-                    0,
-                    format!(
-                        "run {} event {} ({} {}) cannot be read by this build: {err}",
-                        e.aggregate_id, e.sequence, e.event_type, e.event_version
-                    ),
-                )
-            })?;
+    // Every event must read with this build (through its upcasters); the
+    // fold says which runs had finished.
+    let mut unfinished = Vec::new();
+    for (id, events) in &runs {
+        let run = fold(events).map_err(|(e, err)| {
+            format_error(
+                0,
+                format!(
+                    "run {} event {} ({} {}) cannot be read by this build: {err}",
+                    e.aggregate_id, e.sequence, e.event_type, e.event_version
+                ),
+            )
+        })?;
+        if !run.status.is_finished() {
+            unfinished.push(id.clone());
         }
     }
-    Ok(HistoryFile { runs, blobs })
+    Ok(HistoryFile {
+        runs,
+        blobs,
+        unfinished,
+    })
 }
 
-/// Whether the run these events fold into has finished.
-fn finished(events: &[SerializedEvent]) -> bool {
+/// The run these stored events fold into (through the upcasters), or the
+/// first event this build cannot read and why.
+fn fold(events: &[SerializedEvent]) -> Result<Run, (&SerializedEvent, PersistenceError)> {
     let mut run = Run::default();
     for e in events {
-        if let Ok(envelope) = EventEnvelope::<Run>::try_from(super::upcast::upcast(e.clone())) {
-            run.apply_event(envelope.payload);
-        }
+        let envelope = EventEnvelope::<Run>::try_from(super::upcast::upcast(e.clone()))
+            .map_err(|err| (e, err))?;
+        run.apply_event(envelope.payload);
     }
-    run.status.is_finished()
+    Ok(run)
 }
