@@ -96,21 +96,8 @@ pub(super) async fn drive(
     for name in READ_MODELS {
         let mut args = vec!["projections", "rebuild", name];
         args.extend(storage.iter().map(String::as_str));
-        let started = Instant::now();
-        let output = own_command(&args)?
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .output()
-            .map_err(|e| format!("running runlog projections rebuild {name}: {e}"))?;
-        let took = started.elapsed().as_secs_f64();
+        let (output, took) = timed_cli(&args)?;
         let stdout = String::from_utf8_lossy(&output.stdout);
-        if !output.status.success() {
-            return Err(format!(
-                "runlog projections rebuild {name} failed: {stdout} {}",
-                String::from_utf8_lossy(&output.stderr)
-            )
-            .into());
-        }
         // "NAME: rebuilt from N events (R events/s) and swapped in"
         let applied = stdout
             .split("rebuilt from ")
@@ -126,17 +113,8 @@ pub(super) async fn drive(
     // The audit over every run: `replay --verify --all`, its own process.
     let mut args = vec!["replay", "--verify", "--all"];
     args.extend(storage.iter().map(String::as_str));
-    let started = Instant::now();
-    let output = own_command(&args)?
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .output()
-        .map_err(|e| format!("running runlog replay --verify --all: {e}"))?;
-    let verify_s = started.elapsed().as_secs_f64();
+    let (output, verify_s) = timed_cli(&args)?;
     let stderr = String::from_utf8_lossy(&output.stderr);
-    if !output.status.success() {
-        return Err(format!("runlog replay --verify --all failed: {stderr}").into());
-    }
     // "verify: N runs checked, D divergent, B behind"
     let verified = stderr
         .split("verify: ")
@@ -169,6 +147,32 @@ pub(super) async fn drive(
         idle_start_s,
         verify: (verified, verify_s),
     })
+}
+
+/// Runs `runlog <args…>` as a process of its own, as an operator would;
+/// returns its output and its wall time from spawn to exit, or an error
+/// with both its streams if it failed.
+fn timed_cli(args: &[&str]) -> BenchResult<(std::process::Output, f64)> {
+    let what = format!(
+        "runlog {}",
+        args.iter().take(3).copied().collect::<Vec<_>>().join(" ")
+    );
+    let started = Instant::now();
+    let output = own_command(args)?
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .map_err(|e| format!("running {what}: {e}"))?;
+    let took = started.elapsed().as_secs_f64();
+    if !output.status.success() {
+        return Err(format!(
+            "{what} failed: {} {}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        )
+        .into());
+    }
+    Ok((output, took))
 }
 
 /// The storage flags of the CLI.
