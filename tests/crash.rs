@@ -553,16 +553,6 @@ mod a_redirect_cut_off_between_its_two_commits_is_finished_at_the_next_start {
     }
 }
 
-/// Runs `runlog <args…>` on `storage` (read-only commands beside a server).
-fn cli(storage: &Storage, args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_runlog"))
-        .args(args)
-        .args(storage.cli_args())
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("the runlog binary runs")
-}
-
 /// The server, and with it the projection follower, killed with SIGKILL
 /// three times at moments that vary from run to run while many runs write:
 /// after the last restart every run's detail read model equals the fold of
@@ -638,7 +628,7 @@ async fn killed_at_random_the_read_models_still_equal_a_rebuild(backend: Backend
             .count();
     }
     assert!(recovered > 0, "no kill interrupted a step");
-    let verify = cli(&storage, &["replay", "--verify", "--all"]);
+    let verify = storage.cli(&["replay", "--verify", "--all"]).await;
     let stderr = String::from_utf8_lossy(&verify.stderr);
     assert!(
         verify.status.success(),
@@ -652,7 +642,7 @@ async fn killed_at_random_the_read_models_still_equal_a_rebuild(backend: Backend
         )),
         "{stderr}"
     );
-    let listed = cli(&storage, &["projections", "list", "--json"]);
+    let listed = storage.cli(&["projections", "list", "--json"]).await;
     let listed: Value = serde_json::from_slice(&listed.stdout).expect("JSON");
     for item in listed["items"].as_array().expect("items") {
         assert_eq!(item["lag_events"], 0, "{item}");

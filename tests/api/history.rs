@@ -9,21 +9,6 @@ use serde_json::{json, Value};
 use crate::common::{diamond, expect_error, spawn_app, spawn_app_on, Storage, TestApp};
 use crate::on_both_backends;
 
-/// Runs the real binary with `args` and `storage`'s flags.
-async fn runlog(args: &[&str], storage: &Storage) -> std::process::Output {
-    let mut args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-    args.extend(storage.cli_args());
-    tokio::task::spawn_blocking(move || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_runlog"))
-            .args(&args)
-            .env("RUST_LOG", "warn")
-            .output()
-            .expect("the runlog binary runs")
-    })
-    .await
-    .expect("the blocking task completes")
-}
-
 /// The JSON lines of an export, the header's export time left out.
 fn lines(text: &str) -> Vec<Value> {
     text.lines()
@@ -125,7 +110,7 @@ on_both_backends!(
         let Some(other) = Storage::new(backend).await else {
             return;
         };
-        let out = runlog(&["import", &path], &other).await;
+        let out = other.cli(&["import", &path]).await;
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(
             out.status.success(),
@@ -136,7 +121,7 @@ on_both_backends!(
         let imported_events = event_count(&other).await;
         assert!(imported_events > 30, "{imported_events}");
         // Imported again: refused, nothing changes.
-        let again = runlog(&["import", &path], &other).await;
+        let again = other.cli(&["import", &path]).await;
         assert_eq!(again.status.code(), Some(1));
         assert!(String::from_utf8_lossy(&again.stderr).contains("already has run(s)"));
         assert_eq!(event_count(&other).await, imported_events);
@@ -249,7 +234,7 @@ on_both_backends!(
         for (what, text, reason) in bad {
             let file = target.data_dir.join("bad.jsonl");
             std::fs::write(&file, &text).expect("write");
-            let out = runlog(&["import", &file.display().to_string()], &target).await;
+            let out = target.cli(&["import", &file.display().to_string()]).await;
             let stderr = String::from_utf8_lossy(&out.stderr);
             assert_eq!(out.status.code(), Some(2), "{what}: {stderr}");
             assert!(stderr.contains(reason), "{what}: {stderr}");
@@ -258,13 +243,13 @@ on_both_backends!(
         }
         let file = target.data_dir.join("unfinished.jsonl");
         std::fs::write(&file, &unfinished).expect("write");
-        let out = runlog(&["import", &file.display().to_string()], &target).await;
+        let out = target.cli(&["import", &file.display().to_string()]).await;
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{stderr}");
         assert!(stderr.contains("had not finished"), "{stderr}");
         assert!(stderr.contains(&waiting), "{stderr}");
         assert_eq!(event_count(&target).await, 0);
-        let missing = runlog(&["import", "/nonexistent/export.jsonl"], &target).await;
+        let missing = target.cli(&["import", "/nonexistent/export.jsonl"]).await;
         assert_eq!(missing.status.code(), Some(2));
         // Export refuses what it cannot find.
         let out = app.cli(&["export", "nope"]).await;

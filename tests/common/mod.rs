@@ -91,6 +91,22 @@ impl Storage {
         })
     }
 
+    /// Runs the real `runlog` binary with `args` followed by this storage's
+    /// flags, off the async runtime.
+    pub async fn cli(&self, args: &[&str]) -> std::process::Output {
+        let mut args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        args.extend(self.cli_args());
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_runlog"))
+                .args(&args)
+                .env("RUST_LOG", "warn")
+                .output()
+                .expect("the runlog binary runs")
+        })
+        .await
+        .expect("the blocking task completes")
+    }
+
     /// CLI flags selecting this storage.
     pub fn cli_args(&self) -> Vec<String> {
         let mut args = vec![
@@ -269,17 +285,7 @@ impl TestApp {
     /// this app's storage, off the async runtime (the server keeps serving
     /// meanwhile).
     pub async fn cli(&self, args: &[&str]) -> std::process::Output {
-        let mut args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-        args.extend(self.storage.cli_args());
-        tokio::task::spawn_blocking(move || {
-            std::process::Command::new(env!("CARGO_BIN_EXE_runlog"))
-                .args(&args)
-                .env("RUST_LOG", "warn")
-                .output()
-                .expect("the runlog binary runs")
-        })
-        .await
-        .expect("the blocking task completes")
+        self.storage.cli(args).await
     }
 
     /// Stops the server and hands back its storage (for a restart).
