@@ -22,12 +22,13 @@ use crate::engine::agents::{
     AgentSpec, BuiltinSettings, CommandSpec, LlmSettings, Secrets, TokenPrice,
 };
 use crate::engine::{
-    AgentLimits, AgentRegistry, Engine, EngineConfig, EngineParts, ReadModelFeed, SharedClock,
-    SystemClock,
+    AgentLimits, AgentRegistry, Engine, EngineConfig, EngineParts, NodeTasks, ReadModelFeed,
+    SharedClock, SystemClock,
 };
 use crate::projections::{LogReader, LogReaderFactory, Projector, ReadModels, Rebuilds};
 use crate::store::{
-    self, AggregateStore, BlobStore, EventLog, RecordedEvent, TaskQueue, RUN_SNAPSHOT_EVERY,
+    self, AggregateStore, BlobStore, Cluster, EventLog, RecordedEvent, TaskQueue,
+    RUN_SNAPSHOT_EVERY,
 };
 use futures::future::BoxFuture;
 
@@ -70,6 +71,12 @@ pub enum AppError {
         /// Why.
         source: std::io::Error,
     },
+    /// `--node-id` is not a usable id.
+    #[error("invalid node id '{0}': use 1 to 64 letters, digits, '.', '_' or '-'")]
+    NodeId(String),
+    /// This node could not join the others on the database.
+    #[error("cannot register this node: {0}")]
+    Join(store::StoreError),
     /// The address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -243,6 +250,9 @@ pub struct Application {
     queue_db: Db,
     /// The read models' follower, stopped after the engine.
     projector: Projector,
+    /// Heartbeat, takeover and log tail (PostgreSQL), stopped after the
+    /// engine: leaving then frees this node's runs for the others.
+    node_tasks: Option<NodeTasks>,
     /// SQLite: this process's claim on the database, released last.
     _serve_lock: Option<ServeLock>,
 }
@@ -282,6 +292,24 @@ impl Application {
         }
         let reads = ReadModels::new(db.clone());
         let queue_db = db.pool(4, Commits::Relaxed).await?;
+        let listener = TcpListener::bind(&settings.bind).map_err(|source| AppError::Bind {
+            addr: settings.bind.clone(),
+            source,
+        })?;
+        let local = listener.local_addr().map_err(|source| AppError::Bind {
+            addr: settings.bind.clone(),
+            source,
+        })?;
+        let port = local.port();
+        let node = node_identity(&settings, local)?;
+        let cluster = Cluster::join(
+            &db,
+            &node.id,
+            &node.address,
+            crate::engine::node::DEAD_AFTER,
+        )
+        .await
+        .map_err(AppError::Join)?;
         let engine = Engine::new(EngineParts {
             runs: AggregateStore::<Run>::new(&db, RUN_SNAPSHOT_EVERY),
             templates: AggregateStore::<Template>::new(&db, 0),
@@ -291,18 +319,11 @@ impl Application {
             read_models: Arc::new(Feed(projector.clone())),
             config: engine_config(&settings, &file),
             clock,
+            cluster,
+            peers: Some(Arc::new(api::forward::HttpPeers::new(
+                file.worker_token.clone(),
+            ))),
         });
-        let listener = TcpListener::bind(&settings.bind).map_err(|source| AppError::Bind {
-            addr: settings.bind.clone(),
-            source,
-        })?;
-        let port = listener
-            .local_addr()
-            .map_err(|source| AppError::Bind {
-                addr: settings.bind.clone(),
-                source,
-            })?
-            .port();
         let state = ApiState {
             engine: engine.clone(),
             reads: reads.clone(),
@@ -310,6 +331,7 @@ impl Application {
             workers: WorkerAuth::new(file.worker_token.as_deref()),
             rebuilds: Rebuilds::new(db.clone(), log_readers()),
             history: store::History::new(db.clone()),
+            node: node.clone(),
         };
         rebuild_outdated(&db, &state.rebuilds, settings.rebuild_outdated).await;
         // What a crash left behind is listed before anything is served: runs
@@ -381,6 +403,11 @@ impl Application {
                 tracing::info!(recovered = n, "re-activated unfinished runs");
             }
         });
+        let node_tasks = NodeTasks::start(&engine, EventLog::new(db.clone()));
+        if node_tasks.is_some() {
+            tracing::info!(node = %node.id, address = %node.address,
+                "joined the nodes on this database");
+        }
         tracing::info!(port, backend = db.backend(), "runlog listening");
         Ok(Self {
             port,
@@ -389,6 +416,7 @@ impl Application {
             projector,
             db,
             queue_db,
+            node_tasks,
             _serve_lock: serve_lock,
         })
     }
@@ -419,6 +447,9 @@ impl Application {
         self.engine
             .shutdown(std::time::Duration::from_secs(5))
             .await;
+        if let Some(tasks) = self.node_tasks {
+            tasks.stop().await;
+        }
         // Removals of finished tasks still queued for the writer.
         self.engine.flush_task_queue().await;
         self.projector.stop().await;
@@ -427,6 +458,42 @@ impl Application {
         drop(self._serve_lock);
         result
     }
+}
+
+/// This node's id and the address its peers reach it at.
+fn node_identity(
+    settings: &ServeSettings,
+    local: std::net::SocketAddr,
+) -> Result<api::NodeIdentity, AppError> {
+    let id = match &settings.node_id {
+        Some(id) => {
+            let valid = (1..=64).contains(&id.len())
+                && id
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+            if !valid {
+                return Err(AppError::NodeId(id.clone()));
+            }
+            id.clone()
+        }
+        None => format!("node-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]),
+    };
+    let address = match &settings.advertise_url {
+        Some(url) => url.trim_end_matches('/').to_string(),
+        None => {
+            let ip = if local.ip().is_unspecified() {
+                std::net::IpAddr::from([127, 0, 0, 1])
+            } else {
+                local.ip()
+            };
+            format!("http://{}", std::net::SocketAddr::new(ip, local.port()))
+        }
+    };
+    Ok(api::NodeIdentity {
+        id,
+        address,
+        started_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+    })
 }
 
 /// `[llm] max_concurrency` unless set.

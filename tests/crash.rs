@@ -104,17 +104,26 @@ impl Server {
     /// Starts `runlog serve` on a free port with `storage`, logging to
     /// `server-<n>.log` in the data directory, and waits until it is healthy.
     async fn start(storage: &Storage, n: usize) -> Self {
+        Self::start_with(storage, n, &[]).await
+    }
+
+    /// [`Server::start`] with more flags.
+    async fn start_with(storage: &Storage, n: usize, extra: &[&str]) -> Self {
         let log = storage.data_dir.join(format!("server-{n}.log"));
         let stderr = File::create(&log).expect("create the server log");
         let child = Command::new(env!("CARGO_BIN_EXE_runlog"))
             .arg("serve")
             .args(["--bind", "127.0.0.1:0"])
             .args(storage.cli_args())
+            .args(extra)
             .env_remove("RUNLOG_BIND")
             .env_remove("RUNLOG_DATA_DIR")
             .env_remove("RUNLOG_DATABASE_URL")
             .env_remove("RUNLOG_HTTP_WORKERS")
             .env_remove("RUNLOG_PASSIVATE_AFTER_SECS")
+            .env_remove("RUNLOG_NODE_ID")
+            .env_remove("RUNLOG_ADVERTISE_URL")
+            .env_remove("RUNLOG_CONFIG")
             .env("RUNLOG_LOG", "info,sqlx=warn")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
@@ -483,6 +492,7 @@ async fn redirect_cut_off_then_restart(backend: Backend) {
                 None,
                 events,
                 HashMap::new(),
+                None,
             )
             .await
             .expect("committed");
@@ -661,5 +671,377 @@ mod killed_at_random_the_read_models_still_equal_a_rebuild {
     #[actix_web::test]
     async fn on_postgres() {
         killed_at_random_the_read_models_still_equal_a_rebuild(Backend::Postgres).await;
+    }
+}
+
+/// Three nodes on one PostgreSQL, as three `runlog serve` processes: 200
+/// runs started round-robin across them (in-process steps and a step of a
+/// remote agent served by two `runlog worker` processes, which talk to two
+/// of the nodes only, so that most of their reports are forwarded to the
+/// runs' hosts); the third node is killed with SIGKILL while runs are in
+/// flight and restarted later under its id. Every run completes, each step
+/// completes exactly once, a WebSocket subscriber on each node (the killed
+/// one's reconnecting with `after`) sees each run's events exactly once and
+/// in order, and `replay --verify --all` passes.
+mod many_nodes {
+    use std::cell::RefCell;
+    use std::collections::HashMap;
+    use std::rc::Rc;
+
+    use futures::{SinkExt, StreamExt};
+    use tokio::sync::{mpsc, watch};
+
+    use super::*;
+
+    const RUNS: usize = 200;
+    const TOKEN: &str = "cluster-worker-token-0123456789";
+
+    fn config(dir: &std::path::Path) -> PathBuf {
+        let path = dir.join("cluster.toml");
+        let text = format!(
+            "worker_token = \"{TOKEN}\"\nlease_ms = 8000\n\n[agents.remote]\ndescription = \"Echoes, in a worker\"\n"
+        );
+        std::fs::write(&path, text).expect("write the config");
+        path
+    }
+
+    fn workflow() -> Value {
+        let slow = json!({"delay_ms": 300});
+        json!({"steps": {
+            "a": {"agent": "echo", "config": slow},
+            "b": {"agent": "remote", "depends_on": ["a"]},
+            "c": {"agent": "echo", "depends_on": ["b"], "config": {"delay_ms": 1500}},
+            "d": {"agent": "echo", "depends_on": ["c"]}
+        }})
+    }
+
+    /// A `runlog worker` process; killed when dropped.
+    struct Worker(Child);
+
+    impl Drop for Worker {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    impl Worker {
+        fn start(server: &str, id: &str, log: PathBuf) -> Self {
+            let child = Command::new(env!("CARGO_BIN_EXE_runlog"))
+                .args(["worker", "--server", server, "--agent", "remote", "--echo"])
+                .args(["--worker-id", id, "--concurrency", "8", "--poll-secs", "1"])
+                .env("RUNLOG_WORKER_TOKEN", TOKEN)
+                .env("RUNLOG_LOG", "info")
+                .env("NO_COLOR", "1")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(File::create(log).expect("worker log"))
+                .spawn()
+                .expect("start runlog worker");
+            Self(child)
+        }
+    }
+
+    /// What one node's subscriber saw: the sequences of each run's events,
+    /// in the order they came.
+    type Seen = Rc<RefCell<HashMap<String, Vec<i64>>>>;
+
+    /// Follows every run it is told of on the node at `address` (none while
+    /// the node is down); after a reconnect it subscribes again from the
+    /// last sequence it saw of each run.
+    async fn subscriber(
+        mut address: watch::Receiver<Option<String>>,
+        mut runs: mpsc::UnboundedReceiver<String>,
+        seen: Seen,
+    ) {
+        let client = awc::Client::default();
+        loop {
+            let Some(base) = address.borrow_and_update().clone() else {
+                tokio::select! {
+                    changed = address.changed() => if changed.is_err() { return },
+                    run = runs.recv() => match run {
+                        Some(run) => { seen.borrow_mut().insert(run, Vec::new()); }
+                        None => return,
+                    },
+                }
+                continue;
+            };
+            let url = format!("{}/api/ws", base.replacen("http://", "ws://", 1));
+            let Ok((_, mut ws)) = client.ws(url).connect().await else {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            };
+            let known: Vec<(String, i64)> = seen
+                .borrow()
+                .iter()
+                .map(|(run, s)| (run.clone(), s.last().copied().unwrap_or(0)))
+                .collect();
+            for (run, after) in known {
+                let message = json!({"type": "subscribe", "run_id": run, "after": after});
+                if ws
+                    .send(awc::ws::Message::Text(message.to_string().into()))
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+            }
+            loop {
+                tokio::select! {
+                    run = runs.recv() => {
+                        let Some(run) = run else { return };
+                        seen.borrow_mut().insert(run.clone(), Vec::new());
+                        let message = json!({"type": "subscribe", "run_id": run, "after": 0});
+                        if ws.send(awc::ws::Message::Text(message.to_string().into())).await.is_err() {
+                            break;
+                        }
+                    }
+                    frame = ws.next() => match frame {
+                        Some(Ok(awc::ws::Frame::Text(bytes))) => {
+                            let message: Value = serde_json::from_slice(&bytes).expect("JSON");
+                            match message["type"].as_str() {
+                                Some("event") => {
+                                    let run = message["run_id"].as_str().unwrap_or_default();
+                                    let sequence = message["sequence"].as_i64().unwrap_or(-1);
+                                    seen.borrow_mut().entry(run.to_string()).or_default().push(sequence);
+                                }
+                                Some("error") => panic!("subscriber got {message}"),
+                                _ => {}
+                            }
+                        }
+                        Some(Ok(_)) => {}
+                        // The node went away: wait for it to come back.
+                        Some(Err(_)) | None => break,
+                    },
+                    changed = address.changed() => {
+                        if changed.is_err() { return }
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    #[actix_web::test]
+    async fn three_nodes_one_killed_every_run_completes_once_and_subscribers_see_each_event_once() {
+        let Some(storage) = Storage::new(Backend::Postgres).await else {
+            return;
+        };
+        let config = config(&storage.data_dir);
+        let config = config.display().to_string();
+        let flags = |id: &'static str| {
+            [
+                "--config".to_string(),
+                config.clone(),
+                "--node-id".into(),
+                id.into(),
+            ]
+        };
+        let start = |n: usize, id: &'static str| {
+            let flags = flags(id);
+            let storage = &storage;
+            async move {
+                let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+                Server::start_with(storage, n, &flags).await
+            }
+        };
+        let nodes = vec![start(1, "n1").await, start(2, "n2").await];
+        let mut third = Some(start(3, "n3").await);
+
+        // One subscriber per node.
+        let mut subscribers = Vec::new();
+        for node in nodes.iter().map(|n| n.address.clone()).chain([third
+            .as_ref()
+            .unwrap()
+            .address
+            .clone()])
+        {
+            let (address, address_rx) = watch::channel(Some(node));
+            let (runs, runs_rx) = mpsc::unbounded_channel();
+            let seen: Seen = Rc::default();
+            actix_web::rt::spawn(subscriber(address_rx, runs_rx, seen.clone()));
+            subscribers.push((address, runs, seen));
+        }
+
+        // Workers against the two nodes that stay up.
+        let _workers = [
+            Worker::start(&nodes[0].address, "w1", storage.data_dir.join("w1.log")),
+            Worker::start(&nodes[1].address, "w2", storage.data_dir.join("w2.log")),
+        ];
+
+        let template = nodes[0]
+            .post(
+                "/api/templates",
+                json!({"name": "cluster", "definition": workflow()}),
+            )
+            .await;
+        let template_id = template["id"].as_str().expect("template id").to_string();
+        let listed = nodes[1].get("/api/admin/nodes").await;
+        assert_eq!(
+            listed["items"].as_array().map(Vec::len),
+            Some(3),
+            "{listed}"
+        );
+
+        let mut run_ids = Vec::new();
+        for i in 0..RUNS {
+            let body = json!({"template_id": template_id, "input": {"n": i}});
+            let run = match i % 3 {
+                0 => nodes[0].post("/api/runs", body).await,
+                1 => nodes[1].post("/api/runs", body).await,
+                _ => third.as_ref().unwrap().post("/api/runs", body).await,
+            };
+            let id = run["id"].as_str().expect("run id").to_string();
+            for (_, runs, _) in &subscribers {
+                runs.send(id.clone()).expect("the subscriber runs");
+            }
+            run_ids.push(id);
+        }
+
+        // Kill the third node while its runs are in flight.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let hosted = loop {
+            let listed = nodes[0].get("/api/admin/nodes").await;
+            let completed = nodes[0].get("/api/runs?status=completed&limit=200").await;
+            let done = completed["items"].as_array().map_or(0, Vec::len);
+            let n3 = listed["items"]
+                .as_array()
+                .and_then(|items| items.iter().find(|n| n["id"] == "n3").cloned())
+                .expect("n3 listed");
+            if done >= RUNS / 10 && n3["hosted_runs"].as_i64() > Some(0) {
+                break n3["hosted_runs"].as_i64().unwrap_or(0);
+            }
+            assert!(Instant::now() < deadline, "runs did not progress: {listed}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        third.take().expect("the third node").kill();
+        let killed = std::time::SystemTime::now();
+        subscribers[2].0.send_replace(None);
+        eprintln!("SIGKILL n3 while it hosted {hosted} runs");
+
+        // Every run completes on the two others.
+        let deadline = Instant::now() + Duration::from_secs(120);
+        for id in &run_ids {
+            loop {
+                let run = nodes[(id.len() + id.as_bytes()[0] as usize) % 2]
+                    .get(&format!("/api/runs/{id}"))
+                    .await;
+                if run["status"] == "completed" {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "run {id} did not complete: {run}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        let taken_over = chrono::DateTime::<chrono::Utc>::from(killed);
+        eprintln!("every run completed; restarting n3");
+        let restarted = start(4, "n3").await;
+        subscribers[2]
+            .0
+            .send_replace(Some(restarted.address.clone()));
+
+        // Each step completed exactly once; the runs n3 hosted were taken
+        // over by the others (their later events name n1 or n2).
+        let mut moved = 0;
+        let mut first_after_kill: Option<chrono::DateTime<chrono::Utc>> = None;
+        let mut counts: HashMap<String, usize> = HashMap::new();
+        for id in &run_ids {
+            let events = nodes[0].events(id).await;
+            counts.insert(id.clone(), events.len());
+            for step in ["a", "b", "c", "d"] {
+                let completed = events
+                    .iter()
+                    .filter(|e| e["event_type"] == "StepCompleted" && e["payload"]["step"] == step)
+                    .count();
+                assert_eq!(
+                    completed, 1,
+                    "run {id} step {step}: {completed} completions"
+                );
+            }
+            let nodes_of: Vec<&str> = events
+                .iter()
+                .filter_map(|e| e["metadata"]["node"].as_str())
+                .collect();
+            if nodes_of.first() == Some(&"n3") && nodes_of.last() != Some(&"n3") {
+                moved += 1;
+                let after = events.iter().find(|e| {
+                    e["metadata"]["node"] != "n3"
+                        && e["recorded_at"]
+                            .as_str()
+                            .and_then(|t| t.parse::<chrono::DateTime<chrono::Utc>>().ok())
+                            > Some(taken_over)
+                });
+                if let Some(t) = after
+                    .and_then(|e| e["recorded_at"].as_str())
+                    .and_then(|t| t.parse().ok())
+                {
+                    first_after_kill = Some(
+                        first_after_kill.map_or(t, |f: chrono::DateTime<chrono::Utc>| f.min(t)),
+                    );
+                }
+            }
+        }
+        assert!(moved > 0, "no run of n3 was taken over");
+        if let Some(first) = first_after_kill {
+            eprintln!("{moved} runs taken over; the first event a new host wrote came {} ms after the kill",
+                (first - taken_over).num_milliseconds());
+        }
+
+        // Every subscriber saw every event of every run once, in order.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        for (n, (_, _, seen)) in subscribers.iter().enumerate() {
+            loop {
+                let behind: Vec<String> = run_ids
+                    .iter()
+                    .filter(|id| seen.borrow().get(*id).map_or(0, Vec::len) < counts[*id])
+                    .cloned()
+                    .collect();
+                if behind.is_empty() {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "subscriber {} is missing events of {} runs, e.g. {}: {:?}",
+                    n + 1,
+                    behind.len(),
+                    behind[0],
+                    seen.borrow().get(&behind[0])
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            for id in &run_ids {
+                let expected: Vec<i64> = (1..=counts[id] as i64).collect();
+                assert_eq!(
+                    seen.borrow()[id],
+                    expected,
+                    "subscriber {} on run {id}",
+                    n + 1
+                );
+            }
+        }
+
+        let listed = restarted.get("/api/admin/nodes").await;
+        let alive = listed["items"].as_array().map_or(0, |items| {
+            items.iter().filter(|n| n["alive"] == true).count()
+        });
+        assert_eq!(alive, 3, "{listed}");
+        drop(restarted);
+        drop(nodes);
+        let verify = storage.cli(&["replay", "--verify", "--all"]).await;
+        let stderr = String::from_utf8_lossy(&verify.stderr);
+        assert!(
+            verify.status.success(),
+            "{}\n{stderr}",
+            String::from_utf8_lossy(&verify.stdout)
+        );
+        assert!(
+            stderr.contains(&format!(
+                "verify: {RUNS} runs checked, 0 divergent, 0 behind"
+            )),
+            "{stderr}"
+        );
     }
 }

@@ -230,6 +230,7 @@ impl Writer {
                 self.snapshot,
                 events.to_vec(),
                 metadata(),
+                None,
             )
             .await
             .unwrap_or_else(|e| {
@@ -328,6 +329,7 @@ on_both_backends!(snapshot_store_round_trip, |backend| {
             loaded.snapshot,
             vec![filler(1000), filler(1001)],
             metadata(),
+            None,
         )
         .await
         .expect("commit after a reload");
@@ -409,6 +411,7 @@ on_both_backends!(a_stale_sequence_is_a_conflict, |backend| {
                         writer.snapshot,
                         events,
                         metadata(),
+                        None,
                     )
                     .await;
                 assert!(
@@ -576,6 +579,7 @@ on_both_backends!(a_follower_catches_up_from_its_position, |backend| {
             None,
             created,
             metadata(),
+            None,
         )
         .await
         .expect("commit template");
@@ -785,7 +789,15 @@ async fn commit_thread(runs: &AggregateStore<Run>, run_id: &str) -> Vec<Position
     let mut positions = Vec::new();
     for events in std::iter::once(start).chain(thread_events()) {
         let (envelopes, _, position) = runs
-            .commit(run_id, Run::default(), sequence, None, events, metadata())
+            .commit(
+                run_id,
+                Run::default(),
+                sequence,
+                None,
+                events,
+                metadata(),
+                None,
+            )
             .await
             .expect("commit");
         sequence += envelopes.len();
@@ -820,6 +832,7 @@ async fn the_thread_reads_the_same_however_batched(backend: Backend) {
                 None,
                 events,
                 metadata(),
+                None,
             )
             .await
             .expect("commit");
@@ -911,6 +924,7 @@ on_both_backends!(
             None,
             vec![filler(0), filler(1)],
             metadata(),
+            None,
         )
         .await
         .expect("first commit");
@@ -928,6 +942,7 @@ on_both_backends!(
                     None,
                     vec![filler(2), filler(3)],
                     metadata(),
+                    None,
                 )
             })
             .collect();
@@ -940,6 +955,7 @@ on_both_backends!(
                 None,
                 vec![filler(4)],
                 metadata(),
+                None,
             ),
         );
         let results = futures::future::join_all(commits).await;

@@ -1,4 +1,6 @@
-//! Endpoints for operators: `GET /api/admin/projections` (each read
+//! Endpoints for operators: `GET /api/admin/nodes` (every node on the
+//! database, its last heartbeat and the runs it hosts),
+//! `GET /api/admin/projections` (each read
 //! model's position in the log, how far behind it is, and its latest
 //! rebuild) and `POST /api/admin/projections/{name}/rebuild`. Open to every
 //! caller until accounts exist (issue #9 makes them admin-only).
@@ -40,4 +42,44 @@ pub(super) async fn rebuild(
     let progress = state.rebuilds.start(&name)?;
     let body = json!(*progress.borrow());
     Ok(HttpResponse::Accepted().json(body))
+}
+
+/// Runs listed per node (the count is always complete).
+const NODE_RUNS_LISTED: i64 = 100;
+
+/// `GET /api/admin/nodes`: every node serving this database, whether it
+/// is alive, its last heartbeat and the runs it hosts (up to 100 ids; the
+/// count is complete). On SQLite: this node alone.
+pub(super) async fn nodes(state: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
+    let items = match state.engine.cluster() {
+        Some(cluster) => {
+            let nodes = cluster
+                .list(NODE_RUNS_LISTED)
+                .await
+                .map_err(|e| ApiError::internal(&e))?;
+            nodes
+                .into_iter()
+                .map(|n| {
+                    let this = n.id == cluster.node().as_ref();
+                    let mut item = json!(n);
+                    item["this_node"] = json!(this);
+                    item
+                })
+                .collect()
+        }
+        None => {
+            let node = &state.node;
+            vec![json!({
+                "id": node.id,
+                "address": node.address,
+                "started_at": node.started_at,
+                "heartbeat_at": crate::projections::rfc3339(state.engine.clock().now()),
+                "alive": true,
+                "hosted_runs": state.engine.live_runs(),
+                "runs": [],
+                "this_node": true,
+            })]
+        }
+    };
+    Ok(HttpResponse::Ok().json(json!({ "items": items })))
 }

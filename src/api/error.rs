@@ -20,6 +20,9 @@ pub struct ApiError {
     code: &'static str,
     message: String,
     header: Option<(&'static str, &'static str)>,
+    /// Another node hosts the run: the forwarding middleware sends the
+    /// request there instead of answering this.
+    forward: Option<Box<super::forward::ForwardTo>>,
 }
 
 impl ApiError {
@@ -30,6 +33,7 @@ impl ApiError {
             code,
             message: message.into(),
             header: None,
+            forward: None,
         }
     }
 
@@ -89,7 +93,12 @@ impl ResponseError for ApiError {
         if let Some(header) = self.header {
             response.insert_header(header);
         }
-        response.json(json!({"error": {"code": self.code, "message": self.message}}))
+        let mut response =
+            response.json(json!({"error": {"code": self.code, "message": self.message}}));
+        if let Some(forward) = &self.forward {
+            response.extensions_mut().insert(forward.as_ref().clone());
+        }
+        response
     }
 }
 
@@ -153,6 +162,30 @@ impl From<EngineError> for ApiError {
                 Self::new(StatusCode::CONFLICT, "template_archived", e.to_string())
             }
             EngineError::Conflict => Self::new(StatusCode::CONFLICT, "conflict", e.to_string()),
+            EngineError::HostedElsewhere {
+                ref node,
+                ref address,
+            } => {
+                let mut error = Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "hosted_elsewhere",
+                    format!("the run is hosted by node '{node}', which this request could not reach; retry"),
+                )
+                .with_header("retry-after", "1");
+                error.forward = address.clone().map(|address| {
+                    Box::new(super::forward::ForwardTo {
+                        node: node.clone(),
+                        address,
+                    })
+                });
+                error
+            }
+            EngineError::Moved => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "run_moving",
+                "the run is moving between nodes; retry",
+            )
+            .with_header("retry-after", "1"),
             EngineError::Unavailable(_) => Self::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",

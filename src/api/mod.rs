@@ -6,6 +6,7 @@
 
 mod admin;
 mod error;
+pub mod forward;
 mod runs;
 mod steering;
 mod templates;
@@ -40,6 +41,20 @@ pub struct ApiState {
     pub history: crate::store::History,
     /// Projection rebuilds (admin endpoints).
     pub rebuilds: crate::projections::Rebuilds,
+    /// This node, as `GET /api/admin/nodes` shows it on SQLite (on
+    /// PostgreSQL the nodes table says).
+    pub node: NodeIdentity,
+}
+
+/// Who this node is.
+#[derive(Debug, Clone)]
+pub struct NodeIdentity {
+    /// Its id (`--node-id`).
+    pub id: String,
+    /// Where peers reach it (`--advertise-url`).
+    pub address: String,
+    /// When it started (RFC 3339).
+    pub started_at: String,
 }
 
 /// Registers every route on an actix-web app.
@@ -65,6 +80,7 @@ pub fn configure(state: ApiState) -> impl FnOnce(&mut web::ServiceConfig) {
             .route("/healthz", web::get().to(healthz))
             .service(
                 web::scope("/api")
+                    .wrap(actix_web::middleware::from_fn(forward::forward))
                     .service(
                         resource("/templates")
                             .post(templates::create)
@@ -99,9 +115,11 @@ pub fn configure(state: ApiState) -> impl FnOnce(&mut web::ServiceConfig) {
                         resource("/runs/{id}/artifacts/{name}/rollback").post(steering::rollback),
                     )
                     .service(resource("/agents").get(workers::agents))
+                    .service(resource("/admin/nodes").get(admin::nodes))
                     .service(resource("/admin/projections").get(admin::projections))
                     .service(resource("/admin/projections/{name}/rebuild").post(admin::rebuild))
                     .service(resource("/workers/claim").post(workers::claim))
+                    .service(resource("/internal/runs/{id}/claims").post(workers::peer_claim))
                     .service(resource("/tasks/{task_id}/heartbeat").post(workers::heartbeat))
                     .service(resource("/tasks/{task_id}/complete").post(workers::complete))
                     .service(resource("/tasks/{task_id}/fail").post(workers::fail))

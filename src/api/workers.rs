@@ -14,8 +14,9 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 use super::{refuse_nul, refuse_nul_text, ApiError, ApiState};
-use crate::domain::ids::AgentName;
+use crate::domain::ids::{AgentName, LeaseToken, RunId, StepId};
 use crate::domain::run::Failure;
+use crate::engine::{ClaimToRecord, EngineError};
 use crate::projections::rfc3339;
 
 /// The longest a claim may wait for a task.
@@ -396,4 +397,50 @@ pub(super) async fn agents(state: web::Data<ApiState>) -> Result<HttpResponse, A
         })
         .collect();
     Ok(HttpResponse::Ok().json(json!({ "items": items })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct PeerClaim {
+    step: String,
+    lease_token: String,
+    worker_id: String,
+}
+
+/// `POST /api/internal/runs/{id}/claims`: a peer node recording here, on
+/// the run's host, the claim a worker made through it (docs/adr/0007).
+/// Guarded by the worker token. Answers `{"lease_expires_at": ms}` (null:
+/// nothing recorded), `{"stale": true}` when the attempt is over, or `503
+/// hosted_elsewhere` when this node no longer hosts the run.
+pub(super) async fn peer_claim(
+    state: web::Data<ApiState>,
+    req: HttpRequest,
+    path: web::Path<String>,
+    body: web::Json<PeerClaim>,
+) -> Result<HttpResponse, ApiError> {
+    state.workers.check(&req)?;
+    let run = RunId::parse(path.into_inner())
+        .map_err(|e| ApiError::bad_request("invalid_run_id", e.to_string()))?;
+    let PeerClaim {
+        step,
+        lease_token,
+        worker_id,
+    } = body.into_inner();
+    let step =
+        StepId::parse(step).map_err(|e| ApiError::bad_request("invalid_step", e.to_string()))?;
+    check_lease(&lease_token)?;
+    check_text("worker_id", &worker_id)?;
+    let claim = ClaimToRecord {
+        run,
+        step,
+        lease: LeaseToken::new(lease_token),
+        worker: worker_id,
+    };
+    match state.engine.record_claim(claim).await {
+        Ok(expires) => {
+            Ok(HttpResponse::Ok().json(json!({"lease_expires_at": expires.map(|t| t.0)})))
+        }
+        Err(EngineError::Run(_)) => Ok(HttpResponse::Ok().json(json!({"stale": true}))),
+        Err(e) => Err(e.into()),
+    }
 }

@@ -144,24 +144,10 @@ impl Session {
                 // The log, not a read model, says whether the run exists: a
                 // catch-up that finds events says so itself; otherwise one
                 // event is looked for.
-                let mut missed = Vec::new();
-                if let Some(mut after) = after {
-                    loop {
-                        let page = state
-                            .log
-                            .events_of("Run", run.as_str(), after, CATCH_UP_PAGE)
-                            .await?;
-                        let full = page.len() as i64 == CATCH_UP_PAGE;
-                        after = page.last().map_or(after, |e| e.sequence);
-                        missed.extend(
-                            page.into_iter()
-                                .map(|e| EventView::from_recorded(run.as_str(), e)),
-                        );
-                        if !full {
-                            break;
-                        }
-                    }
-                }
+                let missed = match after {
+                    Some(after) => read_after(&state.log, &run, after).await?,
+                    None => Vec::new(),
+                };
                 let exists = !missed.is_empty()
                     || !state
                         .log
@@ -184,6 +170,46 @@ impl Session {
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "websocket catch-up failed");
+                    Self::send_error(ctx, "internal_error", "catch-up failed; see the server log");
+                }
+            }),
+        );
+    }
+
+    /// A live event of a followed run that is not the next one after what
+    /// this session sent (with many nodes, a run's events reach a node by
+    /// two ways: from its own engine and from the log): the run and the
+    /// last sequence sent. A subscription without `after` has no last
+    /// sequence until its first event.
+    fn gap_before(&self, event: &EventView) -> Option<(RunId, i64)> {
+        if self.all {
+            return None;
+        }
+        let run = RunId::parse(event.run_id.as_str()).ok()?;
+        let last = *self.runs.get(&run)?;
+        (last > 0 && event.sequence > last + 1).then_some((run, last))
+    }
+
+    /// Sends what the log holds after `last` (the event that showed the gap
+    /// included); live events wait behind it, and those already sent are
+    /// dropped.
+    fn fill_gap(&mut self, run: RunId, last: i64, ctx: &mut ws::WebsocketContext<Self>) {
+        let log = self.state.log.clone();
+        ctx.wait(
+            async move {
+                read_after(&log, &run, last)
+                    .await
+                    .map(|missed| (run, missed))
+            }
+            .into_actor(self)
+            .map(|result, act, ctx| match result {
+                Ok((_, missed)) => {
+                    for event in &missed {
+                        act.send_event(event, ctx);
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "websocket gap fill failed");
                     Self::send_error(ctx, "internal_error", "catch-up failed; see the server log");
                 }
             }),
@@ -249,6 +275,29 @@ impl Session {
     }
 }
 
+/// A run's events after `after`, from the log, a page at a time.
+async fn read_after(
+    log: &crate::store::EventLog,
+    run: &RunId,
+    mut after: i64,
+) -> Result<Vec<EventView>, crate::store::StoreError> {
+    let mut missed = Vec::new();
+    loop {
+        let page = log
+            .events_of("Run", run.as_str(), after, CATCH_UP_PAGE)
+            .await?;
+        let full = page.len() as i64 == CATCH_UP_PAGE;
+        after = page.last().map_or(after, |e| e.sequence);
+        missed.extend(
+            page.into_iter()
+                .map(|e| EventView::from_recorded(run.as_str(), e)),
+        );
+        if !full {
+            return Ok(missed);
+        }
+    }
+}
+
 impl Actor for Session {
     type Context = ws::WebsocketContext<Self>;
 
@@ -277,7 +326,10 @@ impl Handler<Live> for Session {
 
     fn handle(&mut self, live: Live, ctx: &mut Self::Context) {
         match live {
-            Live::Event(event) => self.send_event(&event, ctx),
+            Live::Event(event) => match self.gap_before(&event) {
+                Some((run, last)) => self.fill_gap(run, last, ctx),
+                None => self.send_event(&event, ctx),
+            },
             Live::Progress(progress) => self.send_progress(&progress, ctx),
         }
     }

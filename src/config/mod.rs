@@ -54,6 +54,18 @@ pub struct ServeSettings {
     #[arg(long, env = "RUNLOG_REBUILD_OUTDATED", default_value_t = true,
           action = clap::ArgAction::Set, value_name = "BOOL")]
     pub rebuild_outdated: bool,
+    /// This node's id among the nodes on one PostgreSQL (default: a new
+    /// random one at each start). Keep it stable across restarts: a node
+    /// restarted under its id recovers its runs at once, instead of its
+    /// peers taking them over once it is found dead.
+    #[arg(long, env = "RUNLOG_NODE_ID")]
+    pub node_id: Option<String>,
+    /// The base URL at which the other nodes reach this one, to forward
+    /// commands for the runs it hosts (default: `http://` and the bound
+    /// address and port, with `127.0.0.1` for an unspecified address such
+    /// as `0.0.0.0`, which serves only nodes on one machine).
+    #[arg(long, env = "RUNLOG_ADVERTISE_URL")]
+    pub advertise_url: Option<String>,
 }
 
 impl ServeSettings {
@@ -70,6 +82,8 @@ impl ServeSettings {
             passivate_after_secs: 10,
             rebuild_outdated: true,
             config: None,
+            node_id: None,
+            advertise_url: None,
         }
     }
 

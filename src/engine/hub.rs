@@ -161,6 +161,31 @@ impl Hub {
         }
     }
 
+    /// Sends events another node committed (read back from the log, in
+    /// log order) to the run's subscribers and to those of every run.
+    pub fn publish_recorded(&self, run: &RunId, events: Vec<EventView>) {
+        let rooms = self.rooms.read().unwrap_or_else(|e| e.into_inner());
+        let everything = self.everything.read().unwrap_or_else(|e| e.into_inner());
+        let room = rooms.get(run).map_or(&[][..], Vec::as_slice);
+        for view in events {
+            let live = Live::Event(view);
+            for recipient in room.iter().chain(everything.iter()) {
+                recipient.do_send(live.clone());
+            }
+        }
+    }
+
+    /// Whether anyone follows `run` (or every run).
+    pub fn followed(&self, run: &RunId) -> bool {
+        let everything = self.everything.read().unwrap_or_else(|e| e.into_inner());
+        !everything.is_empty()
+            || self
+                .rooms
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains_key(run)
+    }
+
     /// Sends an attempt's progress to the run's subscribers and to those of
     /// every run.
     pub fn progress(&self, run: &RunId, progress: Progress) {

@@ -25,6 +25,7 @@ pub mod clock;
 pub mod executor;
 pub mod hub;
 mod local;
+pub mod node;
 mod remote;
 mod run_actor;
 mod workers;
@@ -38,14 +39,16 @@ use actix::{Actor, Addr, Arbiter, MailboxError};
 use futures::future::BoxFuture;
 use serde_json::Value;
 
-use crate::domain::ids::{AgentName, ArtifactName, RunId, StepId, TemplateId};
+use crate::domain::ids::{
+    AgentName, ArtifactName, LeaseToken, RunId, StepId, TemplateId, Timestamp,
+};
 use crate::domain::log::Position;
 use crate::domain::run::{
     Action, NewMessage, Policy, RetrySource, Run, RunCommand, RunError, StartRun,
 };
 use crate::domain::template::{Template, TemplateCommand, TemplateError};
 use crate::projections::rfc3339;
-use crate::store::{AggregateStore, BlobStore, StoreError, TaskQueue};
+use crate::store::{AggregateStore, BlobStore, Cluster, StoreError, TaskQueue};
 
 pub use agents::{
     Agent, AgentError, AgentLimits, AgentRegistry, AgentResult, CommentSink, CpuPool, ProgressSink,
@@ -54,11 +57,15 @@ pub use agents::{
 pub use clock::{Clock, ManualClock, SharedClock, SystemClock};
 pub use executor::{Executor, Outcome, StepReport, INLINE_ARTIFACT_LIMIT};
 pub use hub::{EventView, Hub, Live, Progress};
+pub use node::NodeTasks;
 pub use run_actor::{Committed, LeaseStatus, RunActor};
 pub use workers::{AgentView, ClaimedWork};
 
 use local::LocalExecutor;
 use remote::RemoteExecutor;
+
+/// Most runs of dead nodes one takeover pass looks at.
+const TAKEOVER_PAGE: i64 = 256;
 
 /// Commits not yet applied by the read models beyond which actors wait
 /// for theirs.
@@ -79,6 +86,34 @@ pub trait ReadModelFeed: Send + Sync {
     fn backlog(&self) -> usize;
     /// Resolves once every commit of this process so far is applied.
     fn barrier(&self) -> BoxFuture<'static, ()>;
+}
+
+/// How this node asks the node that hosts a run to do what the HTTP API
+/// cannot forward as it came: a worker's claim, made here, found a task of
+/// a run another node hosts (wired in `app`; docs/adr/0007).
+pub trait Peers: Send + Sync {
+    /// Records the claim of `step` under `lease` by `worker` on the host at
+    /// `address`. `Ok(None)`: nothing to record (the claim was already
+    /// recorded); a refusal because the run moved on is an
+    /// [`EngineError::Run`].
+    fn record_claim(
+        &self,
+        address: String,
+        claim: ClaimToRecord,
+    ) -> futures::future::LocalBoxFuture<'static, Result<Option<Timestamp>, EngineError>>;
+}
+
+/// A claim to record on the run's host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimToRecord {
+    /// The run.
+    pub run: RunId,
+    /// The step.
+    pub step: StepId,
+    /// The attempt's lease.
+    pub lease: LeaseToken,
+    /// The worker.
+    pub worker: String,
 }
 
 /// Engine failures.
@@ -120,6 +155,19 @@ pub enum EngineError {
         /// What is wrong.
         reason: String,
     },
+    /// Another node hosts the run (docs/adr/0007): the API forwards the
+    /// request there.
+    #[error("run is hosted by node '{node}'")]
+    HostedElsewhere {
+        /// The host's id.
+        node: String,
+        /// Where its peers reach it (unknown when its row is gone).
+        address: Option<String>,
+    },
+    /// This node lost the run to another while handling the command; the
+    /// engine asks again (internal: callers see `HostedElsewhere`).
+    #[error("the run moved to another node")]
+    Moved,
     /// A worker asked for tasks of an agent no worker serves here.
     #[error("agent '{0}' is not a remote agent of this server")]
     NotRemoteAgent(String),
@@ -186,6 +234,10 @@ pub struct EngineParts {
     pub config: EngineConfig,
     /// Where the engine gets the time.
     pub clock: SharedClock,
+    /// The other nodes on this database (PostgreSQL; `None` on SQLite).
+    pub cluster: Option<Cluster>,
+    /// How to reach them for what is not forwarded over HTTP as it came.
+    pub peers: Option<Arc<dyn Peers>>,
 }
 
 pub(crate) struct EngineCtx {
@@ -197,6 +249,10 @@ pub(crate) struct EngineCtx {
     hub: Hub,
     config: EngineConfig,
     clock: SharedClock,
+    cluster: Option<Cluster>,
+    peers: Option<Arc<dyn Peers>>,
+    /// How far this node's log tail has read other nodes' events.
+    tail: Mutex<Position>,
     /// Runs the built-in agents.
     local: LocalExecutor,
     /// Queues the tasks of remote agents for workers.
@@ -333,6 +389,9 @@ impl Engine {
             hub: Hub::default(),
             config: parts.config,
             clock: parts.clock,
+            cluster: parts.cluster,
+            peers: parts.peers,
+            tail: Mutex::new(Position::START),
             actors: Mutex::new(HashMap::new()),
             arbiters,
             next_arbiter: AtomicUsize::new(0),
@@ -357,6 +416,11 @@ impl Engine {
             tries += 1;
             let addr = self.actor(run, false);
             match addr.send(run_actor::Report(report.clone())).await {
+                Ok(Err(EngineError::Moved)) if tries < 3 => self.ctx.forget_actor(run, &addr),
+                Ok(Err(e @ EngineError::HostedElsewhere { .. })) => {
+                    self.ctx.forget_actor(run, &addr);
+                    return Err(e);
+                }
                 Ok(result) => return result,
                 Err(MailboxError::Closed) if tries < 3 => self.ctx.forget_actor(run, &addr),
                 Err(e) => return Err(EngineError::Unavailable(e.to_string())),
@@ -400,6 +464,11 @@ impl Engine {
             tries += 1;
             let addr = self.actor(id, fresh && tries == 1);
             match addr.send(run_actor::Execute(command.clone())).await {
+                Ok(Err(EngineError::Moved)) if tries < 3 => self.ctx.forget_actor(id, &addr),
+                Ok(Err(e @ EngineError::HostedElsewhere { .. })) => {
+                    self.ctx.forget_actor(id, &addr);
+                    return Err(e);
+                }
                 Ok(result) => return result,
                 Err(MailboxError::Closed) if tries < 3 => {
                     self.ctx.forget_actor(id, &addr);
@@ -647,14 +716,33 @@ impl Engine {
 
     /// Waits until the read models hold every event of `id` committed so
     /// far (read-your-writes for a reader of one run). A run without a live
-    /// actor has nothing in flight.
+    /// actor here has nothing in flight here; with other nodes, the read
+    /// models are waited for up to what this node has seen of their events
+    /// (so a read after a WebSocket event from another node shows it).
     pub async fn settle_run(&self, id: &RunId) {
         let addr = {
             let actors = self.ctx.actors.lock().unwrap_or_else(|e| e.into_inner());
             actors.get(id).filter(|a| a.connected()).cloned()
         };
-        if let Some(addr) = addr {
-            let _ = addr.send(run_actor::Settle).await;
+        match addr {
+            Some(addr) => {
+                let _ = addr.send(run_actor::Settle).await;
+            }
+            None if self.ctx.cluster.is_some() => {
+                let seen = *self.ctx.tail.lock().unwrap_or_else(|e| e.into_inner());
+                if seen > Position::START {
+                    self.ctx.read_models.applied(seen).await;
+                }
+            }
+            None => {}
+        }
+    }
+
+    /// The log tail has read other nodes' events up to `position`.
+    pub(crate) fn tail_read(&self, position: Position) {
+        let mut tail = self.ctx.tail.lock().unwrap_or_else(|e| e.into_inner());
+        if position > *tail {
+            *tail = position;
         }
     }
 
@@ -666,13 +754,21 @@ impl Engine {
 
     /// Re-activates runs after a restart: each re-dispatches the steps whose
     /// attempts died with the old process and resumes its timers. Returns how
-    /// many runs were recovered.
+    /// many runs were recovered. With many nodes, a run a live node hosts
+    /// is left to it, and a run is recovered only when it is taken from a
+    /// host that is gone (this node's earlier process included).
     pub async fn recover(&self, run_ids: Vec<String>) -> usize {
         let mut recovered = 0;
         for id in run_ids {
             let Ok(run_id) = RunId::parse(id) else {
                 continue;
             };
+            if self.ctx.cluster.is_some() {
+                if self.activate(&run_id).await {
+                    recovered += 1;
+                }
+                continue;
+            }
             let command = RunCommand::Recover;
             match self.execute(&run_id, command).await {
                 Ok(_) => recovered += 1,
@@ -681,6 +777,73 @@ impl Engine {
             }
         }
         recovered
+    }
+
+    /// Brings a run's actor up on this node unless a live node hosts it
+    /// (taking it from a dead host recovers it). Returns whether the run is
+    /// active here.
+    pub async fn activate(&self, id: &RunId) -> bool {
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let addr = self.actor(id, false);
+            match addr.send(run_actor::Activate).await {
+                Ok(Ok(active)) => return active,
+                Ok(Err(EngineError::HostedElsewhere { .. })) => {
+                    self.ctx.forget_actor(id, &addr);
+                    return false;
+                }
+                Ok(Err(EngineError::Moved)) | Err(MailboxError::Closed) if tries < 3 => {
+                    self.ctx.forget_actor(id, &addr);
+                }
+                Ok(Err(e)) => {
+                    tracing::error!(run_id = %id, error = %e, "cannot activate run");
+                    return false;
+                }
+                Err(e) => {
+                    tracing::error!(run_id = %id, error = %e, "cannot activate run");
+                    return false;
+                }
+            }
+        }
+    }
+
+    /// Takes over the runs of dead nodes, a page at a time; returns how
+    /// many became active here (PostgreSQL; nothing to do on SQLite).
+    pub async fn take_over_orphans(&self) -> usize {
+        let Some(cluster) = self.ctx.cluster.clone() else {
+            return 0;
+        };
+        let orphans = match cluster.orphaned(TAKEOVER_PAGE).await {
+            Ok(orphans) => orphans,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot look for the runs of dead nodes");
+                return 0;
+            }
+        };
+        let mut taken = 0;
+        for id in orphans {
+            if let Ok(run_id) = RunId::parse(id) {
+                if self.activate(&run_id).await {
+                    taken += 1;
+                }
+            }
+        }
+        if taken > 0 {
+            tracing::info!(runs = taken, "took over the runs of a node that is gone");
+        }
+        taken
+    }
+
+    /// This node's handle on the cluster (PostgreSQL).
+    pub fn cluster(&self) -> Option<&Cluster> {
+        self.ctx.cluster.as_ref()
+    }
+
+    /// How many runs have a live actor on this node.
+    pub fn live_runs(&self) -> usize {
+        let actors = self.ctx.actors.lock().unwrap_or_else(|e| e.into_inner());
+        actors.values().filter(|a| a.connected()).count()
     }
 
     /// Creates a template at version 1.
@@ -750,6 +913,7 @@ impl Engine {
                 loaded.snapshot,
                 events,
                 metadata,
+                None,
             )
             .await?;
         self.ctx.project(position).await;

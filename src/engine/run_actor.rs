@@ -23,12 +23,16 @@ use super::{new_lease_seed, Engine, EngineCtx, EngineError};
 use crate::domain::ids::{LeaseToken, RunId, StepId, Timestamp};
 use crate::domain::run::{AgentNote, Decided, Effect, Run, RunCommand, RunError, RunStatus, Stamp};
 use crate::projections::rfc3339;
-use crate::store::StoreError;
+use crate::store::{Acquired, Fence, StoreError};
 
 /// How long an agent's comment may wait to be recorded with its attempt's
 /// result (one commit instead of one per comment) before it is recorded on
 /// its own, so that a long-running agent's comments still show promptly.
 const NOTE_FLUSH_DELAY: Duration = Duration::from_millis(50);
+
+/// How long the actor of a run another node hosts lingers, answering so,
+/// before it stops.
+const GIVE_UP_LINGER: Duration = Duration::from_millis(200);
 
 /// Events committed by one turn.
 pub type Committed = Vec<EventEnvelope<Run>>;
@@ -73,6 +77,13 @@ pub struct LeaseStatus {
 #[rtype(result = "()")]
 pub struct Settle;
 
+/// Brings the run's actor up on this node if it may host the run (taking it
+/// over from a dead node re-dispatches what died there); answered with
+/// whether the run is active here. Sent at start and by the takeover scan.
+#[derive(Message)]
+#[rtype(result = "Result<bool, EngineError>")]
+pub struct Activate;
+
 /// Record the comments still waiting (internal).
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -102,6 +113,12 @@ pub struct RunActor {
     notes: Vec<(StepId, LeaseToken, AgentNote)>,
     /// The timer that records waiting comments on their own.
     flush: Option<SpawnHandle>,
+    /// What this node proves when it appends (PostgreSQL): that it still
+    /// hosts the run at the epoch it took it at.
+    fence: Option<Fence>,
+    /// Another node hosts the run: every message is answered with this,
+    /// and the actor stops.
+    elsewhere: Option<(String, Option<String>)>,
 }
 
 impl RunActor {
@@ -118,6 +135,96 @@ impl RunActor {
             last_written: None,
             notes: Vec::new(),
             flush: None,
+            fence: None,
+            elsewhere: None,
+        }
+    }
+
+    /// Refuses a message when another node hosts the run.
+    fn hosted_elsewhere(&self) -> Option<EngineError> {
+        let (node, address) = self.elsewhere.clone()?;
+        Some(if node.is_empty() {
+            EngineError::Moved
+        } else {
+            EngineError::HostedElsewhere { node, address }
+        })
+    }
+
+    /// Takes the run for this node (PostgreSQL), then loads it; a run taken
+    /// from a dead host is recovered. Messages wait until it is done.
+    fn activate(&mut self, ctx: &mut Context<Self>) {
+        let Some(cluster) = self.engine.cluster.clone() else {
+            ctx.wait(self.reload().map(|loaded, act, ctx| {
+                act.loaded(loaded, ctx);
+            }));
+            return;
+        };
+        let id = self.id.clone();
+        ctx.wait(
+            async move { cluster.acquire(id.as_str()).await }
+                .into_actor(self)
+                .then(|acquired, act, ctx| -> ResponseActFuture<Self, bool> {
+                    match acquired {
+                        Ok(Acquired::Held { fence, recover }) => {
+                            act.fence = Some(fence);
+                            Box::pin(
+                                act.reload().map(move |loaded, act, ctx| {
+                                    act.loaded(loaded, ctx) && recover
+                                }),
+                            )
+                        }
+                        Ok(Acquired::Elsewhere { node, address }) => {
+                            act.give_up(Some((node, address)), ctx);
+                            Box::pin(ready(false))
+                        }
+                        Err(e) => {
+                            tracing::error!(run_id = %act.id, error = %e,
+                                "cannot take the run for this node; stopping its actor");
+                            act.give_up(None, ctx);
+                            Box::pin(ready(false))
+                        }
+                    }
+                })
+                .then(|recover, act, _| -> ResponseActFuture<Self, ()> {
+                    if !recover || act.state.status.is_finished() {
+                        return Box::pin(ready(()));
+                    }
+                    tracing::info!(run_id = %act.id, "taking over a run from a node that is gone");
+                    Box::pin(act.turn_now(RunCommand::Recover).map(|result, act, _| {
+                        if let Err(e) = result {
+                            tracing::error!(run_id = %act.id, error = %e, "cannot recover the run");
+                        }
+                    }))
+                }),
+        );
+    }
+
+    /// Another node hosts the run (`None`: it is not known which): the
+    /// messages waiting are answered so, then the actor stops.
+    fn give_up(&mut self, host: Option<(String, Option<String>)>, ctx: &mut Context<Self>) {
+        self.elsewhere = Some(host.unwrap_or_default());
+        if let Some((_, handle)) = self.wake.take() {
+            ctx.cancel_future(handle);
+        }
+        // Not at once: answers still being sent would be dropped.
+        ctx.run_later(GIVE_UP_LINGER, |_, ctx| ctx.stop());
+    }
+
+    /// Arms the run's timers once it is loaded; stops the actor if it could
+    /// not be. Returns whether it loaded.
+    fn loaded(&mut self, loaded: Result<(), EngineError>, ctx: &mut Context<Self>) -> bool {
+        match loaded {
+            Ok(()) => {
+                let wake = self.state.next_wake();
+                self.arm_wake(wake, ctx);
+                self.schedule(ctx);
+                true
+            }
+            Err(e) => {
+                tracing::error!(run_id = %self.id, error = %e, "cannot load run; stopping its actor");
+                ctx.stop();
+                false
+            }
         }
     }
 
@@ -185,12 +292,17 @@ impl RunActor {
         } else {
             Run::default()
         };
-        let metadata = HashMap::from([("recorded_at".to_string(), rfc3339(stamp.at))]);
+        let mut metadata = HashMap::from([("recorded_at".to_string(), rfc3339(stamp.at))]);
+        if let Some(fence) = &self.fence {
+            // Which node recorded it: nodes following the log skip their own.
+            metadata.insert("node".to_string(), fence.node.to_string());
+        }
+        let fence = self.fence.clone();
         Box::pin(
             async move {
                 engine
                     .runs
-                    .commit(id.as_str(), before, sequence, snapshot, events, metadata)
+                    .commit(id.as_str(), before, sequence, snapshot, events, metadata, fence.as_ref())
                     .await
             }
             .into_actor(self)
@@ -220,6 +332,12 @@ impl RunActor {
                             }
                             .into_actor(act),
                         )
+                    }
+                    Err(StoreError::Fenced) => {
+                        tracing::warn!(run_id = %act.id,
+                            "another node took this run over; handing the command to it");
+                        act.give_up(None, ctx);
+                        Box::pin(ready(Err(EngineError::Moved)))
                     }
                     Err(StoreError::Conflict) => {
                         tracing::warn!(run_id = %act.id, "another writer advanced this run; reloading");
@@ -380,25 +498,22 @@ impl Actor for RunActor {
     fn started(&mut self, ctx: &mut Self::Context) {
         if self.fresh {
             // A new id has no events; if it had, the first commit conflicts
-            // and the actor reloads.
+            // and the actor reloads. Its first append takes the host row.
+            self.fence = self.engine.cluster.as_ref().map(|c| c.starting());
             return;
         }
-        // Messages wait until the run is loaded.
-        ctx.wait(self.reload().map(|loaded, act, ctx| match loaded {
-            Ok(()) => {
-                let wake = act.state.next_wake();
-                act.arm_wake(wake, ctx);
-                act.schedule(ctx);
-            }
-            Err(e) => {
-                tracing::error!(run_id = %act.id, error = %e, "cannot load run; stopping its actor");
-                ctx.stop();
-            }
-        }));
+        self.activate(ctx);
     }
 
     fn stopping(&mut self, ctx: &mut Self::Context) -> Running {
         self.engine.forget_actor(&self.id, &ctx.address());
+        let idle = self.state.status.is_finished() || self.state.status == RunStatus::Paused;
+        if let (Some(cluster), Some(fence), None, true) =
+            (&self.engine.cluster, &self.fence, &self.elsewhere, idle)
+        {
+            // Nothing runs: the next node to need the run takes it.
+            cluster.release(fence, self.id.as_str());
+        }
         Running::Stop
     }
 }
@@ -407,6 +522,9 @@ impl Handler<Execute> for RunActor {
     type Result = AtomicResponse<Self, Result<Committed, EngineError>>;
 
     fn handle(&mut self, Execute(command): Execute, _: &mut Self::Context) -> Self::Result {
+        if let Some(refused) = self.hosted_elsewhere() {
+            return AtomicResponse::new(Box::pin(ready(Err(refused))));
+        }
         AtomicResponse::new(Box::pin(self.turn(command).map(|result, act, ctx| {
             // A command to a run that does not exist spawned this actor for
             // nothing: do not keep it.
@@ -422,6 +540,9 @@ impl Handler<Report> for RunActor {
     type Result = AtomicResponse<Self, Result<(), EngineError>>;
 
     fn handle(&mut self, Report(report): Report, ctx: &mut Self::Context) -> Self::Result {
+        if let Some(refused) = self.hosted_elsewhere() {
+            return AtomicResponse::new(Box::pin(ready(Err(refused))));
+        }
         if let Outcome::Comment(text) = &report.outcome {
             // Checked now, so that a stale worker hears of it at once; the
             // comment is recorded with the attempt's outcome or a batch.
@@ -475,6 +596,9 @@ impl Handler<Heartbeat> for RunActor {
     type Result = AtomicResponse<Self, Result<LeaseStatus, EngineError>>;
 
     fn handle(&mut self, beat: Heartbeat, _: &mut Self::Context) -> Self::Result {
+        if let Some(refused) = self.hosted_elsewhere() {
+            return AtomicResponse::new(Box::pin(ready(Err(refused))));
+        }
         let Heartbeat { step, lease } = beat;
         let command = RunCommand::Heartbeat {
             step: step.clone(),
@@ -494,6 +618,21 @@ impl Handler<Heartbeat> for RunActor {
                 pause_requested: act.state.pause_requested,
             })
         })))
+    }
+}
+
+impl Handler<Activate> for RunActor {
+    type Result = Result<bool, EngineError>;
+
+    fn handle(&mut self, _: Activate, ctx: &mut Self::Context) -> Self::Result {
+        if let Some(refused) = self.hosted_elsewhere() {
+            return Err(refused);
+        }
+        if self.state.id.is_none() || self.state.status.is_finished() {
+            ctx.stop();
+            return Ok(false);
+        }
+        Ok(true)
     }
 }
 

@@ -11,7 +11,7 @@ use serde_json::Value;
 use super::agents::{AgentInfo, AgentKind};
 use super::executor::{store_outputs, Outcome, StepReport};
 use super::run_actor::{self, LeaseStatus};
-use super::{Engine, EngineError};
+use super::{ClaimToRecord, Engine, EngineError};
 use crate::domain::ids::{AgentName, LeaseToken, RunId, StepId, Timestamp};
 use crate::domain::run::{Failure, RunCommand, RunError, RunEvent};
 use crate::store::TaskRef;
@@ -136,19 +136,25 @@ impl Engine {
                 let step = StepId::parse(task.step.as_str())
                     .map_err(|e| EngineError::Unavailable(e.to_string()))?;
                 let lease = LeaseToken::new(task.lease.clone());
-                let command = RunCommand::ClaimStep {
+                let claim = ClaimToRecord {
+                    run,
                     step,
                     lease: lease.clone(),
                     worker: worker.to_string(),
                 };
-                match self.execute(&run, command).await {
-                    Ok(committed) => {
-                        let expires = committed.iter().find_map(|e| match &e.payload {
-                            RunEvent::StepClaimed {
-                                lease_expires_at, ..
-                            } => Some(*lease_expires_at),
-                            _ => None,
-                        });
+                let recorded = match (self.record_claim(claim.clone()).await, &self.ctx.peers) {
+                    // The run's host records it (docs/adr/0007).
+                    (
+                        Err(EngineError::HostedElsewhere {
+                            address: Some(address),
+                            ..
+                        }),
+                        Some(peers),
+                    ) => peers.record_claim(address, claim).await,
+                    (other, _) => other,
+                };
+                match recorded {
+                    Ok(expires) => {
                         let Some(lease_expires_at) = expires else {
                             continue;
                         };
@@ -194,6 +200,28 @@ impl Engine {
                 () = tokio::time::sleep_until(deadline) => return Ok(None),
             }
         }
+    }
+
+    /// Records, on this node, that `claim.worker` holds the attempt of
+    /// `claim.step` under `claim.lease`; returns until when (`None`: nothing
+    /// was recorded). A run another node hosts answers
+    /// [`EngineError::HostedElsewhere`].
+    pub async fn record_claim(
+        &self,
+        claim: ClaimToRecord,
+    ) -> Result<Option<Timestamp>, EngineError> {
+        let command = RunCommand::ClaimStep {
+            step: claim.step,
+            lease: claim.lease,
+            worker: claim.worker,
+        };
+        let committed = self.execute(&claim.run, command).await?;
+        Ok(committed.iter().find_map(|e| match &e.payload {
+            RunEvent::StepClaimed {
+                lease_expires_at, ..
+            } => Some(*lease_expires_at),
+            _ => None,
+        }))
     }
 
     /// Refuses agents that are not declared remote agents (workers cannot
@@ -242,6 +270,11 @@ impl Engine {
                 })
                 .await
             {
+                Ok(Err(EngineError::Moved)) if tries < 3 => self.ctx.forget_actor(&run, &addr),
+                Ok(Err(e @ EngineError::HostedElsewhere { .. })) => {
+                    self.ctx.forget_actor(&run, &addr);
+                    return Err(e);
+                }
                 Ok(result) => {
                     return result.map_err(|e| self.refused_as_lost(task_id, e));
                 }

@@ -103,7 +103,8 @@ impl Projector {
         crate::db::spawn_dedicated(
             "runlog-projector",
             db,
-            2,
+            // Reads and writes, and the writer lock's session.
+            3,
             // Durable: the follower's document cache assumes that what
             // committed stays.
             Commits::Durable,
@@ -216,6 +217,10 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// has nothing new, wait to be woken.
 async fn follow(db: Db, log: Box<dyn LogReader>, shared: Arc<Shared>) {
     let mut applier = Applier::new(super::ALL.to_vec(), Target::live());
+    let mut leadership = Leadership::default();
+    if !stand_by(&db, &mut leadership, &mut applier, &shared).await {
+        return;
+    }
     // (stored_position also reads the generations the page writes check.)
     let mut at = loop {
         match applier.stored_position(&db).await {
@@ -278,15 +283,7 @@ async fn follow(db: Db, log: Box<dyn LogReader>, shared: Arc<Shared>) {
                 shared
                     .events_applied
                     .fetch_add(page.len() as u64, Ordering::Relaxed);
-                {
-                    let mut pending = lock(&shared.pending);
-                    let above = pending.split_off(&Position {
-                        tx: at.tx,
-                        position: at.position + 1,
-                    });
-                    *pending = above;
-                    shared.applied.send_replace(at);
-                }
+                publish(&shared, at);
                 busy_look = BUSY_LOOK;
                 read_failures = 0;
             }
@@ -313,4 +310,114 @@ async fn follow(db: Db, log: Box<dyn LogReader>, shared: Arc<Shared>) {
             }
         }
     }
+}
+
+/// Tells the waiting readers that the read models hold the log up to
+/// `at`.
+fn publish(shared: &Shared, at: Position) {
+    // Under the lock `committed` takes, so that an entry is never left at
+    // or below the published position.
+    let mut pending = lock(&shared.pending);
+    let above = pending.split_off(&Position {
+        tx: at.tx,
+        position: at.position + 1,
+    });
+    *pending = above;
+    shared.applied.send_replace(at);
+}
+
+/// The advisory lock that makes one node's follower the writer of the read
+/// models on a PostgreSQL that several nodes share (docs/adr/0007). Its
+/// session holds it until the process ends or the connection breaks; the
+/// other nodes' followers wait for it.
+#[derive(Default)]
+struct Leadership {
+    held: Option<sqlx::pool::PoolConnection<sqlx::Postgres>>,
+}
+
+/// Shared by every runlog node; distinct from the migration lock.
+const LEADER_KEY: i64 = 0x0072_756e_6c6f_6701;
+
+impl Leadership {
+    /// Takes the lock if no other session holds it. Always true on SQLite
+    /// (one process serves it).
+    async fn try_take(&mut self, db: &Db) -> Result<bool, sqlx::Error> {
+        let Db::Postgres(pool) = db else {
+            return Ok(true);
+        };
+        if self.held.is_some() {
+            return Ok(true);
+        }
+        let mut connection = pool.acquire().await?;
+        let taken: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+            .bind(LEADER_KEY)
+            .fetch_one(&mut *connection)
+            .await?;
+        if taken {
+            self.held = Some(connection);
+        }
+        Ok(taken)
+    }
+}
+
+/// How often a follower on stand-by looks at the positions the writing
+/// node stored, and how soon when a commit of this process waits for them.
+const STANDBY_LOOK: Duration = Duration::from_millis(100);
+const STANDBY_WAITING_LOOK: Duration = Duration::from_millis(5);
+/// How often a follower on stand-by tries to become the writer.
+const STANDBY_TAKE_EVERY: Duration = Duration::from_secs(1);
+
+/// Waits until this follower may write the read models. Meanwhile the
+/// positions the writing node stores are what this node's readers wait
+/// for (read-your-writes through the stored positions). Returns false if
+/// asked to stop first.
+async fn stand_by(
+    db: &Db,
+    leadership: &mut Leadership,
+    applier: &mut Applier,
+    shared: &Shared,
+) -> bool {
+    let mut said = false;
+    let mut since_try = STANDBY_TAKE_EVERY;
+    while !shared.stop.load(Ordering::SeqCst) {
+        if since_try >= STANDBY_TAKE_EVERY {
+            since_try = Duration::ZERO;
+            match leadership.try_take(db).await {
+                Ok(true) => {
+                    if said {
+                        tracing::info!("the node that wrote the read models is gone: this node writes them now");
+                    }
+                    return true;
+                }
+                Ok(false) if !said => {
+                    said = true;
+                    tracing::info!(
+                        "another node writes the read models; this one reads their positions"
+                    );
+                }
+                Ok(false) => {}
+                Err(e) => tracing::warn!(error = %e, "cannot try the read models' writer lock"),
+            }
+        }
+        let woken = shared.wake.notified();
+        tokio::pin!(woken);
+        woken.as_mut().enable();
+        match applier.stored_position(db).await {
+            Ok(at) if at > *shared.applied.borrow() => publish(shared, at),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot read the read models' positions"),
+        }
+        let look = if lock(&shared.pending).is_empty() {
+            STANDBY_LOOK
+        } else {
+            STANDBY_WAITING_LOOK
+        };
+        let started = std::time::Instant::now();
+        tokio::select! {
+            () = &mut woken => {}
+            () = tokio::time::sleep(look) => {}
+        }
+        since_try += started.elapsed().max(STANDBY_WAITING_LOOK);
+    }
+    false
 }

@@ -15,7 +15,7 @@ use cqrs_es::persist::SerializedEvent;
 use sqlx::Row;
 use tokio::sync::{mpsc, oneshot};
 
-use super::StoreError;
+use super::{Fence, StoreError};
 use crate::db::{BeginWrite, Commits, Db};
 use crate::domain::log::Position;
 
@@ -27,6 +27,8 @@ const MAX_APPENDS_PER_TRANSACTION: usize = 256;
 
 struct Append {
     events: Vec<SerializedEvent>,
+    /// Checked on PostgreSQL (SQLite serves one process).
+    fence: Option<Fence>,
     done: oneshot::Sender<Result<Position, StoreError>>,
 }
 
@@ -52,10 +54,15 @@ impl Appender {
     pub(crate) async fn append(
         &self,
         events: Vec<SerializedEvent>,
+        fence: Option<Fence>,
     ) -> Result<Position, StoreError> {
         let (done, answer) = oneshot::channel();
         self.sender
-            .send(Append { events, done })
+            .send(Append {
+                events,
+                fence,
+                done,
+            })
             .map_err(|_| StoreError::Database("the appender has stopped".into()))?;
         answer
             .await
@@ -72,19 +79,20 @@ async fn append_loop(db: Db, mut receiver: mpsc::UnboundedReceiver<Append>) {
                 Err(_) => break,
             }
         }
-        let events: Vec<&SerializedEvent> = batch.iter().flat_map(|a| a.events.iter()).collect();
+        let events: Vec<Fenced<'_>> = batch.iter().flat_map(Append::rows).collect();
         match insert(&db, &events).await {
             Ok(positions) => {
                 for append in batch {
-                    let _ = append.done.send(position_of(&positions, &append.events));
+                    let result = position_of(&positions, &append);
+                    let _ = append.done.send(result);
                 }
             }
             Err(_) if batch.len() > 1 => {
                 // Find the stale writer(s): one append per transaction.
                 for append in batch {
-                    let result = insert(&db, &append.events.iter().collect::<Vec<_>>())
+                    let result = insert(&db, &append.rows().collect::<Vec<_>>())
                         .await
-                        .and_then(|positions| position_of(&positions, &append.events));
+                        .and_then(|positions| position_of(&positions, &append));
                     let _ = append.done.send(result);
                 }
             }
@@ -100,16 +108,41 @@ async fn append_loop(db: Db, mut receiver: mpsc::UnboundedReceiver<Append>) {
 /// Where each inserted event went, by (aggregate id, sequence).
 type Positions = HashMap<(String, i64), Position>;
 
-/// The position of an append's last event.
-fn position_of(positions: &Positions, events: &[SerializedEvent]) -> Result<Position, StoreError> {
-    events
-        .last()
-        .and_then(|last| positions.get(&(last.aggregate_id.clone(), last.sequence as i64)))
-        .copied()
-        .ok_or_else(|| StoreError::Database("the log did not say where an append went".into()))
+/// An event to insert, with the node and the epoch its fence checks (0:
+/// the append opens a new run and takes its host row).
+type Fenced<'a> = (&'a SerializedEvent, Option<(&'a str, i64)>);
+
+impl Append {
+    fn rows(&self) -> impl Iterator<Item = Fenced<'_>> {
+        // The whole append is checked as one: every row of it carries the
+        // same answer.
+        let opens = self.events.first().is_some_and(|e| e.sequence == 1);
+        let check = self
+            .fence
+            .as_ref()
+            .map(|f| (f.node.as_ref(), if opens { 0 } else { f.epoch }));
+        self.events.iter().map(move |e| (e, check))
+    }
 }
 
-async fn insert(db: &Db, events: &[&SerializedEvent]) -> Result<Positions, StoreError> {
+/// The position of an append's last event. A fenced append that is not
+/// among what was written was left out by its fence.
+fn position_of(positions: &Positions, append: &Append) -> Result<Position, StoreError> {
+    let found = append
+        .events
+        .last()
+        .and_then(|last| positions.get(&(last.aggregate_id.clone(), last.sequence as i64)))
+        .copied();
+    match found {
+        Some(position) => Ok(position),
+        None if append.fence.is_some() => Err(StoreError::Fenced),
+        None => Err(StoreError::Database(
+            "the log did not say where an append went".into(),
+        )),
+    }
+}
+
+async fn insert(db: &Db, events: &[Fenced<'_>]) -> Result<Positions, StoreError> {
     let result: Result<Positions, sqlx::Error> = match db {
         // One statement is one transaction: the whole batch commits or none
         // of it does, in a single round trip (no BEGIN / COMMIT).
@@ -119,7 +152,7 @@ async fn insert(db: &Db, events: &[&SerializedEvent]) -> Result<Positions, Store
             async {
                 let mut tx = pool.begin_write().await?;
                 let mut positions = Positions::new();
-                for e in events {
+                for (e, _) in events {
                     let done = sqlx::query(INSERT_EVENT)
                         .bind(&e.aggregate_type)
                         .bind(&e.aggregate_id)
@@ -155,10 +188,10 @@ async fn insert(db: &Db, events: &[&SerializedEvent]) -> Result<Positions, Store
 }
 
 /// The batch as one multi-row `INSERT … SELECT FROM UNNEST`.
-async fn pg_insert(
-    pool: &sqlx::PgPool,
-    events: &[&SerializedEvent],
-) -> Result<Positions, sqlx::Error> {
+async fn pg_insert(pool: &sqlx::PgPool, fenced: &[Fenced<'_>]) -> Result<Positions, sqlx::Error> {
+    let events: Vec<&SerializedEvent> = fenced.iter().map(|(e, _)| *e).collect();
+    // One node appends: every fence of a batch names it.
+    let node = fenced.iter().find_map(|(_, f)| f.map(|(node, _)| node));
     let rows = sqlx::query(PG_INSERT_EVENTS)
         .bind(
             events
@@ -192,6 +225,13 @@ async fn pg_insert(
                 .map(|e| e.metadata.clone())
                 .collect::<Vec<_>>(),
         )
+        .bind(
+            fenced
+                .iter()
+                .map(|(_, f)| f.map(|(_, epoch)| epoch))
+                .collect::<Vec<_>>(),
+        )
+        .bind(node)
         .fetch_all(pool)
         .await?;
     rows.iter()

@@ -101,6 +101,11 @@ impl EventLog {
         Self { db }
     }
 
+    /// The database it reads.
+    pub(crate) fn db(&self) -> &Db {
+        &self.db
+    }
+
     /// Up to `limit` events of one aggregate with sequence above `after`.
     pub async fn events_of(
         &self,
@@ -344,4 +349,73 @@ fn decode(entry: LogEntry) -> Result<Logged, StoreError> {
         sequence: u64::try_from(sequence).unwrap_or_default(),
         event,
     })
+}
+
+/// Wake-ups when the log grows (PostgreSQL: `LISTEN runlog_log`, which
+/// every append notifies when it commits). Only a hint: a reader reads the
+/// log by position whatever it hears, and also when nothing came for a
+/// while.
+pub struct LogWakeups {
+    /// Taken by [`LogWakeups::close`]. One still here when the value is
+    /// dropped is leaked rather than dropped: its destructor spawns a task,
+    /// which panics once the runtime is gone (a process or a test shutting
+    /// down), and a panic there aborts.
+    listener: Option<sqlx::postgres::PgListener>,
+}
+
+impl Drop for LogWakeups {
+    fn drop(&mut self) {
+        if let Some(listener) = self.listener.take() {
+            std::mem::forget(listener);
+        }
+    }
+}
+
+/// The channel the appender notifies.
+const LOG_CHANNEL: &str = "runlog_log";
+
+impl LogWakeups {
+    /// Listens on `db` (`None` on SQLite, where one process writes).
+    pub async fn listen(db: &Db) -> Result<Option<Self>, StoreError> {
+        let Db::Postgres(pool) = db else {
+            return Ok(None);
+        };
+        let mut listener = sqlx::postgres::PgListener::connect_with(pool).await?;
+        listener.listen(LOG_CHANNEL).await?;
+        Ok(Some(Self {
+            listener: Some(listener),
+        }))
+    }
+
+    /// Stops listening (inside the runtime, so the connection goes back
+    /// cleanly).
+    pub fn close(mut self) {
+        drop(self.listener.take());
+    }
+
+    /// Resolves at the next notification, or after `timeout`; then drops
+    /// the ones already queued (one read serves them all).
+    pub async fn wait(&mut self, timeout: std::time::Duration) {
+        let Some(listener) = self.listener.as_mut() else {
+            tokio::time::sleep(timeout).await;
+            return;
+        };
+        match tokio::time::timeout(timeout, listener.recv()).await {
+            Ok(Ok(_)) => {}
+            // The listener reconnects by itself at the next recv; the
+            // reader polls meanwhile.
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "log notifications interrupted; polling");
+                tokio::time::sleep(timeout).await;
+            }
+            Err(_) => {}
+        }
+        // Those that arrived meanwhile are served by the read that follows.
+        for _ in 0..1024 {
+            let queued = tokio::time::timeout(std::time::Duration::ZERO, listener.recv());
+            if !matches!(queued.await, Ok(Ok(_))) {
+                break;
+            }
+        }
+    }
 }

@@ -71,6 +71,12 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../../schema/sqlite/009_projection_generations.sql"),
         postgres: include_str!("../../schema/postgres/009_projection_generations.sql"),
     },
+    Migration {
+        version: 10,
+        name: "nodes",
+        sqlite: include_str!("../../schema/sqlite/010_nodes.sql"),
+        postgres: include_str!("../../schema/postgres/010_nodes.sql"),
+    },
 ];
 
 const CREATE_TABLE: &str = "CREATE TABLE IF NOT EXISTS runlog_migrations \

@@ -7,6 +7,7 @@
 
 mod appender;
 mod blobs;
+mod cluster;
 mod history;
 mod log;
 mod migrate;
@@ -24,8 +25,9 @@ use serde_json::Value;
 use sqlite_es::SqliteEventRepository;
 
 pub use blobs::BlobStore;
+pub use cluster::{Acquired, Cluster, Fence, NodeRow};
 pub use history::{History, HistoryCounts, ImportError, FORMAT_VERSION};
-pub use log::{EventLog, LogEntry, RecordedEvent};
+pub use log::{EventLog, LogEntry, LogWakeups, RecordedEvent};
 pub use migrate::migrate;
 pub use tasks::{ClaimedTask, NewTask, TaskQueue, TaskRef};
 
@@ -52,6 +54,9 @@ impl Snapshotted for Template {
     const SNAPSHOT_VERSION: u32 = 1;
 }
 
+const PG_SNAPSHOT_INSERT: &str = include_str!("sql/postgres/snapshot_insert.sql");
+const PG_SNAPSHOT_UPDATE: &str = include_str!("sql/postgres/snapshot_update.sql");
+
 /// Snapshot a run every this many events, so loading a long run reads one
 /// snapshot plus fewer than this many events.
 pub const RUN_SNAPSHOT_EVERY: usize = 50;
@@ -62,6 +67,10 @@ pub enum StoreError {
     /// Another writer appended to the aggregate first (optimistic concurrency).
     #[error("concurrent write to the same aggregate")]
     Conflict,
+    /// This node no longer hosts the run it appended to (another node took
+    /// it over): nothing was written (docs/adr/0007).
+    #[error("this node no longer hosts the run")]
+    Fenced,
     /// A stored event or snapshot could not be read back.
     #[error("stored data could not be deserialised: {0}")]
     Corrupt(String),
@@ -199,6 +208,35 @@ impl<A: Snapshotted + 'static> AggregateStore<A> {
         }
     }
 
+    /// Writes the snapshot of a fenced commit after its events. A failure
+    /// costs only folding: the next load reads more events.
+    async fn write_snapshot(&self, (id, payload, counter): (String, Value, usize), last: usize) {
+        let Db::Postgres(pool) = self.log.db() else {
+            return;
+        };
+        let mut query = sqlx::query(if counter == 1 {
+            PG_SNAPSHOT_INSERT
+        } else {
+            PG_SNAPSHOT_UPDATE
+        })
+        .bind(A::TYPE)
+        .bind(&id)
+        .bind(last as i64)
+        .bind(counter as i64)
+        .bind(&payload);
+        if counter > 1 {
+            query = query.bind(counter as i64 - 1);
+        }
+        let written = query.execute(pool);
+        match written.await {
+            Ok(done) if done.rows_affected() == 1 => {}
+            Ok(_) => {
+                tracing::warn!(aggregate_id = %id, "snapshot not written: another one replaced it")
+            }
+            Err(e) => tracing::warn!(aggregate_id = %id, error = %e, "snapshot not written"),
+        }
+    }
+
     /// Whether a commit of `events` events on top of `sequence` crosses a
     /// multiple of the snapshot size (then the commit writes a snapshot and
     /// needs the aggregate's state).
@@ -268,6 +306,15 @@ impl<A: Snapshotted + 'static> AggregateStore<A> {
     /// writer appended first. Returns the committed envelopes, the
     /// snapshot counter to pass to the next commit, and the position of the
     /// last event in the log (readers wait for it to see the commit).
+    /// With a `fence` (a run on PostgreSQL with many nodes possible), the
+    /// events are written only if this node still hosts the run at the
+    /// fence's epoch; otherwise nothing is written and the commit fails with
+    /// [`StoreError::Fenced`].
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "the aggregate's state and position, the events, their metadata and the \
+                  fence are each a separate fact the two callers have at hand"
+    )]
     pub async fn commit(
         &self,
         id: &str,
@@ -276,6 +323,7 @@ impl<A: Snapshotted + 'static> AggregateStore<A> {
         snapshot: Option<usize>,
         events: Vec<A::Event>,
         metadata: HashMap<String, String>,
+        fence: Option<&Fence>,
     ) -> Result<(Vec<EventEnvelope<A>>, Option<usize>, Position), StoreError> {
         let due = self.snapshot_due(sequence, events.len());
         let envelopes: Vec<EventEnvelope<A>> = events
@@ -308,7 +356,14 @@ impl<A: Snapshotted + 'static> AggregateStore<A> {
         let last = sequence + envelopes.len();
         let position = match (&self.backend, snapshot_update) {
             // The common case: group-committed with other appends.
-            (_, None) => self.appender.append(serialized).await?,
+            (_, None) => self.appender.append(serialized, fence.cloned()).await?,
+            // A fenced append goes through the appender, which checks the
+            // fence; its snapshot follows it in a statement of its own.
+            (Backend::Postgres(_), Some(update)) if fence.is_some() => {
+                let position = self.appender.append(serialized, fence.cloned()).await?;
+                self.write_snapshot(update, last).await;
+                position
+            }
             // Every `snapshot_every` events: the repository writes the events
             // and the snapshot in one transaction, and does not say where
             // they went.

@@ -189,6 +189,9 @@ pub struct TestApp {
     pub client: awc::Client,
     pub storage: Storage,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
+    /// Resolves once the server has stopped (released the database, left
+    /// the other nodes).
+    stopped: Option<tokio::sync::oneshot::Receiver<()>>,
 }
 
 impl Drop for TestApp {
@@ -262,10 +265,16 @@ pub async fn spawn_app_with(storage: Storage, options: AppOptions) -> TestApp {
         .await
         .expect("application builds");
     let port = app.port();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    actix_web::rt::spawn(app.run_until_stopped(async move {
-        let _ = stopped.await;
-    }));
+    let (stop, stopping) = tokio::sync::oneshot::channel::<()>();
+    let (done, stopped) = tokio::sync::oneshot::channel::<()>();
+    actix_web::rt::spawn(async move {
+        let _ = app
+            .run_until_stopped(async move {
+                let _ = stopping.await;
+            })
+            .await;
+        let _ = done.send(());
+    });
     TestApp {
         address: format!("http://127.0.0.1:{port}"),
         port,
@@ -274,6 +283,7 @@ pub async fn spawn_app_with(storage: Storage, options: AppOptions) -> TestApp {
             .finish(),
         storage,
         stop: Some(stop),
+        stopped: Some(stopped),
     }
 }
 
@@ -297,8 +307,11 @@ impl TestApp {
             database_url: None,
         };
         let storage = std::mem::replace(&mut self.storage, placeholder);
+        let stopped = self.stopped.take();
         drop(self);
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        if let Some(stopped) = stopped {
+            let _ = tokio::time::timeout(Duration::from_secs(30), stopped).await;
+        }
         storage
     }
 
