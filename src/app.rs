@@ -302,14 +302,14 @@ impl Application {
         })?;
         let port = local.port();
         let node = node_identity(&settings, local)?;
-        let cluster = Cluster::join(
-            &db,
-            &node.id,
-            &node.address,
-            crate::engine::node::DEAD_AFTER,
-        )
-        .await
-        .map_err(AppError::Join)?;
+        let cluster = Cluster::join(&db, &node.id, &node.address, store::DEAD_AFTER)
+            .await
+            .map_err(AppError::Join)?;
+        if cluster.is_some() && settings.advertise_url.is_none() && local.ip().is_unspecified() {
+            tracing::warn!(address = %node.address,
+                "listening on every address without --advertise-url: other nodes forward commands \
+                 to this address, which reaches only nodes on this machine; set --advertise-url");
+        }
         let engine = Engine::new(EngineParts {
             runs: AggregateStore::<Run>::new(&db, RUN_SNAPSHOT_EVERY),
             templates: AggregateStore::<Template>::new(&db, 0),
@@ -444,11 +444,17 @@ impl Application {
                 result
             }
         };
+        // A stopping node takes no run over; it leaves once its engine has
+        // stopped (then its peers take its runs at once).
+        let mut node_tasks = self.node_tasks;
+        if let Some(tasks) = node_tasks.as_mut() {
+            tasks.stop_taking().await;
+        }
         self.engine
             .shutdown(std::time::Duration::from_secs(5))
             .await;
-        if let Some(tasks) = self.node_tasks {
-            tasks.stop().await;
+        if let Some(tasks) = node_tasks {
+            tasks.leave().await;
         }
         // Removals of finished tasks still queued for the writer.
         self.engine.flush_task_queue().await;

@@ -205,6 +205,11 @@ pub struct BenchSettings {
     /// (`"comments": false`), as the engine ran before the thread existed.
     #[arg(long)]
     pub no_agent_comments: bool,
+    /// W1 on several nodes: this many `runlog serve` processes on one
+    /// PostgreSQL database; runs go round-robin across them, each started
+    /// and followed on the node it goes to (workers too are spread).
+    #[arg(long, default_value_t = 1)]
+    pub nodes: usize,
     /// --scenario rebuild: events to fill the log with.
     #[arg(long, default_value_t = DEFAULT_REBUILD_EVENTS)]
     pub events: u64,
@@ -222,6 +227,7 @@ fn check(settings: &BenchSettings) -> BenchResult<()> {
         ("--latency-runs", settings.latency_runs),
         ("--throughput-runs", settings.throughput_runs),
         ("--concurrency", settings.concurrency),
+        ("--nodes", settings.nodes),
     ];
     for (flag, value) in at_least_one {
         if value == 0 {
@@ -258,6 +264,17 @@ fn check(settings: &BenchSettings) -> BenchResult<()> {
     }
     if settings.scenario == Scenario::Rebuild && settings.catch_up_events >= settings.events {
         return Err("--catch-up-events must be below --events".into());
+    }
+    if settings.nodes > 1
+        && (settings.database_url.is_none()
+            || settings.server != ServerMode::Process
+            || settings.scenario != Scenario::W1)
+    {
+        return Err(
+            "--nodes above 1 runs W1 on servers in their own processes on one PostgreSQL: \
+             give --database-url, and drop --server and --scenario"
+                .into(),
+        );
     }
     if settings.agents == AgentsMode::RemoteExec && !Path::new("/bin/sh").exists() {
         return Err("--agents remote-exec needs /bin/sh".into());
@@ -297,6 +314,9 @@ fn section_key(settings: &BenchSettings) -> String {
     if settings.subscribe == SubscribeMode::All {
         key.push_str("-subscribe-all");
     }
+    if settings.nodes > 1 {
+        key.push_str(&format!("-nodes-{}", settings.nodes));
+    }
     key
 }
 
@@ -318,6 +338,9 @@ fn command_line(settings: &BenchSettings) -> String {
     }
     if settings.subscribe != SubscribeMode::PerRun {
         flags.push_str(&format!(" --subscribe {}", flag_value(&settings.subscribe)));
+    }
+    if settings.nodes > 1 {
+        flags.push_str(&format!(" --nodes {}", settings.nodes));
     }
     if settings.agents != AgentsMode::InProcess {
         flags.push_str(&format!(" --agents {}", flag_value(&settings.agents)));
@@ -569,6 +592,7 @@ async fn start_server(
     dir: &Path,
     database_url: Option<String>,
     config: Option<PathBuf>,
+    node: usize,
 ) -> BenchResult<(Server, u16)> {
     let data_dir = dir.join("data");
     match settings.server {
@@ -599,7 +623,12 @@ async fn start_server(
                 .args(["--passivate-after-secs", "2"])
                 .env("RUNLOG_LOG", "info")
                 .stderr(Stdio::piped());
-            let log = dir.join("server.log");
+            let log = if settings.nodes > 1 {
+                command.args(["--node-id", &format!("bench-{node}")]);
+                dir.join(format!("server-{node}.log"))
+            } else {
+                dir.join("server.log")
+            };
             let file =
                 File::create(&log).map_err(|e| format!("creating {}: {e}", log.display()))?;
             let mut child = command
@@ -607,7 +636,11 @@ async fn start_server(
                 .map_err(|e| format!("starting runlog serve: {e}"))?;
             let stderr = child.stderr.take();
             let mut server = Spawned {
-                name: "the server".into(),
+                name: if settings.nodes > 1 {
+                    format!("node bench-{node}")
+                } else {
+                    "the server".into()
+                },
                 child,
                 log: log.clone(),
                 reader: None,
@@ -653,13 +686,14 @@ async fn start_server(
 fn start_workers(
     settings: &BenchSettings,
     dir: &Path,
-    port: u16,
+    ports: &[u16],
     token: &str,
 ) -> BenchResult<Vec<Spawned>> {
-    let server = format!("http://127.0.0.1:{port}");
     let concurrency = settings.worker_concurrency.to_string();
     let mut workers = Vec::with_capacity(settings.workers);
     for i in 1..=settings.workers {
+        // Spread over the nodes.
+        let server = format!("http://127.0.0.1:{}", ports[(i - 1) % ports.len()]);
         let id = format!("bench-{i}");
         let mut command = own_command(&[
             "worker",
@@ -704,6 +738,8 @@ fn start_workers(
 #[derive(Default)]
 struct Processes {
     server: Option<Server>,
+    /// The other nodes (`--nodes`).
+    more_servers: Vec<Server>,
     workers: Vec<Spawned>,
 }
 
@@ -749,47 +785,61 @@ impl Processes {
                 ));
             }
         }
-        match self.server.take() {
-            Some(Server::InProcess { stop, task }) => {
-                let since = Instant::now();
-                let _ = stop.send(());
-                match task.await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => notes.push(format!("the server stopped with an error: {e}")),
-                    Err(e) => notes.push(format!("the server task failed: {e}")),
-                }
-                if since.elapsed() > Duration::from_secs(2) {
-                    notes.push(format!(
-                        "the server took {:.1} s to stop",
-                        since.elapsed().as_secs_f64()
-                    ));
-                }
-            }
-            Some(Server::Process(mut server)) => {
-                let since = Instant::now();
-                if let Some(status) = server.exited() {
-                    notes.push(format!("the server had already exited ({status})"));
-                } else {
-                    server.terminate();
-                    let stopped = server.wait_until(since, since + SERVER_STOP_GRACE).await;
-                    notes.extend(stop_note(&server.name, &stopped, SERVER_STOP_GRACE));
-                    if !stopped.killed && stopped.took > Duration::from_secs(2) {
-                        notes.push(format!(
-                            "the server took {:.1} s to stop after SIGTERM",
-                            stopped.took.as_secs_f64()
-                        ));
-                    }
-                }
-                server.join_reader().await;
-                notes.extend(log_findings(&server.log, false));
-            }
-            None => {}
+        let servers: Vec<Server> = self
+            .server
+            .take()
+            .into_iter()
+            .chain(self.more_servers.drain(..))
+            .collect();
+        for server in servers {
+            notes.extend(stop_server(server).await);
         }
         for worker in &self.workers {
             notes.extend(log_findings(&worker.log, true));
         }
         notes
     }
+}
+
+/// Stops one server; returns what was odd.
+async fn stop_server(server: Server) -> Vec<String> {
+    let mut notes = Vec::new();
+    match server {
+        Server::InProcess { stop, task } => {
+            let since = Instant::now();
+            let _ = stop.send(());
+            match task.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => notes.push(format!("the server stopped with an error: {e}")),
+                Err(e) => notes.push(format!("the server task failed: {e}")),
+            }
+            if since.elapsed() > Duration::from_secs(2) {
+                notes.push(format!(
+                    "the server took {:.1} s to stop",
+                    since.elapsed().as_secs_f64()
+                ));
+            }
+        }
+        Server::Process(mut server) => {
+            let since = Instant::now();
+            if let Some(status) = server.exited() {
+                notes.push(format!("the server had already exited ({status})"));
+            } else {
+                server.terminate();
+                let stopped = server.wait_until(since, since + SERVER_STOP_GRACE).await;
+                notes.extend(stop_note(&server.name, &stopped, SERVER_STOP_GRACE));
+                if !stopped.killed && stopped.took > Duration::from_secs(2) {
+                    notes.push(format!(
+                        "the server took {:.1} s to stop after SIGTERM",
+                        stopped.took.as_secs_f64()
+                    ));
+                }
+            }
+            server.join_reader().await;
+            notes.extend(log_findings(&server.log, false));
+        }
+    }
+    notes
 }
 
 /// Warnings and errors in a child's log (`every_line`: a log at `warn`,
@@ -1188,8 +1238,8 @@ fn sorted(mut values: Vec<f64>) -> Vec<f64> {
     values
 }
 
-async fn drive_w1(settings: &BenchSettings, port: u16) -> BenchResult<Figures> {
-    let base = format!("http://127.0.0.1:{port}");
+async fn drive_w1(settings: &BenchSettings, ports: &[u16]) -> BenchResult<Figures> {
+    let base = format!("http://127.0.0.1:{}", ports[0]);
     let client = http_client();
     let template = create_template(
         &client,
@@ -1199,17 +1249,28 @@ async fn drive_w1(settings: &BenchSettings, port: u16) -> BenchResult<Figures> {
     )
     .await?;
     let body = json!({"template_id": template, "input": {"n": 1}});
-    let runs_url = format!("{base}/api/runs");
-    let completions = Completions::connect(port, settings.subscribe).await?;
+    // One WebSocket per node; run i goes to node i mod N, started and
+    // followed there.
+    let mut nodes = Vec::with_capacity(ports.len());
+    for port in ports {
+        let url = format!("http://127.0.0.1:{port}/api/runs");
+        nodes.push((
+            url,
+            Rc::new(Completions::connect(*port, settings.subscribe).await?),
+        ));
+    }
+    let node = |i: usize| &nodes[i % nodes.len()];
     // Warm-up: connections, caches, workers' first claims.
-    for _ in 0..WARM_UP_RUNS {
-        one_run(&client, &completions, &runs_url, &body)
+    for i in 0..WARM_UP_RUNS {
+        let (url, completions) = node(i);
+        one_run(&client, completions, url, &body)
             .await
             .map_err(|e| format!("warm-up: {e}"))?;
     }
     let mut latencies = Vec::with_capacity(settings.latency_runs);
-    for _ in 0..settings.latency_runs {
-        let timing = one_run(&client, &completions, &runs_url, &body)
+    for i in 0..settings.latency_runs {
+        let (url, completions) = node(i);
+        let timing = one_run(&client, completions, url, &body)
             .await
             .map_err(|e| format!("L: {e}"))?;
         latencies.push(ms(timing.completed));
@@ -1219,15 +1280,15 @@ async fn drive_w1(settings: &BenchSettings, port: u16) -> BenchResult<Figures> {
     let commits_before = crate::db::durable_commits();
     let permits = std::sync::Arc::new(Semaphore::new(settings.concurrency));
     let client = Rc::new(client);
-    let completions = Rc::new(completions);
     let started = Instant::now();
     let mut tasks = Vec::with_capacity(settings.throughput_runs);
-    for _ in 0..settings.throughput_runs {
+    for i in 0..settings.throughput_runs {
         let permit = permits.clone().acquire_owned().await?;
+        let (url, completions) = node(i);
         let (client, completions, url, body) = (
             client.clone(),
             completions.clone(),
-            runs_url.clone(),
+            url.clone(),
             body.clone(),
         );
         tasks.push(actix_web::rt::spawn(async move {
@@ -1256,7 +1317,9 @@ async fn drive_w1(settings: &BenchSettings, port: u16) -> BenchResult<Figures> {
             .collect();
         Some(step_overheads(&client, &base, &sample).await?)
     };
-    completions.close();
+    for (_, completions) in &nodes {
+        completions.close();
+    }
     Ok(Figures {
         p50_ms: percentile(&latencies, 50.0),
         p99_ms: percentile(&latencies, 99.0),
@@ -1652,13 +1715,21 @@ async fn measure(
     } else {
         None
     };
-    let (server, port) = start_server(settings, dir, database_url, config).await?;
+    let (server, port) =
+        start_server(settings, dir, database_url.clone(), config.clone(), 1).await?;
     processes.server = Some(server);
+    let mut ports = vec![port];
+    for node in 2..=settings.nodes {
+        let (server, port) =
+            start_server(settings, dir, database_url.clone(), config.clone(), node).await?;
+        processes.more_servers.push(server);
+        ports.push(port);
+    }
     if remote {
-        processes.workers = start_workers(settings, dir, port, &token)?;
+        processes.workers = start_workers(settings, dir, &ports, &token)?;
     }
     let measured = match settings.scenario {
-        Scenario::W1 => drive_w1(settings, port).await.map(Measured::W1),
+        Scenario::W1 => drive_w1(settings, &ports).await.map(Measured::W1),
         Scenario::Stall => drive_stall(port).await.map(Measured::Stall),
         Scenario::Rebuild => unreachable!("measured above"),
     };
@@ -1764,6 +1835,16 @@ fn preamble(settings: &BenchSettings) -> String {
             "The server ran in its own process (`runlog serve`, started by the bench from the same binary)"
         }
         ServerMode::InProcess => "The server ran inside the bench process, sharing it with the client",
+    };
+    let server = if settings.nodes > 1 {
+        format!(
+            "{} `runlog serve` processes (nodes `bench-1` … `bench-{0}`) ran on one PostgreSQL \
+             database, each in its own process, with the client's run i going to node i mod {0} \
+             (its `POST /api/runs` and its subscription, on that node's WebSocket)",
+            settings.nodes
+        )
+    } else {
+        server.to_string()
     };
     format!("Measured {date} on {}, {build} build. {server}", machine())
 }
@@ -2124,6 +2205,13 @@ mod tests {
             section_key(&settings(&["--scenario", "stall", "--database-url", pg])),
             "stall-postgres"
         );
+        assert_eq!(
+            section_key(&settings(&["--database-url", pg, "--nodes", "2"])),
+            "postgres-nodes-2"
+        );
+        assert!(
+            command_line(&settings(&["--database-url", pg, "--nodes", "2"])).contains(" --nodes 2")
+        );
         let command = command_line(&settings(&[
             "--database-url",
             pg,
@@ -2148,6 +2236,20 @@ mod tests {
 
     #[test]
     fn settings_that_do_not_fit_are_refused() {
+        // Many nodes need PostgreSQL and servers in their own processes.
+        assert!(check(&settings(&["--nodes", "2"])).is_err());
+        assert!(check(&settings(&["--nodes", "0"])).is_err());
+        let pg = "postgres://u@db/x";
+        assert!(check(&settings(&[
+            "--database-url",
+            pg,
+            "--nodes",
+            "2",
+            "--server",
+            "in-process"
+        ]))
+        .is_err());
+        assert!(check(&settings(&["--database-url", pg, "--nodes", "2"])).is_ok());
         assert!(check(&settings(&[
             "--agents",
             "remote-echo",

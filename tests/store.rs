@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use common::{Backend, Storage};
+use cqrs_es::Aggregate as _;
 use runlog::app::start_projector;
 use runlog::db::Db;
 use runlog::domain::definition::Definition;
@@ -1685,3 +1686,156 @@ on_both_backends!(
         );
     }
 );
+
+/// Fencing (docs/adr/0007): a node that lost a run to another writes
+/// nothing to it, whatever its actor still believes, and the new host's
+/// appends go in; a run's first append takes its host row; a live host
+/// keeps its run; a run taken from another host is flagged for recovery.
+#[actix_web::test]
+async fn a_node_that_lost_a_run_can_append_nothing_to_it() {
+    let Some((_storage, db)) = open(Backend::Postgres).await else {
+        return;
+    };
+    use runlog::store::{Acquired, Cluster};
+    let dead_after = runlog::store::DEAD_AFTER;
+    let a = Cluster::join(&db, "node-a", "http://a", dead_after)
+        .await
+        .expect("a joins")
+        .expect("PostgreSQL has a cluster");
+    let b = Cluster::join(&db, "node-b", "http://b", dead_after)
+        .await
+        .expect("b joins")
+        .expect("PostgreSQL has a cluster");
+    let runs = AggregateStore::<Run>::new(&db, 0);
+    let run_id = "run-fenced";
+
+    // a starts the run: its first append takes the host row at epoch 1.
+    let mut state = Run::default();
+    let start = state.decide_with(start_command(run_id, 1)).expect("start");
+    let a_fence = a.starting();
+    let (envelopes, _, _) = runs
+        .commit(
+            run_id,
+            Run::default(),
+            0,
+            None,
+            start.clone(),
+            metadata(),
+            Some(&a_fence),
+        )
+        .await
+        .expect("a's start");
+    for e in &envelopes {
+        state.apply(e.payload.clone());
+    }
+    let sequence = envelopes.len();
+    match b.acquire(run_id).await.expect("b asks") {
+        Acquired::Elsewhere { node, address } => {
+            assert_eq!(
+                (node.as_str(), address.as_deref()),
+                ("node-a", Some("http://a"))
+            );
+        }
+        other => panic!("b took a run a live node hosts: {other:?}"),
+    }
+
+    // Asking about a run that does not exist takes nothing.
+    assert_eq!(
+        b.acquire("run-nobody-started").await.expect("b asks"),
+        Acquired::Unknown
+    );
+
+    // a leaves (as a node that stopped or was found dead); b takes the run
+    // over, and is told to recover it.
+    a.leave().await.expect("a leaves");
+    let b_fence = match b.acquire(run_id).await.expect("b asks again") {
+        Acquired::Held { fence, recover } => {
+            assert!(recover, "a's attempts may have died with it");
+            assert!(fence.epoch > a_fence.epoch, "{fence:?}");
+            fence
+        }
+        other => panic!("b could not take a dead node's run: {other:?}"),
+    };
+
+    // a's next append is refused and writes nothing; b's goes in.
+    let complete = state
+        .decide_with(complete_command(&state, "a", 2))
+        .expect("complete a");
+    let refused = runs
+        .commit(
+            run_id,
+            Run::default(),
+            sequence,
+            None,
+            complete.clone(),
+            metadata(),
+            Some(&a_fence),
+        )
+        .await;
+    assert!(matches!(refused, Err(StoreError::Fenced)), "{refused:?}");
+    let log = store::EventLog::new(db.clone());
+    assert_eq!(
+        log.events_of("Run", run_id, 0, 1000)
+            .await
+            .expect("log")
+            .len(),
+        sequence
+    );
+    runs.commit(
+        run_id,
+        Run::default(),
+        sequence,
+        None,
+        complete,
+        metadata(),
+        Some(&b_fence),
+    )
+    .await
+    .expect("the new host appends");
+
+    // Beside a fenced append, another run's append in the same batch
+    // commits (a fenced append is left out, not failed with its batch).
+    let other = "run-beside";
+    let start = Run::default()
+        .decide_with(start_command(other, 3))
+        .expect("start");
+    let (fenced, opened) = futures::join!(
+        runs.commit(
+            run_id,
+            Run::default(),
+            sequence + 1,
+            None,
+            vec![filler(1)],
+            metadata(),
+            Some(&a_fence)
+        ),
+        runs.commit(
+            other,
+            Run::default(),
+            0,
+            None,
+            start,
+            metadata(),
+            Some(&a_fence)
+        ),
+    );
+    assert!(matches!(fenced, Err(StoreError::Fenced)), "{fenced:?}");
+    opened.expect("the other run's start commits");
+
+    // a comes back under its id: it does not get its old run back from a
+    // live b, and a second live process cannot take the same id.
+    let again = Cluster::join(&db, "node-a", "http://a", dead_after)
+        .await
+        .expect("a joins again")
+        .expect("a cluster");
+    assert!(matches!(
+        again.acquire(run_id).await.expect("a asks"),
+        Acquired::Elsewhere { .. }
+    ));
+    let twin = Cluster::join(&db, "node-b", "http://b2", dead_after).await;
+    assert!(
+        matches!(twin, Err(StoreError::NodeIdInUse(_))),
+        "{:?}",
+        twin.err()
+    );
+}

@@ -56,7 +56,7 @@ pub(super) async fn drive(
     processes: &mut Processes,
 ) -> BenchResult<RebuildFigures> {
     let data_dir = dir.join("data");
-    let (server, port) = start_server(settings, dir, database_url.clone(), None).await?;
+    let (server, port) = start_server(settings, dir, database_url.clone(), None, 1).await?;
     processes.server = Some(server);
     let base = format!("http://127.0.0.1:{port}");
     let client = super::http_client();
@@ -125,14 +125,14 @@ pub(super) async fn drive(
 
     let behind = set_behind(&data_dir, database_url.as_deref(), settings.catch_up_events).await?;
     let started = Instant::now();
-    let (server, _) = start_server(settings, dir, database_url.clone(), None).await?;
+    let (server, _) = start_server(settings, dir, database_url.clone(), None, 1).await?;
     let catch_up_s = started.elapsed().as_secs_f64();
     processes.server = Some(server);
     for note in processes.stop().await {
         eprintln!("  note: {note}");
     }
     let started = Instant::now();
-    let (server, _) = start_server(settings, dir, database_url, None).await?;
+    let (server, _) = start_server(settings, dir, database_url, None, 1).await?;
     let idle_start_s = started.elapsed().as_secs_f64();
     processes.server = Some(server);
     eprintln!(

@@ -66,6 +66,8 @@ use remote::RemoteExecutor;
 
 /// Most runs of dead nodes one takeover pass looks at.
 const TAKEOVER_PAGE: i64 = 256;
+/// Runs of dead nodes taken over at once.
+const TAKEOVER_PARALLEL: usize = 16;
 
 /// Commits not yet applied by the read models beyond which actors wait
 /// for theirs.
@@ -750,6 +752,13 @@ impl Engine {
     /// (read-your-writes for list readers).
     pub async fn settle_all(&self) {
         self.ctx.read_models.barrier().await;
+        if self.ctx.cluster.is_some() {
+            // And what this node has seen of other nodes' events.
+            let seen = *self.ctx.tail.lock().unwrap_or_else(|e| e.into_inner());
+            if seen > Position::START {
+                self.ctx.read_models.applied(seen).await;
+            }
+        }
     }
 
     /// Re-activates runs after a restart: each re-dispatches the steps whose
@@ -821,14 +830,14 @@ impl Engine {
                 return 0;
             }
         };
-        let mut taken = 0;
-        for id in orphans {
-            if let Ok(run_id) = RunId::parse(id) {
-                if self.activate(&run_id).await {
-                    taken += 1;
-                }
-            }
-        }
+        use futures::StreamExt;
+        let taken =
+            futures::stream::iter(orphans.into_iter().filter_map(|id| RunId::parse(id).ok()))
+                .map(|run_id| async move { self.activate(&run_id).await })
+                .buffer_unordered(TAKEOVER_PARALLEL)
+                .filter(|active| std::future::ready(*active))
+                .count()
+                .await;
         if taken > 0 {
             tracing::info!(runs = taken, "took over the runs of a node that is gone");
         }
@@ -838,6 +847,20 @@ impl Engine {
     /// This node's handle on the cluster (PostgreSQL).
     pub fn cluster(&self) -> Option<&Cluster> {
         self.ctx.cluster.as_ref()
+    }
+
+    /// Stops the actors of every run held here (this node may have lost
+    /// them: its heartbeats failed); the next message for one takes the run
+    /// again, here or on the node that took it. Returns how many.
+    pub fn give_up_runs(&self) -> usize {
+        let actors: Vec<Addr<RunActor>> = {
+            let actors = self.ctx.actors.lock().unwrap_or_else(|e| e.into_inner());
+            actors.values().cloned().collect()
+        };
+        for addr in &actors {
+            addr.do_send(run_actor::GiveUp);
+        }
+        actors.len()
     }
 
     /// How many runs have a live actor on this node.

@@ -1,12 +1,16 @@
 //! What a node does to be one of many on one PostgreSQL (docs/adr/0007),
 //! each in a task of its own:
 //!
-//! - **Heartbeat** every [`HEARTBEAT_EVERY`]: a node silent for
-//!   [`DEAD_AFTER`] is dead.
+//! - **Heartbeat** (in [`Cluster`], from the moment the node joins):
+//!   every [`HEARTBEAT_EVERY`]; a node silent for [`DEAD_AFTER`] is dead.
+//!   When this node's own heartbeats fail for nearly that long, it gives up
+//!   the runs it holds (their actors stop; the next command takes the run
+//!   again, here or elsewhere).
 //! - **Takeover** every [`TAKEOVER_EVERY`]: the runs of dead nodes are
-//!   taken (one node wins each, by epoch) and recovered. Bound: a node
-//!   killed outright is dead [`DEAD_AFTER`] after its last heartbeat, and
-//!   its runs are taken at the next pass, so within about 6 s.
+//!   taken (one node wins each, by epoch) and recovered, several at a time.
+//!   Bound: a node killed outright is dead [`DEAD_AFTER`] after its last
+//!   heartbeat, and its runs are taken at the next pass, so within about
+//!   7 s.
 //! - **Log tail**: while other nodes are alive, the live hub also follows
 //!   the log by position (woken by `LISTEN`, polling as a fallback) and
 //!   delivers the events other nodes committed to this node's WebSocket
@@ -22,22 +26,19 @@ use super::{Engine, EventView};
 use crate::domain::ids::RunId;
 use crate::domain::log::Position;
 use crate::store::{Cluster, EventLog, LogWakeups};
+pub use crate::store::{DEAD_AFTER, HEARTBEAT_EVERY};
 
-/// How often a node heartbeats.
-pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
-/// How long a silent node stays alive in its peers' eyes.
-pub const DEAD_AFTER: Duration = Duration::from_secs(5);
 /// How often a node looks for the runs of dead nodes.
 pub const TAKEOVER_EVERY: Duration = Duration::from_secs(1);
 /// How long the log tail waits for a notification before it reads anyway.
 const TAIL_POLL: Duration = Duration::from_millis(500);
 /// Events the log tail reads at a time.
 const TAIL_PAGE: i64 = 1000;
-/// How often nodes dead for a day are forgotten.
-const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
-/// The running node tasks; [`NodeTasks::stop`] ends them and leaves the
-/// cluster.
+/// The running node tasks: stopped in two steps, [`NodeTasks::stop_taking`]
+/// before the engine stops (no run is taken over by a node that is
+/// stopping) and [`NodeTasks::leave`] after it (the node's row goes, so its
+/// peers take its runs at once).
 pub struct NodeTasks {
     cluster: Cluster,
     stop: watch::Sender<bool>,
@@ -45,15 +46,15 @@ pub struct NodeTasks {
 }
 
 impl NodeTasks {
-    /// Starts the heartbeat, the takeover and the log tail of `engine`'s
-    /// node. `None` when the engine has no cluster (SQLite).
+    /// Starts the takeover, the log tail and the watch on this node's own
+    /// heartbeats. `None` when the engine has no cluster (SQLite).
     pub fn start(engine: &Engine, log: EventLog) -> Option<Self> {
         let cluster = engine.cluster()?.clone();
         let (stop, stopped) = watch::channel(false);
         let tasks = vec![
-            tokio::spawn(heartbeat(cluster.clone(), stopped.clone())),
             actix_web::rt::spawn(takeover(engine.clone(), stopped.clone())),
-            actix_web::rt::spawn(tail(engine.clone(), cluster.clone(), log, stopped)),
+            actix_web::rt::spawn(tail(engine.clone(), cluster.clone(), log, stopped.clone())),
+            actix_web::rt::spawn(give_up_when_lost(engine.clone(), cluster.clone(), stopped)),
         ];
         Some(Self {
             cluster,
@@ -62,13 +63,18 @@ impl NodeTasks {
         })
     }
 
-    /// Stops the tasks and removes this node's row, so that its peers take
-    /// its runs over at once.
-    pub async fn stop(self) {
+    /// Stops taking runs over and following the log.
+    pub async fn stop_taking(&mut self) {
         let _ = self.stop.send(true);
-        for task in self.tasks {
+        for task in self.tasks.drain(..) {
             let _ = task.await;
         }
+    }
+
+    /// Stops the heartbeat and removes this node's row, so that its peers
+    /// take its runs over at once.
+    pub async fn leave(mut self) {
+        self.stop_taking().await;
         if let Err(e) = self.cluster.leave().await {
             tracing::warn!(error = %e, "cannot leave the cluster; peers take over after the node is dead");
         }
@@ -83,30 +89,20 @@ async fn tick(stopped: &mut watch::Receiver<bool>, period: Duration) -> bool {
     }
 }
 
-async fn heartbeat(cluster: Cluster, mut stopped: watch::Receiver<bool>) {
-    let mut since_prune = Duration::ZERO;
-    let mut failing = false;
-    while tick(&mut stopped, HEARTBEAT_EVERY).await {
-        match cluster.beat().await {
-            Ok(_) if failing => {
-                failing = false;
-                tracing::info!("heartbeats reach the database again");
+/// Gives up every run held here when this node's heartbeats have failed
+/// for too long (its peers may be taking them over).
+async fn give_up_when_lost(engine: Engine, cluster: Cluster, mut stopped: watch::Receiver<bool>) {
+    let mut lost = cluster.lost();
+    loop {
+        tokio::select! {
+            changed = lost.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                let n = engine.give_up_runs();
+                tracing::warn!(runs = n, "gave up the runs held here");
             }
-            Ok(_) => {}
-            Err(e) if !failing => {
-                failing = true;
-                tracing::error!(error = %e,
-                    "cannot heartbeat: other nodes will take this node's runs over, \
-                     and its commits to them will be refused");
-            }
-            Err(_) => {}
-        }
-        since_prune += HEARTBEAT_EVERY;
-        if since_prune >= PRUNE_EVERY {
-            since_prune = Duration::ZERO;
-            if let Ok(pruned @ 1..) = cluster.prune().await {
-                tracing::info!(nodes = pruned, "forgot nodes dead for a day");
-            }
+            _ = stopped.changed() => return,
         }
     }
 }

@@ -84,6 +84,11 @@ pub struct Settle;
 #[rtype(result = "Result<bool, EngineError>")]
 pub struct Activate;
 
+/// Give the run up: this node may have lost it (its heartbeats failed).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct GiveUp;
+
 /// Record the comments still waiting (internal).
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -167,15 +172,42 @@ impl RunActor {
                     match acquired {
                         Ok(Acquired::Held { fence, recover }) => {
                             act.fence = Some(fence);
-                            Box::pin(
-                                act.reload().map(move |loaded, act, ctx| {
-                                    act.loaded(loaded, ctx) && recover
-                                }),
-                            )
+                            Box::pin(act.reload().then(
+                                move |loaded, act, _| -> ResponseActFuture<Self, bool> {
+                                    if loaded.is_ok() || !recover {
+                                        return Box::pin(ActorFutureExt::map(
+                                            ready(loaded),
+                                            move |loaded, act: &mut Self, ctx| {
+                                                act.loaded(loaded, ctx) && recover
+                                            },
+                                        ));
+                                    }
+                                    // The recovery is owed still: given back
+                                    // before this actor stops, so that the
+                                    // next one to take the run recovers it.
+                                    Box::pin(act.abandon().into_actor(act).map(
+                                        move |(), act, ctx| {
+                                            // Failed: it stops the actor.
+                                            act.loaded(loaded, ctx);
+                                            false
+                                        },
+                                    ))
+                                },
+                            ))
                         }
                         Ok(Acquired::Elsewhere { node, address }) => {
                             act.give_up(Some((node, address)), ctx);
                             Box::pin(ready(false))
+                        }
+                        Ok(Acquired::Unknown) => {
+                            // No such run (yet): commands are refused as on
+                            // one node, and a start takes the host row with
+                            // its first append.
+                            act.fence = act.engine.cluster.as_ref().map(|c| c.starting());
+                            Box::pin(act.reload().map(|loaded, act, ctx| {
+                                act.loaded(loaded, ctx);
+                                false
+                            }))
                         }
                         Err(e) => {
                             tracing::error!(run_id = %act.id, error = %e,
@@ -190,13 +222,42 @@ impl RunActor {
                         return Box::pin(ready(()));
                     }
                     tracing::info!(run_id = %act.id, "taking over a run from a node that is gone");
-                    Box::pin(act.turn_now(RunCommand::Recover).map(|result, act, _| {
-                        if let Err(e) = result {
-                            tracing::error!(run_id = %act.id, error = %e, "cannot recover the run");
-                        }
-                    }))
+                    Box::pin(act.turn_now(RunCommand::Recover).then(
+                        |result, act, _| -> ResponseActFuture<Self, ()> {
+                            match result {
+                                Ok(_) | Err(EngineError::Run(_)) => Box::pin(ready(())),
+                                Err(e) => {
+                                    // Owed still: given back before this
+                                    // actor goes, so another look recovers it.
+                                    tracing::error!(run_id = %act.id, error = %e,
+                                        "cannot recover the run; giving it back to be taken over again");
+                                    Box::pin(
+                                        act.abandon()
+                                            .into_actor(act)
+                                            .map(|(), act, ctx| act.give_up(None, ctx)),
+                                    )
+                                }
+                            }
+                        },
+                    ))
                 }),
         );
+    }
+
+    /// Gives the run back to no node (a recovery this node owed failed), so
+    /// that the next look for orphans, here or elsewhere, takes it again.
+    fn abandon(&self) -> impl std::future::Future<Output = ()> + 'static {
+        let held = self.engine.cluster.clone().zip(self.fence.clone());
+        let id = self.id.clone();
+        async move {
+            let Some((cluster, fence)) = held else {
+                return;
+            };
+            if let Err(e) = cluster.abandon(&fence, id.as_str()).await {
+                tracing::error!(run_id = %id, error = %e,
+                    "cannot give the run back; it is recovered when this node restarts");
+            }
+        }
     }
 
     /// Another node hosts the run (`None`: it is not known which): the
@@ -618,6 +679,16 @@ impl Handler<Heartbeat> for RunActor {
                 pause_requested: act.state.pause_requested,
             })
         })))
+    }
+}
+
+impl Handler<GiveUp> for RunActor {
+    type Result = ();
+
+    fn handle(&mut self, _: GiveUp, ctx: &mut Self::Context) {
+        if self.elsewhere.is_none() {
+            self.give_up(None, ctx);
+        }
     }
 }
 

@@ -218,9 +218,31 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 async fn follow(db: Db, log: Box<dyn LogReader>, shared: Arc<Shared>) {
     let mut applier = Applier::new(super::ALL.to_vec(), Target::live());
     let mut leadership = Leadership::default();
-    if !stand_by(&db, &mut leadership, &mut applier, &shared).await {
-        return;
+    loop {
+        if !stand_by(&db, &mut leadership, &mut applier, &shared).await {
+            return;
+        }
+        if !lead(&db, log.as_ref(), &shared, &mut applier, &mut leadership).await {
+            return;
+        }
+        // The writer lock was lost (its session ended): another node may
+        // write now; what this one holds may be stale.
+        applier.forget();
+        tracing::warn!("this node lost the read models' writer lock; standing by");
     }
+}
+
+/// Writes the read models while this node holds the writer lock. Returns
+/// true when the lock is lost, false when asked to stop.
+async fn lead(
+    db: &Db,
+    log: &dyn LogReader,
+    shared: &Shared,
+    applier: &mut Applier,
+    leadership: &mut Leadership,
+) -> bool {
+    let db = db.clone();
+    let mut checked = std::time::Instant::now();
     // (stored_position also reads the generations the page writes check.)
     let mut at = loop {
         match applier.stored_position(&db).await {
@@ -231,14 +253,22 @@ async fn follow(db: Db, log: Box<dyn LogReader>, shared: Arc<Shared>) {
             }
         }
         if shared.stop.load(Ordering::SeqCst) {
-            return;
+            return false;
         }
     };
-    shared.applied.send_replace(at);
+    if at > *shared.applied.borrow() {
+        publish(shared, at);
+    }
     let mut failures = 0u32;
     let mut read_failures = 0u32;
     let mut busy_look = BUSY_LOOK;
     while !shared.stop.load(Ordering::SeqCst) {
+        if checked.elapsed() >= LEADER_CHECK_EVERY {
+            checked = std::time::Instant::now();
+            if !leadership.still_held(&db).await {
+                return true;
+            }
+        }
         // Registered before the look, so that a commit during it wakes the
         // next wait.
         let woken = shared.wake.notified();
@@ -276,14 +306,14 @@ async fn follow(db: Db, log: Box<dyn LogReader>, shared: Arc<Shared>) {
             }
             continue;
         };
-        match applier.apply(&db, log.as_ref(), &page, last).await {
+        match applier.apply(&db, log, &page, last).await {
             Ok(()) => {
                 failures = 0;
                 at = last;
                 shared
                     .events_applied
                     .fetch_add(page.len() as u64, Ordering::Relaxed);
-                publish(&shared, at);
+                publish(shared, at);
                 busy_look = BUSY_LOOK;
                 read_failures = 0;
             }
@@ -310,6 +340,7 @@ async fn follow(db: Db, log: Box<dyn LogReader>, shared: Arc<Shared>) {
             }
         }
     }
+    false
 }
 
 /// Tells the waiting readers that the read models hold the log up to
@@ -337,8 +368,39 @@ struct Leadership {
 
 /// Shared by every runlog node; distinct from the migration lock.
 const LEADER_KEY: i64 = 0x0072_756e_6c6f_6701;
+/// How often the writer checks that its session still holds the lock.
+const LEADER_CHECK_EVERY: Duration = Duration::from_secs(1);
+/// Whether this session holds the writer lock (a `bigint` key is `classid`
+/// and `objid` in `pg_locks`, with `objsubid` 1).
+const LEADER_HELD: &str = "SELECT EXISTS (SELECT 1 FROM pg_locks
+     WHERE locktype = 'advisory' AND objsubid = 1 AND granted AND pid = pg_backend_pid()
+       AND ((classid::bigint << 32) | objid::bigint) = $1)";
 
 impl Leadership {
+    /// Whether the lock's session is still there and holds it (always on
+    /// SQLite). A lost one is let go: the next `try_take` starts afresh.
+    async fn still_held(&mut self, db: &Db) -> bool {
+        let Db::Postgres(_) = db else {
+            return true;
+        };
+        let Some(connection) = self.held.as_mut() else {
+            return false;
+        };
+        let held: Result<bool, sqlx::Error> = sqlx::query_scalar(LEADER_HELD)
+            .bind(LEADER_KEY)
+            .fetch_one(&mut **connection)
+            .await;
+        match held {
+            Ok(true) => true,
+            Ok(false) | Err(_) => {
+                if let Some(connection) = self.held.take() {
+                    connection.detach();
+                }
+                false
+            }
+        }
+    }
+
     /// Takes the lock if no other session holds it. Always true on SQLite
     /// (one process serves it).
     async fn try_take(&mut self, db: &Db) -> Result<bool, sqlx::Error> {

@@ -7,11 +7,12 @@
 //! the time and no coordinator of ours exists. SQLite serves one process
 //! and has no cluster.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use sqlx::{PgPool, Row};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use super::StoreError;
 use crate::db::Db;
@@ -23,6 +24,7 @@ const NODES_LIST: &str = include_str!("sql/postgres/nodes_list.sql");
 const NODES_PRUNE: &str = include_str!("sql/postgres/nodes_prune.sql");
 const RUN_ACQUIRE: &str = include_str!("sql/postgres/run_acquire.sql");
 const RUN_HOST: &str = include_str!("sql/postgres/run_host.sql");
+const RUN_ABANDON: &str = include_str!("sql/postgres/run_abandon.sql");
 const RUNS_RELEASE: &str = include_str!("sql/postgres/runs_release.sql");
 const RUNS_ORPHANED: &str = include_str!("sql/postgres/runs_orphaned.sql");
 const PEERS_ALIVE: &str =
@@ -30,6 +32,13 @@ const PEERS_ALIVE: &str =
 
 /// How often releases of passivated runs are written, gathered.
 const RELEASE_EVERY: Duration = Duration::from_millis(250);
+/// How often a node heartbeats.
+pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
+/// How long a silent node stays alive in its peers' eyes.
+pub const DEAD_AFTER: Duration = Duration::from_secs(5);
+/// How long before it would be dead a node whose heartbeats fail gives
+/// its runs up itself (its peers may take them over soon).
+const GIVE_UP_MARGIN: Duration = Duration::from_secs(1);
 
 /// What a node proves when it appends a run's events: that it still hosts
 /// the run at the epoch it took it at. An append whose fence is stale
@@ -54,6 +63,9 @@ pub enum Acquired {
         /// need it).
         recover: bool,
     },
+    /// The run does not exist (no event yet): nothing to host. A run this
+    /// node then starts takes its host row with its first append.
+    Unknown,
     /// A live node hosts it.
     Elsewhere {
         /// Its id.
@@ -92,16 +104,27 @@ struct Inner {
     pool: PgPool,
     node: Arc<str>,
     address: String,
-    /// When this process joined, as the database printed it.
-    started_at: String,
+    /// This process, among the processes that ever used the id.
+    incarnation: String,
     dead_after: Duration,
     releases: mpsc::UnboundedSender<(String, i64)>,
+    /// Other nodes alive at the last heartbeat.
+    peers: AtomicI64,
+    /// Raised each time this node's heartbeats have failed for so long that
+    /// its peers will soon take its runs: whoever holds runs gives them up.
+    lost: watch::Sender<u64>,
+    /// Stops the heartbeat (at `leave`).
+    stop: watch::Sender<bool>,
+    heartbeat: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl Cluster {
-    /// Registers this node (`id`, reachable at `address`) and starts the
-    /// task that writes releases. `None` on SQLite, which has no cluster.
-    /// Must run inside a tokio runtime.
+    /// Registers this node (`id`, reachable at `address`) and starts its
+    /// heartbeat and the task that writes releases. `None` on SQLite, which
+    /// has no cluster. If another process that is still alive holds `id`,
+    /// waits up to `dead_after` for it to be dead (a node restarted right
+    /// after a crash), then fails with [`StoreError::NodeIdInUse`]. Must run
+    /// inside a tokio runtime.
     pub async fn join(
         db: &Db,
         id: &str,
@@ -111,24 +134,54 @@ impl Cluster {
         let Db::Postgres(pool) = db else {
             return Ok(None);
         };
-        let started_at: String = sqlx::query_scalar(NODE_START)
-            .bind(id)
-            .bind(address)
-            .fetch_one(pool)
-            .await?;
+        let incarnation = uuid::Uuid::new_v4().simple().to_string();
+        let deadline = Instant::now() + dead_after + HEARTBEAT_EVERY;
+        let mut said = false;
+        loop {
+            let started: Option<String> = sqlx::query_scalar(NODE_START)
+                .bind(id)
+                .bind(address)
+                .bind(&incarnation)
+                .bind(dead_after.as_secs_f64())
+                .fetch_optional(pool)
+                .await?;
+            if started.is_some() {
+                break;
+            }
+            if Instant::now() >= deadline {
+                return Err(StoreError::NodeIdInUse(id.to_string()));
+            }
+            if !said {
+                said = true;
+                tracing::warn!(node = id,
+                    "another process with this node id heartbeats; waiting for it to stop or be dead");
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
         let (releases, receiver) = mpsc::unbounded_channel();
         let node: Arc<str> = Arc::from(id);
         tokio::spawn(release_loop(pool.clone(), node.clone(), receiver));
-        Ok(Some(Self {
+        let cluster = Self {
             inner: Arc::new(Inner {
                 pool: pool.clone(),
                 node,
                 address: address.to_string(),
-                started_at,
+                incarnation,
                 dead_after,
                 releases,
+                peers: AtomicI64::new(0),
+                lost: watch::channel(0).0,
+                stop: watch::channel(false).0,
+                heartbeat: Mutex::new(None),
             }),
-        }))
+        };
+        let handle = tokio::spawn(heartbeat_loop(cluster.clone()));
+        *cluster
+            .inner
+            .heartbeat
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(handle);
+        Ok(Some(cluster))
     }
 
     /// This node's id.
@@ -154,14 +207,20 @@ impl Cluster {
         self.inner.dead_after.as_secs_f64()
     }
 
-    /// Heartbeats; returns how many other nodes are alive.
-    pub async fn beat(&self) -> Result<i64, StoreError> {
-        Ok(sqlx::query_scalar(NODE_BEAT)
+    /// Heartbeats; returns whether this process still holds its id and how
+    /// many other nodes are alive.
+    async fn beat(&self) -> Result<(bool, i64), StoreError> {
+        let row = sqlx::query(NODE_BEAT)
             .bind(self.inner.node.as_ref())
             .bind(&self.inner.address)
+            .bind(&self.inner.incarnation)
             .bind(self.dead_after_secs())
             .fetch_one(&self.inner.pool)
-            .await?)
+            .await?;
+        let beaten: i64 = row.try_get("beaten")?;
+        let peers: i64 = row.try_get("peers")?;
+        self.inner.peers.store(peers, Ordering::Relaxed);
+        Ok((beaten > 0, peers))
     }
 
     /// How many other nodes are alive now.
@@ -173,11 +232,31 @@ impl Cluster {
             .await?)
     }
 
-    /// Leaves the cluster (a graceful stop): the runs this node hosted are
-    /// free for the others at once.
+    /// Changes each time this node's heartbeats have failed so long that its
+    /// peers will soon take its runs over: the runs it holds must be given
+    /// up (their actors may be answering from state another node now
+    /// changes).
+    pub fn lost(&self) -> watch::Receiver<u64> {
+        self.inner.lost.subscribe()
+    }
+
+    /// Leaves the cluster (a graceful stop): stops the heartbeat and removes
+    /// this node's row, so that the runs it hosted are free for the others
+    /// at once.
     pub async fn leave(&self) -> Result<(), StoreError> {
+        let _ = self.inner.stop.send(true);
+        let handle = self
+            .inner
+            .heartbeat
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(handle) = handle {
+            let _ = handle.await;
+        }
         sqlx::query(NODE_LEAVE)
             .bind(self.inner.node.as_ref())
+            .bind(&self.inner.incarnation)
             .execute(&self.inner.pool)
             .await?;
         Ok(())
@@ -206,43 +285,83 @@ impl Cluster {
             .map_err(Into::into)
     }
 
-    /// Takes run `id` for this node unless a live node hosts it.
+    /// Takes run `id` for this node unless a live node hosts it (that is
+    /// only read, so asking locks nothing) or the run does not exist.
     pub async fn acquire(&self, id: &str) -> Result<Acquired, StoreError> {
-        let taken = sqlx::query(RUN_ACQUIRE)
-            .bind(id)
-            .bind(self.inner.node.as_ref())
-            .bind(self.dead_after_secs())
-            .bind(&self.inner.started_at)
-            .fetch_optional(&self.inner.pool)
-            .await?;
-        if let Some(row) = taken {
-            let epoch: i64 = row.try_get("epoch")?;
-            let previous: Option<String> = row.try_get("previous")?;
-            let since_started: Option<bool> = row.try_get("since_started")?;
-            let recover = match previous {
-                None => false,
-                Some(node) => node != *self.inner.node || since_started != Some(true),
-            };
-            return Ok(Acquired::Held {
-                fence: Fence {
-                    node: self.inner.node.clone(),
-                    epoch,
-                },
-                recover,
-            });
+        for _ in 0..3 {
+            if let Some(host) = self.host(id).await? {
+                if host.0 != *self.inner.node && host.2 {
+                    return Ok(Acquired::Elsewhere {
+                        node: host.0,
+                        address: host.1,
+                    });
+                }
+            }
+            let taken = sqlx::query(RUN_ACQUIRE)
+                .bind(id)
+                .bind(self.inner.node.as_ref())
+                .bind(self.dead_after_secs())
+                .fetch_optional(&self.inner.pool)
+                .await?;
+            if let Some(row) = taken {
+                let epoch: i64 = row.try_get("epoch")?;
+                let previous: Option<String> = row.try_get("previous")?;
+                let since_started: Option<bool> = row.try_get("since_started")?;
+                let recover = match previous {
+                    None => false,
+                    Some(node) => node != *self.inner.node || since_started != Some(true),
+                };
+                return Ok(Acquired::Held {
+                    fence: Fence {
+                        node: self.inner.node.clone(),
+                        epoch,
+                    },
+                    recover,
+                });
+            }
+            // Not taken: the run does not exist, or a live node took it
+            // between the two statements.
+            match self.host(id).await? {
+                None => return Ok(Acquired::Unknown),
+                Some((node, address, true)) if node != *self.inner.node => {
+                    return Ok(Acquired::Elsewhere { node, address })
+                }
+                Some(_) => {}
+            }
         }
+        Err(StoreError::Database(format!(
+            "run {id}: its host changed three times while this node looked"
+        )))
+    }
+
+    /// Who hosts `id`: the node, its address, whether it is alive.
+    async fn host(&self, id: &str) -> Result<Option<(String, Option<String>, bool)>, StoreError> {
         let row = sqlx::query(RUN_HOST)
             .bind(id)
+            .bind(self.dead_after_secs())
             .fetch_optional(&self.inner.pool)
             .await?;
-        match row {
-            Some(row) => Ok(Acquired::Elsewhere {
-                node: row.try_get("node_id")?,
-                address: row.try_get("address")?,
-            }),
-            // Released between the two statements: take it now.
-            None => Box::pin(self.acquire(id)).await,
-        }
+        row.map(|row| {
+            Ok::<_, sqlx::Error>((
+                row.try_get("node_id")?,
+                row.try_get("address")?,
+                row.try_get("alive")?,
+            ))
+        })
+        .transpose()
+        .map_err(Into::into)
+    }
+
+    /// Gives a run this node took but could not load or recover back to no
+    /// node, so that the next look for orphans takes it and recovers it.
+    pub async fn abandon(&self, fence: &Fence, run: &str) -> Result<(), StoreError> {
+        sqlx::query(RUN_ABANDON)
+            .bind(run)
+            .bind(fence.node.as_ref())
+            .bind(fence.epoch)
+            .execute(&self.inner.pool)
+            .await?;
+        Ok(())
     }
 
     /// Gives up a run whose actor passivated (written soon, gathered with
@@ -258,6 +377,7 @@ impl Cluster {
         Ok(sqlx::query_scalar(RUNS_ORPHANED)
             .bind(self.dead_after_secs())
             .bind(limit)
+            .bind(self.inner.node.as_ref())
             .fetch_all(&self.inner.pool)
             .await?)
     }
@@ -266,6 +386,68 @@ impl Cluster {
     pub async fn prune(&self) -> Result<u64, StoreError> {
         let done = sqlx::query(NODES_PRUNE).execute(&self.inner.pool).await?;
         Ok(done.rows_affected())
+    }
+}
+
+/// Heartbeats every [`HEARTBEAT_EVERY`] until `leave`; forgets nodes dead
+/// for a day once an hour; raises `lost` when beats have failed for nearly
+/// [`DEAD_AFTER`] or another process took the id.
+async fn heartbeat_loop(cluster: Cluster) {
+    const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+    let mut stopped = cluster.inner.stop.subscribe();
+    let mut last_ok = Instant::now();
+    let mut last_prune = Instant::now();
+    let mut failing = false;
+    let mut gave_up = false;
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(HEARTBEAT_EVERY) => {}
+            _ = stopped.changed() => return,
+        }
+        if *stopped.borrow() {
+            return;
+        }
+        match cluster.beat().await {
+            Ok((true, _)) => {
+                if failing {
+                    tracing::info!("heartbeats reach the database again");
+                }
+                failing = false;
+                gave_up = false;
+                last_ok = Instant::now();
+            }
+            Ok((false, _)) => {
+                if !gave_up {
+                    tracing::error!(node = %cluster.inner.node,
+                        "another process took this node's id: giving up the runs held here");
+                    gave_up = true;
+                    cluster.inner.lost.send_modify(|n| *n += 1);
+                }
+            }
+            Err(e) => {
+                if !failing {
+                    failing = true;
+                    tracing::error!(error = %e,
+                        "cannot heartbeat: other nodes will take this node's runs over, \
+                         and its commits to them will be refused");
+                }
+                let silent = last_ok.elapsed();
+                if !gave_up && silent + GIVE_UP_MARGIN >= cluster.inner.dead_after {
+                    gave_up = true;
+                    tracing::error!(
+                        silent_ms = silent.as_millis() as u64,
+                        "heartbeats failing for too long: giving up the runs held here"
+                    );
+                    cluster.inner.lost.send_modify(|n| *n += 1);
+                }
+            }
+        }
+        if last_prune.elapsed() >= PRUNE_EVERY {
+            last_prune = Instant::now();
+            if let Ok(pruned @ 1..) = cluster.prune().await {
+                tracing::info!(nodes = pruned, "forgot nodes dead for a day");
+            }
+        }
     }
 }
 

@@ -25,7 +25,7 @@ use serde_json::Value;
 use sqlite_es::SqliteEventRepository;
 
 pub use blobs::BlobStore;
-pub use cluster::{Acquired, Cluster, Fence, NodeRow};
+pub use cluster::{Acquired, Cluster, Fence, NodeRow, DEAD_AFTER, HEARTBEAT_EVERY};
 pub use history::{History, HistoryCounts, ImportError, FORMAT_VERSION};
 pub use log::{EventLog, LogEntry, LogWakeups, RecordedEvent};
 pub use migrate::migrate;
@@ -71,6 +71,9 @@ pub enum StoreError {
     /// it over): nothing was written (docs/adr/0007).
     #[error("this node no longer hosts the run")]
     Fenced,
+    /// Another live process uses this node id (`--node-id`).
+    #[error("another runlog serve that is still alive uses the node id '{0}'")]
+    NodeIdInUse(String),
     /// A stored event or snapshot could not be read back.
     #[error("stored data could not be deserialised: {0}")]
     Corrupt(String),
@@ -208,11 +211,16 @@ impl<A: Snapshotted + 'static> AggregateStore<A> {
         }
     }
 
-    /// Writes the snapshot of a fenced commit after its events. A failure
-    /// costs only folding: the next load reads more events.
-    async fn write_snapshot(&self, (id, payload, counter): (String, Value, usize), last: usize) {
+    /// Writes the snapshot of a fenced commit after its events; returns
+    /// whether it did. A failure costs only folding: the next load reads
+    /// more events, and the next snapshot is written at the old counter.
+    async fn write_snapshot(
+        &self,
+        (id, payload, counter): (String, Value, usize),
+        last: usize,
+    ) -> bool {
         let Db::Postgres(pool) = self.log.db() else {
-            return;
+            return false;
         };
         let mut query = sqlx::query(if counter == 1 {
             PG_SNAPSHOT_INSERT
@@ -229,11 +237,15 @@ impl<A: Snapshotted + 'static> AggregateStore<A> {
         }
         let written = query.execute(pool);
         match written.await {
-            Ok(done) if done.rows_affected() == 1 => {}
+            Ok(done) if done.rows_affected() == 1 => true,
             Ok(_) => {
-                tracing::warn!(aggregate_id = %id, "snapshot not written: another one replaced it")
+                tracing::warn!(aggregate_id = %id, "snapshot not written: another one replaced it");
+                false
             }
-            Err(e) => tracing::warn!(aggregate_id = %id, error = %e, "snapshot not written"),
+            Err(e) => {
+                tracing::warn!(aggregate_id = %id, error = %e, "snapshot not written");
+                false
+            }
         }
     }
 
@@ -361,7 +373,9 @@ impl<A: Snapshotted + 'static> AggregateStore<A> {
             // fence; its snapshot follows it in a statement of its own.
             (Backend::Postgres(_), Some(update)) if fence.is_some() => {
                 let position = self.appender.append(serialized, fence.cloned()).await?;
-                self.write_snapshot(update, last).await;
+                if !self.write_snapshot(update, last).await {
+                    return Ok((envelopes, snapshot, position));
+                }
                 position
             }
             // Every `snapshot_every` events: the repository writes the events

@@ -12,6 +12,7 @@ mod history;
 mod human;
 mod limits;
 mod llm;
+mod nodes;
 mod refine;
 mod replay;
 mod runs;

@@ -7,7 +7,8 @@
 -- takeover waits for this statement and then sees its events); an event
 -- without one (templates) is not checked. An append that opens a run
 -- (epoch 0: its first event is the run's first) takes the host row at
--- epoch 1 instead (a new run id has no host yet). Every event of one
+-- epoch 1 instead, and is written only if it took it (a new run id has no
+-- host yet; a row already there means someone else has the id). Every event of one
 -- append has the same run and epoch, so an append is written whole or not
 -- at all. The events of a fenced
 -- append are left out, not failed, so the batch's other appends commit; its
@@ -21,21 +22,23 @@ WITH rows AS (
                   $7::jsonb[], $8::bigint[])
            AS r (aggregate_type, aggregate_id, sequence, event_type, event_version, payload,
                  metadata, epoch)
+), hosted AS (
+    INSERT INTO run_hosts (run_id, node_id, epoch)
+    SELECT aggregate_id, $9, 1
+      FROM rows
+     WHERE epoch = 0 AND sequence = 1
+    ON CONFLICT (run_id) DO NOTHING
+    RETURNING run_id
 ), allowed AS (
     SELECT r.*
       FROM rows AS r
      WHERE r.epoch IS NULL
-        OR r.epoch = 0
-        OR EXISTS (SELECT 1
-                     FROM run_hosts AS h
-                    WHERE h.run_id = r.aggregate_id AND h.node_id = $9 AND h.epoch = r.epoch
-                      FOR SHARE)
-), hosted AS (
-    INSERT INTO run_hosts (run_id, node_id, epoch)
-    SELECT aggregate_id, $9, 1
-      FROM allowed
-     WHERE epoch = 0 AND sequence = 1
-    ON CONFLICT (run_id) DO NOTHING
+        OR (r.epoch = 0 AND r.aggregate_id IN (SELECT run_id FROM hosted))
+        OR (r.epoch > 0
+            AND EXISTS (SELECT 1
+                          FROM run_hosts AS h
+                         WHERE h.run_id = r.aggregate_id AND h.node_id = $9 AND h.epoch = r.epoch
+                           FOR SHARE))
 ), inserted AS (
     INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
     SELECT aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata
