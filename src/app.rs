@@ -92,7 +92,7 @@ pub enum AppError {
 /// by the kernel however the process ends), so a second `serve` on the
 /// same database is refused instead of running every run twice.
 struct ServeLock {
-    _lock: crate::db::FileLock,
+    lock: crate::db::FileLock,
 }
 
 /// How long a second `serve` waits for the lock before it gives up (a
@@ -117,10 +117,8 @@ impl ServeLock {
                 break lock;
             }
             if std::time::Instant::now() >= deadline {
-                let holder = std::fs::read_to_string(&path)
-                    .ok()
-                    .and_then(|pid| pid.trim().parse::<u32>().ok())
-                    .map_or(String::new(), |pid| format!(" (pid {pid})"));
+                let holder = crate::db::ServingHolder::read(&path)
+                    .map_or(String::new(), |h| format!(" (pid {})", h.pid));
                 return Err(AppError::Locked {
                     path: database.display().to_string(),
                     lock: path.display().to_string(),
@@ -137,7 +135,17 @@ impl ServeLock {
         // Says who holds it (for the error a second process prints).
         lock.write_holder(&std::process::id().to_string())
             .map_err(failed)?;
-        Ok(Some(Self { _lock: lock }))
+        Ok(Some(Self { lock }))
+    }
+
+    /// Adds where this server listens, so that CLI writers can go through
+    /// its admin API.
+    fn listening(&mut self, address: &str) {
+        let holder = format!("{}\n{address}\n", std::process::id());
+        if let Err(e) = self.lock.write_holder(&holder) {
+            tracing::warn!(lock = %self.lock.path.display(), error = %e,
+                "cannot record the address in the serving lock");
+        }
     }
 }
 
@@ -273,7 +281,7 @@ impl Application {
         let file = FileConfig::load(settings.config.as_deref())?;
         let agents = agent_registry(&file)?;
         let db = open_database(&settings.storage).await?;
-        let serve_lock = match ServeLock::take(&db).await {
+        let mut serve_lock = match ServeLock::take(&db).await {
             Ok(lock) => lock,
             Err(e) => {
                 db.close().await;
@@ -302,6 +310,9 @@ impl Application {
         })?;
         let port = local.port();
         let node = node_identity(&settings, local)?;
+        if let Some(lock) = serve_lock.as_mut() {
+            lock.listening(&node.address);
+        }
         let cluster = Cluster::join(&db, &node.id, &node.address, store::DEAD_AFTER)
             .await
             .map_err(AppError::Join)?;

@@ -323,6 +323,17 @@ async fn import(file: std::path::PathBuf, storage: StorageSettings) -> CliResult
         }
     };
     let db = open_database(&storage).await?;
+    if let Some(holder) = crate::db::ServingHolder::of(&db)? {
+        db.close().await;
+        eprintln!(
+            "error: a runlog serve (pid {}{}) holds this SQLite database: stop it to import \
+             (an import is one write transaction beside the server's), or import into PostgreSQL, \
+             where it runs beside the servers; nothing imported",
+            holder.pid,
+            holder.address.map_or(String::new(), |a| format!(", {a}"))
+        );
+        return Ok(ExitCode::FAILURE);
+    }
     let result = crate::store::History::new(db.clone()).import(input).await;
     db.close().await;
     match result {
@@ -351,10 +362,25 @@ async fn projections_rebuild(name: String, storage: StorageSettings) -> CliResul
     use std::io::IsTerminal;
     // It writes: an existing database, opened (and migrated) as `serve`
     // opens it.
-    Db::open_existing(storage.database_url.as_deref(), &storage.data_dir)
-        .await?
-        .close()
-        .await;
+    let existing = Db::open_existing(storage.database_url.as_deref(), &storage.data_dir).await?;
+    let holder = crate::db::ServingHolder::of(&existing)?;
+    existing.close().await;
+    match holder {
+        // A server holds this SQLite file: it rebuilds, and this follows.
+        Some(crate::db::ServingHolder {
+            address: Some(address),
+            ..
+        }) => return rebuild_through(&address, &name).await,
+        Some(holder) => {
+            eprintln!(
+                "error: a runlog serve (pid {}) holds this SQLite database and has not said where \
+                 it listens yet: try again in a moment, or use POST /api/admin/projections/{name}/rebuild",
+                holder.pid
+            );
+            return Ok(ExitCode::FAILURE);
+        }
+        None => {}
+    }
     let db = open_database(&storage).await?;
     let rebuilds = Rebuilds::new(db.clone(), crate::app::log_readers());
     let mut progress = match rebuilds.start(&name) {
@@ -410,6 +436,96 @@ async fn projections_rebuild(name: String, storage: StorageSettings) -> CliResul
             );
             Ok(ExitCode::FAILURE)
         }
+    }
+}
+
+/// `projections rebuild NAME` when a server holds the SQLite database: asks
+/// it through its admin API and follows the rebuild's progress there.
+async fn rebuild_through(address: &str, name: &str) -> CliResult {
+    use std::io::IsTerminal;
+    let client = awc::Client::builder()
+        .timeout(std::time::Duration::from_secs(30))
+        .finish();
+    let base = address.trim_end_matches('/');
+    eprintln!("a runlog serve at {base} holds this database: rebuilding {name} through it");
+    let mut started = client
+        .post(format!("{base}/api/admin/projections/{name}/rebuild"))
+        .send()
+        .await
+        .map_err(|e| format!("cannot reach the server at {base}: {e}"))?;
+    let status = started.status().as_u16();
+    let body: serde_json::Value = started.json().await.unwrap_or_default();
+    match status {
+        202 => {}
+        404 => {
+            eprintln!(
+                "error: {} (the read models: {})",
+                body["error"]["message"]
+                    .as_str()
+                    .unwrap_or("unknown projection"),
+                crate::projections::READ_MODELS.join(", ")
+            );
+            return Ok(ExitCode::from(2));
+        }
+        _ => {
+            eprintln!("error: the server answered {status}: {body}");
+            return Ok(ExitCode::FAILURE);
+        }
+    }
+    let bar = std::io::stderr().is_terminal().then(|| {
+        let bar = indicatif::ProgressBar::new(0);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{msg} [{bar:30}] {pos}/{len} events, ETA {eta}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        bar.set_message(format!("rebuilding {name}"));
+        bar
+    });
+    let last = loop {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        let mut listed = client
+            .get(format!("{base}/api/admin/projections"))
+            .send()
+            .await
+            .map_err(|e| format!("cannot reach the server at {base}: {e}"))?;
+        let listed: serde_json::Value = listed
+            .json()
+            .limit(1024 * 1024)
+            .await
+            .map_err(|e| format!("the server's answer: {e}"))?;
+        let rebuild = listed["items"]
+            .as_array()
+            .and_then(|items| items.iter().find(|i| i["name"] == name))
+            .map(|i| i["rebuild"].clone())
+            .unwrap_or_default();
+        if let Some(bar) = &bar {
+            let applied = rebuild["events_applied"].as_u64().unwrap_or(0);
+            bar.set_length(rebuild["events_total"].as_u64().unwrap_or(0).max(applied));
+            bar.set_position(applied);
+        }
+        if matches!(rebuild["state"].as_str(), Some("done" | "failed") | None) {
+            break rebuild;
+        }
+    };
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    if last["state"] == "done" {
+        println!(
+            "{name}: rebuilt from {} events ({} events/s) and swapped in, by the server at {base}",
+            last["events_applied"], last["events_per_s"]
+        );
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!(
+            "error: rebuilding {name} failed: {} (the live tables are unchanged)",
+            last["error"]
+                .as_str()
+                .unwrap_or("the server lost track of the rebuild")
+        );
+        Ok(ExitCode::FAILURE)
     }
 }
 

@@ -67,6 +67,50 @@ pub struct FileLock {
     file: std::fs::File,
 }
 
+/// Who holds a SQLite database's serving lock, as its lock file says: the
+/// pid, and where it listens once it does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServingHolder {
+    /// The server's process id.
+    pub pid: u32,
+    /// Its base URL (`http://127.0.0.1:8080`), once it listens.
+    pub address: Option<String>,
+}
+
+impl ServingHolder {
+    /// Reads the lock file at `path`.
+    pub fn read(path: &std::path::Path) -> Option<Self> {
+        let text = std::fs::read_to_string(path).ok()?;
+        let mut lines = text.lines();
+        let pid = lines.next()?.trim().parse().ok()?;
+        let address = lines
+            .next()
+            .map(str::trim)
+            .filter(|a| !a.is_empty())
+            .map(str::to_string);
+        Some(Self { pid, address })
+    }
+
+    /// The server holding `db`'s serving lock now, if `db` is a SQLite file
+    /// a `runlog serve` holds (PostgreSQL: `None`, many may serve it).
+    pub fn of(db: &Db) -> std::io::Result<Option<Self>> {
+        let Some((_, path)) = db.sqlite_lock_path(".serve-lock") else {
+            return Ok(None);
+        };
+        if !path.exists() {
+            return Ok(None);
+        }
+        // Free: no server (the lock is let go at once).
+        if FileLock::try_take(path.clone())?.is_some() {
+            return Ok(None);
+        }
+        Ok(Some(Self::read(&path).unwrap_or(Self {
+            pid: 0,
+            address: None,
+        })))
+    }
+}
+
 impl FileLock {
     /// Takes the lock on `path`, creating the file, without waiting:
     /// `Ok(None)` when another holder has it.

@@ -358,6 +358,14 @@ on_both_backends!(
             "{stderr}"
         );
         assert!(stderr.contains("run_summaries"), "{stderr}");
+        if backend == crate::common::Backend::Sqlite {
+            // SQLite serves one process: the CLI asks the server that holds
+            // the file, through its admin API.
+            assert!(
+                stderr.contains("holds this database: rebuilding run_sumaries through it"),
+                "{stderr}"
+            );
+        }
 
         tamper(
             &app,
@@ -374,6 +382,12 @@ on_both_backends!(
         );
         assert!(stdout.contains("run_summaries: rebuilt from"), "{stdout}");
         assert!(stdout.contains("swapped in"), "{stdout}");
+        if backend == crate::common::Backend::Sqlite {
+            assert!(
+                stdout.contains(&format!("by the server at {}", app.address)),
+                "{stdout}"
+            );
+        }
         let after = summaries(&app).await;
         assert_eq!(after.len(), 1);
         assert_eq!(after[0]["id"], run.as_str());

@@ -106,6 +106,25 @@ on_both_backends!(
             "invalid_run_id",
         );
 
+        // Not into a SQLite database a server holds: that is refused, and
+        // says so.
+        if backend == crate::common::Backend::Sqlite {
+            let before = event_count(&app.storage).await;
+            let out = app.cli(&["import", &path]).await;
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(1), "{stderr}");
+            assert!(
+                stderr.contains("holds this SQLite database: stop it to import"),
+                "{stderr}"
+            );
+            assert!(
+                stderr.contains(&format!("pid {}", std::process::id())),
+                "{stderr}"
+            );
+            assert!(stderr.contains("nothing imported"), "{stderr}");
+            assert_eq!(event_count(&app.storage).await, before);
+        }
+
         // Into a fresh database (no server on it yet).
         let Some(other) = Storage::new(backend).await else {
             return;
