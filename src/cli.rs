@@ -359,7 +359,6 @@ async fn import(file: std::path::PathBuf, storage: StorageSettings) -> CliResult
 
 async fn projections_rebuild(name: String, storage: StorageSettings) -> CliResult {
     use crate::projections::{ProjectionError, RebuildState, Rebuilds, READ_MODELS};
-    use std::io::IsTerminal;
     // It writes: an existing database, opened (and migrated) as `serve`
     // opens it.
     let existing = Db::open_existing(storage.database_url.as_deref(), &storage.data_dir).await?;
@@ -392,17 +391,7 @@ async fn projections_rebuild(name: String, storage: StorageSettings) -> CliResul
         }
         Err(e) => return Err(e.into()),
     };
-    let bar = std::io::stderr().is_terminal().then(|| {
-        let bar = indicatif::ProgressBar::new(0);
-        bar.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{msg} [{bar:30}] {pos}/{len} events, {per_sec}, ETA {eta}",
-            )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-        );
-        bar.set_message(format!("rebuilding {name}"));
-        bar
-    });
+    let bar = rebuild_bar(&name);
     let last = loop {
         let changed = progress.changed().await;
         let now = progress.borrow_and_update().clone();
@@ -439,10 +428,25 @@ async fn projections_rebuild(name: String, storage: StorageSettings) -> CliResul
     }
 }
 
+/// The progress bar of a rebuild of `name`, on a terminal only.
+fn rebuild_bar(name: &str) -> Option<indicatif::ProgressBar> {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal().then(|| {
+        let bar = indicatif::ProgressBar::new(0);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{msg} [{bar:30}] {pos}/{len} events, {per_sec}, ETA {eta}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        bar.set_message(format!("rebuilding {name}"));
+        bar
+    })
+}
+
 /// `projections rebuild NAME` when a server holds the SQLite database: asks
 /// it through its admin API and follows the rebuild's progress there.
 async fn rebuild_through(address: &str, name: &str) -> CliResult {
-    use std::io::IsTerminal;
     let client = awc::Client::builder()
         .timeout(std::time::Duration::from_secs(30))
         .finish();
@@ -472,17 +476,7 @@ async fn rebuild_through(address: &str, name: &str) -> CliResult {
             return Ok(ExitCode::FAILURE);
         }
     }
-    let bar = std::io::stderr().is_terminal().then(|| {
-        let bar = indicatif::ProgressBar::new(0);
-        bar.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{msg} [{bar:30}] {pos}/{len} events, ETA {eta}",
-            )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-        );
-        bar.set_message(format!("rebuilding {name}"));
-        bar
-    });
+    let bar = rebuild_bar(name);
     let last = loop {
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
         let mut listed = client

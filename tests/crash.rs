@@ -231,6 +231,23 @@ impl Server {
     }
 }
 
+/// `replay --verify --all` finds `runs` runs and no divergence.
+async fn verify_all_passes(storage: &Storage, runs: usize) {
+    let verify = storage.cli(&["replay", "--verify", "--all"]).await;
+    let stderr = String::from_utf8_lossy(&verify.stderr);
+    assert!(
+        verify.status.success(),
+        "{}\n{stderr}",
+        String::from_utf8_lossy(&verify.stdout)
+    );
+    assert!(
+        stderr.contains(&format!(
+            "verify: {runs} runs checked, 0 divergent, 0 behind"
+        )),
+        "{stderr}"
+    );
+}
+
 /// Step statuses of a run's detail, by step.
 fn step_statuses(run: &Value) -> BTreeMap<String, String> {
     run["steps"]
@@ -638,20 +655,7 @@ async fn killed_at_random_the_read_models_still_equal_a_rebuild(backend: Backend
             .count();
     }
     assert!(recovered > 0, "no kill interrupted a step");
-    let verify = storage.cli(&["replay", "--verify", "--all"]).await;
-    let stderr = String::from_utf8_lossy(&verify.stderr);
-    assert!(
-        verify.status.success(),
-        "{}\n{stderr}",
-        String::from_utf8_lossy(&verify.stdout)
-    );
-    assert!(
-        stderr.contains(&format!(
-            "verify: {} runs checked, 0 divergent, 0 behind",
-            run_ids.len()
-        )),
-        "{stderr}"
-    );
+    verify_all_passes(&storage, run_ids.len()).await;
     let listed = storage.cli(&["projections", "list", "--json"]).await;
     let listed: Value = serde_json::from_slice(&listed.stdout).expect("JSON");
     for item in listed["items"].as_array().expect("items") {
@@ -1030,18 +1034,6 @@ mod many_nodes {
         assert_eq!(alive, 3, "{listed}");
         drop(restarted);
         drop(nodes);
-        let verify = storage.cli(&["replay", "--verify", "--all"]).await;
-        let stderr = String::from_utf8_lossy(&verify.stderr);
-        assert!(
-            verify.status.success(),
-            "{}\n{stderr}",
-            String::from_utf8_lossy(&verify.stdout)
-        );
-        assert!(
-            stderr.contains(&format!(
-                "verify: {RUNS} runs checked, 0 divergent, 0 behind"
-            )),
-            "{stderr}"
-        );
+        verify_all_passes(&storage, RUNS).await;
     }
 }
