@@ -131,9 +131,11 @@ impl FileLock {
     /// Replaces the file's text (who holds it, for the next one to say).
     pub fn write_holder(&mut self, text: &str) -> std::io::Result<()> {
         use std::io::{Seek, Write};
-        self.file.set_len(0)?;
+        // Written first, then cut to its length: a reader never finds the
+        // file empty.
         self.file.rewind()?;
-        self.file.write_all(text.as_bytes())
+        self.file.write_all(text.as_bytes())?;
+        self.file.set_len(text.len() as u64)
     }
 }
 

@@ -851,16 +851,19 @@ impl Engine {
 
     /// Stops the actors of every run held here (this node may have lost
     /// them: its heartbeats failed); the next message for one takes the run
-    /// again, here or on the node that took it. Returns how many.
-    pub fn give_up_runs(&self) -> usize {
-        let actors: Vec<Addr<RunActor>> = {
+    /// again, here or on the node that took it. Returns their ids.
+    pub fn give_up_runs(&self) -> Vec<RunId> {
+        let actors: Vec<(RunId, Addr<RunActor>)> = {
             let actors = self.ctx.actors.lock().unwrap_or_else(|e| e.into_inner());
-            actors.values().cloned().collect()
+            actors
+                .iter()
+                .map(|(id, a)| (id.clone(), a.clone()))
+                .collect()
         };
-        for addr in &actors {
+        for (_, addr) in &actors {
             addr.do_send(run_actor::GiveUp);
         }
-        actors.len()
+        actors.into_iter().map(|(id, _)| id).collect()
     }
 
     /// How many runs have a live actor on this node.

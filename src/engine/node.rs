@@ -99,8 +99,25 @@ async fn give_up_when_lost(engine: Engine, cluster: Cluster, mut stopped: watch:
                 if changed.is_err() {
                     return;
                 }
-                let n = engine.give_up_runs();
-                tracing::warn!(runs = n, "gave up the runs held here");
+                let given_up = engine.give_up_runs();
+                tracing::warn!(runs = given_up.len(), "gave up the runs held here");
+                // Once its peers had time to take them, those they did not
+                // (this node's heartbeats came back first; or it is alone)
+                // come back up here: a run waiting on a timer has no
+                // message to bring it back.
+                let engine = engine.clone();
+                actix_web::rt::spawn(async move {
+                    tokio::time::sleep(DEAD_AFTER + TAKEOVER_EVERY * 2).await;
+                    let mut back = 0;
+                    for id in given_up {
+                        if engine.activate(&id).await {
+                            back += 1;
+                        }
+                    }
+                    if back > 0 {
+                        tracing::info!(runs = back, "took back runs given up here that nobody took");
+                    }
+                });
             }
             _ = stopped.changed() => return,
         }

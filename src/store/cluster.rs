@@ -116,6 +116,8 @@ struct Inner {
     /// Stops the heartbeat (at `leave`).
     stop: watch::Sender<bool>,
     heartbeat: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Another process took this node's id: this one takes no run.
+    evicted: std::sync::atomic::AtomicBool,
 }
 
 impl Cluster {
@@ -173,9 +175,10 @@ impl Cluster {
                 lost: watch::channel(0).0,
                 stop: watch::channel(false).0,
                 heartbeat: Mutex::new(None),
+                evicted: std::sync::atomic::AtomicBool::new(false),
             }),
         };
-        let handle = tokio::spawn(heartbeat_loop(cluster.clone()));
+        let handle = tokio::spawn(heartbeat_loop(Arc::downgrade(&cluster.inner)));
         *cluster
             .inner
             .heartbeat
@@ -252,6 +255,8 @@ impl Cluster {
             .unwrap_or_else(|e| e.into_inner())
             .take();
         if let Some(handle) = handle {
+            // A beat in flight is not waited for.
+            handle.abort();
             let _ = handle.await;
         }
         sqlx::query(NODE_LEAVE)
@@ -288,6 +293,9 @@ impl Cluster {
     /// Takes run `id` for this node unless a live node hosts it (that is
     /// only read, so asking locks nothing) or the run does not exist.
     pub async fn acquire(&self, id: &str) -> Result<Acquired, StoreError> {
+        if self.inner.evicted.load(Ordering::SeqCst) {
+            return Err(StoreError::NodeIdInUse(self.inner.node.to_string()));
+        }
         for _ in 0..3 {
             if let Some(host) = self.host(id).await? {
                 if host.0 != *self.inner.node && host.2 {
@@ -354,14 +362,23 @@ impl Cluster {
 
     /// Gives a run this node took but could not load or recover back to no
     /// node, so that the next look for orphans takes it and recovers it.
+    /// Tried three times, a second apart.
     pub async fn abandon(&self, fence: &Fence, run: &str) -> Result<(), StoreError> {
-        sqlx::query(RUN_ABANDON)
-            .bind(run)
-            .bind(fence.node.as_ref())
-            .bind(fence.epoch)
-            .execute(&self.inner.pool)
-            .await?;
-        Ok(())
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let done = sqlx::query(RUN_ABANDON)
+                .bind(run)
+                .bind(fence.node.as_ref())
+                .bind(fence.epoch)
+                .execute(&self.inner.pool)
+                .await;
+            match done {
+                Ok(_) => return Ok(()),
+                Err(e) if tries >= 3 => return Err(e.into()),
+                Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
+            }
+        }
     }
 
     /// Gives up a run whose actor passivated (written soon, gathered with
@@ -389,12 +406,16 @@ impl Cluster {
     }
 }
 
-/// Heartbeats every [`HEARTBEAT_EVERY`] until `leave`; forgets nodes dead
-/// for a day once an hour; raises `lost` when beats have failed for nearly
-/// [`DEAD_AFTER`] or another process took the id.
-async fn heartbeat_loop(cluster: Cluster) {
+/// Heartbeats every [`HEARTBEAT_EVERY`] until `leave` (or until the
+/// cluster handle is gone); forgets nodes dead for a day once an hour;
+/// raises `lost` when beats have not gone through for nearly
+/// [`DEAD_AFTER`] (a beat that hangs counts as failing) or another process
+/// took the id (then this process is evicted: it takes no run any more).
+async fn heartbeat_loop(cluster: std::sync::Weak<Inner>) {
     const PRUNE_EVERY: Duration = Duration::from_secs(3600);
-    let mut stopped = cluster.inner.stop.subscribe();
+    let Some(mut stopped) = cluster.upgrade().map(|c| c.stop.subscribe()) else {
+        return;
+    };
     let mut last_ok = Instant::now();
     let mut last_prune = Instant::now();
     let mut failing = false;
@@ -404,43 +425,58 @@ async fn heartbeat_loop(cluster: Cluster) {
             () = tokio::time::sleep(HEARTBEAT_EVERY) => {}
             _ = stopped.changed() => return,
         }
+        let Some(inner) = cluster.upgrade() else {
+            return;
+        };
         if *stopped.borrow() {
             return;
         }
-        match cluster.beat().await {
-            Ok((true, _)) => {
+        let cluster = Cluster { inner };
+        let sent = Instant::now();
+        let beat = tokio::select! {
+            beat = tokio::time::timeout(HEARTBEAT_EVERY * 2, cluster.beat()) => beat,
+            _ = stopped.changed() => return,
+        };
+        match beat {
+            Ok(Ok((true, _))) => {
                 if failing {
                     tracing::info!("heartbeats reach the database again");
                 }
                 failing = false;
                 gave_up = false;
-                last_ok = Instant::now();
+                last_ok = sent;
             }
-            Ok((false, _)) => {
-                if !gave_up {
+            Ok(Ok((false, _))) => {
+                if !cluster.inner.evicted.swap(true, Ordering::SeqCst) {
                     tracing::error!(node = %cluster.inner.node,
-                        "another process took this node's id: giving up the runs held here");
-                    gave_up = true;
+                        "another process took this node's id: this one gives up its runs and \
+                         takes none any more; stop it");
                     cluster.inner.lost.send_modify(|n| *n += 1);
                 }
             }
-            Err(e) => {
+            Ok(Err(e)) => {
                 if !failing {
                     failing = true;
                     tracing::error!(error = %e,
                         "cannot heartbeat: other nodes will take this node's runs over, \
                          and its commits to them will be refused");
                 }
-                let silent = last_ok.elapsed();
-                if !gave_up && silent + GIVE_UP_MARGIN >= cluster.inner.dead_after {
-                    gave_up = true;
-                    tracing::error!(
-                        silent_ms = silent.as_millis() as u64,
-                        "heartbeats failing for too long: giving up the runs held here"
-                    );
-                    cluster.inner.lost.send_modify(|n| *n += 1);
+            }
+            Err(_) => {
+                if !failing {
+                    failing = true;
+                    tracing::error!("a heartbeat did not go through within 2 s");
                 }
             }
+        }
+        let silent = last_ok.elapsed();
+        if failing && !gave_up && silent + GIVE_UP_MARGIN >= cluster.inner.dead_after {
+            gave_up = true;
+            tracing::error!(
+                silent_ms = silent.as_millis() as u64,
+                "heartbeats failing for too long: giving up the runs held here"
+            );
+            cluster.inner.lost.send_modify(|n| *n += 1);
         }
         if last_prune.elapsed() >= PRUNE_EVERY {
             last_prune = Instant::now();

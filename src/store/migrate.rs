@@ -77,6 +77,12 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../../schema/sqlite/010_nodes.sql"),
         postgres: include_str!("../../schema/postgres/010_nodes.sql"),
     },
+    Migration {
+        version: 11,
+        name: "node_incarnations",
+        sqlite: include_str!("../../schema/sqlite/011_node_incarnations.sql"),
+        postgres: include_str!("../../schema/postgres/011_node_incarnations.sql"),
+    },
 ];
 
 const CREATE_TABLE: &str = "CREATE TABLE IF NOT EXISTS runlog_migrations \
