@@ -231,6 +231,19 @@ impl Server {
     }
 }
 
+/// Held by a test while its servers run on PostgreSQL: each `runlog serve`
+/// opens up to about 40 connections, and a PostgreSQL at its default
+/// `max_connections` (100) cannot serve this binary's PostgreSQL tests at
+/// once (three nodes already need most of it).
+static POSTGRES_SERVERS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+async fn postgres_servers(backend: Backend) -> Option<tokio::sync::MutexGuard<'static, ()>> {
+    match backend {
+        Backend::Postgres => Some(POSTGRES_SERVERS.lock().await),
+        Backend::Sqlite => None,
+    }
+}
+
 /// `replay --verify --all` finds `runs` runs and no divergence.
 async fn verify_all_passes(storage: &Storage, runs: usize) {
     let verify = storage.cli(&["replay", "--verify", "--all"]).await;
@@ -262,6 +275,7 @@ fn step_statuses(run: &Value) -> BTreeMap<String, String> {
 }
 
 async fn crash_and_recover(backend: Backend) {
+    let _one_at_a_time = postgres_servers(backend).await;
     let Some(storage) = Storage::new(backend).await else {
         return;
     };
@@ -457,6 +471,7 @@ async fn redirect_cut_off_then_restart(backend: Backend) {
     use std::collections::HashMap;
     use std::sync::Arc;
 
+    let _one_at_a_time = postgres_servers(backend).await;
     let Some(storage) = Storage::new(backend).await else {
         return;
     };
@@ -586,6 +601,7 @@ mod a_redirect_cut_off_between_its_two_commits_is_finished_at_the_next_start {
 /// its log (`replay --verify --all`, 0 fields different) and no read model
 /// is behind.
 async fn killed_at_random_the_read_models_still_equal_a_rebuild(backend: Backend) {
+    let _one_at_a_time = postgres_servers(backend).await;
     let Some(storage) = Storage::new(backend).await else {
         return;
     };
@@ -828,6 +844,7 @@ mod many_nodes {
 
     #[actix_web::test]
     async fn three_nodes_one_killed_every_run_completes_once_and_subscribers_see_each_event_once() {
+        let _one_at_a_time = postgres_servers(Backend::Postgres).await;
         let Some(storage) = Storage::new(Backend::Postgres).await else {
             return;
         };
