@@ -1886,6 +1886,15 @@ fn w1_method(settings: &BenchSettings) -> String {
              '{EXEC_SCRIPT}'` processes (one `/bin/sh` per task), {each}."
         ),
     };
+    let subscription = if settings.nodes > 1 {
+        subscription.replacen(
+            "to it over loopback HTTP and one WebSocket",
+            "to each node over loopback HTTP and one WebSocket per node",
+            1,
+        )
+    } else {
+        subscription.to_string()
+    };
     format!("{}{subscription} {agents}", preamble(settings))
 }
 
