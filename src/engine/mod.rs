@@ -730,13 +730,7 @@ impl Engine {
             Some(addr) => {
                 let _ = addr.send(run_actor::Settle).await;
             }
-            None if self.ctx.cluster.is_some() => {
-                let seen = *self.ctx.tail.lock().unwrap_or_else(|e| e.into_inner());
-                if seen > Position::START {
-                    self.ctx.read_models.applied(seen).await;
-                }
-            }
-            None => {}
+            None => self.settle_tail().await,
         }
     }
 
@@ -752,12 +746,15 @@ impl Engine {
     /// (read-your-writes for list readers).
     pub async fn settle_all(&self) {
         self.ctx.read_models.barrier().await;
-        if self.ctx.cluster.is_some() {
-            // And what this node has seen of other nodes' events.
-            let seen = *self.ctx.tail.lock().unwrap_or_else(|e| e.into_inner());
-            if seen > Position::START {
-                self.ctx.read_models.applied(seen).await;
-            }
+        self.settle_tail().await;
+    }
+
+    /// With other nodes: waits until the read models hold what this node's
+    /// log tail has seen of their events.
+    async fn settle_tail(&self) {
+        let seen = *self.ctx.tail.lock().unwrap_or_else(|e| e.into_inner());
+        if seen > Position::START {
+            self.ctx.read_models.applied(seen).await;
         }
     }
 

@@ -7,7 +7,7 @@
 //! the time and no coordinator of ours exists. SQLite serves one process
 //! and has no cluster.
 
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -108,8 +108,6 @@ struct Inner {
     incarnation: String,
     dead_after: Duration,
     releases: mpsc::UnboundedSender<(String, i64)>,
-    /// Other nodes alive at the last heartbeat.
-    peers: AtomicI64,
     /// Raised each time this node's heartbeats have failed for so long that
     /// its peers will soon take its runs: whoever holds runs gives them up.
     lost: watch::Sender<u64>,
@@ -171,7 +169,6 @@ impl Cluster {
                 incarnation,
                 dead_after,
                 releases,
-                peers: AtomicI64::new(0),
                 lost: watch::channel(0).0,
                 stop: watch::channel(false).0,
                 heartbeat: Mutex::new(None),
@@ -192,11 +189,6 @@ impl Cluster {
         &self.inner.node
     }
 
-    /// Where this node's peers reach it.
-    pub fn address(&self) -> &str {
-        &self.inner.address
-    }
-
     /// The fence of a run this node starts (its first append takes the
     /// host row).
     pub fn starting(&self) -> Fence {
@@ -210,20 +202,15 @@ impl Cluster {
         self.inner.dead_after.as_secs_f64()
     }
 
-    /// Heartbeats; returns whether this process still holds its id and how
-    /// many other nodes are alive.
-    async fn beat(&self) -> Result<(bool, i64), StoreError> {
-        let row = sqlx::query(NODE_BEAT)
+    /// Heartbeats; returns whether this process still holds its id.
+    async fn beat(&self) -> Result<bool, StoreError> {
+        let beaten: Option<String> = sqlx::query_scalar(NODE_BEAT)
             .bind(self.inner.node.as_ref())
             .bind(&self.inner.address)
             .bind(&self.inner.incarnation)
-            .bind(self.dead_after_secs())
-            .fetch_one(&self.inner.pool)
+            .fetch_optional(&self.inner.pool)
             .await?;
-        let beaten: i64 = row.try_get("beaten")?;
-        let peers: i64 = row.try_get("peers")?;
-        self.inner.peers.store(peers, Ordering::Relaxed);
-        Ok((beaten > 0, peers))
+        Ok(beaten.is_some())
     }
 
     /// How many other nodes are alive now.
@@ -438,7 +425,7 @@ async fn heartbeat_loop(cluster: std::sync::Weak<Inner>) {
             _ = stopped.changed() => return,
         };
         match beat {
-            Ok(Ok((true, _))) => {
+            Ok(Ok(true)) => {
                 if failing {
                     tracing::info!("heartbeats reach the database again");
                 }
@@ -446,7 +433,7 @@ async fn heartbeat_loop(cluster: std::sync::Weak<Inner>) {
                 gave_up = false;
                 last_ok = sent;
             }
-            Ok(Ok((false, _))) => {
+            Ok(Ok(false)) => {
                 if !cluster.inner.evicted.swap(true, Ordering::SeqCst) {
                     tracing::error!(node = %cluster.inner.node,
                         "another process took this node's id: this one gives up its runs and \
