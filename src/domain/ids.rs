@@ -225,6 +225,13 @@ impl fmt::Display for LeaseToken {
 pub struct Timestamp(pub i64);
 
 impl Timestamp {
+    /// RFC 3339 UTC with milliseconds (`2026-12-01T09:30:00.000Z`).
+    pub fn to_rfc3339(self) -> String {
+        chrono::DateTime::from_timestamp_millis(self.0)
+            .unwrap_or_default()
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    }
+
     /// This timestamp plus `ms` milliseconds.
     pub fn plus_millis(self, ms: u64) -> Self {
         Self(self.0.saturating_add(i64::try_from(ms).unwrap_or(i64::MAX)))

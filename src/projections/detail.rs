@@ -15,9 +15,7 @@ use crate::domain::run::{
 
 /// Formats a timestamp as RFC 3339 UTC with milliseconds.
 pub fn rfc3339(at: Timestamp) -> String {
-    chrono::DateTime::from_timestamp_millis(at.0)
-        .unwrap_or_default()
-        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    at.to_rfc3339()
 }
 
 /// Parses what [`rfc3339`] writes.
@@ -203,6 +201,20 @@ pub struct ArtifactView {
     pub updated_at: String,
 }
 
+/// What retention purged of a run (`ArtifactsPurged`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PurgeView {
+    /// When.
+    pub at: String,
+    /// The cut-off it was asked with.
+    pub finished_before: String,
+    /// The artifact versions whose bodies were removed (those stored in
+    /// the blob store; inline bodies are part of the events and stay).
+    pub versions: u32,
+    /// Their bodies' bytes.
+    pub bytes: u64,
+}
+
 /// Why a run failed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FailureView {
@@ -258,6 +270,10 @@ pub struct RunDetail {
     /// What the run's model calls used, every step together.
     #[serde(default)]
     pub usage: UsageTotals,
+    /// Set once retention purged the run's artifact bodies: the versions
+    /// stored as blobs read as purged, and the run never runs again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub purged: Option<PurgeView>,
     /// When the run started.
     pub created_at: String,
     /// When it last changed.
@@ -641,6 +657,18 @@ impl RunDetail {
             RunEvent::AutoRunChanged { enabled, .. } => self.auto_run = *enabled,
             RunEvent::MessagePosted { message, .. } => self.messages = *message,
             RunEvent::MessageStatusChanged { .. } => {}
+            RunEvent::ArtifactsPurged {
+                versions,
+                finished_before,
+                at,
+            } => {
+                self.purged = Some(PurgeView {
+                    at: rfc3339(*at),
+                    finished_before: rfc3339(*finished_before),
+                    versions: u32::try_from(versions.len()).unwrap_or(u32::MAX),
+                    bytes: versions.iter().map(|v| v.size).sum(),
+                });
+            }
         }
     }
 

@@ -47,7 +47,8 @@ pub trait Snapshotted: Aggregate {
 }
 
 impl Snapshotted for Run {
-    const SNAPSHOT_VERSION: u32 = 1;
+    /// 2: the run records when it finished and when it was purged.
+    const SNAPSHOT_VERSION: u32 = 2;
 }
 
 impl Snapshotted for Template {

@@ -243,13 +243,15 @@ impl Run {
                 s.retry_at = None;
             }
             // A pause or cancel still pending when the run ends is moot.
-            RunEvent::RunCompleted { .. } => {
+            RunEvent::RunCompleted { at, .. } => {
+                self.finished_at = Some(at);
                 self.status = RunStatus::Completed;
                 self.pause_requested = false;
                 self.cancel_requested = None;
                 self.cancel_grace_until = None;
             }
-            RunEvent::RunFailed { .. } => {
+            RunEvent::RunFailed { at, .. } => {
+                self.finished_at = Some(at);
                 self.status = RunStatus::Failed;
                 self.pause_requested = false;
                 self.cancel_requested = None;
@@ -272,12 +274,14 @@ impl Run {
                 self.cancel_requested = Some(reason);
                 self.cancel_grace_until = grace_until;
             }
-            RunEvent::RunCancelled { .. } => {
+            RunEvent::RunCancelled { at, .. } => {
+                self.finished_at = Some(at);
                 self.status = RunStatus::Cancelled;
                 self.pause_requested = false;
                 self.cancel_grace_until = None;
             }
             RunEvent::RunRedirected { to, .. } => self.redirected_to = Some(to),
+            RunEvent::ArtifactsPurged { at, .. } => self.purged_at = Some(at),
             RunEvent::AutoRunChanged { enabled, .. } => self.auto_run = enabled,
             RunEvent::MessagePosted {
                 message,
@@ -368,6 +372,7 @@ impl Run {
         if reopens_run {
             self.status = RunStatus::Running;
             self.failure = None;
+            self.finished_at = None;
         }
     }
 

@@ -226,6 +226,13 @@ pub enum RunCommand {
         /// The version `latest` moves to.
         to_version: u32,
     },
+    /// Retention: remove the bodies of the run's artifacts stored as blobs
+    /// (the events keep their hashes). Only a run that finished before
+    /// `finished_before` is purged, and a purged run is never reopened.
+    PurgeArtifacts {
+        /// The run must have finished before this time.
+        finished_before: Timestamp,
+    },
 }
 
 /// What a run starts from (see [`RunCommand::Start`]).

@@ -235,7 +235,8 @@ pub fn effects(before: &Run, events: &[RunEvent], after: &Run) -> Vec<Effect> {
             | RunEvent::StepApproved { .. }
             | RunEvent::AutoRunChanged { .. }
             | RunEvent::StepClaimed { .. }
-            | RunEvent::StepHeartbeat { .. } => {}
+            | RunEvent::StepHeartbeat { .. }
+            | RunEvent::ArtifactsPurged { .. } => {}
         }
     }
     if let Some(at) = after.next_wake() {

@@ -95,6 +95,20 @@ pub enum RunError {
     /// A heartbeat or release of an attempt no worker claimed.
     #[error("step '{0}' is not claimed by a worker")]
     NotClaimed(StepId),
+    /// A purge of a run that has not finished.
+    #[error("run is {0}; only a finished run (completed, failed or cancelled) can be purged")]
+    NotFinished(&'static str),
+    /// A purge of a run that finished at or after the purge's cut-off.
+    #[error("run finished at {finished_at}, not before {finished_before}")]
+    FinishedLater {
+        /// When it finished (RFC 3339).
+        finished_at: String,
+        /// The cut-off (RFC 3339).
+        finished_before: String,
+    },
+    /// A step retry or rollback of a run whose artifact bodies were purged.
+    #[error("the run's artifacts were purged on {0}; it cannot run again (retry the run instead)")]
+    Purged(String),
     /// An idempotency key reused for a different message.
     #[error("idempotency key '{0}' was already used for a different message")]
     IdempotencyKeyReused(String),
@@ -130,6 +144,9 @@ impl RunError {
             Self::IdempotencyKeyReused(_) => "idempotency_key_reused",
             Self::AlreadyClaimed(_) => "step_already_claimed",
             Self::NotClaimed(_) => "step_not_claimed",
+            Self::NotFinished(_) => "run_not_finished",
+            Self::FinishedLater { .. } => "run_finished_later",
+            Self::Purged(_) => "run_purged",
         }
     }
 }

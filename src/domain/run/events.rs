@@ -58,6 +58,20 @@ pub struct ArtifactWritten {
     pub content: ArtifactContent,
 }
 
+/// One artifact version whose body a purge removed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PurgedVersion {
+    /// `<step>.<output>`.
+    pub name: ArtifactName,
+    /// The version.
+    pub version: u32,
+    /// The hash of the body that was removed (the one its
+    /// `ArtifactWritten` names).
+    pub sha256: String,
+    /// Its length in bytes.
+    pub size: u64,
+}
+
 /// Events of a run (`event_version` 1.0 each).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum RunEvent {
@@ -459,6 +473,21 @@ pub enum RunEvent {
         /// When.
         at: Timestamp,
     },
+    /// Retention removed the bodies of the run's artifacts that live in
+    /// the blob store (`runlog purge`, `POST /api/runs/{id}/purge`). The
+    /// events keep the hashes; reads show these versions as purged. Bodies
+    /// stored inline (8 KiB or less) are part of the events and stay. A
+    /// purged run is never reopened (step retry and rollback are refused).
+    ArtifactsPurged {
+        /// The versions whose bodies were removed (empty when the run had
+        /// only inline bodies).
+        versions: Vec<PurgedVersion>,
+        /// The cut-off the purge was asked with: the run had finished
+        /// before it.
+        finished_before: Timestamp,
+        /// When.
+        at: Timestamp,
+    },
     /// A cancel's grace ran out while the attempt still ran: its lease is
     /// revoked (a late result is refused) and the attempt is recorded as
     /// cancelled.
@@ -474,7 +503,7 @@ pub enum RunEvent {
 
 impl RunEvent {
     /// The literal event type names, for the catalogue and for tests.
-    pub const TYPES: [&'static str; 28] = [
+    pub const TYPES: [&'static str; 29] = [
         "RunStarted",
         "StepDispatched",
         "StepCompleted",
@@ -503,6 +532,7 @@ impl RunEvent {
         "StepLeaseRevoked",
         "StepProduced",
         "StepEvaluated",
+        "ArtifactsPurged",
     ];
 
     /// The time the event happened.
@@ -535,7 +565,8 @@ impl RunEvent {
             | Self::StepReleased { at, .. }
             | Self::StepLeaseRevoked { at, .. }
             | Self::StepProduced { at, .. }
-            | Self::StepEvaluated { at, .. } => *at,
+            | Self::StepEvaluated { at, .. }
+            | Self::ArtifactsPurged { at, .. } => *at,
         }
     }
 
@@ -601,6 +632,7 @@ impl DomainEvent for RunEvent {
             Self::StepLeaseRevoked { .. } => Self::TYPES[25],
             Self::StepProduced { .. } => Self::TYPES[26],
             Self::StepEvaluated { .. } => Self::TYPES[27],
+            Self::ArtifactsPurged { .. } => Self::TYPES[28],
         }
         .to_string()
     }

@@ -17,8 +17,8 @@
 //!   revokes leases and dispatches due retries), [`control`]
 //!   (pause, resume, cancel, redirect), [`messages`] (the thread),
 //!   [`refine`] (producer → evaluator → reviser loops),
-//!   [`review`] (review gates, manual mode) and [`rework`] (step retry,
-//!   rollback).
+//!   [`review`] (review gates, manual mode), [`rework`] (step retry,
+//!   rollback) and [`retention`] (purging artifact bodies).
 //! - [`decision`]: a decision in progress, with the dispatch and settle
 //!   helpers every family uses; [`graph`]: readiness, skips, invalidation
 //!   and reads; [`announce`]: the texts of the engine's system messages.
@@ -41,6 +41,7 @@ mod leases;
 mod messages;
 mod refine;
 mod results;
+mod retention;
 mod review;
 mod rework;
 mod state;
@@ -54,7 +55,7 @@ use decision::Decision;
 pub use command::{Failure, Policy, RunCommand, Stamp, Stamped, StartRun};
 pub use effects::{BudgetLeft, Effect, Task};
 pub use error::RunError;
-pub use events::{ArtifactContent, ArtifactWritten, Outputs, RunEvent, Usage};
+pub use events::{ArtifactContent, ArtifactWritten, Outputs, PurgedVersion, RunEvent, Usage};
 pub use state::{
     ArtifactState, ArtifactVersion, BestAttempt, InputValue, RefineRound, RetrySource, Run,
     RunStatus, StepInput, StepState, StepStatus, UsageTotals,
@@ -157,6 +158,9 @@ impl Run {
             RunCommand::SetAutoRun { enabled } => self.set_auto_run(enabled, stamp),
             RunCommand::RollbackArtifact { name, to_version } => {
                 self.rollback_artifact(name, to_version, stamp)
+            }
+            RunCommand::PurgeArtifacts { finished_before } => {
+                self.purge_artifacts(finished_before, stamp)
             }
         }
     }

@@ -314,6 +314,13 @@ pub struct Run {
     /// What decisions need of the conversation thread.
     #[serde(default)]
     pub thread: ThreadState,
+    /// When it finished (completed, failed or cancelled); none while it
+    /// runs, and again once a step retry or rollback reopens it.
+    #[serde(default)]
+    pub finished_at: Option<Timestamp>,
+    /// When retention purged its artifact bodies: it never runs again.
+    #[serde(default)]
+    pub purged_at: Option<Timestamp>,
     /// When it started.
     pub created_at: Timestamp,
     /// When it last changed.
@@ -492,6 +499,9 @@ impl Run {
         }
         if self.status == RunStatus::Cancelled {
             return Err(RunError::Finished(self.status.as_str()));
+        }
+        if let Some(at) = self.purged_at {
+            return Err(RunError::Purged(at.to_rfc3339()));
         }
         if self.cancel_requested.is_some() {
             return Err(RunError::Cancelling);

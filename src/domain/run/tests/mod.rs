@@ -27,6 +27,7 @@ mod leases;
 mod refine;
 mod replay;
 mod results;
+mod retention;
 mod review;
 mod rework;
 mod thread;
