@@ -478,8 +478,8 @@ on_both_backends!(blobs_are_content_addressed, |backend| {
     let small = br#"{"text":"hello"}"#.to_vec();
     let large: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
     for body in [&small, &large] {
-        let first = blobs.put(body).await.expect("first put");
-        let second = blobs.put(body).await.expect("second put");
+        let first = blobs.put("run-a", body).await.expect("first put");
+        let second = blobs.put("run-b", body).await.expect("second put");
         assert_eq!(first, second, "the same bytes have the same key");
         assert_eq!(first, BlobStore::key_of(body));
         assert_eq!(first.len(), 64);
@@ -498,6 +498,134 @@ on_both_backends!(blobs_are_content_addressed, |backend| {
     assert_eq!(blobs.get("not-a-key").await.expect("get garbage"), None);
     db.close().await;
 });
+
+async fn count(db: &Db, sql: &str) -> i64 {
+    runlog::with_pool!(db, pool => {
+        sqlx::query_scalar(sql).fetch_one(pool).await.expect(sql)
+    })
+}
+
+on_both_backends!(
+    a_blob_goes_when_the_last_run_that_references_it_is_released,
+    |backend| {
+        let Some((_storage, db)) = open(backend).await else {
+            return;
+        };
+        let blobs = BlobStore::new(db.clone());
+        let shared = vec![b'x'; 20_000];
+        let own = vec![b'y'; 30_000];
+        let shared_key = blobs.put("run-1", &shared).await.expect("put");
+        blobs.put("run-2", &shared).await.expect("put");
+        let own_key = blobs.put("run-1", &own).await.expect("put");
+        blobs.put("run-1", &own).await.expect("put again");
+
+        let released = blobs.release_run("run-1").await.expect("release run-1");
+        assert_eq!(
+            released,
+            store::Released {
+                referenced: 2,
+                deleted: 1,
+                bytes: 30_000
+            },
+            "run-1's own body goes; the body run-2 shares stays"
+        );
+        assert_eq!(blobs.get(&own_key).await.expect("get"), None);
+        assert_eq!(
+            blobs.get(&shared_key).await.expect("get"),
+            Some(shared.clone())
+        );
+        assert_eq!(
+            blobs.release_run("run-1").await.expect("again"),
+            store::Released::default(),
+            "releasing twice frees nothing more"
+        );
+        let released = blobs.release_run("run-2").await.expect("release run-2");
+        assert_eq!((released.deleted, released.bytes), (1, 20_000));
+        assert_eq!(blobs.get(&shared_key).await.expect("get"), None);
+        assert_eq!(count(&db, "SELECT COUNT(*) FROM blob_refs").await, 0);
+        // A body stored again after its release is a new blob.
+        blobs.put("run-3", &own).await.expect("put after release");
+        assert_eq!(blobs.get(&own_key).await.expect("get"), Some(own));
+        db.close().await;
+    }
+);
+
+on_both_backends!(a_put_racing_a_release_never_loses_the_body, |backend| {
+    let Some((_storage, db)) = open(backend).await else {
+        return;
+    };
+    let blobs = BlobStore::new(db.clone());
+    for i in 0..40u32 {
+        let body = format!("{i}:{}", "b".repeat(10_000)).into_bytes();
+        let old_run = format!("old-{i}");
+        let new_run = format!("new-{i}");
+        let key = blobs.put(&old_run, &body).await.expect("put");
+        // The old run is purged while a new run stores the same body.
+        let (released, put) = tokio::join!(blobs.release_run(&old_run), blobs.put(&new_run, &body));
+        released.expect("release");
+        put.expect("put");
+        assert_eq!(
+            blobs.get(&key).await.expect("get").as_deref(),
+            Some(body.as_slice()),
+            "round {i}: the body the new run references is stored"
+        );
+    }
+    db.close().await;
+});
+
+on_both_backends!(
+    the_blob_refs_migration_fills_references_from_the_log,
+    |backend| {
+        let Some((_storage, db)) = open(backend).await else {
+            return;
+        };
+        // A run written before blob_refs existed: its event names a blob that
+        // nothing records a reference to.
+        let body = vec![b'z'; 12_000];
+        let key = BlobStore::key_of(&body);
+        let payload = json!({"StepCompleted": {"step": "a", "attempt": 1, "ready": [], "at": 5,
+        "artifacts": [{"name": "a.out", "version": 1,
+                       "content": {"blob": {"sha256": key, "size": body.len()}}}]}});
+        let migration = match backend {
+            Backend::Sqlite => include_str!("../schema/sqlite/012_blob_refs.sql"),
+            Backend::Postgres => include_str!("../schema/postgres/012_blob_refs.sql"),
+        };
+        runlog::with_pool!(&db, pool => {
+            sqlx::query("INSERT INTO blobs (sha256, size, body) VALUES ($1, $2, $3)")
+                .bind(&key)
+                .bind(body.len() as i64)
+                .bind(&body)
+                .execute(pool)
+                .await
+                .expect("store the body");
+            sqlx::query(
+                "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, \
+                 event_version, payload, metadata) VALUES ('Run', 'old-run', 1, 'StepCompleted', \
+                 '1.2', $1, $2)",
+            )
+            .bind(&payload)
+            .bind(json!({}))
+            .execute(pool)
+            .await
+            .expect("an old event");
+            sqlx::raw_sql(migration).execute(pool).await.expect("the migration again");
+        });
+        assert_eq!(
+            count(
+                &db,
+                "SELECT COUNT(*) FROM blob_refs WHERE run_id = 'old-run'"
+            )
+            .await,
+            1
+        );
+        let released = BlobStore::new(db.clone())
+            .release_run("old-run")
+            .await
+            .expect("release");
+        assert_eq!((released.deleted, released.bytes), (1, 12_000));
+        db.close().await;
+    }
+);
 
 /// The run detail as a pure fold of the log.
 async fn folded_detail(runs: &AggregateStore<Run>, run_id: &str) -> RunDetail {

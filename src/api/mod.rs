@@ -110,6 +110,7 @@ pub fn configure(state: ApiState) -> impl FnOnce(&mut web::ServiceConfig) {
                     .service(resource("/runs/{id}/steps/{step}/trigger").post(steering::trigger))
                     .service(resource("/runs/{id}/events").get(runs::events))
                     .service(resource("/runs/{id}/export").get(runs::export))
+                    .service(resource("/runs/{id}/purge").post(runs::purge))
                     .service(resource("/runs/{id}/artifacts/{name}").get(runs::artifact))
                     .service(
                         resource("/runs/{id}/artifacts/{name}/rollback").post(steering::rollback),

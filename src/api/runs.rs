@@ -259,7 +259,16 @@ struct ArtifactVersionBody {
     step: String,
     attempt: u32,
     created_at: String,
+    /// The body; `null` when it was purged.
     content: Value,
+    /// Set (true) when retention purged the body: the hash and size of
+    /// what was removed stay.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    purged: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sha256: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    size: Option<u64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -292,22 +301,34 @@ pub(super) async fn artifact(
     {
         let stored: ArtifactContent =
             serde_json::from_value(row.content).map_err(|e| ApiError::internal(&e))?;
-        let content = match stored {
-            ArtifactContent::Inline(value) => value,
-            ArtifactContent::Blob { sha256, .. } => {
-                let bytes = state.engine.blobs().get(&sha256).await?.ok_or_else(|| {
-                    ApiError::internal(&std::io::Error::other(format!("blob {sha256} is missing")))
-                })?;
-                serde_json::from_slice(&bytes).map_err(|e| ApiError::internal(&e))?
-            }
-        };
-        versions.push(ArtifactVersionBody {
+        let mut version = ArtifactVersionBody {
             version: row.version,
             step: row.step,
             attempt: row.attempt,
             created_at: row.created_at,
-            content,
-        });
+            content: Value::Null,
+            purged: false,
+            sha256: None,
+            size: None,
+        };
+        match stored {
+            ArtifactContent::Inline(value) => version.content = value,
+            // A purged run's blob bodies are gone (or kept only for other
+            // runs): each reads as purged, never as an error.
+            ArtifactContent::Blob { sha256, size } if run.purged.is_some() => {
+                version.purged = true;
+                version.sha256 = Some(sha256);
+                version.size = Some(size);
+            }
+            ArtifactContent::Blob { sha256, .. } => {
+                let bytes = state.engine.blobs().get(&sha256).await?.ok_or_else(|| {
+                    ApiError::internal(&std::io::Error::other(format!("blob {sha256} is missing")))
+                })?;
+                version.content =
+                    serde_json::from_slice(&bytes).map_err(|e| ApiError::internal(&e))?;
+            }
+        }
+        versions.push(version);
     }
     Ok(HttpResponse::Ok().json(ArtifactBody {
         name: name.to_string(),
@@ -371,6 +392,45 @@ pub(super) async fn cancel(
     }
     state.engine.cancel(&id, body.reason).await?;
     controlled(&state, &id).await
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct PurgeBody {
+    /// RFC 3339: only a run that finished before this is purged.
+    finished_before: String,
+}
+
+/// `POST /api/runs/{id}/purge`: retention for one run (what `runlog purge`
+/// sends for each run it purges).
+pub(super) async fn purge(
+    state: web::Data<ApiState>,
+    path: web::Path<String>,
+    body: web::Json<PurgeBody>,
+) -> Result<HttpResponse, ApiError> {
+    let id = run_id(&path)?;
+    let finished_before =
+        crate::projections::parse_rfc3339(&body.finished_before).ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid_finished_before",
+                format!(
+                    "finished_before {:?} is not an RFC 3339 time (e.g. 2026-11-01T00:00:00Z)",
+                    body.finished_before
+                ),
+            )
+        })?;
+    let purged = state.engine.purge(&id, finished_before).await?;
+    let run = detail(&state, &id).await?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({
+        "run_id": id.as_str(),
+        "recorded": purged.recorded,
+        "purged": run.purged,
+        "blobs": {
+            "referenced": purged.released.referenced,
+            "deleted": purged.released.deleted,
+            "bytes_freed": purged.released.bytes,
+        },
+    })))
 }
 
 /// `GET /api/runs/{id}/export`: the run's history as JSON Lines, as

@@ -128,9 +128,11 @@ async fn resolve_input(blobs: &BlobStore, input: &StepInput) -> Result<Value, St
     }
 }
 
-/// Checks an agent's output names and moves large bodies to the blob store.
+/// Checks an agent's output names and moves large bodies to the blob store
+/// (as bodies of run `run_id`).
 pub async fn store_outputs(
     blobs: &BlobStore,
+    run_id: &str,
     outputs: BTreeMap<String, Value>,
 ) -> Result<Outputs, String> {
     let mut stored = Outputs::new();
@@ -139,7 +141,7 @@ pub async fn store_outputs(
         let bytes = serde_json::to_vec(&value).map_err(|e| e.to_string())?;
         let content = if bytes.len() > INLINE_ARTIFACT_LIMIT {
             let sha256 = blobs
-                .put(&bytes)
+                .put(run_id, &bytes)
                 .await
                 .map_err(|e| format!("storing artifact body: {e}"))?;
             ArtifactContent::Blob {

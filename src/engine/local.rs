@@ -184,7 +184,10 @@ impl Executor for LocalExecutor {
                     })??;
                 check_output_size(&outputs.outputs, limits.max_output_bytes)?;
                 let usage = outputs.usage;
-                Ok::<_, AgentError>((store_outputs(&blobs, outputs.outputs).await?, usage))
+                Ok::<_, AgentError>((
+                    store_outputs(&blobs, task.run_id.as_str(), outputs.outputs).await?,
+                    usage,
+                ))
             }
             .await;
             let outcome = match result {

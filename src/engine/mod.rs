@@ -59,6 +59,16 @@ pub use executor::{Executor, Outcome, StepReport, INLINE_ARTIFACT_LIMIT};
 pub use hub::{EventView, Hub, Live, Progress};
 pub use node::NodeTasks;
 pub use run_actor::{Committed, LeaseStatus, RunActor};
+
+/// What [`Engine::purge`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Purged {
+    /// `ArtifactsPurged` was recorded now (false: the run was purged
+    /// before).
+    pub recorded: bool,
+    /// The blobs released.
+    pub released: crate::store::Released,
+}
 pub use workers::{AgentView, ClaimedWork};
 
 use local::LocalExecutor;
@@ -692,6 +702,26 @@ impl Engine {
     ) -> Result<Committed, EngineError> {
         let command = RunCommand::RollbackArtifact { name, to_version };
         self.execute(id, command).await
+    }
+
+    /// Retention: purges the bodies of a finished run's artifacts if it
+    /// finished before `finished_before` (recording `ArtifactsPurged`, once),
+    /// then deletes the blobs no other run references. Idempotent: a purged
+    /// run records nothing again, and its blobs are released again (what an
+    /// interrupted purge left is freed).
+    pub async fn purge(
+        &self,
+        id: &RunId,
+        finished_before: Timestamp,
+    ) -> Result<Purged, EngineError> {
+        let committed = self
+            .execute(id, RunCommand::PurgeArtifacts { finished_before })
+            .await?;
+        let released = self.ctx.blobs.release_run(id.as_str()).await?;
+        Ok(Purged {
+            recorded: !committed.is_empty(),
+            released,
+        })
     }
 
     /// Asks a run to pause at its next safe checkpoint: nothing new is

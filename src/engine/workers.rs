@@ -316,7 +316,7 @@ impl Engine {
                 reason: format!("the outputs are {size} bytes; the limit is {limit} bytes"),
             });
         }
-        let stored = store_outputs(&self.ctx.blobs, map.into_iter().collect())
+        let stored = store_outputs(&self.ctx.blobs, &task.run_id, map.into_iter().collect())
             .await
             .map_err(|reason| EngineError::InvalidOutputs {
                 field: "outputs".into(),

@@ -32,6 +32,7 @@ pub const FORMAT_VERSION: u64 = 1;
 const KIND: &str = "runlog-history";
 const EVENT_INSERT: &str = include_str!("sql/event_insert.sql");
 const BLOB_PUT: &str = include_str!("sql/blob_put.sql");
+const BLOB_REF_PUT: &str = include_str!("sql/blob_ref_put.sql");
 
 /// Why an import was refused (nothing was written).
 #[derive(Debug, thiserror::Error)]
@@ -152,6 +153,7 @@ impl History {
         .map_err(io)?;
         let mut counts = HistoryCounts::default();
         let mut referenced = BTreeSet::new();
+        let mut purged = BTreeSet::new();
         for id in run_ids {
             let mut after = 0;
             loop {
@@ -161,6 +163,7 @@ impl History {
                 };
                 for event in events {
                     blob_keys(&event.payload, &mut referenced);
+                    purged_keys(&event.event_type, &event.payload, &mut purged);
                     write(&json!({
                         "kind": "event",
                         "aggregate_type": "Run",
@@ -178,7 +181,9 @@ impl History {
             }
             counts.runs += 1;
         }
-        for key in &referenced {
+        // A purged body stays purged in the export (the blob may still be
+        // stored for another run, or not at all).
+        for key in referenced.difference(&purged) {
             let Some(body) = self.blobs.get(key).await? else {
                 return Err(StoreError::Corrupt(format!(
                     "blob {key} is referenced by an event but not stored"
@@ -224,6 +229,11 @@ impl History {
                     .bind(body.as_slice())
                     .execute(&mut *tx)
                     .await?;
+            }
+            for (run_id, keys) in &file.refs {
+                for key in keys {
+                    sqlx::query(BLOB_REF_PUT).bind(key).bind(run_id).execute(&mut *tx).await?;
+                }
             }
             for events in file.runs.values() {
                 for e in events {
@@ -282,12 +292,31 @@ fn blob_keys(value: &Value, keys: &mut BTreeSet<String>) {
     }
 }
 
+/// The blob keys an `ArtifactsPurged` event names: bodies its run no
+/// longer has.
+fn purged_keys(event_type: &str, payload: &Value, keys: &mut BTreeSet<String>) {
+    if event_type != "ArtifactsPurged" {
+        return;
+    }
+    for version in payload["ArtifactsPurged"]["versions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        if let Some(key) = version["sha256"].as_str() {
+            keys.insert(key.to_string());
+        }
+    }
+}
+
 /// A whole, checked history file.
 struct HistoryFile {
     /// Each run's events, in sequence order.
     runs: BTreeMap<String, Vec<SerializedEvent>>,
     /// Blob bodies by key.
     blobs: BTreeMap<String, Vec<u8>>,
+    /// The blobs each run references (the ones it has not purged).
+    refs: BTreeMap<String, BTreeSet<String>>,
     /// The runs that had not finished when exported.
     unfinished: Vec<String>,
 }
@@ -305,7 +334,8 @@ fn format_error(line: usize, reason: impl Into<String>) -> ImportError {
 fn parse(input: impl BufRead) -> Result<HistoryFile, ImportError> {
     let mut runs: BTreeMap<String, Vec<SerializedEvent>> = BTreeMap::new();
     let mut blobs = BTreeMap::new();
-    let mut referenced = BTreeSet::new();
+    let mut referenced: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let mut purged: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     let mut header: Option<Vec<String>> = None;
     let mut end: Option<(usize, Value)> = None;
     let mut last_line = 0;
@@ -377,12 +407,21 @@ fn parse(input: impl BufRead) -> Result<HistoryFile, ImportError> {
                         events.len() + 1
                     )));
                 }
-                blob_keys(&record["payload"], &mut referenced);
+                let event_type = text("event_type")?;
+                blob_keys(
+                    &record["payload"],
+                    referenced.entry(id.clone()).or_default(),
+                );
+                purged_keys(
+                    &event_type,
+                    &record["payload"],
+                    purged.entry(id.clone()).or_default(),
+                );
                 events.push(SerializedEvent::new(
                     id,
                     sequence as usize,
                     "Run".into(),
-                    text("event_type")?,
+                    event_type,
                     text("event_version")?,
                     record["payload"].clone(),
                     record["metadata"].clone(),
@@ -444,11 +483,18 @@ fn parse(input: impl BufRead) -> Result<HistoryFile, ImportError> {
             "the header's runs are not the runs the file holds",
         ));
     }
-    if let Some(missing) = referenced.iter().find(|k| !blobs.contains_key(*k)) {
-        return Err(format_error(
-            0,
-            format!("blob {missing} is referenced but not in the file"),
-        ));
+    // What each run still references (not what it purged) must be here.
+    let mut refs = BTreeMap::new();
+    for (id, keys) in referenced {
+        let gone = purged.remove(&id).unwrap_or_default();
+        let kept: BTreeSet<String> = keys.difference(&gone).cloned().collect();
+        if let Some(missing) = kept.iter().find(|k| !blobs.contains_key(*k)) {
+            return Err(format_error(
+                0,
+                format!("blob {missing} is referenced but not in the file"),
+            ));
+        }
+        refs.insert(id, kept);
     }
     // Every event must read with this build (through its upcasters); the
     // fold says which runs had finished.
@@ -470,6 +516,7 @@ fn parse(input: impl BufRead) -> Result<HistoryFile, ImportError> {
     Ok(HistoryFile {
         runs,
         blobs,
+        refs,
         unfinished,
     })
 }

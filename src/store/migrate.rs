@@ -83,6 +83,12 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../../schema/sqlite/011_node_incarnations.sql"),
         postgres: include_str!("../../schema/postgres/011_node_incarnations.sql"),
     },
+    Migration {
+        version: 12,
+        name: "blob_refs",
+        sqlite: include_str!("../../schema/sqlite/012_blob_refs.sql"),
+        postgres: include_str!("../../schema/postgres/012_blob_refs.sql"),
+    },
 ];
 
 const CREATE_TABLE: &str = "CREATE TABLE IF NOT EXISTS runlog_migrations \

@@ -24,7 +24,7 @@ use postgres_es::PostgresEventRepository;
 use serde_json::Value;
 use sqlite_es::SqliteEventRepository;
 
-pub use blobs::BlobStore;
+pub use blobs::{BlobStore, Released};
 pub use cluster::{Acquired, Cluster, Fence, NodeRow, DEAD_AFTER, HEARTBEAT_EVERY};
 pub use history::{History, HistoryCounts, ImportError, FORMAT_VERSION};
 pub use log::{EventLog, LogEntry, LogWakeups, RecordedEvent};

@@ -1,0 +1,2 @@
+INSERT INTO blob_refs (sha256, run_id) VALUES ($1, $2)
+ON CONFLICT DO NOTHING
