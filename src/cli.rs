@@ -1,5 +1,5 @@
-//! The `runlog` command line: `serve`, `migrate`, `replay`,
-//! `projections`, `bench`, `worker`.
+//! The `runlog` command line: `serve`, `migrate`, `replay`, `export`,
+//! `import`, `purge`, `projections`, `bench`, `worker`.
 
 use std::process::ExitCode;
 
@@ -80,6 +80,11 @@ enum Command {
         #[command(flatten)]
         storage: StorageSettings,
     },
+    /// Retention: remove the bodies of the artifacts of runs that finished
+    /// before a time (after exporting those runs, if asked). The events
+    /// stay, with the bodies' hashes; reads show the versions as purged.
+    /// Runs through a server on the same database.
+    Purge(crate::retention::PurgeSettings),
     /// The read models: where each is in the log.
     Projections {
         /// What to do.
@@ -158,6 +163,7 @@ pub fn run() -> ExitCode {
                 storage,
             } => export(run_ids, all, output, storage).await,
             Command::Import { file, storage } => import(file, storage).await,
+            Command::Purge(settings) => crate::retention::run(settings).await,
             Command::Bench(settings) => crate::bench::run(settings).await,
             Command::Worker(settings) => crate::worker::run(settings).await,
             Command::FakeLlm(settings) => crate::fakellm::run(settings).await,

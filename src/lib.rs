@@ -18,7 +18,8 @@
 //!   agents, the live event hub.
 //! - [`api`]: actix-web handlers, the error type and the WebSocket session.
 //! - [`app`], [`cli`], [`config`], [`telemetry`]: wiring, the only place
-//!   concrete backends meet.
+//!   concrete backends meet; [`audit`] (`replay --verify`) and
+//!   [`retention`] (`runlog purge`) are commands at that level.
 //! - [`worker`]: `runlog worker`, a remote worker: a client of the HTTP
 //!   API that depends on no other module but [`subprocess`] (running a
 //!   program with JSON in and out, also used by the `command` agent);
@@ -36,6 +37,7 @@ pub mod domain;
 pub mod engine;
 pub mod fakellm;
 pub mod projections;
+pub mod retention;
 pub mod store;
 pub mod subprocess;
 pub mod telemetry;

@@ -16,6 +16,8 @@ const DETAIL_GET: &str = include_str!("sql/run_details/get.sql");
 const SUMMARIES_LIST: &str = include_str!("sql/run_summaries/list.sql");
 const ARTIFACT_VERSIONS: &str = include_str!("sql/artifact_versions/list.sql");
 const ACTIVE_RUNS: &str = include_str!("sql/run_summaries/active.sql");
+const PURGEABLE_PG: &str = include_str!("sql/run_summaries/purgeable.pg.sql");
+const PURGEABLE_SQLITE: &str = include_str!("sql/run_summaries/purgeable.sqlite.sql");
 const TEMPLATE_GET: &str = include_str!("sql/template_catalogue/get.sql");
 const TEMPLATES_LIST: &str = include_str!("sql/template_catalogue/list.sql");
 const MESSAGES_LIST: &str = include_str!("sql/run_messages/list.sql");
@@ -392,6 +394,30 @@ impl ReadModels {
     pub async fn active_runs(&self) -> Result<Vec<String>, ProjectionError> {
         let ids = with_pool!(&self.db, pool => {
             sqlx::query_scalar(ACTIVE_RUNS).fetch_all(pool).await?
+        });
+        Ok(ids)
+    }
+
+    /// Retention's candidates: finished runs created before `before` that
+    /// are not purged, by id after `after`, at most `limit` (the run's own
+    /// check decides whether it finished before `before`).
+    pub async fn purgeable_runs(
+        &self,
+        before: Timestamp,
+        after: &str,
+        limit: i64,
+    ) -> Result<Vec<String>, ProjectionError> {
+        let sql = match &self.db {
+            Db::Postgres(_) => PURGEABLE_PG,
+            Db::Sqlite(_) => PURGEABLE_SQLITE,
+        };
+        let ids = with_pool!(&self.db, pool => {
+            sqlx::query_scalar(sql)
+                .bind(before.0)
+                .bind(after)
+                .bind(limit)
+                .fetch_all(pool)
+                .await?
         });
         Ok(ids)
     }

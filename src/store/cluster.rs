@@ -119,6 +119,26 @@ struct Inner {
 }
 
 impl Cluster {
+    /// The addresses of the live nodes on `db`, by node id (none on
+    /// SQLite), for a command-line tool that must reach a server.
+    pub async fn live_addresses(db: &Db) -> Result<Vec<String>, StoreError> {
+        let Db::Postgres(pool) = db else {
+            return Ok(Vec::new());
+        };
+        let rows = sqlx::query(NODES_LIST)
+            .bind(DEAD_AFTER.as_secs_f64())
+            .bind(0_i64)
+            .fetch_all(pool)
+            .await?;
+        let mut live = Vec::new();
+        for row in rows {
+            if row.try_get::<bool, _>("alive")? {
+                live.push(row.try_get("address")?);
+            }
+        }
+        Ok(live)
+    }
+
     /// Registers this node (`id`, reachable at `address`) and starts its
     /// heartbeat and the task that writes releases. `None` on SQLite, which
     /// has no cluster. If another process that is still alive holds `id`,

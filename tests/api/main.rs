@@ -15,6 +15,7 @@ mod llm;
 mod nodes;
 mod refine;
 mod replay;
+mod retention;
 mod runs;
 mod scenario;
 mod templates;
