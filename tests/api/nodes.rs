@@ -1,8 +1,8 @@
 //! Many nodes on one PostgreSQL, seen by clients: `GET /api/admin/nodes`,
 //! a command sent to a node that does not host the run (forwarded to the
 //! one that does, with the same answer), a WebSocket on one node following
-//! a run another node hosts, the nodes' internal claim endpoint, and a bad
-//! `--node-id`. (Three real processes with a node killed are in
+//! a run another node hosts, the nodes' internal claim endpoint, a purge
+//! through either node, and a bad `--node-id`. (Three real processes with a node killed are in
 //! `tests/crash.rs`.)
 
 use std::time::Duration;
@@ -162,6 +162,31 @@ async fn a_command_sent_to_another_node_is_forwarded_to_the_host_and_answered_th
     for event in first.events(&run).await {
         assert_eq!(event["metadata"]["node"], host["id"], "{event}");
     }
+
+    // Retention through either node: recorded once, by whichever node
+    // hosts the run then.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let cut_off = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let purge = format!("/api/runs/{run}/purge");
+    let (status, purged) = second
+        .post(&purge, json!({"finished_before": cut_off}))
+        .await;
+    assert_eq!(status, 200, "{purged}");
+    assert_eq!(purged["recorded"], true, "{purged}");
+    let (status, again) = first
+        .post(&purge, json!({"finished_before": cut_off}))
+        .await;
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(again["recorded"], false, "{again}");
+    let events = second.events(&run).await;
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| e["event_type"] == "ArtifactsPurged")
+            .count(),
+        1,
+        "{events:?}"
+    );
     drop_beside(second);
 }
 
