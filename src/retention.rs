@@ -102,7 +102,7 @@ pub async fn run(settings: PurgeSettings) -> Result<ExitCode, Box<dyn std::error
         &settings.storage.data_dir,
     )
     .await?;
-    let candidates = candidates(&ReadModels::new(db.clone()), before).await;
+    let candidates = candidates(&db, before).await;
     let candidates = match candidates {
         Ok(ids) => ids,
         Err(e) => {
@@ -138,6 +138,15 @@ pub async fn run(settings: PurgeSettings) -> Result<ExitCode, Box<dyn std::error
         return Ok(ExitCode::FAILURE);
     };
     if let Some(path) = &settings.export {
+        // An earlier export may hold the only copy of bodies purged since.
+        if path.exists() {
+            db.close().await;
+            eprintln!(
+                "error: {} exists: an export is never overwritten (name another file); nothing purged",
+                path.display()
+            );
+            return Ok(ExitCode::FAILURE);
+        }
         let exported = export(&db, &candidates, path).await;
         if let Err(e) = exported {
             db.close().await;
@@ -179,11 +188,13 @@ pub async fn run(settings: PurgeSettings) -> Result<ExitCode, Box<dyn std::error
     Ok(ExitCode::FAILURE)
 }
 
-/// Every unpurged finished run created before `before`.
-async fn candidates(
-    reads: &ReadModels,
-    before: Timestamp,
-) -> Result<Vec<String>, Box<dyn std::error::Error>> {
+/// The runs whose purge an earlier one left unfinished, then every
+/// unpurged finished run created before `before`.
+async fn candidates(db: &Db, before: Timestamp) -> Result<Vec<String>, Box<dyn std::error::Error>> {
+    let reads = ReadModels::new(db.clone());
+    let owed = crate::store::BlobStore::new(db.clone())
+        .owed_releases()
+        .await?;
     let mut ids: Vec<String> = Vec::new();
     loop {
         let after = ids.last().cloned().unwrap_or_default();
@@ -191,15 +202,26 @@ async fn candidates(
         let full = page.len() as i64 == PAGE;
         ids.extend(page);
         if !full {
-            return Ok(ids);
+            break;
         }
     }
+    let listed: std::collections::BTreeSet<&String> = ids.iter().collect();
+    let owed: Vec<String> = owed.into_iter().filter(|id| !listed.contains(id)).collect();
+    Ok(owed.into_iter().chain(ids).collect())
 }
 
 /// The server on this database: the SQLite file's holder, or a live node.
 async fn discover(db: &Db) -> Result<Option<String>, Box<dyn std::error::Error>> {
     if let Some(holder) = crate::db::ServingHolder::of(db)? {
-        return Ok(holder.address);
+        return match holder.address {
+            Some(address) => Ok(Some(address)),
+            None => Err(format!(
+                "the runlog serve holding this SQLite database (pid {}) has not said where it \
+                 listens yet: try again in a moment, or name it with --server; nothing purged",
+                holder.pid
+            )
+            .into()),
+        };
     }
     Ok(crate::store::Cluster::live_addresses(db)
         .await?
@@ -207,14 +229,16 @@ async fn discover(db: &Db) -> Result<Option<String>, Box<dyn std::error::Error>>
         .next())
 }
 
-/// Writes the export of `ids` to `path` (through a temporary file beside
-/// it, renamed once whole).
+/// Writes the export of `ids` to `path` (through `path.partial` beside it,
+/// renamed once whole).
 async fn export(
     db: &Db,
     ids: &[String],
     path: &std::path::Path,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    let partial = path.with_extension("partial");
+    let mut partial = path.as_os_str().to_owned();
+    partial.push(".partial");
+    let partial = std::path::PathBuf::from(partial);
     let mut out = std::io::BufWriter::new(std::fs::File::create(&partial)?);
     let counts = crate::store::History::new(db.clone())
         .export(ids, |line| {

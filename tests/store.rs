@@ -546,6 +546,17 @@ on_both_backends!(
         // A body stored again after its release is a new blob.
         blobs.put("run-3", &own).await.expect("put after release");
         assert_eq!(blobs.get(&own_key).await.expect("get"), Some(own));
+        // Purges under way are owed until released (or refused).
+        blobs.owe_release("run-3", 20).await.expect("owe");
+        blobs.owe_release("run-4", 10).await.expect("owe");
+        blobs.owe_release("run-3", 30).await.expect("owe again");
+        assert_eq!(
+            blobs.owed_releases().await.expect("owed"),
+            vec!["run-4".to_string(), "run-3".to_string()]
+        );
+        blobs.forgive_release("run-4").await.expect("forgive");
+        blobs.release_run("run-3").await.expect("release run-3");
+        assert!(blobs.owed_releases().await.expect("owed").is_empty());
         db.close().await;
     }
 );
@@ -1123,6 +1134,72 @@ fn new_task(n: usize, agent: &str, at: i64) -> NewTask {
         payload: json!({"n": n}),
         queued_at: at,
     }
+}
+
+/// A node that took a task row for a worker and stopped before the run
+/// recorded the claim leaves it claimed by no one: the queue finds such
+/// rows (PostgreSQL, where the run's host is another node).
+#[tokio::test]
+async fn a_claim_no_run_recorded_is_found_once_it_is_old() {
+    let Some((_storage, db)) = open(Backend::Postgres).await else {
+        return;
+    };
+    let queue = TaskQueue::new(db.clone());
+    for n in [1, 2] {
+        let mut task = new_task(n, "work", 0);
+        task.run_id = format!("run-{n}");
+        queue.enqueue(task).await.expect("enqueue");
+        queue
+            .claim(&["work".to_string()], "w", 1_000)
+            .await
+            .expect("claim")
+            .expect("a task");
+    }
+    // run-2 recorded its claim; run-1 did not.
+    let runs = AggregateStore::<Run>::new(&db, 0);
+    let claimed = RunEvent::StepClaimed {
+        step: step("s"),
+        attempt: 1,
+        worker: "w".into(),
+        lease_expires_at: Timestamp(60_000),
+        at: Timestamp(1_000),
+    };
+    runs.commit(
+        "run-2",
+        Run::default(),
+        0,
+        None,
+        vec![claimed],
+        metadata(),
+        None,
+    )
+    .await
+    .expect("commit");
+    assert!(
+        queue
+            .unrecorded_claims(1_000)
+            .await
+            .expect("look")
+            .is_empty(),
+        "a claim as old as the cut-off may still be on its way"
+    );
+    assert_eq!(
+        queue.unrecorded_claims(1_001).await.expect("look"),
+        vec![("task-1".to_string(), "work".to_string())]
+    );
+    queue.unclaim("task-1").await.expect("unclaim");
+    assert!(queue
+        .unrecorded_claims(10_000)
+        .await
+        .expect("look")
+        .is_empty());
+    let again = queue
+        .claim(&["work".to_string()], "w2", 20_000)
+        .await
+        .expect("claim")
+        .expect("the task is back in the queue");
+    assert_eq!(again.task_id, "task-1");
+    db.close().await;
 }
 
 on_both_backends!(
@@ -1768,7 +1845,7 @@ on_both_backends!(
                 .await
                 .expect("the snapshot")
         });
-        assert_eq!(payload["snapshot_version"], 1, "{payload}");
+        assert_eq!(payload["snapshot_version"], 2, "{payload}");
         let truth = serde_json::to_value(&one.state).expect("state");
         assert_eq!(payload["state"], truth);
         // A snapshot of an older shape that would read as a different state
@@ -1778,6 +1855,8 @@ on_both_backends!(
         misleading["steps"] = json!({});
         for stored in [
             json!({"snapshot_version": 0, "state": misleading.clone()}),
+            // Version 1: before runs recorded when they finished.
+            json!({"snapshot_version": 1, "state": misleading.clone()}),
             misleading.clone(),
         ] {
             runlog::with_pool!(&db, pool => {
@@ -1806,7 +1885,7 @@ on_both_backends!(
                 .await
                 .expect("the snapshot")
         });
-        assert_eq!(payload["snapshot_version"], 1, "{payload}");
+        assert_eq!(payload["snapshot_version"], 2, "{payload}");
         let loaded = runs.load("run-snap").await.expect("loads");
         assert_eq!(
             serde_json::to_value(&loaded.state).expect("state"),

@@ -320,12 +320,25 @@ pub(super) async fn artifact(
                 version.sha256 = Some(sha256);
                 version.size = Some(size);
             }
-            ArtifactContent::Blob { sha256, .. } => {
-                let bytes = state.engine.blobs().get(&sha256).await?.ok_or_else(|| {
-                    ApiError::internal(&std::io::Error::other(format!("blob {sha256} is missing")))
-                })?;
-                version.content =
-                    serde_json::from_slice(&bytes).map_err(|e| ApiError::internal(&e))?;
+            ArtifactContent::Blob { sha256, size } => {
+                match state.engine.blobs().get(&sha256).await? {
+                    Some(bytes) => {
+                        version.content =
+                            serde_json::from_slice(&bytes).map_err(|e| ApiError::internal(&e))?;
+                    }
+                    // Purged after the detail was read (on another node, say):
+                    // the log says so before any read model does.
+                    None if purged_since(&state, &id, run.sequence).await? => {
+                        version.purged = true;
+                        version.sha256 = Some(sha256);
+                        version.size = Some(size);
+                    }
+                    None => {
+                        return Err(ApiError::internal(&std::io::Error::other(format!(
+                            "blob {sha256} is missing"
+                        ))))
+                    }
+                }
             }
         }
         versions.push(version);
@@ -392,6 +405,21 @@ pub(super) async fn cancel(
     }
     state.engine.cancel(&id, body.reason).await?;
     controlled(&state, &id).await
+}
+
+/// Whether run `id` recorded `ArtifactsPurged` after event `after`.
+async fn purged_since(state: &ApiState, id: &RunId, after: u64) -> Result<bool, ApiError> {
+    Ok(state
+        .log
+        .follow_aggregate("Run", id.as_str(), after)
+        .await?
+        .iter()
+        .any(|e| {
+            matches!(
+                e.as_run(),
+                Some((_, crate::domain::run::RunEvent::ArtifactsPurged { .. }))
+            )
+        }))
 }
 
 #[derive(Debug, Deserialize)]

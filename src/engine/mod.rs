@@ -704,20 +704,65 @@ impl Engine {
         self.execute(id, command).await
     }
 
+    /// Gives back to the queue the tasks claimed more than `after` ago
+    /// whose claim no run recorded (see `node.rs`), and wakes a waiting
+    /// claim for each; returns how many.
+    pub async fn requeue_unrecorded_claims(&self, after: Duration) -> usize {
+        let remote = &self.ctx.remote;
+        let before = self.ctx.clock.now().0 - i64::try_from(after.as_millis()).unwrap_or(0);
+        let stale = match remote.queue.unrecorded_claims(before).await {
+            Ok(stale) => stale,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot look for claims nobody recorded");
+                return 0;
+            }
+        };
+        let mut requeued = 0;
+        for (task_id, agent) in stale {
+            match remote.queue.unclaim(&task_id).await {
+                Ok(()) => {
+                    requeued += 1;
+                    remote.signal(&agent).notify_one();
+                    tracing::warn!(%task_id, %agent,
+                        "a claim no run recorded (the node that took it stopped): the task is back in the queue");
+                }
+                Err(e) => {
+                    tracing::warn!(%task_id, error = %e, "cannot give a task back to the queue")
+                }
+            }
+        }
+        requeued
+    }
+
     /// Retention: purges the bodies of a finished run's artifacts if it
     /// finished before `finished_before` (recording `ArtifactsPurged`, once),
     /// then deletes the blobs no other run references. Idempotent: a purged
     /// run records nothing again, and its blobs are released again (what an
-    /// interrupted purge left is freed).
+    /// interrupted purge left is freed; [`BlobStore::owed_releases`] lists
+    /// the runs whose purge was cut short).
     pub async fn purge(
         &self,
         id: &RunId,
         finished_before: Timestamp,
     ) -> Result<Purged, EngineError> {
-        let committed = self
-            .execute(id, RunCommand::PurgeArtifacts { finished_before })
+        // Owed first: a purge cut short after its event (a crash, a database
+        // error) is found and finished by the next `runlog purge`.
+        let blobs = &self.ctx.blobs;
+        blobs
+            .owe_release(id.as_str(), self.ctx.clock.now().0)
             .await?;
-        let released = self.ctx.blobs.release_run(id.as_str()).await?;
+        let committed = match self
+            .execute(id, RunCommand::PurgeArtifacts { finished_before })
+            .await
+        {
+            Ok(committed) => committed,
+            Err(refused @ EngineError::Run(_)) => {
+                blobs.forgive_release(id.as_str()).await?;
+                return Err(refused);
+            }
+            Err(e) => return Err(e),
+        };
+        let released = blobs.release_run(id.as_str()).await?;
         Ok(Purged {
             recorded: !committed.is_empty(),
             released,

@@ -11,6 +11,10 @@
 //!   Bound: a node killed outright is dead [`DEAD_AFTER`] after its last
 //!   heartbeat, and its runs are taken at the next pass, so within about
 //!   7 s.
+//!   Every 5 looks it also gives back to the queue the tasks whose claim
+//!   no run recorded for 10 s: a node that took a task row for a worker
+//!   and stopped before recording the claim on the run's host (another
+//!   node) leaves the task claimed by no one, and the run waiting.
 //! - **Log tail**: while other nodes are alive, the live hub also follows
 //!   the log by position (woken by `LISTEN`, polling as a fallback) and
 //!   delivers the events other nodes committed to this node's WebSocket
@@ -34,6 +38,10 @@ pub const TAKEOVER_EVERY: Duration = Duration::from_secs(1);
 const TAIL_POLL: Duration = Duration::from_millis(500);
 /// Events the log tail reads at a time.
 const TAIL_PAGE: i64 = 1000;
+/// Every how many takeover looks a node looks for claims nobody recorded.
+const CLAIMS_LOOK_EVERY: u32 = 5;
+/// How old a claim with no `StepClaimed` must be to be given back.
+const UNRECORDED_AFTER: Duration = Duration::from_secs(10);
 
 /// The running node tasks: stopped in two steps, [`NodeTasks::stop_taking`]
 /// before the engine stops (no run is taken over by a node that is
@@ -125,9 +133,14 @@ async fn give_up_when_lost(engine: Engine, cluster: Cluster, mut stopped: watch:
 }
 
 async fn takeover(engine: Engine, mut stopped: watch::Receiver<bool>) {
+    let mut looks = 0u32;
     while tick(&mut stopped, TAKEOVER_EVERY).await {
         // A full page means more are waiting: look again at once.
         while engine.take_over_orphans().await > 0 && !*stopped.borrow() {}
+        looks += 1;
+        if looks.is_multiple_of(CLAIMS_LOOK_EVERY) {
+            engine.requeue_unrecorded_claims(UNRECORDED_AFTER).await;
+        }
     }
 }
 

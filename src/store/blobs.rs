@@ -15,6 +15,9 @@ const REF_PUT: &str = include_str!("sql/blob_ref_put.sql");
 const GET: &str = include_str!("sql/blob_get.sql");
 const REFS_RELEASE: &str = include_str!("sql/blob_refs_release.sql");
 const DELETE_UNREFERENCED: &str = include_str!("sql/blob_delete_unreferenced.sql");
+const RELEASE_OWED: &str = include_str!("sql/blob_release_owed.sql");
+const RELEASE_DONE: &str = include_str!("sql/blob_release_done.sql");
+const RELEASES_OWED: &str = include_str!("sql/blob_releases_owed.sql");
 const PG_PUT: &str = include_str!("sql/postgres/blob_put.sql");
 const PG_LOCK: &str = include_str!("sql/postgres/blobs_lock.sql");
 const PG_DELETE_UNREFERENCED: &str = include_str!("sql/postgres/blobs_delete_unreferenced.sql");
@@ -92,10 +95,38 @@ impl BlobStore {
         Ok(body)
     }
 
+    /// Records that a purge of `run_id` is under way (before its event is
+    /// recorded), so that one cut short is found again by
+    /// [`BlobStore::owed_releases`].
+    pub async fn owe_release(&self, run_id: &str, now_ms: i64) -> Result<(), StoreError> {
+        with_pool!(&self.db, pool => {
+            sqlx::query(RELEASE_OWED).bind(run_id).bind(now_ms).execute(pool).await.map(|_| ())?
+        });
+        Ok(())
+    }
+
+    /// A purge of `run_id` will not happen (the run refused it).
+    pub async fn forgive_release(&self, run_id: &str) -> Result<(), StoreError> {
+        with_pool!(&self.db, pool => {
+            sqlx::query(RELEASE_DONE).bind(run_id).execute(pool).await.map(|_| ())?
+        });
+        Ok(())
+    }
+
+    /// The runs whose purge was cut short between its event and the release
+    /// of its blobs (or before its event), oldest first.
+    pub async fn owed_releases(&self) -> Result<Vec<String>, StoreError> {
+        let ids = with_pool!(&self.db, pool => {
+            sqlx::query_scalar(RELEASES_OWED).fetch_all(pool).await?
+        });
+        Ok(ids)
+    }
+
     /// Run `run_id` references no blob any more (its artifacts were
     /// purged): its references go, and so does every blob it referenced
-    /// that no other run does. Idempotent. A put of the same body racing
-    /// with this either lands first and keeps the blob, or stores it again.
+    /// that no other run does, and the purge is no longer owed. Idempotent.
+    /// A put of the same body racing with this either lands first and keeps
+    /// the blob, or stores it again.
     pub async fn release_run(&self, run_id: &str) -> Result<Released, StoreError> {
         let mut released = Released::default();
         match &self.db {
@@ -115,6 +146,10 @@ impl BlobStore {
                     released.deleted = sizes.len() as u64;
                     released.bytes = sizes.iter().map(|s| u64::try_from(*s).unwrap_or(0)).sum();
                 }
+                sqlx::query(RELEASE_DONE)
+                    .bind(run_id)
+                    .execute(&mut *tx)
+                    .await?;
                 tx.commit().await?;
             }
             Db::Sqlite(pool) => {
@@ -134,6 +169,10 @@ impl BlobStore {
                         released.bytes += u64::try_from(size).unwrap_or(0);
                     }
                 }
+                sqlx::query(RELEASE_DONE)
+                    .bind(run_id)
+                    .execute(&mut *tx)
+                    .await?;
                 tx.commit().await?;
             }
         }

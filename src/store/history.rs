@@ -152,9 +152,12 @@ impl History {
         }))
         .map_err(io)?;
         let mut counts = HistoryCounts::default();
-        let mut referenced = BTreeSet::new();
-        let mut purged = BTreeSet::new();
+        // The bodies the runs still have: each run's references but those
+        // it purged (another run may share a purged body and keep it).
+        let mut kept = BTreeSet::new();
         for id in run_ids {
+            let mut referenced = BTreeSet::new();
+            let mut purged = BTreeSet::new();
             let mut after = 0;
             loop {
                 let events = self.log.events_of("Run", id, after, 1000).await?;
@@ -179,14 +182,14 @@ impl History {
                 }
                 after = last;
             }
+            kept.extend(referenced.difference(&purged).cloned());
             counts.runs += 1;
         }
-        // A purged body stays purged in the export (the blob may still be
-        // stored for another run, or not at all).
-        for key in referenced.difference(&purged) {
+        for key in &kept {
             let Some(body) = self.blobs.get(key).await? else {
                 return Err(StoreError::Corrupt(format!(
-                    "blob {key} is referenced by an event but not stored"
+                    "blob {key} is referenced by an event but not stored (if a purge ran while \
+                     this export read the log, export again)"
                 )));
             };
             write(&json!({"kind": "blob", "sha256": key, "size": body.len(), "hex": hex::encode(&body)}))

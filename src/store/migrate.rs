@@ -89,6 +89,12 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../../schema/sqlite/012_blob_refs.sql"),
         postgres: include_str!("../../schema/postgres/012_blob_refs.sql"),
     },
+    Migration {
+        version: 13,
+        name: "blob_releases",
+        sqlite: include_str!("../../schema/sqlite/013_blob_releases.sql"),
+        postgres: include_str!("../../schema/postgres/013_blob_releases.sql"),
+    },
 ];
 
 const CREATE_TABLE: &str = "CREATE TABLE IF NOT EXISTS runlog_migrations \

@@ -26,6 +26,7 @@ const PG_DELETE_MANY: &str = include_str!("sql/postgres/tasks_delete_many.sql");
 const WITHDRAW: &str = include_str!("sql/task_withdraw.sql");
 const UNCLAIM: &str = include_str!("sql/task_unclaim.sql");
 const GET: &str = include_str!("sql/task_get.sql");
+const PG_UNRECORDED_CLAIMS: &str = include_str!("sql/postgres/tasks_unrecorded_claims.sql");
 const PG_CLAIM: &str = include_str!("sql/postgres/task_claim.sql");
 const SQLITE_CLAIM: &str = include_str!("sql/sqlite/task_claim.sql");
 
@@ -202,6 +203,24 @@ impl TaskQueue {
             sqlx::query(UNCLAIM).bind(task_id).execute(pool).await?;
         });
         Ok(())
+    }
+
+    /// Claimed before `before_ms` with no claim recorded by their run:
+    /// `(task_id, agent)`, at most 100. Only on PostgreSQL, where a node
+    /// can stop between taking a row for a worker and recording the claim
+    /// on the run's host, another node; on SQLite the one process's
+    /// restart recovers the attempt.
+    pub async fn unrecorded_claims(
+        &self,
+        before_ms: i64,
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        let Db::Postgres(pool) = &self.db else {
+            return Ok(Vec::new());
+        };
+        Ok(sqlx::query_as(PG_UNRECORDED_CLAIMS)
+            .bind(before_ms)
+            .fetch_all(pool)
+            .await?)
     }
 
     /// The task with this id, if it is still queued or claimed.

@@ -170,6 +170,18 @@ on_both_backends!(
         )
         .await;
 
+        // An export of everything now: the newer run's bodies are in it,
+        // though the purged run shares them; it imports whole.
+        let all = app.storage.data_dir.join("all.jsonl");
+        let all_path = all.display().to_string();
+        let out = app.cli(&["export", "--all", "--output", &all_path]).await;
+        assert!(out.status.success(), "{}", text(&out).1);
+        assert!(text(&out).1.contains("exported 3 runs"), "{}", text(&out).1);
+        let third = Storage::new(backend).await.expect("storage");
+        let imported = third.cli(&["import", &all_path]).await;
+        assert!(imported.status.success(), "{}", text(&imported).1);
+        drop(third);
+
         // Again: nothing left to purge before that time.
         let again = app.cli(&["purge", "--finished-before", &cut_off]).await;
         let (stdout, stderr) = text(&again);
@@ -240,6 +252,40 @@ on_both_backends!(
         assert_eq!(status, 200, "{again}");
         assert_eq!(again["recorded"], false);
         assert_eq!(again["blobs"]["deleted"], 0);
+        assert_eq!(
+            count_events(&app.events(&run).await, "ArtifactsPurged", None),
+            1
+        );
+
+        // A purge cut short after its event (or a late result stored for
+        // the purged run) leaves a body and an owed release: the next
+        // `runlog purge` finishes it.
+        {
+            let db =
+                runlog::db::Db::connect(app.storage.database_url.as_deref(), &app.storage.data_dir)
+                    .await
+                    .expect("connect");
+            let blobs = runlog::store::BlobStore::new(db.clone());
+            blobs.put(&run, &[b'q'; 9_000]).await.expect("a late body");
+            blobs.owe_release(&run, 1).await.expect("owed");
+            db.close().await;
+        }
+        let out = app.cli(&["purge", "--finished-before", &cut_off]).await;
+        let (stdout, stderr) = text(&out);
+        assert!(out.status.success(), "{stderr}");
+        assert!(
+            stdout.contains("purged 0 runs") && stdout.contains("1 were purged already"),
+            "{stdout}"
+        );
+        assert!(
+            stdout.contains("1 blobs deleted, 9000 bytes freed"),
+            "{stdout}"
+        );
+        assert_eq!(scalar(&app.storage, "SELECT count(*) FROM blobs").await, 0);
+        assert_eq!(
+            scalar(&app.storage, "SELECT count(*) FROM blob_releases").await,
+            0
+        );
         assert_eq!(
             count_events(&app.events(&run).await, "ArtifactsPurged", None),
             1
@@ -336,7 +382,40 @@ on_both_backends!(
         );
         assert!(app.run(&done).await.get("purged").is_none());
 
-        // The command line: a cut-off that is not a time, and no server.
+        // The command line: an export file that exists, a server that cannot
+        // be reached, a cut-off that is not a time, and no server.
+        let existing = app.storage.data_dir.join("exists.jsonl");
+        std::fs::write(&existing, "keep me").expect("write");
+        let out = app
+            .cli(&[
+                "purge",
+                "--finished-before",
+                &cut_off,
+                "--export",
+                &existing.display().to_string(),
+            ])
+            .await;
+        assert_eq!(out.status.code(), Some(1), "{}", text(&out).1);
+        assert!(
+            text(&out).1.contains("is never overwritten"),
+            "{}",
+            text(&out).1
+        );
+        assert_eq!(std::fs::read_to_string(&existing).expect("read"), "keep me");
+        let out = app
+            .cli(&[
+                "purge",
+                "--finished-before",
+                &cut_off,
+                "--server",
+                "http://127.0.0.1:9",
+            ])
+            .await;
+        let (stdout, stderr) = text(&out);
+        assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+        assert!(stderr.contains("cannot reach the server"), "{stderr}");
+        assert!(app.run(&done).await.get("purged").is_none());
+
         let out = app.cli(&["purge", "--finished-before", "sometime"]).await;
         assert_eq!(out.status.code(), Some(2), "{}", text(&out).1);
         assert!(text(&out).1.contains("is not a time"), "{}", text(&out).1);

@@ -117,6 +117,21 @@ fn a_run_that_finished_at_or_after_the_cut_off_is_not_purged() {
 }
 
 #[test]
+fn a_cancelled_run_is_purged_and_one_that_finished_after_the_cut_off_is_not() {
+    Given::with(())
+        .given(diamond_cancelled())
+        .when(purge(1_000, 2_000))
+        .then_expect_events(vec![purged(&[], 1_000, 2_000)]);
+    Given::with(())
+        .given(diamond_completed())
+        .when(purge(49, 200))
+        .then_expect_error(RunError::FinishedLater {
+            finished_at: at(50).to_rfc3339(),
+            finished_before: at(49).to_rfc3339(),
+        });
+}
+
+#[test]
 fn a_reopened_run_finishes_again_later_and_the_cut_off_reads_the_last_finish() {
     // b retried at 60 reopens the run; it has not finished since.
     let mut history = diamond_completed();

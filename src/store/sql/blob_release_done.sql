@@ -1,0 +1,1 @@
+DELETE FROM blob_releases WHERE run_id = $1
