@@ -35,6 +35,24 @@ macro_rules! with_pool {
     };
 }
 
+/// `url` with the password of its user info (`scheme://user:password@…`)
+/// replaced by `***`, fit for an error message or a log.
+pub fn redacted(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    let Some((user_info, host)) = authority.rsplit_once('@') else {
+        return url.to_string();
+    };
+    let user = user_info
+        .split_once(':')
+        .map_or(user_info, |(user, _)| user);
+    let hidden = if user_info.contains(':') { ":***" } else { "" };
+    format!("{scheme}://{user}{hidden}@{host}{tail}")
+}
+
 /// Failure to open the database.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
@@ -159,7 +177,7 @@ impl Db {
             Some(url) if url.starts_with("sqlite:") => {
                 Self::sqlite(SqliteConnectOptions::from_str(url)?).await
             }
-            Some(url) => Err(ConnectError::UnsupportedUrl(url.to_string())),
+            Some(url) => Err(ConnectError::UnsupportedUrl(redacted(url))),
             None => {
                 std::fs::create_dir_all(data_dir).map_err(|source| ConnectError::DataDir {
                     path: data_dir.display().to_string(),
@@ -386,5 +404,22 @@ impl BeginWrite for Pool<Postgres> {
     type Database = Postgres;
     async fn begin_write(&self) -> Result<sqlx::Transaction<'static, Postgres>, sqlx::Error> {
         self.begin().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_url_is_shown_without_its_password() {
+        assert_eq!(
+            redacted("mysql://admin:s3cr%40t@db.internal:3306/runlog"),
+            "mysql://admin:***@db.internal:3306/runlog"
+        );
+        assert_eq!(redacted("mysql://p:a:b@h/x?y=z"), "mysql://p:***@h/x?y=z");
+        assert_eq!(redacted("mysql://admin@h/x"), "mysql://admin@h/x");
+        assert_eq!(redacted("mysql://h/x@y"), "mysql://h/x@y");
+        assert_eq!(redacted("not a url"), "not a url");
     }
 }

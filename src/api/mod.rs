@@ -7,6 +7,7 @@
 mod admin;
 mod error;
 pub mod forward;
+mod hygiene;
 mod runs;
 mod steering;
 mod templates;
@@ -80,7 +81,12 @@ pub fn configure(state: ApiState) -> impl FnOnce(&mut web::ServiceConfig) {
             .route("/healthz", web::get().to(healthz))
             .service(
                 web::scope("/api")
+                    // Outermost last: errors become JSON, HEAD is GET, a
+                    // body must be JSON, then forwarding between nodes.
                     .wrap(actix_web::middleware::from_fn(forward::forward))
+                    .wrap(actix_web::middleware::from_fn(hygiene::json_bodies))
+                    .wrap(actix_web::middleware::from_fn(hygiene::head_as_get))
+                    .wrap(actix_web::middleware::from_fn(hygiene::json_errors))
                     .service(
                         resource("/templates")
                             .post(templates::create)

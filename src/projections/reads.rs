@@ -151,6 +151,11 @@ fn encode_cursor(created_at: i64, id: &str) -> String {
 /// Parses a cursor made by `encode_cursor`; `None` when malformed.
 pub fn decode_cursor(cursor: &str) -> Option<(i64, String)> {
     let (at, id) = cursor.split_once('_')?;
+    // An id the server made has no control characters; PostgreSQL refuses
+    // a NUL in a text parameter outright.
+    if id.is_empty() || id.chars().any(char::is_control) {
+        return None;
+    }
     Some((at.parse().ok()?, id.to_string()))
 }
 

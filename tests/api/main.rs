@@ -9,6 +9,7 @@ mod agents;
 mod concurrency;
 mod control;
 mod history;
+mod hostile;
 mod human;
 mod limits;
 mod llm;

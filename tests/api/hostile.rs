@@ -1,0 +1,218 @@
+//! Careless and hostile clients (issue #9, section 5, the parts that need
+//! no accounts): a body is taken only as JSON, `HEAD` answers where `GET`
+//! does, every error answer carries the JSON error body, and a garbage
+//! cursor is a 400 on both backends.
+
+use serde_json::{json, Value};
+
+use crate::common::{assert_refused, diamond, spawn_app, Reply, TestApp};
+use crate::on_both_backends;
+
+/// A request as a careless client sends it: any content type (or none)
+/// and raw bytes; the status, content type and body.
+async fn raw(
+    app: &TestApp,
+    method: &str,
+    path: &str,
+    content_type: Option<&str>,
+    body: Vec<u8>,
+) -> (u16, Option<String>, Vec<u8>) {
+    let mut request = app.client.request(
+        method.parse().expect("method"),
+        format!("{}{path}", app.address),
+    );
+    if let Some(content_type) = content_type {
+        request = request.insert_header(("content-type", content_type));
+    }
+    let mut response = request.send_body(body).await.expect("the server answers");
+    let status = response.status().as_u16();
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let bytes = response.body().limit(1 << 24).await.expect("body");
+    (status, content_type, bytes.to_vec())
+}
+
+fn as_reply((status, _, body): (u16, Option<String>, Vec<u8>)) -> Reply {
+    (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
+}
+
+on_both_backends!(
+    a_body_that_is_not_json_is_refused_with_415_and_records_nothing,
+    |backend| {
+        let Some(app) = spawn_app(backend).await else {
+            return;
+        };
+        let template = app.template_id("diamond", diamond(0)).await;
+        // Manual mode: nothing moves unless asked, so any event is the
+        // request's.
+        let (status, started) = app
+            .post(
+                "/api/runs",
+                json!({"template_id": template, "input": {}, "auto_run": false}),
+            )
+            .await;
+        assert_eq!(status, 201, "{started}");
+        let run = started["id"].as_str().expect("an id").to_string();
+        let definition = json!({"name": "sneaky", "definition": diamond(0)}).to_string();
+        // What another site's page can send without a preflight.
+        for content_type in [
+            Some("text/plain"),
+            Some("application/x-www-form-urlencoded"),
+            Some("multipart/form-data; boundary=x"),
+            None,
+        ] {
+            let counts = app.counts().await;
+            let (status, body) = as_reply(
+                raw(
+                    &app,
+                    "POST",
+                    "/api/templates",
+                    content_type,
+                    definition.clone().into_bytes(),
+                )
+                .await,
+            );
+            assert_eq!(status, 415, "{content_type:?}: {body}");
+            assert_eq!(body["error"]["code"], "invalid_content_type", "{body}");
+            assert_eq!(
+                app.counts().await,
+                counts,
+                "{content_type:?} created something"
+            );
+            assert_refused(
+                &app,
+                &run,
+                async {
+                    as_reply(
+                        raw(
+                            &app,
+                            "POST",
+                            &format!("/api/runs/{run}/cancel"),
+                            content_type,
+                            br#"{"reason": "from another site"}"#.to_vec(),
+                        )
+                        .await,
+                    )
+                },
+                415,
+                "invalid_content_type",
+            )
+            .await;
+        }
+        // JSON with parameters is JSON; an empty body needs no content type.
+        let (status, body) = as_reply(
+            raw(
+                &app,
+                "POST",
+                "/api/templates",
+                Some("application/json; charset=utf-8"),
+                definition.into_bytes(),
+            )
+            .await,
+        );
+        assert_eq!(status, 201, "{body}");
+        let (status, body) = as_reply(
+            raw(
+                &app,
+                "POST",
+                &format!("/api/runs/{run}/pause"),
+                None,
+                Vec::new(),
+            )
+            .await,
+        );
+        assert_eq!(status, 200, "{body}");
+    }
+);
+
+on_both_backends!(every_error_answer_is_the_json_error_body, |backend| {
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
+    let template = app.template_id("diamond", diamond(2_000)).await;
+    let run = app.run_id(&template, json!({"topic": "owls"})).await;
+    // Endpoints whose body is optional read raw bytes: over the limit they
+    // answered text/plain before.
+    let huge = vec![b' '; 3 * 1024 * 1024];
+    for path in [
+        format!("/api/runs/{run}/cancel"),
+        format!("/api/runs/{run}/steps/a/approve"),
+        format!("/api/runs/{run}/steps/a/retry"),
+        format!("/api/runs/{run}/steps/a/trigger"),
+        "/api/templates".to_string(),
+    ] {
+        let (status, content_type, body) =
+            raw(&app, "POST", &path, Some("application/json"), huge.clone()).await;
+        assert_eq!(status, 413, "{path}");
+        assert_eq!(content_type.as_deref(), Some("application/json"), "{path}");
+        let body: Value = serde_json::from_slice(&body).expect("a JSON body");
+        assert_eq!(body["error"]["code"], "body_too_large", "{path}: {body}");
+        assert!(body["error"]["message"].is_string(), "{body}");
+    }
+    assert_eq!(app.run(&run).await["status"], "running");
+});
+
+on_both_backends!(head_answers_where_get_does_without_a_body, |backend| {
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
+    let template = app.template_id("diamond", diamond(0)).await;
+    let run = app.run_id(&template, json!({"topic": "owls"})).await;
+    for path in [
+        "/api/runs".to_string(),
+        format!("/api/runs/{run}"),
+        format!("/api/runs/{run}/events"),
+        "/api/templates".to_string(),
+        format!("/api/templates/{template}"),
+    ] {
+        let (status, content_type, body) = raw(&app, "HEAD", &path, None, Vec::new()).await;
+        assert_eq!(status, 200, "{path}");
+        assert_eq!(content_type.as_deref(), Some("application/json"), "{path}");
+        assert!(body.is_empty(), "{path}: a HEAD answer has no body");
+    }
+    let (status, _, body) = raw(
+        &app,
+        "HEAD",
+        "/api/runs/0b6d2a1e-5d3c-4a35-9d6e-0c6a8e2b9f10",
+        None,
+        Vec::new(),
+    )
+    .await;
+    assert_eq!(status, 404);
+    assert!(body.is_empty());
+});
+
+on_both_backends!(a_garbage_cursor_is_a_400_on_both_backends, |backend| {
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
+    for cursor in ["1_%00", "1_a%00b", "%00", "x_y", "1_%01", "1_"] {
+        for list in ["/api/runs", "/api/templates"] {
+            let (status, body) = app.get(&format!("{list}?cursor={cursor}")).await;
+            assert_eq!(status, 400, "{list} cursor {cursor}: {body}");
+            assert_eq!(body["error"]["code"], "invalid_cursor", "{body}");
+        }
+    }
+});
+
+#[test]
+fn the_command_line_never_prints_a_database_password() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_runlog"))
+        .args([
+            "migrate",
+            "--database-url",
+            "mysql://runlog:hunter2@db.internal/runlog",
+        ])
+        .output()
+        .expect("the runlog binary runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(!stderr.contains("hunter2"), "{stderr}");
+    assert!(
+        stderr.contains("mysql://runlog:***@db.internal/runlog"),
+        "{stderr}"
+    );
+}
