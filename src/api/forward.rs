@@ -63,7 +63,9 @@ fn may_forward(req: &ServiceRequest) -> bool {
 
 /// Reads the body, at most one byte over the limit (the handler's
 /// extractor refuses an oversized body as it would have).
-async fn read_body(mut payload: Payload) -> Result<Bytes, actix_web::Error> {
+/// A request's body, read to just past [`MAX_BODY_BYTES`] (the handler
+/// refuses a longer one).
+pub(super) async fn read_body(mut payload: Payload) -> Result<Bytes, actix_web::Error> {
     let mut body = BytesMut::new();
     while let Some(chunk) = payload.next().await {
         body.extend_from_slice(&chunk?);

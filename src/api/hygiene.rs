@@ -3,7 +3,7 @@
 //! answer carries the JSON error body (issue #9, section 5).
 
 use actix_web::body::{BoxBody, MessageBody};
-use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::dev::{Payload, ServiceRequest, ServiceResponse};
 use actix_web::http::{header, Method, StatusCode};
 use actix_web::middleware::Next;
 use actix_web::ResponseError;
@@ -66,7 +66,87 @@ pub async fn json_bodies(
             return Ok(req.into_response(refused.error_response()));
         }
     }
+    if !has_body(&req) {
+        return Ok(next.call(req).await?.map_into_boxed_body());
+    }
+    // A key given twice is ambiguous (readers differ on which one wins, and
+    // an audit of the body cannot tell): refused, wherever it is.
+    let (http, payload) = req.into_parts();
+    let body = super::forward::read_body(payload).await?;
+    if body.len() <= super::MAX_BODY_BYTES {
+        if let Err(duplicate) = serde_json::from_slice::<NoDuplicateKeys>(&body) {
+            if duplicate.is_data() {
+                let refused = ApiError::bad_request("invalid_body", duplicate.to_string());
+                return Ok(ServiceResponse::new(http, refused.error_response()));
+            }
+        }
+    }
+    let req = ServiceRequest::from_parts(http, Payload::from(body));
     Ok(next.call(req).await?.map_into_boxed_body())
+}
+
+/// Any JSON value whose objects each name a key once; a key given twice is
+/// a data error (other failures are syntax errors, left to the handler's
+/// own message).
+struct NoDuplicateKeys;
+
+impl<'de> serde::Deserialize<'de> for NoDuplicateKeys {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(NoDuplicateKeysVisitor)
+    }
+}
+
+struct NoDuplicateKeysVisitor;
+
+impl<'de> serde::de::Visitor<'de> for NoDuplicateKeysVisitor {
+    type Value = NoDuplicateKeys;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(NoDuplicateKeys)
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(NoDuplicateKeys)
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(NoDuplicateKeys)
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(NoDuplicateKeys)
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(NoDuplicateKeys)
+    }
+
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(NoDuplicateKeys)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        while seq.next_element::<NoDuplicateKeys>()?.is_some() {}
+        Ok(NoDuplicateKeys)
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut keys = std::collections::HashSet::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if keys.contains(&key) {
+                return Err(serde::de::Error::custom(format!(
+                    "the key {key:?} is given twice in one object"
+                )));
+            }
+            map.next_value::<NoDuplicateKeys>()?;
+            keys.insert(key);
+        }
+        Ok(NoDuplicateKeys)
+    }
 }
 
 /// `HEAD` is answered as `GET`, without the body.
@@ -134,6 +214,31 @@ fn code_of(status: StatusCode) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_key_given_twice_anywhere_is_a_data_error() {
+        let twice = |text: &str| {
+            serde_json::from_slice::<NoDuplicateKeys>(text.as_bytes())
+                .err()
+                .filter(serde_json::Error::is_data)
+                .map(|e| e.to_string())
+        };
+        assert_eq!(
+            twice(r#"{"a": 1, "b": [1, {"c": 2}], "d": {"a": 1}}"#),
+            None
+        );
+        assert_eq!(twice(r#"[{"a": 1}, {"a": 2}]"#), None);
+        let message = twice(r#"{"steps": {}, "name": "x", "steps": {"a": {}}}"#).expect("refused");
+        assert!(
+            message.contains(r#"the key "steps" is given twice"#),
+            "{message}"
+        );
+        assert!(twice(r#"{"a": {"b": [{"c": 1, "c": 2}]}}"#).is_some());
+        // Escapes do not hide a duplicate.
+        assert!(twice(r#"{"a": 1, "\u0061": 2}"#).is_some());
+        // Not JSON at all: a syntax error, left to the handler.
+        assert_eq!(twice(r#"{"a": "#), None);
+    }
 
     #[test]
     fn json_is_application_json_or_a_json_suffix_with_any_parameters() {

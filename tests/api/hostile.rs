@@ -1,7 +1,8 @@
 //! Careless and hostile clients (issue #9, section 5, the parts that need
-//! no accounts): a body is taken only as JSON, `HEAD` answers where `GET`
-//! does, every error answer carries the JSON error body, and a garbage
-//! cursor is a 400 on both backends.
+//! no accounts): a body is taken only as JSON and with each key once,
+//! `HEAD` answers where `GET` does, every error answer carries the JSON
+//! error body, a garbage cursor is a 400 on both backends, and the CLI
+//! never prints a database password.
 
 use serde_json::{json, Value};
 
@@ -216,3 +217,55 @@ fn the_command_line_never_prints_a_database_password() {
         "{stderr}"
     );
 }
+
+on_both_backends!(a_json_body_that_gives_a_key_twice_is_refused, |backend| {
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
+    let template = app.template_id("diamond", diamond(0)).await;
+    let (status, started) = app
+        .post(
+            "/api/runs",
+            json!({"template_id": template, "input": {}, "auto_run": false}),
+        )
+        .await;
+    assert_eq!(status, 201, "{started}");
+    let run = started["id"].as_str().expect("an id").to_string();
+    let counts = app.counts().await;
+    let ambiguous = r#"{"name": "twice", "definition": {"steps": {"a": {"agent": "echo"}},
+        "steps": {"b": {"agent": "echo"}}}}"#;
+    let (status, body) = as_reply(
+        raw(
+            &app,
+            "POST",
+            "/api/templates",
+            Some("application/json"),
+            ambiguous.as_bytes().to_vec(),
+        )
+        .await,
+    );
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["code"], "invalid_body", "{body}");
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains(r#""steps" is given twice"#), "{message}");
+    assert_eq!(app.counts().await, counts);
+    assert_refused(
+        &app,
+        &run,
+        async {
+            as_reply(
+                raw(
+                    &app,
+                    "POST",
+                    &format!("/api/runs/{run}/messages"),
+                    Some("application/json"),
+                    br#"{"content": "hi", "metadata": {"k": 1, "k": 2}}"#.to_vec(),
+                )
+                .await,
+            )
+        },
+        400,
+        "invalid_body",
+    )
+    .await;
+});
