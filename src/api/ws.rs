@@ -55,7 +55,14 @@ struct Session {
     /// Whether the session gets every run's live events.
     all: bool,
     last_heard: Instant,
+    /// A fragmented message being assembled: whether it is text, and its
+    /// bytes so far.
+    fragments: Option<(bool, Vec<u8>)>,
 }
+
+/// The longest message a client may send, whole or in fragments (the
+/// longest frame the codec takes by default).
+const MAX_MESSAGE_BYTES: usize = 64 * 1024;
 
 pub(super) async fn connect(
     req: HttpRequest,
@@ -67,6 +74,7 @@ pub(super) async fn connect(
         runs: HashMap::new(),
         all: false,
         last_heard: Instant::now(),
+        fragments: None,
     };
     ws::start(session, &req, stream)
 }
@@ -335,13 +343,76 @@ impl Handler<Live> for Session {
     }
 }
 
+impl Session {
+    /// A fragment of a message: assembled, then handled as one text frame
+    /// (a binary one is refused as a binary frame is). A message past
+    /// [`MAX_MESSAGE_BYTES`] closes the connection with 1009 (too big), a
+    /// fragment out of place with 1002 (protocol error).
+    fn on_fragment(&mut self, item: actix_http::ws::Item, ctx: &mut ws::WebsocketContext<Self>) {
+        let (first, bytes, last) = match item {
+            actix_http::ws::Item::FirstText(bytes) => (Some(true), bytes, false),
+            actix_http::ws::Item::FirstBinary(bytes) => (Some(false), bytes, false),
+            actix_http::ws::Item::Continue(bytes) => (None, bytes, false),
+            actix_http::ws::Item::Last(bytes) => (None, bytes, true),
+        };
+        match (first, self.fragments.as_mut()) {
+            (Some(text), None) => self.fragments = Some((text, bytes.to_vec())),
+            (None, Some((_, so_far))) => so_far.extend_from_slice(&bytes),
+            (Some(_), Some(_)) | (None, None) => {
+                return Self::close_with(
+                    ctx,
+                    ws::CloseCode::Protocol,
+                    "a fragment out of place: a message starts with its first fragment, once",
+                );
+            }
+        }
+        if self
+            .fragments
+            .as_ref()
+            .is_some_and(|(_, so_far)| so_far.len() > MAX_MESSAGE_BYTES)
+        {
+            return Self::close_with(
+                ctx,
+                ws::CloseCode::Size,
+                &format!("a message is at most {MAX_MESSAGE_BYTES} bytes"),
+            );
+        }
+        if !last {
+            return;
+        }
+        let Some((text, whole)) = self.fragments.take() else {
+            return;
+        };
+        if !text {
+            return Self::send_error(ctx, "invalid_message", "send JSON text frames");
+        }
+        match String::from_utf8(whole) {
+            Ok(text) => self.on_text(&text, ctx),
+            Err(_) => Self::close_with(
+                ctx,
+                ws::CloseCode::Invalid,
+                "a text message that is not UTF-8",
+            ),
+        }
+    }
+
+    fn close_with(ctx: &mut ws::WebsocketContext<Self>, code: ws::CloseCode, why: &str) {
+        ctx.close(Some(ws::CloseReason {
+            code,
+            description: Some(why.to_string()),
+        }));
+        ctx.stop();
+    }
+}
+
 impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for Session {
     fn handle(&mut self, message: Result<ws::Message, ws::ProtocolError>, ctx: &mut Self::Context) {
         self.last_heard = Instant::now();
         match message {
             Ok(ws::Message::Text(text)) => self.on_text(&text, ctx),
             Ok(ws::Message::Ping(bytes)) => ctx.pong(&bytes),
-            Ok(ws::Message::Pong(_)) | Ok(ws::Message::Continuation(_)) | Ok(ws::Message::Nop) => {}
+            Ok(ws::Message::Continuation(item)) => self.on_fragment(item, ctx),
+            Ok(ws::Message::Pong(_)) | Ok(ws::Message::Nop) => {}
             Ok(ws::Message::Binary(_)) => {
                 Self::send_error(ctx, "invalid_message", "send JSON text frames")
             }
@@ -349,7 +420,14 @@ impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for Session {
                 ctx.close(reason);
                 ctx.stop();
             }
-            Err(_) => ctx.stop(),
+            // A frame the codec refuses (a continuation out of place, a
+            // frame over its size): closed with a code the client can act on.
+            Err(ws::ProtocolError::Overflow) => Self::close_with(
+                ctx,
+                ws::CloseCode::Size,
+                &format!("a frame is at most {MAX_MESSAGE_BYTES} bytes"),
+            ),
+            Err(e) => Self::close_with(ctx, ws::CloseCode::Protocol, &e.to_string()),
         }
     }
 }

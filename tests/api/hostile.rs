@@ -269,3 +269,74 @@ on_both_backends!(a_json_body_that_gives_a_key_twice_is_refused, |backend| {
     )
     .await;
 });
+
+/// The close frame that ends `ws`, skipping other frames.
+async fn close_code<S>(ws: &mut S) -> u16
+where
+    S: futures::Stream<Item = Result<awc::ws::Frame, awc::error::WsProtocolError>> + Unpin,
+{
+    use futures::StreamExt;
+    loop {
+        let frame = tokio::time::timeout(std::time::Duration::from_secs(10), ws.next())
+            .await
+            .expect("a frame in time");
+        match frame {
+            Some(Ok(awc::ws::Frame::Close(reason))) => {
+                return reason.map_or(0, |r| u16::from(r.code));
+            }
+            Some(Ok(_)) => continue,
+            other => panic!("the connection ended without a close frame: {other:?}"),
+        }
+    }
+}
+
+on_both_backends!(
+    a_fragmented_websocket_message_is_assembled_or_refused_with_a_close_code,
+    |backend| {
+        use actix_http::ws::Item;
+        use awc::ws::Message;
+        use futures::SinkExt;
+
+        let Some(app) = spawn_app(backend).await else {
+            return;
+        };
+        let template = app.template_id("diamond", diamond(0)).await;
+        let run = app.run_id(&template, json!({"topic": "owls"})).await;
+        let subscribe = json!({"type": "subscribe", "run_id": run, "after": 0}).to_string();
+        let (head, tail) = subscribe.split_at(subscribe.len() / 2);
+
+        // In three fragments: handled as the whole message.
+        let mut ws = crate::ws::connect(&app).await;
+        let (a, b) = head.split_at(5);
+        for item in [
+            Item::FirstText(a.to_string().into()),
+            Item::Continue(b.to_string().into()),
+            Item::Last(tail.to_string().into()),
+        ] {
+            ws.send(Message::Continuation(item)).await.expect("sent");
+        }
+        let reply = crate::ws::recv(&mut ws).await;
+        assert_eq!(reply["type"], "subscribed", "{reply}");
+        let event = crate::ws::recv(&mut ws).await;
+        assert_eq!(event["sequence"], 1, "{event}");
+
+        // Fragments past the largest message: too big.
+        let mut ws = crate::ws::connect(&app).await;
+        ws.send(Message::Continuation(Item::FirstText(
+            "[".to_string().into(),
+        )))
+        .await
+        .expect("sent");
+        let chunk = " ".repeat(16 * 1024);
+        for _ in 0..5 {
+            if ws
+                .send(Message::Continuation(Item::Continue(chunk.clone().into())))
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+        assert_eq!(close_code(&mut ws).await, 1009);
+    }
+);
