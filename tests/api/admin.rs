@@ -490,14 +490,7 @@ on_both_backends!(
         };
         let template = app.template_id("diamond", diamond(0)).await;
         // In manual mode the run stays running, waiting for triggers.
-        let (status, body) = app
-            .post(
-                "/api/runs",
-                json!({"template_id": template, "input": {"topic": "owls"}, "auto_run": false}),
-            )
-            .await;
-        assert_eq!(status, 201, "{body}");
-        let run = body["id"].as_str().expect("id").to_string();
+        let run = app.manual_run_id(&template, json!({"topic": "owls"})).await;
         let truth = app.run(&run).await;
         assert_eq!(truth["input"]["topic"], "owls");
         tamper(

@@ -49,14 +49,7 @@ on_both_backends!(
         let template = app.template_id("diamond", diamond(0)).await;
         // Manual mode: nothing moves unless asked, so any event is the
         // request's.
-        let (status, started) = app
-            .post(
-                "/api/runs",
-                json!({"template_id": template, "input": {}, "auto_run": false}),
-            )
-            .await;
-        assert_eq!(status, 201, "{started}");
-        let run = started["id"].as_str().expect("an id").to_string();
+        let run = app.manual_run_id(&template, json!({})).await;
         let definition = json!({"name": "sneaky", "definition": diamond(0)}).to_string();
         // What another site's page can send without a preflight.
         for content_type in [
@@ -223,14 +216,7 @@ on_both_backends!(a_json_body_that_gives_a_key_twice_is_refused, |backend| {
         return;
     };
     let template = app.template_id("diamond", diamond(0)).await;
-    let (status, started) = app
-        .post(
-            "/api/runs",
-            json!({"template_id": template, "input": {}, "auto_run": false}),
-        )
-        .await;
-    assert_eq!(status, 201, "{started}");
-    let run = started["id"].as_str().expect("an id").to_string();
+    let run = app.manual_run_id(&template, json!({})).await;
     let counts = app.counts().await;
     let ambiguous = r#"{"name": "twice", "definition": {"steps": {"a": {"agent": "echo"}},
         "steps": {"b": {"agent": "echo"}}}}"#;

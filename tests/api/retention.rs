@@ -322,14 +322,7 @@ on_both_backends!(
         let done = finished(&app, &template, big_input("elk ")).await;
         let cut_off = cut_off_now().await;
         // Manual mode: the run waits for a trigger, unfinished.
-        let (status, started) = app
-            .post(
-                "/api/runs",
-                json!({"template_id": template, "input": {}, "auto_run": false}),
-            )
-            .await;
-        assert_eq!(status, 201, "{started}");
-        let waiting = started["id"].as_str().expect("an id").to_string();
+        let waiting = app.manual_run_id(&template, json!({})).await;
         let purge = |run: &str, body: Value| {
             let path = format!("/api/runs/{run}/purge");
             let app = &app;

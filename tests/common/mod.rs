@@ -419,6 +419,19 @@ impl TestApp {
         body["id"].as_str().expect("id").to_string()
     }
 
+    /// Starts a run in manual mode (`auto_run: false`): nothing moves until
+    /// a trigger, so every later event is the test's doing.
+    pub async fn manual_run_id(&self, template_id: &str, input: Value) -> String {
+        let (status, body) = self
+            .post(
+                "/api/runs",
+                json!({"template_id": template_id, "input": input, "auto_run": false}),
+            )
+            .await;
+        assert_eq!(status, 201, "run refused: {body}");
+        body["id"].as_str().expect("id").to_string()
+    }
+
     pub async fn run(&self, run_id: &str) -> Value {
         let (status, body) = self.get(&format!("/api/runs/{run_id}")).await;
         assert_eq!(status, 200, "{body}");
