@@ -77,6 +77,9 @@ pub enum AppError {
     /// This node could not join the others on the database.
     #[error("cannot register this node: {0}")]
     Join(store::StoreError),
+    /// The first admin could not be created.
+    #[error("cannot create the first admin: {0}")]
+    FirstAdmin(String),
     /// The address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -241,6 +244,93 @@ pub async fn rebuild_outdated(db: &Db, rebuilds: &Rebuilds, rebuild: bool) {
     }
 }
 
+/// Where the first admin's token is written, in the data directory.
+pub const ADMIN_TOKEN_FILE: &str = "admin.token";
+
+/// The token the CLI sends to a server it talks to: `RUNLOG_TOKEN`, else
+/// the first admin's from `<data dir>/admin.token`, if either is there.
+pub fn cli_token(given: Option<String>, data_dir: &std::path::Path) -> Option<String> {
+    given
+        .or_else(|| std::env::var("RUNLOG_TOKEN").ok())
+        .filter(|t| !t.trim().is_empty())
+        .or_else(|| std::fs::read_to_string(data_dir.join(ADMIN_TOKEN_FILE)).ok())
+        .map(|t| t.trim().to_string())
+}
+
+/// The first admin's id: fixed, so that two nodes starting at once on an
+/// empty PostgreSQL create one admin, not two.
+const FIRST_ADMIN_ID: &str = "admin";
+
+/// On an empty database: creates the first admin, `admin`, and writes its
+/// token to `<data dir>/admin.token` (mode 0600, the token alone on one
+/// line), once.
+async fn first_admin(
+    engine: &Engine,
+    reads: &ReadModels,
+    data_dir: &std::path::Path,
+) -> Result<(), AppError> {
+    let failed = |e: String| AppError::FirstAdmin(e);
+    if reads
+        .user_count()
+        .await
+        .map_err(|e| failed(e.to_string()))?
+        > 0
+    {
+        return Ok(());
+    }
+    let id =
+        crate::domain::ids::UserId::parse(FIRST_ADMIN_ID).map_err(|e| failed(e.to_string()))?;
+    let by = crate::engine::Cause::Engine;
+    match engine
+        .create_user(
+            Some(id.clone()),
+            "admin".to_string(),
+            crate::domain::user::Role::Admin,
+            &by,
+        )
+        .await
+    {
+        Ok(_) => {}
+        // Another node created it a moment ago.
+        Err(crate::engine::EngineError::Conflict)
+        | Err(crate::engine::EngineError::User(crate::domain::user::UserError::AlreadyExists)) => {
+            return Ok(())
+        }
+        Err(e) => return Err(failed(e.to_string())),
+    }
+    let issued = engine
+        .issue_token(&id, "first start".to_string(), false, None, &by)
+        .await
+        .map_err(|e| failed(e.to_string()))?;
+    let path = data_dir.join(ADMIN_TOKEN_FILE);
+    write_secret(&path, &format!("{}\n", issued.token))
+        .map_err(|e| failed(format!("cannot write {}: {e}", path.display())))?;
+    tracing::warn!(path = %path.display(),
+        "first start on an empty database: created the admin user 'admin'; its API token is in \
+         this file, readable only by you (send it as 'Authorization: Bearer <token>'; create \
+         other users and tokens with it, then delete the file)");
+    Ok(())
+}
+
+/// Writes `text` to a new file readable and writable by its owner only.
+fn write_secret(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    #[cfg(unix)]
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    // A file left from an earlier database holds a token nothing accepts.
+    let _ = std::fs::remove_file(path);
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    options.mode(0o600);
+    let mut file = options.open(path)?;
+    file.write_all(text.as_bytes())?;
+    file.sync_all()
+}
+
 /// Opens and migrates the database.
 pub async fn open_database(settings: &crate::config::StorageSettings) -> Result<Db, AppError> {
     let db = Db::connect(settings.database_url.as_deref(), &settings.data_dir).await?;
@@ -324,6 +414,7 @@ impl Application {
         let engine = Engine::new(EngineParts {
             runs: AggregateStore::<Run>::new(&db, RUN_SNAPSHOT_EVERY),
             templates: AggregateStore::<Template>::new(&db, 0),
+            users: AggregateStore::<crate::domain::user::User>::new(&db, 0),
             blobs: BlobStore::new(db.clone()),
             tasks: TaskQueue::new(queue_db.clone()),
             agents,
@@ -335,11 +426,28 @@ impl Application {
                 file.worker_token.clone(),
             ))),
         });
+        let workers = WorkerAuth::new(file.worker_token.as_deref());
+        if settings.no_auth {
+            tracing::warn!(
+                "ACCOUNTS ARE OFF (--no-auth): anyone who can reach {} may read and steer every \
+                 run, and no event records who caused it. Use this for local experiments only.",
+                node.address
+            );
+        } else {
+            first_admin(&engine, &reads, &settings.storage.data_dir).await?;
+        }
         let state = ApiState {
             engine: engine.clone(),
             reads: reads.clone(),
             log: EventLog::new(db.clone()),
-            workers: WorkerAuth::new(file.worker_token.as_deref()),
+            access: api::Access::new(
+                !settings.no_auth,
+                reads.clone(),
+                store::AccessStore::new(db.clone()),
+                workers.clone(),
+                engine.clock().clone(),
+            ),
+            workers,
             rebuilds: Rebuilds::new(db.clone(), log_readers()),
             history: store::History::new(db.clone()),
             node: node.clone(),

@@ -586,8 +586,32 @@ enum Server {
     Process(Spawned),
 }
 
-/// Starts the server; returns it and its port.
+/// The API token the benchmark's clients send: the first admin's, which
+/// the server it started wrote to its data directory.
+static TOKEN: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+
+fn bench_token() -> Option<String> {
+    TOKEN.lock().unwrap_or_else(|e| e.into_inner()).clone()
+}
+
+/// Starts the server; returns it and its port (and remembers the token
+/// its clients send).
 async fn start_server(
+    settings: &BenchSettings,
+    dir: &Path,
+    database_url: Option<String>,
+    config: Option<PathBuf>,
+    node: usize,
+) -> BenchResult<(Server, u16)> {
+    let started = start_server_only(settings, dir, database_url, config, node).await?;
+    let path = dir.join("data").join(crate::app::ADMIN_TOKEN_FILE);
+    let token = std::fs::read_to_string(&path)
+        .map_err(|e| format!("reading the admin token {}: {e}", path.display()))?;
+    *TOKEN.lock().unwrap_or_else(|e| e.into_inner()) = Some(token.trim().to_string());
+    Ok(started)
+}
+
+async fn start_server_only(
     settings: &BenchSettings,
     dir: &Path,
     database_url: Option<String>,
@@ -912,9 +936,11 @@ async fn call(
 }
 
 fn http_client() -> awc::Client {
-    awc::Client::builder()
-        .timeout(Duration::from_secs(60))
-        .finish()
+    let mut client = awc::Client::builder().timeout(Duration::from_secs(60));
+    if let Some(token) = bench_token() {
+        client = client.add_default_header(("authorization", format!("Bearer {token}")));
+    }
+    client.finish()
 }
 
 /// Creates a template; returns its id.
@@ -969,7 +995,7 @@ struct Completions {
 
 impl Completions {
     async fn connect(port: u16, mode: SubscribeMode) -> BenchResult<Self> {
-        let (_, mut framed) = awc::Client::new()
+        let (_, mut framed) = http_client()
             .ws(format!("ws://127.0.0.1:{port}/api/ws"))
             .max_frame_size(16 * 1024 * 1024)
             .connect()

@@ -375,7 +375,10 @@ async fn projections_rebuild(name: String, storage: StorageSettings) -> CliResul
         Some(crate::db::ServingHolder {
             address: Some(address),
             ..
-        }) => return rebuild_through(&address, &name).await,
+        }) => {
+            let token = crate::app::cli_token(None, &storage.data_dir);
+            return rebuild_through(&address, token.as_deref(), &name).await;
+        }
         Some(holder) => {
             eprintln!(
                 "error: a runlog serve (pid {}) holds this SQLite database and has not said where \
@@ -452,10 +455,12 @@ fn rebuild_bar(name: &str) -> Option<indicatif::ProgressBar> {
 
 /// `projections rebuild NAME` when a server holds the SQLite database: asks
 /// it through its admin API and follows the rebuild's progress there.
-async fn rebuild_through(address: &str, name: &str) -> CliResult {
-    let client = awc::Client::builder()
-        .timeout(std::time::Duration::from_secs(30))
-        .finish();
+async fn rebuild_through(address: &str, token: Option<&str>, name: &str) -> CliResult {
+    let mut client = awc::Client::builder().timeout(std::time::Duration::from_secs(30));
+    if let Some(token) = token {
+        client = client.add_default_header(("authorization", format!("Bearer {token}")));
+    }
+    let client = client.finish();
     let base = address.trim_end_matches('/');
     eprintln!("a runlog serve at {base} holds this database: rebuilding {name} through it");
     let mut started = client

@@ -49,6 +49,15 @@ pub struct PurgeSettings {
     /// database, or a live node on this PostgreSQL database).
     #[arg(long, value_name = "URL")]
     pub server: Option<String>,
+    /// An admin's API token (default: the first admin's, from
+    /// `<data dir>/admin.token`, if that file is there).
+    #[arg(
+        long,
+        env = "RUNLOG_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    pub token: Option<String>,
     /// Storage.
     #[command(flatten)]
     pub storage: StorageSettings,
@@ -162,7 +171,8 @@ pub async fn run(settings: PurgeSettings) -> Result<ExitCode, Box<dyn std::error
         "purging {} runs that finished before {cut_off} through the server at {server}",
         candidates.len()
     );
-    let tally = purge_all(&server, &candidates, &cut_off).await;
+    let token = crate::app::cli_token(settings.token.clone(), &settings.storage.data_dir);
+    let tally = purge_all(&server, token.as_deref(), &candidates, &cut_off).await;
     println!(
         "purged {} runs ({} artifact versions, {} bytes of bodies; {} blobs deleted, {} bytes \
          freed; bodies shared with runs not purged stay); {} were purged already; {} skipped \
@@ -268,10 +278,12 @@ async fn export(
 }
 
 /// Purges each run through `server`, a few at a time, with progress.
-async fn purge_all(server: &str, ids: &[String], cut_off: &str) -> Tally {
-    let client = awc::Client::builder()
-        .timeout(Duration::from_secs(60))
-        .finish();
+async fn purge_all(server: &str, token: Option<&str>, ids: &[String], cut_off: &str) -> Tally {
+    let mut client = awc::Client::builder().timeout(Duration::from_secs(60));
+    if let Some(token) = token {
+        client = client.add_default_header(("authorization", format!("Bearer {token}")));
+    }
+    let client = client.finish();
     let bar = progress_bar(ids.len() as u64);
     let started = Instant::now();
     let mut logged = Instant::now();

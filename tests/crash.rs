@@ -124,6 +124,7 @@ impl Server {
             .env_remove("RUNLOG_NODE_ID")
             .env_remove("RUNLOG_ADVERTISE_URL")
             .env_remove("RUNLOG_CONFIG")
+            .env_remove("RUNLOG_NO_AUTH")
             .env("RUNLOG_LOG", "info,sqlx=warn")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
@@ -156,6 +157,13 @@ impl Server {
             tokio::time::sleep(Duration::from_millis(20)).await;
         };
         server.address = format!("http://127.0.0.1:{port}");
+        // Written on the first start, before the port is logged.
+        let token = std::fs::read_to_string(storage.data_dir.join("admin.token"))
+            .expect("the first start writes the admin token");
+        server.client = awc::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .add_default_header(("authorization", format!("Bearer {}", token.trim())))
+            .finish();
         loop {
             let healthy = server
                 .client
@@ -501,6 +509,7 @@ async fn redirect_cut_off_then_restart(backend: Backend) {
             retry_of: None,
             redirected_from: None,
             auto_run: true,
+            owner: None,
         }),
         RunCommand::Redirect {
             new_run_id: new.clone(),
@@ -773,8 +782,11 @@ mod many_nodes {
         mut address: watch::Receiver<Option<String>>,
         mut runs: mpsc::UnboundedReceiver<String>,
         seen: Seen,
+        token: String,
     ) {
-        let client = awc::Client::default();
+        let client = awc::Client::builder()
+            .add_default_header(("authorization", format!("Bearer {token}")))
+            .finish();
         loop {
             let Some(base) = address.borrow_and_update().clone() else {
                 tokio::select! {
@@ -880,7 +892,14 @@ mod many_nodes {
             let (address, address_rx) = watch::channel(Some(node));
             let (runs, runs_rx) = mpsc::unbounded_channel();
             let seen: Seen = Rc::default();
-            actix_web::rt::spawn(subscriber(address_rx, runs_rx, seen.clone()));
+            let token = std::fs::read_to_string(storage.data_dir.join("admin.token"))
+                .expect("the first node wrote the admin token");
+            actix_web::rt::spawn(subscriber(
+                address_rx,
+                runs_rx,
+                seen.clone(),
+                token.trim().to_string(),
+            ));
             subscribers.push((address, runs, seen));
         }
 

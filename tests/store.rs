@@ -82,6 +82,7 @@ fn start_command(run_id: &str, at: i64) -> (RunCommand, Stamp) {
         retry_of: None,
         redirected_from: None,
         auto_run: true,
+        owner: None,
     });
     (command, stamp(at))
 }
@@ -1675,7 +1676,7 @@ on_both_backends!(
             .unwrap_or_else(|_| again.borrow().clone());
         assert_eq!(done.state, RebuildState::Done, "{done:?}");
         let listed = ReadModels::new(db.clone())
-            .list_runs(None, None, None, 10, None)
+            .list_runs(None, None, None, None, 10, None)
             .await
             .expect("list");
         assert_eq!(listed.items.len(), 1);

@@ -9,6 +9,7 @@ use serde_json::json;
 use crate::domain::definition::DefinitionError;
 use crate::domain::run::RunError;
 use crate::domain::template::TemplateError;
+use crate::domain::user::UserError;
 use crate::engine::EngineError;
 use crate::projections::ProjectionError;
 use crate::store::StoreError;
@@ -203,7 +204,26 @@ impl From<EngineError> for ApiError {
             EngineError::NotRemoteAgent(_) => {
                 Self::bad_request("not_a_remote_agent", e.to_string())
             }
+            EngineError::User(u) => u.into(),
         }
+    }
+}
+
+impl From<UserError> for ApiError {
+    fn from(e: UserError) -> Self {
+        let (status, code) = match e {
+            UserError::AlreadyExists => (StatusCode::CONFLICT, "user_exists"),
+            UserError::NotFound => (StatusCode::NOT_FOUND, "user_not_found"),
+            UserError::InvalidName(_) => (StatusCode::BAD_REQUEST, "invalid_name"),
+            UserError::InvalidTokenName(_) => (StatusCode::BAD_REQUEST, "invalid_name"),
+            UserError::InvalidDigest => (StatusCode::BAD_REQUEST, "invalid_body"),
+            UserError::ExpiryPassed => (StatusCode::BAD_REQUEST, "invalid_expiry"),
+            UserError::TooManyTokens => (StatusCode::CONFLICT, "too_many_tokens"),
+            UserError::TokenExists => (StatusCode::CONFLICT, "conflict"),
+            UserError::TokenNotFound => (StatusCode::NOT_FOUND, "token_not_found"),
+            UserError::TokenRevoked => (StatusCode::CONFLICT, "token_revoked"),
+        };
+        Self::new(status, code, e.to_string())
     }
 }
 

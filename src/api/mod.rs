@@ -4,7 +4,9 @@
 //!
 //! Depends on `engine`, `projections` and (for raw log reads) store handles.
 
+mod accounts;
 mod admin;
+pub mod auth;
 mod error;
 pub mod forward;
 mod hygiene;
@@ -17,6 +19,7 @@ mod ws;
 use actix_web::{error::JsonPayloadError, web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 
+pub use auth::{Access, Caller};
 pub use error::ApiError;
 pub use workers::WorkerAuth;
 
@@ -38,6 +41,8 @@ pub struct ApiState {
     pub log: EventLog,
     /// Who may call the worker endpoints.
     pub workers: WorkerAuth,
+    /// Who may call the others.
+    pub access: Access,
     /// Run histories (export).
     pub history: crate::store::History,
     /// Projection rebuilds (admin endpoints).
@@ -81,10 +86,12 @@ pub fn configure(state: ApiState) -> impl FnOnce(&mut web::ServiceConfig) {
             .route("/healthz", web::get().to(healthz))
             .service(
                 web::scope("/api")
-                    // Outermost last: errors become JSON, HEAD is GET, a
-                    // body must be JSON, then forwarding between nodes.
+                    // Outermost last: errors become JSON, HEAD is GET, the
+                    // caller is authenticated and authorised, a body must
+                    // be JSON, then forwarding between nodes.
                     .wrap(actix_web::middleware::from_fn(forward::forward))
                     .wrap(actix_web::middleware::from_fn(hygiene::json_bodies))
+                    .wrap(actix_web::middleware::from_fn(auth::authenticate))
                     .wrap(actix_web::middleware::from_fn(hygiene::head_as_get))
                     .wrap(actix_web::middleware::from_fn(hygiene::json_errors))
                     .service(
@@ -132,6 +139,20 @@ pub fn configure(state: ApiState) -> impl FnOnce(&mut web::ServiceConfig) {
                     .service(resource("/tasks/{task_id}/fail").post(workers::fail))
                     .service(resource("/tasks/{task_id}/comment").post(workers::comment))
                     .service(resource("/tasks/{task_id}/release").post(workers::release))
+                    .service(
+                        resource("/users")
+                            .post(accounts::create_user)
+                            .get(accounts::list_users),
+                    )
+                    .service(resource("/users/{id}").get(accounts::get_user))
+                    .service(
+                        resource("/users/{id}/tokens")
+                            .post(accounts::create_token)
+                            .get(accounts::list_tokens),
+                    )
+                    .service(resource("/tokens/{id}").delete(accounts::revoke_token))
+                    .service(resource("/me").get(accounts::me))
+                    .service(resource("/ws/ticket").post(accounts::ws_ticket))
                     .route("/ws", web::get().to(ws::connect))
                     .default_service(web::to(not_found)),
             )

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::templates::template_id;
-use super::{optional_body, refuse_nul, refuse_nul_text, ApiError, ApiState, PageQuery};
+use super::{optional_body, refuse_nul, refuse_nul_text, ApiError, ApiState, Caller, PageQuery};
 use crate::domain::ids::{ArtifactName, RunId};
 use crate::domain::log::Logged;
 use crate::domain::run::{ArtifactContent, RunStatus};
@@ -36,6 +36,8 @@ pub(super) struct ListRuns {
     status: Option<String>,
     template_id: Option<String>,
     agent: Option<String>,
+    /// A user id: that user's runs (admins; a user lists their own).
+    owner: Option<String>,
     limit: Option<u32>,
     cursor: Option<String>,
 }
@@ -75,6 +77,7 @@ pub(super) async fn detail(state: &ApiState, id: &RunId) -> Result<RunDetail, Ap
 
 pub(super) async fn start(
     state: web::Data<ApiState>,
+    caller: Caller,
     body: web::Json<StartRun>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
@@ -82,7 +85,7 @@ pub(super) async fn start(
     refuse_nul("input", &body.input)?;
     let (id, committed) = state
         .engine
-        .start_run(&template, body.input, body.auto_run)
+        .start_run(&template, body.input, body.auto_run, &caller.cause())
         .await?;
     Ok(created(&id, &committed))
 }
@@ -103,18 +106,38 @@ fn created(id: &RunId, committed: &Committed) -> HttpResponse {
 /// failed or cancelled run, linked to it by `retry_of`.
 pub(super) async fn retry(
     state: web::Data<ApiState>,
+    caller: Caller,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let original = run_id(&path)?;
-    let (id, committed) = state.engine.retry_run(&original).await?;
+    let (id, committed) = state.engine.retry_run(&original, &caller.cause()).await?;
     Ok(created(&id, &committed))
 }
 
 pub(super) async fn list(
     state: web::Data<ApiState>,
+    caller: Caller,
     query: web::Query<ListRuns>,
 ) -> Result<HttpResponse, ApiError> {
     let query = query.into_inner();
+    if let Some(owner) = &query.owner {
+        crate::domain::ids::UserId::parse(owner.as_str())
+            .map_err(|e| ApiError::bad_request("invalid_owner", e.to_string()))?;
+    }
+    // A user lists their own runs, whatever they ask.
+    let owner = match caller.principal() {
+        Some(p) if !caller.is_admin() => {
+            if query
+                .owner
+                .as_deref()
+                .is_some_and(|o| o != p.user_id.as_str())
+            {
+                return Err(super::auth::forbidden("a user lists their own runs only"));
+            }
+            Some(p.user_id.to_string())
+        }
+        _ => query.owner.clone(),
+    };
     if let Some(status) = &query.status {
         if RunStatus::parse(status).is_none() {
             return Err(ApiError::bad_request(
@@ -142,6 +165,7 @@ pub(super) async fn list(
             query.status.as_deref(),
             query.template_id.as_deref(),
             query.agent.as_deref(),
+            owner.as_deref(),
             limit,
             cursor,
         )
@@ -367,19 +391,21 @@ pub(super) async fn controlled(state: &ApiState, id: &RunId) -> Result<HttpRespo
 
 pub(super) async fn pause(
     state: web::Data<ApiState>,
+    caller: Caller,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let id = run_id(&path)?;
-    state.engine.pause(&id).await?;
+    state.engine.pause(&id, &caller.cause()).await?;
     controlled(&state, &id).await
 }
 
 pub(super) async fn resume(
     state: web::Data<ApiState>,
+    caller: Caller,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let id = run_id(&path)?;
-    state.engine.resume(&id).await?;
+    state.engine.resume(&id, &caller.cause()).await?;
     controlled(&state, &id).await
 }
 
@@ -387,6 +413,7 @@ pub(super) async fn resume(
 /// empty body means no reason, anything else must be that object.
 pub(super) async fn cancel(
     state: web::Data<ApiState>,
+    caller: Caller,
     path: web::Path<String>,
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
@@ -403,7 +430,10 @@ pub(super) async fn cancel(
             format!("reason is longer than {MAX_REASON_CHARS} characters"),
         ));
     }
-    state.engine.cancel(&id, body.reason).await?;
+    state
+        .engine
+        .cancel(&id, body.reason, &caller.cause())
+        .await?;
     controlled(&state, &id).await
 }
 
@@ -433,6 +463,7 @@ pub(super) struct PurgeBody {
 /// sends for each run it purges).
 pub(super) async fn purge(
     state: web::Data<ApiState>,
+    caller: Caller,
     path: web::Path<String>,
     body: web::Json<PurgeBody>,
 ) -> Result<HttpResponse, ApiError> {
@@ -447,7 +478,10 @@ pub(super) async fn purge(
                 ),
             )
         })?;
-    let purged = state.engine.purge(&id, finished_before).await?;
+    let purged = state
+        .engine
+        .purge(&id, finished_before, &caller.cause())
+        .await?;
     let run = detail(&state, &id).await?;
     Ok(HttpResponse::Ok().json(serde_json::json!({
         "run_id": id.as_str(),

@@ -8,7 +8,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::runs::{controlled, detail, run_id, MAX_REASON_CHARS};
-use super::{optional_body, refuse_nul, refuse_nul_text, ApiError, ApiState, PageQuery};
+use super::{optional_body, refuse_nul, refuse_nul_text, ApiError, ApiState, Caller, PageQuery};
 use crate::domain::ids::{ArtifactName, RunId, StepId};
 use crate::domain::run::{Action, Author, NewMessage, RunEvent};
 
@@ -148,6 +148,7 @@ fn checked_prompt(prompt: Option<&String>) -> Result<(), ApiError> {
 /// `Idempotency-Key`. A processed `redirect` also carries `new_run_id`.
 pub(super) async fn post_message(
     state: web::Data<ApiState>,
+    caller: Caller,
     path: web::Path<String>,
     req: HttpRequest,
     body: web::Json<PostMessage>,
@@ -180,7 +181,10 @@ pub(super) async fn post_message(
         metadata: body.metadata,
         idempotency_key: key.clone(),
     };
-    let committed = state.engine.post_message(&id, message).await?;
+    let committed = state
+        .engine
+        .post_message(&id, message, &caller.cause())
+        .await?;
     state.engine.settle_run(&id).await;
     let posted = committed.iter().find_map(|e| match &e.payload {
         RunEvent::MessagePosted {
@@ -238,6 +242,7 @@ pub(super) async fn messages(
 /// `new_run_id`; `Location` is the new run.
 pub(super) async fn redirect(
     state: web::Data<ApiState>,
+    caller: Caller,
     path: web::Path<String>,
     body: web::Json<Redirect>,
 ) -> Result<HttpResponse, ApiError> {
@@ -250,7 +255,10 @@ pub(super) async fn redirect(
         MAX_CONTENT_CHARS,
         true,
     )?;
-    let new_id: RunId = state.engine.redirect(&id, body.instructions).await?;
+    let new_id: RunId = state
+        .engine
+        .redirect(&id, body.instructions, &caller.cause())
+        .await?;
     let run = detail(&state, &id).await?;
     let mut body = serde_json::to_value(&run).map_err(|e| ApiError::internal(&e))?;
     body["new_run_id"] = Value::String(new_id.to_string());
@@ -275,37 +283,49 @@ fn prompt_override(body: &[u8]) -> Result<Option<String>, ApiError> {
 /// `POST /api/runs/{id}/steps/{step}/approve {choice?}`.
 pub(super) async fn approve(
     state: web::Data<ApiState>,
+    caller: Caller,
     path: web::Path<(String, String)>,
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
     let (id, step) = step_target(path)?;
     let body: Approve = optional_body(&body)?;
     refuse_nul_text("choice", body.choice.as_deref())?;
-    state.engine.approve(&id, step, body.choice).await?;
+    state
+        .engine
+        .approve(&id, step, body.choice, &caller.cause())
+        .await?;
     controlled(&state, &id).await
 }
 
 /// `POST /api/runs/{id}/steps/{step}/retry {prompt_override?}`.
 pub(super) async fn retry_step(
     state: web::Data<ApiState>,
+    caller: Caller,
     path: web::Path<(String, String)>,
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
     let (id, step) = step_target(path)?;
     let prompt = prompt_override(&body)?;
-    state.engine.retry_step(&id, step, prompt).await?;
+    state
+        .engine
+        .retry_step(&id, step, prompt, &caller.cause())
+        .await?;
     controlled(&state, &id).await
 }
 
 /// `POST /api/runs/{id}/steps/{step}/trigger {prompt_override?}`.
 pub(super) async fn trigger(
     state: web::Data<ApiState>,
+    caller: Caller,
     path: web::Path<(String, String)>,
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
     let (id, step) = step_target(path)?;
     let prompt = prompt_override(&body)?;
-    state.engine.trigger(&id, step, prompt).await?;
+    state
+        .engine
+        .trigger(&id, step, prompt, &caller.cause())
+        .await?;
     controlled(&state, &id).await
 }
 
@@ -313,17 +333,22 @@ pub(super) async fn trigger(
 /// records nothing.
 pub(super) async fn auto_run(
     state: web::Data<ApiState>,
+    caller: Caller,
     path: web::Path<String>,
     body: web::Json<AutoRun>,
 ) -> Result<HttpResponse, ApiError> {
     let id = run_id(&path)?;
-    state.engine.set_auto_run(&id, body.enabled).await?;
+    state
+        .engine
+        .set_auto_run(&id, body.enabled, &caller.cause())
+        .await?;
     controlled(&state, &id).await
 }
 
 /// `POST /api/runs/{id}/artifacts/{name}/rollback {to_version}`.
 pub(super) async fn rollback(
     state: web::Data<ApiState>,
+    caller: Caller,
     path: web::Path<(String, String)>,
     body: web::Json<Rollback>,
 ) -> Result<HttpResponse, ApiError> {
@@ -337,6 +362,9 @@ pub(super) async fn rollback(
             "to_version must be 1 or more",
         ));
     }
-    state.engine.rollback(&id, name, body.to_version).await?;
+    state
+        .engine
+        .rollback(&id, name, body.to_version, &caller.cause())
+        .await?;
     controlled(&state, &id).await
 }

@@ -4,7 +4,7 @@ use actix_web::{web, HttpResponse};
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{refuse_nul, refuse_nul_text, ApiError, ApiState, PageQuery};
+use super::{refuse_nul, refuse_nul_text, ApiError, ApiState, Caller, PageQuery};
 use crate::domain::ids::TemplateId;
 
 #[derive(Debug, Deserialize)]
@@ -35,6 +35,7 @@ async fn view(state: &ApiState, id: &TemplateId) -> Result<HttpResponse, ApiErro
 
 pub(super) async fn create(
     state: web::Data<ApiState>,
+    caller: Caller,
     body: web::Json<CreateTemplate>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
@@ -43,7 +44,12 @@ pub(super) async fn create(
     refuse_nul("definition", &body.definition)?;
     let id = state
         .engine
-        .create_template(body.name, body.description, body.definition)
+        .create_template(
+            body.name,
+            body.description,
+            body.definition,
+            &caller.cause(),
+        )
         .await?;
     let template = state.reads.template(id.as_str()).await?;
     Ok(HttpResponse::Created()
@@ -68,6 +74,7 @@ pub(super) async fn get(
 
 pub(super) async fn revise(
     state: web::Data<ApiState>,
+    caller: Caller,
     path: web::Path<String>,
     body: web::Json<ReviseTemplate>,
 ) -> Result<HttpResponse, ApiError> {
@@ -77,16 +84,17 @@ pub(super) async fn revise(
     refuse_nul("definition", &body.definition)?;
     state
         .engine
-        .revise_template(&id, body.definition, body.description)
+        .revise_template(&id, body.definition, body.description, &caller.cause())
         .await?;
     view(&state, &id).await
 }
 
 pub(super) async fn archive(
     state: web::Data<ApiState>,
+    caller: Caller,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let id = template_id(&path)?;
-    state.engine.archive_template(&id).await?;
+    state.engine.archive_template(&id, &caller.cause()).await?;
     view(&state, &id).await
 }

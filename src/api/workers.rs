@@ -53,6 +53,12 @@ impl WorkerAuth {
         }
     }
 
+    /// Whether `text` is the worker token.
+    pub fn is_worker_token(&self, text: &str) -> bool {
+        let digest: [u8; 32] = Sha256::digest(text.trim().as_bytes()).into();
+        self.token == Some(digest)
+    }
+
     /// Refuses a request without the worker token: 401 with
     /// `WWW-Authenticate`.
     fn check(&self, req: &HttpRequest) -> Result<(), ApiError> {

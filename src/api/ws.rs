@@ -26,7 +26,7 @@ use actix_web_actors::ws;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::ApiState;
+use super::{ApiState, Caller};
 use crate::domain::ids::RunId;
 use crate::engine::{EventView, Live, Progress};
 
@@ -50,6 +50,8 @@ enum ClientMessage {
 /// One WebSocket connection.
 struct Session {
     state: ApiState,
+    /// Who opened it (what the upgrade authenticated).
+    caller: Caller,
     /// Subscribed runs and the last sequence sent for each.
     runs: HashMap<RunId, i64>,
     /// Whether the session gets every run's live events.
@@ -68,9 +70,11 @@ pub(super) async fn connect(
     req: HttpRequest,
     stream: web::Payload,
     state: web::Data<ApiState>,
+    caller: Caller,
 ) -> Result<HttpResponse, actix_web::Error> {
     let session = Session {
         state: state.get_ref().clone(),
+        caller,
         runs: HashMap::new(),
         all: false,
         last_heard: Instant::now(),
@@ -82,6 +86,31 @@ pub(super) async fn connect(
 impl Session {
     fn send_error(ctx: &mut ws::WebsocketContext<Self>, code: &str, message: &str) {
         ctx.text(json!({"type": "error", "code": code, "message": message}).to_string());
+    }
+
+    /// Sends an authentication or authorisation refusal as an error
+    /// message with its HTTP status, and closes the connection (1008,
+    /// policy violation).
+    fn refuse_and_close(
+        &mut self,
+        refused: &super::ApiError,
+        ctx: &mut ws::WebsocketContext<Self>,
+    ) {
+        use actix_web::ResponseError;
+        ctx.text(
+            json!({
+                "type": "error",
+                "code": refused.code(),
+                "status": refused.status_code().as_u16(),
+                "message": refused.to_string(),
+            })
+            .to_string(),
+        );
+        ctx.close(Some(ws::CloseReason {
+            code: ws::CloseCode::Policy,
+            description: Some(refused.code().to_string()),
+        }));
+        ctx.stop();
     }
 
     fn send_event(&mut self, event: &EventView, ctx: &mut ws::WebsocketContext<Self>) {
@@ -146,9 +175,18 @@ impl Session {
             }
         }
         let state = self.state.clone();
-        // ctx.wait: live events queue behind the catch-up, keeping order.
+        let caller = self.caller.clone();
+        // ctx.wait: live events queue behind the catch-up, keeping order
+        // (and a run the caller may not see is left before any is sent).
         ctx.wait(
             async move {
+                // A token revoked or expired since the upgrade ends the
+                // connection.
+                if let Some(p) = caller.principal() {
+                    if let Err(e) = state.access.by_digest(p.digest()).await {
+                        return Ok(Err(e));
+                    }
+                }
                 // The log, not a read model, says whether the run exists: a
                 // catch-up that finds events says so itself; otherwise one
                 // event is looked for.
@@ -156,23 +194,43 @@ impl Session {
                     Some(after) => read_after(&state.log, &run, after).await?,
                     None => Vec::new(),
                 };
-                let exists = !missed.is_empty()
-                    || !state
-                        .log
-                        .events_of("Run", run.as_str(), 0, 1)
-                        .await?
-                        .is_empty();
-                Ok::<_, Box<dyn std::error::Error>>((run, exists, missed))
+                let exists = if caller.is_admin() {
+                    !missed.is_empty()
+                        || !state
+                            .log
+                            .events_of("Run", run.as_str(), 0, 1)
+                            .await?
+                            .is_empty()
+                } else {
+                    // Its owner is in its first event; another user's run
+                    // answers as one that does not exist.
+                    let first = match missed.first().filter(|e| e.sequence == 1) {
+                        Some(first) => Some(first.payload.clone()),
+                        None => state
+                            .log
+                            .events_of("Run", run.as_str(), 0, 1)
+                            .await?
+                            .into_iter()
+                            .next()
+                            .map(|e| e.payload),
+                    };
+                    first.is_some_and(|payload| caller.sees(owner_of(&payload)))
+                };
+                let missed = if exists { missed } else { Vec::new() };
+                Ok::<_, Box<dyn std::error::Error>>(Ok((run, exists, missed)))
             }
             .into_actor(self)
             .map(|result, act, ctx| match result {
-                Ok((run, true, missed)) => {
+                Ok(Err(refused)) => {
+                    act.refuse_and_close(&refused, ctx);
+                }
+                Ok(Ok((run, true, missed))) => {
                     ctx.text(json!({"type": "subscribed", "run_id": run}).to_string());
                     for event in &missed {
                         act.send_event(event, ctx);
                     }
                 }
-                Ok((run, false, _)) => {
+                Ok(Ok((run, false, _))) => {
                     act.unsubscribe(&run, ctx);
                     Self::send_error(ctx, "run_not_found", &format!("run '{run}' not found"));
                 }
@@ -262,6 +320,12 @@ impl Session {
                 "subscription_conflict",
                 "this connection follows chosen runs; unsubscribe from them first",
             ),
+            ClientMessage::SubscribeAll if !self.caller.is_admin() => {
+                let refused = super::auth::forbidden(
+                    "only admins follow every run; subscribe to your runs one by one",
+                );
+                self.refuse_and_close(&refused, ctx);
+            }
             ClientMessage::SubscribeAll => {
                 self.all = true;
                 self.state
@@ -281,6 +345,15 @@ impl Session {
             ClientMessage::Ping => ctx.text(json!({"type": "pong"}).to_string()),
         }
     }
+}
+
+/// The owner in a `RunStarted` payload (as stored, or unwrapped).
+fn owner_of(payload: &serde_json::Value) -> Option<&str> {
+    payload
+        .get("RunStarted")
+        .unwrap_or(payload)
+        .get("owner")
+        .and_then(serde_json::Value::as_str)
 }
 
 /// A run's events after `after`, from the log, a page at a time.

@@ -66,6 +66,10 @@ pub struct ServeSettings {
     /// as `0.0.0.0`, which serves only nodes on one machine).
     #[arg(long, env = "RUNLOG_ADVERTISE_URL")]
     pub advertise_url: Option<String>,
+    /// Run without accounts: every caller may do everything, and nothing
+    /// records who did it. For local experiments only; never the default.
+    #[arg(long, env = "RUNLOG_NO_AUTH")]
+    pub no_auth: bool,
 }
 
 impl ServeSettings {
@@ -84,6 +88,7 @@ impl ServeSettings {
             config: None,
             node_id: None,
             advertise_url: None,
+            no_auth: false,
         }
     }
 

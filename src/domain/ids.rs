@@ -129,6 +129,20 @@ id_type!(
     64
 );
 
+id_type!(
+    /// A user's id.
+    UserId,
+    "user id",
+    64
+);
+id_type!(
+    /// An API token's id (not the token: the id names it in lists and
+    /// revocations).
+    TokenId,
+    "token id",
+    64
+);
+
 /// The name of an artifact: `<step>.<output>`.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use super::run::RunEvent;
 use super::template::TemplateEvent;
+use super::user::UserEvent;
 
 /// A place in the log. Events are read in `(tx, position)` order: on
 /// PostgreSQL `tx` is the writing transaction's id and `position` the
@@ -76,6 +77,8 @@ pub enum LoggedEvent {
     Run(RunEvent),
     /// An event of a template.
     Template(TemplateEvent),
+    /// An event of a user (accounts and tokens).
+    User(UserEvent),
     /// An event of an aggregate type that followers do not know (a newer
     /// build wrote it): skipped, its position still passed.
     Other,

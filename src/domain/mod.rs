@@ -1,4 +1,5 @@
-//! The pure domain: templates, runs, their commands, events and rules.
+//! The pure domain: templates, runs, users, their commands, events and
+//! rules.
 //!
 //! May depend on std, serde, serde_json, thiserror and the cqrs-es traits
 //! only: no IO, no actix, no sqlx, no tokio, no clock, no randomness. Time and
@@ -9,6 +10,7 @@ pub mod ids;
 pub mod log;
 pub mod run;
 pub mod template;
+pub mod user;
 
 /// `true`, as a serde default: fields added to stored shapes whose absence
 /// meant "yes" (`#[serde(default = "crate::domain::yes")]`).

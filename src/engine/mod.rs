@@ -20,7 +20,9 @@
 //! where its commits went in the log through [`ReadModelFeed`] (wired in
 //! `app`; the projections follow the log themselves). Never on `api`.
 
+mod accounts;
 pub mod agents;
+mod cause;
 pub mod clock;
 pub mod executor;
 pub mod hub;
@@ -50,10 +52,12 @@ use crate::domain::template::{Template, TemplateCommand, TemplateError};
 use crate::projections::rfc3339;
 use crate::store::{AggregateStore, BlobStore, Cluster, StoreError, TaskQueue};
 
+pub use accounts::{random_bytes, token_digest, IssuedToken};
 pub use agents::{
     Agent, AgentError, AgentLimits, AgentRegistry, AgentResult, CommentSink, CpuPool, ProgressSink,
     StepContext, StopSignal,
 };
+pub use cause::Cause;
 pub use clock::{Clock, ManualClock, SharedClock, SystemClock};
 pub use executor::{Executor, Outcome, StepReport, INLINE_ARTIFACT_LIMIT};
 pub use hub::{EventView, Hub, Live, Progress};
@@ -180,6 +184,9 @@ pub enum EngineError {
     /// engine asks again (internal: callers see `HostedElsewhere`).
     #[error("the run moved to another node")]
     Moved,
+    /// A user command was refused.
+    #[error(transparent)]
+    User(#[from] crate::domain::user::UserError),
     /// A worker asked for tasks of an agent no worker serves here.
     #[error("agent '{0}' is not a remote agent of this server")]
     NotRemoteAgent(String),
@@ -234,6 +241,8 @@ pub struct EngineParts {
     pub runs: AggregateStore<Run>,
     /// The Template event store.
     pub templates: AggregateStore<Template>,
+    /// The User event store.
+    pub users: AggregateStore<crate::domain::user::User>,
     /// Artifact bodies.
     pub blobs: BlobStore,
     /// The queue remote workers claim tasks from.
@@ -255,6 +264,7 @@ pub struct EngineParts {
 pub(crate) struct EngineCtx {
     runs: AggregateStore<Run>,
     templates: AggregateStore<Template>,
+    users: AggregateStore<crate::domain::user::User>,
     blobs: BlobStore,
     agents: AgentRegistry,
     read_models: Arc<dyn ReadModelFeed>,
@@ -395,6 +405,7 @@ impl Engine {
             ),
             runs: parts.runs,
             templates: parts.templates,
+            users: parts.users,
             blobs: parts.blobs,
             agents: parts.agents,
             read_models: parts.read_models,
@@ -469,13 +480,21 @@ impl Engine {
 
     /// Sends a command to a run's actor; if that actor was just stopping,
     /// spawns a new one and sends again.
-    async fn execute(&self, id: &RunId, command: RunCommand) -> Result<Committed, EngineError> {
+    async fn execute(
+        &self,
+        id: &RunId,
+        command: RunCommand,
+        by: &Cause,
+    ) -> Result<Committed, EngineError> {
         let fresh = matches!(command, RunCommand::Start(_));
         let mut tries = 0;
         loop {
             tries += 1;
             let addr = self.actor(id, fresh && tries == 1);
-            match addr.send(run_actor::Execute(command.clone())).await {
+            match addr
+                .send(run_actor::Execute(command.clone(), by.clone()))
+                .await
+            {
                 Ok(Err(EngineError::Moved)) if tries < 3 => self.ctx.forget_actor(id, &addr),
                 Ok(Err(e @ EngineError::HostedElsewhere { .. })) => {
                     self.ctx.forget_actor(id, &addr);
@@ -499,6 +518,7 @@ impl Engine {
         template_id: &TemplateId,
         input: Value,
         auto_run: bool,
+        by: &Cause,
     ) -> Result<(RunId, Committed), EngineError> {
         let template = self.ctx.templates.load(template_id.as_str()).await?.state;
         let Some(definition) = template.definition.clone() else {
@@ -514,17 +534,22 @@ impl Engine {
             definition,
             input,
             auto_run,
+            owner: by.user().cloned(),
         };
-        self.start(source, Link::None).await
+        self.start(source, Link::None, by).await
     }
 
     /// Starts a new run that retries a failed or cancelled run: the same
     /// template version, definition and input, linked by `retry_of`.
-    pub async fn retry_run(&self, original: &RunId) -> Result<(RunId, Committed), EngineError> {
+    pub async fn retry_run(
+        &self,
+        original: &RunId,
+        by: &Cause,
+    ) -> Result<(RunId, Committed), EngineError> {
         let state = self.ctx.runs.load(original.as_str()).await?.state;
         let mut source = state.retry_source()?;
         let original = std::mem::replace(&mut source.run_id, new_run_id()?);
-        self.start(source, Link::RetryOf(original)).await
+        self.start(source, Link::RetryOf(original), by).await
     }
 
     /// Starts a run from `source`, with `source.run_id` as its id.
@@ -532,6 +557,7 @@ impl Engine {
         &self,
         source: RetrySource,
         link: Link,
+        by: &Cause,
     ) -> Result<(RunId, Committed), EngineError> {
         let run_id = source.run_id;
         let (retry_of, redirected_from) = match link {
@@ -548,15 +574,21 @@ impl Engine {
             retry_of,
             redirected_from,
             auto_run: source.auto_run,
+            owner: source.owner,
         });
-        let committed = self.execute(&run_id, command).await?;
+        let committed = self.execute(&run_id, command, by).await?;
         Ok((run_id, committed))
     }
 
     /// Redirects a run: it is cancelled gracefully, and a new run of the same
     /// template version and input starts with `instructions` as the first
     /// instruction of its thread. Returns the new run's id.
-    pub async fn redirect(&self, id: &RunId, instructions: String) -> Result<RunId, EngineError> {
+    pub async fn redirect(
+        &self,
+        id: &RunId,
+        instructions: String,
+        by: &Cause,
+    ) -> Result<RunId, EngineError> {
         let new_id = new_run_id()?;
         let command = RunCommand::Redirect {
             new_run_id: new_id.clone(),
@@ -564,7 +596,7 @@ impl Engine {
         };
         // The run's actor starts the new run (an effect of RunRedirected)
         // before it answers.
-        self.execute(id, command).await?;
+        self.execute(id, command, by).await?;
         Ok(new_id)
     }
 
@@ -613,8 +645,12 @@ impl Engine {
                 run_id: to.clone(),
                 ..source
             };
-            self.start(source, Link::RedirectedFrom(from.clone(), instructions))
-                .await
+            self.start(
+                source,
+                Link::RedirectedFrom(from.clone(), instructions),
+                &Cause::Engine,
+            )
+            .await
         }
         .await;
         if let Err(e) = &started {
@@ -634,6 +670,7 @@ impl Engine {
         &self,
         id: &RunId,
         message: NewMessage,
+        by: &Cause,
     ) -> Result<Committed, EngineError> {
         let redirect_to = match message.action {
             Action::Redirect => Some(new_run_id()?),
@@ -643,7 +680,7 @@ impl Engine {
             message,
             redirect_to,
         };
-        self.execute(id, command).await
+        self.execute(id, command, by).await
     }
 
     /// Approves a step awaiting review (with a choice if it offers some).
@@ -652,9 +689,10 @@ impl Engine {
         id: &RunId,
         step: StepId,
         choice: Option<String>,
+        by: &Cause,
     ) -> Result<Committed, EngineError> {
         let command = RunCommand::Approve { step, choice };
-        self.execute(id, command).await
+        self.execute(id, command, by).await
     }
 
     /// Runs a step again (optionally with a new prompt); every step
@@ -664,12 +702,13 @@ impl Engine {
         id: &RunId,
         step: StepId,
         prompt_override: Option<String>,
+        by: &Cause,
     ) -> Result<Committed, EngineError> {
         let command = RunCommand::RetryStep {
             step,
             prompt_override,
         };
-        self.execute(id, command).await
+        self.execute(id, command, by).await
     }
 
     /// Dispatches a ready step now (manual mode).
@@ -678,18 +717,24 @@ impl Engine {
         id: &RunId,
         step: StepId,
         prompt_override: Option<String>,
+        by: &Cause,
     ) -> Result<Committed, EngineError> {
         let command = RunCommand::TriggerStep {
             step,
             prompt_override,
         };
-        self.execute(id, command).await
+        self.execute(id, command, by).await
     }
 
     /// Switches manual mode.
-    pub async fn set_auto_run(&self, id: &RunId, enabled: bool) -> Result<Committed, EngineError> {
+    pub async fn set_auto_run(
+        &self,
+        id: &RunId,
+        enabled: bool,
+        by: &Cause,
+    ) -> Result<Committed, EngineError> {
         let command = RunCommand::SetAutoRun { enabled };
-        self.execute(id, command).await
+        self.execute(id, command, by).await
     }
 
     /// Moves `latest` of an artifact back to an earlier version; the steps
@@ -699,9 +744,10 @@ impl Engine {
         id: &RunId,
         name: ArtifactName,
         to_version: u32,
+        by: &Cause,
     ) -> Result<Committed, EngineError> {
         let command = RunCommand::RollbackArtifact { name, to_version };
-        self.execute(id, command).await
+        self.execute(id, command, by).await
     }
 
     /// Gives back to the queue the tasks claimed more than `after` ago
@@ -744,6 +790,7 @@ impl Engine {
         &self,
         id: &RunId,
         finished_before: Timestamp,
+        by: &Cause,
     ) -> Result<Purged, EngineError> {
         // Owed first: a purge cut short after its event (a crash, a database
         // error) is found and finished by the next `runlog purge`.
@@ -752,7 +799,7 @@ impl Engine {
             .owe_release(id.as_str(), self.ctx.clock.now().0)
             .await?;
         let committed = match self
-            .execute(id, RunCommand::PurgeArtifacts { finished_before })
+            .execute(id, RunCommand::PurgeArtifacts { finished_before }, by)
             .await
         {
             Ok(committed) => committed,
@@ -771,14 +818,13 @@ impl Engine {
 
     /// Asks a run to pause at its next safe checkpoint: nothing new is
     /// dispatched, and the run is `paused` once no step runs.
-    pub async fn pause(&self, id: &RunId) -> Result<Committed, EngineError> {
-        self.execute(id, RunCommand::Pause).await
+    pub async fn pause(&self, id: &RunId, by: &Cause) -> Result<Committed, EngineError> {
+        self.execute(id, RunCommand::Pause, by).await
     }
 
     /// Resumes a paused (or pausing) run.
-    pub async fn resume(&self, id: &RunId) -> Result<Committed, EngineError> {
-        let command = RunCommand::Resume;
-        self.execute(id, command).await
+    pub async fn resume(&self, id: &RunId, by: &Cause) -> Result<Committed, EngineError> {
+        self.execute(id, RunCommand::Resume, by).await
     }
 
     /// Cancels a run gracefully: nothing new is dispatched, and the run is
@@ -787,8 +833,9 @@ impl Engine {
         &self,
         id: &RunId,
         reason: Option<String>,
+        by: &Cause,
     ) -> Result<Committed, EngineError> {
-        self.execute(id, RunCommand::Cancel { reason }).await
+        self.execute(id, RunCommand::Cancel { reason }, by).await
     }
 
     /// Waits until the read models hold every event of `id` committed so
@@ -851,7 +898,7 @@ impl Engine {
                 continue;
             }
             let command = RunCommand::Recover;
-            match self.execute(&run_id, command).await {
+            match self.execute(&run_id, command, &Cause::Engine).await {
                 Ok(_) => recovered += 1,
                 Err(EngineError::Run(RunError::Finished(_))) => {}
                 Err(e) => tracing::error!(%run_id, error = %e, "cannot recover run"),
@@ -950,6 +997,7 @@ impl Engine {
         name: String,
         description: Option<String>,
         definition: Value,
+        by: &Cause,
     ) -> Result<TemplateId, EngineError> {
         let id = TemplateId::parse(uuid::Uuid::new_v4().to_string())
             .map_err(|e| EngineError::Unavailable(e.to_string()))?;
@@ -960,7 +1008,7 @@ impl Engine {
             definition,
             at: self.ctx.clock.now(),
         };
-        self.template_command(&id, command).await?;
+        self.template_command(&id, command, by).await?;
         Ok(id)
     }
 
@@ -970,22 +1018,24 @@ impl Engine {
         id: &TemplateId,
         definition: Value,
         description: Option<String>,
+        by: &Cause,
     ) -> Result<(), EngineError> {
         let command = TemplateCommand::Revise {
             definition,
             description,
             at: self.ctx.clock.now(),
         };
-        self.template_command(id, command).await
+        self.template_command(id, command, by).await
     }
 
     /// Archives a template.
-    pub async fn archive_template(&self, id: &TemplateId) -> Result<(), EngineError> {
+    pub async fn archive_template(&self, id: &TemplateId, by: &Cause) -> Result<(), EngineError> {
         self.template_command(
             id,
             TemplateCommand::Archive {
                 at: self.ctx.clock.now(),
             },
+            by,
         )
         .await
     }
@@ -994,13 +1044,17 @@ impl Engine {
         &self,
         id: &TemplateId,
         command: TemplateCommand,
+        by: &Cause,
     ) -> Result<(), EngineError> {
         let loaded = self.ctx.templates.load(id.as_str()).await?;
         let events = match loaded.state.decide(command, &self.ctx.agents) {
             Err(TemplateError::NotFound) => return Err(EngineError::TemplateNotFound(id.clone())),
             other => other?,
         };
-        let metadata = HashMap::from([("recorded_at".to_string(), rfc3339(self.ctx.clock.now()))]);
+        let metadata = HashMap::from([
+            ("recorded_at".to_string(), rfc3339(self.ctx.clock.now())),
+            ("caused_by".to_string(), by.to_metadata()),
+        ]);
         let (_, _, position) = self
             .ctx
             .templates

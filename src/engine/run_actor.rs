@@ -19,7 +19,7 @@ use cqrs_es::EventEnvelope;
 use futures::future::{BoxFuture, FutureExt, Shared};
 
 use super::executor::{Outcome, StepReport};
-use super::{new_lease_seed, Engine, EngineCtx, EngineError};
+use super::{new_lease_seed, Cause, Engine, EngineCtx, EngineError};
 use crate::domain::ids::{LeaseToken, RunId, StepId, Timestamp};
 use crate::domain::run::{AgentNote, Decided, Effect, Run, RunCommand, RunError, RunStatus, Stamp};
 use crate::projections::rfc3339;
@@ -41,7 +41,7 @@ pub type Committed = Vec<EventEnvelope<Run>>;
 /// events it committed once they are committed.
 #[derive(Message)]
 #[rtype(result = "Result<Committed, EngineError>")]
-pub struct Execute(pub RunCommand);
+pub struct Execute(pub RunCommand, pub Cause);
 
 /// What an attempt did (see [`Engine::report`]); answered once it is
 /// recorded, or refused.
@@ -222,7 +222,7 @@ impl RunActor {
                         return Box::pin(ready(()));
                     }
                     tracing::info!(run_id = %act.id, "taking over a run from a node that is gone");
-                    Box::pin(act.turn_now(RunCommand::Recover).then(
+                    Box::pin(act.turn_now(RunCommand::Recover, &Cause::Engine).then(
                         |result, act, _| -> ResponseActFuture<Self, ()> {
                             match result {
                                 Ok(_) | Err(EngineError::Run(_)) => Box::pin(ready(())),
@@ -289,6 +289,21 @@ impl RunActor {
         }
     }
 
+    /// Who reports for `step`'s current attempt: the worker that claimed
+    /// it, else its (in-process) agent.
+    fn reporter(&self, step: &StepId) -> Cause {
+        let Some(state) = self.state.steps.get(step) else {
+            return Cause::Engine;
+        };
+        if let Some(worker) = &state.claimed_by {
+            return Cause::Worker(worker.clone());
+        }
+        match self.state.definition.steps.get(step) {
+            Some(def) => Cause::Agent(def.agent.clone()),
+            None => Cause::Engine,
+        }
+    }
+
     /// Reloads the run from the store (at start, after a conflicting
     /// commit).
     fn reload(&mut self) -> ResponseActFuture<Self, Result<(), EngineError>> {
@@ -314,18 +329,20 @@ impl RunActor {
     fn turn(
         &mut self,
         command: RunCommand,
+        by: Cause,
     ) -> ResponseActFuture<Self, Result<Committed, EngineError>> {
         // Decided when the turn runs, not when its message is handled: the
         // state may change in between if actix runs another turn first.
         Box::pin(ActorFutureExt::then(
             ready(()),
-            move |(), act: &mut Self, _| act.turn_now(command),
+            move |(), act: &mut Self, _| act.turn_now(command, &by),
         ))
     }
 
     fn turn_now(
         &mut self,
         command: RunCommand,
+        by: &Cause,
     ) -> ResponseActFuture<Self, Result<Committed, EngineError>> {
         // The one place a run command is stamped with its time and lease
         // seed.
@@ -353,7 +370,10 @@ impl RunActor {
         } else {
             Run::default()
         };
-        let mut metadata = HashMap::from([("recorded_at".to_string(), rfc3339(stamp.at))]);
+        let mut metadata = HashMap::from([
+            ("recorded_at".to_string(), rfc3339(stamp.at)),
+            ("caused_by".to_string(), by.to_metadata()),
+        ]);
         if let Some(fence) = &self.fence {
             // Which node recorded it: nodes following the log skip their own.
             metadata.insert("node".to_string(), fence.node.to_string());
@@ -582,11 +602,11 @@ impl Actor for RunActor {
 impl Handler<Execute> for RunActor {
     type Result = AtomicResponse<Self, Result<Committed, EngineError>>;
 
-    fn handle(&mut self, Execute(command): Execute, _: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, Execute(command, by): Execute, _: &mut Self::Context) -> Self::Result {
         if let Some(refused) = self.hosted_elsewhere() {
             return AtomicResponse::new(Box::pin(ready(Err(refused))));
         }
-        AtomicResponse::new(Box::pin(self.turn(command).map(|result, act, ctx| {
+        AtomicResponse::new(Box::pin(self.turn(command, by).map(|result, act, ctx| {
             // A command to a run that does not exist spawned this actor for
             // nothing: do not keep it.
             if act.state.id.is_none() {
@@ -628,6 +648,7 @@ impl Handler<Report> for RunActor {
             return AtomicResponse::new(Box::pin(ready(result)));
         }
         let (step, lease) = (report.step.clone(), report.lease.clone());
+        let by = self.reporter(&step);
         let command = self.outcome_command(report);
         let kept = match &command {
             RunCommand::CompleteStep { comments, .. }
@@ -636,20 +657,22 @@ impl Handler<Report> for RunActor {
             | RunCommand::ReleaseStep { comments, .. } => comments.clone(),
             _ => Vec::new(),
         };
-        AtomicResponse::new(Box::pin(self.turn(command).map(move |result, act, _| {
-            match result {
-                Ok(_) => Ok(()),
-                Err(EngineError::Run(refused)) => Err(EngineError::Run(refused)),
-                Err(e) => {
-                    // Not recorded: the comments wait for the next try.
-                    act.notes.extend(
-                        kept.into_iter()
-                            .map(|note| (step.clone(), lease.clone(), note)),
-                    );
-                    Err(e)
+        AtomicResponse::new(Box::pin(self.turn(command, by).map(
+            move |result, act, _| {
+                match result {
+                    Ok(_) => Ok(()),
+                    Err(EngineError::Run(refused)) => Err(EngineError::Run(refused)),
+                    Err(e) => {
+                        // Not recorded: the comments wait for the next try.
+                        act.notes.extend(
+                            kept.into_iter()
+                                .map(|note| (step.clone(), lease.clone(), note)),
+                        );
+                        Err(e)
+                    }
                 }
-            }
-        })))
+            },
+        )))
     }
 }
 
@@ -661,24 +684,27 @@ impl Handler<Heartbeat> for RunActor {
             return AtomicResponse::new(Box::pin(ready(Err(refused))));
         }
         let Heartbeat { step, lease } = beat;
+        let by = self.reporter(&step);
         let command = RunCommand::Heartbeat {
             step: step.clone(),
             lease,
         };
-        AtomicResponse::new(Box::pin(self.turn(command).map(move |result, act, _| {
-            result?;
-            let expires = act
-                .state
-                .steps
-                .get(&step)
-                .and_then(|s| s.lease_expires_at)
-                .ok_or_else(|| EngineError::Run(RunError::NotClaimed(step.clone())))?;
-            Ok(LeaseStatus {
-                lease_expires_at: expires,
-                cancel_requested: act.state.cancel_requested.is_some(),
-                pause_requested: act.state.pause_requested,
-            })
-        })))
+        AtomicResponse::new(Box::pin(self.turn(command, by).map(
+            move |result, act, _| {
+                result?;
+                let expires = act
+                    .state
+                    .steps
+                    .get(&step)
+                    .and_then(|s| s.lease_expires_at)
+                    .ok_or_else(|| EngineError::Run(RunError::NotClaimed(step.clone())))?;
+                Ok(LeaseStatus {
+                    lease_expires_at: expires,
+                    cancel_requested: act.state.cancel_requested.is_some(),
+                    pause_requested: act.state.pause_requested,
+                })
+            },
+        )))
     }
 }
 
@@ -730,14 +756,18 @@ impl Handler<FlushNotes> for RunActor {
         if comments.is_empty() {
             return AtomicResponse::new(Box::pin(ready(())));
         }
+        // Comments of several attempts may be batched: the engine records
+        // them on their agents' behalf.
         let command = RunCommand::AgentComments { comments };
-        AtomicResponse::new(Box::pin(self.turn(command).map(|result, act, _| {
-            if let Err(e) = result {
-                // The run has finished, or storage failed: a comment is not
-                // worth retrying.
-                tracing::debug!(run_id = %act.id, error = %e, "agent comments not recorded");
-            }
-        })))
+        AtomicResponse::new(Box::pin(self.turn(command, Cause::Engine).map(
+            |result, act, _| {
+                if let Err(e) = result {
+                    // The run has finished, or storage failed: a comment is not
+                    // worth retrying.
+                    tracing::debug!(run_id = %act.id, error = %e, "agent comments not recorded");
+                }
+            },
+        )))
     }
 }
 
@@ -746,7 +776,7 @@ impl Handler<Wake> for RunActor {
 
     fn handle(&mut self, _: Wake, _: &mut Self::Context) -> Self::Result {
         self.wake = None;
-        AtomicResponse::new(Box::pin(self.turn(RunCommand::Tick).map(
+        AtomicResponse::new(Box::pin(self.turn(RunCommand::Tick, Cause::Engine).map(
             |result, act, ctx| match result {
                 Ok(_) => {}
                 Err(EngineError::Run(RunError::Finished(_))) => {}

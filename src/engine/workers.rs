@@ -210,12 +210,13 @@ impl Engine {
         &self,
         claim: ClaimToRecord,
     ) -> Result<Option<Timestamp>, EngineError> {
+        let by = super::Cause::Worker(claim.worker.clone());
         let command = RunCommand::ClaimStep {
             step: claim.step,
             lease: claim.lease,
             worker: claim.worker,
         };
-        let committed = self.execute(&claim.run, command).await?;
+        let committed = self.execute(&claim.run, command, &by).await?;
         Ok(committed.iter().find_map(|e| match &e.payload {
             RunEvent::StepClaimed {
                 lease_expires_at, ..

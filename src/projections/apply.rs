@@ -7,12 +7,14 @@ use super::detail::RunDetail;
 use super::log::LogReader;
 use super::projection::{
     shift_parameters, Conn, PageRows, PgQuery, Projection, RunChange, Target, TemplateChange,
+    UserChange,
 };
 use super::{run_details, ProjectionError};
 use crate::db::{BeginWrite, Db};
 use crate::domain::log::{Logged, LoggedEvent, Position};
 use crate::domain::run::RunEvent;
 use crate::domain::template::TemplateEvent;
+use crate::domain::user::UserEvent;
 use crate::with_pool;
 use sqlx::Row;
 
@@ -286,6 +288,7 @@ impl Applier {
         // Grouped by aggregate so each document is read and written once.
         let mut runs: BTreeMap<&str, Vec<(u64, &RunEvent)>> = BTreeMap::new();
         let mut templates: BTreeMap<&str, Vec<(u64, &TemplateEvent)>> = BTreeMap::new();
+        let mut users: BTreeMap<&str, Vec<(u64, &UserEvent)>> = BTreeMap::new();
         for logged in page {
             match &logged.event {
                 LoggedEvent::Run(e) => runs
@@ -296,7 +299,18 @@ impl Applier {
                     .entry(&logged.aggregate_id)
                     .or_default()
                     .push((logged.sequence, e)),
+                LoggedEvent::User(e) => users
+                    .entry(&logged.aggregate_id)
+                    .or_default()
+                    .push((logged.sequence, e)),
                 LoggedEvent::Other => {}
+            }
+        }
+        for (user_id, events) in &mut users {
+            events.sort_by_key(|(s, _)| *s);
+            let change = UserChange { user_id, events };
+            for r in rows.iter_mut() {
+                r.user(&change);
             }
         }
         // In sequence order within each aggregate (the log's order within

@@ -264,6 +264,9 @@ pub struct RunDetail {
     /// Whether ready steps are dispatched without a trigger.
     #[serde(default = "crate::domain::yes")]
     pub auto_run: bool,
+    /// The id of the user the run belongs to (`null`: nobody's).
+    #[serde(default)]
+    pub owner: Option<String>,
     /// Messages in the thread.
     #[serde(default)]
     pub messages: u32,
@@ -319,9 +322,11 @@ impl RunDetail {
                 retry_of,
                 redirected_from,
                 auto_run,
+                owner,
                 at,
             } => {
                 self.id = run_id.to_string();
+                self.owner = owner.as_ref().map(ToString::to_string);
                 self.retry_of = retry_of.as_ref().map(ToString::to_string);
                 self.redirected_from = redirected_from.as_ref().map(ToString::to_string);
                 self.auto_run = *auto_run;
@@ -846,6 +851,7 @@ mod tests {
                 retry_of: None,
                 redirected_from: None,
                 auto_run: true,
+                owner: None,
                 at: Timestamp(0),
             },
             RunEvent::StepDispatched {

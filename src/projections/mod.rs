@@ -1,6 +1,6 @@
 //! Read models built from events, never written by command handlers: run
-//! summaries (list and filter), run detail, artifact versions, the thread
-//! and the template catalogue.
+//! summaries (list and filter), run detail, artifact versions, the thread,
+//! the template catalogue and the accounts.
 //!
 //! Each read model is a [`projection::Projection`] in a file of its own
 //! (`run_summaries`, `run_details`, `artifact_versions`, `run_messages`,
@@ -18,6 +18,7 @@
 //!
 //! Depends on `domain` and `db`; never on `store`, `engine` or `api`.
 
+mod accounts;
 mod apply;
 mod artifact_versions;
 mod detail;
@@ -31,6 +32,7 @@ mod run_messages;
 mod run_summaries;
 mod template_catalogue;
 
+pub use accounts::{TokenIdentity, TokenView, UserView};
 pub use detail::{
     parse_rfc3339, rfc3339, ArtifactView, AttemptView, FailureView, RefineView, RunDetail,
     ScoreView, StepView,
@@ -46,21 +48,23 @@ pub use rebuild::{outdated, RebuildProgress, RebuildState, Rebuilds};
 use projection::Projection;
 
 /// Every read model, in the order the follower writes them.
-const ALL: [&Projection; 5] = [
+const ALL: [&Projection; 6] = [
     &run_summaries::RUN_SUMMARIES,
     &run_details::RUN_DETAILS,
     &artifact_versions::ARTIFACT_VERSIONS,
     &run_messages::RUN_MESSAGES,
     &template_catalogue::TEMPLATE_CATALOGUE,
+    &accounts::ACCOUNTS,
 ];
 
 /// The read models' names (as `projections list` shows them).
-pub const READ_MODELS: [&str; 5] = [
+pub const READ_MODELS: [&str; 6] = [
     "run_summaries",
     "run_details",
     "artifact_versions",
     "run_messages",
     "template_catalogue",
+    "accounts",
 ];
 
 /// Read-model failures.

@@ -22,6 +22,7 @@ use super::log::LogReader;
 use super::ProjectionError;
 use crate::domain::run::RunEvent;
 use crate::domain::template::TemplateEvent;
+use crate::domain::user::UserEvent;
 
 /// The PostgreSQL statement a page's rows are bound to.
 pub(super) type PgQuery<'q> = sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>;
@@ -97,6 +98,14 @@ pub(super) struct TemplateChange<'a> {
     pub events: &'a [(u64, &'a TemplateEvent)],
 }
 
+/// A user whose events a page applies.
+pub(super) struct UserChange<'a> {
+    /// The user.
+    pub user_id: &'a str,
+    /// Its events in the page, in sequence order.
+    pub events: &'a [(u64, &'a UserEvent)],
+}
+
 /// The rows one projection writes for one page.
 pub(super) trait PageRows: Send + Sync {
     /// Collects what a run's new events imply.
@@ -105,6 +114,8 @@ pub(super) trait PageRows: Send + Sync {
     }
     /// Collects what a template's events imply.
     fn template(&mut self, _change: &TemplateChange<'_>) {}
+    /// Collects what a user's events imply.
+    fn user(&mut self, _change: &UserChange<'_>) {}
     /// True when it has nothing to write.
     fn is_empty(&self) -> bool;
     /// Binds its parameters to the page's PostgreSQL statement, in the

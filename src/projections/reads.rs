@@ -93,6 +93,8 @@ pub struct RunSummary {
     /// score.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub refine: Option<Value>,
+    /// The id of the user it belongs to (`null`: nobody's).
+    pub owner: Option<String>,
 }
 
 impl RunSummary {
@@ -223,6 +225,11 @@ impl ReadModels {
         Self { db }
     }
 
+    /// Their database.
+    pub(super) fn db(&self) -> &Db {
+        &self.db
+    }
+
     /// The detail document of a run.
     pub async fn run_detail(&self, run_id: &str) -> Result<Option<RunDetail>, ProjectionError> {
         let doc: Option<String> = with_pool!(&self.db, pool => {
@@ -231,13 +238,14 @@ impl ReadModels {
         Ok(doc.as_deref().map(serde_json::from_str).transpose()?)
     }
 
-    /// Runs, newest first, filtered by status and template. `cursor` must
+    /// Runs, newest first, filtered by status, template, agent and owner. `cursor` must
     /// come from a previous page (callers validate it with [`decode_cursor`]).
     pub async fn list_runs(
         &self,
         status: Option<&str>,
         template_id: Option<&str>,
         agent: Option<&str>,
+        owner: Option<&str>,
         limit: u32,
         cursor: Option<(i64, String)>,
     ) -> Result<Page<RunSummary>, ProjectionError> {
@@ -251,6 +259,7 @@ impl ReadModels {
                 .bind(after_id)
                 .bind(i64::from(limit) + 1)
                 .bind(&agent)
+                .bind(owner)
                 .fetch_all(pool)
                 .await?
                 .into_iter()
@@ -274,6 +283,7 @@ impl ReadModels {
                         lease_expires_at: lease.map(|t| rfc3339(Timestamp(t))),
                         stalled: false,
                         refine: r.try_get("refine")?,
+                        owner: r.try_get("owner")?,
                     }, created))
                 })
                 .collect::<Result<Vec<_>, _>>()?
@@ -464,7 +474,11 @@ impl ReadModels {
 }
 
 /// Cuts `limit + 1` rows into a page and the cursor of the next one.
-fn paginate<T>(mut rows: Vec<(T, i64)>, limit: u32, id: impl Fn(&T) -> &String) -> Page<T> {
+pub(super) fn paginate<T>(
+    mut rows: Vec<(T, i64)>,
+    limit: u32,
+    id: impl Fn(&T) -> &String,
+) -> Page<T> {
     let more = rows.len() > limit as usize;
     rows.truncate(limit as usize);
     let next_cursor = if more {

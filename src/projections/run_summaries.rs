@@ -35,6 +35,7 @@ struct Row {
     agents: String,
     lease_expires_at: Option<i64>,
     refine: Option<Value>,
+    owner: Option<String>,
 }
 
 #[derive(Default)]
@@ -54,6 +55,7 @@ impl PageRows for Rows {
             agents: d.agents_list(),
             lease_expires_at: d.earliest_lease_expiry().map(|t| t.0),
             refine: d.refine_summary(),
+            owner: d.owner.clone(),
         });
         Ok(())
     }
@@ -75,6 +77,7 @@ impl PageRows for Rows {
             .bind(r.iter().map(|r| r.agents.as_str()).collect::<Vec<_>>())
             .bind(r.iter().map(|r| r.lease_expires_at).collect::<Vec<_>>())
             .bind(r.iter().map(|r| r.refine.clone()).collect::<Vec<_>>())
+            .bind(r.iter().map(|r| r.owner.clone()).collect::<Vec<_>>())
     }
 
     fn write<'c>(
@@ -98,6 +101,7 @@ impl PageRows for Rows {
                         .bind(&r.agents)
                         .bind(r.lease_expires_at)
                         .bind(&r.refine)
+                        .bind(&r.owner)
                         .execute(&mut *c)
                         .await?;
                 }

@@ -341,6 +341,9 @@ fn decode(entry: LogEntry) -> Result<Logged, StoreError> {
         Template::TYPE => {
             LoggedEvent::Template(serde_json::from_value::<TemplateEvent>(upcast.payload)?)
         }
+        crate::domain::user::User::TYPE => {
+            LoggedEvent::User(serde_json::from_value(upcast.payload)?)
+        }
         _ => LoggedEvent::Other,
     };
     Ok(Logged {

@@ -95,6 +95,12 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../../schema/sqlite/013_blob_releases.sql"),
         postgres: include_str!("../../schema/postgres/013_blob_releases.sql"),
     },
+    Migration {
+        version: 14,
+        name: "accounts",
+        sqlite: include_str!("../../schema/sqlite/014_accounts.sql"),
+        postgres: include_str!("../../schema/postgres/014_accounts.sql"),
+    },
 ];
 
 const CREATE_TABLE: &str = "CREATE TABLE IF NOT EXISTS runlog_migrations \

@@ -5,6 +5,7 @@
 //!
 //! Depends on `domain` and `db`; never on `projections`, `engine` or `api`.
 
+mod access;
 mod appender;
 mod blobs;
 mod cluster;
@@ -24,6 +25,7 @@ use postgres_es::PostgresEventRepository;
 use serde_json::Value;
 use sqlite_es::SqliteEventRepository;
 
+pub use access::AccessStore;
 pub use blobs::{BlobStore, Released};
 pub use cluster::{Acquired, Cluster, Fence, NodeRow, DEAD_AFTER, HEARTBEAT_EVERY};
 pub use history::{History, HistoryCounts, ImportError, FORMAT_VERSION};
@@ -52,6 +54,10 @@ impl Snapshotted for Run {
 }
 
 impl Snapshotted for Template {
+    const SNAPSHOT_VERSION: u32 = 1;
+}
+
+impl Snapshotted for crate::domain::user::User {
     const SNAPSHOT_VERSION: u32 = 1;
 }
 

@@ -58,6 +58,8 @@ fn upcasters() -> &'static [Upcaster] {
             // 1.2 added `redirected_from` (absent: not a redirect) and
             // `auto_run`: runs before it ran their steps automatically.
             with_fields("RunStarted", "1.2", &[("auto_run", true)]),
+            // 1.3 added `owner`: absent, nobody's.
+            unchanged("RunStarted", "1.3"),
             // 1.1 added `prompt_override` and `instructions`: absent, none.
             unchanged("StepDispatched", "1.1"),
             // 1.2 added `evaluating`: absent, the step's own agent ran.

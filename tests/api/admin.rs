@@ -15,7 +15,8 @@ async fn projections_list(app: &TestApp, extra: &[&str]) -> std::process::Output
         .await
 }
 
-const READ_MODELS: [&str; 5] = [
+const READ_MODELS: [&str; 6] = [
+    "accounts",
     "artifact_versions",
     "run_details",
     "run_messages",
@@ -225,9 +226,8 @@ on_both_backends!(
         // never one half built.
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let reader = {
-            let (address, stop) = (app.address.clone(), stop.clone());
+            let (address, stop, client) = (app.address.clone(), stop.clone(), app.client.clone());
             actix_web::rt::spawn(async move {
-                let client = awc::Client::default();
                 let mut seen = Vec::new();
                 while !stop.load(std::sync::atomic::Ordering::SeqCst) {
                     let mut response = client
@@ -290,6 +290,7 @@ on_both_backends!(
             "run_messages",
             "artifact_versions",
             "template_catalogue",
+            "accounts",
         ] {
             let (status, body) = app
                 .post(&format!("/api/admin/projections/{name}/rebuild"), json!({}))
@@ -325,7 +326,7 @@ on_both_backends!(
         assert_eq!(detail["status"], "completed", "{detail}");
         assert_eq!(summaries(&app).await.len(), 36);
         let listed = projections_by_name(&app).await;
-        assert_eq!(listed.len(), 5, "no rebuild rows left: {listed:?}");
+        assert_eq!(listed.len(), 6, "no rebuild rows left: {listed:?}");
         for item in listed.values() {
             assert_eq!(item["version"], 1, "{item}");
         }

@@ -36,6 +36,12 @@ async fn beside(first: &TestApp, options: AppOptions) -> Option<TestApp> {
         database_url: Some(url),
     };
     std::fs::create_dir_all(&storage.data_dir).expect("data dir");
+    // The first node created the admin; this one reads its token too.
+    std::fs::copy(
+        first.storage.data_dir.join("admin.token"),
+        storage.data_dir.join("admin.token"),
+    )
+    .expect("the first node's admin token");
     Some(spawn_app_with(storage, options).await)
 }
 
@@ -266,7 +272,9 @@ on_both_backends!(
         let path = format!("/api/internal/runs/{run}/claims");
         let body = json!({"step": "a", "lease_token": "not-the-lease", "worker_id": "w"});
         let before = app.events(&run).await.len();
-        let (status, reply) = app.post(&path, body.clone()).await;
+        let (status, reply) = app
+            .request_as(None, "POST", &path, Some(body.clone()))
+            .await;
         assert_eq!(status, 401, "{reply}");
         assert_eq!(reply["error"]["code"], "missing_token", "{reply}");
         let auth = [("Authorization", "Bearer nodes-test-token-0123456789")];

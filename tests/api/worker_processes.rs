@@ -106,6 +106,7 @@ async fn spawn(backend: crate::common::Backend) -> Option<(TestApp, ManualClock)
         AppOptions {
             clock: Some(clock.clone()),
             config: Some(config()),
+            ..AppOptions::default()
         },
     )
     .await?;

@@ -51,6 +51,7 @@ async fn spawn(backend: crate::common::Backend, clock: Option<ManualClock>) -> O
         AppOptions {
             clock,
             config: Some(config()),
+            ..AppOptions::default()
         },
     )
     .await
@@ -465,8 +466,15 @@ on_both_backends!(
         let template = app.template_id("remote", remote_then_local()).await;
         let run = app.run_id(&template, json!({})).await;
         let body = json!({"worker_id": "w", "agents": ["summarize"]});
+        let response = app
+            .request_anonymous("POST", "/api/workers/claim", Some(body.clone()))
+            .await;
+        assert_eq!(
+            response.header("WWW-Authenticate"),
+            Some("Bearer realm=\"runlog workers\"")
+        );
+        expect_error(&response.reply(), 401, "missing_token");
         for (headers, code) in [
-            (vec![], "missing_token"),
             (
                 vec![("Authorization", "Bearer not-the-token")],
                 "invalid_token",
@@ -985,6 +993,7 @@ on_both_backends!(
         let options = AppOptions {
             clock: Some(clock.clone()),
             config: Some(config()),
+            ..AppOptions::default()
         };
         let first = spawn_app_with(storage, options.clone()).await;
         let template = first.template_id("remote", remote_then_local()).await;

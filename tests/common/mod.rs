@@ -186,7 +186,13 @@ macro_rules! on_both_backends {
 pub struct TestApp {
     pub address: String,
     pub port: u16,
+    /// A client that sends the first admin's token (none under
+    /// `--no-auth`).
     pub client: awc::Client,
+    /// A client that sends no token of its own.
+    pub bare: awc::Client,
+    /// The first admin's token, from `<data dir>/admin.token`.
+    pub admin_token: Option<String>,
     pub storage: Storage,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     /// Resolves once the server has stopped (released the database, left
@@ -221,6 +227,8 @@ pub struct AppOptions {
     pub clock: Option<runlog::engine::ManualClock>,
     /// The text of a configuration file (`serve --config`).
     pub config: Option<String>,
+    /// `serve --no-auth`.
+    pub no_auth: bool,
 }
 
 /// Starts the real application with fresh storage and a clock that moves
@@ -257,6 +265,7 @@ pub async fn spawn_app_with(storage: Storage, options: AppOptions) -> TestApp {
         std::fs::write(&path, text).expect("write the configuration file");
         settings.config = Some(path);
     }
+    settings.no_auth = options.no_auth;
     let clock: runlog::engine::SharedClock = match options.clock {
         Some(clock) => Arc::new(clock),
         None => Arc::new(runlog::engine::SystemClock),
@@ -275,16 +284,35 @@ pub async fn spawn_app_with(storage: Storage, options: AppOptions) -> TestApp {
             .await;
         let _ = done.send(());
     });
+    let admin_token = if options.no_auth {
+        None
+    } else {
+        Some(admin_token_of(&storage))
+    };
+    let mut client = awc::Client::builder().timeout(Duration::from_secs(30));
+    if let Some(token) = &admin_token {
+        client = client.add_default_header(("authorization", format!("Bearer {token}")));
+    }
     TestApp {
         address: format!("http://127.0.0.1:{port}"),
         port,
-        client: awc::Client::builder()
+        client: client.finish(),
+        bare: awc::Client::builder()
             .timeout(Duration::from_secs(30))
             .finish(),
+        admin_token,
         storage,
         stop: Some(stop),
         stopped: Some(stopped),
     }
+}
+
+/// The first admin's token that `serve` wrote to the data directory.
+pub fn admin_token_of(storage: &Storage) -> String {
+    let path = storage.data_dir.join("admin.token");
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("the first start writes {}: {e}", path.display()));
+    text.trim().to_string()
 }
 
 /// A status and a JSON body.
@@ -322,8 +350,9 @@ impl TestApp {
             .reply()
     }
 
-    /// Any request with an optional JSON body and extra headers; the reply
-    /// keeps the response headers.
+    /// Any request with an optional JSON body and extra headers (the
+    /// admin's token unless they give an `Authorization` of their own); the
+    /// reply keeps the response headers.
     pub async fn request_with_headers(
         &self,
         method: &str,
@@ -331,9 +360,52 @@ impl TestApp {
         body: Option<Value>,
         headers: &[(&str, &str)],
     ) -> Response {
+        let own = headers
+            .iter()
+            .any(|(name, _)| name.eq_ignore_ascii_case("authorization"));
+        let client = if own { &self.bare } else { &self.client };
+        self.send(client, method, path, body, headers).await
+    }
+
+    /// A request without any token.
+    pub async fn request_anonymous(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> Response {
+        self.send(&self.bare, method, path, body, &[]).await
+    }
+
+    /// A request with `token` (none: no `Authorization`).
+    pub async fn request_as(
+        &self,
+        token: Option<&str>,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> Reply {
+        match token {
+            Some(token) => {
+                let auth = format!("Bearer {token}");
+                self.request_with_headers(method, path, body, &[("Authorization", &auth)])
+                    .await
+                    .reply()
+            }
+            None => self.request_anonymous(method, path, body).await.reply(),
+        }
+    }
+
+    async fn send(
+        &self,
+        client: &awc::Client,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+        headers: &[(&str, &str)],
+    ) -> Response {
         let url = format!("{}{path}", self.address);
-        let mut request = self
-            .client
+        let mut request = client
             .request(method.parse().expect("method"), url)
             .insert_header(("content-type", "application/json"));
         for (name, value) in headers {

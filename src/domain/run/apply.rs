@@ -34,9 +34,11 @@ impl Run {
                 retry_of,
                 redirected_from,
                 auto_run,
+                owner,
                 at,
             } => {
                 self.id = Some(run_id);
+                self.owner = owner;
                 self.retry_of = retry_of;
                 self.redirected_from = redirected_from;
                 self.auto_run = auto_run;

@@ -8,7 +8,7 @@ use serde_json::Value;
 use super::thread::{AgentNote, NewMessage};
 use super::{Outputs, Usage};
 use crate::domain::definition::Definition;
-use crate::domain::ids::{ArtifactName, LeaseToken, RunId, StepId, TemplateId, Timestamp};
+use crate::domain::ids::{ArtifactName, LeaseToken, RunId, StepId, TemplateId, Timestamp, UserId};
 
 /// When a command happens, the seed its lease tokens are derived from, and
 /// the engine's settings it is decided with: stamped on every command once,
@@ -255,4 +255,6 @@ pub struct StartRun {
     pub redirected_from: Option<(RunId, String)>,
     /// Whether ready steps are dispatched without a trigger.
     pub auto_run: bool,
+    /// The user it belongs to, if any.
+    pub owner: Option<UserId>,
 }

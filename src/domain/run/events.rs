@@ -13,7 +13,7 @@ use serde_json::Value;
 use super::thread::{Action, Author, MessageStatus};
 use crate::domain::definition::Definition;
 use crate::domain::ids::{
-    ArtifactName, LeaseToken, OutputName, RunId, StepId, TemplateId, Timestamp,
+    ArtifactName, LeaseToken, OutputName, RunId, StepId, TemplateId, Timestamp, UserId,
 };
 
 /// The body of one artifact version: inline JSON, or a reference to a
@@ -101,6 +101,11 @@ pub enum RunEvent {
         /// Added in 1.2; the store's upcaster gives a 1.0/1.1 payload
         /// `true`, its meaning.
         auto_run: bool,
+        /// The user the run belongs to. Added in 1.3; absent (older runs,
+        /// and runs started without accounts): nobody's, visible to admins
+        /// only.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        owner: Option<UserId>,
         /// When.
         at: Timestamp,
     },
@@ -639,10 +644,10 @@ impl DomainEvent for RunEvent {
 
     fn event_version(&self) -> String {
         match self {
-            Self::RunStarted { .. }
-            | Self::StepFailed { .. }
-            | Self::StepDispatched { .. }
-            | Self::StepCompleted { .. } => "1.2",
+            Self::RunStarted { .. } => "1.3",
+            Self::StepFailed { .. } | Self::StepDispatched { .. } | Self::StepCompleted { .. } => {
+                "1.2"
+            }
             Self::CancelRequested { .. } | Self::StepAwaitingReview { .. } => "1.1",
             _ => "1.0",
         }

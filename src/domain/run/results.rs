@@ -23,6 +23,7 @@ impl Run {
             retry_of,
             redirected_from,
             auto_run,
+            owner,
         } = start;
         let at = stamp.at;
         if self.id.is_some() {
@@ -41,6 +42,7 @@ impl Run {
             retry_of,
             redirected_from,
             auto_run,
+            owner,
             at,
         });
         if let Some(content) = instructions {

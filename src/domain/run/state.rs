@@ -11,7 +11,7 @@ use super::error::RunError;
 use super::thread::ThreadState;
 use super::{ArtifactContent, Usage};
 use crate::domain::definition::Definition;
-use crate::domain::ids::{ArtifactName, LeaseToken, RunId, StepId, TemplateId, Timestamp};
+use crate::domain::ids::{ArtifactName, LeaseToken, RunId, StepId, TemplateId, Timestamp, UserId};
 
 /// Status of a run.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -308,6 +308,10 @@ pub struct Run {
     /// The run that replaced this one by a redirect, if any.
     #[serde(default)]
     pub redirected_to: Option<RunId>,
+    /// The user it belongs to (`None`: recorded before accounts existed,
+    /// or started without them).
+    #[serde(default)]
+    pub owner: Option<UserId>,
     /// Whether ready steps are dispatched without a user's trigger.
     #[serde(default = "crate::domain::yes")]
     pub auto_run: bool,
@@ -342,6 +346,8 @@ pub struct RetrySource {
     pub input: Value,
     /// Its manual-mode setting.
     pub auto_run: bool,
+    /// Its owner.
+    pub owner: Option<UserId>,
 }
 
 /// What a step receives as input, before blob references are resolved.
@@ -389,6 +395,7 @@ impl Run {
             definition: self.definition.clone(),
             input: self.input.clone(),
             auto_run: self.auto_run,
+            owner: self.owner.clone(),
         })
     }
 

@@ -765,6 +765,7 @@ fn a_retry_starts_from_the_failed_runs_version_definition_and_input() {
                 retry_of: Some(source.run_id),
                 redirected_from: None,
                 auto_run: source.auto_run,
+                owner: None,
             }),
             30,
             "s",
@@ -780,6 +781,7 @@ fn a_retry_starts_from_the_failed_runs_version_definition_and_input() {
                 retry_of: Some(RunId::parse("r1").unwrap()),
                 redirected_from: None,
                 auto_run: true,
+                owner: None,
                 at: at(30),
             },
             dispatched("a", 1, "s.1", &[], 30),
@@ -893,6 +895,7 @@ fn a_run_started_by_a_redirect_hands_its_instructions_to_its_first_step() {
                 retry_of: None,
                 redirected_from: Some(rid("r1")),
                 auto_run: true,
+                owner: None,
                 at: at(10),
             },
             posted(
@@ -942,6 +945,7 @@ fn a_redirected_run_started_in_manual_mode_keeps_its_instructions_pending() {
                 retry_of: None,
                 redirected_from: Some(rid("r1")),
                 auto_run: false,
+                owner: None,
                 at: at(10),
             },
             posted(

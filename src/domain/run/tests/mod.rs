@@ -139,6 +139,7 @@ fn start(definition: Definition, ms: i64, seed: &str) -> Stamped {
             retry_of: None,
             redirected_from: None,
             auto_run: true,
+            owner: None,
         }),
         ms,
         seed,
@@ -194,6 +195,7 @@ fn run_started(definition: Definition, ready: &[&str], ms: i64) -> RunEvent {
         retry_of: None,
         redirected_from: None,
         auto_run: true,
+        owner: None,
         at: at(ms),
     }
 }
@@ -818,6 +820,7 @@ fn start_with(
             retry_of: None,
             redirected_from: redirected_from.map(|(from, text)| (rid(from), text.to_string())),
             auto_run,
+            owner: None,
         }),
         ms,
         seed,
@@ -949,6 +952,7 @@ fn manual_started(definition: Definition, ready: &[&str], ms: i64) -> RunEvent {
         retry_of: None,
         redirected_from: None,
         auto_run: false,
+        owner: None,
         at: at(ms),
     }
 }

@@ -531,6 +531,7 @@ fn an_instruction_goes_with_the_in_flight_ones_to_a_retried_review_step() {
             retry_of: None,
             redirected_from: Some(rid("r1")),
             auto_run: true,
+            owner: None,
             at: at(10),
         },
         posted(

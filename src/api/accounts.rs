@@ -1,0 +1,230 @@
+//! Account endpoints: users (admin), tokens (admin, or a user's own),
+//! `GET /api/me`, and WebSocket tickets for browsers.
+
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpResponse};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::auth::{forbidden, TICKET_TTL};
+use super::{optional_body, ApiError, ApiState, Caller, PageQuery};
+use crate::domain::ids::{TokenId, UserId};
+use crate::domain::user::{check_user_name, Role};
+use crate::engine::token_digest;
+use crate::projections::{parse_rfc3339, TokenView};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct CreateUser {
+    name: String,
+    role: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct CreateToken {
+    name: String,
+    expires_at: Option<String>,
+    #[serde(default)]
+    read_only: bool,
+}
+
+fn user_id(raw: &str) -> Result<UserId, ApiError> {
+    UserId::parse(raw).map_err(|e| ApiError::bad_request("invalid_user_id", e.to_string()))
+}
+
+fn user_not_found(id: &str) -> ApiError {
+    ApiError::not_found("user_not_found", format!("user '{id}' not found"))
+}
+
+pub(super) async fn create_user(
+    state: web::Data<ApiState>,
+    caller: Caller,
+    body: web::Json<CreateUser>,
+) -> Result<HttpResponse, ApiError> {
+    let body = body.into_inner();
+    let Some(role) = Role::parse(&body.role) else {
+        return Err(ApiError::bad_request(
+            "invalid_role",
+            format!(
+                "role must be 'admin' or 'user', not '{}'",
+                body.role.chars().take(40).collect::<String>()
+            ),
+        ));
+    };
+    check_user_name(&body.name)?;
+    if state.reads.user_by_name(&body.name).await?.is_some() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "user_exists",
+            format!("a user named '{}' exists", body.name),
+        ));
+    }
+    let id = state
+        .engine
+        .create_user(None, body.name, role, &caller.cause())
+        .await?;
+    let user = state
+        .reads
+        .user(id.as_str())
+        .await?
+        .ok_or_else(|| user_not_found(id.as_str()))?;
+    Ok(HttpResponse::Created()
+        .insert_header(("Location", format!("/api/users/{id}")))
+        .json(user))
+}
+
+pub(super) async fn list_users(
+    state: web::Data<ApiState>,
+    query: web::Query<PageQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let (limit, cursor) = query.checked()?;
+    Ok(HttpResponse::Ok().json(state.reads.list_users(limit, cursor).await?))
+}
+
+pub(super) async fn get_user(
+    state: web::Data<ApiState>,
+    caller: Caller,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let id = user_id(&path)?;
+    if caller.require_self_or_admin(id.as_str()).is_err() {
+        // Another user's account answers as one that does not exist.
+        return Err(user_not_found(id.as_str()));
+    }
+    let user = state
+        .reads
+        .user(id.as_str())
+        .await?
+        .ok_or_else(|| user_not_found(id.as_str()))?;
+    Ok(HttpResponse::Ok().json(user))
+}
+
+pub(super) async fn create_token(
+    state: web::Data<ApiState>,
+    caller: Caller,
+    path: web::Path<String>,
+    body: web::Json<CreateToken>,
+) -> Result<HttpResponse, ApiError> {
+    let id = user_id(&path)?;
+    caller.require_self_or_admin(id.as_str())?;
+    let body = body.into_inner();
+    let expires_at = match &body.expires_at {
+        None => None,
+        Some(text) => Some(parse_rfc3339(text).ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid_expiry",
+                "expires_at must be an RFC 3339 time, such as 2027-01-31T00:00:00Z",
+            )
+        })?),
+    };
+    if state.reads.user(id.as_str()).await?.is_none() {
+        return Err(user_not_found(id.as_str()));
+    }
+    let issued = state
+        .engine
+        .issue_token(&id, body.name, body.read_only, expires_at, &caller.cause())
+        .await?;
+    let view = state.reads.token(issued.id.as_str()).await?;
+    let mut answer = serde_json::to_value(view).unwrap_or_default();
+    answer["token"] = json!(issued.token);
+    Ok(HttpResponse::Created()
+        // Shown once: no cache may keep it.
+        .insert_header(("Cache-Control", "no-store"))
+        .json(answer))
+}
+
+pub(super) async fn list_tokens(
+    state: web::Data<ApiState>,
+    caller: Caller,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let id = user_id(&path)?;
+    if caller.require_self_or_admin(id.as_str()).is_err() {
+        return Err(user_not_found(id.as_str()));
+    }
+    if state.reads.user(id.as_str()).await?.is_none() {
+        return Err(user_not_found(id.as_str()));
+    }
+    let tokens = state.reads.tokens_of(id.as_str()).await?;
+    Ok(HttpResponse::Ok().json(json!({ "items": tokens, "next_cursor": null })))
+}
+
+pub(super) async fn revoke_token(
+    state: web::Data<ApiState>,
+    caller: Caller,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let id = TokenId::parse(path.as_str())
+        .map_err(|e| ApiError::bad_request("invalid_token_id", e.to_string()))?;
+    let not_found = || ApiError::not_found("token_not_found", format!("token '{id}' not found"));
+    let token: TokenView = state
+        .reads
+        .token(id.as_str())
+        .await?
+        .ok_or_else(not_found)?;
+    if caller.require_self_or_admin(&token.user_id).is_err() {
+        return Err(not_found());
+    }
+    let holder = user_id(&token.user_id)?;
+    state
+        .engine
+        .revoke_token(&holder, id.clone(), &caller.cause())
+        .await?;
+    state.access.forget(id.as_str());
+    let token = state
+        .reads
+        .token(id.as_str())
+        .await?
+        .ok_or_else(not_found)?;
+    Ok(HttpResponse::Ok().json(token))
+}
+
+pub(super) async fn me(
+    state: web::Data<ApiState>,
+    caller: Caller,
+) -> Result<HttpResponse, ApiError> {
+    let Some(p) = caller.principal() else {
+        return Ok(HttpResponse::Ok().json(json!({
+            "id": null,
+            "name": "anonymous",
+            "role": "admin",
+            "auth": false,
+            "token": null,
+        })));
+    };
+    let token = state.reads.token(&p.token_id).await?;
+    Ok(HttpResponse::Ok().json(json!({
+        "id": p.user_id,
+        "name": p.name,
+        "role": p.role,
+        "auth": true,
+        "token": token,
+    })))
+}
+
+/// A single-use ticket, good for [`TICKET_TTL`], that a browser puts in
+/// the WebSocket URL (`/api/ws?ticket=…`) instead of its token.
+pub(super) async fn ws_ticket(
+    state: web::Data<ApiState>,
+    caller: Caller,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let _: serde_json::Map<String, serde_json::Value> = optional_body(&body)?;
+    let token = match &caller {
+        Caller::User(p) => p.digest.clone(),
+        Caller::Anonymous if !state.access.enabled() => "-".to_string(),
+        Caller::Anonymous => return Err(forbidden("a ticket stands for a token")),
+    };
+    let ticket = format!("wst_{}", hex::encode(crate::engine::random_bytes()));
+    let now = state.engine.clock().now();
+    let expires = now.plus_millis(u64::try_from(TICKET_TTL.as_millis()).unwrap_or(30_000));
+    state
+        .access
+        .store()
+        .put_ticket(&token_digest(&ticket), &token, now.0, expires.0)
+        .await?;
+    Ok(HttpResponse::Ok()
+        .insert_header(("Cache-Control", "no-store"))
+        .json(json!({ "ticket": ticket, "expires_at": expires.to_rfc3339() })))
+}

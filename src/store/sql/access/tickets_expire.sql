@@ -1,0 +1,1 @@
+DELETE FROM ws_tickets WHERE expires_at <= $1
