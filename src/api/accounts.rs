@@ -11,7 +11,7 @@ use super::{optional_body, ApiError, ApiState, Caller, PageQuery};
 use crate::domain::ids::{TokenId, UserId};
 use crate::domain::user::{check_user_name, Role};
 use crate::engine::token_digest;
-use crate::projections::{parse_rfc3339, TokenView};
+use crate::projections::{parse_rfc3339, TokenView, UserView};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -35,6 +35,21 @@ fn user_id(raw: &str) -> Result<UserId, ApiError> {
 
 fn user_not_found(id: &str) -> ApiError {
     ApiError::not_found("user_not_found", format!("user '{id}' not found"))
+}
+
+/// The user `raw` names, if the caller may see them (themselves, or
+/// anyone for an admin); another user's account answers as one that does
+/// not exist.
+async fn visible_user(state: &ApiState, caller: &Caller, raw: &str) -> Result<UserView, ApiError> {
+    let id = user_id(raw)?;
+    if caller.require_self_or_admin(id.as_str()).is_err() {
+        return Err(user_not_found(id.as_str()));
+    }
+    state
+        .reads
+        .user(id.as_str())
+        .await?
+        .ok_or_else(|| user_not_found(id.as_str()))
 }
 
 pub(super) async fn create_user(
@@ -87,17 +102,7 @@ pub(super) async fn get_user(
     caller: Caller,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let id = user_id(&path)?;
-    if caller.require_self_or_admin(id.as_str()).is_err() {
-        // Another user's account answers as one that does not exist.
-        return Err(user_not_found(id.as_str()));
-    }
-    let user = state
-        .reads
-        .user(id.as_str())
-        .await?
-        .ok_or_else(|| user_not_found(id.as_str()))?;
-    Ok(HttpResponse::Ok().json(user))
+    Ok(HttpResponse::Ok().json(visible_user(&state, &caller, &path).await?))
 }
 
 pub(super) async fn create_token(
@@ -139,14 +144,8 @@ pub(super) async fn list_tokens(
     caller: Caller,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let id = user_id(&path)?;
-    if caller.require_self_or_admin(id.as_str()).is_err() {
-        return Err(user_not_found(id.as_str()));
-    }
-    if state.reads.user(id.as_str()).await?.is_none() {
-        return Err(user_not_found(id.as_str()));
-    }
-    let tokens = state.reads.tokens_of(id.as_str()).await?;
+    let user = visible_user(&state, &caller, &path).await?;
+    let tokens = state.reads.tokens_of(&user.id).await?;
     Ok(HttpResponse::Ok().json(json!({ "items": tokens, "next_cursor": null })))
 }
 

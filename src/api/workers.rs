@@ -53,10 +53,9 @@ impl WorkerAuth {
         }
     }
 
-    /// Whether `text` is the worker token.
-    pub fn is_worker_token(&self, text: &str) -> bool {
-        let digest: [u8; 32] = Sha256::digest(text.trim().as_bytes()).into();
-        self.token == Some(digest)
+    /// Whether `digest` is the SHA-256 of the worker token.
+    pub fn is_worker_digest(&self, digest: &[u8; 32]) -> bool {
+        self.token.as_ref() == Some(digest)
     }
 
     /// Refuses a request without the worker token: 401 with
@@ -69,21 +68,13 @@ impl WorkerAuth {
                  (or RUNLOG_WORKER_TOKEN)",
             ));
         };
-        let presented = req
-            .headers()
-            .get("Authorization")
-            .and_then(|v| v.to_str().ok())
-            // The scheme is case-insensitive (RFC 9110, 11.1).
-            .and_then(|v| v.split_once(' '))
-            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-            .map(|(_, token)| token);
-        let Some(presented) = presented else {
+        let Some(presented) = super::auth::bearer(req) else {
             return Err(unauthorized(
                 "missing_token",
                 "send the worker token as 'Authorization: Bearer <token>'",
             ));
         };
-        let digest: [u8; 32] = Sha256::digest(presented.trim().as_bytes()).into();
+        let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
         if digest != *expected {
             return Err(unauthorized(
                 "invalid_token",

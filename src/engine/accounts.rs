@@ -2,14 +2,11 @@
 //! token is drawn here, handed back once, and recorded as its SHA-256
 //! digest only.
 
-use std::collections::HashMap;
-
 use sha2::{Digest, Sha256};
 
 use super::{Cause, Engine, EngineError};
 use crate::domain::ids::{Timestamp, TokenId, UserId};
 use crate::domain::user::{token, NewToken, Role, UserCommand};
-use crate::projections::rfc3339;
 
 /// A token just issued: the only time its text exists outside its holder.
 #[derive(Clone, PartialEq, Eq)]
@@ -117,24 +114,7 @@ impl Engine {
     ) -> Result<(), EngineError> {
         let loaded = self.ctx.users.load(id.as_str()).await?;
         let events = loaded.state.decide(command)?;
-        let metadata = HashMap::from([
-            ("recorded_at".to_string(), rfc3339(self.ctx.clock.now())),
-            ("caused_by".to_string(), by.to_metadata()),
-        ]);
-        let (_, _, position) = self
-            .ctx
-            .users
-            .commit(
-                id.as_str(),
-                loaded.state,
-                loaded.sequence,
-                loaded.snapshot,
-                events,
-                metadata,
-                None,
-            )
-            .await?;
-        self.ctx.project(position).await;
-        Ok(())
+        self.record(&self.ctx.users, id.as_str(), loaded, events, by)
+            .await
     }
 }

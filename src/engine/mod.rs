@@ -364,6 +364,15 @@ impl Reporter {
     }
 }
 
+/// The metadata every committed event carries: when it was recorded and
+/// who caused it.
+pub(crate) fn event_metadata(at: Timestamp, by: &Cause) -> HashMap<String, String> {
+    HashMap::from([
+        ("recorded_at".to_string(), rfc3339(at)),
+        ("caused_by".to_string(), by.to_metadata()),
+    ])
+}
+
 /// A fresh run id.
 fn new_run_id() -> Result<RunId, EngineError> {
     RunId::parse(uuid::Uuid::new_v4().to_string())
@@ -1051,15 +1060,25 @@ impl Engine {
             Err(TemplateError::NotFound) => return Err(EngineError::TemplateNotFound(id.clone())),
             other => other?,
         };
-        let metadata = HashMap::from([
-            ("recorded_at".to_string(), rfc3339(self.ctx.clock.now())),
-            ("caused_by".to_string(), by.to_metadata()),
-        ]);
-        let (_, _, position) = self
-            .ctx
-            .templates
+        self.record(&self.ctx.templates, id.as_str(), loaded, events, by)
+            .await
+    }
+
+    /// Commits what a command to an aggregate other than a run decided
+    /// (a template, a user), with who caused it, and waits until the read
+    /// models hold it.
+    async fn record<A: crate::store::Snapshotted + 'static>(
+        &self,
+        store: &AggregateStore<A>,
+        id: &str,
+        loaded: crate::store::Loaded<A>,
+        events: Vec<A::Event>,
+        by: &Cause,
+    ) -> Result<(), EngineError> {
+        let metadata = event_metadata(self.ctx.clock.now(), by);
+        let (_, _, position) = store
             .commit(
-                id.as_str(),
+                id,
                 loaded.state,
                 loaded.sequence,
                 loaded.snapshot,

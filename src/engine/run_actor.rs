@@ -7,7 +7,6 @@
 //! executors, start a redirect's new run, arm the wake-up timer. Finished
 //! and paused runs passivate.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use actix::fut::{ready, ActorFutureExt, WrapFuture};
@@ -22,7 +21,6 @@ use super::executor::{Outcome, StepReport};
 use super::{new_lease_seed, Cause, Engine, EngineCtx, EngineError};
 use crate::domain::ids::{LeaseToken, RunId, StepId, Timestamp};
 use crate::domain::run::{AgentNote, Decided, Effect, Run, RunCommand, RunError, RunStatus, Stamp};
-use crate::projections::rfc3339;
 use crate::store::{Acquired, Fence, StoreError};
 
 /// How long an agent's comment may wait to be recorded with its attempt's
@@ -370,10 +368,7 @@ impl RunActor {
         } else {
             Run::default()
         };
-        let mut metadata = HashMap::from([
-            ("recorded_at".to_string(), rfc3339(stamp.at)),
-            ("caused_by".to_string(), by.to_metadata()),
-        ]);
+        let mut metadata = super::event_metadata(stamp.at, by);
         if let Some(fence) = &self.fence {
             // Which node recorded it: nodes following the log skip their own.
             metadata.insert("node".to_string(), fence.node.to_string());
