@@ -1788,6 +1788,7 @@ on_both_backends!(older_event_versions_load_through_the_upcasters, |backend| {
     for needed in [
         "RunStarted 1.0",
         "RunStarted 1.1",
+        "RunStarted 1.2",
         "StepDispatched 1.0",
         "StepDispatched 1.1",
         "StepCompleted 1.0",
