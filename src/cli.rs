@@ -1,5 +1,5 @@
 //! The `runlog` command line: `serve`, `migrate`, `replay`, `export`,
-//! `import`, `purge`, `projections`, `bench`, `worker`.
+//! `import`, `purge`, `users`, `tokens`, `projections`, `bench`, `worker`.
 
 use std::process::ExitCode;
 
@@ -85,6 +85,20 @@ enum Command {
     /// stay, with the bodies' hashes; reads show the versions as purged.
     /// Runs through a server on the same database.
     Purge(crate::retention::PurgeSettings),
+    /// Accounts: create and list users (through a server, with an
+    /// admin's token).
+    Users {
+        /// What to do.
+        #[command(subcommand)]
+        command: crate::accounts::UsersCommand,
+    },
+    /// API tokens: issue, list and revoke them (through a server, with an
+    /// admin's token).
+    Tokens {
+        /// What to do.
+        #[command(subcommand)]
+        command: crate::accounts::TokensCommand,
+    },
     /// The read models: where each is in the log.
     Projections {
         /// What to do.
@@ -164,6 +178,8 @@ pub fn run() -> ExitCode {
             } => export(run_ids, all, output, storage).await,
             Command::Import { file, storage } => import(file, storage).await,
             Command::Purge(settings) => crate::retention::run(settings).await,
+            Command::Users { command } => crate::accounts::users(command).await,
+            Command::Tokens { command } => crate::accounts::tokens(command).await,
             Command::Bench(settings) => crate::bench::run(settings).await,
             Command::Worker(settings) => crate::worker::run(settings).await,
             Command::FakeLlm(settings) => crate::fakellm::run(settings).await,

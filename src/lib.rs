@@ -26,6 +26,7 @@
 //!   [`bench`]: `runlog bench`; [`fakellm`]: `runlog fake-llm`, a stand-in
 //!   chat-completions server for trying the llm agents and for tests.
 
+pub mod accounts;
 pub mod api;
 pub mod app;
 pub mod audit;

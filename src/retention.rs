@@ -135,7 +135,7 @@ pub async fn run(settings: PurgeSettings) -> Result<ExitCode, Box<dyn std::error
     }
     let server = match &settings.server {
         Some(url) => Some(url.trim_end_matches('/').to_string()),
-        None => discover(&db).await?,
+        None => crate::accounts::server_on(&db).await?,
     };
     let Some(server) = server else {
         db.close().await;
@@ -218,25 +218,6 @@ async fn candidates(db: &Db, before: Timestamp) -> Result<Vec<String>, Box<dyn s
     let listed: std::collections::BTreeSet<&String> = ids.iter().collect();
     let owed: Vec<String> = owed.into_iter().filter(|id| !listed.contains(id)).collect();
     Ok(owed.into_iter().chain(ids).collect())
-}
-
-/// The server on this database: the SQLite file's holder, or a live node.
-async fn discover(db: &Db) -> Result<Option<String>, Box<dyn std::error::Error>> {
-    if let Some(holder) = crate::db::ServingHolder::of(db)? {
-        return match holder.address {
-            Some(address) => Ok(Some(address)),
-            None => Err(format!(
-                "the runlog serve holding this SQLite database (pid {}) has not said where it \
-                 listens yet: try again in a moment, or name it with --server; nothing purged",
-                holder.pid
-            )
-            .into()),
-        };
-    }
-    Ok(crate::store::Cluster::live_addresses(db)
-        .await?
-        .into_iter()
-        .next())
 }
 
 /// Writes the export of `ids` to `path` (through `path.partial` beside it,

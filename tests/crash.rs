@@ -7,6 +7,10 @@
 //!   the new run does not exist) is finished at the next start, once;
 //! - killed three times at varying moments while runs write, the read
 //!   models end equal to a fold of the log (`replay --verify --all`).
+//!
+//! And, with the same real process: no token or ticket ever reaches the
+//! server's log, whatever is done with them (the CLI's accounts commands
+//! included).
 
 #[path = "common/mod.rs"]
 mod common;
@@ -109,6 +113,11 @@ impl Server {
 
     /// [`Server::start`] with more flags.
     async fn start_with(storage: &Storage, n: usize, extra: &[&str]) -> Self {
+        Self::start_logging(storage, n, extra, "info,sqlx=warn").await
+    }
+
+    /// [`Server::start_with`], logging at `level` (a `RUNLOG_LOG` filter).
+    async fn start_logging(storage: &Storage, n: usize, extra: &[&str], level: &str) -> Self {
         let log = storage.data_dir.join(format!("server-{n}.log"));
         let stderr = File::create(&log).expect("create the server log");
         let child = Command::new(env!("CARGO_BIN_EXE_runlog"))
@@ -125,7 +134,7 @@ impl Server {
             .env_remove("RUNLOG_ADVERTISE_URL")
             .env_remove("RUNLOG_CONFIG")
             .env_remove("RUNLOG_NO_AUTH")
-            .env("RUNLOG_LOG", "info,sqlx=warn")
+            .env("RUNLOG_LOG", level)
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -189,8 +198,33 @@ impl Server {
     }
 
     async fn request(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-        let request = self
-            .client
+        self.request_with(&self.client, method, path, body).await
+    }
+
+    /// [`Server::request`] as `token`'s holder (none: anonymous).
+    async fn request_as(
+        &self,
+        token: Option<&str>,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut client = awc::Client::builder().timeout(Duration::from_secs(30));
+        if let Some(token) = token {
+            client = client.add_default_header(("authorization", format!("Bearer {token}")));
+        }
+        self.request_with(&client.finish(), method, path, body)
+            .await
+    }
+
+    async fn request_with(
+        &self,
+        client: &awc::Client,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let request = client
             .request(
                 method.parse().expect("method"),
                 format!("{}{path}", self.address),
@@ -1071,5 +1105,223 @@ mod many_nodes {
         drop(restarted);
         drop(nodes);
         verify_all_passes(&storage, RUNS).await;
+    }
+}
+
+/// Tokens and tickets, used every way there is (issued by the CLI, used,
+/// mistyped, refused for a read-only token, traded for a WebSocket ticket,
+/// revoked), never appear in the server's log at `debug`, nor do their
+/// digests. The CLI's accounts commands run against this real server, and
+/// their refusals change nothing.
+mod secrets {
+    use super::*;
+
+    fn cli(storage: &Storage, args: &[&str]) -> std::process::Output {
+        let mut all: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        all.extend(storage.cli_args());
+        Command::new(env!("CARGO_BIN_EXE_runlog"))
+            .args(&all)
+            .env_remove("RUNLOG_TOKEN")
+            .env("RUST_LOG", "warn")
+            .output()
+            .expect("the runlog binary runs")
+    }
+
+    fn out(output: &std::process::Output) -> (String, String) {
+        (
+            String::from_utf8_lossy(&output.stdout).trim().to_string(),
+            String::from_utf8_lossy(&output.stderr).to_string(),
+        )
+    }
+
+    fn digest(token: &str) -> String {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(token.as_bytes()))
+    }
+
+    #[actix_web::test]
+    async fn no_token_reaches_the_log_and_the_cli_manages_accounts() {
+        let Some(storage) = Storage::new(Backend::Sqlite).await else {
+            return;
+        };
+        let server = Server::start_logging(&storage, 1, &[], "debug,sqlx=warn").await;
+        let admin = std::fs::read_to_string(storage.data_dir.join("admin.token"))
+            .expect("admin.token")
+            .trim()
+            .to_string();
+
+        // The CLI: a user, two tokens (one read-only and expiring).
+        let created = cli(&storage, &["users", "create", "alice", "--role", "user"]);
+        let (stdout, stderr) = out(&created);
+        assert!(created.status.success(), "{stdout}\n{stderr}");
+        assert!(stdout.contains("created user alice"), "{stdout}");
+        let issued = cli(&storage, &["tokens", "create", "alice", "--name", "laptop"]);
+        let (full, stderr) = out(&issued);
+        assert!(issued.status.success(), "{stderr}");
+        assert!(full.starts_with("rl_") && full.len() == 52, "{full:?}");
+        assert!(stderr.contains("shown this once"), "{stderr}");
+        let issued = cli(
+            &storage,
+            &[
+                "tokens",
+                "create",
+                "alice",
+                "--name",
+                "ci",
+                "--read-only",
+                "--expires",
+                "30d",
+            ],
+        );
+        let (read_only, stderr) = out(&issued);
+        assert!(issued.status.success(), "{stderr}");
+        assert!(
+            stderr.contains("read-only") && stderr.contains("expires"),
+            "{stderr}"
+        );
+
+        let (status, me) = server.request_as(Some(&full), "GET", "/api/me", None).await;
+        assert_eq!(status, 200, "{me}");
+        assert_eq!(me["name"], "alice", "{me}");
+        let alice = me["id"].as_str().expect("id").to_string();
+
+        // Used: a run started with the full token, refused to the read-only
+        // one, a typo of it refused, a ticket traded and spent.
+        let template = server
+            .post(
+                "/api/templates",
+                json!({"name": "one", "definition": {"steps": {"a": {"agent": "echo"}}}}),
+            )
+            .await["id"]
+            .as_str()
+            .expect("template id")
+            .to_string();
+        let start = json!({"template_id": template, "input": {}});
+        let (status, run) = server
+            .request_as(Some(&full), "POST", "/api/runs", Some(start.clone()))
+            .await;
+        assert_eq!(status, 201, "{run}");
+        let (status, refused) = server
+            .request_as(Some(&read_only), "POST", "/api/runs", Some(start.clone()))
+            .await;
+        assert_eq!(status, 403, "{refused}");
+        let mut typo = full.clone();
+        let last = typo.pop().expect("a last character");
+        typo.push(if last == 'a' { 'b' } else { 'a' });
+        let (status, refused) = server.request_as(Some(&typo), "GET", "/api/me", None).await;
+        assert_eq!(status, 401, "{refused}");
+        let (status, ticket) = server
+            .request_as(Some(&full), "POST", "/api/ws/ticket", None)
+            .await;
+        assert_eq!(status, 200, "{ticket}");
+        let ticket = ticket["ticket"].as_str().expect("ticket").to_string();
+        let ws = |ticket: String| {
+            let address = server.address.replace("http://", "ws://");
+            async move {
+                awc::Client::new()
+                    .ws(format!("{address}/api/ws?ticket={ticket}"))
+                    .connect()
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            }
+        };
+        ws(ticket.clone()).await.expect("the ticket opens a socket");
+        assert!(ws(ticket.clone()).await.is_err(), "a ticket is single-use");
+
+        // Listed; then the full token revoked, and refused from then on.
+        let listed = cli(&storage, &["tokens", "list", "alice", "--json"]);
+        let (stdout, stderr) = out(&listed);
+        assert!(listed.status.success(), "{stderr}");
+        let tokens: Value = serde_json::from_str(&stdout).expect("JSON");
+        let items = tokens["items"].as_array().expect("items");
+        assert_eq!(items.len(), 2, "{tokens}");
+        assert!(!stdout.contains(&full) && !stdout.contains(&read_only));
+        let laptop = items
+            .iter()
+            .find(|t| t["name"] == "laptop")
+            .expect("the laptop token")["id"]
+            .as_str()
+            .expect("id")
+            .to_string();
+        let revoked = cli(&storage, &["tokens", "revoke", &laptop]);
+        let (stdout, stderr) = out(&revoked);
+        assert!(revoked.status.success(), "{stderr}");
+        assert!(stdout.contains("revoked token"), "{stdout}");
+        let (status, refused) = server.request_as(Some(&full), "GET", "/api/me", None).await;
+        assert_eq!(status, 401, "{refused}");
+        assert_eq!(refused["error"]["code"], "token_revoked", "{refused}");
+        let table = cli(&storage, &["tokens", "list", alice.as_str()]);
+        let (stdout, _) = out(&table);
+        assert!(
+            stdout
+                .lines()
+                .any(|l| l.contains("laptop") && l.contains("revoked")),
+            "{stdout}"
+        );
+
+        // Refused on the command line: nothing created.
+        let users_before = server.get("/api/users").await;
+        for (args, code) in [
+            (vec!["users", "create", "bob", "--role", "boss"], 2),
+            (vec!["users", "create", "no spaces"], 2),
+            (vec!["users", "create", "alice"], 2),
+            (vec!["tokens", "create", "nobody"], 2),
+            (
+                vec!["tokens", "create", "alice", "--expires", "2001-01-01"],
+                2,
+            ),
+            (vec!["tokens", "create", "alice", "--expires", "soon"], 2),
+            (vec!["tokens", "revoke", "no-such-token"], 2),
+            (vec!["users", "create", "carol", "--token", "rl_nope"], 1),
+            (vec!["users", "create", "carol", "--token", &read_only], 1),
+        ] {
+            let refused = cli(&storage, &args);
+            let (_, stderr) = out(&refused);
+            assert_eq!(refused.status.code(), Some(code), "{args:?}: {stderr}");
+            assert!(stderr.starts_with("error: "), "{args:?}: {stderr}");
+        }
+        assert_eq!(server.get("/api/users").await, users_before);
+        let (status, listed) = server
+            .request("GET", &format!("/api/users/{alice}/tokens"), None)
+            .await;
+        assert_eq!(status, 200);
+        assert_eq!(
+            listed["items"].as_array().map(Vec::len),
+            Some(2),
+            "{listed}"
+        );
+        let users = cli(&storage, &["users", "list"]);
+        let (stdout, _) = out(&users);
+        assert!(users.status.success());
+        assert!(
+            stdout.contains("alice") && stdout.contains("admin"),
+            "{stdout}"
+        );
+
+        server.kill();
+        let log = std::fs::read_to_string(storage.data_dir.join("server-1.log")).expect("log");
+        // The log was written at debug (so the search below could find
+        // something), and holds none of the secrets.
+        assert!(log.contains("DEBUG"), "the server logged at debug");
+        assert!(log.contains("admin.token"), "the first start says where");
+        for (what, secret) in [
+            ("the admin's token", admin.as_str()),
+            ("a user's token", full.as_str()),
+            ("a read-only token", read_only.as_str()),
+            ("a mistyped token", typo.as_str()),
+            ("a ticket", ticket.as_str()),
+        ] {
+            assert!(!log.contains(secret), "{what} is in the server's log");
+            assert!(
+                !log.contains(&digest(secret)),
+                "{what}'s digest is in the log"
+            );
+            // Nor most of it (a token cut short in a message).
+            assert!(
+                !log.contains(&secret[..20]),
+                "{what} (in part) is in the log"
+            );
+        }
     }
 }

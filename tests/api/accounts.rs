@@ -446,6 +446,58 @@ on_both_backends!(
         assert_eq!(first["event_type"], "RunStarted", "{first}");
         // A ticket is good once.
         assert_eq!(ws_with(&app, &query, None).await.err(), Some(401));
+
+        // A read-only token follows runs (subscriptions only read) and is
+        // refused, with the connection closed, once it is revoked while
+        // the connection is open.
+        let issued = token(&app, &ada, json!({"name": "viewer", "read_only": true})).await;
+        let viewer = issued["token"].as_str().expect("token");
+        let mut ws = ws_with(&app, "", Some(viewer)).await.expect("upgrade");
+        send(
+            &mut ws,
+            json!({"type": "subscribe", "run_id": run, "after": 0}),
+        )
+        .await;
+        let subscribed = recv(&mut ws).await;
+        assert_eq!(subscribed["type"], "subscribed", "{subscribed}");
+        let first = recv(&mut ws).await;
+        assert_eq!(first["event_type"], "RunStarted", "{first}");
+        send(&mut ws, json!({"type": "unsubscribe", "run_id": run})).await;
+        let (status, revoked) = app
+            .request(
+                "DELETE",
+                &format!("/api/tokens/{}", issued["id"].as_str().expect("id")),
+                None,
+            )
+            .await;
+        assert_eq!(status, 200, "{revoked}");
+        send(
+            &mut ws,
+            json!({"type": "subscribe", "run_id": run, "after": 0}),
+        )
+        .await;
+        let refused = loop {
+            let message = recv(&mut ws).await;
+            if message["type"] == "error" {
+                break message;
+            }
+        };
+        assert_eq!(refused["code"], "token_revoked", "{refused}");
+        assert_eq!(refused["status"], 401, "{refused}");
+        let closed = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                match ws.next().await {
+                    Some(Ok(Frame::Text(_))) => continue,
+                    other => return other,
+                }
+            }
+        })
+        .await
+        .expect("the server closes in time");
+        assert!(
+            matches!(closed, Some(Ok(Frame::Close(Some(ref r)))) if r.code == awc::ws::CloseCode::Policy),
+            "{closed:?}"
+        );
     }
 );
 
