@@ -201,6 +201,10 @@ pub struct BenchSettings {
     /// Print the results only; do not write the file.
     #[arg(long)]
     pub no_write: bool,
+    /// Run the server with accounts off (`serve --no-auth`), so that
+    /// clients send no token: to measure what authentication costs.
+    #[arg(long)]
+    pub no_auth: bool,
     /// Run W1 with the built-in agents' start/finish comments off
     /// (`"comments": false`), as the engine ran before the thread existed.
     #[arg(long)]
@@ -604,6 +608,9 @@ async fn start_server(
     node: usize,
 ) -> BenchResult<(Server, u16)> {
     let started = start_server_only(settings, dir, database_url, config, node).await?;
+    if settings.no_auth {
+        return Ok(started);
+    }
     let path = dir.join("data").join(crate::app::ADMIN_TOKEN_FILE);
     let token = std::fs::read_to_string(&path)
         .map_err(|e| format!("reading the admin token {}: {e}", path.display()))?;
@@ -624,6 +631,7 @@ async fn start_server_only(
             let mut serve = ServeSettings::ephemeral(data_dir, database_url);
             serve.passivate_after_secs = 2;
             serve.config = config;
+            serve.no_auth = settings.no_auth;
             let app = Application::build(serve)
                 .await
                 .map_err(|e| format!("starting the server in process: {e}"))?;
@@ -642,6 +650,9 @@ async fn start_server_only(
             }
             if let Some(config) = &config {
                 command.arg("--config").arg(config);
+            }
+            if settings.no_auth {
+                command.arg("--no-auth");
             }
             command
                 .args(["--passivate-after-secs", "2"])

@@ -205,6 +205,11 @@ impl From<EngineError> for ApiError {
                 Self::bad_request("not_a_remote_agent", e.to_string())
             }
             EngineError::User(u) => u.into(),
+            EngineError::StartKeyReused { .. } => Self::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "idempotency_key_reused",
+                e.to_string(),
+            ),
         }
     }
 }

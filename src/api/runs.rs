@@ -1,15 +1,17 @@
 //! Run endpoints: start, list, detail, events, artifacts.
 
-use actix_web::{web, HttpResponse};
+use std::time::Duration;
+
+use actix_web::{web, HttpRequest, HttpResponse};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::{json, Value};
 
 use super::templates::template_id;
 use super::{optional_body, refuse_nul, refuse_nul_text, ApiError, ApiState, Caller, PageQuery};
 use crate::domain::ids::{ArtifactName, RunId};
 use crate::domain::log::Logged;
 use crate::domain::run::{ArtifactContent, RunStatus};
-use crate::engine::{Committed, EventView};
+use crate::engine::{Committed, EventView, Started};
 use crate::projections::{Page, RunDetail};
 
 /// Most events returned by one page of the events endpoint.
@@ -75,19 +77,156 @@ pub(super) async fn detail(state: &ApiState, id: &RunId) -> Result<RunDetail, Ap
     Ok(detail)
 }
 
+/// The longest a start may wait for its run to finish (`?wait=`).
+pub const MAX_WAIT_SECS: f64 = 60.0;
+
+/// How often a waiting start looks at its run without a wake-up (a run
+/// that moved to another node finishes there).
+const WAIT_RECHECK: Duration = Duration::from_secs(1);
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct StartQuery {
+    /// Seconds to wait for the run to finish before answering.
+    wait: Option<f64>,
+}
+
+/// `POST /api/runs`: 201 with the new run; with `Idempotency-Key`, 200
+/// with the run an earlier start with the same key and body made. With
+/// `?wait=SECONDS`: 200 with the finished run and its `outputs`, or 202
+/// with the run as it stands if it has not finished in time.
 pub(super) async fn start(
     state: web::Data<ApiState>,
     caller: Caller,
+    req: HttpRequest,
+    query: web::Query<StartQuery>,
     body: web::Json<StartRun>,
 ) -> Result<HttpResponse, ApiError> {
+    let wait = match query.wait {
+        None => None,
+        Some(secs) if secs.is_finite() && (0.0..=MAX_WAIT_SECS).contains(&secs) => {
+            Some(Duration::from_secs_f64(secs))
+        }
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "invalid_wait",
+                format!("wait is a number of seconds from 0 to {MAX_WAIT_SECS}"),
+            ))
+        }
+    };
+    let key = super::idempotency_key(&req)?;
     let body = body.into_inner();
     let template = template_id(&body.template_id)?;
     refuse_nul("input", &body.input)?;
-    let (id, committed) = state
+    let (id, started) = state
         .engine
-        .start_run(&template, body.input, body.auto_run, &caller.cause())
+        .start_run(
+            &template,
+            body.input,
+            body.auto_run,
+            key.as_deref(),
+            &caller.cause(),
+        )
         .await?;
-    Ok(created(&id, &committed))
+    let replayed = matches!(started, Started::Replayed);
+    let Some(wait) = wait else {
+        return Ok(match started {
+            Started::New(committed) => created(&id, &committed),
+            Started::Replayed => {
+                replayed_start(&id, HttpResponse::Ok()).json(detail(&state, &id).await?)
+            }
+        });
+    };
+    let run = finished_within(&state, &id, wait).await?;
+    if !run.status.is_finished() {
+        let mut answer = HttpResponse::Accepted();
+        answer.insert_header(("Location", format!("/api/runs/{id}")));
+        if replayed {
+            answer.insert_header(("Idempotent-Replayed", "true"));
+        }
+        return Ok(answer.json(run));
+    }
+    let outputs = outputs(&state, &run).await?;
+    let mut body = serde_json::to_value(&run).map_err(|e| ApiError::internal(&e))?;
+    body["outputs"] = outputs;
+    let mut answer = HttpResponse::Ok();
+    if replayed {
+        answer = replayed_start(&id, answer);
+    } else {
+        answer.insert_header(("Location", format!("/api/runs/{id}")));
+    }
+    Ok(answer.json(body))
+}
+
+/// Marks an answer as the replay of an earlier keyed start.
+fn replayed_start(
+    id: &RunId,
+    mut answer: actix_web::HttpResponseBuilder,
+) -> actix_web::HttpResponseBuilder {
+    answer
+        .insert_header(("Location", format!("/api/runs/{id}")))
+        .insert_header(("Idempotent-Replayed", "true"));
+    answer
+}
+
+/// The run once it has finished, or as it stands after `wait`.
+async fn finished_within(
+    state: &ApiState,
+    id: &RunId,
+    wait: Duration,
+) -> Result<RunDetail, ApiError> {
+    let deadline = tokio::time::Instant::now() + wait;
+    let hub = state.engine.hub();
+    loop {
+        // Asked before looking, so that a finish in between wakes it.
+        let finished = hub.when_finished(id);
+        let run = detail(state, id).await?;
+        let now = tokio::time::Instant::now();
+        if run.status.is_finished() || now >= deadline {
+            hub.forget_waiters(id);
+            return Ok(run);
+        }
+        let _ = tokio::time::timeout((deadline - now).min(WAIT_RECHECK), finished).await;
+        hub.forget_waiters(id);
+    }
+}
+
+/// The latest version of each artifact of the run's last steps (those
+/// nothing depends on), by name: `{"version", "content"}` when stored
+/// inline (up to the blob threshold, 8 KiB), else `{"version", "size",
+/// "sha256", "href"}` to fetch it from; `"purged": true` once retention
+/// took the body.
+async fn outputs(state: &ApiState, run: &RunDetail) -> Result<Value, ApiError> {
+    let needed: std::collections::BTreeSet<&str> = run
+        .steps
+        .values()
+        .flat_map(|s| s.depends_on.iter().map(String::as_str))
+        .collect();
+    let mut outputs = serde_json::Map::new();
+    for (name, artifact) in &run.artifacts {
+        if needed.contains(artifact.step.as_str()) || !run.steps.contains_key(&artifact.step) {
+            continue;
+        }
+        let rows = state.reads.artifact_versions(&run.id, name).await?;
+        let Some(row) = rows.into_iter().find(|r| r.version == artifact.latest) else {
+            continue;
+        };
+        let stored: ArtifactContent =
+            serde_json::from_value(row.content).map_err(|e| ApiError::internal(&e))?;
+        let href = format!("/api/runs/{}/artifacts/{name}", run.id);
+        let output = match stored {
+            ArtifactContent::Inline(content) => json!({"version": row.version, "content": content}),
+            ArtifactContent::Blob { sha256, size } => json!({
+                "version": row.version,
+                "size": size,
+                "sha256": sha256,
+                "href": href,
+                "purged": run.purged.is_some(),
+            }),
+        };
+        outputs.insert(name.clone(), output);
+    }
+    Ok(Value::Object(outputs))
 }
 
 /// `201 Created` for a new run. Its start's events are its whole history,

@@ -16,8 +16,6 @@ use crate::domain::run::{Action, Author, NewMessage, RunEvent};
 pub const MAX_CONTENT_CHARS: usize = 32_000;
 /// Longest prompt override accepted (characters).
 pub const MAX_PROMPT_CHARS: usize = 32_000;
-/// Longest idempotency key accepted (bytes).
-pub const MAX_IDEMPOTENCY_KEY: usize = 255;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -86,26 +84,6 @@ fn action(raw: Option<&str>) -> Result<Action, ApiError> {
     })
 }
 
-fn idempotency_key(req: &HttpRequest) -> Result<Option<String>, ApiError> {
-    let Some(value) = req.headers().get("Idempotency-Key") else {
-        return Ok(None);
-    };
-    let key = value
-        .to_str()
-        .ok()
-        .filter(|k| !k.is_empty() && k.len() <= MAX_IDEMPOTENCY_KEY)
-        .filter(|k| k.bytes().all(|b| b.is_ascii_graphic()))
-        .ok_or_else(|| {
-            ApiError::bad_request(
-                "invalid_idempotency_key",
-                format!(
-                    "Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} visible ASCII characters"
-                ),
-            )
-        })?;
-    Ok(Some(key.to_string()))
-}
-
 /// Checks a text field's length; `required` texts must not be blank.
 fn checked_text(
     text: &str,
@@ -154,7 +132,7 @@ pub(super) async fn post_message(
     body: web::Json<PostMessage>,
 ) -> Result<HttpResponse, ApiError> {
     let id = run_id(&path)?;
-    let key = idempotency_key(&req)?;
+    let key = super::idempotency_key(&req)?;
     let body = body.into_inner();
     let action = action(body.action.as_deref())?;
     let required = matches!(

@@ -2,15 +2,16 @@
 //! Side effects only; never part of a replay or a rebuild.
 
 use std::collections::HashMap;
-use std::sync::RwLock;
+use std::sync::{Mutex, RwLock};
 
 use actix::{Message, Recipient};
 use cqrs_es::{DomainEvent, EventEnvelope};
 use serde::Serialize;
 use serde_json::Value;
+use tokio::sync::oneshot;
 
 use crate::domain::ids::RunId;
-use crate::domain::run::Run;
+use crate::domain::run::{Run, RunEvent};
 use crate::store::RecordedEvent;
 
 /// What the hub sends to a subscriber.
@@ -107,9 +108,50 @@ impl EventView {
 pub struct Hub {
     rooms: RwLock<HashMap<RunId, Vec<Recipient<Live>>>>,
     everything: RwLock<Vec<Recipient<Live>>>,
+    /// Who waits for a run to finish (start-and-wait requests).
+    finishing: Mutex<HashMap<RunId, Vec<oneshot::Sender<()>>>>,
 }
 
+/// The event types that finish a run.
+const FINISHING: [&str; 3] = ["RunCompleted", "RunFailed", "RunCancelled"];
+
 impl Hub {
+    /// Resolves when this node commits or hears of an event that finishes
+    /// `run` (the waiter checks the run's state itself first, and again
+    /// after: this is a wake-up, not the truth).
+    pub fn when_finished(&self, run: &RunId) -> oneshot::Receiver<()> {
+        let (tx, rx) = oneshot::channel();
+        self.finishing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(run.clone())
+            .or_default()
+            .push(tx);
+        rx
+    }
+
+    /// Drops the waiters of `run` that gave up.
+    pub fn forget_waiters(&self, run: &RunId) {
+        let mut finishing = self.finishing.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(waiters) = finishing.get_mut(run) {
+            waiters.retain(|w| !w.is_closed());
+            if waiters.is_empty() {
+                finishing.remove(run);
+            }
+        }
+    }
+
+    fn finished(&self, run: &RunId) {
+        let waiters = self
+            .finishing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(run);
+        for waiter in waiters.into_iter().flatten() {
+            let _ = waiter.send(());
+        }
+    }
+
     /// Delivers every future event of `run` to `recipient`.
     pub fn subscribe(&self, run: RunId, recipient: Recipient<Live>) {
         let mut rooms = self.rooms.write().unwrap_or_else(|e| e.into_inner());
@@ -147,6 +189,16 @@ impl Hub {
     /// Sends committed events to the run's subscribers and to those of every
     /// run, in order.
     pub fn publish(&self, run: &RunId, events: &[EventEnvelope<Run>]) {
+        if events.iter().any(|e| {
+            matches!(
+                e.payload,
+                RunEvent::RunCompleted { .. }
+                    | RunEvent::RunFailed { .. }
+                    | RunEvent::RunCancelled { .. }
+            )
+        }) {
+            self.finished(run);
+        }
         let rooms = self.rooms.read().unwrap_or_else(|e| e.into_inner());
         let everything = self.everything.read().unwrap_or_else(|e| e.into_inner());
         let room = rooms.get(run).map_or(&[][..], Vec::as_slice);
@@ -164,6 +216,12 @@ impl Hub {
     /// Sends events another node committed (read back from the log, in
     /// log order) to the run's subscribers and to those of every run.
     pub fn publish_recorded(&self, run: &RunId, events: Vec<EventView>) {
+        if events
+            .iter()
+            .any(|e| FINISHING.contains(&e.event_type.as_str()))
+        {
+            self.finished(run);
+        }
         let rooms = self.rooms.read().unwrap_or_else(|e| e.into_inner());
         let everything = self.everything.read().unwrap_or_else(|e| e.into_inner());
         let room = rooms.get(run).map_or(&[][..], Vec::as_slice);
@@ -175,13 +233,19 @@ impl Hub {
         }
     }
 
-    /// Whether anyone follows `run` (or every run).
+    /// Whether anyone follows `run` (or every run), or waits for it to
+    /// finish.
     pub fn followed(&self, run: &RunId) -> bool {
         let everything = self.everything.read().unwrap_or_else(|e| e.into_inner());
         !everything.is_empty()
             || self
                 .rooms
                 .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains_key(run)
+            || self
+                .finishing
+                .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .contains_key(run)
     }

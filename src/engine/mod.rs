@@ -42,7 +42,7 @@ use futures::future::BoxFuture;
 use serde_json::Value;
 
 use crate::domain::ids::{
-    AgentName, ArtifactName, LeaseToken, RunId, StepId, TemplateId, Timestamp,
+    AgentName, ArtifactName, LeaseToken, RunId, StepId, TemplateId, Timestamp, UserId,
 };
 use crate::domain::log::Position;
 use crate::domain::run::{
@@ -190,6 +190,17 @@ pub enum EngineError {
     /// A worker asked for tasks of an agent no worker serves here.
     #[error("agent '{0}' is not a remote agent of this server")]
     NotRemoteAgent(String),
+    /// A start's `Idempotency-Key` started another run request before.
+    #[error(
+        "Idempotency-Key '{key}' already started run {run_id} with another template, input or \
+         auto_run: use a new key for a new run"
+    )]
+    StartKeyReused {
+        /// The key.
+        key: String,
+        /// The run it started.
+        run_id: RunId,
+    },
 }
 
 impl From<StoreError> for EngineError {
@@ -379,6 +390,46 @@ fn new_run_id() -> Result<RunId, EngineError> {
         .map_err(|e| EngineError::Unavailable(e.to_string()))
 }
 
+/// The id of the run that `owner` starts with `Idempotency-Key: key`: the
+/// same for the same owner and key, on every node and after any restart,
+/// so the log itself remembers the key (a second start of that id is
+/// refused by the aggregate). A UUID (version 8) from the SHA-256 of both.
+pub fn keyed_run_id(owner: Option<&UserId>, key: &str) -> Result<RunId, EngineError> {
+    use sha2::{Digest, Sha256};
+    let mut hash = Sha256::new();
+    hash.update(b"runlog start\0");
+    hash.update(owner.map_or("", |o| o.as_str()).as_bytes());
+    hash.update(b"\0");
+    hash.update(key.as_bytes());
+    let digest = hash.finalize();
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    RunId::parse(
+        uuid::Builder::from_custom_bytes(bytes)
+            .into_uuid()
+            .to_string(),
+    )
+    .map_err(|e| EngineError::Unavailable(e.to_string()))
+}
+
+/// What a keyed start asks, to tell a repeat from a reuse of its key.
+struct StartRequest<'a> {
+    key: &'a str,
+    template_id: &'a TemplateId,
+    input: &'a Value,
+    auto_run: bool,
+}
+
+/// What [`Engine::start_run`] did.
+#[derive(Debug)]
+pub enum Started {
+    /// It started the run: the events it committed.
+    New(Committed),
+    /// The run was started before with the same `Idempotency-Key` and the
+    /// same request: nothing was recorded.
+    Replayed,
+}
+
 /// How a new run relates to an earlier one.
 enum Link {
     None,
@@ -527,6 +578,70 @@ impl Engine {
         template_id: &TemplateId,
         input: Value,
         auto_run: bool,
+        idempotency_key: Option<&str>,
+        by: &Cause,
+    ) -> Result<(RunId, Started), EngineError> {
+        let Some(key) = idempotency_key else {
+            let (id, committed) = self
+                .start_new_run(new_run_id()?, template_id, input, auto_run, by)
+                .await?;
+            return Ok((id, Started::New(committed)));
+        };
+        let run_id = keyed_run_id(by.user(), key)?;
+        let start = StartRequest {
+            key,
+            template_id,
+            input: &input,
+            auto_run,
+        };
+        if self.started_before(&run_id, &start).await? {
+            return Ok((run_id, Started::Replayed));
+        }
+        match self
+            .start_new_run(run_id.clone(), template_id, input.clone(), auto_run, by)
+            .await
+        {
+            Ok((id, committed)) => Ok((id, Started::New(committed))),
+            // The same key at the same moment, through another request.
+            Err(EngineError::Run(RunError::AlreadyStarted))
+                if self.started_before(&run_id, &start).await? =>
+            {
+                Ok((run_id, Started::Replayed))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Whether `run_id` (a keyed start's) was started already by the same
+    /// request; an error if by another one.
+    async fn started_before(
+        &self,
+        run_id: &RunId,
+        start: &StartRequest<'_>,
+    ) -> Result<bool, EngineError> {
+        let run = self.ctx.runs.load(run_id.as_str()).await?.state;
+        if run.id.is_none() {
+            return Ok(false);
+        }
+        if run.template_id.as_ref() == Some(start.template_id)
+            && &run.input == start.input
+            && run.auto_run == start.auto_run
+        {
+            Ok(true)
+        } else {
+            Err(EngineError::StartKeyReused {
+                key: start.key.to_string(),
+                run_id: run_id.clone(),
+            })
+        }
+    }
+
+    async fn start_new_run(
+        &self,
+        run_id: RunId,
+        template_id: &TemplateId,
+        input: Value,
+        auto_run: bool,
         by: &Cause,
     ) -> Result<(RunId, Committed), EngineError> {
         let template = self.ctx.templates.load(template_id.as_str()).await?.state;
@@ -537,7 +652,7 @@ impl Engine {
             return Err(EngineError::TemplateArchived(template_id.clone()));
         }
         let source = RetrySource {
-            run_id: new_run_id()?,
+            run_id,
             template_id: template_id.clone(),
             template_version: template.version,
             definition,

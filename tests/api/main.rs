@@ -20,6 +20,7 @@ mod replay;
 mod retention;
 mod runs;
 mod scenario;
+mod start;
 mod templates;
 mod thread;
 mod timers;
