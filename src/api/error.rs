@@ -21,6 +21,8 @@ pub struct ApiError {
     code: &'static str,
     message: String,
     header: Option<(&'static str, &'static str)>,
+    /// More fields of the error object, beside `code` and `message`.
+    details: serde_json::Map<String, serde_json::Value>,
     /// Another node hosts the run: the forwarding middleware sends the
     /// request there instead of answering this.
     forward: Option<Box<super::forward::ForwardTo>>,
@@ -34,8 +36,16 @@ impl ApiError {
             code,
             message: message.into(),
             header: None,
+            details: serde_json::Map::new(),
             forward: None,
         }
+    }
+
+    /// The same error with one more field in its error object (`path`,
+    /// `unmet`): structured detail a client can act on.
+    pub fn with_detail(mut self, name: &str, value: serde_json::Value) -> Self {
+        self.details.insert(name.to_string(), value);
+        self
     }
 
     /// The same error with a response header (`WWW-Authenticate` on a
@@ -94,8 +104,10 @@ impl ResponseError for ApiError {
         if let Some(header) = self.header {
             response.insert_header(header);
         }
-        let mut response =
-            response.json(json!({"error": {"code": self.code, "message": self.message}}));
+        let mut error = self.details.clone();
+        error.insert("code".to_string(), json!(self.code));
+        error.insert("message".to_string(), json!(self.message));
+        let mut response = response.json(json!({ "error": error }));
         if let Some(forward) = &self.forward {
             response.extensions_mut().insert(forward.as_ref().clone());
         }
@@ -205,6 +217,15 @@ impl From<EngineError> for ApiError {
                 Self::bad_request("not_a_remote_agent", e.to_string())
             }
             EngineError::User(u) => u.into(),
+            EngineError::InvalidInput { ref path, .. } => {
+                let path = path.clone();
+                Self::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "invalid_input",
+                    e.to_string(),
+                )
+                .with_detail("path", json!(path))
+            }
             EngineError::StartKeyReused { .. } => Self::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "idempotency_key_reused",

@@ -1,5 +1,6 @@
 //! Template endpoints (admin): create, list, read, revise, archive.
 
+use actix_web::http::StatusCode;
 use actix_web::{web, HttpResponse};
 use serde::Deserialize;
 use serde_json::Value;
@@ -42,6 +43,20 @@ pub(super) async fn create(
     refuse_nul_text("name", Some(&body.name))?;
     refuse_nul_text("description", body.description.as_deref())?;
     refuse_nul("definition", &body.definition)?;
+    // Names are unique among live templates (checked against the read
+    // model once it holds what this node committed).
+    state.engine.settle_all().await;
+    if let Some(live) = state.reads.live_template_by_name(body.name.trim()).await? {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "template_name_taken",
+            format!(
+                "a live template is named '{}' (id {}): revise it, or archive it before \
+                 creating another under its name",
+                live.name, live.id
+            ),
+        ));
+    }
     let id = state
         .engine
         .create_template(

@@ -190,6 +190,14 @@ pub enum EngineError {
     /// A worker asked for tasks of an agent no worker serves here.
     #[error("agent '{0}' is not a remote agent of this server")]
     NotRemoteAgent(String),
+    /// A run's input does not satisfy its template's `input_schema`.
+    #[error("the input does not match the template's input_schema at '{path}': {reason}")]
+    InvalidInput {
+        /// Where (`input.topic`).
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// A start's `Idempotency-Key` started another run request before.
     #[error(
         "Idempotency-Key '{key}' already started run {run_id} with another template, input or \
@@ -291,6 +299,8 @@ pub(crate) struct EngineCtx {
     /// Queues the tasks of remote agents for workers.
     remote: RemoteExecutor,
     actors: Mutex<HashMap<RunId, Addr<RunActor>>>,
+    /// Compiled `input_schema`s, by template and version.
+    input_schemas: Mutex<HashMap<(TemplateId, u32), Arc<jsonschema::Validator>>>,
     arbiters: Vec<Arbiter>,
     next_arbiter: AtomicUsize,
 }
@@ -476,6 +486,7 @@ impl Engine {
             peers: parts.peers,
             tail: Mutex::new(Position::START),
             actors: Mutex::new(HashMap::new()),
+            input_schemas: Mutex::new(HashMap::new()),
             arbiters,
             next_arbiter: AtomicUsize::new(0),
         });
@@ -612,6 +623,36 @@ impl Engine {
         }
     }
 
+    /// The compiled `input_schema` of a template version.
+    fn input_schema(
+        &self,
+        template_id: &TemplateId,
+        version: u32,
+        schema: &Value,
+    ) -> Result<Arc<jsonschema::Validator>, EngineError> {
+        let key = (template_id.clone(), version);
+        if let Some(found) = self
+            .ctx
+            .input_schemas
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+        {
+            return Ok(found.clone());
+        }
+        // Checked when the template was created: a failure here is the
+        // server's (a schema from an older build it no longer reads).
+        let compiled = Arc::new(jsonschema::validator_for(schema).map_err(|e| {
+            EngineError::Unavailable(format!("template '{template_id}' input_schema: {e}"))
+        })?);
+        self.ctx
+            .input_schemas
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key, compiled.clone());
+        Ok(compiled)
+    }
+
     /// Whether `run_id` (a keyed start's) was started already by the same
     /// request; an error if by another one.
     async fn started_before(
@@ -650,6 +691,15 @@ impl Engine {
         };
         if template.archived {
             return Err(EngineError::TemplateArchived(template_id.clone()));
+        }
+        if let Some(schema) = &definition.input_schema {
+            let validator = self.input_schema(template_id, template.version, schema)?;
+            if let Some(fault) = agents::input_fault(&validator, &input) {
+                return Err(EngineError::InvalidInput {
+                    path: fault.field,
+                    reason: fault.reason,
+                });
+            }
         }
         let source = RetrySource {
             run_id,

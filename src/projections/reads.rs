@@ -20,6 +20,7 @@ const PURGEABLE_PG: &str = include_str!("sql/run_summaries/purgeable.pg.sql");
 const PURGEABLE_SQLITE: &str = include_str!("sql/run_summaries/purgeable.sqlite.sql");
 const TEMPLATE_GET: &str = include_str!("sql/template_catalogue/get.sql");
 const TEMPLATES_LIST: &str = include_str!("sql/template_catalogue/list.sql");
+const TEMPLATE_LIVE_BY_NAME: &str = include_str!("sql/template_catalogue/live_by_name.sql");
 const MESSAGES_LIST: &str = include_str!("sql/run_messages/list.sql");
 const MESSAGE_GET: &str = include_str!("sql/run_messages/get.sql");
 const MESSAGE_BY_KEY: &str = include_str!("sql/run_messages/by_key.sql");
@@ -444,6 +445,20 @@ impl ReadModels {
     ) -> Result<Option<TemplateView>, ProjectionError> {
         let row = with_pool!(&self.db, pool => {
             match sqlx::query(TEMPLATE_GET).bind(template_id).fetch_optional(pool).await? {
+                Some(row) => Some(template_from_row(&row)?),
+                None => None,
+            }
+        });
+        Ok(row.map(TemplateRow::view))
+    }
+
+    /// The newest live (unarchived) template named `name`.
+    pub async fn live_template_by_name(
+        &self,
+        name: &str,
+    ) -> Result<Option<TemplateView>, ProjectionError> {
+        let row = with_pool!(&self.db, pool => {
+            match sqlx::query(TEMPLATE_LIVE_BY_NAME).bind(name).fetch_optional(pool).await? {
                 Some(row) => Some(template_from_row(&row)?),
                 None => None,
             }

@@ -12,7 +12,7 @@ use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use serde_json::{json, Value};
 
 use crate::common::{
-    count_events, expect_error, spawn_app_with_options, types, AppOptions, TestApp,
+    count_events, expect_error, spawn_app_with_options, types, unique_name, AppOptions, TestApp,
 };
 use crate::on_both_backends;
 
@@ -156,7 +156,9 @@ fn path(p: &Path) -> String {
 
 /// A one-step template of `step`, started; the finished run.
 async fn run_one(app: &TestApp, step: Value, input: Value) -> (String, Value) {
-    let template = app.template_id("one", json!({"steps": {"s": step}})).await;
+    let template = app
+        .template_id(&unique_name("one"), json!({"steps": {"s": step}}))
+        .await;
     let run = app.run_id(&template, input).await;
     let done = app.wait_finished(&run, WAIT).await;
     (run, done)

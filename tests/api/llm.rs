@@ -8,7 +8,9 @@ use std::time::Duration;
 use runlog::fakellm::FakeLlm;
 use serde_json::{json, Value};
 
-use crate::common::{count_events, expect_error, spawn_app_with_options, AppOptions, TestApp};
+use crate::common::{
+    count_events, expect_error, spawn_app_with_options, unique_name, AppOptions, TestApp,
+};
 use crate::on_both_backends;
 use crate::ws::{connect, recv, send};
 
@@ -45,7 +47,9 @@ async fn stats(app: &TestApp, fake: &FakeLlm) -> Value {
 
 /// A one-step template of `step`, started; the run's id.
 async fn start_one(app: &TestApp, step: Value, input: Value) -> String {
-    let template = app.template_id("llm", json!({"steps": {"s": step}})).await;
+    let template = app
+        .template_id(&unique_name("llm"), json!({"steps": {"s": step}}))
+        .await;
     app.run_id(&template, input).await
 }
 

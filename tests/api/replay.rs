@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::common::{diamond, is_thread_event, spawn_app, TestApp};
+use crate::common::{diamond, is_thread_event, spawn_app, unique_name, TestApp};
 use crate::on_both_backends;
 
 /// Runs `runlog replay <run_id> <extra…>` on the app's storage.
@@ -32,7 +32,7 @@ pub fn json_of(output: &Output) -> Value {
 
 /// A finished diamond run on a fresh app.
 async fn finished_diamond(app: &TestApp) -> String {
-    let template = app.template_id("diamond", diamond(0)).await;
+    let template = app.template_id(&unique_name("diamond"), diamond(0)).await;
     let run = app.run_id(&template, json!({"topic": "owls"})).await;
     let detail = app.wait_finished(&run, Duration::from_secs(20)).await;
     assert_eq!(detail["status"], "completed", "{detail}");

@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::common::{diamond, expect_error, is_thread_event, spawn_app, without_thread, TestApp};
+use crate::common::{
+    diamond, expect_error, is_thread_event, spawn_app, unique_name, without_thread, TestApp,
+};
 use crate::on_both_backends;
 
 /// How long a test waits for a run to finish.
@@ -148,7 +150,7 @@ on_both_backends!(
                 "c": {"agent": "echo", "depends_on": ["a"], "config": {"delay_ms": c_delay}},
                 "d": {"agent": "echo", "depends_on": ["b", "c"]}
             }});
-            let template = app.template_id("fan-in", definition).await;
+            let template = app.template_id(&unique_name("fan-in"), definition).await;
             let run = app.run_id(&template, json!({"topic": "owls"})).await;
             let detail = app.wait_finished(&run, FINISH).await;
             assert_eq!(detail["status"], "completed", "{detail}");
@@ -193,7 +195,7 @@ on_both_backends!(
             "after": {"agent": "echo", "depends_on": ["flaky"]},
             "last": {"agent": "echo", "depends_on": ["after"]}
         }});
-        let template = app.template_id("flaky", definition).await;
+        let template = app.template_id(&unique_name("flaky"), definition).await;
         let run = app.run_id(&template, json!({"x": 1})).await;
         let detail = app.wait_finished(&run, FINISH).await;
         assert_eq!(detail["status"], "failed", "{detail}");

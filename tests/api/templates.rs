@@ -667,3 +667,85 @@ on_both_backends!(listing_templates_checks_its_query, |backend| {
     let (status, page) = app.get("/api/templates?limit=500").await;
     assert_eq!(status, 200, "{page}");
 });
+
+on_both_backends!(names_are_unique_among_live_templates, |backend| {
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
+    let first = app.template_id("report", diamond(0)).await;
+    let before = app.counts().await;
+    let reply = app.create_template("report", diamond(0)).await;
+    let message = expect_error(&reply, 409, "template_name_taken");
+    assert!(message.contains(&first), "{message}");
+    assert_eq!(app.counts().await, before, "nothing was created");
+    // Another name is fine; so is the name once its template is archived.
+    app.template_id("report-2", diamond(0)).await;
+    let (status, body) = app
+        .post(&format!("/api/templates/{first}/archive"), json!({}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let second = app.template_id("report", diamond(0)).await;
+    assert_ne!(second, first);
+    let reply = app.create_template("report", diamond(0)).await;
+    let message = expect_error(&reply, 409, "template_name_taken");
+    assert!(message.contains(&second), "{message}");
+});
+
+/// A template whose input must be `{"topic": string of at most 10}`.
+fn with_input_schema() -> Value {
+    let mut definition = diamond(0);
+    definition["input_schema"] = json!({
+        "type": "object",
+        "required": ["topic"],
+        "properties": {"topic": {"type": "string", "maxLength": 10}},
+        "additionalProperties": false
+    });
+    definition
+}
+
+on_both_backends!(a_run_input_is_checked_against_the_input_schema, |backend| {
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
+    let id = app.template_id("schema", with_input_schema()).await;
+    let (_, template) = app.get(&format!("/api/templates/{id}")).await;
+    assert_eq!(
+        template["definition"]["input_schema"],
+        with_input_schema()["input_schema"],
+        "{template}"
+    );
+    let before = app.counts().await;
+    for (input, path) in [
+        (json!({"topic": 5}), "input.topic"),
+        (json!({"topic": "far too long a topic"}), "input.topic"),
+        (json!({}), "input"),
+        (json!({"topic": "owls", "extra": 1}), "input"),
+        (json!("owls"), "input"),
+    ] {
+        let (status, body) = app.start_run(&id, input.clone()).await;
+        assert_eq!(status, 422, "{input}: {body}");
+        assert_eq!(body["error"]["code"], "invalid_input", "{body}");
+        assert_eq!(body["error"]["path"], path, "{input}: {body}");
+        let message = body["error"]["message"].as_str().expect("message");
+        assert!(message.contains(path), "{message}");
+    }
+    assert_eq!(app.counts().await, before, "no run was started");
+    let (status, body) = app.start_run(&id, json!({"topic": "owls"})).await;
+    assert_eq!(status, 201, "{body}");
+});
+
+on_both_backends!(an_unusable_input_schema_is_refused, |backend| {
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
+    for (schema, status, code) in [
+        (json!(5), 400, "malformed_definition"),
+        (json!("object"), 400, "malformed_definition"),
+        (json!({"type": "nonsense"}), 422, "invalid_input_schema"),
+        (json!({"minLength": -1}), 422, "invalid_input_schema"),
+    ] {
+        let mut definition = diamond(0);
+        definition["input_schema"] = schema;
+        refused(&app, definition, status, code, None).await;
+    }
+});

@@ -7,8 +7,8 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use crate::common::{
-    assert_refused, diamond, expect_error, is_event as is, spawn_app, types, without_thread, Reply,
-    TestApp,
+    assert_refused, diamond, expect_error, is_event as is, spawn_app, types, unique_name,
+    without_thread, Reply, TestApp,
 };
 use crate::on_both_backends;
 use crate::ws::{connect, essentials, events_until_finished, sequences, subscribe_ok};
@@ -546,7 +546,7 @@ on_both_backends!(
                 "retry": {"max_attempts": 2, "backoff_ms": 100}
             }
         }});
-        let template = app.template_id("flaky", definition).await;
+        let template = app.template_id(&unique_name("flaky"), definition).await;
         let run = app.run_id(&template, json!({"topic": "owls"})).await;
         wait_running(&app, &run, "a", 1).await;
         let message = body_of(
@@ -885,7 +885,7 @@ on_both_backends!(
         };
         for (fail_times, max_attempts, outcome) in [(2, 3, "completed"), (5, 2, "failed")] {
             let template = app
-                .template_id("flaky", flaky(fail_times, max_attempts))
+                .template_id(&unique_name("flaky"), flaky(fail_times, max_attempts))
                 .await;
             let run = app.run_id(&template, json!({"topic": "owls"})).await;
             let detail = app.wait_finished(&run, WAIT).await;

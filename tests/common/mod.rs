@@ -684,6 +684,15 @@ pub fn expect_error(reply: &Reply, status: u16, code: &str) -> String {
     message.to_string()
 }
 
+/// `prefix` and a number no other call in this test binary got: a name
+/// for a template that a test creates more than once (names are unique
+/// among live templates).
+pub fn unique_name(prefix: &str) -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{prefix}-{n}")
+}
+
 /// The diamond A → {B, C} → D with echo agents; `delay_ms` on every step.
 pub fn diamond(delay_ms: u64) -> Value {
     let config = json!({"delay_ms": delay_ms});

@@ -633,6 +633,18 @@ impl AgentCatalog for AgentRegistry {
             None => Ok(()),
         }
     }
+
+    fn check_schema(&self, schema: &Value) -> Result<(), String> {
+        jsonschema::validator_for(schema)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// The first fault of a run's `input` against its template's
+/// `input_schema`: the path (`input.topic`) and the reason.
+pub fn input_fault(schema: &jsonschema::Validator, input: &Value) -> Option<ConfigFault> {
+    schema_fault(schema, input, "input").err()
 }
 
 #[cfg(test)]
