@@ -38,6 +38,9 @@ pub enum AppError {
     /// The configuration file is unreadable or invalid.
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
+    /// `--allowed-origins` names something that is not an origin.
+    #[error("--allowed-origins: {0}")]
+    Origins(String),
     /// An agent could not be set up.
     #[error(transparent)]
     Agent(#[from] crate::engine::agents::RegistryError),
@@ -369,6 +372,8 @@ impl Application {
         clock: SharedClock,
     ) -> Result<Self, AppError> {
         let file = FileConfig::load(settings.config.as_deref())?;
+        let origins =
+            api::AllowedOrigins::parse(&settings.allowed_origins).map_err(AppError::Origins)?;
         let agents = agent_registry(&file)?;
         let db = open_database(&settings.storage).await?;
         let mut serve_lock = match ServeLock::take(&db).await {
@@ -451,6 +456,7 @@ impl Application {
             rebuilds: Rebuilds::new(db.clone(), log_readers()),
             history: store::History::new(db.clone()),
             node: node.clone(),
+            origins,
         };
         rebuild_outdated(&db, &state.rebuilds, settings.rebuild_outdated).await;
         // What a crash left behind is listed before anything is served: runs

@@ -10,6 +10,7 @@ pub mod auth;
 mod error;
 pub mod forward;
 mod hygiene;
+mod origin;
 mod runs;
 mod steering;
 mod templates;
@@ -21,6 +22,7 @@ use serde::Deserialize;
 
 pub use auth::{Access, Caller};
 pub use error::ApiError;
+pub use origin::AllowedOrigins;
 pub use workers::WorkerAuth;
 
 use crate::engine::Engine;
@@ -50,6 +52,8 @@ pub struct ApiState {
     /// This node, as `GET /api/admin/nodes` shows it on SQLite (on
     /// PostgreSQL the nodes table says).
     pub node: NodeIdentity,
+    /// The web origins besides this server's own allowed to use the API.
+    pub origins: origin::AllowedOrigins,
 }
 
 /// Who this node is.
@@ -86,12 +90,14 @@ pub fn configure(state: ApiState) -> impl FnOnce(&mut web::ServiceConfig) {
             .route("/healthz", web::get().to(healthz))
             .service(
                 web::scope("/api")
-                    // Outermost last: errors become JSON, HEAD is GET, the
-                    // caller is authenticated and authorised, a body must
+                    // Outermost last: errors become JSON, HEAD is GET, a
+                    // foreign web page may not act (CORS), the caller is
+                    // authenticated and authorised, a body must
                     // be JSON, then forwarding between nodes.
                     .wrap(actix_web::middleware::from_fn(forward::forward))
                     .wrap(actix_web::middleware::from_fn(hygiene::json_bodies))
                     .wrap(actix_web::middleware::from_fn(auth::authenticate))
+                    .wrap(actix_web::middleware::from_fn(origin::check_origin))
                     .wrap(actix_web::middleware::from_fn(hygiene::head_as_get))
                     .wrap(actix_web::middleware::from_fn(hygiene::json_errors))
                     .service(

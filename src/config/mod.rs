@@ -70,6 +70,12 @@ pub struct ServeSettings {
     /// records who did it. For local experiments only; never the default.
     #[arg(long, env = "RUNLOG_NO_AUTH")]
     pub no_auth: bool,
+    /// Web origins besides the server's own whose pages may use the API
+    /// from a browser (change state, open WebSockets, read answers):
+    /// comma-separated, e.g. `https://app.example.com,http://localhost:3000`.
+    /// Default: none (the dashboard is same-origin).
+    #[arg(long, env = "RUNLOG_ALLOWED_ORIGINS", default_value = "")]
+    pub allowed_origins: String,
 }
 
 impl ServeSettings {
@@ -89,6 +95,7 @@ impl ServeSettings {
             node_id: None,
             advertise_url: None,
             no_auth: false,
+            allowed_origins: String::new(),
         }
     }
 

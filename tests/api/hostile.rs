@@ -326,3 +326,189 @@ on_both_backends!(
         assert_eq!(close_code(&mut ws).await, 1009);
     }
 );
+
+/// A request with the admin's token and these extra headers; the status,
+/// the headers and the body.
+async fn with_headers(
+    app: &TestApp,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+    headers: &[(&str, &str)],
+) -> crate::common::Response {
+    app.request_with_headers(method, path, body, headers).await
+}
+
+on_both_backends!(
+    a_page_on_another_origin_may_not_act_or_open_a_websocket_and_nothing_is_recorded,
+    |backend| {
+        let Some(app) = spawn_app(backend).await else {
+            return;
+        };
+        let template = app.template_id("diamond", diamond(0)).await;
+        let start = json!({"template_id": template, "input": {}});
+        let evil = [("Origin", "https://evil.example")];
+        let before = app.counts().await;
+
+        // A cross-origin POST (the token is the admin's: a page that got
+        // hold of one still may not use it from its origin).
+        let refused = with_headers(&app, "POST", "/api/runs", Some(start.clone()), &evil).await;
+        assert_eq!(refused.status, 403, "{}", refused.body);
+        assert_eq!(refused.body["error"]["code"], "origin_not_allowed");
+        assert!(refused.header("access-control-allow-origin").is_none());
+        // `null` (a sandboxed frame, a file) is foreign too.
+        let refused = with_headers(
+            &app,
+            "POST",
+            "/api/runs",
+            Some(start.clone()),
+            &[("Origin", "null")],
+        )
+        .await;
+        assert_eq!(refused.status, 403, "{}", refused.body);
+        // Every changing method.
+        for (method, path) in [
+            ("PUT", format!("/api/templates/{template}")),
+            ("DELETE", "/api/tokens/x".to_string()),
+            ("POST", format!("/api/templates/{template}/archive")),
+        ] {
+            let refused = with_headers(&app, method, &path, Some(json!({})), &evil).await;
+            assert_eq!(refused.status, 403, "{method} {path}: {}", refused.body);
+        }
+        // A preflight from it: refused, no CORS headers.
+        let preflight = with_headers(
+            &app,
+            "OPTIONS",
+            "/api/runs",
+            None,
+            &[
+                ("Origin", "https://evil.example"),
+                ("Access-Control-Request-Method", "POST"),
+            ],
+        )
+        .await;
+        assert_eq!(preflight.status, 403, "{}", preflight.body);
+        assert!(preflight.header("access-control-allow-origin").is_none());
+        // A read answers, but without CORS headers the page cannot see it.
+        let read = with_headers(&app, "GET", "/api/runs", None, &evil).await;
+        assert_eq!(read.status, 200);
+        assert!(read.header("access-control-allow-origin").is_none());
+        // A WebSocket upgrade from it is refused before it opens.
+        let upgrade = app
+            .client
+            .ws(format!("ws://127.0.0.1:{}/api/ws", app.port))
+            .origin("https://evil.example")
+            .connect()
+            .await;
+        match upgrade {
+            Err(awc::error::WsClientError::InvalidResponseStatus(status)) => {
+                assert_eq!(status.as_u16(), 403)
+            }
+            Err(e) => panic!("unexpected handshake error: {e}"),
+            Ok(_) => panic!("a cross-origin WebSocket opened"),
+        }
+        // And a text/plain body (a form a page may post without a
+        // preflight) is refused too.
+        let (status, _, _) = raw(
+            &app,
+            "POST",
+            "/api/runs",
+            Some("text/plain"),
+            start.to_string().into_bytes(),
+        )
+        .await;
+        assert_eq!(status, 415);
+        assert_eq!(app.counts().await, before, "nothing was recorded");
+
+        // The server's own origin (the dashboard's) may act.
+        let own = format!("http://127.0.0.1:{}", app.port);
+        let started = with_headers(
+            &app,
+            "POST",
+            "/api/runs",
+            Some(start),
+            &[("Origin", own.as_str())],
+        )
+        .await;
+        assert_eq!(started.status, 201, "{}", started.body);
+        let opened = app
+            .client
+            .ws(format!("ws://127.0.0.1:{}/api/ws", app.port))
+            .origin(own.as_str())
+            .connect()
+            .await;
+        assert!(opened.is_ok(), "a same-origin WebSocket opens");
+    }
+);
+
+on_both_backends!(an_allowed_origin_gets_cors_answers_and_may_act, |backend| {
+    let Some(storage) = crate::common::Storage::new(backend).await else {
+        return;
+    };
+    let app = crate::common::spawn_app_with(
+        storage,
+        crate::common::AppOptions {
+            allowed_origins: Some("https://app.example.com, http://localhost:3000".into()),
+            ..Default::default()
+        },
+    )
+    .await;
+    let template = app.template_id("diamond", diamond(0)).await;
+    let preflight = with_headers(
+        &app,
+        "OPTIONS",
+        "/api/runs",
+        None,
+        &[
+            ("Origin", "https://app.example.com"),
+            ("Access-Control-Request-Method", "POST"),
+            (
+                "Access-Control-Request-Headers",
+                "authorization, content-type",
+            ),
+        ],
+    )
+    .await;
+    assert_eq!(preflight.status, 204, "{}", preflight.body);
+    assert_eq!(
+        preflight.header("access-control-allow-origin"),
+        Some("https://app.example.com")
+    );
+    let methods = preflight
+        .header("access-control-allow-methods")
+        .expect("methods");
+    assert!(methods.contains("POST"), "{methods}");
+    let headers = preflight
+        .header("access-control-allow-headers")
+        .expect("headers");
+    assert!(headers.contains("authorization"), "{headers}");
+    assert_eq!(preflight.header("vary"), Some("Origin"));
+
+    let started = with_headers(
+        &app,
+        "POST",
+        "/api/runs",
+        Some(json!({"template_id": template})),
+        &[("Origin", "http://localhost:3000")],
+    )
+    .await;
+    assert_eq!(started.status, 201, "{}", started.body);
+    assert_eq!(
+        started.header("access-control-allow-origin"),
+        Some("http://localhost:3000")
+    );
+    let exposed = started
+        .header("access-control-expose-headers")
+        .expect("exposed");
+    assert!(exposed.contains("location"), "{exposed}");
+    // Others are still refused.
+    let refused = with_headers(
+        &app,
+        "POST",
+        "/api/runs",
+        Some(json!({"template_id": template})),
+        &[("Origin", "https://app.example.com.evil.test")],
+    )
+    .await;
+    assert_eq!(refused.status, 403, "{}", refused.body);
+});

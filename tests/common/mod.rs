@@ -229,6 +229,8 @@ pub struct AppOptions {
     pub config: Option<String>,
     /// `serve --no-auth`.
     pub no_auth: bool,
+    /// `serve --allowed-origins`.
+    pub allowed_origins: Option<String>,
 }
 
 /// Starts the real application with fresh storage and a clock that moves
@@ -266,6 +268,9 @@ pub async fn spawn_app_with(storage: Storage, options: AppOptions) -> TestApp {
         settings.config = Some(path);
     }
     settings.no_auth = options.no_auth;
+    if let Some(origins) = &options.allowed_origins {
+        settings.allowed_origins = origins.clone();
+    }
     let clock: runlog::engine::SharedClock = match options.clock {
         Some(clock) => Arc::new(clock),
         None => Arc::new(runlog::engine::SystemClock),
