@@ -457,6 +457,7 @@ impl Application {
             history: store::History::new(db.clone()),
             node: node.clone(),
             origins,
+            limits: api::limits::Limits::new(input_limits(&file)),
         };
         rebuild_outdated(&db, &state.rebuilds, settings.rebuild_outdated).await;
         // What a crash left behind is listed before anything is served: runs
@@ -686,6 +687,26 @@ fn agent_registry(file: &FileConfig) -> Result<AgentRegistry, AppError> {
         agents.register_remote(name, spec)?;
     }
     Ok(agents)
+}
+
+/// The bounds on clients' input from the file (`[limits]`).
+fn input_limits(file: &FileConfig) -> api::limits::InputLimits {
+    let defaults = api::limits::InputLimits::default();
+    let limits = &file.limits;
+    api::limits::InputLimits {
+        max_run_input_bytes: limits
+            .max_run_input_bytes
+            .unwrap_or(defaults.max_run_input_bytes),
+        messages_per_run_per_minute: limits
+            .messages_per_run_per_minute
+            .unwrap_or(defaults.messages_per_run_per_minute),
+        ws_subscriptions_per_connection: limits
+            .ws_subscriptions_per_connection
+            .unwrap_or(defaults.ws_subscriptions_per_connection),
+        ws_connections_per_token: limits
+            .ws_connections_per_token
+            .unwrap_or(defaults.ws_connections_per_token),
+    }
 }
 
 /// The engine's settings from the flags and the file.

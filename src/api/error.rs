@@ -20,7 +20,7 @@ pub struct ApiError {
     status: StatusCode,
     code: &'static str,
     message: String,
-    header: Option<(&'static str, &'static str)>,
+    header: Option<(&'static str, String)>,
     /// More fields of the error object, beside `code` and `message`.
     details: serde_json::Map<String, serde_json::Value>,
     /// Another node hosts the run: the forwarding middleware sends the
@@ -50,9 +50,14 @@ impl ApiError {
 
     /// The same error with a response header (`WWW-Authenticate` on a
     /// 401).
-    pub fn with_header(mut self, name: &'static str, value: &'static str) -> Self {
-        self.header = Some((name, value));
+    pub fn with_header(mut self, name: &'static str, value: impl Into<String>) -> Self {
+        self.header = Some((name, value.into()));
         self
+    }
+
+    /// The same error with `Retry-After: seconds`.
+    pub fn with_retry_after(self, seconds: u64) -> Self {
+        self.with_header("retry-after", seconds.to_string())
     }
 
     /// 400 with a code.
@@ -101,8 +106,8 @@ impl ResponseError for ApiError {
 
     fn error_response(&self) -> HttpResponse {
         let mut response = HttpResponse::build(self.status);
-        if let Some(header) = self.header {
-            response.insert_header(header);
+        if let Some((name, value)) = &self.header {
+            response.insert_header((*name, value.as_str()));
         }
         let mut error = self.details.clone();
         error.insert("code".to_string(), json!(self.code));

@@ -10,6 +10,7 @@ pub mod auth;
 mod error;
 pub mod forward;
 mod hygiene;
+pub mod limits;
 mod origin;
 mod runs;
 mod steering;
@@ -54,6 +55,8 @@ pub struct ApiState {
     pub node: NodeIdentity,
     /// The web origins besides this server's own allowed to use the API.
     pub origins: origin::AllowedOrigins,
+    /// Bounds on run inputs, message rates and WebSocket use.
+    pub limits: limits::Limits,
 }
 
 /// Who this node is.

@@ -118,6 +118,7 @@ pub(super) async fn start(
     let body = body.into_inner();
     let template = template_id(&body.template_id)?;
     refuse_nul("input", &body.input)?;
+    state.limits.check_run_input(&body.input)?;
     let (id, started) = state
         .engine
         .start_run(

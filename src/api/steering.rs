@@ -153,6 +153,7 @@ pub(super) async fn post_message(
             "metadata must be a JSON object",
         ));
     }
+    state.limits.count_message(id.as_str())?;
     let message = NewMessage {
         action,
         content: body.content,

@@ -52,6 +52,8 @@ struct Session {
     state: ApiState,
     /// Who opened it (what the upgrade authenticated).
     caller: Caller,
+    /// Its place among its token's connections, given back when it ends.
+    _connection: Option<super::limits::ConnectionGuard>,
     /// Subscribed runs and the last sequence sent for each.
     runs: HashMap<RunId, i64>,
     /// Whether the session gets every run's live events.
@@ -72,8 +74,15 @@ pub(super) async fn connect(
     state: web::Data<ApiState>,
     caller: Caller,
 ) -> Result<HttpResponse, actix_web::Error> {
+    // A token holds a bounded number of connections (accounts off: no
+    // token to count against).
+    let connection = match caller.principal() {
+        Some(p) => Some(state.limits.open_connection(&p.token_id)?),
+        None => None,
+    };
     let session = Session {
         state: state.get_ref().clone(),
+        _connection: connection,
         caller,
         runs: HashMap::new(),
         all: false,
@@ -304,6 +313,26 @@ impl Session {
             ClientMessage::Subscribe { run_id, after } => match RunId::parse(run_id) {
                 Ok(_) if after.is_some_and(|a| a < 0) => {
                     Self::send_error(ctx, "invalid_after", "after must be 0 or more")
+                }
+                Ok(run)
+                    if !self.runs.contains_key(&run)
+                        && self.runs.len()
+                            >= self.state.limits.bounds.ws_subscriptions_per_connection =>
+                {
+                    ctx.text(
+                        json!({
+                            "type": "error",
+                            "code": "too_many_subscriptions",
+                            "status": 429,
+                            "message": format!(
+                                "a connection follows at most {} runs at once: unsubscribe \
+                                 from finished ones, or open another connection",
+                                self.state.limits.bounds.ws_subscriptions_per_connection
+                            ),
+                            "run_id": run,
+                        })
+                        .to_string(),
+                    )
                 }
                 Ok(run) => self.subscribe(run, after, ctx),
                 Err(e) => Self::send_error(ctx, "invalid_run_id", &e.to_string()),

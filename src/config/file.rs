@@ -76,7 +76,7 @@ pub struct FileConfig {
     /// Secrets agent configurations may name (`{{ secrets.NAME }}`).
     #[serde(default)]
     pub secrets: BTreeMap<String, SecretSource>,
-    /// Limits of the in-process agents.
+    /// Limits of the in-process agents and of what clients send.
     #[serde(default)]
     pub limits: LimitsConfig,
 }
@@ -153,7 +153,7 @@ pub enum SecretSource {
     File(PathBuf),
 }
 
-/// Limits of the in-process agents.
+/// Limits of the in-process agents and of what clients send.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LimitsConfig {
@@ -163,6 +163,14 @@ pub struct LimitsConfig {
     pub max_output_bytes: Option<usize>,
     /// The work one template rendering may do (minijinja fuel).
     pub template_fuel: Option<u64>,
+    /// The largest run input (bytes of JSON).
+    pub max_run_input_bytes: Option<usize>,
+    /// Messages one run's thread takes per minute.
+    pub messages_per_run_per_minute: Option<usize>,
+    /// Runs one WebSocket connection may follow at once.
+    pub ws_subscriptions_per_connection: Option<usize>,
+    /// WebSocket connections one token may hold open (per node).
+    pub ws_connections_per_token: Option<usize>,
 }
 
 /// Names the engine reserves for its built-in agents.
@@ -305,6 +313,22 @@ impl FileConfig {
             ("agent_timeout_ms", self.limits.agent_timeout_ms == Some(0)),
             ("max_output_bytes", self.limits.max_output_bytes == Some(0)),
             ("template_fuel", self.limits.template_fuel == Some(0)),
+            (
+                "max_run_input_bytes",
+                self.limits.max_run_input_bytes == Some(0),
+            ),
+            (
+                "messages_per_run_per_minute",
+                self.limits.messages_per_run_per_minute == Some(0),
+            ),
+            (
+                "ws_subscriptions_per_connection",
+                self.limits.ws_subscriptions_per_connection == Some(0),
+            ),
+            (
+                "ws_connections_per_token",
+                self.limits.ws_connections_per_token == Some(0),
+            ),
         ] {
             if zero {
                 return invalid(format!("limits.{name} must be at least 1"));
@@ -424,7 +448,15 @@ mod tests {
         assert!(invalid("[commands.x]\nprogram = \"wc\"").contains("absolute"));
         assert!(invalid("[commands.x]\nprogram = \"/no/such/program\"").contains("no file"));
         assert!(invalid("[llm]\nbase_url = \"ftp://x\"").contains("llm.base_url"));
-        for limit in ["agent_timeout_ms", "max_output_bytes", "template_fuel"] {
+        for limit in [
+            "agent_timeout_ms",
+            "max_output_bytes",
+            "template_fuel",
+            "max_run_input_bytes",
+            "messages_per_run_per_minute",
+            "ws_subscriptions_per_connection",
+            "ws_connections_per_token",
+        ] {
             assert!(invalid(&format!("[limits]\n{limit} = 0")).contains(&format!("limits.{limit}")));
         }
     }

@@ -102,3 +102,163 @@ on_both_backends!(
         expect_error(&reply, 404, "artifact_not_found");
     }
 );
+
+/// A server whose input bounds are small enough to pass in a test.
+async fn bounded(backend: crate::common::Backend) -> Option<crate::common::TestApp> {
+    crate::common::spawn_app_with_options(
+        backend,
+        crate::common::AppOptions {
+            config: Some(
+                "[limits]\nmax_run_input_bytes = 100\nmessages_per_run_per_minute = 3\n\
+                 ws_subscriptions_per_connection = 2\nws_connections_per_token = 2\n"
+                    .into(),
+            ),
+            ..Default::default()
+        },
+    )
+    .await
+}
+
+on_both_backends!(
+    a_run_input_or_a_message_rate_past_its_bound_is_refused_and_records_nothing,
+    |backend| {
+        let Some(app) = bounded(backend).await else {
+            return;
+        };
+        let template = app.template_id("manual", crate::common::diamond(0)).await;
+        let before = app.counts().await;
+        let reply = app
+            .start_run(&template, json!({"text": "x".repeat(200)}))
+            .await;
+        let message = expect_error(&reply, 413, "input_too_large");
+        assert!(message.contains("100"), "{message}");
+        assert_eq!(app.counts().await, before, "no run was started");
+
+        let run = app.manual_run_id(&template, json!({"topic": "owls"})).await;
+        for n in 0..3 {
+            let (status, body) = app
+                .post_message(&run, json!({"content": format!("note {n}")}))
+                .await;
+            assert_eq!(status, 201, "{body}");
+        }
+        let events = app.events(&run).await;
+        let refused = app
+            .request_with_headers(
+                "POST",
+                &format!("/api/runs/{run}/messages"),
+                Some(json!({"content": "one too many"})),
+                &[],
+            )
+            .await;
+        assert_eq!(refused.status, 429, "{}", refused.body);
+        assert_eq!(refused.body["error"]["code"], "too_many_messages");
+        let wait: u64 = refused
+            .header("retry-after")
+            .expect("Retry-After")
+            .parse()
+            .expect("seconds");
+        assert!((1..=60).contains(&wait), "{wait}");
+        assert_eq!(app.events(&run).await, events, "nothing was recorded");
+    }
+);
+
+on_both_backends!(
+    websocket_connections_per_token_and_subscriptions_per_connection_are_bounded,
+    |backend| {
+        use crate::ws::{recv, send};
+        let Some(app) = bounded(backend).await else {
+            return;
+        };
+        let template = app.template_id("manual", crate::common::diamond(0)).await;
+        let runs: Vec<String> =
+            futures::future::join_all((0..3).map(|_| app.manual_run_id(&template, json!({}))))
+                .await;
+        let url = format!("ws://127.0.0.1:{}/api/ws", app.port);
+        let (_, mut first) = app.client.ws(&url).connect().await.expect("first");
+        let (_, second) = app.client.ws(&url).connect().await.expect("second");
+        match app.client.ws(&url).connect().await {
+            Err(awc::error::WsClientError::InvalidResponseStatus(status)) => {
+                assert_eq!(status.as_u16(), 429)
+            }
+            Err(e) => panic!("unexpected handshake error: {e}"),
+            Ok(_) => panic!("a third connection of one token opened"),
+        }
+        // Another token has connections of its own.
+        let (_, user) = app
+            .post("/api/users", json!({"name": "ada", "role": "user"}))
+            .await;
+        let (_, token) = app
+            .post(
+                &format!("/api/users/{}/tokens", user["id"].as_str().expect("id")),
+                json!({"name": "t"}),
+            )
+            .await;
+        let other = app
+            .bare
+            .ws(&url)
+            .header(
+                "authorization",
+                format!("Bearer {}", token["token"].as_str().expect("token")),
+            )
+            .connect()
+            .await;
+        assert!(other.is_ok(), "another token's connection opens");
+        // A connection that closes gives its place back.
+        drop(second);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            if app.client.ws(&url).connect().await.is_ok() {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "a closed connection's place was not given back"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+
+        // Two runs followed; a third is refused, the connection stays.
+        for run in &runs[..2] {
+            send(
+                &mut first,
+                json!({"type": "subscribe", "run_id": run, "after": 0}),
+            )
+            .await;
+            loop {
+                if recv(&mut first).await["type"] == "subscribed" {
+                    break;
+                }
+            }
+        }
+        send(
+            &mut first,
+            json!({"type": "subscribe", "run_id": runs[2], "after": 0}),
+        )
+        .await;
+        let refused = loop {
+            let message = recv(&mut first).await;
+            if message["type"] == "error" {
+                break message;
+            }
+        };
+        assert_eq!(refused["code"], "too_many_subscriptions", "{refused}");
+        assert_eq!(refused["status"], 429, "{refused}");
+        send(
+            &mut first,
+            json!({"type": "unsubscribe", "run_id": runs[0]}),
+        )
+        .await;
+        send(
+            &mut first,
+            json!({"type": "subscribe", "run_id": runs[2], "after": 0}),
+        )
+        .await;
+        loop {
+            let message = recv(&mut first).await;
+            assert_ne!(message["type"], "error", "{message}");
+            if message["type"] == "subscribed" && message["run_id"] == runs[2].as_str() {
+                break;
+            }
+        }
+    }
+);
