@@ -25,7 +25,7 @@ use std::future::{ready, Ready};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use actix_web::body::MessageBody;
+use actix_web::body::{BoxBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::{Method, StatusCode};
 use actix_web::middleware::Next;
@@ -427,14 +427,40 @@ pub(super) async fn check_run(
 pub(super) async fn authenticate(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
-) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
     let path = req.path().to_string();
     if skips(&path) {
-        return next.call(req).await;
+        return next
+            .call(req)
+            .await
+            .map(ServiceResponse::map_into_boxed_body);
     }
     let Some(state) = req.app_data::<web::Data<ApiState>>().cloned() else {
-        return next.call(req).await;
+        return next
+            .call(req)
+            .await
+            .map(ServiceResponse::map_into_boxed_body);
     };
+    match admit(&req, &state, &path).await {
+        Ok(caller) => {
+            req.extensions_mut().insert(caller);
+            next.call(req)
+                .await
+                .map(ServiceResponse::map_into_boxed_body)
+        }
+        // Answered here, as a response (not an error), so that the layers
+        // outside (CORS) can still add to it.
+        Err(refused) => Ok(req.into_response(refused.error_response())),
+    }
+}
+
+/// Who the request comes from, and whether they may make it.
+async fn admit(
+    req: &ServiceRequest,
+    state: &web::Data<ApiState>,
+    path: &str,
+) -> Result<Caller, actix_web::Error> {
+    let path = path.to_string();
     let caller = if !state.access.enabled() {
         Caller::Anonymous
     } else {
@@ -484,10 +510,9 @@ pub(super) async fn authenticate(
         caller.require_admin()?;
     }
     if let Some(run) = run_in_path(&path) {
-        check_run(&state, &caller, run).await?;
+        check_run(state, &caller, run).await?;
     }
-    req.extensions_mut().insert(caller);
-    next.call(req).await
+    Ok(caller)
 }
 
 #[cfg(test)]

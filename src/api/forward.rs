@@ -39,11 +39,18 @@ pub struct ForwardTo {
     pub address: String,
 }
 
-/// Headers that belong to one hop.
+/// Headers that belong to one hop, and `Origin`: the node the request
+/// reached checked it and answers the CORS headers.
 fn hop_by_hop(name: &header::HeaderName) -> bool {
     matches!(
         name.as_str(),
-        "host" | "content-length" | "connection" | "transfer-encoding" | "keep-alive" | "upgrade"
+        "host"
+            | "origin"
+            | "content-length"
+            | "connection"
+            | "transfer-encoding"
+            | "keep-alive"
+            | "upgrade"
     )
 }
 

@@ -88,34 +88,45 @@ impl Limits {
         Ok(())
     }
 
-    /// Counts a message posted to `run`; 429 `too_many_messages` (with
-    /// `Retry-After`) when the run had its share in the last minute.
-    pub fn count_message(&self, run: &str) -> Result<(), ApiError> {
+    /// 429 `too_many_messages` (with `Retry-After`) when `run` took its
+    /// share of messages in the last minute. Only messages recorded count
+    /// ([`Limits::record_message`]): a refused post or an idempotent repeat
+    /// does not.
+    pub fn check_message_rate(&self, run: &str) -> Result<(), ApiError> {
         let now = Instant::now();
         let max = self.bounds.messages_per_run_per_minute;
+        let mut messages = self.messages.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(times) = messages.get_mut(run) else {
+            return Ok(());
+        };
+        while times.front().is_some_and(|t| now - *t >= MINUTE) {
+            times.pop_front();
+        }
+        if times.len() < max {
+            return Ok(());
+        }
+        let wait = times
+            .front()
+            .map_or(MINUTE, |oldest| MINUTE.saturating_sub(now - *oldest));
+        // Rounded up: a client that waits as told is not refused again.
+        let seconds = wait.as_millis().div_ceil(1000).max(1) as u64;
+        Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_messages",
+            format!("a run takes at most {max} messages a minute; try again in {seconds} s"),
+        )
+        .with_retry_after(seconds))
+    }
+
+    /// Counts a message recorded in `run`'s thread.
+    pub fn record_message(&self, run: &str) {
+        let now = Instant::now();
         let mut messages = self.messages.lock().unwrap_or_else(|e| e.into_inner());
         // Forget runs that went quiet, now and then.
         if messages.len() > 10_000 {
             messages.retain(|_, times| times.back().is_some_and(|t| now - *t < MINUTE));
         }
-        let times = messages.entry(run.to_string()).or_default();
-        while times.front().is_some_and(|t| now - *t >= MINUTE) {
-            times.pop_front();
-        }
-        if times.len() >= max {
-            let wait = times
-                .front()
-                .map_or(MINUTE, |oldest| MINUTE.saturating_sub(now - *oldest));
-            let seconds = wait.as_secs().max(1);
-            return Err(ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "too_many_messages",
-                format!("a run takes at most {max} messages a minute; try again in {seconds} s"),
-            )
-            .with_retry_after(seconds));
-        }
-        times.push_back(now);
-        Ok(())
+        messages.entry(run.to_string()).or_default().push_back(now);
     }
 
     /// Takes one of `token`'s WebSocket connections; 429
@@ -188,13 +199,15 @@ mod tests {
     #[test]
     fn messages_are_counted_per_run() {
         let limits = limits();
-        assert!(limits.count_message("r1").is_ok());
-        assert!(limits.count_message("r1").is_ok());
+        for _ in 0..2 {
+            assert!(limits.check_message_rate("r1").is_ok());
+            limits.record_message("r1");
+        }
         assert_eq!(
-            limits.count_message("r1").unwrap_err().code(),
+            limits.check_message_rate("r1").unwrap_err().code(),
             "too_many_messages"
         );
-        assert!(limits.count_message("r2").is_ok());
+        assert!(limits.check_message_rate("r2").is_ok());
     }
 
     #[test]

@@ -62,24 +62,81 @@ impl AllowedOrigins {
     }
 }
 
-/// `scheme://host[:port]`, lowercased, or `None` when `text` is not one.
+/// `scheme://host[:port]`, lowercased, without the scheme's default port,
+/// or `None` when `text` is not one.
 fn normalise(text: &str) -> Option<String> {
     let (scheme, rest) = text.split_once("://")?;
     let scheme = scheme.to_ascii_lowercase();
-    if !matches!(scheme.as_str(), "http" | "https") {
-        return None;
-    }
-    let authority = rest.strip_suffix('/').unwrap_or(rest);
-    let valid = !authority.is_empty()
-        && authority
+    let default_port = match scheme.as_str() {
+        "http" => "80",
+        "https" => "443",
+        _ => return None,
+    };
+    let authority = rest.strip_suffix('/').unwrap_or(rest).to_ascii_lowercase();
+    let (host, port) = split_port(&authority)?;
+    let host_ok = !host.is_empty()
+        && host
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']'));
-    valid.then(|| format!("{scheme}://{}", authority.to_ascii_lowercase()))
+    if !host_ok {
+        return None;
+    }
+    Some(match port {
+        Some(port) if port != default_port => format!("{scheme}://{host}:{port}"),
+        _ => format!("{scheme}://{host}"),
+    })
+}
+
+/// An authority's host and port (`[::1]:8080`, `example.com`); `None` when
+/// the port is not digits or a bracketed host is not closed.
+fn split_port(authority: &str) -> Option<(&str, Option<&str>)> {
+    let (host, port) = if let Some(rest) = authority.strip_prefix('[') {
+        let end = rest.find(']')?;
+        let host = &authority[..end + 2];
+        match &rest[end + 1..] {
+            "" => (host, None),
+            tail => (host, Some(tail.strip_prefix(':')?)),
+        }
+    } else {
+        match authority.split_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (authority, None),
+        }
+    };
+    if port.is_some_and(|p| p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit())) {
+        return None;
+    }
+    Some((host, port))
+}
+
+/// Whether a `Host` names this server in a way no other site's page can
+/// borrow: an IP address, `localhost`, or the host of this node's
+/// advertised URL. A page of `http://evil.example` whose name was made to
+/// point at this server (DNS rebinding) sends `Host: evil.example`, which
+/// is none of these.
+fn trusted_host(host: &str, state: Option<&super::ApiState>) -> bool {
+    let host = host.to_ascii_lowercase();
+    let Some((name, _)) = split_port(&host) else {
+        return false;
+    };
+    let bare = name.trim_start_matches('[').trim_end_matches(']');
+    if bare == "localhost" || bare.parse::<std::net::IpAddr>().is_ok() {
+        return true;
+    }
+    state.is_some_and(|state| {
+        state
+            .node
+            .address
+            .split_once("://")
+            .and_then(|(_, rest)| split_port(rest.trim_end_matches('/')))
+            .is_some_and(|(advertised, _)| advertised.eq_ignore_ascii_case(name))
+    })
 }
 
 /// Whether `origin` names this server as the request reached it (its
-/// `Host`): the dashboard's own requests.
-fn same_origin(req: &ServiceRequest, origin: &str) -> bool {
+/// `Host`, if that is one no other site can borrow): the dashboard's own
+/// requests.
+fn same_origin(req: &ServiceRequest, origin: &str, state: Option<&super::ApiState>) -> bool {
     let Some(host) = req
         .headers()
         .get(header::HOST)
@@ -90,7 +147,7 @@ fn same_origin(req: &ServiceRequest, origin: &str) -> bool {
     let authority = origin
         .split_once("://")
         .map_or("", |(_, rest)| rest.trim_end_matches('/'));
-    authority.eq_ignore_ascii_case(host)
+    authority.eq_ignore_ascii_case(host) && trusted_host(host, state)
 }
 
 fn refused(origin: &str) -> ApiError {
@@ -120,15 +177,17 @@ pub async fn check_origin(
             .await
             .map(ServiceResponse::map_into_boxed_body);
     };
-    if same_origin(&req, &origin) {
+    let state = req
+        .app_data::<actix_web::web::Data<super::ApiState>>()
+        .cloned();
+    let state = state.as_ref().map(|s| s.get_ref());
+    if same_origin(&req, &origin, state) {
         return next
             .call(req)
             .await
             .map(ServiceResponse::map_into_boxed_body);
     }
-    let allowed = req
-        .app_data::<actix_web::web::Data<super::ApiState>>()
-        .is_some_and(|state| state.origins.allows(&origin));
+    let allowed = state.is_some_and(|state| state.origins.allows(&origin));
     let preflight = req.method() == Method::OPTIONS
         && req
             .headers()
@@ -160,13 +219,15 @@ pub async fn check_origin(
         let response = refused(&origin).error_response();
         return Ok(req.into_response(response));
     }
+    // Refusals from further in (401, 403, 404 of another user's run) come
+    // back as responses, so the page can read them too.
     let mut response = next.call(req).await?.map_into_boxed_body();
     if allowed {
         let headers = response.headers_mut();
         if let Ok(value) = HeaderValue::from_str(&origin) {
             headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, value);
         }
-        headers.insert(header::VARY, HeaderValue::from_static("Origin"));
+        headers.append(header::VARY, HeaderValue::from_static("Origin"));
         headers.insert(
             header::ACCESS_CONTROL_EXPOSE_HEADERS,
             HeaderValue::from_static(EXPOSED_HEADERS),
@@ -187,6 +248,27 @@ mod tests {
     use super::*;
 
     #[test]
+    fn only_hosts_no_other_site_can_borrow_are_trusted() {
+        for host in [
+            "127.0.0.1:8080",
+            "localhost:8080",
+            "[::1]:8080",
+            "10.0.0.5",
+            "LOCALHOST",
+        ] {
+            assert!(trusted_host(host, None), "{host}");
+        }
+        for host in [
+            "evil.example:8080",
+            "runlog.example.com",
+            "127.0.0.1.evil.test",
+            "a:b:c",
+        ] {
+            assert!(!trusted_host(host, None), "{host}");
+        }
+    }
+
+    #[test]
     fn origins_are_parsed_and_compared_normalised() {
         let allowed =
             AllowedOrigins::parse("https://App.Example.com, http://localhost:3000/").unwrap();
@@ -195,6 +277,10 @@ mod tests {
         assert!(!allowed.allows("http://app.example.com"));
         assert!(!allowed.allows("https://app.example.com.evil.test"));
         assert!(!allowed.allows("null"));
+        let default_ports = AllowedOrigins::parse("https://x.test:443,http://y.test:80").unwrap();
+        assert!(default_ports.allows("https://x.test"));
+        assert!(default_ports.allows("http://y.test"));
+        assert!(!default_ports.allows("https://x.test:8443"));
         assert!(AllowedOrigins::parse("").unwrap().origins.is_empty());
         for bad in [
             "app.example.com",
@@ -202,6 +288,8 @@ mod tests {
             "https://x/path",
             "https://",
             "*",
+            "http://a:b:c",
+            "http://a:",
         ] {
             assert!(AllowedOrigins::parse(bad).is_err(), "{bad}");
         }

@@ -184,9 +184,11 @@ async fn finished_within(
         let run = detail(state, id).await?;
         let now = tokio::time::Instant::now();
         if run.status.is_finished() || now >= deadline {
+            drop(finished);
             hub.forget_waiters(id);
             return Ok(run);
         }
+        // The receiver goes with the timeout, so the forget drops it.
         let _ = tokio::time::timeout((deadline - now).min(WAIT_RECHECK), finished).await;
         hub.forget_waiters(id);
     }

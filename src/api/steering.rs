@@ -153,7 +153,7 @@ pub(super) async fn post_message(
             "metadata must be a JSON object",
         ));
     }
-    state.limits.count_message(id.as_str())?;
+    state.limits.check_message_rate(id.as_str())?;
     let message = NewMessage {
         action,
         content: body.content,
@@ -173,6 +173,9 @@ pub(super) async fn post_message(
         } => Some(*message),
         _ => None,
     });
+    if posted.is_some() {
+        state.limits.record_message(id.as_str());
+    }
     let (view, created) = match (posted, &key) {
         (Some(number), _) => (state.reads.message(id.as_str(), number).await?, true),
         // Nothing committed: the key was seen before.

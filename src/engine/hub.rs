@@ -121,12 +121,11 @@ impl Hub {
     /// after: this is a wake-up, not the truth).
     pub fn when_finished(&self, run: &RunId) -> oneshot::Receiver<()> {
         let (tx, rx) = oneshot::channel();
-        self.finishing
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(run.clone())
-            .or_default()
-            .push(tx);
+        let mut finishing = self.finishing.lock().unwrap_or_else(|e| e.into_inner());
+        let waiters = finishing.entry(run.clone()).or_default();
+        // Waiters whose request went away (a client that hung up).
+        waiters.retain(|w| !w.is_closed());
+        waiters.push(tx);
         rx
     }
 
@@ -233,6 +232,14 @@ impl Hub {
         }
     }
 
+    /// How many runs someone waits on (for tests and metrics).
+    pub fn awaited_runs(&self) -> usize {
+        self.finishing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
+    }
+
     /// Whether anyone follows `run` (or every run), or waits for it to
     /// finish.
     pub fn followed(&self, run: &RunId) -> bool {
@@ -260,5 +267,34 @@ impl Hub {
         for recipient in room.iter().chain(everything.iter()) {
             recipient.do_send(live.clone());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn waiters_that_gave_up_are_forgotten() {
+        let hub = Hub::default();
+        let run = RunId::parse("r1").unwrap();
+        let waiting = hub.when_finished(&run);
+        assert_eq!(hub.awaited_runs(), 1);
+        // Forgetting while the waiter still waits keeps it.
+        hub.forget_waiters(&run);
+        assert_eq!(hub.awaited_runs(), 1);
+        drop(waiting);
+        hub.forget_waiters(&run);
+        assert_eq!(hub.awaited_runs(), 0);
+        // A hung-up waiter is dropped when the next one comes.
+        drop(hub.when_finished(&run));
+        let mut next = hub.when_finished(&run);
+        assert_eq!(
+            hub.finishing.lock().unwrap().get(&run).map(Vec::len),
+            Some(1)
+        );
+        hub.finished(&run);
+        assert!(next.try_recv().is_ok());
+        assert_eq!(hub.awaited_runs(), 0);
     }
 }

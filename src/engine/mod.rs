@@ -46,7 +46,7 @@ use crate::domain::ids::{
 };
 use crate::domain::log::Position;
 use crate::domain::run::{
-    Action, NewMessage, Policy, RetrySource, Run, RunCommand, RunError, StartRun,
+    Action, NewMessage, Policy, RetrySource, Run, RunCommand, RunError, RunEvent, StartRun,
 };
 use crate::domain::template::{Template, TemplateCommand, TemplateError};
 use crate::projections::rfc3339;
@@ -613,8 +613,10 @@ impl Engine {
             .await
         {
             Ok((id, committed)) => Ok((id, Started::New(committed))),
-            // The same key at the same moment, through another request.
-            Err(EngineError::Run(RunError::AlreadyStarted))
+            // The same key at the same moment, through another request (on
+            // this node the aggregate refuses the second start; on another
+            // the append conflicts).
+            Err(EngineError::Run(RunError::AlreadyStarted) | EngineError::Conflict)
                 if self.started_before(&run_id, &start).await? =>
             {
                 Ok((run_id, Started::Replayed))
@@ -664,9 +666,24 @@ impl Engine {
         if run.id.is_none() {
             return Ok(false);
         }
+        // `auto_run` as the run started (it may have been switched since).
+        let started_auto_run = if run.auto_run == start.auto_run {
+            run.auto_run
+        } else {
+            self.ctx
+                .runs
+                .load_events(run_id.as_str())
+                .await?
+                .iter()
+                .find_map(|e| match &e.payload {
+                    RunEvent::RunStarted { auto_run, .. } => Some(*auto_run),
+                    _ => None,
+                })
+                .unwrap_or(run.auto_run)
+        };
         if run.template_id.as_ref() == Some(start.template_id)
             && &run.input == start.input
-            && run.auto_run == start.auto_run
+            && started_auto_run == start.auto_run
         {
             Ok(true)
         } else {

@@ -374,6 +374,7 @@ on_both_backends!(
         ] {
             let refused = with_headers(&app, method, &path, Some(json!({})), &evil).await;
             assert_eq!(refused.status, 403, "{method} {path}: {}", refused.body);
+            assert_eq!(refused.body["error"]["code"], "origin_not_allowed");
         }
         // A preflight from it: refused, no CORS headers.
         let preflight = with_headers(
@@ -407,8 +408,17 @@ on_both_backends!(
             Err(e) => panic!("unexpected handshake error: {e}"),
             Ok(_) => panic!("a cross-origin WebSocket opened"),
         }
-        // And a text/plain body (a form a page may post without a
+        // And a text/plain body from it (a form a page may post without a
         // preflight) is refused too.
+        let refused = app
+            .client
+            .post(format!("{}/api/runs", app.address))
+            .insert_header(("origin", "https://evil.example"))
+            .insert_header(("content-type", "text/plain"))
+            .send_body(start.to_string())
+            .await
+            .expect("the server answers");
+        assert_eq!(refused.status().as_u16(), 403);
         let (status, _, _) = raw(
             &app,
             "POST",
@@ -418,6 +428,33 @@ on_both_backends!(
         )
         .await;
         assert_eq!(status, 415);
+        // A page whose name was pointed at this server (DNS rebinding) is
+        // same-origin by its Host, and still foreign.
+        let rebound = format!("evil.example:{}", app.port);
+        let rebound_origin = format!("http://{rebound}");
+        let refused = with_headers(
+            &app,
+            "POST",
+            "/api/runs",
+            Some(start.clone()),
+            &[
+                ("Origin", rebound_origin.as_str()),
+                ("Host", rebound.as_str()),
+            ],
+        )
+        .await;
+        assert_eq!(refused.status, 403, "{}", refused.body);
+        assert_eq!(refused.body["error"]["code"], "origin_not_allowed");
+        // The same host on another port is another origin.
+        let refused = with_headers(
+            &app,
+            "POST",
+            "/api/runs",
+            Some(start.clone()),
+            &[("Origin", "http://127.0.0.1:1")],
+        )
+        .await;
+        assert_eq!(refused.status, 403, "{}", refused.body);
         assert_eq!(app.counts().await, before, "nothing was recorded");
 
         // The server's own origin (the dashboard's) may act.
@@ -501,6 +538,31 @@ on_both_backends!(an_allowed_origin_gets_cors_answers_and_may_act, |backend| {
         .header("access-control-expose-headers")
         .expect("exposed");
     assert!(exposed.contains("location"), "{exposed}");
+    // Refusals reach the page too: a bad token's 401 has the CORS headers.
+    let refused = with_headers(
+        &app,
+        "GET",
+        "/api/runs",
+        None,
+        &[
+            ("Origin", "https://app.example.com"),
+            ("Authorization", "Bearer rl_nope"),
+        ],
+    )
+    .await;
+    assert_eq!(refused.status, 401, "{}", refused.body);
+    assert_eq!(
+        refused.header("access-control-allow-origin"),
+        Some("https://app.example.com")
+    );
+    // And it may open a WebSocket.
+    let opened = app
+        .client
+        .ws(format!("ws://127.0.0.1:{}/api/ws", app.port))
+        .origin("https://app.example.com")
+        .connect()
+        .await;
+    assert!(opened.is_ok(), "an allowed origin's WebSocket opens");
     // Others are still refused.
     let refused = with_headers(
         &app,

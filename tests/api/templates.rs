@@ -732,6 +732,13 @@ on_both_backends!(a_run_input_is_checked_against_the_input_schema, |backend| {
     assert_eq!(app.counts().await, before, "no run was started");
     let (status, body) = app.start_run(&id, json!({"topic": "owls"})).await;
     assert_eq!(status, 201, "{body}");
+    // `false` takes no input at all.
+    let mut closed = diamond(0);
+    closed["input_schema"] = json!(false);
+    let closed = app.template_id("closed", closed).await;
+    let (status, body) = app.start_run(&closed, json!({})).await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["error"]["path"], "input", "{body}");
 });
 
 on_both_backends!(an_unusable_input_schema_is_refused, |backend| {
