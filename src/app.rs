@@ -706,6 +706,12 @@ fn input_limits(file: &FileConfig) -> api::limits::InputLimits {
         ws_connections_per_token: limits
             .ws_connections_per_token
             .unwrap_or(defaults.ws_connections_per_token),
+        max_start_wait_seconds: limits
+            .max_start_wait_seconds
+            .unwrap_or(defaults.max_start_wait_seconds),
+        max_claim_wait_seconds: limits
+            .max_claim_wait_seconds
+            .unwrap_or(defaults.max_claim_wait_seconds),
     }
 }
 

@@ -3,30 +3,73 @@
 
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpResponse};
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use super::auth::{forbidden, TICKET_TTL};
+use super::openapi::ErrorBody;
 use super::{optional_body, ApiError, ApiState, Caller, PageQuery};
 use crate::domain::ids::{TokenId, UserId};
 use crate::domain::user::{check_user_name, Role};
 use crate::engine::token_digest;
-use crate::projections::{parse_rfc3339, TokenView, UserView};
+use crate::projections::{parse_rfc3339, Page, TokenView, UserView};
 
-#[derive(Debug, Deserialize)]
+/// A new user.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct CreateUser {
+    /// Unique; letters, digits, `.`, `_`, `-`.
     name: String,
+    /// `admin` or `user`.
+    #[schema(pattern = "^(admin|user)$")]
     role: String,
 }
 
-#[derive(Debug, Deserialize)]
+/// A new token.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct CreateToken {
+    /// What it is for.
     name: String,
+    /// When it stops working (RFC 3339); never when absent.
+    #[schema(format = DateTime)]
     expires_at: Option<String>,
+    /// It may only read.
     #[serde(default)]
     read_only: bool,
+}
+
+/// A token just issued: the only time the token is shown.
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct IssuedToken {
+    #[serde(flatten)]
+    view: TokenView,
+    /// The token (`rl_…`): keep it; it is never shown again.
+    token: String,
+}
+
+/// Who the caller is.
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct Me {
+    /// The user's id (null without accounts).
+    id: Option<String>,
+    /// The user's name (`anonymous` without accounts).
+    name: String,
+    /// `admin` or `user`.
+    role: String,
+    /// Whether the server has accounts (false under `--no-auth`).
+    auth: bool,
+    /// The token the request came with.
+    token: Option<TokenView>,
+}
+
+/// A WebSocket ticket.
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct Ticket {
+    /// Put it in the URL: `/api/ws?ticket=…` (single use).
+    ticket: String,
+    /// When it stops working (RFC 3339).
+    expires_at: String,
 }
 
 fn user_id(raw: &str) -> Result<UserId, ApiError> {
@@ -52,6 +95,16 @@ async fn visible_user(state: &ApiState, caller: &Caller, raw: &str) -> Result<Us
         .ok_or_else(|| user_not_found(id.as_str()))
 }
 
+/// Creates a user (admins).
+#[utoipa::path(
+    post, path = "/api/users", tag = "accounts",
+    request_body = CreateUser,
+    responses(
+        (status = 201, description = "The user; `Location` is it.", body = UserView,
+         headers(("Location" = String, description = "The user's URL."))),
+        (status = 409, description = "`user_exists`.", body = ErrorBody),
+    ),
+)]
 pub(super) async fn create_user(
     state: web::Data<ApiState>,
     caller: Caller,
@@ -89,6 +142,12 @@ pub(super) async fn create_user(
         .json(user))
 }
 
+/// Lists users (admins).
+#[utoipa::path(
+    get, path = "/api/users", tag = "accounts",
+    params(super::PageQuery),
+    responses((status = 200, description = "One page.", body = Page<UserView>)),
+)]
 pub(super) async fn list_users(
     state: web::Data<ApiState>,
     query: web::Query<PageQuery>,
@@ -97,6 +156,15 @@ pub(super) async fn list_users(
     Ok(HttpResponse::Ok().json(state.reads.list_users(limit, cursor).await?))
 }
 
+/// One user (admins, or the user themselves).
+#[utoipa::path(
+    get, path = "/api/users/{id}", tag = "accounts",
+    params(("id" = String, Path, description = "The user id.")),
+    responses(
+        (status = 200, description = "The user.", body = UserView),
+        (status = 404, description = "`user_not_found`.", body = ErrorBody),
+    ),
+)]
 pub(super) async fn get_user(
     state: web::Data<ApiState>,
     caller: Caller,
@@ -105,6 +173,17 @@ pub(super) async fn get_user(
     Ok(HttpResponse::Ok().json(visible_user(&state, &caller, &path).await?))
 }
 
+/// Issues a token to a user (admins, or the user themselves).
+#[utoipa::path(
+    post, path = "/api/users/{id}/tokens", tag = "accounts",
+    params(("id" = String, Path, description = "The user id.")),
+    request_body = CreateToken,
+    responses(
+        (status = 201, description = "The token, shown this once.", body = IssuedToken),
+        (status = 404, description = "`user_not_found`.", body = ErrorBody),
+        (status = 409, description = "`too_many_tokens`.", body = ErrorBody),
+    ),
+)]
 pub(super) async fn create_token(
     state: web::Data<ApiState>,
     caller: Caller,
@@ -130,15 +209,34 @@ pub(super) async fn create_token(
         .engine
         .issue_token(&id, body.name, body.read_only, expires_at, &caller.cause())
         .await?;
-    let view = state.reads.token(issued.id.as_str()).await?;
-    let mut answer = serde_json::to_value(view).unwrap_or_default();
-    answer["token"] = json!(issued.token);
+    let view = state
+        .reads
+        .token(issued.id.as_str())
+        .await?
+        .ok_or_else(|| {
+            ApiError::internal(&std::io::Error::other(
+                "the token was issued but is not in the read model",
+            ))
+        })?;
+    let answer = IssuedToken {
+        view,
+        token: issued.token,
+    };
     Ok(HttpResponse::Created()
         // Shown once: no cache may keep it.
         .insert_header(("Cache-Control", "no-store"))
         .json(answer))
 }
 
+/// A user's tokens (never the tokens themselves).
+#[utoipa::path(
+    get, path = "/api/users/{id}/tokens", tag = "accounts",
+    params(("id" = String, Path, description = "The user id.")),
+    responses(
+        (status = 200, description = "Every token of the user.", body = Page<TokenView>),
+        (status = 404, description = "`user_not_found`.", body = ErrorBody),
+    ),
+)]
 pub(super) async fn list_tokens(
     state: web::Data<ApiState>,
     caller: Caller,
@@ -146,9 +244,22 @@ pub(super) async fn list_tokens(
 ) -> Result<HttpResponse, ApiError> {
     let user = visible_user(&state, &caller, &path).await?;
     let tokens = state.reads.tokens_of(&user.id).await?;
-    Ok(HttpResponse::Ok().json(json!({ "items": tokens, "next_cursor": null })))
+    Ok(HttpResponse::Ok().json(Page {
+        items: tokens,
+        next_cursor: None,
+    }))
 }
 
+/// Revokes a token (admins, or its holder).
+#[utoipa::path(
+    delete, path = "/api/tokens/{id}", tag = "accounts",
+    params(("id" = String, Path, description = "The token id.")),
+    responses(
+        (status = 200, description = "The revoked token.", body = TokenView),
+        (status = 404, description = "`token_not_found`.", body = ErrorBody),
+        (status = 409, description = "`token_revoked`: revoked already.", body = ErrorBody),
+    ),
+)]
 pub(super) async fn revoke_token(
     state: web::Data<ApiState>,
     caller: Caller,
@@ -179,31 +290,43 @@ pub(super) async fn revoke_token(
     Ok(HttpResponse::Ok().json(token))
 }
 
+/// Who the token belongs to.
+#[utoipa::path(
+    get, path = "/api/me", tag = "accounts",
+    responses((status = 200, description = "The caller.", body = Me)),
+)]
 pub(super) async fn me(
     state: web::Data<ApiState>,
     caller: Caller,
 ) -> Result<HttpResponse, ApiError> {
     let Some(p) = caller.principal() else {
-        return Ok(HttpResponse::Ok().json(json!({
-            "id": null,
-            "name": "anonymous",
-            "role": "admin",
-            "auth": false,
-            "token": null,
-        })));
+        return Ok(HttpResponse::Ok().json(Me {
+            id: None,
+            name: "anonymous".into(),
+            role: "admin".into(),
+            auth: false,
+            token: None,
+        }));
     };
     let token = state.reads.token(&p.token_id).await?;
-    Ok(HttpResponse::Ok().json(json!({
-        "id": p.user_id,
-        "name": p.name,
-        "role": p.role,
-        "auth": true,
-        "token": token,
-    })))
+    Ok(HttpResponse::Ok().json(Me {
+        id: Some(p.user_id.to_string()),
+        name: p.name.clone(),
+        role: p.role.as_str().to_string(),
+        auth: true,
+        token,
+    }))
 }
 
 /// A single-use ticket, good for [`TICKET_TTL`], that a browser puts in
 /// the WebSocket URL (`/api/ws?ticket=…`) instead of its token.
+/// A single-use, short-lived ticket for a browser's WebSocket (in the URL
+/// instead of the token).
+#[utoipa::path(
+    post, path = "/api/ws/ticket", tag = "accounts",
+    request_body(content = Object, description = "Empty, or an object (ignored)."),
+    responses((status = 200, description = "The ticket.", body = Ticket)),
+)]
 pub(super) async fn ws_ticket(
     state: web::Data<ApiState>,
     caller: Caller,
@@ -225,5 +348,8 @@ pub(super) async fn ws_ticket(
         .await?;
     Ok(HttpResponse::Ok()
         .insert_header(("Cache-Control", "no-store"))
-        .json(json!({ "ticket": ticket, "expires_at": expires.to_rfc3339() })))
+        .json(Ticket {
+            ticket,
+            expires_at: expires.to_rfc3339(),
+        }))
 }

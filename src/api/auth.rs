@@ -341,7 +341,8 @@ impl Access {
 /// Routes that authenticate otherwise: the worker protocol (the worker
 /// token) and the nodes' own calls.
 fn skips(path: &str) -> bool {
-    path.starts_with("/api/workers/")
+    path == "/api/openapi.json"
+        || path.starts_with("/api/workers/")
         || path.starts_with("/api/tasks/")
         || path.starts_with("/api/internal/")
 }

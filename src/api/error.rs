@@ -109,10 +109,13 @@ impl ResponseError for ApiError {
         if let Some((name, value)) = &self.header {
             response.insert_header((*name, value.as_str()));
         }
-        let mut error = self.details.clone();
-        error.insert("code".to_string(), json!(self.code));
-        error.insert("message".to_string(), json!(self.message));
-        let mut response = response.json(json!({ "error": error }));
+        let mut response = response.json(super::openapi::ErrorBody {
+            error: super::openapi::ErrorObject {
+                code: self.code.to_string(),
+                message: self.message.clone(),
+                detail: self.details.clone(),
+            },
+        });
         if let Some(forward) = &self.forward {
             response.extensions_mut().insert(forward.as_ref().clone());
         }

@@ -25,6 +25,10 @@ pub const DEFAULT_MESSAGES_PER_RUN_PER_MINUTE: usize = 120;
 pub const DEFAULT_WS_SUBSCRIPTIONS_PER_CONNECTION: usize = 1_000;
 /// WebSocket connections one token may hold open by default.
 pub const DEFAULT_WS_CONNECTIONS_PER_TOKEN: usize = 64;
+/// The longest a start may wait for its run by default (`?wait=`, s).
+pub const DEFAULT_MAX_START_WAIT_SECONDS: u64 = 60;
+/// The longest a worker's claim may wait for a task by default (s).
+pub const DEFAULT_MAX_CLAIM_WAIT_SECONDS: u64 = 30;
 
 /// The window of the message rate.
 const MINUTE: Duration = Duration::from_secs(60);
@@ -40,6 +44,10 @@ pub struct InputLimits {
     pub ws_subscriptions_per_connection: usize,
     /// WebSocket connections one token may hold open at once.
     pub ws_connections_per_token: usize,
+    /// The longest `POST /api/runs?wait=` may wait (seconds).
+    pub max_start_wait_seconds: u64,
+    /// The longest a worker's claim may wait for a task (`wait_s`).
+    pub max_claim_wait_seconds: u64,
 }
 
 impl Default for InputLimits {
@@ -49,6 +57,8 @@ impl Default for InputLimits {
             messages_per_run_per_minute: DEFAULT_MESSAGES_PER_RUN_PER_MINUTE,
             ws_subscriptions_per_connection: DEFAULT_WS_SUBSCRIPTIONS_PER_CONNECTION,
             ws_connections_per_token: DEFAULT_WS_CONNECTIONS_PER_TOKEN,
+            max_start_wait_seconds: DEFAULT_MAX_START_WAIT_SECONDS,
+            max_claim_wait_seconds: DEFAULT_MAX_CLAIM_WAIT_SECONDS,
         }
     }
 }
@@ -183,6 +193,7 @@ mod tests {
             messages_per_run_per_minute: 2,
             ws_subscriptions_per_connection: 1,
             ws_connections_per_token: 2,
+            ..InputLimits::default()
         })
     }
 

@@ -11,6 +11,7 @@ mod error;
 pub mod forward;
 mod hygiene;
 pub mod limits;
+pub mod openapi;
 mod origin;
 mod runs;
 mod steering;
@@ -162,7 +163,8 @@ pub fn configure(state: ApiState) -> impl FnOnce(&mut web::ServiceConfig) {
                     .service(resource("/tokens/{id}").delete(accounts::revoke_token))
                     .service(resource("/me").get(accounts::me))
                     .service(resource("/ws/ticket").post(accounts::ws_ticket))
-                    .route("/ws", web::get().to(ws::connect))
+                    .service(resource("/ws").get(ws::connect))
+                    .service(resource("/openapi.json").get(openapi_document))
                     .default_service(web::to(not_found)),
             )
             .default_service(web::to(not_found));
@@ -187,6 +189,22 @@ fn json_error(e: JsonPayloadError, _: &HttpRequest) -> actix_web::Error {
     error.into()
 }
 
+/// The OpenAPI 3.1 document of this API (no token needed).
+#[utoipa::path(
+    get, path = "/api/openapi.json", tag = "contract",
+    responses((status = 200, description = "This document.", content_type = "application/json", body = Object)),
+)]
+async fn openapi_document(state: web::Data<ApiState>) -> HttpResponse {
+    let remote: Vec<String> = state
+        .engine
+        .agents()
+        .into_iter()
+        .filter(|a| a.info.kind == crate::engine::AgentKind::Remote)
+        .map(|a| a.info.name)
+        .collect();
+    openapi::serve(&state.limits.bounds, &remote)
+}
+
 async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(serde_json::json!({"status": "ok"}))
 }
@@ -196,12 +214,22 @@ fn resource(path: &str) -> actix_web::Resource {
     web::resource(path).default_service(web::to(method_not_allowed))
 }
 
+/// `405` with `Allow` (the methods the contract lists for the resource).
 async fn method_not_allowed(req: HttpRequest) -> Result<HttpResponse, ApiError> {
-    Err(ApiError::new(
+    let refused = ApiError::new(
         actix_web::http::StatusCode::METHOD_NOT_ALLOWED,
         "method_not_allowed",
         format!("{} is not allowed on {}", req.method(), req.path()),
-    ))
+    );
+    Err(
+        match req
+            .match_pattern()
+            .and_then(|p| openapi::allowed_methods(&p))
+        {
+            Some(allowed) => refused.with_header("allow", allowed),
+            None => refused,
+        },
+    )
 }
 
 async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
@@ -267,6 +295,63 @@ pub(crate) fn refuse_nul_text(field: &str, text: Option<&str>) -> Result<(), Api
     }
 }
 
+/// A whole number as JSON Schema has it, `3` or `3.0` alike (serde takes
+/// only the first for an integer field); anything else is refused.
+fn whole_number<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+    max: u64,
+) -> Result<u64, D::Error> {
+    let number = serde_json::Number::deserialize(deserializer)?;
+    number
+        .as_u64()
+        .or_else(|| {
+            number
+                .as_f64()
+                .filter(|f| f.fract() == 0.0 && *f >= 0.0 && *f <= max as f64)
+                .map(|f| f as u64)
+        })
+        .filter(|n| *n <= max)
+        .ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "expected a whole number from 0 to {max}, not {number}"
+            ))
+        })
+}
+
+/// [`whole_number`] for a `u64` field.
+pub(crate) fn whole_u64<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<u64, D::Error> {
+    whole_number(deserializer, u64::MAX)
+}
+
+/// [`whole_number`] for a `u32` field.
+pub(crate) fn whole_u32<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<u32, D::Error> {
+    whole_number(deserializer, u64::from(u32::MAX)).map(|n| n as u32)
+}
+
+/// Rewrites whole numbers written with a fraction (`3.0`) as integers
+/// (`3`), everywhere in `value`: JSON Schema counts them as integers, and
+/// so does the server when it reads a definition.
+pub(crate) fn whole_numbers_as_integers(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::Number(n) if !n.is_i64() && !n.is_u64() => {
+            if let Some(f) = n.as_f64().filter(|f| f.fract() == 0.0) {
+                if f >= 0.0 && f <= u64::MAX as f64 {
+                    *value = serde_json::Value::from(f as u64);
+                } else if f < 0.0 && f >= i64::MIN as f64 {
+                    *value = serde_json::Value::from(f as i64);
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(whole_numbers_as_integers),
+        serde_json::Value::Object(map) => map.values_mut().for_each(whole_numbers_as_integers),
+        _ => {}
+    }
+}
+
 /// Parses an optional JSON body: an empty body is `T::default()`, anything
 /// else must be a `T`.
 pub(crate) fn optional_body<T: serde::de::DeserializeOwned + Default>(
@@ -279,10 +364,14 @@ pub(crate) fn optional_body<T: serde::de::DeserializeOwned + Default>(
 }
 
 /// `?limit=&cursor=` of every list endpoint.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct PageQuery {
+    /// Items per page (default 50).
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<u32>,
+    /// `next_cursor` of the previous page.
     cursor: Option<String>,
 }
 

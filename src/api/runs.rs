@@ -4,8 +4,10 @@ use std::time::Duration;
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde_json::Value;
+use utoipa::{IntoParams, ToSchema};
 
+use super::openapi::ErrorBody;
 use super::templates::template_id;
 use super::{optional_body, refuse_nul, refuse_nul_text, ApiError, ApiState, Caller, PageQuery};
 use crate::domain::ids::{ArtifactName, RunId};
@@ -17,14 +19,20 @@ use crate::projections::{Page, RunDetail};
 /// Most events returned by one page of the events endpoint.
 const MAX_EVENTS_PAGE: i64 = 1000;
 
-#[derive(Debug, Deserialize)]
+/// A run to start.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct StartRun {
+    /// The template whose current version runs.
+    #[schema(pattern = "^[A-Za-z0-9_-]{1,64}$")]
     template_id: String,
+    /// The run's input (checked against the template's `input_schema`;
+    /// `{}` when absent).
     #[serde(default = "empty_object")]
     input: Value,
     /// Manual mode when false: ready steps wait for a trigger.
     #[serde(default = "crate::domain::yes")]
+    #[schema(default = true)]
     auto_run: bool,
 }
 
@@ -32,31 +40,50 @@ fn empty_object() -> Value {
     Value::Object(Default::default())
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(super) struct ListRuns {
+    /// Only runs with this status.
+    #[param(value_type = Option<RunStatus>)]
     status: Option<String>,
+    /// Only runs of this template.
+    #[param(pattern = "^[A-Za-z0-9_-]{1,64}$")]
     template_id: Option<String>,
+    /// Only runs with a step (or evaluator) of this agent.
+    #[param(pattern = "^[A-Za-z0-9_-]{1,64}$")]
     agent: Option<String>,
     /// A user id: that user's runs (admins; a user lists their own).
+    #[param(pattern = "^[A-Za-z0-9_-]{1,64}$")]
     owner: Option<String>,
+    /// Items per page (default 50).
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<u32>,
+    /// `next_cursor` of the previous page.
     cursor: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(super) struct DetailQuery {
     /// The run as it was after this event (time travel, for audits).
+    #[param(minimum = 1)]
     at: Option<i64>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(super) struct EventsQuery {
+    /// Only events with a sequence above this one (0: from the first).
+    #[param(minimum = 0)]
     after: Option<i64>,
+    /// Events per page (default and most 1,000).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<i64>,
     /// Only events with a sequence up to this one (a history slider).
+    #[param(minimum = 1)]
     at_or_before: Option<i64>,
 }
 
@@ -77,24 +104,83 @@ pub(super) async fn detail(state: &ApiState, id: &RunId) -> Result<RunDetail, Ap
     Ok(detail)
 }
 
-/// The longest a start may wait for its run to finish (`?wait=`).
-pub const MAX_WAIT_SECS: f64 = 60.0;
-
 /// How often a waiting start looks at its run without a wake-up (a run
 /// that moved to another node finishes there).
 const WAIT_RECHECK: Duration = Duration::from_secs(1);
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(super) struct StartQuery {
-    /// Seconds to wait for the run to finish before answering.
+    /// Seconds to wait for the run to finish before answering (at most
+    /// the server's `max_start_wait_seconds`, 60 by default).
+    #[param(minimum = 0, maximum = 60)]
     wait: Option<f64>,
+}
+
+/// A finished run (`POST /api/runs?wait=`): its detail and the outputs of
+/// its last steps.
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct FinishedRun {
+    #[serde(flatten)]
+    run: RunDetail,
+    /// The latest version of each artifact of the steps nothing depends
+    /// on, by name (only with `wait`, once the run finished).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    outputs: Option<std::collections::BTreeMap<String, Output>>,
+}
+
+/// One output of a finished run: inline up to the blob threshold (8 KiB),
+/// else a link to fetch it from.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(untagged)]
+pub(super) enum Output {
+    /// Stored inline.
+    Inline {
+        /// The artifact version.
+        version: u32,
+        /// Its content.
+        content: Value,
+    },
+    /// Stored as a blob.
+    Linked {
+        /// The artifact version.
+        version: u32,
+        /// Its size in bytes.
+        size: u64,
+        /// Its SHA-256 (hex).
+        sha256: String,
+        /// Where to fetch it (`GET /api/runs/{id}/artifacts/{name}`).
+        href: String,
+        /// Retention took the body.
+        purged: bool,
+    },
 }
 
 /// `POST /api/runs`: 201 with the new run; with `Idempotency-Key`, 200
 /// with the run an earlier start with the same key and body made. With
 /// `?wait=SECONDS`: 200 with the finished run and its `outputs`, or 202
 /// with the run as it stands if it has not finished in time.
+#[utoipa::path(
+    post, path = "/api/runs", tag = "runs",
+    params(
+        StartQuery,
+        ("Idempotency-Key" = Option<String>, Header,
+         description = "The same key and body give the same run, never a second one (1 to 255 visible ASCII characters)."),
+    ),
+    request_body = StartRun,
+    responses(
+        (status = 201, description = "Started; `Location` is the run.", body = RunDetail,
+         headers(("Location" = String, description = "The run's URL."))),
+        (status = 200, description = "With `wait`: the run finished, with its `outputs`. With `Idempotency-Key`: the run an earlier start with the same key and body made (`Idempotent-Replayed: true`).", body = FinishedRun,
+         headers(("Location" = String, description = "The run's URL."))),
+        (status = 202, description = "With `wait`: the run has not finished in time; poll `Location`.", body = RunDetail,
+         headers(("Location" = String, description = "The run's URL."))),
+        (status = 404, description = "`template_not_found`.", body = ErrorBody),
+        (status = 409, description = "`template_archived`.", body = ErrorBody),
+        (status = 422, description = "`invalid_input` (with `path`), `idempotency_key_reused`.", body = ErrorBody),
+    ),
+)]
 pub(super) async fn start(
     state: web::Data<ApiState>,
     caller: Caller,
@@ -102,15 +188,16 @@ pub(super) async fn start(
     query: web::Query<StartQuery>,
     body: web::Json<StartRun>,
 ) -> Result<HttpResponse, ApiError> {
+    let most = state.limits.bounds.max_start_wait_seconds;
     let wait = match query.wait {
         None => None,
-        Some(secs) if secs.is_finite() && (0.0..=MAX_WAIT_SECS).contains(&secs) => {
+        Some(secs) if secs.is_finite() && (0.0..=most as f64).contains(&secs) => {
             Some(Duration::from_secs_f64(secs))
         }
         Some(_) => {
             return Err(ApiError::bad_request(
                 "invalid_wait",
-                format!("wait is a number of seconds from 0 to {MAX_WAIT_SECS}"),
+                format!("wait is a number of seconds from 0 to {most}"),
             ))
         }
     };
@@ -147,9 +234,8 @@ pub(super) async fn start(
         }
         return Ok(answer.json(run));
     }
-    let outputs = outputs(&state, &run).await?;
-    let mut body = serde_json::to_value(&run).map_err(|e| ApiError::internal(&e))?;
-    body["outputs"] = outputs;
+    let outputs = Some(outputs(&state, &run).await?);
+    let body = FinishedRun { run, outputs };
     let mut answer = HttpResponse::Ok();
     if replayed {
         answer = replayed_start(&id, answer);
@@ -199,13 +285,16 @@ async fn finished_within(
 /// inline (up to the blob threshold, 8 KiB), else `{"version", "size",
 /// "sha256", "href"}` to fetch it from; `"purged": true` once retention
 /// took the body.
-async fn outputs(state: &ApiState, run: &RunDetail) -> Result<Value, ApiError> {
+async fn outputs(
+    state: &ApiState,
+    run: &RunDetail,
+) -> Result<std::collections::BTreeMap<String, Output>, ApiError> {
     let needed: std::collections::BTreeSet<&str> = run
         .steps
         .values()
         .flat_map(|s| s.depends_on.iter().map(String::as_str))
         .collect();
-    let mut outputs = serde_json::Map::new();
+    let mut outputs = std::collections::BTreeMap::new();
     for (name, artifact) in &run.artifacts {
         if needed.contains(artifact.step.as_str()) || !run.steps.contains_key(&artifact.step) {
             continue;
@@ -218,18 +307,21 @@ async fn outputs(state: &ApiState, run: &RunDetail) -> Result<Value, ApiError> {
             serde_json::from_value(row.content).map_err(|e| ApiError::internal(&e))?;
         let href = format!("/api/runs/{}/artifacts/{name}", run.id);
         let output = match stored {
-            ArtifactContent::Inline(content) => json!({"version": row.version, "content": content}),
-            ArtifactContent::Blob { sha256, size } => json!({
-                "version": row.version,
-                "size": size,
-                "sha256": sha256,
-                "href": href,
-                "purged": run.purged.is_some(),
-            }),
+            ArtifactContent::Inline(content) => Output::Inline {
+                version: row.version,
+                content,
+            },
+            ArtifactContent::Blob { sha256, size } => Output::Linked {
+                version: row.version,
+                size,
+                sha256,
+                href,
+                purged: run.purged.is_some(),
+            },
         };
         outputs.insert(name.clone(), output);
     }
-    Ok(Value::Object(outputs))
+    Ok(outputs)
 }
 
 /// `201 Created` for a new run. Its start's events are its whole history,
@@ -246,6 +338,17 @@ fn created(id: &RunId, committed: &Committed) -> HttpResponse {
 
 /// A new run with the same template version, definition and input as a
 /// failed or cancelled run, linked to it by `retry_of`.
+/// Starts a new run with the same template version and input.
+#[utoipa::path(
+    post, path = "/api/runs/{id}/retry", tag = "runs",
+    params(("id" = String, Path, description = "The run id.")),
+    responses(
+        (status = 201, description = "The new run, linked by `retry_of`; `Location` is it.", body = RunDetail,
+         headers(("Location" = String, description = "The new run's URL."))),
+        (status = 404, description = "`run_not_found`.", body = ErrorBody),
+        (status = 409, description = "Only a failed or cancelled run is retried.", body = ErrorBody),
+    ),
+)]
 pub(super) async fn retry(
     state: web::Data<ApiState>,
     caller: Caller,
@@ -256,6 +359,12 @@ pub(super) async fn retry(
     Ok(created(&id, &committed))
 }
 
+/// Lists runs, newest first (a user sees their own).
+#[utoipa::path(
+    get, path = "/api/runs", tag = "runs",
+    params(ListRuns),
+    responses((status = 200, description = "One page.", body = Page<crate::projections::RunSummary>)),
+)]
 pub(super) async fn list(
     state: web::Data<ApiState>,
     caller: Caller,
@@ -319,6 +428,15 @@ pub(super) async fn list(
     Ok(HttpResponse::Ok().json(page))
 }
 
+/// A run's detail; with `at`, as it was after that event (from the log).
+#[utoipa::path(
+    get, path = "/api/runs/{id}", tag = "runs",
+    params(("id" = String, Path, description = "The run id."), DetailQuery),
+    responses(
+        (status = 200, description = "The run.", body = RunDetail),
+        (status = 404, description = "`run_not_found`.", body = ErrorBody),
+    ),
+)]
 pub(super) async fn get(
     state: web::Data<ApiState>,
     path: web::Path<String>,
@@ -361,6 +479,15 @@ async fn detail_at(state: &ApiState, id: &RunId, at: i64) -> Result<RunDetail, A
     ))
 }
 
+/// A run's events in order, paged by sequence.
+#[utoipa::path(
+    get, path = "/api/runs/{id}/events", tag = "runs",
+    params(("id" = String, Path, description = "The run id."), EventsQuery),
+    responses(
+        (status = 200, description = "One page; `next_cursor` is the `after` of the next.", body = Page<EventView>),
+        (status = 404, description = "`run_not_found`.", body = ErrorBody),
+    ),
+)]
 pub(super) async fn events(
     state: web::Data<ApiState>,
     path: web::Path<String>,
@@ -419,11 +546,16 @@ pub(super) async fn events(
     Ok(HttpResponse::Ok().json(Page { items, next_cursor }))
 }
 
-#[derive(Debug, Serialize)]
-struct ArtifactVersionBody {
+/// One version of an artifact.
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct ArtifactVersionBody {
+    /// The version, from 1.
     version: u32,
+    /// The step that wrote it.
     step: String,
+    /// The attempt that wrote it.
     attempt: u32,
+    /// When (RFC 3339).
     created_at: String,
     /// The body; `null` when it was purged.
     content: Value,
@@ -431,19 +563,34 @@ struct ArtifactVersionBody {
     /// what was removed stay.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     purged: bool,
+    /// The purged body's SHA-256.
     #[serde(skip_serializing_if = "Option::is_none")]
     sha256: Option<String>,
+    /// The purged body's size.
     #[serde(skip_serializing_if = "Option::is_none")]
     size: Option<u64>,
 }
 
-#[derive(Debug, Serialize)]
-struct ArtifactBody {
+/// An artifact and its versions.
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct ArtifactBody {
+    /// `step.output`.
     name: String,
+    /// The version the run reads.
     latest: u32,
+    /// Every version, oldest first.
     versions: Vec<ArtifactVersionBody>,
 }
 
+/// Every version of one artifact of a run.
+#[utoipa::path(
+    get, path = "/api/runs/{id}/artifacts/{name}", tag = "runs",
+    params(("id" = String, Path, description = "The run id."), ("name" = String, Path, description = "The artifact, `step.output`.")),
+    responses(
+        (status = 200, description = "The artifact's versions.", body = ArtifactBody),
+        (status = 404, description = "`run_not_found`, `artifact_not_found`.", body = ErrorBody),
+    ),
+)]
 pub(super) async fn artifact(
     state: web::Data<ApiState>,
     path: web::Path<(String, String)>,
@@ -519,9 +666,12 @@ pub(super) async fn artifact(
 /// Longest cancel reason accepted.
 pub(super) const MAX_REASON_CHARS: usize = 2_000;
 
-#[derive(Debug, Default, Deserialize)]
+/// Why a run is cancelled.
+#[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct CancelBody {
+pub(super) struct CancelBody {
+    /// Up to 2,000 characters.
+    #[schema(max_length = 2000)]
     reason: Option<String>,
 }
 
@@ -531,6 +681,16 @@ pub(super) async fn controlled(state: &ApiState, id: &RunId) -> Result<HttpRespo
     Ok(HttpResponse::Ok().json(detail(state, id).await?))
 }
 
+/// Pauses a run: running steps finish, no new step starts.
+#[utoipa::path(
+    post, path = "/api/runs/{id}/pause", tag = "runs",
+    params(("id" = String, Path, description = "The run id.")),
+    responses(
+        (status = 200, description = "The run after the command.", body = RunDetail),
+        (status = 404, description = "`run_not_found`.", body = ErrorBody),
+        (status = 409, description = "The run's state does not allow it (e.g. `run_not_paused`).", body = ErrorBody),
+    ),
+)]
 pub(super) async fn pause(
     state: web::Data<ApiState>,
     caller: Caller,
@@ -541,6 +701,16 @@ pub(super) async fn pause(
     controlled(&state, &id).await
 }
 
+/// Resumes a paused run.
+#[utoipa::path(
+    post, path = "/api/runs/{id}/resume", tag = "runs",
+    params(("id" = String, Path, description = "The run id.")),
+    responses(
+        (status = 200, description = "The run after the command.", body = RunDetail),
+        (status = 404, description = "`run_not_found`.", body = ErrorBody),
+        (status = 409, description = "The run's state does not allow it (e.g. `run_not_paused`).", body = ErrorBody),
+    ),
+)]
 pub(super) async fn resume(
     state: web::Data<ApiState>,
     caller: Caller,
@@ -553,6 +723,17 @@ pub(super) async fn resume(
 
 /// The body is optional (`{"reason": "…"}`), so it is parsed here: an
 /// empty body means no reason, anything else must be that object.
+/// Cancels a run (running steps are asked to stop).
+#[utoipa::path(
+    post, path = "/api/runs/{id}/cancel", tag = "runs",
+    params(("id" = String, Path, description = "The run id.")),
+    request_body(content = CancelBody, description = "Optional: why."),
+    responses(
+        (status = 200, description = "The run after the command.", body = RunDetail),
+        (status = 404, description = "`run_not_found`.", body = ErrorBody),
+        (status = 409, description = "The run's state does not allow it (e.g. `run_not_paused`).", body = ErrorBody),
+    ),
+)]
 pub(super) async fn cancel(
     state: web::Data<ApiState>,
     caller: Caller,
@@ -594,15 +775,28 @@ async fn purged_since(state: &ApiState, id: &RunId, after: u64) -> Result<bool, 
         }))
 }
 
-#[derive(Debug, Deserialize)]
+/// Which runs retention may purge.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct PurgeBody {
     /// RFC 3339: only a run that finished before this is purged.
+    #[schema(format = DateTime)]
     finished_before: String,
 }
 
 /// `POST /api/runs/{id}/purge`: retention for one run (what `runlog purge`
 /// sends for each run it purges).
+/// Retention for one run: removes its artifact bodies (admins).
+#[utoipa::path(
+    post, path = "/api/runs/{id}/purge", tag = "runs",
+    params(("id" = String, Path, description = "The run id.")),
+    request_body = PurgeBody,
+    responses(
+        (status = 200, description = "What was purged.", body = PurgeAnswer),
+        (status = 404, description = "`run_not_found`.", body = ErrorBody),
+        (status = 409, description = "The run has not finished, or finished after `finished_before`.", body = ErrorBody),
+    ),
+)]
 pub(super) async fn purge(
     state: web::Data<ApiState>,
     caller: Caller,
@@ -625,20 +819,53 @@ pub(super) async fn purge(
         .purge(&id, finished_before, &caller.cause())
         .await?;
     let run = detail(&state, &id).await?;
-    Ok(HttpResponse::Ok().json(serde_json::json!({
-        "run_id": id.as_str(),
-        "recorded": purged.recorded,
-        "purged": run.purged,
-        "blobs": {
-            "referenced": purged.released.referenced,
-            "deleted": purged.released.deleted,
-            "bytes_freed": purged.released.bytes,
+    Ok(HttpResponse::Ok().json(PurgeAnswer {
+        run_id: id.to_string(),
+        recorded: purged.recorded,
+        purged: run.purged,
+        blobs: BlobsReleased {
+            referenced: purged.released.referenced,
+            deleted: purged.released.deleted,
+            bytes_freed: purged.released.bytes,
         },
-    })))
+    }))
+}
+
+/// What a purge did.
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct PurgeAnswer {
+    /// The run.
+    run_id: String,
+    /// `ArtifactsPurged` was recorded now (false: purged before).
+    recorded: bool,
+    /// What the run's purge removed.
+    purged: Option<crate::projections::PurgeView>,
+    /// The blobs released.
+    blobs: BlobsReleased,
+}
+
+/// Blobs a purge released.
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct BlobsReleased {
+    /// Blobs the run referenced.
+    referenced: u64,
+    /// Blobs deleted (no other run references them).
+    deleted: u64,
+    /// Their bytes.
+    bytes_freed: u64,
 }
 
 /// `GET /api/runs/{id}/export`: the run's history as JSON Lines, as
 /// `runlog export RUN` writes it (`runlog import` loads it elsewhere).
+/// A run's history as JSON Lines (`runlog import` loads it).
+#[utoipa::path(
+    get, path = "/api/runs/{id}/export", tag = "runs",
+    params(("id" = String, Path, description = "The run id.")),
+    responses(
+        (status = 200, description = "One JSON object per line.", content_type = "application/x-ndjson", body = String),
+        (status = 404, description = "`run_not_found`.", body = ErrorBody),
+    ),
+)]
 pub(super) async fn export(
     state: web::Data<ApiState>,
     path: web::Path<String>,

@@ -6,54 +6,100 @@
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 use serde_json::Value;
+use utoipa::ToSchema;
 
+use super::openapi::ErrorBody;
 use super::runs::{controlled, detail, run_id, MAX_REASON_CHARS};
 use super::{optional_body, refuse_nul, refuse_nul_text, ApiError, ApiState, Caller, PageQuery};
 use crate::domain::ids::{ArtifactName, RunId, StepId};
 use crate::domain::run::{Action, Author, NewMessage, RunEvent};
+use crate::projections::{MessageView, Page, RunDetail};
 
 /// Longest message content accepted (characters).
 pub const MAX_CONTENT_CHARS: usize = 32_000;
 /// Longest prompt override accepted (characters).
 pub const MAX_PROMPT_CHARS: usize = 32_000;
 
-#[derive(Debug, Deserialize)]
+/// A message to post into a run's thread.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct PostMessage {
+    /// Its text (up to 32,000 characters; not blank for a comment, an
+    /// instruction or a redirect; a cancel's reason, up to 2,000).
+    #[schema(max_length = 32000)]
     content: String,
+    /// What it asks (default `comment`).
+    #[schema(value_type = Option<String>, pattern = "^(comment|instruction|pause|resume|cancel|redirect)$")]
     action: Option<String>,
+    /// Client JSON kept with it (an object).
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     metadata: Value,
 }
 
-#[derive(Debug, Deserialize)]
+/// A redirect: the run is cancelled and a new one starts with these
+/// instructions.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct Redirect {
+    /// Not blank, up to 32,000 characters.
+    #[schema(max_length = 32000)]
     instructions: String,
 }
 
-#[derive(Debug, Default, Deserialize)]
+/// An approval of a review gate.
+#[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct Approve {
+pub(super) struct Approve {
+    /// One of the step's `choices` (required when it has some).
     choice: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+/// A prompt for the attempts a step retry or trigger starts.
+#[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct PromptOverride {
+pub(super) struct PromptOverride {
+    /// Instead of the step's own prompt; not blank, up to 32,000
+    /// characters.
+    #[schema(max_length = 32000)]
     prompt_override: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+/// Manual mode on or off.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct AutoRun {
+    /// Whether ready steps are dispatched without a trigger.
     enabled: bool,
 }
 
-#[derive(Debug, Deserialize)]
+/// A rollback of an artifact.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct Rollback {
+    /// The version to make the latest again.
+    #[schema(minimum = 1)]
+    #[serde(deserialize_with = "super::whole_u32")]
     to_version: u32,
+}
+
+/// A posted message (`new_run_id` when a redirect was processed).
+#[derive(Debug, serde::Serialize, ToSchema)]
+pub(super) struct PostedMessage {
+    #[serde(flatten)]
+    message: MessageView,
+    /// The run a processed redirect started.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    new_run_id: Option<String>,
+}
+
+/// A redirected run: its detail and the run that replaces it.
+#[derive(Debug, serde::Serialize, ToSchema)]
+pub(super) struct Redirected {
+    #[serde(flatten)]
+    run: RunDetail,
+    /// The new run.
+    new_run_id: String,
 }
 
 fn step_id(raw: &str) -> Result<StepId, ApiError> {
@@ -124,6 +170,22 @@ fn checked_prompt(prompt: Option<&String>) -> Result<(), ApiError> {
 /// `POST /api/runs/{id}/messages`: 201 with the message (its status says
 /// what came of it), or 200 with the message first posted under the same
 /// `Idempotency-Key`. A processed `redirect` also carries `new_run_id`.
+/// Posts a message into the run's thread: a comment, an instruction for
+/// the next steps, or a control (pause, resume, cancel, redirect).
+#[utoipa::path(
+    post, path = "/api/runs/{id}/messages", tag = "steering",
+    params(("id" = String, Path, description = "The run id."),
+        ("Idempotency-Key" = Option<String>, Header, description = "The same key posts the message once.")),
+    request_body = PostMessage,
+    responses(
+        (status = 201, description = "The message; its status says what came of it.", body = PostedMessage),
+        (status = 200, description = "The message first posted under the same `Idempotency-Key`.", body = PostedMessage),
+        (status = 404, description = "`run_not_found`.", body = ErrorBody),
+        (status = 409, description = "The run's state does not allow it.", body = ErrorBody),
+        (status = 429, description = "`too_many_messages`: see `Retry-After`.", body = ErrorBody,
+         headers(("Retry-After" = String, description = "Seconds to wait."))),
+    ),
+)]
 pub(super) async fn post_message(
     state: web::Data<ApiState>,
     caller: Caller,
@@ -187,11 +249,15 @@ pub(super) async fn post_message(
             "the message was recorded but is not in the read model",
         ))
     })?;
-    let mut body = serde_json::to_value(&view).map_err(|e| ApiError::internal(&e))?;
-    if view.action == "redirect" && view.status == "processed" {
-        let run = detail(&state, &id).await?;
-        body["new_run_id"] = run.redirected_to.map_or(Value::Null, Value::String);
-    }
+    let new_run_id = if view.action == "redirect" && view.status == "processed" {
+        detail(&state, &id).await?.redirected_to
+    } else {
+        None
+    };
+    let body = PostedMessage {
+        message: view,
+        new_run_id,
+    };
     Ok(if created {
         HttpResponse::Created().json(body)
     } else {
@@ -201,6 +267,15 @@ pub(super) async fn post_message(
 
 /// `GET /api/runs/{id}/messages`: the thread in order, paged by message
 /// number (`cursor` is the last number of the previous page).
+/// The thread in order, paged by message number.
+#[utoipa::path(
+    get, path = "/api/runs/{id}/messages", tag = "steering",
+    params(("id" = String, Path, description = "The run id."), super::PageQuery),
+    responses(
+        (status = 200, description = "One page.", body = Page<MessageView>),
+        (status = 404, description = "`run_not_found`.", body = ErrorBody),
+    ),
+)]
 pub(super) async fn messages(
     state: web::Data<ApiState>,
     path: web::Path<String>,
@@ -222,6 +297,19 @@ pub(super) async fn messages(
 
 /// `POST /api/runs/{id}/redirect`: 201 with the old run's detail and
 /// `new_run_id`; `Location` is the new run.
+/// Redirects a run: it is cancelled and a new run starts with the
+/// instructions.
+#[utoipa::path(
+    post, path = "/api/runs/{id}/redirect", tag = "steering",
+    params(("id" = String, Path, description = "The run id.")),
+    request_body = Redirect,
+    responses(
+        (status = 201, description = "The old run and `new_run_id`; `Location` is the new run.", body = Redirected,
+         headers(("Location" = String, description = "The new run's URL."))),
+        (status = 404, description = "`run_not_found`.", body = ErrorBody),
+        (status = 409, description = "The run has finished.", body = ErrorBody),
+    ),
+)]
 pub(super) async fn redirect(
     state: web::Data<ApiState>,
     caller: Caller,
@@ -242,8 +330,10 @@ pub(super) async fn redirect(
         .redirect(&id, body.instructions, &caller.cause())
         .await?;
     let run = detail(&state, &id).await?;
-    let mut body = serde_json::to_value(&run).map_err(|e| ApiError::internal(&e))?;
-    body["new_run_id"] = Value::String(new_id.to_string());
+    let body = Redirected {
+        run,
+        new_run_id: new_id.to_string(),
+    };
     Ok(HttpResponse::Created()
         .insert_header(("Location", format!("/api/runs/{new_id}")))
         .json(body))
@@ -263,6 +353,17 @@ fn prompt_override(body: &[u8]) -> Result<Option<String>, ApiError> {
 }
 
 /// `POST /api/runs/{id}/steps/{step}/approve {choice?}`.
+/// Approves a step awaiting review (with a choice when it offers some).
+#[utoipa::path(
+    post, path = "/api/runs/{id}/steps/{step}/approve", tag = "steering",
+    params(("id" = String, Path, description = "The run id."), ("step" = String, Path, description = "The step id.")),
+    request_body(content = Approve, description = "Optional: the choice."),
+    responses(
+        (status = 200, description = "The run after the command.", body = RunDetail),
+        (status = 404, description = "`run_not_found`, `step_not_found`.", body = ErrorBody),
+        (status = 409, description = "The step is not awaiting review.", body = ErrorBody),
+    ),
+)]
 pub(super) async fn approve(
     state: web::Data<ApiState>,
     caller: Caller,
@@ -280,6 +381,17 @@ pub(super) async fn approve(
 }
 
 /// `POST /api/runs/{id}/steps/{step}/retry {prompt_override?}`.
+/// Runs a step again (and what depends on it), optionally with a new prompt.
+#[utoipa::path(
+    post, path = "/api/runs/{id}/steps/{step}/retry", tag = "steering",
+    params(("id" = String, Path, description = "The run id."), ("step" = String, Path, description = "The step id.")),
+    request_body(content = PromptOverride, description = "Optional: a prompt override."),
+    responses(
+        (status = 200, description = "The run after the command.", body = RunDetail),
+        (status = 404, description = "`run_not_found`, `step_not_found`.", body = ErrorBody),
+        (status = 409, description = "The run's state does not allow it.", body = ErrorBody),
+    ),
+)]
 pub(super) async fn retry_step(
     state: web::Data<ApiState>,
     caller: Caller,
@@ -296,6 +408,17 @@ pub(super) async fn retry_step(
 }
 
 /// `POST /api/runs/{id}/steps/{step}/trigger {prompt_override?}`.
+/// Dispatches a ready step of a run in manual mode.
+#[utoipa::path(
+    post, path = "/api/runs/{id}/steps/{step}/trigger", tag = "steering",
+    params(("id" = String, Path, description = "The run id."), ("step" = String, Path, description = "The step id.")),
+    request_body(content = PromptOverride, description = "Optional: a prompt override."),
+    responses(
+        (status = 200, description = "The run after the command.", body = RunDetail),
+        (status = 404, description = "`run_not_found`, `step_not_found`.", body = ErrorBody),
+        (status = 409, description = "The step is not ready, or the run is not in manual mode.", body = ErrorBody),
+    ),
+)]
 pub(super) async fn trigger(
     state: web::Data<ApiState>,
     caller: Caller,
@@ -313,6 +436,17 @@ pub(super) async fn trigger(
 
 /// `PUT /api/runs/{id}/auto-run {enabled}`. Setting the current value
 /// records nothing.
+/// Turns manual mode off (`enabled: true`) or on.
+#[utoipa::path(
+    put, path = "/api/runs/{id}/auto-run", tag = "steering",
+    params(("id" = String, Path, description = "The run id.")),
+    request_body = AutoRun,
+    responses(
+        (status = 200, description = "The run after the command.", body = RunDetail),
+        (status = 404, description = "`run_not_found`.", body = ErrorBody),
+        (status = 409, description = "The run's state does not allow it.", body = ErrorBody),
+    ),
+)]
 pub(super) async fn auto_run(
     state: web::Data<ApiState>,
     caller: Caller,
@@ -328,6 +462,17 @@ pub(super) async fn auto_run(
 }
 
 /// `POST /api/runs/{id}/artifacts/{name}/rollback {to_version}`.
+/// Makes an earlier version of an artifact the latest again; what read it runs again.
+#[utoipa::path(
+    post, path = "/api/runs/{id}/artifacts/{name}/rollback", tag = "steering",
+    params(("id" = String, Path, description = "The run id."), ("name" = String, Path, description = "The artifact, `step.output`.")),
+    request_body = Rollback,
+    responses(
+        (status = 200, description = "The run after the command.", body = RunDetail),
+        (status = 404, description = "`run_not_found`, `artifact_not_found`, `unknown_artifact_version`.", body = ErrorBody),
+        (status = 409, description = "The run's state does not allow it.", body = ErrorBody),
+    ),
+)]
 pub(super) async fn rollback(
     state: web::Data<ApiState>,
     caller: Caller,

@@ -4,22 +4,34 @@ use actix_web::http::StatusCode;
 use actix_web::{web, HttpResponse};
 use serde::Deserialize;
 use serde_json::Value;
+use utoipa::ToSchema;
 
+use super::openapi::ErrorBody;
 use super::{refuse_nul, refuse_nul_text, ApiError, ApiState, Caller, PageQuery};
 use crate::domain::ids::TemplateId;
+use crate::projections::{Page, TemplateView};
 
-#[derive(Debug, Deserialize)]
+/// A new template.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct CreateTemplate {
+    /// Unique among live (unarchived) templates.
     name: String,
+    /// What it is for.
     description: Option<String>,
+    /// The DAG of steps (see `schema/definition.schema.json`).
+    #[schema(schema_with = super::openapi::definition)]
     definition: Value,
 }
 
-#[derive(Debug, Deserialize)]
+/// A template's next version.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct ReviseTemplate {
+    /// The new definition; runs started before keep theirs.
+    #[schema(schema_with = super::openapi::definition)]
     definition: Value,
+    /// A new description (the old one stays when absent).
     description: Option<String>,
 }
 
@@ -34,6 +46,17 @@ async fn view(state: &ApiState, id: &TemplateId) -> Result<HttpResponse, ApiErro
     Ok(HttpResponse::Ok().json(template))
 }
 
+/// Creates a template (admins).
+#[utoipa::path(
+    post, path = "/api/templates", tag = "templates",
+    request_body = CreateTemplate,
+    responses(
+        (status = 201, description = "Created; `Location` is the template.", body = TemplateView,
+         headers(("Location" = String, description = "The template's URL."))),
+        (status = 409, description = "`template_name_taken`: a live template has the name.", body = ErrorBody),
+        (status = 422, description = "The definition is refused (`malformed_definition`, `unknown_agent`, `dependency_cycle`, …).", body = ErrorBody),
+    ),
+)]
 pub(super) async fn create(
     state: web::Data<ApiState>,
     caller: Caller,
@@ -43,6 +66,8 @@ pub(super) async fn create(
     refuse_nul_text("name", Some(&body.name))?;
     refuse_nul_text("description", body.description.as_deref())?;
     refuse_nul("definition", &body.definition)?;
+    let mut body = body;
+    super::whole_numbers_as_integers(&mut body.definition);
     // Names are unique among live templates (checked against the read
     // model once it holds what this node committed).
     state.engine.settle_all().await;
@@ -72,6 +97,12 @@ pub(super) async fn create(
         .json(template))
 }
 
+/// Lists templates, newest first.
+#[utoipa::path(
+    get, path = "/api/templates", tag = "templates",
+    params(super::PageQuery),
+    responses((status = 200, description = "One page.", body = Page<TemplateView>)),
+)]
 pub(super) async fn list(
     state: web::Data<ApiState>,
     query: web::Query<PageQuery>,
@@ -80,6 +111,15 @@ pub(super) async fn list(
     Ok(HttpResponse::Ok().json(state.reads.list_templates(limit, cursor).await?))
 }
 
+/// One template, with its current definition.
+#[utoipa::path(
+    get, path = "/api/templates/{id}", tag = "templates",
+    params(("id" = String, Path, description = "The template id.")),
+    responses(
+        (status = 200, description = "The template.", body = TemplateView),
+        (status = 404, description = "`template_not_found`.", body = ErrorBody),
+    ),
+)]
 pub(super) async fn get(
     state: web::Data<ApiState>,
     path: web::Path<String>,
@@ -87,6 +127,18 @@ pub(super) async fn get(
     view(&state, &template_id(&path)?).await
 }
 
+/// Revises a template: a new version (admins).
+#[utoipa::path(
+    put, path = "/api/templates/{id}", tag = "templates",
+    params(("id" = String, Path, description = "The template id.")),
+    request_body = ReviseTemplate,
+    responses(
+        (status = 200, description = "The template at its new version.", body = TemplateView),
+        (status = 404, description = "`template_not_found`.", body = ErrorBody),
+        (status = 409, description = "`template_archived`, or another writer revised it.", body = ErrorBody),
+        (status = 422, description = "The definition is refused.", body = ErrorBody),
+    ),
+)]
 pub(super) async fn revise(
     state: web::Data<ApiState>,
     caller: Caller,
@@ -97,6 +149,8 @@ pub(super) async fn revise(
     let body = body.into_inner();
     refuse_nul_text("description", body.description.as_deref())?;
     refuse_nul("definition", &body.definition)?;
+    let mut body = body;
+    super::whole_numbers_as_integers(&mut body.definition);
     state
         .engine
         .revise_template(&id, body.definition, body.description, &caller.cause())
@@ -104,6 +158,16 @@ pub(super) async fn revise(
     view(&state, &id).await
 }
 
+/// Archives a template: no new runs start from it (admins).
+#[utoipa::path(
+    post, path = "/api/templates/{id}/archive", tag = "templates",
+    params(("id" = String, Path, description = "The template id.")),
+    responses(
+        (status = 200, description = "The archived template.", body = TemplateView),
+        (status = 404, description = "`template_not_found`.", body = ErrorBody),
+        (status = 409, description = "`template_archived`: archived already.", body = ErrorBody),
+    ),
+)]
 pub(super) async fn archive(
     state: web::Data<ApiState>,
     caller: Caller,

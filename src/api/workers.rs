@@ -9,18 +9,18 @@ use std::time::Duration;
 
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
+use utoipa::ToSchema;
 
+use super::openapi::{ErrorBody, Items, Task};
 use super::{refuse_nul, refuse_nul_text, ApiError, ApiState};
 use crate::domain::ids::{AgentName, LeaseToken, RunId, StepId};
 use crate::domain::run::Failure;
 use crate::engine::{ClaimToRecord, EngineError};
 use crate::projections::rfc3339;
 
-/// The longest a claim may wait for a task.
-pub const MAX_WAIT_S: u64 = 30;
 /// Most agents one claim may ask for.
 const MAX_CLAIM_AGENTS: usize = 32;
 /// Longest worker id accepted.
@@ -90,37 +90,62 @@ fn unauthorized(code: &'static str, message: &str) -> ApiError {
         .with_header("WWW-Authenticate", "Bearer realm=\"runlog workers\"")
 }
 
-#[derive(Debug, Deserialize)]
+/// A worker asking for a task.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct Claim {
+    /// Who the worker is (1 to 128 characters).
+    #[schema(min_length = 1, max_length = 128)]
     worker_id: String,
+    /// The remote agents it serves (1 to 32).
+    #[schema(min_items = 1, max_items = 32)]
     agents: Vec<String>,
-    #[serde(default)]
+    /// Seconds to wait for a task (long poll; at most the server's
+    /// `max_claim_wait_seconds`, 30 by default).
+    #[serde(default, deserialize_with = "super::whole_u64")]
+    #[schema(maximum = 30)]
     wait_s: u64,
 }
 
-#[derive(Debug, Deserialize)]
+/// A lease, by its token.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct Lease {
+    /// The `lease_token` of the claimed task.
+    #[schema(min_length = 1, max_length = 256)]
     lease_token: String,
 }
 
-#[derive(Debug, Deserialize)]
+/// A task's result.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct Complete {
+    /// The `lease_token` of the claimed task.
+    #[schema(min_length = 1, max_length = 256)]
     lease_token: String,
+    /// The step's outputs, by name (checked against the agent's output
+    /// schema).
+    #[schema(value_type = Object)]
     outputs: Value,
     /// Claim the worker's next task in the same call.
     #[serde(default)]
     next: Option<Claim>,
 }
 
-#[derive(Debug, Deserialize)]
+/// A task's failure.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct Fail {
+    /// The `lease_token` of the claimed task.
+    #[schema(min_length = 1, max_length = 256)]
     lease_token: String,
+    /// What went wrong (up to 32,000 characters).
+    #[schema(max_length = 32000)]
     error: String,
+    /// Whether another attempt may succeed (the step's retry policy
+    /// decides).
     #[serde(default = "crate::domain::yes")]
+    #[schema(default = true)]
     retryable: bool,
     /// Claim the worker's next task in the same call.
     #[serde(default)]
@@ -134,18 +159,68 @@ struct ClaimOf {
     wait: Duration,
 }
 
-#[derive(Debug, Deserialize)]
+/// A comment into the run's thread.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct Comment {
+    /// The `lease_token` of the claimed task.
+    #[schema(min_length = 1, max_length = 256)]
     lease_token: String,
+    /// The comment (up to 32,000 characters).
+    #[schema(max_length = 32000)]
     text: String,
 }
 
+/// What a heartbeat extended, and what the run asks of the worker.
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct Heartbeat {
+    /// The lease's new expiry (RFC 3339).
+    lease_expires_at: String,
+    /// The run is being cancelled: stop and fail or release the task.
+    cancel_requested: bool,
+    /// The run is pausing (the task may finish).
+    pause_requested: bool,
+}
+
+/// A report recorded.
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct Recorded {
+    /// The task.
+    task_id: String,
+    /// `completed`, `failed`, `commented` or `released`.
+    status: &'static str,
+    /// With `next` in the request: the worker's next task, or null when
+    /// none came in time.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Task>)]
+    next: Option<Option<Value>>,
+}
+
+/// An agent this server knows.
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct AgentEntry {
+    /// Its name, as steps use it.
+    name: String,
+    /// `builtin` or `remote`.
+    kind: &'static str,
+    /// What it does.
+    description: String,
+    /// A JSON Schema of its `config`.
+    config_schema: Value,
+    /// A JSON Schema of its outputs.
+    output_schema: Option<Value>,
+    /// A remote agent's workers seen in the last minute.
+    workers: Option<usize>,
+}
+
 fn check_lease(token: &str) -> Result<(), ApiError> {
-    if token.is_empty() || token.len() > MAX_LEASE_TOKEN {
+    if token.is_empty()
+        || token.len() > MAX_LEASE_TOKEN
+        || !token.bytes().all(|b| b.is_ascii_graphic())
+    {
         return Err(ApiError::bad_request(
             "invalid_lease_token",
-            format!("lease_token must be 1 to {MAX_LEASE_TOKEN} bytes"),
+            format!("lease_token must be 1 to {MAX_LEASE_TOKEN} visible ASCII characters"),
         ));
     }
     Ok(())
@@ -202,10 +277,11 @@ fn check_claim(state: &ApiState, claim: Claim) -> Result<ClaimOf, ApiError> {
         .map(|a| AgentName::parse(a.as_str()))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| ApiError::bad_request("invalid_agents", e.to_string()))?;
-    if wait_s > MAX_WAIT_S {
+    let most = state.limits.bounds.max_claim_wait_seconds;
+    if wait_s > most {
         return Err(ApiError::bad_request(
             "invalid_wait",
-            format!("wait_s must be at most {MAX_WAIT_S}"),
+            format!("wait_s must be at most {most}"),
         ));
     }
     state.engine.check_remote_agents(&agents)?;
@@ -236,6 +312,16 @@ async fn claim_task(state: &ApiState, claim: &ClaimOf) -> Result<Option<Value>, 
 }
 
 /// `POST /api/workers/claim`.
+#[utoipa::path(
+    post, path = "/api/workers/claim", tag = "workers",
+    request_body = Claim,
+    responses(
+        (status = 200, description = "A task, leased to the worker.", body = Task),
+        (status = 204, description = "No task came in time."),
+        (status = 400, description = "`not_a_remote_agent`: an agent is not served by workers; `invalid_wait`, `invalid_worker_id`.", body = ErrorBody),
+    ),
+    security(("workerToken" = [])),
+)]
 pub(super) async fn claim(
     state: web::Data<ApiState>,
     req: HttpRequest,
@@ -250,6 +336,18 @@ pub(super) async fn claim(
 }
 
 /// `POST /api/tasks/{task_id}/heartbeat`.
+/// Extends a task's lease.
+#[utoipa::path(
+    post, path = "/api/tasks/{task_id}/heartbeat", tag = "workers",
+    params(("task_id" = String, Path, description = "The task id (1 to 64 letters and digits).")),
+    request_body = Lease,
+    responses(
+        (status = 200, description = "The lease, extended.", body = Heartbeat),
+        (status = 404, description = "`task_not_found`.", body = ErrorBody),
+        (status = 409, description = "`lease_lost`: the lease token is not the attempt's any more; nothing changed.", body = ErrorBody),
+    ),
+    security(("workerToken" = [])),
+)]
 pub(super) async fn heartbeat(
     state: web::Data<ApiState>,
     req: HttpRequest,
@@ -260,15 +358,19 @@ pub(super) async fn heartbeat(
     check_task_id(&path)?;
     check_lease(&body.lease_token)?;
     let status = state.engine.heartbeat(&path, &body.lease_token).await?;
-    Ok(HttpResponse::Ok().json(json!({
-        "lease_expires_at": rfc3339(status.lease_expires_at),
-        "cancel_requested": status.cancel_requested,
-        "pause_requested": status.pause_requested,
-    })))
+    Ok(HttpResponse::Ok().json(Heartbeat {
+        lease_expires_at: rfc3339(status.lease_expires_at),
+        cancel_requested: status.cancel_requested,
+        pause_requested: status.pause_requested,
+    }))
 }
 
-fn recorded(task_id: &str, status: &str) -> HttpResponse {
-    HttpResponse::Ok().json(json!({"task_id": task_id, "status": status}))
+fn recorded(task_id: &str, status: &'static str) -> HttpResponse {
+    HttpResponse::Ok().json(Recorded {
+        task_id: task_id.to_string(),
+        status,
+        next: None,
+    })
 }
 
 /// The answer to a report that also asked for the next task: the report is
@@ -278,7 +380,7 @@ fn recorded(task_id: &str, status: &str) -> HttpResponse {
 async fn recorded_then_claim(
     state: &ApiState,
     task_id: &str,
-    status: &str,
+    status: &'static str,
     next: Option<ClaimOf>,
 ) -> HttpResponse {
     let Some(claim) = next else {
@@ -292,10 +394,26 @@ async fn recorded_then_claim(
             None
         }
     };
-    HttpResponse::Ok().json(json!({"task_id": task_id, "status": status, "next": next}))
+    HttpResponse::Ok().json(Recorded {
+        task_id: task_id.to_string(),
+        status,
+        next: Some(next),
+    })
 }
 
 /// `POST /api/tasks/{task_id}/complete`.
+/// Completes a task with its outputs.
+#[utoipa::path(
+    post, path = "/api/tasks/{task_id}/complete", tag = "workers",
+    params(("task_id" = String, Path, description = "The task id (1 to 64 letters and digits).")),
+    request_body = Complete,
+    responses(
+        (status = 200, description = "Recorded (and the next task, when asked).", body = Recorded),
+        (status = 404, description = "`task_not_found`.", body = ErrorBody),
+        (status = 409, description = "`lease_lost`: the lease token is not the attempt's any more; nothing changed.", body = ErrorBody),
+    ),
+    security(("workerToken" = [])),
+)]
 pub(super) async fn complete(
     state: web::Data<ApiState>,
     req: HttpRequest,
@@ -320,6 +438,18 @@ pub(super) async fn complete(
 }
 
 /// `POST /api/tasks/{task_id}/fail`.
+/// Fails a task.
+#[utoipa::path(
+    post, path = "/api/tasks/{task_id}/fail", tag = "workers",
+    params(("task_id" = String, Path, description = "The task id (1 to 64 letters and digits).")),
+    request_body = Fail,
+    responses(
+        (status = 200, description = "Recorded (and the next task, when asked).", body = Recorded),
+        (status = 404, description = "`task_not_found`.", body = ErrorBody),
+        (status = 409, description = "`lease_lost`: the lease token is not the attempt's any more; nothing changed.", body = ErrorBody),
+    ),
+    security(("workerToken" = [])),
+)]
 pub(super) async fn fail(
     state: web::Data<ApiState>,
     req: HttpRequest,
@@ -347,6 +477,18 @@ pub(super) async fn fail(
 }
 
 /// `POST /api/tasks/{task_id}/comment`.
+/// Posts a comment into the run's thread.
+#[utoipa::path(
+    post, path = "/api/tasks/{task_id}/comment", tag = "workers",
+    params(("task_id" = String, Path, description = "The task id (1 to 64 letters and digits).")),
+    request_body = Comment,
+    responses(
+        (status = 200, description = "Recorded.", body = Recorded),
+        (status = 404, description = "`task_not_found`.", body = ErrorBody),
+        (status = 409, description = "`lease_lost`: the lease token is not the attempt's any more; nothing changed.", body = ErrorBody),
+    ),
+    security(("workerToken" = [])),
+)]
 pub(super) async fn comment(
     state: web::Data<ApiState>,
     req: HttpRequest,
@@ -363,6 +505,18 @@ pub(super) async fn comment(
 }
 
 /// `POST /api/tasks/{task_id}/release`.
+/// Gives a task back: another worker may claim it.
+#[utoipa::path(
+    post, path = "/api/tasks/{task_id}/release", tag = "workers",
+    params(("task_id" = String, Path, description = "The task id (1 to 64 letters and digits).")),
+    request_body = Lease,
+    responses(
+        (status = 200, description = "Recorded.", body = Recorded),
+        (status = 404, description = "`task_not_found`.", body = ErrorBody),
+        (status = 409, description = "`lease_lost`: the lease token is not the attempt's any more; nothing changed.", body = ErrorBody),
+    ),
+    security(("workerToken" = [])),
+)]
 pub(super) async fn release(
     state: web::Data<ApiState>,
     req: HttpRequest,
@@ -377,26 +531,29 @@ pub(super) async fn release(
 }
 
 /// `GET /api/agents`: every agent, built-in and remote.
+#[utoipa::path(
+    get, path = "/api/agents", tag = "workers",
+    responses((status = 200, description = "Every agent, built-in and remote.", body = Items<AgentEntry>)),
+)]
 pub(super) async fn agents(state: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
-    let items: Vec<Value> = state
+    let items: Vec<AgentEntry> = state
         .engine
         .agents()
         .into_iter()
-        .map(|view| {
-            json!({
-                "name": view.info.name,
-                "kind": view.info.kind.as_str(),
-                "description": view.info.spec.description,
-                "config_schema": view.info.spec.config_schema,
-                "output_schema": view.info.spec.output_schema,
-                "workers": view.workers,
-            })
+        .map(|view| AgentEntry {
+            name: view.info.name.to_string(),
+            kind: view.info.kind.as_str(),
+            description: view.info.spec.description,
+            config_schema: view.info.spec.config_schema,
+            output_schema: view.info.spec.output_schema,
+            workers: view.workers,
         })
         .collect();
-    Ok(HttpResponse::Ok().json(json!({ "items": items })))
+    Ok(HttpResponse::Ok().json(Items { items }))
 }
 
-#[derive(Debug, Deserialize)]
+/// A claim made through a peer node.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct PeerClaim {
     step: String,
@@ -409,6 +566,16 @@ pub(super) struct PeerClaim {
 /// Guarded by the worker token. Answers `{"lease_expires_at": ms}` (null:
 /// nothing recorded), `{"stale": true}` when the attempt is over, or `503
 /// hosted_elsewhere` when this node no longer hosts the run.
+#[utoipa::path(
+    post, path = "/api/internal/runs/{id}/claims", tag = "workers",
+    params(("id" = String, Path, description = "The run id.")),
+    request_body = PeerClaim,
+    responses(
+        (status = 200, description = "`{\"lease_expires_at\": ms}` (null: nothing recorded) or `{\"stale\": true}`.", body = Object),
+        (status = 503, description = "`hosted_elsewhere`.", body = ErrorBody),
+    ),
+    security(("workerToken" = [])),
+)]
 pub(super) async fn peer_claim(
     state: web::Data<ApiState>,
     req: HttpRequest,

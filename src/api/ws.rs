@@ -23,8 +23,9 @@ use actix::fut::{ActorFutureExt, WrapFuture};
 use actix::{Actor, ActorContext, AsyncContext, Handler, StreamHandler};
 use actix_web::{web, HttpRequest, HttpResponse};
 use actix_web_actors::ws;
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::ToSchema;
 
 use super::{ApiState, Caller};
 use crate::domain::ids::RunId;
@@ -37,14 +38,105 @@ const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Events read from the log per catch-up query.
 const CATCH_UP_PAGE: i64 = 500;
 
-#[derive(Debug, Deserialize)]
+/// What a client sends over the WebSocket (text frames, one JSON object
+/// each).
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
-enum ClientMessage {
-    Subscribe { run_id: String, after: Option<i64> },
-    Unsubscribe { run_id: String },
+#[schema(as = WsClientMessage)]
+pub(super) enum ClientMessage {
+    /// Follow a run: with `after`, first the events after that sequence,
+    /// then the live ones, with no gap and no duplicate.
+    Subscribe {
+        /// The run.
+        run_id: String,
+        /// The last sequence the client has (0: from the first event).
+        #[schema(minimum = 0)]
+        after: Option<i64>,
+    },
+    /// Stop following a run.
+    Unsubscribe {
+        /// The run.
+        run_id: String,
+    },
+    /// Follow every run's live events, from now on (admins).
     SubscribeAll,
+    /// Stop following every run.
     UnsubscribeAll,
+    /// Answered with `pong`.
     Ping,
+}
+
+/// What the server sends over the WebSocket (text frames, one JSON object
+/// each).
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+#[schema(as = WsServerMessage)]
+pub(super) enum ServerMessage<'a> {
+    /// A `subscribe` took effect (the catch-up follows).
+    Subscribed {
+        /// The run.
+        run_id: &'a str,
+    },
+    /// An `unsubscribe` took effect.
+    Unsubscribed {
+        /// The run.
+        run_id: &'a str,
+    },
+    /// A `subscribe_all` took effect.
+    SubscribedAll,
+    /// An `unsubscribe_all` took effect.
+    UnsubscribedAll,
+    /// The answer to `ping`.
+    Pong,
+    /// One event of a followed run, in sequence order.
+    Event {
+        /// The run.
+        run_id: &'a str,
+        /// Its sequence within the run, from 1.
+        sequence: i64,
+        /// The variant name, e.g. `StepCompleted` (docs/events.md).
+        event_type: &'a str,
+        /// The payload shape's version.
+        event_version: &'a str,
+        /// When it was committed (RFC 3339).
+        recorded_at: Option<&'a str>,
+        /// The event's fields.
+        #[schema(value_type = Object)]
+        payload: &'a Value,
+    },
+    /// Text an attempt produced so far (a chunk; not recorded, not
+    /// replayed).
+    Progress {
+        /// The run.
+        run_id: &'a str,
+        /// The step.
+        step: &'a str,
+        /// The attempt.
+        attempt: u32,
+        /// The chunk.
+        text: &'a str,
+    },
+    /// A refusal. With `status` 401 or 403 (and 1008 as the close code)
+    /// the connection closes.
+    Error {
+        /// Stable, as over HTTP (`run_not_found`, `too_many_subscriptions`).
+        code: &'a str,
+        /// A sentence a person can act on.
+        message: &'a str,
+        /// The HTTP status the same refusal has.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        status: Option<u16>,
+        /// The run it is about, if any.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        run_id: Option<&'a str>,
+    },
+}
+
+impl ServerMessage<'_> {
+    /// The message as the text frame that carries it.
+    fn text(&self) -> String {
+        serde_json::to_string(self).expect("a server message serialises")
+    }
 }
 
 /// One WebSocket connection.
@@ -68,6 +160,17 @@ struct Session {
 /// longest frame the codec takes by default).
 const MAX_MESSAGE_BYTES: usize = 64 * 1024;
 
+/// The WebSocket upgrade. `Authorization: Bearer …`, or `?ticket=` from
+/// `POST /api/ws/ticket` for browsers. Messages: `WsClientMessage` from the
+/// client, `WsServerMessage` from the server (components of this document).
+#[utoipa::path(
+    get, path = "/api/ws", tag = "runs",
+    params(("ticket" = Option<String>, Query, description = "A ticket from `POST /api/ws/ticket` (browsers).")),
+    responses(
+        (status = 101, description = "Switching protocols: the WebSocket. Messages are `WsClientMessage` and `WsServerMessage`."),
+        (status = 429, description = "`too_many_connections`: the token holds as many connections as it may.", body = super::openapi::ErrorBody),
+    ),
+)]
 pub(super) async fn connect(
     req: HttpRequest,
     stream: web::Payload,
@@ -94,7 +197,15 @@ pub(super) async fn connect(
 
 impl Session {
     fn send_error(ctx: &mut ws::WebsocketContext<Self>, code: &str, message: &str) {
-        ctx.text(json!({"type": "error", "code": code, "message": message}).to_string());
+        ctx.text(
+            ServerMessage::Error {
+                code,
+                message,
+                status: None,
+                run_id: None,
+            }
+            .text(),
+        );
     }
 
     /// Sends an authentication or authorisation refusal as an error
@@ -107,13 +218,13 @@ impl Session {
     ) {
         use actix_web::ResponseError;
         ctx.text(
-            json!({
-                "type": "error",
-                "code": refused.code(),
-                "status": refused.status_code().as_u16(),
-                "message": refused.to_string(),
-            })
-            .to_string(),
+            ServerMessage::Error {
+                code: refused.code(),
+                message: &refused.to_string(),
+                status: Some(refused.status_code().as_u16()),
+                run_id: None,
+            }
+            .text(),
         );
         ctx.close(Some(ws::CloseReason {
             code: ws::CloseCode::Policy,
@@ -136,16 +247,15 @@ impl Session {
             *last = event.sequence;
         }
         ctx.text(
-            json!({
-                "type": "event",
-                "run_id": event.run_id,
-                "sequence": event.sequence,
-                "event_type": event.event_type,
-                "event_version": event.event_version,
-                "recorded_at": event.recorded_at,
-                "payload": event.payload,
-            })
-            .to_string(),
+            ServerMessage::Event {
+                run_id: &event.run_id,
+                sequence: event.sequence,
+                event_type: &event.event_type,
+                event_version: &event.event_version,
+                recorded_at: event.recorded_at.as_deref(),
+                payload: &event.payload,
+            }
+            .text(),
         );
     }
 
@@ -155,14 +265,13 @@ impl Session {
             || RunId::parse(progress.run_id.as_str()).is_ok_and(|run| self.runs.contains_key(&run));
         if follows {
             ctx.text(
-                json!({
-                    "type": "progress",
-                    "run_id": progress.run_id,
-                    "step": progress.step,
-                    "attempt": progress.attempt,
-                    "text": progress.text,
-                })
-                .to_string(),
+                ServerMessage::Progress {
+                    run_id: &progress.run_id,
+                    step: &progress.step,
+                    attempt: progress.attempt,
+                    text: &progress.text,
+                }
+                .text(),
             );
         }
     }
@@ -234,7 +343,12 @@ impl Session {
                     act.refuse_and_close(&refused, ctx);
                 }
                 Ok(Ok((run, true, missed))) => {
-                    ctx.text(json!({"type": "subscribed", "run_id": run}).to_string());
+                    ctx.text(
+                        ServerMessage::Subscribed {
+                            run_id: run.as_str(),
+                        }
+                        .text(),
+                    );
                     for event in &missed {
                         act.send_event(event, ctx);
                     }
@@ -319,19 +433,19 @@ impl Session {
                         && self.runs.len()
                             >= self.state.limits.bounds.ws_subscriptions_per_connection =>
                 {
+                    let message = format!(
+                        "a connection follows at most {} runs at once: unsubscribe \
+                         from finished ones, or open another connection",
+                        self.state.limits.bounds.ws_subscriptions_per_connection
+                    );
                     ctx.text(
-                        json!({
-                            "type": "error",
-                            "code": "too_many_subscriptions",
-                            "status": 429,
-                            "message": format!(
-                                "a connection follows at most {} runs at once: unsubscribe \
-                                 from finished ones, or open another connection",
-                                self.state.limits.bounds.ws_subscriptions_per_connection
-                            ),
-                            "run_id": run,
-                        })
-                        .to_string(),
+                        ServerMessage::Error {
+                            code: "too_many_subscriptions",
+                            message: &message,
+                            status: Some(429),
+                            run_id: Some(run.as_str()),
+                        }
+                        .text(),
                     )
                 }
                 Ok(run) => self.subscribe(run, after, ctx),
@@ -340,7 +454,12 @@ impl Session {
             ClientMessage::Unsubscribe { run_id } => match RunId::parse(run_id) {
                 Ok(run) => {
                     self.unsubscribe(&run, ctx);
-                    ctx.text(json!({"type": "unsubscribed", "run_id": run}).to_string());
+                    ctx.text(
+                        ServerMessage::Unsubscribed {
+                            run_id: run.as_str(),
+                        }
+                        .text(),
+                    );
                 }
                 Err(e) => Self::send_error(ctx, "invalid_run_id", &e.to_string()),
             },
@@ -361,7 +480,7 @@ impl Session {
                     .engine
                     .hub()
                     .subscribe_all(ctx.address().recipient());
-                ctx.text(json!({"type": "subscribed_all"}).to_string());
+                ctx.text(ServerMessage::SubscribedAll.text());
             }
             ClientMessage::UnsubscribeAll => {
                 self.all = false;
@@ -369,9 +488,9 @@ impl Session {
                     .engine
                     .hub()
                     .unsubscribe_all(&ctx.address().recipient());
-                ctx.text(json!({"type": "unsubscribed_all"}).to_string());
+                ctx.text(ServerMessage::UnsubscribedAll.text());
             }
-            ClientMessage::Ping => ctx.text(json!({"type": "pong"}).to_string()),
+            ClientMessage::Ping => ctx.text(ServerMessage::Pong.text()),
         }
     }
 }

@@ -171,6 +171,10 @@ pub struct LimitsConfig {
     pub ws_subscriptions_per_connection: Option<usize>,
     /// WebSocket connections one token may hold open (per node).
     pub ws_connections_per_token: Option<usize>,
+    /// The longest `POST /api/runs?wait=` may wait (seconds).
+    pub max_start_wait_seconds: Option<u64>,
+    /// The longest a worker's claim may wait for a task (seconds).
+    pub max_claim_wait_seconds: Option<u64>,
 }
 
 /// Names the engine reserves for its built-in agents.
@@ -329,6 +333,14 @@ impl FileConfig {
                 "ws_connections_per_token",
                 self.limits.ws_connections_per_token == Some(0),
             ),
+            (
+                "max_start_wait_seconds",
+                self.limits.max_start_wait_seconds == Some(0),
+            ),
+            (
+                "max_claim_wait_seconds",
+                self.limits.max_claim_wait_seconds == Some(0),
+            ),
         ] {
             if zero {
                 return invalid(format!("limits.{name} must be at least 1"));
@@ -456,6 +468,8 @@ mod tests {
             "messages_per_run_per_minute",
             "ws_subscriptions_per_connection",
             "ws_connections_per_token",
+            "max_start_wait_seconds",
+            "max_claim_wait_seconds",
         ] {
             assert!(invalid(&format!("[limits]\n{limit} = 0")).contains(&format!("limits.{limit}")));
         }

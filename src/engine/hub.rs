@@ -26,7 +26,7 @@ pub enum Live {
 }
 
 /// Ephemeral progress of a running attempt.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Progress {
     /// The run.
     pub run_id: String,
@@ -39,7 +39,7 @@ pub struct Progress {
 }
 
 /// One event as clients see it (API and WebSocket).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct EventView {
     /// The run it belongs to.
     pub run_id: String,

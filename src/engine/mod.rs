@@ -54,8 +54,8 @@ use crate::store::{AggregateStore, BlobStore, Cluster, StoreError, TaskQueue};
 
 pub use accounts::{random_bytes, token_digest, IssuedToken};
 pub use agents::{
-    Agent, AgentError, AgentLimits, AgentRegistry, AgentResult, CommentSink, CpuPool, ProgressSink,
-    StepContext, StopSignal,
+    Agent, AgentError, AgentKind, AgentLimits, AgentRegistry, AgentResult, CommentSink, CpuPool,
+    ProgressSink, StepContext, StopSignal,
 };
 pub use cause::Cause;
 pub use clock::{Clock, ManualClock, SharedClock, SystemClock};

@@ -116,7 +116,7 @@ impl PageRows for Rows {
 }
 
 /// A user as the API shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct UserView {
     /// Its id.
     pub id: String,
@@ -129,7 +129,7 @@ pub struct UserView {
 }
 
 /// A token as the API shows it: never the token, never its digest.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct TokenView {
     /// Its id.
     pub id: String,

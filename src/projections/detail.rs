@@ -27,7 +27,7 @@ pub fn parse_rfc3339(text: &str) -> Option<Timestamp> {
 
 /// One attempt of a step: what it was given and what it wrote, so the run
 /// detail can show why each artifact version exists.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AttemptView {
     /// The attempt number.
     pub attempt: u32,
@@ -72,7 +72,7 @@ pub struct AttemptView {
 }
 
 /// A refine loop, as the run detail shows it.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RefineView {
     /// The evaluator.
     pub evaluator: String,
@@ -89,7 +89,7 @@ pub struct RefineView {
 }
 
 /// One scored attempt.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ScoreView {
     /// The attempt.
     pub attempt: u32,
@@ -100,7 +100,7 @@ pub struct ScoreView {
 }
 
 /// One step in the run detail.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct StepView {
     /// pending | ready | running | awaiting_review | completed | failed |
     /// skipped.
@@ -189,7 +189,7 @@ impl StepView {
 }
 
 /// One artifact in the run detail.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ArtifactView {
     /// The version `latest` points at.
     pub latest: u32,
@@ -202,7 +202,7 @@ pub struct ArtifactView {
 }
 
 /// What retention purged of a run (`ArtifactsPurged`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PurgeView {
     /// When.
     pub at: String,
@@ -216,7 +216,7 @@ pub struct PurgeView {
 }
 
 /// Why a run failed.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct FailureView {
     /// The step whose failure failed the run.
     pub step: String,
@@ -225,7 +225,7 @@ pub struct FailureView {
 }
 
 /// The run detail document.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RunDetail {
     /// The run id.
     pub id: String,

@@ -34,8 +34,8 @@ mod template_catalogue;
 
 pub use accounts::{TokenIdentity, TokenView, UserView};
 pub use detail::{
-    parse_rfc3339, rfc3339, ArtifactView, AttemptView, FailureView, RefineView, RunDetail,
-    ScoreView, StepView,
+    parse_rfc3339, rfc3339, ArtifactView, AttemptView, FailureView, PurgeView, RefineView,
+    RunDetail, ScoreView, StepView,
 };
 pub use follower::Projector;
 pub use log::{LogReader, LogReaderFactory};

@@ -60,7 +60,7 @@ pub const DEFAULT_PAGE: u32 = 50;
 pub const MAX_PAGE: u32 = 500;
 
 /// One page of a list: `{items, next_cursor}`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Page<T> {
     /// The items.
     pub items: Vec<T>,
@@ -69,7 +69,7 @@ pub struct Page<T> {
 }
 
 /// One row of the run list.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct RunSummary {
     /// The run id.
     pub id: String,
@@ -126,7 +126,7 @@ pub struct ArtifactVersionRow {
 }
 
 /// A template in the catalogue.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct TemplateView {
     /// Its id.
     pub id: String,
@@ -163,7 +163,7 @@ pub fn decode_cursor(cursor: &str) -> Option<(i64, String)> {
 }
 
 /// One message of a run's thread, as the API shows it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct MessageView {
     /// Its number in the thread, from 1.
     pub id: u32,

@@ -55,7 +55,7 @@ const POSITION_DELETE: &str = "DELETE FROM projection_positions WHERE name = $1"
 const POSITION_SET: &str = include_str!("sql/follower/position_swap.sql");
 
 /// How far a rebuild is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RebuildState {
     /// Filling the fresh tables from the log.
@@ -69,7 +69,7 @@ pub enum RebuildState {
 }
 
 /// A rebuild's progress, as operators see it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct RebuildProgress {
     /// The projection.
     pub name: String,

@@ -8,6 +8,7 @@ mod accounts;
 mod admin;
 mod agents;
 mod concurrency;
+mod contract;
 mod control;
 mod history;
 mod hostile;
