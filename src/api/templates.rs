@@ -5,7 +5,7 @@ use actix_web::{web, HttpResponse};
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{refuse_nul, refuse_nul_text, ApiError, ApiState, Caller, PageQuery};
+use super::{contract, refuse_nul, refuse_nul_text, ApiError, ApiState, Caller, PageQuery};
 use crate::domain::ids::TemplateId;
 
 #[derive(Debug, Deserialize)]
@@ -43,6 +43,7 @@ pub(super) async fn create(
     refuse_nul_text("name", Some(&body.name))?;
     refuse_nul_text("description", body.description.as_deref())?;
     refuse_nul("definition", &body.definition)?;
+    contract::check_definition(&body.definition)?;
     // Names are unique among live templates (checked against the read
     // model once it holds what this node committed).
     state.engine.settle_all().await;
@@ -97,6 +98,7 @@ pub(super) async fn revise(
     let body = body.into_inner();
     refuse_nul_text("description", body.description.as_deref())?;
     refuse_nul("definition", &body.definition)?;
+    contract::check_definition(&body.definition)?;
     state
         .engine
         .revise_template(&id, body.definition, body.description, &caller.cause())
