@@ -7,6 +7,7 @@
 mod accounts;
 mod admin;
 pub mod auth;
+pub mod contract;
 mod error;
 pub mod forward;
 mod hygiene;

@@ -270,18 +270,44 @@ pub(super) fn definition() -> RefOr<Schema> {
     RefOr::Ref(utoipa::openapi::Ref::from_schema_name("Definition"))
 }
 
-/// The schema of a template definition.
-fn definition_schema() -> Value {
-    json!({
-        "type": "object",
-        "description": "A template definition: its steps, by id, and what the run may use.",
-        "required": ["steps"],
-        "properties": {
-            "steps": {"type": "object"},
-            "budget": {"type": "object"},
-            "input_schema": {},
-        },
-    })
+/// The definition schema (`schema/definition.schema.json`, what the
+/// server checks definitions with), embedded: its `$defs` become
+/// components named `Definition…` and its references follow them.
+fn embed_definition(schemas: &mut Map<String, Value>) {
+    let mut schema: Value = serde_json::from_str(super::contract::DEFINITION_SCHEMA)
+        .expect("the definition schema is JSON");
+    let object = schema
+        .as_object_mut()
+        .expect("the definition schema is an object");
+    object.remove("$schema");
+    object.remove("$id");
+    let defs = object.remove("$defs").unwrap_or_default();
+    let mut defs = match defs {
+        Value::Object(defs) => defs,
+        _ => Map::new(),
+    };
+    rewrite_refs(&mut schema);
+    for (name, def) in defs.iter_mut() {
+        rewrite_refs(def);
+        schemas.insert(format!("Definition{name}"), def.clone());
+    }
+    schemas.insert("Definition".into(), schema);
+}
+
+/// `#/$defs/X` → `#/components/schemas/DefinitionX`, everywhere.
+fn rewrite_refs(value: &mut Value) {
+    match value {
+        Value::Object(map) => {
+            if let Some(Value::String(target)) = map.get_mut("$ref") {
+                if let Some(name) = target.strip_prefix("#/$defs/") {
+                    *target = format!("#/components/schemas/Definition{name}");
+                }
+            }
+            map.values_mut().for_each(rewrite_refs);
+        }
+        Value::Array(items) => items.iter_mut().for_each(rewrite_refs),
+        _ => {}
+    }
 }
 
 /// The `Allow` header of a resource (`/api/runs/{id}`): its methods in
@@ -471,7 +497,7 @@ impl Contract {
     fn modify(doc: &mut Value) {
         let components = doc["components"].as_object_mut().expect("components");
         let schemas = components["schemas"].as_object_mut().expect("schemas");
-        schemas.insert("Definition".into(), definition_schema());
+        embed_definition(schemas);
         for (name, schema) in hand_written() {
             schemas.insert(name.into(), schema);
         }

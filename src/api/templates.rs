@@ -7,7 +7,7 @@ use serde_json::Value;
 use utoipa::ToSchema;
 
 use super::openapi::ErrorBody;
-use super::{refuse_nul, refuse_nul_text, ApiError, ApiState, Caller, PageQuery};
+use super::{contract, refuse_nul, refuse_nul_text, ApiError, ApiState, Caller, PageQuery};
 use crate::domain::ids::TemplateId;
 use crate::projections::{Page, TemplateView};
 
@@ -68,6 +68,7 @@ pub(super) async fn create(
     refuse_nul("definition", &body.definition)?;
     let mut body = body;
     super::whole_numbers_as_integers(&mut body.definition);
+    contract::check_definition(&body.definition)?;
     // Names are unique among live templates (checked against the read
     // model once it holds what this node committed).
     state.engine.settle_all().await;
@@ -151,6 +152,7 @@ pub(super) async fn revise(
     refuse_nul("definition", &body.definition)?;
     let mut body = body;
     super::whole_numbers_as_integers(&mut body.definition);
+    contract::check_definition(&body.definition)?;
     state
         .engine
         .revise_template(&id, body.definition, body.description, &caller.cause())

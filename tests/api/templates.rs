@@ -756,3 +756,58 @@ on_both_backends!(an_unusable_input_schema_is_refused, |backend| {
         refused(&app, definition, status, code, None).await;
     }
 });
+
+on_both_backends!(
+    a_definition_the_schema_refuses_names_the_failing_spot,
+    |backend| {
+        let Some(app) = spawn_app(backend).await else {
+            return;
+        };
+        let before = app.counts().await;
+        for (definition, status, code, path) in [
+            (
+                json!({"steps": {"a": {"agent": "echo", "retry": {"max_attempts": 0}}}}),
+                422,
+                "invalid_retry_policy",
+                "/definition/steps/a/retry/max_attempts",
+            ),
+            (
+                json!({"steps": {"a": {"agent": "echo", "dependson": []}}}),
+                400,
+                "malformed_definition",
+                "/definition/steps/a/dependson",
+            ),
+            (
+                json!({"steps": {"a": {"agent": "echo", "heartbeat_timeout_ms": 10}}}),
+                422,
+                "invalid_step_field",
+                "/definition/steps/a/heartbeat_timeout_ms",
+            ),
+            (
+                json!({"steps": {}}),
+                422,
+                "empty_definition",
+                "/definition/steps",
+            ),
+        ] {
+            let (got, body) = app.create_template("bad", definition.clone()).await;
+            assert_eq!(got, status, "{definition}: {body}");
+            assert_eq!(body["error"]["code"], code, "{body}");
+            assert_eq!(body["error"]["path"], path, "{body}");
+        }
+        let id = app.template_id("good", diamond(0)).await;
+        let (got, body) = app
+            .put(
+                &format!("/api/templates/{id}"),
+                json!({"definition": {"steps": {"a": {"agent": "echo", "review": true, "choices": ["x", "x"]}}}}),
+            )
+            .await;
+        assert_eq!(got, 422, "{body}");
+        assert_eq!(body["error"]["code"], "invalid_choices", "{body}");
+        assert_eq!(
+            body["error"]["path"], "/definition/steps/a/choices",
+            "{body}"
+        );
+        assert_eq!(app.counts().await, (before.0 + 1, before.1));
+    }
+);
