@@ -320,8 +320,6 @@ pub(super) async fn me(
 
 /// A single-use ticket, good for [`TICKET_TTL`], that a browser puts in
 /// the WebSocket URL (`/api/ws?ticket=…`) instead of its token.
-/// A single-use, short-lived ticket for a browser's WebSocket (in the URL
-/// instead of the token).
 #[utoipa::path(
     post, path = "/api/ws/ticket", tag = "accounts",
     request_body(content = Object, description = "Empty, or an object (ignored)."),

@@ -265,11 +265,6 @@ fn generated() -> &'static Value {
     })
 }
 
-/// A template definition's schema, by reference (`Definition`).
-pub(super) fn definition() -> RefOr<Schema> {
-    RefOr::Ref(utoipa::openapi::Ref::from_schema_name("Definition"))
-}
-
 /// The definition schema (`schema/definition.schema.json`, what the
 /// server checks definitions with), embedded: its `$defs` become
 /// components named `Definition…` and its references follow them.
@@ -466,7 +461,10 @@ fn refine_requests(schemas: &mut Map<String, Value>) {
     ]);
     // A definition has the definition's shape, and no NUL (it is stored).
     for body in ["CreateTemplate", "ReviseTemplate"] {
-        schemas[body]["properties"]["definition"] = json!({
+        let field = &mut schemas[body]["properties"]["definition"];
+        let description = field["description"].clone();
+        *field = json!({
+            "description": description,
             "allOf": [
                 {"$ref": "#/components/schemas/Definition"},
                 {"$ref": "#/components/schemas/Json"},

@@ -338,7 +338,6 @@ fn created(id: &RunId, committed: &Committed) -> HttpResponse {
 
 /// A new run with the same template version, definition and input as a
 /// failed or cancelled run, linked to it by `retry_of`.
-/// Starts a new run with the same template version and input.
 #[utoipa::path(
     post, path = "/api/runs/{id}/retry", tag = "runs",
     params(("id" = String, Path, description = "The run id.")),
@@ -721,9 +720,10 @@ pub(super) async fn resume(
     controlled(&state, &id).await
 }
 
+/// Cancels a run (running steps are asked to stop).
+///
 /// The body is optional (`{"reason": "…"}`), so it is parsed here: an
 /// empty body means no reason, anything else must be that object.
-/// Cancels a run (running steps are asked to stop).
 #[utoipa::path(
     post, path = "/api/runs/{id}/cancel", tag = "runs",
     params(("id" = String, Path, description = "The run id.")),
@@ -784,9 +784,9 @@ pub(super) struct PurgeBody {
     finished_before: String,
 }
 
-/// `POST /api/runs/{id}/purge`: retention for one run (what `runlog purge`
-/// sends for each run it purges).
 /// Retention for one run: removes its artifact bodies (admins).
+///
+/// What `runlog purge` sends for each run it purges.
 #[utoipa::path(
     post, path = "/api/runs/{id}/purge", tag = "runs",
     params(("id" = String, Path, description = "The run id.")),
@@ -855,9 +855,8 @@ pub(super) struct BlobsReleased {
     bytes_freed: u64,
 }
 
-/// `GET /api/runs/{id}/export`: the run's history as JSON Lines, as
-/// `runlog export RUN` writes it (`runlog import` loads it elsewhere).
-/// A run's history as JSON Lines (`runlog import` loads it).
+/// The run's history as JSON Lines, as `runlog export RUN` writes it
+/// (`runlog import` loads it elsewhere).
 #[utoipa::path(
     get, path = "/api/runs/{id}/export", tag = "runs",
     params(("id" = String, Path, description = "The run id.")),

@@ -167,11 +167,12 @@ fn checked_prompt(prompt: Option<&String>) -> Result<(), ApiError> {
     }
 }
 
-/// `POST /api/runs/{id}/messages`: 201 with the message (its status says
-/// what came of it), or 200 with the message first posted under the same
-/// `Idempotency-Key`. A processed `redirect` also carries `new_run_id`.
 /// Posts a message into the run's thread: a comment, an instruction for
 /// the next steps, or a control (pause, resume, cancel, redirect).
+///
+/// 201 with the message (its status says what came of it), or 200 with
+/// the message first posted under the same `Idempotency-Key`. A processed
+/// `redirect` also carries `new_run_id`.
 #[utoipa::path(
     post, path = "/api/runs/{id}/messages", tag = "steering",
     params(("id" = String, Path, description = "The run id."),
@@ -265,9 +266,8 @@ pub(super) async fn post_message(
     })
 }
 
-/// `GET /api/runs/{id}/messages`: the thread in order, paged by message
-/// number (`cursor` is the last number of the previous page).
-/// The thread in order, paged by message number.
+/// The thread in order, paged by message number (`cursor` is the last
+/// number of the previous page).
 #[utoipa::path(
     get, path = "/api/runs/{id}/messages", tag = "steering",
     params(("id" = String, Path, description = "The run id."), super::PageQuery),
@@ -295,10 +295,11 @@ pub(super) async fn messages(
     Ok(HttpResponse::Ok().json(page))
 }
 
-/// `POST /api/runs/{id}/redirect`: 201 with the old run's detail and
-/// `new_run_id`; `Location` is the new run.
 /// Redirects a run: it is cancelled and a new run starts with the
 /// instructions.
+///
+/// 201 with the old run's detail and `new_run_id`; `Location` is the new
+/// run.
 #[utoipa::path(
     post, path = "/api/runs/{id}/redirect", tag = "steering",
     params(("id" = String, Path, description = "The run id.")),
@@ -352,7 +353,6 @@ fn prompt_override(body: &[u8]) -> Result<Option<String>, ApiError> {
     Ok(body.prompt_override)
 }
 
-/// `POST /api/runs/{id}/steps/{step}/approve {choice?}`.
 /// Approves a step awaiting review (with a choice when it offers some).
 #[utoipa::path(
     post, path = "/api/runs/{id}/steps/{step}/approve", tag = "steering",
@@ -380,7 +380,6 @@ pub(super) async fn approve(
     controlled(&state, &id).await
 }
 
-/// `POST /api/runs/{id}/steps/{step}/retry {prompt_override?}`.
 /// Runs a step again (and what depends on it), optionally with a new prompt.
 #[utoipa::path(
     post, path = "/api/runs/{id}/steps/{step}/retry", tag = "steering",
@@ -407,7 +406,6 @@ pub(super) async fn retry_step(
     controlled(&state, &id).await
 }
 
-/// `POST /api/runs/{id}/steps/{step}/trigger {prompt_override?}`.
 /// Dispatches a ready step of a run in manual mode.
 #[utoipa::path(
     post, path = "/api/runs/{id}/steps/{step}/trigger", tag = "steering",
@@ -434,9 +432,8 @@ pub(super) async fn trigger(
     controlled(&state, &id).await
 }
 
-/// `PUT /api/runs/{id}/auto-run {enabled}`. Setting the current value
-/// records nothing.
-/// Turns manual mode off (`enabled: true`) or on.
+/// Turns manual mode off (`enabled: true`) or on. Setting the current
+/// value records nothing.
 #[utoipa::path(
     put, path = "/api/runs/{id}/auto-run", tag = "steering",
     params(("id" = String, Path, description = "The run id.")),
@@ -461,8 +458,8 @@ pub(super) async fn auto_run(
     controlled(&state, &id).await
 }
 
-/// `POST /api/runs/{id}/artifacts/{name}/rollback {to_version}`.
-/// Makes an earlier version of an artifact the latest again; what read it runs again.
+/// Makes an earlier version of an artifact the latest again; what read it
+/// runs again.
 #[utoipa::path(
     post, path = "/api/runs/{id}/artifacts/{name}/rollback", tag = "steering",
     params(("id" = String, Path, description = "The run id."), ("name" = String, Path, description = "The artifact, `step.output`.")),

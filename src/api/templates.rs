@@ -20,7 +20,6 @@ pub(super) struct CreateTemplate {
     /// What it is for.
     description: Option<String>,
     /// The DAG of steps (see `schema/definition.schema.json`).
-    #[schema(schema_with = super::openapi::definition)]
     definition: Value,
 }
 
@@ -29,7 +28,6 @@ pub(super) struct CreateTemplate {
 #[serde(deny_unknown_fields)]
 pub(super) struct ReviseTemplate {
     /// The new definition; runs started before keep theirs.
-    #[schema(schema_with = super::openapi::definition)]
     definition: Value,
     /// A new description (the old one stays when absent).
     description: Option<String>,

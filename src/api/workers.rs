@@ -335,7 +335,6 @@ pub(super) async fn claim(
     })
 }
 
-/// `POST /api/tasks/{task_id}/heartbeat`.
 /// Extends a task's lease.
 #[utoipa::path(
     post, path = "/api/tasks/{task_id}/heartbeat", tag = "workers",
@@ -401,7 +400,6 @@ async fn recorded_then_claim(
     })
 }
 
-/// `POST /api/tasks/{task_id}/complete`.
 /// Completes a task with its outputs.
 #[utoipa::path(
     post, path = "/api/tasks/{task_id}/complete", tag = "workers",
@@ -437,7 +435,6 @@ pub(super) async fn complete(
     Ok(recorded_then_claim(&state, &path, "completed", next).await)
 }
 
-/// `POST /api/tasks/{task_id}/fail`.
 /// Fails a task.
 #[utoipa::path(
     post, path = "/api/tasks/{task_id}/fail", tag = "workers",
@@ -476,7 +473,6 @@ pub(super) async fn fail(
     Ok(recorded_then_claim(&state, &path, "failed", next).await)
 }
 
-/// `POST /api/tasks/{task_id}/comment`.
 /// Posts a comment into the run's thread.
 #[utoipa::path(
     post, path = "/api/tasks/{task_id}/comment", tag = "workers",
@@ -504,7 +500,6 @@ pub(super) async fn comment(
     Ok(recorded(&path, "commented"))
 }
 
-/// `POST /api/tasks/{task_id}/release`.
 /// Gives a task back: another worker may claim it.
 #[utoipa::path(
     post, path = "/api/tasks/{task_id}/release", tag = "workers",

@@ -322,6 +322,67 @@ on_both_backends!(
 );
 
 on_both_backends!(
+    a_lease_token_that_is_not_visible_ascii_is_refused_and_records_nothing,
+    |backend| {
+        let Some(app) = spawn(backend, None).await else {
+            return;
+        };
+        let template = app.template_id("remote", remote_then_local()).await;
+        let run = app.run_id(&template, json!({})).await;
+        let task = app.claim_one("worker-1", &["summarize"]).await;
+        let before = app.events(&run).await.len();
+        let id = task["task_id"].as_str().expect("task_id");
+        for lease in ["a b", "l\u{e9}ase", "tab\there", "nul\u{0}"] {
+            for (action, extra) in [
+                ("heartbeat", json!({})),
+                ("complete", json!({"outputs": {"summary": "x"}})),
+                ("fail", json!({"error": "e"})),
+                ("comment", json!({"text": "t"})),
+                ("release", json!({})),
+            ] {
+                let mut body = json!({"lease_token": lease});
+                body.as_object_mut()
+                    .expect("an object")
+                    .extend(extra.as_object().expect("an object").clone());
+                let reply = app
+                    .worker_post(&format!("/api/tasks/{id}/{action}"), body)
+                    .await;
+                expect_error(&reply, 400, "invalid_lease_token");
+            }
+        }
+        assert_eq!(app.events(&run).await.len(), before, "nothing recorded");
+        // The real lease still holds.
+        let (status, body) = app.task_call(&task, "heartbeat", json!({})).await;
+        assert_eq!(status, 200, "{body}");
+    }
+);
+
+on_both_backends!(
+    whole_numbers_written_with_a_fraction_are_whole_numbers,
+    |backend| {
+        let Some(app) = spawn(backend, None).await else {
+            return;
+        };
+        // JSON Schema counts 0.0 an integer, and so does the server.
+        let (status, body) = app
+            .worker_post(
+                "/api/workers/claim",
+                json!({"worker_id": "w", "agents": ["summarize"], "wait_s": 0.0}),
+            )
+            .await;
+        assert_eq!(status, 204, "{body}");
+        // A fraction is not.
+        let reply = app
+            .worker_post(
+                "/api/workers/claim",
+                json!({"worker_id": "w", "agents": ["summarize"], "wait_s": 0.5}),
+            )
+            .await;
+        expect_error(&reply, 400, "invalid_body");
+    }
+);
+
+on_both_backends!(
     a_waiting_claim_wakes_as_soon_as_a_task_is_dispatched_and_an_idle_one_answers_no_content,
     |backend| {
         let Some(app) = spawn(backend, None).await else {
