@@ -3,6 +3,7 @@
 //! the log, starts the engine and binds the HTTP server;
 //! `run_until_stopped` serves until the given shutdown future resolves.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::TcpListener;
 use std::sync::Arc;
@@ -14,16 +15,17 @@ use actix_web::{App, HttpServer};
 use crate::api::{self, ApiState, WorkerAuth};
 use crate::config::{FileConfig, ServeSettings};
 use crate::db::{Commits, Db};
-use crate::domain::ids::RunId;
+use crate::domain::ids::{ArtifactName, RunId, UserId};
 use crate::domain::log::{Logged, Position};
-use crate::domain::run::{Policy, Run, RunEvent};
+use crate::domain::prerequisites::LatestRun;
+use crate::domain::run::{ArtifactContent, Policy, Run, RunEvent};
 use crate::domain::template::Template;
 use crate::engine::agents::{
     AgentSpec, BuiltinSettings, CommandSpec, LlmSettings, Secrets, TokenPrice,
 };
 use crate::engine::{
     AgentLimits, AgentRegistry, Engine, EngineConfig, EngineParts, NodeTasks, ReadModelFeed,
-    SharedClock, SystemClock,
+    RunHistory, SharedClock, SystemClock,
 };
 use crate::projections::{LogReader, LogReaderFactory, Projector, ReadModels, Rebuilds};
 use crate::store::{
@@ -173,6 +175,61 @@ impl ReadModelFeed for Feed {
 
     fn barrier(&self) -> BoxFuture<'static, ()> {
         Box::pin(self.0.barrier())
+    }
+}
+
+/// Starts look up prerequisites in the read models: the newest live
+/// template of a name, the user's most recent run of it (by index), its
+/// detail (status, the version each artifact is at) and those versions'
+/// bodies.
+struct History(ReadModels);
+
+impl RunHistory for History {
+    fn latest_run(
+        &self,
+        owner: Option<UserId>,
+        template: String,
+        artifacts: Vec<ArtifactName>,
+    ) -> BoxFuture<'static, Result<Option<LatestRun>, String>> {
+        let reads = self.0.clone();
+        Box::pin(async move {
+            let fail = |e: crate::projections::ProjectionError| e.to_string();
+            let Some(template) = reads.live_template_by_name(&template).await.map_err(fail)? else {
+                return Ok(None);
+            };
+            let owner = owner.as_ref().map(UserId::as_str);
+            let Some(run_id) = reads
+                .latest_run_of(owner, &template.id)
+                .await
+                .map_err(fail)?
+            else {
+                return Ok(None);
+            };
+            let Some(detail) = reads.run_detail(&run_id).await.map_err(fail)? else {
+                return Ok(None);
+            };
+            let mut held = BTreeMap::new();
+            for name in artifacts {
+                let Some(view) = detail.artifacts.get(name.as_str()) else {
+                    continue;
+                };
+                let Some(stored) = reads
+                    .artifact_version(&run_id, name.as_str(), view.latest)
+                    .await
+                    .map_err(fail)?
+                else {
+                    continue;
+                };
+                let content: ArtifactContent = serde_json::from_value(stored)
+                    .map_err(|e| format!("artifact {name} of run {run_id}: {e}"))?;
+                held.insert(name, (view.latest, content));
+            }
+            Ok(Some(LatestRun {
+                run_id: RunId::parse(run_id.as_str()).map_err(|e| e.to_string())?,
+                status: detail.status,
+                artifacts: held,
+            }))
+        })
     }
 }
 
@@ -424,6 +481,7 @@ impl Application {
             tasks: TaskQueue::new(queue_db.clone()),
             agents,
             read_models: Arc::new(Feed(projector.clone())),
+            history: Arc::new(History(reads.clone())),
             config: engine_config(&settings, &file),
             clock,
             cluster,

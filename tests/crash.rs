@@ -544,6 +544,7 @@ async fn redirect_cut_off_then_restart(backend: Backend) {
             redirected_from: None,
             auto_run: true,
             owner: None,
+            imports: Vec::new(),
         }),
         RunCommand::Redirect {
             new_run_id: new.clone(),

@@ -20,9 +20,10 @@ use runlog::domain::definition::Definition;
 use runlog::domain::ids::{
     ArtifactName, LeaseToken, RunId, StepId, TemplateId, Timestamp, TokenId, UserId,
 };
+use runlog::domain::prerequisites::Import;
 use runlog::domain::run::{
-    Action, ArtifactContent, ArtifactWritten, Author, MessageStatus, PurgedVersion, Run, RunEvent,
-    Usage,
+    Action, ArtifactContent, ArtifactWritten, Author, ImportedRead, MessageStatus, PurgedVersion,
+    Run, RunEvent, Usage,
 };
 use runlog::domain::template::{Template, TemplateEvent};
 use runlog::domain::user::{Role, User, UserEvent};
@@ -125,8 +126,16 @@ fn definition() -> Definition {
                   "heartbeat_timeout_ms": 5000, "budget": {"max_cost": 0.5}},
             "c": {"agent": "echo", "depends_on": ["b"],
                   "when": {"step": "b", "output": "choice", "in": ["x"]},
-                  "refine": {"evaluator": "judge", "max_attempts": 3, "pass_threshold": 0.8}}
-        }
+                  "refine": {"evaluator": "judge", "max_attempts": 3, "pass_threshold": 0.8},
+                  "inputs": {"plan": "generator: v2:plan.choice"}}
+        },
+        "requires": {
+            "workflows": [{"template": "generator: v2", "reason": "needs files"},
+                          {"template": "probe", "status": "failed", "reason": "after a failure"}],
+            "artifacts": [{"template": "generator: v2", "artifact": "plan.choice",
+                           "reason": "needs an approved plan"}]
+        },
+        "provides": {"artifacts": ["c.text"]}
     }))
     .unwrap()
 }
@@ -164,7 +173,7 @@ fn run_events() -> Vec<RunEvent> {
     let a = step("a");
     let lease = LeaseToken::new("17616e51fd3341098971000a7cf76b6b.1");
     let reads = BTreeMap::from([(artifact("a.text"), 1)]);
-    let started = |retry_of, redirected_from, owner| RunEvent::RunStarted {
+    let started = |retry_of, redirected_from, owner, imports| RunEvent::RunStarted {
         run_id: run_id("r1"),
         template_id: TemplateId::parse("t1").unwrap(),
         template_version: 3,
@@ -175,8 +184,25 @@ fn run_events() -> Vec<RunEvent> {
         redirected_from,
         auto_run: false,
         owner,
+        imports,
         at,
     };
+    let imports = vec![
+        Import {
+            template: "generator: v2".into(),
+            artifact: artifact("plan.choice"),
+            run_id: run_id("r-1"),
+            version: 2,
+            content: ArtifactContent::Inline(json!("approved")),
+        },
+        Import {
+            template: "generator: v2".into(),
+            artifact: artifact("files.all"),
+            run_id: run_id("r-1"),
+            version: 1,
+            content: written()[1].content.clone(),
+        },
+    ];
     let posted = |metadata, step, idempotency_key, reason| RunEvent::MessagePosted {
         message: 1,
         author: Author::User,
@@ -190,11 +216,12 @@ fn run_events() -> Vec<RunEvent> {
         at,
     };
     vec![
-        started(None, None, None),
+        started(None, None, None, Vec::new()),
         started(
             Some(run_id("r0")),
             Some(run_id("r00")),
             Some(UserId::parse("u1").unwrap()),
+            imports,
         ),
         RunEvent::StepDispatched {
             step: a.clone(),
@@ -205,6 +232,7 @@ fn run_events() -> Vec<RunEvent> {
             prompt_override: None,
             instructions: Vec::new(),
             evaluating: false,
+            imports: BTreeMap::new(),
             at,
         },
         RunEvent::StepDispatched {
@@ -216,6 +244,13 @@ fn run_events() -> Vec<RunEvent> {
             prompt_override: Some("Write about barn owls".into()),
             instructions: vec![1, 2],
             evaluating: true,
+            imports: BTreeMap::from([(
+                "generator: v2:plan.choice".to_string(),
+                ImportedRead {
+                    run_id: run_id("r-1"),
+                    version: 2,
+                },
+            )]),
             at,
         },
         RunEvent::StepCompleted {

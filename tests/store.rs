@@ -83,6 +83,7 @@ fn start_command(run_id: &str, at: i64) -> (RunCommand, Stamp) {
         redirected_from: None,
         auto_run: true,
         owner: None,
+        imports: Vec::new(),
     });
     (command, stamp(at))
 }
@@ -147,6 +148,7 @@ fn filler(i: usize) -> RunEvent {
             recovered: i.is_multiple_of(8),
             prompt_override: None,
             instructions: Vec::new(),
+            imports: BTreeMap::new(),
             at,
         },
         1 => RunEvent::StepFailed {

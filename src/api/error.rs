@@ -234,12 +234,23 @@ impl From<EngineError> for ApiError {
                 )
                 .with_detail("path", json!(path))
             }
+            EngineError::PrerequisitesNotMet(ref unmet) => {
+                let unmet = json!(unmet);
+                Self::new(StatusCode::CONFLICT, "prerequisites_not_met", e.to_string())
+                    .with_detail("unmet", unmet)
+            }
             EngineError::StartKeyReused { .. } => Self::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "idempotency_key_reused",
                 e.to_string(),
             ),
         }
+    }
+}
+
+impl From<crate::domain::prerequisites::PrerequisiteError> for ApiError {
+    fn from(e: crate::domain::prerequisites::PrerequisiteError) -> Self {
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, e.code(), e.to_string())
     }
 }
 

@@ -110,6 +110,7 @@ pub fn configure(state: ApiState) -> impl FnOnce(&mut web::ServiceConfig) {
                             .post(templates::create)
                             .get(templates::list),
                     )
+                    .service(resource("/templates/available").get(templates::available))
                     .service(
                         resource("/templates/{id}")
                             .get(templates::get)
@@ -196,14 +197,14 @@ fn json_error(e: JsonPayloadError, _: &HttpRequest) -> actix_web::Error {
     responses((status = 200, description = "This document.", content_type = "application/json", body = Object)),
 )]
 async fn openapi_document(state: web::Data<ApiState>) -> HttpResponse {
-    let remote: Vec<String> = state
-        .engine
-        .agents()
-        .into_iter()
-        .filter(|a| a.info.kind == crate::engine::AgentKind::Remote)
-        .map(|a| a.info.name)
-        .collect();
-    openapi::serve(&state.limits.bounds, &remote)
+    let (mut all, mut remote) = (Vec::new(), Vec::new());
+    for agent in state.engine.agents() {
+        if agent.info.kind == crate::engine::AgentKind::Remote {
+            remote.push(agent.info.name.clone());
+        }
+        all.push(agent.info.name);
+    }
+    openapi::serve(&state.limits.bounds, &all, &remote)
 }
 
 async fn healthz() -> HttpResponse {

@@ -90,7 +90,8 @@ hand_written_schemas! {
     ErrorObject => "ErrorObject": json!({
         "type": "object",
         "description": "A stable `code` to act on, a `message` for people, and, for some \
-                        codes, structured detail beside them (`path` of `invalid_input`).",
+                        codes, structured detail beside them (`path` of `invalid_input`, \
+                        `unmet` of `prerequisites_not_met`: an array of `UnmetRequirement`).",
         "required": ["code", "message"],
         "properties": {
             "code": {"type": "string", "description": "Machine-readable and stable."},
@@ -181,6 +182,7 @@ hand_written_schemas! {
         super::templates::get,
         super::templates::revise,
         super::templates::archive,
+        super::templates::available,
         super::runs::start,
         super::runs::list,
         super::runs::get,
@@ -235,16 +237,21 @@ hand_written_schemas! {
 struct ApiDoc;
 
 /// The document as this server answers it: the long-poll maxima are
-/// settings, and the agents a worker may claim are the remote agents the
+/// settings, the agents a definition may name are this server's agents,
+/// and the agents a worker may claim are the remote agents the
 /// configuration declares.
-pub fn document(bounds: &super::limits::InputLimits, remote_agents: &[String]) -> Value {
+pub fn document(
+    bounds: &super::limits::InputLimits,
+    agents: &[String],
+    remote_agents: &[String],
+) -> Value {
     let mut doc = generated().clone();
-    let agents = &mut doc["components"]["schemas"]["Claim"]["properties"]["agents"]["items"];
-    agents["enum"] = json!(remote_agents);
-    agents
-        .as_object_mut()
-        .expect("an items schema")
-        .remove("pattern");
+    let schemas = &mut doc["components"]["schemas"];
+    enumerate(&mut schemas["DefinitionAgentName"], agents);
+    enumerate(
+        &mut schemas["Claim"]["properties"]["agents"]["items"],
+        remote_agents,
+    );
     if let Some(params) = doc["paths"]["/api/runs"]["post"]["parameters"].as_array_mut() {
         for p in params.iter_mut().filter(|p| p["name"] == "wait") {
             p["schema"]["maximum"] = json!(bounds.max_start_wait_seconds);
@@ -253,6 +260,15 @@ pub fn document(bounds: &super::limits::InputLimits, remote_agents: &[String]) -
     doc["components"]["schemas"]["Claim"]["properties"]["wait_s"]["maximum"] =
         json!(bounds.max_claim_wait_seconds);
     doc
+}
+
+/// Narrows a name schema to the names this server knows (their pattern
+/// says nothing more once they are listed).
+fn enumerate(schema: &mut Value, names: &[String]) {
+    schema["enum"] = json!(names);
+    if let Some(object) = schema.as_object_mut() {
+        object.remove("pattern");
+    }
 }
 
 /// The document as generated, built once.
@@ -610,6 +626,10 @@ impl Contract {
 }
 
 /// Serves the document.
-pub(super) fn serve(bounds: &super::limits::InputLimits, remote_agents: &[String]) -> HttpResponse {
-    HttpResponse::Ok().json(document(bounds, remote_agents))
+pub(super) fn serve(
+    bounds: &super::limits::InputLimits,
+    agents: &[String],
+    remote_agents: &[String],
+) -> HttpResponse {
+    HttpResponse::Ok().json(document(bounds, agents, remote_agents))
 }

@@ -177,7 +177,7 @@ pub(super) enum Output {
         (status = 202, description = "With `wait`: the run has not finished in time; poll `Location`.", body = RunDetail,
          headers(("Location" = String, description = "The run's URL."))),
         (status = 404, description = "`template_not_found`.", body = ErrorBody),
-        (status = 409, description = "`template_archived`.", body = ErrorBody),
+        (status = 409, description = "`template_archived`; `prerequisites_not_met` (the template's `requires` against the caller's own most recent runs), with `unmet`: each requirement not met, as `UnmetRequirement`. Nothing is recorded.", body = ErrorBody),
         (status = 422, description = "`invalid_input` (with `path`), `idempotency_key_reused`.", body = ErrorBody),
     ),
 )]

@@ -1,14 +1,19 @@
-//! Template endpoints (admin): create, list, read, revise, archive.
+//! Template endpoints: create, revise and archive (admins); list, read and
+//! the templates a caller may start now (everyone).
+
+use std::collections::BTreeMap;
 
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpResponse};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
 
-use super::openapi::ErrorBody;
+use super::openapi::{ErrorBody, Items};
 use super::{contract, refuse_nul, refuse_nul_text, ApiError, ApiState, Caller, PageQuery};
+use crate::domain::definition::Definition;
 use crate::domain::ids::TemplateId;
+use crate::domain::prerequisites::{self, Unmet};
 use crate::projections::{Page, TemplateView};
 
 /// A new template.
@@ -70,6 +75,7 @@ pub(super) async fn create(
     // Names are unique among live templates (checked against the read
     // model once it holds what this node committed).
     state.engine.settle_all().await;
+    check_prerequisites(&state, body.name.trim(), None, &body.definition).await?;
     if let Some(live) = state.reads.live_template_by_name(body.name.trim()).await? {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
@@ -151,6 +157,12 @@ pub(super) async fn revise(
     let mut body = body;
     super::whole_numbers_as_integers(&mut body.definition);
     contract::check_definition(&body.definition)?;
+    state.engine.settle_all().await;
+    if let Some(current) = state.reads.template(id.as_str()).await? {
+        if !current.archived {
+            check_prerequisites(&state, &current.name, Some(&id), &body.definition).await?;
+        }
+    }
     state
         .engine
         .revise_template(&id, body.definition, body.description, &caller.cause())
@@ -176,4 +188,137 @@ pub(super) async fn archive(
     let id = template_id(&path)?;
     state.engine.archive_template(&id, &caller.cause()).await?;
     view(&state, &id).await
+}
+
+/// Checks the prerequisites of `definition`, about to be saved as the
+/// template `name` (`revising`: that template's id), against the live
+/// templates: the named ones exist and provide what is required of them,
+/// no chain of requirements leads back to `name`, and (on a revision) the
+/// artifacts other templates require of it are still provided. A
+/// definition that does not parse is left to the engine, which names its
+/// fault.
+async fn check_prerequisites(
+    state: &ApiState,
+    name: &str,
+    revising: Option<&TemplateId>,
+    definition: &Value,
+) -> Result<(), ApiError> {
+    let Ok(definition) = Definition::parse(definition) else {
+        return Ok(());
+    };
+    let live = state.reads.live_templates().await?;
+    let mut directory: BTreeMap<String, Definition> = BTreeMap::new();
+    for template in &live {
+        if Some(template.id.as_str()) == revising.map(TemplateId::as_str) {
+            continue;
+        }
+        if let Ok(parsed) = Definition::parse(&template.definition) {
+            // Newest first: the first of a name is the one names resolve to.
+            directory.entry(template.name.clone()).or_insert(parsed);
+        }
+    }
+    if revising.is_some() {
+        for (other, requiring) in &directory {
+            if let Some(required) =
+                requiring.requires.artifacts.iter().find(|a| {
+                    a.template == name && !prerequisites::provides(&definition, &a.artifact)
+                })
+            {
+                return Err(ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "artifact_still_required",
+                    format!(
+                        "template '{other}' requires artifact '{}' of this one: keep providing \
+                         it, or revise '{other}' first",
+                        required.artifact
+                    ),
+                ));
+            }
+        }
+    }
+    if definition.requires.is_empty() {
+        return Ok(());
+    }
+    prerequisites::check_against(name, &definition, &directory)?;
+    Ok(())
+}
+
+/// A template the caller may start, and whether they can now.
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct AvailableTemplate {
+    /// The template's id.
+    id: String,
+    /// Its name.
+    name: String,
+    /// What it is for.
+    description: Option<String>,
+    /// Its current version.
+    version: u32,
+    /// Whether every prerequisite is met for the caller: a start would not
+    /// be refused with `prerequisites_not_met`.
+    available: bool,
+    /// The prerequisites that are not met, with what to do about each
+    /// (empty when available).
+    #[schema(value_type = Vec<UnmetRequirement>)]
+    unmet: Vec<Unmet>,
+}
+
+/// A prerequisite that is not met (also the `unmet` items of a
+/// `prerequisites_not_met` error).
+#[derive(ToSchema)]
+#[allow(dead_code)] // the schema of `domain::prerequisites::Unmet`
+pub(super) struct UnmetRequirement {
+    /// `workflow` or `artifact`.
+    kind: String,
+    /// The required template's name.
+    template: String,
+    /// The status asked for (workflow requirements).
+    status: Option<String>,
+    /// The artifact asked for (artifact requirements).
+    artifact: Option<String>,
+    /// The requirement's reason, as the template gives it.
+    reason: String,
+    /// The caller's most recent run of that template, if any.
+    run_id: Option<String>,
+    /// What the person can do about it, in a sentence.
+    message: String,
+}
+
+/// The live templates, each with whether the caller may start it now
+/// (their prerequisites, against the caller's own most recent runs).
+#[utoipa::path(
+    get, path = "/api/templates/available", tag = "templates",
+    responses((status = 200, description = "Every live template, by name.", body = Items<AvailableTemplate>)),
+)]
+pub(super) async fn available(
+    state: web::Data<ApiState>,
+    caller: Caller,
+) -> Result<HttpResponse, ApiError> {
+    let cause = caller.cause();
+    let mut items = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
+    for template in state.reads.live_templates().await? {
+        // Names resolve to the newest live template of the name.
+        if !seen.insert(template.name.clone()) {
+            continue;
+        }
+        let unmet = match Definition::parse(&template.definition) {
+            Ok(definition) => state
+                .engine
+                .check_prerequisites(cause.user(), &definition.requires)
+                .await?
+                .err()
+                .unwrap_or_default(),
+            Err(_) => Vec::new(),
+        };
+        items.push(AvailableTemplate {
+            id: template.id,
+            name: template.name,
+            description: template.description,
+            version: template.version,
+            available: unmet.is_empty(),
+            unmet,
+        });
+    }
+    Ok(HttpResponse::Ok().json(Items { items }))
 }

@@ -11,6 +11,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::ids::{AgentName, OutputName, StepId};
+use super::prerequisites::{Provides, Requires, MAX_PROVIDED, MAX_REASON_CHARS, MAX_REQUIREMENTS};
+use super::template::MAX_NAME_LEN;
 
 /// Most attempts a retry policy may ask for.
 pub const MAX_ATTEMPTS_LIMIT: u32 = 100;
@@ -36,6 +38,13 @@ pub struct Definition {
     /// the dashboard draws the start form from).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub input_schema: Option<Value>,
+    /// What must exist before a user may start a run of it (runs and
+    /// artifacts of other templates; see [`super::prerequisites`]).
+    #[serde(default, skip_serializing_if = "Requires::is_empty")]
+    pub requires: Requires,
+    /// What its runs provide to the templates that require them.
+    #[serde(default, skip_serializing_if = "Provides::is_empty")]
+    pub provides: Provides,
 }
 
 /// A limit on model usage: a call that would pass it is not made.
@@ -334,6 +343,18 @@ pub enum DefinitionError {
         /// What is wrong with it.
         reason: String,
     },
+    /// A requirement of `requires` is malformed or out of range.
+    #[error("invalid requires: {reason}")]
+    InvalidRequirement {
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// `provides` is malformed or names an artifact no step writes.
+    #[error("invalid provides: {reason}")]
+    InvalidProvides {
+        /// What is wrong with it.
+        reason: String,
+    },
     /// `choices` without `review`, or empty, duplicate or too many choices.
     #[error("step '{step}' has invalid choices: {reason}")]
     InvalidChoices {
@@ -363,6 +384,8 @@ impl DefinitionError {
             Self::InvalidBudget { .. } => "invalid_budget",
             Self::InvalidRefine { .. } => "invalid_refine",
             Self::InvalidInputSchema(_) => "invalid_input_schema",
+            Self::InvalidRequirement { .. } => "invalid_requirement",
+            Self::InvalidProvides { .. } => "invalid_provides",
         }
     }
 }
@@ -409,14 +432,33 @@ impl Definition {
                 "a definition must be a JSON object with a 'steps' object".into(),
             ));
         };
-        if let Some(unknown) = object
-            .keys()
-            .find(|k| !matches!(k.as_str(), "steps" | "budget" | "input_schema"))
-        {
+        if let Some(unknown) = object.keys().find(|k| {
+            !matches!(
+                k.as_str(),
+                "steps" | "budget" | "input_schema" | "requires" | "provides"
+            )
+        }) {
             return Err(DefinitionError::Malformed(format!(
-                "unknown field '{unknown}' (expected 'steps', 'budget' or 'input_schema')"
+                "unknown field '{unknown}' (expected 'steps', 'budget', 'input_schema', \
+                 'requires' or 'provides')"
             )));
         }
+        let requires: Requires = match object.get("requires") {
+            None => Requires::default(),
+            Some(value) => serde_json::from_value(value.clone()).map_err(|e| {
+                DefinitionError::InvalidRequirement {
+                    reason: e.to_string(),
+                }
+            })?,
+        };
+        let provides: Provides = match object.get("provides") {
+            None => Provides::default(),
+            Some(value) => serde_json::from_value(value.clone()).map_err(|e| {
+                DefinitionError::InvalidProvides {
+                    reason: e.to_string(),
+                }
+            })?,
+        };
         let input_schema = match object.get("input_schema") {
             None => None,
             Some(schema @ (Value::Object(_) | Value::Bool(_))) => Some(schema.clone()),
@@ -460,6 +502,8 @@ impl Definition {
             steps: parsed,
             budget,
             input_schema,
+            requires,
+            provides,
         })
     }
 
@@ -503,6 +547,8 @@ impl Definition {
             }
         }
         self.check_acyclic()?;
+        self.check_requires()?;
+        self.check_provides()?;
         for (step, def) in &self.steps {
             if !agents.knows(&def.agent) {
                 return Err(DefinitionError::UnknownAgent {
@@ -601,6 +647,67 @@ impl Definition {
         Ok(())
     }
 
+    /// The local rules of `requires`: how many, names and reasons that a
+    /// person can read. (That the named templates exist and
+    /// provide what is asked is checked against the others, by
+    /// [`super::prerequisites::check_against`].)
+    fn check_requires(&self) -> Result<(), DefinitionError> {
+        let requires = &self.requires;
+        let fail = |reason: String| DefinitionError::InvalidRequirement { reason };
+        if requires.workflows.len() + requires.artifacts.len() > MAX_REQUIREMENTS {
+            return Err(fail(format!(
+                "at most {MAX_REQUIREMENTS} requirements (workflows and artifacts together)"
+            )));
+        }
+        let texts = requires
+            .workflows
+            .iter()
+            .map(|w| (&w.template, &w.reason))
+            .chain(requires.artifacts.iter().map(|a| (&a.template, &a.reason)));
+        for (template, reason) in texts {
+            if template.trim().is_empty() || template.trim() != template {
+                return Err(fail(format!(
+                    "template '{template}': give the template's name, without surrounding spaces"
+                )));
+            }
+            if template.chars().count() > MAX_NAME_LEN {
+                return Err(fail(format!(
+                    "a template name is at most {MAX_NAME_LEN} characters"
+                )));
+            }
+            if reason.trim().is_empty() {
+                return Err(fail(format!(
+                    "the requirement on '{template}' needs a reason (shown to whoever cannot start yet)"
+                )));
+            }
+            if reason.chars().count() > MAX_REASON_CHARS {
+                return Err(fail(format!(
+                    "the reason of the requirement on '{template}' is longer than \
+                     {MAX_REASON_CHARS} characters"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// `provides` names artifacts of this definition's steps.
+    fn check_provides(&self) -> Result<(), DefinitionError> {
+        let artifacts = &self.provides.artifacts;
+        let fail = |reason: String| DefinitionError::InvalidProvides { reason };
+        if artifacts.len() > MAX_PROVIDED {
+            return Err(fail(format!("at most {MAX_PROVIDED} artifacts")));
+        }
+        for artifact in artifacts {
+            if !self.steps.keys().any(|s| s.as_str() == artifact.step()) {
+                return Err(fail(format!(
+                    "'{artifact}': no step of this definition is named '{}'",
+                    artifact.step()
+                )));
+            }
+        }
+        Ok(())
+    }
+
     fn check_inputs(&self, step: &StepId, def: &StepDefinition) -> Result<(), DefinitionError> {
         if def.inputs.is_empty() {
             return Ok(());
@@ -613,6 +720,15 @@ impl Definition {
                 source_ref: source.clone(),
                 reason,
             };
+            if let Some((template, artifact)) = source.rsplit_once(':') {
+                if self.requires.artifact(template, artifact).is_none() {
+                    return Err(fail(
+                        "an input from another workflow (<template>:<step>.<output>) must be \
+                         one of requires.artifacts",
+                    ));
+                }
+                continue;
+            }
             let Some((from, output)) = source.split_once('.') else {
                 return Err(fail("a source must be written <step>.<output>"));
             };

@@ -8,6 +8,7 @@
 pub mod definition;
 pub mod ids;
 pub mod log;
+pub mod prerequisites;
 pub mod run;
 pub mod template;
 pub mod user;

@@ -32,7 +32,7 @@ mod remote;
 mod run_actor;
 mod workers;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
@@ -45,8 +45,10 @@ use crate::domain::ids::{
     AgentName, ArtifactName, LeaseToken, RunId, StepId, TemplateId, Timestamp, UserId,
 };
 use crate::domain::log::Position;
+use crate::domain::prerequisites::{self, Import, LatestRun, Requires, Unmet};
 use crate::domain::run::{
-    Action, NewMessage, Policy, RetrySource, Run, RunCommand, RunError, RunEvent, StartRun,
+    Action, ArtifactContent, NewMessage, Policy, RetrySource, Run, RunCommand, RunError, RunEvent,
+    StartRun,
 };
 use crate::domain::template::{Template, TemplateCommand, TemplateError};
 use crate::projections::rfc3339;
@@ -102,6 +104,22 @@ pub trait ReadModelFeed: Send + Sync {
     fn backlog(&self) -> usize;
     /// Resolves once every commit of this process so far is applied.
     fn barrier(&self) -> BoxFuture<'static, ()>;
+}
+
+/// Where the engine looks up a user's most recent run of a template, to
+/// check a start's prerequisites (wired in `app` to the read models: run
+/// summaries, run details and artifact versions, each by index; never a
+/// scan of runs).
+pub trait RunHistory: Send + Sync {
+    /// `owner`'s most recent run of the newest live template named
+    /// `template` (`owner` `None`: the runs that belong to nobody), with
+    /// the current version and body of each of `artifacts` it holds.
+    fn latest_run(
+        &self,
+        owner: Option<UserId>,
+        template: String,
+        artifacts: Vec<ArtifactName>,
+    ) -> BoxFuture<'static, Result<Option<LatestRun>, String>>;
 }
 
 /// How this node asks the node that hosts a run to do what the HTTP API
@@ -198,6 +216,9 @@ pub enum EngineError {
         /// What is wrong.
         reason: String,
     },
+    /// The template's prerequisites are not met for the starting user.
+    #[error("{}", .0.iter().map(|u| u.message.as_str()).collect::<Vec<_>>().join("; "))]
+    PrerequisitesNotMet(Vec<Unmet>),
     /// A start's `Idempotency-Key` started another run request before.
     #[error(
         "Idempotency-Key '{key}' already started run {run_id} with another template, input or \
@@ -278,6 +299,8 @@ pub struct EngineParts {
     pub cluster: Option<Cluster>,
     /// How to reach them for what is not forwarded over HTTP as it came.
     pub peers: Option<Arc<dyn Peers>>,
+    /// Where starts look up the runs their prerequisites name.
+    pub history: Arc<dyn RunHistory>,
 }
 
 pub(crate) struct EngineCtx {
@@ -292,6 +315,7 @@ pub(crate) struct EngineCtx {
     clock: SharedClock,
     cluster: Option<Cluster>,
     peers: Option<Arc<dyn Peers>>,
+    history: Arc<dyn RunHistory>,
     /// How far this node's log tail has read other nodes' events.
     tail: Mutex<Position>,
     /// Runs the built-in agents.
@@ -484,6 +508,7 @@ impl Engine {
             clock: parts.clock,
             cluster: parts.cluster,
             peers: parts.peers,
+            history: parts.history,
             tail: Mutex::new(Position::START),
             actors: Mutex::new(HashMap::new()),
             input_schemas: Mutex::new(HashMap::new()),
@@ -718,6 +743,9 @@ impl Engine {
                 });
             }
         }
+        let imports = self
+            .imports(&run_id, by.user(), &definition.requires)
+            .await?;
         let source = RetrySource {
             run_id,
             template_id: template_id.clone(),
@@ -726,8 +754,79 @@ impl Engine {
             input,
             auto_run,
             owner: by.user().cloned(),
+            imports,
         };
         self.start(source, Link::None, by).await
+    }
+
+    /// Checks `requires` for `owner`: `Ok` with what a run would import
+    /// when every requirement is met, else every requirement that is not.
+    pub async fn check_prerequisites(
+        &self,
+        owner: Option<&UserId>,
+        requires: &Requires,
+    ) -> Result<Result<Vec<Import>, Vec<Unmet>>, EngineError> {
+        if requires.is_empty() {
+            return Ok(Ok(Vec::new()));
+        }
+        // The read models answer: once they hold what this node committed
+        // and what its log tail has seen of other nodes.
+        self.settle_all().await;
+        let mut latest = BTreeMap::new();
+        for template in requires.templates() {
+            let artifacts = requires
+                .artifacts
+                .iter()
+                .filter(|a| a.template == template)
+                .map(|a| a.artifact.clone())
+                .collect();
+            let found = self
+                .ctx
+                .history
+                .latest_run(owner.cloned(), template.to_string(), artifacts)
+                .await
+                .map_err(EngineError::Unavailable)?;
+            if let Some(run) = found {
+                latest.insert(template.to_string(), run);
+            }
+        }
+        Ok(prerequisites::evaluate(requires, &latest))
+    }
+
+    /// What a new run `run_id` of `owner` imports, its prerequisites met;
+    /// refused with every unmet requirement. Imported blob bodies become
+    /// bodies of the new run too, so that purging the run they came from
+    /// leaves them to this one.
+    async fn imports(
+        &self,
+        run_id: &RunId,
+        owner: Option<&UserId>,
+        requires: &Requires,
+    ) -> Result<Vec<Import>, EngineError> {
+        let imports = self
+            .check_prerequisites(owner, requires)
+            .await?
+            .map_err(EngineError::PrerequisitesNotMet)?;
+        for import in &imports {
+            if let ArtifactContent::Blob { sha256, .. } = &import.content {
+                let Some(bytes) = self.ctx.blobs.get(sha256).await? else {
+                    return Err(EngineError::PrerequisitesNotMet(vec![Unmet {
+                        kind: "artifact",
+                        template: import.template.clone(),
+                        status: None,
+                        artifact: Some(import.artifact.to_string()),
+                        reason: "its body was purged by retention".into(),
+                        run_id: Some(import.run_id.to_string()),
+                        message: format!(
+                            "Run the {} workflow again: the body of {} in run {} was purged",
+                            import.template, import.artifact, import.run_id
+                        ),
+                    }]));
+                };
+                self.ctx.blobs.put(run_id.as_str(), &bytes).await?;
+            }
+        }
+        Ok(imports)
     }
 
     /// Starts a new run that retries a failed or cancelled run: the same
@@ -766,6 +865,7 @@ impl Engine {
             redirected_from,
             auto_run: source.auto_run,
             owner: source.owner,
+            imports: source.imports,
         });
         let committed = self.execute(&run_id, command, by).await?;
         Ok((run_id, committed))

@@ -25,6 +25,16 @@ pub fn parse_rfc3339(text: &str) -> Option<Timestamp> {
         .map(|t| Timestamp(t.timestamp_millis()))
 }
 
+/// An artifact of another run that a run read (its prerequisites), pinned
+/// when it started.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ImportView {
+    /// The run it comes from.
+    pub run_id: String,
+    /// The version read.
+    pub version: u32,
+}
+
 /// One attempt of a step: what it was given and what it wrote, so the run
 /// detail can show why each artifact version exists.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -44,6 +54,10 @@ pub struct AttemptView {
     pub instructions: Vec<u32>,
     /// The artifact versions it read.
     pub reads: BTreeMap<String, u32>,
+    /// The artifacts of other runs it read, by how its inputs name them
+    /// (`<template>:<step>.<output>`): which run, which version.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub imports: BTreeMap<String, ImportView>,
     /// The artifact versions it wrote.
     pub writes: BTreeMap<String, u32>,
     /// True when it was re-dispatched after a restart.
@@ -261,6 +275,11 @@ pub struct RunDetail {
     /// The run that replaced this one by a redirect, if any.
     #[serde(default)]
     pub redirected_to: Option<String>,
+    /// The artifacts of other runs this one reads (its template's
+    /// `requires.artifacts`), pinned at start, by how inputs name them
+    /// (`<template>:<step>.<output>`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub imports: BTreeMap<String, ImportView>,
     /// Whether ready steps are dispatched without a trigger.
     #[serde(default = "crate::domain::yes")]
     pub auto_run: bool,
@@ -323,9 +342,22 @@ impl RunDetail {
                 redirected_from,
                 auto_run,
                 owner,
+                imports,
                 at,
             } => {
                 self.id = run_id.to_string();
+                self.imports = imports
+                    .iter()
+                    .map(|i| {
+                        (
+                            i.reference(),
+                            ImportView {
+                                run_id: i.run_id.to_string(),
+                                version: i.version,
+                            },
+                        )
+                    })
+                    .collect();
                 self.owner = owner.as_ref().map(ToString::to_string);
                 self.retry_of = retry_of.as_ref().map(ToString::to_string);
                 self.redirected_from = redirected_from.as_ref().map(ToString::to_string);
@@ -382,6 +414,7 @@ impl RunDetail {
                 recovered,
                 prompt_override,
                 instructions,
+                imports,
                 at,
                 ..
             } => {
@@ -401,6 +434,18 @@ impl RunDetail {
                     prompt_override: prompt_override.clone(),
                     instructions: instructions.clone(),
                     reads: reads.iter().map(|(n, v)| (n.to_string(), *v)).collect(),
+                    imports: imports
+                        .iter()
+                        .map(|(reference, read)| {
+                            (
+                                reference.clone(),
+                                ImportView {
+                                    run_id: read.run_id.to_string(),
+                                    version: read.version,
+                                },
+                            )
+                        })
+                        .collect(),
                     writes: BTreeMap::new(),
                     recovered: *recovered,
                     started_at: rfc3339(*at),
@@ -852,6 +897,7 @@ mod tests {
                 redirected_from: None,
                 auto_run: true,
                 owner: None,
+                imports: Vec::new(),
                 at: Timestamp(0),
             },
             RunEvent::StepDispatched {
@@ -863,6 +909,7 @@ mod tests {
                 recovered: false,
                 prompt_override: None,
                 instructions: Vec::new(),
+                imports: BTreeMap::new(),
                 at: Timestamp(0),
             },
             RunEvent::StepClaimed {

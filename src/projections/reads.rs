@@ -15,11 +15,15 @@ use crate::with_pool;
 const DETAIL_GET: &str = include_str!("sql/run_details/get.sql");
 const SUMMARIES_LIST: &str = include_str!("sql/run_summaries/list.sql");
 const ARTIFACT_VERSIONS: &str = include_str!("sql/artifact_versions/list.sql");
+const ARTIFACT_VERSION: &str = include_str!("sql/artifact_versions/get.sql");
+const LATEST_OF_OWNER: &str = include_str!("sql/run_summaries/latest_of_owner.sql");
+const LATEST_OF_NOBODY: &str = include_str!("sql/run_summaries/latest_of_nobody.sql");
 const ACTIVE_RUNS: &str = include_str!("sql/run_summaries/active.sql");
 const PURGEABLE_PG: &str = include_str!("sql/run_summaries/purgeable.pg.sql");
 const PURGEABLE_SQLITE: &str = include_str!("sql/run_summaries/purgeable.sqlite.sql");
 const TEMPLATE_GET: &str = include_str!("sql/template_catalogue/get.sql");
 const TEMPLATES_LIST: &str = include_str!("sql/template_catalogue/list.sql");
+const TEMPLATES_LIVE: &str = include_str!("sql/template_catalogue/live.sql");
 const TEMPLATE_LIVE_BY_NAME: &str = include_str!("sql/template_catalogue/live_by_name.sql");
 const MESSAGES_LIST: &str = include_str!("sql/run_messages/list.sql");
 const MESSAGE_GET: &str = include_str!("sql/run_messages/get.sql");
@@ -319,6 +323,47 @@ impl ReadModels {
         Ok(rows)
     }
 
+    /// The stored content of one version of a run's artifact.
+    pub async fn artifact_version(
+        &self,
+        run_id: &str,
+        name: &str,
+        version: u32,
+    ) -> Result<Option<Value>, ProjectionError> {
+        let content: Option<Value> = with_pool!(&self.db, pool => {
+            sqlx::query_scalar(ARTIFACT_VERSION)
+                .bind(run_id)
+                .bind(name)
+                .bind(i64::from(version))
+                .fetch_optional(pool)
+                .await?
+        });
+        Ok(content)
+    }
+
+    /// The most recent run of template `template_id` that belongs to
+    /// `owner` (`None`: to nobody), by index.
+    pub async fn latest_run_of(
+        &self,
+        owner: Option<&str>,
+        template_id: &str,
+    ) -> Result<Option<String>, ProjectionError> {
+        let run: Option<String> = with_pool!(&self.db, pool => {
+            match owner {
+                Some(owner) => sqlx::query_scalar(LATEST_OF_OWNER)
+                    .bind(owner)
+                    .bind(template_id)
+                    .fetch_optional(pool)
+                    .await?,
+                None => sqlx::query_scalar(LATEST_OF_NOBODY)
+                    .bind(template_id)
+                    .fetch_optional(pool)
+                    .await?,
+            }
+        });
+        Ok(run)
+    }
+
     /// A page of a run's thread: the messages after number `after`, in
     /// order.
     pub async fn messages(
@@ -464,6 +509,20 @@ impl ReadModels {
             }
         });
         Ok(row.map(TemplateRow::view))
+    }
+
+    /// Every live template, by name (the newest first where an older
+    /// database holds two of one name).
+    pub async fn live_templates(&self) -> Result<Vec<TemplateView>, ProjectionError> {
+        let rows = with_pool!(&self.db, pool => {
+            sqlx::query(TEMPLATES_LIVE)
+                .fetch_all(pool)
+                .await?
+                .iter()
+                .map(|r| template_from_row(r).map(TemplateRow::view))
+                .collect::<Result<Vec<_>, _>>()?
+        });
+        Ok(rows)
     }
 
     /// Templates, newest first.

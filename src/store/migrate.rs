@@ -101,6 +101,12 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../../schema/sqlite/014_accounts.sql"),
         postgres: include_str!("../../schema/postgres/014_accounts.sql"),
     },
+    Migration {
+        version: 15,
+        name: "prerequisites",
+        sqlite: include_str!("../../schema/sqlite/015_prerequisites.sql"),
+        postgres: include_str!("../../schema/postgres/015_prerequisites.sql"),
+    },
 ];
 
 const CREATE_TABLE: &str = "CREATE TABLE IF NOT EXISTS runlog_migrations \

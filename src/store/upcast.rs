@@ -60,10 +60,14 @@ fn upcasters() -> &'static [Upcaster] {
             with_fields("RunStarted", "1.2", &[("auto_run", true)]),
             // 1.3 added `owner`: absent, nobody's.
             unchanged("RunStarted", "1.3"),
+            // 1.4 added `imports`: absent, none.
+            unchanged("RunStarted", "1.4"),
             // 1.1 added `prompt_override` and `instructions`: absent, none.
             unchanged("StepDispatched", "1.1"),
             // 1.2 added `evaluating`: absent, the step's own agent ran.
             unchanged("StepDispatched", "1.2"),
+            // 1.3 added `imports`: absent, none.
+            unchanged("StepDispatched", "1.3"),
             // 1.1 added `skipped`: absent, nothing skipped.
             unchanged("StepCompleted", "1.1"),
             // 1.2 added `usage`, `latest`, `final_score`: absent, none.

@@ -216,6 +216,9 @@ async fn run_schemathesis(st: &Path, app: &TestApp, config: &Path, filter: &[&st
         .args(["--max-response-time", "60"])
         .args(filter)
         .env("NO_COLOR", "1")
+        // Its cache (`.schemathesis/`, failures it replays next time) goes
+        // beside the configuration, in the test's own data directory.
+        .current_dir(config.parent().expect("the configuration's directory"))
         .kill_on_drop(true);
     let output = command.output().await.expect("schemathesis runs");
     let text = format!(
@@ -359,8 +362,8 @@ async fn the_document_is_openapi_3_1_and_needs_no_token() {
     assert_eq!(response.status().as_u16(), 200);
     let doc: Value = response.json().limit(8 << 20).await.expect("JSON");
     assert_eq!(doc["openapi"], "3.1.0");
-    // The settings shape the document: the long-poll maxima and the
-    // agents a worker may claim.
+    // The settings shape the document: the long-poll maxima, the agents
+    // a worker may claim ...
     let wait = doc["paths"]["/api/runs"]["post"]["parameters"]
         .as_array()
         .and_then(|ps| ps.iter().find(|p| p["name"] == "wait"))
@@ -370,6 +373,15 @@ async fn the_document_is_openapi_3_1_and_needs_no_token() {
     let claim = &doc["components"]["schemas"]["Claim"]["properties"];
     assert_eq!(claim["wait_s"]["maximum"], 1);
     assert_eq!(claim["agents"]["items"]["enum"], json!(["summarize"]));
+    // ... and the agents a definition may name: this server's.
+    let names = doc["components"]["schemas"]["DefinitionAgentName"]["enum"]
+        .as_array()
+        .cloned()
+        .expect("the agent names are listed");
+    for agent in ["echo", "template", "http", "judge", "summarize"] {
+        assert!(names.contains(&json!(agent)), "{agent} is in {names:?}");
+    }
+    assert!(!names.contains(&json!("nonexistent")));
     // Every route of the server is in it, the WebSocket's messages too.
     for (path, method) in [
         ("/api/templates", "post"),

@@ -16,6 +16,7 @@ mod human;
 mod limits;
 mod llm;
 mod nodes;
+mod prerequisites;
 mod refine;
 mod replay;
 mod retention;

@@ -35,9 +35,14 @@ impl Run {
                 redirected_from,
                 auto_run,
                 owner,
+                imports,
                 at,
             } => {
                 self.id = Some(run_id);
+                self.imports = imports
+                    .into_iter()
+                    .map(|import| (import.reference(), import))
+                    .collect();
                 self.owner = owner;
                 self.retry_of = retry_of;
                 self.redirected_from = redirected_from;

@@ -257,4 +257,7 @@ pub struct StartRun {
     pub auto_run: bool,
     /// The user it belongs to, if any.
     pub owner: Option<UserId>,
+    /// The artifacts of other runs it reads, pinned now (its template's
+    /// `requires.artifacts`, as the engine found them).
+    pub imports: Vec<crate::domain::prerequisites::Import>,
 }

@@ -175,6 +175,7 @@ impl Decision {
             current + 1
         };
         let reads = self.state.reads_of(&step);
+        let imports = self.state.imports_of(&step);
         let lease = self.next_lease();
         let (instructions, newly): (Vec<u32>, Vec<u32>) = if evaluating {
             (Vec::new(), Vec::new())
@@ -203,6 +204,7 @@ impl Decision {
             prompt_override: if evaluating { None } else { prompt_override },
             instructions,
             evaluating,
+            imports,
             at,
         });
         for message in newly {

@@ -15,6 +15,7 @@ use crate::domain::definition::Definition;
 use crate::domain::ids::{
     ArtifactName, LeaseToken, OutputName, RunId, StepId, TemplateId, Timestamp, UserId,
 };
+use crate::domain::prerequisites::Import;
 
 /// The body of one artifact version: inline JSON, or a reference to a
 /// content-addressed blob for large bodies.
@@ -56,6 +57,16 @@ pub struct ArtifactWritten {
     pub version: u32,
     /// The body.
     pub content: ArtifactContent,
+}
+
+/// An artifact of another run that a dispatched attempt reads: which run,
+/// which version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImportedRead {
+    /// The run it comes from.
+    pub run_id: RunId,
+    /// The version read.
+    pub version: u32,
 }
 
 /// One artifact version whose body a purge removed.
@@ -106,6 +117,11 @@ pub enum RunEvent {
         /// only.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         owner: Option<UserId>,
+        /// The artifacts of other runs it reads (its template's
+        /// `requires.artifacts`), pinned at start. Added in 1.4; absent:
+        /// none.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        imports: Vec<Import>,
         /// When.
         at: Timestamp,
     },
@@ -133,6 +149,10 @@ pub enum RunEvent {
         /// attempt's outputs (not the step's agent). Added in 1.2.
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         evaluating: bool,
+        /// The artifacts of other runs the step reads, by how its inputs
+        /// name them (`<template>:<step>.<output>`). Added in 1.3.
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        imports: BTreeMap<String, ImportedRead>,
         /// When.
         at: Timestamp,
     },
@@ -644,10 +664,9 @@ impl DomainEvent for RunEvent {
 
     fn event_version(&self) -> String {
         match self {
-            Self::RunStarted { .. } => "1.3",
-            Self::StepFailed { .. } | Self::StepDispatched { .. } | Self::StepCompleted { .. } => {
-                "1.2"
-            }
+            Self::RunStarted { .. } => "1.4",
+            Self::StepDispatched { .. } => "1.3",
+            Self::StepFailed { .. } | Self::StepCompleted { .. } => "1.2",
             Self::CancelRequested { .. } | Self::StepAwaitingReview { .. } => "1.1",
             _ => "1.0",
         }

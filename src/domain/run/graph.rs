@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use super::error::RunError;
 use super::state::{ArtifactState, Run, RunStatus, StepStatus};
-use super::{ArtifactContent, ArtifactWritten};
+use super::{ArtifactContent, ArtifactWritten, ImportedRead};
 use crate::domain::definition::Condition;
 use crate::domain::ids::{ArtifactName, OutputName, StepId};
 
@@ -165,6 +165,27 @@ impl Run {
             .iter()
             .filter(|(name, _)| wanted(name) && self.is_live(name))
             .map(|(name, a)| (name.clone(), a.latest))
+            .collect()
+    }
+
+    /// The artifacts of other runs `step` reads: the imports its inputs
+    /// name.
+    pub(super) fn imports_of(&self, step: &StepId) -> BTreeMap<String, ImportedRead> {
+        let Some(def) = self.definition.steps.get(step) else {
+            return BTreeMap::new();
+        };
+        def.inputs
+            .values()
+            .filter_map(|source| self.imports.get(source))
+            .map(|import| {
+                (
+                    import.reference(),
+                    ImportedRead {
+                        run_id: import.run_id.clone(),
+                        version: import.version,
+                    },
+                )
+            })
             .collect()
     }
 

@@ -55,7 +55,9 @@ use decision::Decision;
 pub use command::{Failure, Policy, RunCommand, Stamp, Stamped, StartRun};
 pub use effects::{BudgetLeft, Effect, Task};
 pub use error::RunError;
-pub use events::{ArtifactContent, ArtifactWritten, Outputs, PurgedVersion, RunEvent, Usage};
+pub use events::{
+    ArtifactContent, ArtifactWritten, ImportedRead, Outputs, PurgedVersion, RunEvent, Usage,
+};
 pub use state::{
     ArtifactState, ArtifactVersion, BestAttempt, InputValue, RefineRound, RetrySource, Run,
     RunStatus, StepInput, StepState, StepStatus, UsageTotals,

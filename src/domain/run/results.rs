@@ -24,6 +24,7 @@ impl Run {
             redirected_from,
             auto_run,
             owner,
+            imports,
         } = start;
         let at = stamp.at;
         if self.id.is_some() {
@@ -43,6 +44,7 @@ impl Run {
             redirected_from,
             auto_run,
             owner,
+            imports,
             at,
         });
         if let Some(content) = instructions {

@@ -312,6 +312,10 @@ pub struct Run {
     /// or started without them).
     #[serde(default)]
     pub owner: Option<UserId>,
+    /// The artifacts of other runs it reads, pinned at start, by how
+    /// inputs name them (`<template>:<step>.<output>`).
+    #[serde(default)]
+    pub imports: BTreeMap<String, crate::domain::prerequisites::Import>,
     /// Whether ready steps are dispatched without a user's trigger.
     #[serde(default = "crate::domain::yes")]
     pub auto_run: bool,
@@ -348,6 +352,9 @@ pub struct RetrySource {
     pub auto_run: bool,
     /// Its owner.
     pub owner: Option<UserId>,
+    /// The artifacts of other runs it read, as pinned at its start: a new
+    /// run of the same work reads the same versions.
+    pub imports: Vec<crate::domain::prerequisites::Import>,
 }
 
 /// What a step receives as input, before blob references are resolved.
@@ -396,6 +403,7 @@ impl Run {
             input: self.input.clone(),
             auto_run: self.auto_run,
             owner: self.owner.clone(),
+            imports: self.imports.values().cloned().collect(),
         })
     }
 
@@ -420,6 +428,9 @@ impl Run {
                 .inputs
                 .iter()
                 .map(|(input, source)| {
+                    if let Some(import) = self.imports.get(source) {
+                        return (input.clone(), InputValue::Artifact(import.content.clone()));
+                    }
                     let value = ArtifactName::parse(source.as_str())
                         .ok()
                         .filter(|name| self.is_live(name))

@@ -766,6 +766,7 @@ fn a_retry_starts_from_the_failed_runs_version_definition_and_input() {
                 redirected_from: None,
                 auto_run: source.auto_run,
                 owner: None,
+                imports: Vec::new(),
             }),
             30,
             "s",
@@ -782,6 +783,7 @@ fn a_retry_starts_from_the_failed_runs_version_definition_and_input() {
                 redirected_from: None,
                 auto_run: true,
                 owner: None,
+                imports: Vec::new(),
                 at: at(30),
             },
             dispatched("a", 1, "s.1", &[], 30),
@@ -896,6 +898,7 @@ fn a_run_started_by_a_redirect_hands_its_instructions_to_its_first_step() {
                 redirected_from: Some(rid("r1")),
                 auto_run: true,
                 owner: None,
+                imports: Vec::new(),
                 at: at(10),
             },
             posted(
@@ -946,6 +949,7 @@ fn a_redirected_run_started_in_manual_mode_keeps_its_instructions_pending() {
                 redirected_from: Some(rid("r1")),
                 auto_run: false,
                 owner: None,
+                imports: Vec::new(),
                 at: at(10),
             },
             posted(

@@ -140,6 +140,7 @@ fn start(definition: Definition, ms: i64, seed: &str) -> Stamped {
             redirected_from: None,
             auto_run: true,
             owner: None,
+            imports: Vec::new(),
         }),
         ms,
         seed,
@@ -196,6 +197,7 @@ fn run_started(definition: Definition, ready: &[&str], ms: i64) -> RunEvent {
         redirected_from: None,
         auto_run: true,
         owner: None,
+        imports: Vec::new(),
         at: at(ms),
     }
 }
@@ -210,6 +212,7 @@ fn dispatched(step: &str, attempt: u32, token: &str, read: &[(&str, u32)], ms: i
         recovered: false,
         prompt_override: None,
         instructions: vec![],
+        imports: BTreeMap::new(),
         at: at(ms),
     }
 }
@@ -224,6 +227,7 @@ fn redispatched(step: &str, attempt: u32, token: &str, read: &[(&str, u32)], ms:
         recovered: true,
         prompt_override: None,
         instructions: vec![],
+        imports: BTreeMap::new(),
         at: at(ms),
     }
 }
@@ -821,6 +825,7 @@ fn start_with(
             redirected_from: redirected_from.map(|(from, text)| (rid(from), text.to_string())),
             auto_run,
             owner: None,
+            imports: Vec::new(),
         }),
         ms,
         seed,
@@ -953,6 +958,7 @@ fn manual_started(definition: Definition, ready: &[&str], ms: i64) -> RunEvent {
         redirected_from: None,
         auto_run: false,
         owner: None,
+        imports: Vec::new(),
         at: at(ms),
     }
 }
@@ -975,6 +981,7 @@ fn dispatched_with(
         recovered: false,
         prompt_override: prompt_override.map(Into::into),
         instructions: instructions.to_vec(),
+        imports: BTreeMap::new(),
         at: at(ms),
     }
 }

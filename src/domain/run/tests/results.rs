@@ -22,6 +22,7 @@ fn starting_a_diamond_dispatches_only_its_root() {
                 recovered: false,
                 prompt_override: None,
                 instructions: vec![],
+                imports: BTreeMap::new(),
                 at: at(10),
             },
         ]);
@@ -614,6 +615,7 @@ fn recovering_redispatches_running_steps_with_the_same_attempt_and_a_new_lease()
                 recovered: true,
                 prompt_override: None,
                 instructions: vec![],
+                imports: BTreeMap::new(),
                 at: at(25),
             },
             redispatched("c", 1, "s2.2", &[("a.out", 1)], 25),

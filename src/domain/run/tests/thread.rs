@@ -532,6 +532,7 @@ fn an_instruction_goes_with_the_in_flight_ones_to_a_retried_review_step() {
             redirected_from: Some(rid("r1")),
             auto_run: true,
             owner: None,
+            imports: Vec::new(),
             at: at(10),
         },
         posted(
