@@ -15,6 +15,7 @@ use actix_web::{App, HttpServer};
 use crate::api::{self, ApiState, WorkerAuth};
 use crate::config::{FileConfig, ServeSettings};
 use crate::db::{Commits, Db};
+use crate::domain::definition::DefinitionLimits;
 use crate::domain::ids::{ArtifactName, RunId, UserId};
 use crate::domain::log::{Logged, Position};
 use crate::domain::prerequisites::LatestRun;
@@ -744,6 +745,7 @@ fn agent_registry(file: &FileConfig) -> Result<AgentRegistry, AppError> {
         };
         agents.register_remote(name, spec)?;
     }
+    agents.limit_definitions(definition_limits(file));
     Ok(agents)
 }
 
@@ -770,6 +772,23 @@ fn input_limits(file: &FileConfig) -> api::limits::InputLimits {
         max_claim_wait_seconds: limits
             .max_claim_wait_seconds
             .unwrap_or(defaults.max_claim_wait_seconds),
+        max_body_bytes: limits.max_body_bytes.unwrap_or(defaults.max_body_bytes),
+        max_claims_per_worker: limits
+            .max_claims_per_worker
+            .unwrap_or(defaults.max_claims_per_worker),
+    }
+}
+
+/// The bounds on definitions from the file (`[limits]`).
+fn definition_limits(file: &FileConfig) -> DefinitionLimits {
+    let defaults = DefinitionLimits::default();
+    let limits = &file.limits;
+    DefinitionLimits {
+        max_steps: limits.max_steps.unwrap_or(defaults.max_steps),
+        max_chain_depth: limits
+            .max_dependency_depth
+            .unwrap_or(defaults.max_chain_depth),
+        max_prompt_bytes: limits.max_prompt_bytes.unwrap_or(defaults.max_prompt_bytes),
     }
 }
 

@@ -24,7 +24,7 @@ use jsonschema::ValidationError;
 use serde_json::{json, Value};
 
 use super::ApiError;
-use crate::domain::definition::DefinitionError;
+use crate::domain::definition::{DefinitionError, MAX_STEPS};
 use crate::domain::ids::StepId;
 
 /// `schema/definition.schema.json`, as built into the server.
@@ -157,9 +157,13 @@ fn classify(error: &ValidationError<'_>) -> Fault {
     };
     match segments.as_slice() {
         ["steps"] if keyword == "minProperties" => range(DefinitionError::Empty, 0, "", 0, pointer),
-        ["steps"] if keyword == "maxProperties" => {
-            range(DefinitionError::TooManySteps, 0, "", 0, pointer)
-        }
+        ["steps"] if keyword == "maxProperties" => range(
+            DefinitionError::TooManySteps { max: MAX_STEPS },
+            0,
+            "",
+            0,
+            pointer,
+        ),
         ["budget", ..] if ranged => {
             let reason = if keyword == "anyOf" {
                 "give max_tokens, max_cost or both".to_string()

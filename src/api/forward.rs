@@ -16,11 +16,9 @@ use actix_web::dev::{Payload, ServiceRequest, ServiceResponse};
 use actix_web::http::{header, Method, StatusCode};
 use actix_web::middleware::Next;
 use actix_web::web::{Bytes, BytesMut};
-use actix_web::HttpResponse;
+use actix_web::{HttpRequest, HttpResponse};
 use futures::StreamExt;
 use serde_json::json;
-
-use super::MAX_BODY_BYTES;
 
 /// The header a node adds to a request it forwards (its id).
 pub const FORWARDED_BY: &str = "x-runlog-forwarded-by";
@@ -70,17 +68,29 @@ fn may_forward(req: &ServiceRequest) -> bool {
 
 /// Reads the body, at most one byte over the limit (the handler's
 /// extractor refuses an oversized body as it would have).
-/// A request's body, read to just past [`MAX_BODY_BYTES`] (the handler
-/// refuses a longer one).
-pub(super) async fn read_body(mut payload: Payload) -> Result<Bytes, actix_web::Error> {
+/// A request's body, read to just past the server's `max_body_bytes` (the
+/// handler refuses a longer one).
+pub(super) async fn read_body(
+    http: &HttpRequest,
+    mut payload: Payload,
+) -> Result<Bytes, actix_web::Error> {
+    let limit = max_body_bytes(http);
     let mut body = BytesMut::new();
     while let Some(chunk) = payload.next().await {
         body.extend_from_slice(&chunk?);
-        if body.len() > MAX_BODY_BYTES {
+        if body.len() > limit {
             break;
         }
     }
     Ok(body.freeze())
+}
+
+/// The server's `max_body_bytes` setting.
+pub(super) fn max_body_bytes(http: &HttpRequest) -> usize {
+    http.app_data::<actix_web::web::Data<super::ApiState>>()
+        .map_or(super::limits::DEFAULT_MAX_BODY_BYTES, |state| {
+            state.limits.bounds.max_body_bytes
+        })
 }
 
 /// The middleware (`actix_web::middleware::from_fn`).
@@ -92,7 +102,7 @@ pub async fn forward(
         return Ok(next.call(req).await?.map_into_boxed_body());
     }
     let (http, payload) = req.into_parts();
-    let body = read_body(payload).await?;
+    let body = read_body(&http, payload).await?;
     let again = ServiceRequest::from_parts(http, Payload::from(body.clone()));
     let response = next.call(again).await?;
     let Some(to) = response.response().extensions().get::<ForwardTo>().cloned() else {

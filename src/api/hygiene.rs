@@ -72,8 +72,8 @@ pub async fn json_bodies(
     // A key given twice is ambiguous (readers differ on which one wins, and
     // an audit of the body cannot tell): refused, wherever it is.
     let (http, payload) = req.into_parts();
-    let body = super::forward::read_body(payload).await?;
-    if body.len() <= super::MAX_BODY_BYTES {
+    let body = super::forward::read_body(&http, payload).await?;
+    if body.len() <= super::forward::max_body_bytes(&http) {
         if let Err(duplicate) = serde_json::from_slice::<NoDuplicateKeys>(&body) {
             if duplicate.is_data() {
                 let refused = ApiError::bad_request("invalid_body", duplicate.to_string());

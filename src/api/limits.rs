@@ -29,6 +29,10 @@ pub const DEFAULT_WS_CONNECTIONS_PER_TOKEN: usize = 64;
 pub const DEFAULT_MAX_START_WAIT_SECONDS: u64 = 60;
 /// The longest a worker's claim may wait for a task by default (s).
 pub const DEFAULT_MAX_CLAIM_WAIT_SECONDS: u64 = 30;
+/// The largest request body by default (bytes).
+pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
+/// Tasks one worker may hold claimed at once by default.
+pub const DEFAULT_MAX_CLAIMS_PER_WORKER: usize = 256;
 
 /// The window of the message rate.
 const MINUTE: Duration = Duration::from_secs(60);
@@ -48,6 +52,10 @@ pub struct InputLimits {
     pub max_start_wait_seconds: u64,
     /// The longest a worker's claim may wait for a task (`wait_s`).
     pub max_claim_wait_seconds: u64,
+    /// The largest request body (bytes).
+    pub max_body_bytes: usize,
+    /// Tasks one worker (`worker_id`) may hold claimed at once.
+    pub max_claims_per_worker: usize,
 }
 
 impl Default for InputLimits {
@@ -59,6 +67,8 @@ impl Default for InputLimits {
             ws_connections_per_token: DEFAULT_WS_CONNECTIONS_PER_TOKEN,
             max_start_wait_seconds: DEFAULT_MAX_START_WAIT_SECONDS,
             max_claim_wait_seconds: DEFAULT_MAX_CLAIM_WAIT_SECONDS,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            max_claims_per_worker: DEFAULT_MAX_CLAIMS_PER_WORKER,
         }
     }
 }

@@ -32,9 +32,6 @@ use crate::engine::Engine;
 use crate::projections::{decode_cursor, ReadModels, DEFAULT_PAGE, MAX_PAGE};
 use crate::store::EventLog;
 
-/// Largest JSON body accepted (bytes).
-pub const MAX_BODY_BYTES: usize = 1024 * 1024;
-
 /// What every handler can reach.
 #[derive(Clone)]
 pub struct ApiState {
@@ -75,13 +72,15 @@ pub struct NodeIdentity {
 /// Registers every route on an actix-web app.
 pub fn configure(state: ApiState) -> impl FnOnce(&mut web::ServiceConfig) {
     move |cfg: &mut web::ServiceConfig| {
+        let max_body = state.limits.bounds.max_body_bytes;
         cfg.app_data(web::Data::new(state))
             .app_data(
                 web::JsonConfig::default()
-                    .limit(MAX_BODY_BYTES)
+                    .limit(max_body)
                     .content_type_required(false)
-                    .error_handler(json_error),
+                    .error_handler(move |e, req| json_error(e, req, max_body)),
             )
+            .app_data(web::PayloadConfig::new(max_body))
             .app_data(
                 web::QueryConfig::default().error_handler(|e, _| {
                     ApiError::bad_request("invalid_query", e.to_string()).into()
@@ -173,13 +172,13 @@ pub fn configure(state: ApiState) -> impl FnOnce(&mut web::ServiceConfig) {
     }
 }
 
-fn json_error(e: JsonPayloadError, _: &HttpRequest) -> actix_web::Error {
+fn json_error(e: JsonPayloadError, _: &HttpRequest, max_body: usize) -> actix_web::Error {
     let error = match &e {
         JsonPayloadError::OverflowKnownLength { .. } | JsonPayloadError::Overflow { .. } => {
             ApiError::new(
                 actix_web::http::StatusCode::PAYLOAD_TOO_LARGE,
                 "body_too_large",
-                format!("request bodies are limited to {MAX_BODY_BYTES} bytes"),
+                format!("request bodies are limited to {max_body} bytes"),
             )
         }
         JsonPayloadError::ContentType => {
@@ -204,7 +203,8 @@ async fn openapi_document(state: web::Data<ApiState>) -> HttpResponse {
         }
         all.push(agent.info.name);
     }
-    openapi::serve(&state.limits.bounds, &all, &remote)
+    let max_steps = state.engine.definition_limits().max_steps;
+    openapi::serve(&state.limits.bounds, max_steps, &all, &remote)
 }
 
 async fn healthz() -> HttpResponse {

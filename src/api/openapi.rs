@@ -242,11 +242,13 @@ struct ApiDoc;
 /// configuration declares.
 pub fn document(
     bounds: &super::limits::InputLimits,
+    max_steps: usize,
     agents: &[String],
     remote_agents: &[String],
 ) -> Value {
     let mut doc = generated().clone();
     let schemas = &mut doc["components"]["schemas"];
+    schemas["Definition"]["properties"]["steps"]["maxProperties"] = json!(max_steps);
     enumerate(&mut schemas["DefinitionAgentName"], agents);
     enumerate(
         &mut schemas["Claim"]["properties"]["agents"]["items"],
@@ -628,8 +630,9 @@ impl Contract {
 /// Serves the document.
 pub(super) fn serve(
     bounds: &super::limits::InputLimits,
+    max_steps: usize,
     agents: &[String],
     remote_agents: &[String],
 ) -> HttpResponse {
-    HttpResponse::Ok().json(document(bounds, agents, remote_agents))
+    HttpResponse::Ok().json(document(bounds, max_steps, agents, remote_agents))
 }

@@ -319,6 +319,8 @@ async fn claim_task(state: &ApiState, claim: &ClaimOf) -> Result<Option<Value>, 
         (status = 200, description = "A task, leased to the worker.", body = Task),
         (status = 204, description = "No task came in time."),
         (status = 400, description = "`not_a_remote_agent`: an agent is not served by workers; `invalid_wait`, `invalid_worker_id`.", body = ErrorBody),
+        (status = 429, description = "`too_many_claims`: the worker holds `max_claims_per_worker` tasks already (`Retry-After`).", body = ErrorBody,
+         headers(("Retry-After" = String, description = "Seconds to wait."))),
     ),
     security(("workerToken" = [])),
 )]
@@ -329,6 +331,20 @@ pub(super) async fn claim(
 ) -> Result<HttpResponse, ApiError> {
     state.workers.check(&req)?;
     let claim = check_claim(&state, body.into_inner())?;
+    let most = state.limits.bounds.max_claims_per_worker;
+    let held = state.engine.claims_held(&claim.worker_id).await?;
+    if held >= u64::try_from(most).unwrap_or(u64::MAX) {
+        return Err(ApiError::new(
+            actix_web::http::StatusCode::TOO_MANY_REQUESTS,
+            "too_many_claims",
+            format!(
+                "worker '{}' holds {held} claimed tasks, the most one worker may hold \
+                 ({most}): finish, fail or release one first",
+                claim.worker_id
+            ),
+        )
+        .with_retry_after(1));
+    }
     Ok(match claim_task(&state, &claim).await? {
         None => HttpResponse::NoContent().finish(),
         Some(task) => HttpResponse::Ok().json(task),

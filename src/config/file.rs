@@ -27,6 +27,8 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::domain::definition::MAX_STEPS;
+
 /// Why the configuration could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -175,6 +177,16 @@ pub struct LimitsConfig {
     pub max_start_wait_seconds: Option<u64>,
     /// The longest a worker's claim may wait for a task (seconds).
     pub max_claim_wait_seconds: Option<u64>,
+    /// The largest request body (bytes).
+    pub max_body_bytes: Option<usize>,
+    /// Most steps in one definition (at most 1,000).
+    pub max_steps: Option<usize>,
+    /// Most steps on one chain of `depends_on`.
+    pub max_dependency_depth: Option<usize>,
+    /// The largest prompt of one step (bytes).
+    pub max_prompt_bytes: Option<usize>,
+    /// Tasks one worker (`worker_id`) may hold claimed at once.
+    pub max_claims_per_worker: Option<usize>,
 }
 
 /// Names the engine reserves for its built-in agents.
@@ -341,10 +353,26 @@ impl FileConfig {
                 "max_claim_wait_seconds",
                 self.limits.max_claim_wait_seconds == Some(0),
             ),
+            ("max_body_bytes", self.limits.max_body_bytes == Some(0)),
+            ("max_steps", self.limits.max_steps == Some(0)),
+            (
+                "max_dependency_depth",
+                self.limits.max_dependency_depth == Some(0),
+            ),
+            ("max_prompt_bytes", self.limits.max_prompt_bytes == Some(0)),
+            (
+                "max_claims_per_worker",
+                self.limits.max_claims_per_worker == Some(0),
+            ),
         ] {
             if zero {
                 return invalid(format!("limits.{name} must be at least 1"));
             }
+        }
+        if let Some(steps) = self.limits.max_steps.filter(|s| *s > MAX_STEPS) {
+            return invalid(format!(
+                "limits.max_steps is at most {MAX_STEPS} (the definition schema's bound), not {steps}"
+            ));
         }
         Ok(())
     }
@@ -470,8 +498,14 @@ mod tests {
             "ws_connections_per_token",
             "max_start_wait_seconds",
             "max_claim_wait_seconds",
+            "max_body_bytes",
+            "max_steps",
+            "max_dependency_depth",
+            "max_prompt_bytes",
+            "max_claims_per_worker",
         ] {
             assert!(invalid(&format!("[limits]\n{limit} = 0")).contains(&format!("limits.{limit}")));
         }
+        assert!(invalid("[limits]\nmax_steps = 1001").contains("limits.max_steps"));
     }
 }

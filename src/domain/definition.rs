@@ -22,8 +22,33 @@ pub const MAX_BACKOFF_MS: u64 = 3_600_000;
 pub const MIN_LEASE_MS: u64 = 1_000;
 /// Longest lease a step may ask for (one hour).
 pub const MAX_LEASE_MS: u64 = 3_600_000;
-/// Most steps one definition may hold.
+/// Most steps one definition may hold (a server may set fewer).
 pub const MAX_STEPS: usize = 1_000;
+/// Most steps on one chain of `depends_on`, by default.
+pub const DEFAULT_MAX_CHAIN_DEPTH: usize = 100;
+/// Largest prompt of one step, by default (bytes of UTF-8).
+pub const DEFAULT_MAX_PROMPT_BYTES: usize = 64 * 1024;
+
+/// The bounds a server sets on definitions (its `[limits]` settings).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DefinitionLimits {
+    /// Most steps (at most [`MAX_STEPS`]).
+    pub max_steps: usize,
+    /// Most steps on one chain of dependencies (a root alone is 1).
+    pub max_chain_depth: usize,
+    /// Largest prompt of one step (bytes).
+    pub max_prompt_bytes: usize,
+}
+
+impl Default for DefinitionLimits {
+    fn default() -> Self {
+        Self {
+            max_steps: MAX_STEPS,
+            max_chain_depth: DEFAULT_MAX_CHAIN_DEPTH,
+            max_prompt_bytes: DEFAULT_MAX_PROMPT_BYTES,
+        }
+    }
+}
 
 /// A workflow definition: the steps and how they depend on each other.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -248,8 +273,33 @@ pub enum DefinitionError {
     #[error("a definition needs at least one step")]
     Empty,
     /// Too many steps.
-    #[error("a definition may hold at most {MAX_STEPS} steps")]
-    TooManySteps,
+    #[error("a definition may hold at most {max} steps")]
+    TooManySteps {
+        /// The bound.
+        max: usize,
+    },
+    /// A chain of dependencies is too long.
+    #[error(
+        "step '{step}' ends a chain of {depth} dependent steps; this server allows at most {max}"
+    )]
+    ChainTooDeep {
+        /// The last step of the chain.
+        step: StepId,
+        /// Steps on it.
+        depth: usize,
+        /// The bound.
+        max: usize,
+    },
+    /// A step's prompt is too large.
+    #[error("step '{step}' has a prompt of {bytes} bytes; this server allows at most {max}")]
+    PromptTooLarge {
+        /// The step.
+        step: StepId,
+        /// Its prompt's size.
+        bytes: usize,
+        /// The bound.
+        max: usize,
+    },
     /// `depends_on` names a step that does not exist.
     #[error("step '{step}' depends on '{dependency}', which is not a step of this definition")]
     UnknownDependency {
@@ -371,7 +421,9 @@ impl DefinitionError {
         match self {
             Self::Malformed(_) | Self::MalformedStep { .. } => "malformed_definition",
             Self::Empty => "empty_definition",
-            Self::TooManySteps => "too_many_steps",
+            Self::TooManySteps { .. } => "too_many_steps",
+            Self::ChainTooDeep { .. } => "dependency_chain_too_deep",
+            Self::PromptTooLarge { .. } => "prompt_too_large",
             Self::UnknownDependency { .. } => "unknown_dependency",
             Self::Cycle { .. } => "dependency_cycle",
             Self::UnknownAgent { .. } => "unknown_agent",
@@ -405,6 +457,11 @@ pub trait AgentCatalog: Send + Sync {
     /// (a template's `input_schema`); the reason when not.
     fn check_schema(&self, _schema: &Value) -> Result<(), String> {
         Ok(())
+    }
+
+    /// The bounds this server sets on definitions.
+    fn limits(&self) -> DefinitionLimits {
+        DefinitionLimits::default()
     }
 }
 
@@ -524,8 +581,10 @@ impl Definition {
         if self.steps.is_empty() {
             return Err(DefinitionError::Empty);
         }
-        if self.steps.len() > MAX_STEPS {
-            return Err(DefinitionError::TooManySteps);
+        let limits = agents.limits();
+        let max_steps = limits.max_steps.min(MAX_STEPS);
+        if self.steps.len() > max_steps {
+            return Err(DefinitionError::TooManySteps { max: max_steps });
         }
         if let Some(reason) = self.budget.as_ref().and_then(Budget::fault) {
             return Err(DefinitionError::InvalidBudget {
@@ -547,6 +606,19 @@ impl Definition {
             }
         }
         self.check_acyclic()?;
+        self.check_depth(limits.max_chain_depth)?;
+        if let Some((step, prompt)) = self.steps.iter().find_map(|(s, d)| {
+            d.prompt
+                .as_ref()
+                .filter(|p| p.len() > limits.max_prompt_bytes)
+                .map(|p| (s, p))
+        }) {
+            return Err(DefinitionError::PromptTooLarge {
+                step: step.clone(),
+                bytes: prompt.len(),
+                max: limits.max_prompt_bytes,
+            });
+        }
         self.check_requires()?;
         self.check_provides()?;
         for (step, def) in &self.steps {
@@ -757,6 +829,41 @@ impl Definition {
             }
         }
         seen
+    }
+
+    /// The longest chain of dependencies is at most `max` steps (checked
+    /// once the graph is known to be acyclic): each step's depth is one
+    /// more than its deepest dependency's, computed in dependency order.
+    fn check_depth(&self, max: usize) -> Result<(), DefinitionError> {
+        let mut depth: BTreeMap<&StepId, usize> = BTreeMap::new();
+        for start in self.steps.keys() {
+            // Iterative post-order: a step's depth once its dependencies'.
+            let mut stack = vec![start];
+            while let Some(&step) = stack.last() {
+                if depth.contains_key(step) {
+                    stack.pop();
+                    continue;
+                }
+                let deps = &self.steps[step].depends_on;
+                let pending: Vec<&StepId> =
+                    deps.iter().filter(|d| !depth.contains_key(d)).collect();
+                if pending.is_empty() {
+                    let d = 1 + deps.iter().map(|d| depth[d]).max().unwrap_or(0);
+                    if d > max {
+                        return Err(DefinitionError::ChainTooDeep {
+                            step: step.clone(),
+                            depth: d,
+                            max,
+                        });
+                    }
+                    depth.insert(step, d);
+                    stack.pop();
+                } else {
+                    stack.extend(pending);
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Finds a cycle with a depth-first search (white/grey/black colouring).

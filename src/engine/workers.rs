@@ -225,6 +225,11 @@ impl Engine {
         }))
     }
 
+    /// How many tasks `worker` holds claimed now (attempts not over).
+    pub async fn claims_held(&self, worker: &str) -> Result<u64, EngineError> {
+        Ok(self.ctx.remote.queue.claimed_by(worker).await?)
+    }
+
     /// Refuses agents that are not declared remote agents (workers cannot
     /// claim their tasks).
     pub fn check_remote_agents(&self, agents: &[AgentName]) -> Result<(), EngineError> {
@@ -366,6 +371,12 @@ impl Engine {
         self.report(&run, report)
             .await
             .map_err(|e| self.refused_as_lost(&task.task_id, e))
+    }
+
+    /// The bounds definitions are held to on this server.
+    pub fn definition_limits(&self) -> crate::domain::definition::DefinitionLimits {
+        use crate::domain::definition::AgentCatalog;
+        self.ctx.agents.limits()
     }
 
     /// Every agent, built-in and remote.

@@ -26,6 +26,7 @@ const PG_DELETE_MANY: &str = include_str!("sql/postgres/tasks_delete_many.sql");
 const WITHDRAW: &str = include_str!("sql/task_withdraw.sql");
 const UNCLAIM: &str = include_str!("sql/task_unclaim.sql");
 const GET: &str = include_str!("sql/task_get.sql");
+const CLAIMED_BY: &str = include_str!("sql/tasks_claimed_by.sql");
 const PG_UNRECORDED_CLAIMS: &str = include_str!("sql/postgres/tasks_unrecorded_claims.sql");
 const PG_CLAIM: &str = include_str!("sql/postgres/task_claim.sql");
 const SQLITE_CLAIM: &str = include_str!("sql/sqlite/task_claim.sql");
@@ -221,6 +222,14 @@ impl TaskQueue {
             .bind(before_ms)
             .fetch_all(pool)
             .await?)
+    }
+
+    /// How many tasks `worker` holds claimed.
+    pub async fn claimed_by(&self, worker: &str) -> Result<u64, StoreError> {
+        let count: i64 = with_pool!(&self.db, pool => {
+            sqlx::query_scalar(CLAIMED_BY).bind(worker).fetch_one(pool).await?
+        });
+        Ok(u64::try_from(count).unwrap_or(0))
     }
 
     /// The task with this id, if it is still queued or claimed.

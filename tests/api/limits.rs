@@ -262,3 +262,154 @@ on_both_backends!(
         }
     }
 );
+
+/// A server whose request and definition bounds are small enough to pass
+/// in a test, with a remote agent whose workers may hold one task each.
+async fn tight(backend: crate::common::Backend) -> Option<crate::common::TestApp> {
+    crate::common::spawn_app_with_options(
+        backend,
+        crate::common::AppOptions {
+            config: Some(format!(
+                "{}\n[limits]\nmax_body_bytes = 4096\nmax_steps = 3\nmax_dependency_depth = 2\n\
+                 max_prompt_bytes = 16\nmax_claims_per_worker = 1\n",
+                crate::workers::config()
+            )),
+            ..Default::default()
+        },
+    )
+    .await
+}
+
+on_both_backends!(
+    a_body_or_a_definition_past_its_bound_is_refused_and_saves_nothing,
+    |backend| {
+        let Some(app) = tight(backend).await else {
+            return;
+        };
+        let before = app.counts().await;
+        // The body: JSON endpoints and the ones that read raw bytes alike.
+        let big = json!({"steps": {"a": {"agent": "echo", "config": {"pad": "x".repeat(5000)}}}});
+        let message = expect_error(
+            &app.create_template("big", big).await,
+            413,
+            "body_too_large",
+        );
+        assert!(message.contains("4096"), "{message}");
+        let template = app
+            .template_id("ok", json!({"steps": {"a": {"agent": "echo"}}}))
+            .await;
+        let run = app.manual_run_id(&template, json!({})).await;
+        let events = app.events(&run).await;
+        let reply = app
+            .post(
+                &format!("/api/runs/{run}/cancel"),
+                json!({"reason": "x".repeat(5000)}),
+            )
+            .await;
+        expect_error(&reply, 413, "body_too_large");
+        assert_eq!(app.events(&run).await, events, "nothing was recorded");
+
+        // The definition: steps, the depth of depends_on chains, a prompt.
+        let counts = app.counts().await;
+        let four = json!({"steps": {"a": {"agent": "echo"}, "b": {"agent": "echo"},
+                                   "c": {"agent": "echo"}, "d": {"agent": "echo"}}});
+        let message = expect_error(
+            &app.create_template("four", four).await,
+            422,
+            "too_many_steps",
+        );
+        assert!(message.contains("at most 3"), "{message}");
+        let chain = json!({"steps": {"a": {"agent": "echo"},
+                                    "b": {"agent": "echo", "depends_on": ["a"]},
+                                    "c": {"agent": "echo", "depends_on": ["b"]}}});
+        let message = expect_error(
+            &app.create_template("chain", chain).await,
+            422,
+            "dependency_chain_too_deep",
+        );
+        assert!(
+            message.contains("'c'") && message.contains("at most 2"),
+            "{message}"
+        );
+        // A diamond of depth 2 is fine: depth counts the longest chain.
+        let wide = json!({"steps": {"a": {"agent": "echo"}, "b": {"agent": "echo", "depends_on": ["a"]},
+                                   "c": {"agent": "echo", "depends_on": ["a"]}}});
+        assert_eq!(app.create_template("wide", wide).await.0, 201);
+        let wordy = json!({"steps": {"a": {"agent": "echo", "prompt": "seventeen bytes!!"}}});
+        let message = expect_error(
+            &app.create_template("wordy", wordy).await,
+            422,
+            "prompt_too_large",
+        );
+        assert!(
+            message.contains("17 bytes") && message.contains("16"),
+            "{message}"
+        );
+        let (_, revised) = app
+            .put(
+                &format!("/api/templates/{template}"),
+                json!({"definition": {"steps": {"a": {"agent": "echo", "prompt": "seventeen bytes!!"}}}}),
+            )
+            .await;
+        assert_eq!(revised["error"]["code"], "prompt_too_large", "{revised}");
+        let (templates, runs) = app.counts().await;
+        assert_eq!(
+            (templates, runs),
+            (counts.0 + 1, counts.1),
+            "only `wide` was saved"
+        );
+        assert_eq!(before.1 + 1, runs);
+    }
+);
+
+on_both_backends!(
+    a_worker_holding_its_most_claims_is_refused_another_until_one_is_done,
+    |backend| {
+        let Some(app) = tight(backend).await else {
+            return;
+        };
+        let template = app
+            .template_id(
+                "remote",
+                json!({"steps": {"a": {"agent": "summarize", "config": {"words": 5}}}}),
+            )
+            .await;
+        let first = app.run_id(&template, json!({"text": "one"})).await;
+        let second = app.run_id(&template, json!({"text": "two"})).await;
+        let task = app.claim_one("w1", &["summarize"]).await;
+        let events = (app.events(&first).await, app.events(&second).await);
+        let refused = app
+            .request_with_headers(
+                "POST",
+                "/api/workers/claim",
+                Some(json!({"worker_id": "w1", "agents": ["summarize"], "wait_s": 0})),
+                &[(
+                    "Authorization",
+                    &format!("Bearer {}", crate::workers::TOKEN),
+                )],
+            )
+            .await;
+        assert_eq!(refused.status, 429, "{}", refused.body);
+        assert_eq!(refused.body["error"]["code"], "too_many_claims");
+        assert_eq!(refused.header("retry-after"), Some("1"));
+        assert_eq!(
+            (app.events(&first).await, app.events(&second).await),
+            events,
+            "the refused claim recorded nothing"
+        );
+        // Another worker has its own allowance; once w1's task is done, w1
+        // may claim again.
+        let other = app.claim_one("w2", &["summarize"]).await;
+        let (status, body) = app
+            .task_call(&task, "complete", json!({"outputs": {"summary": "done"}}))
+            .await;
+        assert_eq!(status, 200, "{body}");
+        let (status, body) = app
+            .task_call(&other, "complete", json!({"outputs": {"summary": "done"}}))
+            .await;
+        assert_eq!(status, 200, "{body}");
+        let third = app.run_id(&template, json!({"text": "three"})).await;
+        let again = app.claim_one("w1", &["summarize"]).await;
+        assert_eq!(again["run_id"], third.as_str(), "{again}");
+    }
+);

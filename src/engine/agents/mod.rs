@@ -30,7 +30,7 @@ pub use llm::{LlmAgent, LlmClient, LlmSettings, TokenPrice};
 pub use llm_judge::LlmJudge;
 pub use template::TemplateAgent;
 
-use crate::domain::definition::{AgentCatalog, ConfigFault};
+use crate::domain::definition::{AgentCatalog, ConfigFault, DefinitionLimits};
 use crate::domain::ids::{AgentName, RunId, StepId};
 use crate::domain::run::{BudgetLeft, Failure, Usage};
 
@@ -454,6 +454,8 @@ pub struct AgentInfo {
 #[derive(Clone, Default)]
 pub struct AgentRegistry {
     agents: BTreeMap<String, Registered>,
+    /// The bounds definitions are checked against with these agents.
+    definition_limits: DefinitionLimits,
 }
 
 impl std::fmt::Debug for AgentRegistry {
@@ -485,6 +487,12 @@ pub struct BuiltinSettings {
 }
 
 impl AgentRegistry {
+    /// Definitions checked with this registry are held to `limits` (the
+    /// server's `[limits]`).
+    pub fn limit_definitions(&mut self, limits: DefinitionLimits) {
+        self.definition_limits = limits;
+    }
+
     /// A registry with the built-in agents set up with default settings (no
     /// secrets, no commands).
     pub fn with_builtins() -> Self {
@@ -638,6 +646,10 @@ impl AgentCatalog for AgentRegistry {
         jsonschema::validator_for(schema)
             .map(|_| ())
             .map_err(|e| e.to_string())
+    }
+
+    fn limits(&self) -> DefinitionLimits {
+        self.definition_limits
     }
 }
 
