@@ -529,8 +529,10 @@ impl RawWs {
 }
 
 /// Posted messages in the slow-reader test, and how big each is: together
-/// far more than the socket buffers and the server's write buffer hold.
-const FLOOD_MESSAGES: usize = 240;
+/// (9.6 MB) more than twice what the socket buffers (a sender's buffer
+/// grows to `net.ipv4.tcp_wmem`'s maximum, 4 MiB here) and the server's
+/// write buffer can hold.
+const FLOOD_MESSAGES: usize = 320;
 const FLOOD_BYTES: usize = 30_000;
 
 on_both_backends!(
