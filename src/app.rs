@@ -766,6 +766,9 @@ fn input_limits(file: &FileConfig) -> api::limits::InputLimits {
         ws_connections_per_token: limits
             .ws_connections_per_token
             .unwrap_or(defaults.ws_connections_per_token),
+        ws_outbound_queue: limits
+            .ws_outbound_queue
+            .unwrap_or(defaults.ws_outbound_queue),
         max_start_wait_seconds: limits
             .max_start_wait_seconds
             .unwrap_or(defaults.max_start_wait_seconds),

@@ -55,6 +55,11 @@
 //!   while two runs of a `template` step that loops until its fuel runs out
 //!   spin; p50 and max of each, and how the spinners ended (they should
 //!   fail, out of fuel). The L/T flags do not apply.
+//! - `rebuild`: see `bench/rebuild.rs`.
+//! - `slow-readers`: `--slow-readers` WebSocket clients that stop reading
+//!   while `--flood-messages` events flow, against a server with the
+//!   outbound queue bounded and one without; its memory at each stage
+//!   (`bench/slow_readers.rs`).
 //!
 //! The section key names the backend and the modes: `sqlite`, `postgres`,
 //! `stall-sqlite`, then `-no-comments`, `-remote-echo` / `-remote-exec`,
@@ -76,6 +81,7 @@ use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 mod rebuild;
+mod slow_readers;
 
 use crate::app::Application;
 use crate::config::ServeSettings;
@@ -91,6 +97,8 @@ const DEFAULT_REBUILD_EVENTS: u64 = 1_000_000;
 const DEFAULT_CATCH_UP_EVENTS: u64 = 100_000;
 const DEFAULT_WORKERS: usize = 4;
 const DEFAULT_WORKER_CONCURRENCY: usize = 1;
+const DEFAULT_SLOW_READERS: usize = 1_000;
+const DEFAULT_FLOOD_MESSAGES: usize = 5_000;
 /// W1 runs before L, not measured.
 const WARM_UP_RUNS: usize = 20;
 /// Most of T's runs whose logs give the per-step overheads.
@@ -155,6 +163,10 @@ pub enum Scenario {
     /// `runlog projections rebuild` over a big log, and a server's start
     /// with its read models behind (`--events`, `--catch-up-events`).
     Rebuild,
+    /// WebSocket clients that stop reading: the server's memory with the
+    /// outbound queue bounded and without (`--slow-readers`,
+    /// `--flood-messages`).
+    SlowReaders,
 }
 
 /// Benchmark settings.
@@ -221,6 +233,12 @@ pub struct BenchSettings {
     /// the timed start.
     #[arg(long, default_value_t = DEFAULT_CATCH_UP_EVENTS)]
     pub catch_up_events: u64,
+    /// --scenario slow-readers: WebSocket clients that stop reading.
+    #[arg(long, default_value_t = DEFAULT_SLOW_READERS)]
+    pub slow_readers: usize,
+    /// --scenario slow-readers: messages posted while they do not read.
+    #[arg(long, default_value_t = DEFAULT_FLOOD_MESSAGES)]
+    pub flood_messages: usize,
 }
 
 /// Refuses settings that make no sense together.
@@ -232,6 +250,8 @@ fn check(settings: &BenchSettings) -> BenchResult<()> {
         ("--throughput-runs", settings.throughput_runs),
         ("--concurrency", settings.concurrency),
         ("--nodes", settings.nodes),
+        ("--slow-readers", settings.slow_readers),
+        ("--flood-messages", settings.flood_messages),
     ];
     for (flag, value) in at_least_one {
         if value == 0 {
@@ -263,6 +283,19 @@ fn check(settings: &BenchSettings) -> BenchResult<()> {
         return Err(
             "--scenario rebuild runs the server in its own process with in-process \
                     agents; drop --agents, --server and --no-agent-comments"
+                .into(),
+        );
+    }
+    if settings.scenario == Scenario::SlowReaders
+        && (remote
+            || settings.server != ServerMode::Process
+            || settings.no_agent_comments
+            || settings.no_auth
+            || settings.subscribe != SubscribeMode::PerRun)
+    {
+        return Err(
+            "--scenario slow-readers runs the server in its own process with accounts on; \
+             drop --agents, --server, --subscribe, --no-auth and --no-agent-comments"
                 .into(),
         );
     }
@@ -304,6 +337,7 @@ fn section_key(settings: &BenchSettings) -> String {
         Scenario::W1 => backend.to_string(),
         Scenario::Stall => format!("stall-{backend}"),
         Scenario::Rebuild => format!("rebuild-{backend}"),
+        Scenario::SlowReaders => format!("slow-readers-{backend}"),
     };
     if settings.no_agent_comments {
         key.push_str("-no-comments");
@@ -384,6 +418,14 @@ fn command_line(settings: &BenchSettings) -> String {
         }
         if settings.catch_up_events != DEFAULT_CATCH_UP_EVENTS {
             flags.push_str(&format!(" --catch-up-events {}", settings.catch_up_events));
+        }
+    }
+    if settings.scenario == Scenario::SlowReaders {
+        if settings.slow_readers != DEFAULT_SLOW_READERS {
+            flags.push_str(&format!(" --slow-readers {}", settings.slow_readers));
+        }
+        if settings.flood_messages != DEFAULT_FLOOD_MESSAGES {
+            flags.push_str(&format!(" --flood-messages {}", settings.flood_messages));
         }
     }
     if settings.repeat != DEFAULT_REPEAT {
@@ -1675,6 +1717,7 @@ enum Measured {
     W1(Figures),
     Stall(StallFigures),
     Rebuild(rebuild::RebuildFigures),
+    SlowReaders(slow_readers::SlowFigures),
 }
 
 async fn fresh_postgres(base: &str) -> BenchResult<String> {
@@ -1740,6 +1783,11 @@ async fn measure(
             .await
             .map(Measured::Rebuild);
     }
+    if settings.scenario == Scenario::SlowReaders {
+        return slow_readers::drive(settings, dir, database_url, processes)
+            .await
+            .map(Measured::SlowReaders);
+    }
     let remote = settings.agents != AgentsMode::InProcess;
     let token = worker_token(settings);
     let config = if remote {
@@ -1768,7 +1816,7 @@ async fn measure(
     let measured = match settings.scenario {
         Scenario::W1 => drive_w1(settings, &ports).await.map(Measured::W1),
         Scenario::Stall => drive_stall(port).await.map(Measured::Stall),
-        Scenario::Rebuild => unreachable!("measured above"),
+        Scenario::Rebuild | Scenario::SlowReaders => unreachable!("measured above"),
     };
     measured.map_err(|e| {
         let dead = processes.dead_workers();
@@ -2117,6 +2165,7 @@ pub async fn run(settings: BenchSettings) -> Result<ExitCode, Box<dyn std::error
     let mut w1 = Vec::new();
     let mut stall = Vec::new();
     let mut rebuilt = Vec::new();
+    let mut slow = Vec::new();
     for i in 1..=repeat {
         match repetition(&settings)
             .await
@@ -2175,12 +2224,32 @@ pub async fn run(settings: BenchSettings) -> Result<ExitCode, Box<dyn std::error
                 );
                 rebuilt.push(f);
             }
+            Measured::SlowReaders(f) => {
+                let phases: Vec<String> = f
+                    .phases
+                    .iter()
+                    .map(|p| {
+                        format!(
+                            "queue {}: RSS {} → {} → {} MiB{}",
+                            p.queue.map_or_else(|| "default".into(), |q| q.to_string()),
+                            p.rss_kib[0] / 1024,
+                            p.rss_kib[1] / 1024,
+                            p.rss_kib[2] / 1024,
+                            p.closed_too_slow
+                                .map_or_else(String::new, |n| format!(", {n} closed with 4008"))
+                        )
+                    })
+                    .collect();
+                eprintln!("{key} repetition {i}/{repeat}: {}", phases.join("; "));
+                slow.push(f);
+            }
         }
     }
     let section = match settings.scenario {
         Scenario::W1 => w1_section(&settings, &key, &w1),
         Scenario::Stall => stall_section(&settings, &key, &stall),
         Scenario::Rebuild => rebuild::section(&settings, &key, &rebuilt),
+        Scenario::SlowReaders => slow_readers::section(&settings, &key, &slow),
     };
     println!("{section}");
     if !settings.no_write {

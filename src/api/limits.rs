@@ -1,7 +1,8 @@
 //! Bounds on what clients send (issue #9, section 4), beside the ones the
 //! domain keeps (steps per template, attempts, choices) and the request
 //! body limit: how big a run's input may be, how fast a run's thread may
-//! be written to, and how much one WebSocket client may hold open.
+//! be written to, and how much one WebSocket client may hold open (its
+//! connections, its subscriptions, and what waits to be sent to it).
 //!
 //! Each is a setting (`[limits]` in the configuration file); the defaults
 //! are in docs/operations.md#limits. Rates and connection counts are kept
@@ -25,6 +26,9 @@ pub const DEFAULT_MESSAGES_PER_RUN_PER_MINUTE: usize = 120;
 pub const DEFAULT_WS_SUBSCRIPTIONS_PER_CONNECTION: usize = 1_000;
 /// WebSocket connections one token may hold open by default.
 pub const DEFAULT_WS_CONNECTIONS_PER_TOKEN: usize = 64;
+/// Messages waiting to be sent on one WebSocket connection by default
+/// before it is closed as too slow (4008).
+pub const DEFAULT_WS_OUTBOUND_QUEUE: usize = 256;
 /// The longest a start may wait for its run by default (`?wait=`, s).
 pub const DEFAULT_MAX_START_WAIT_SECONDS: u64 = 60;
 /// The longest a worker's claim may wait for a task by default (s).
@@ -48,6 +52,9 @@ pub struct InputLimits {
     pub ws_subscriptions_per_connection: usize,
     /// WebSocket connections one token may hold open at once.
     pub ws_connections_per_token: usize,
+    /// Messages (events, progress chunks) that may wait to be sent on one
+    /// WebSocket connection; past it the connection is closed with 4008.
+    pub ws_outbound_queue: usize,
     /// The longest `POST /api/runs?wait=` may wait (seconds).
     pub max_start_wait_seconds: u64,
     /// The longest a worker's claim may wait for a task (`wait_s`).
@@ -65,6 +72,7 @@ impl Default for InputLimits {
             messages_per_run_per_minute: DEFAULT_MESSAGES_PER_RUN_PER_MINUTE,
             ws_subscriptions_per_connection: DEFAULT_WS_SUBSCRIPTIONS_PER_CONNECTION,
             ws_connections_per_token: DEFAULT_WS_CONNECTIONS_PER_TOKEN,
+            ws_outbound_queue: DEFAULT_WS_OUTBOUND_QUEUE,
             max_start_wait_seconds: DEFAULT_MAX_START_WAIT_SECONDS,
             max_claim_wait_seconds: DEFAULT_MAX_CLAIM_WAIT_SECONDS,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,

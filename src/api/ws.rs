@@ -15,6 +15,11 @@
 //! sends what the log holds after that sequence, then the live stream, with
 //! no gap: it joins the live room before it reads the log and drops any
 //! live event it has already sent.
+//!
+//! What waits to be sent is bounded (`[limits] ws_outbound_queue`, the
+//! session's mailbox): a client that reads too slowly is taken out of the
+//! live rooms by the hub and closed with [`TOO_SLOW`] after what was
+//! already queued for it, and may reconnect and resubscribe with `after`.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -37,6 +42,9 @@ const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(10);
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Events read from the log per catch-up query.
 const CATCH_UP_PAGE: i64 = 500;
+/// The close code of a connection whose client read too slowly (its
+/// outbound queue filled up): reconnect and resubscribe with `after`.
+const TOO_SLOW: u16 = 4008;
 
 /// What a client sends over the WebSocket (text frames, one JSON object
 /// each).
@@ -531,6 +539,10 @@ impl Actor for Session {
     type Context = ws::WebsocketContext<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
+        // The hub delivers with try_send: a mailbox that fills up (the
+        // session is not polled while its peer does not read) ends the
+        // subscription instead of growing.
+        ctx.set_mailbox_capacity(self.state.limits.bounds.ws_outbound_queue);
         ctx.run_interval(HEARTBEAT_INTERVAL, |act, ctx| {
             if act.last_heard.elapsed() > CLIENT_TIMEOUT {
                 ctx.stop();
@@ -560,6 +572,13 @@ impl Handler<Live> for Session {
                 None => self.send_event(&event, ctx),
             },
             Live::Progress(progress) => self.send_progress(&progress, ctx),
+            // After what was queued before it: the client keeps a prefix of
+            // the stream and resumes from its last sequence.
+            Live::Lagged => Self::close_with(
+                ctx,
+                ws::CloseCode::Other(TOO_SLOW),
+                "too slow: reconnect and resubscribe with `after`",
+            ),
         }
     }
 }

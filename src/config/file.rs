@@ -173,6 +173,8 @@ pub struct LimitsConfig {
     pub ws_subscriptions_per_connection: Option<usize>,
     /// WebSocket connections one token may hold open (per node).
     pub ws_connections_per_token: Option<usize>,
+    /// Messages that may wait to be sent on one WebSocket connection.
+    pub ws_outbound_queue: Option<usize>,
     /// The longest `POST /api/runs?wait=` may wait (seconds).
     pub max_start_wait_seconds: Option<u64>,
     /// The longest a worker's claim may wait for a task (seconds).
@@ -346,6 +348,10 @@ impl FileConfig {
                 self.limits.ws_connections_per_token == Some(0),
             ),
             (
+                "ws_outbound_queue",
+                self.limits.ws_outbound_queue == Some(0),
+            ),
+            (
                 "max_start_wait_seconds",
                 self.limits.max_start_wait_seconds == Some(0),
             ),
@@ -496,6 +502,7 @@ mod tests {
             "messages_per_run_per_minute",
             "ws_subscriptions_per_connection",
             "ws_connections_per_token",
+            "ws_outbound_queue",
             "max_start_wait_seconds",
             "max_claim_wait_seconds",
             "max_body_bytes",

@@ -1,9 +1,16 @@
 //! The live hub: fans committed run events out to WebSocket sessions.
 //! Side effects only; never part of a replay or a rebuild.
+//!
+//! Delivery never waits and never grows a subscriber's mailbox past its
+//! capacity: a subscriber whose mailbox is full (a WebSocket whose peer
+//! stopped reading: its session is not polled while the connection's write
+//! buffer is full) is taken out of every room and sent one last
+//! [`Live::Lagged`]; it may subscribe again from its last sequence.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, RwLock};
 
+use actix::dev::SendError;
 use actix::{Message, Recipient};
 use cqrs_es::{DomainEvent, EventEnvelope};
 use serde::Serialize;
@@ -23,6 +30,9 @@ pub enum Live {
     /// Ephemeral progress of a running attempt (an `llm` step's tokens as
     /// they stream). Not an event: never stored, not replayed.
     Progress(Progress),
+    /// The last message a subscriber gets when its mailbox was full: the
+    /// hub has taken it out of every room (it missed what came next).
+    Lagged,
 }
 
 /// Ephemeral progress of a running attempt.
@@ -204,12 +214,15 @@ impl Hub {
         if room.is_empty() && everything.is_empty() {
             return;
         }
+        let mut left = Left::default();
         for envelope in events {
             let view = Live::Event(EventView::from_envelope(envelope));
             for recipient in room.iter().chain(everything.iter()) {
-                recipient.do_send(view.clone());
+                left.deliver(recipient, &view);
             }
         }
+        drop((rooms, everything));
+        self.remove(run, left);
     }
 
     /// Sends events another node committed (read back from the log, in
@@ -224,12 +237,15 @@ impl Hub {
         let rooms = self.rooms.read().unwrap_or_else(|e| e.into_inner());
         let everything = self.everything.read().unwrap_or_else(|e| e.into_inner());
         let room = rooms.get(run).map_or(&[][..], Vec::as_slice);
+        let mut left = Left::default();
         for view in events {
             let live = Live::Event(view);
             for recipient in room.iter().chain(everything.iter()) {
-                recipient.do_send(live.clone());
+                left.deliver(recipient, &live);
             }
         }
+        drop((rooms, everything));
+        self.remove(run, left);
     }
 
     /// How many runs someone waits on (for tests and metrics).
@@ -264,8 +280,64 @@ impl Hub {
         let everything = self.everything.read().unwrap_or_else(|e| e.into_inner());
         let room = rooms.get(run).map_or(&[][..], Vec::as_slice);
         let live = Live::Progress(progress);
+        let mut left = Left::default();
         for recipient in room.iter().chain(everything.iter()) {
-            recipient.do_send(live.clone());
+            left.deliver(recipient, &live);
+        }
+        drop((rooms, everything));
+        self.remove(run, left);
+    }
+
+    /// Takes the subscribers that fell behind or went away out of every
+    /// room, and tells the ones that fell behind.
+    fn remove(&self, run: &RunId, left: Left) {
+        if left.lagged.is_empty() && left.gone.is_empty() {
+            return;
+        }
+        let out = |r: &Recipient<Live>| left.lagged.contains(r) || left.gone.contains(r);
+        {
+            let mut rooms = self.rooms.write().unwrap_or_else(|e| e.into_inner());
+            rooms.retain(|_, room| {
+                room.retain(|r| !out(r));
+                !room.is_empty()
+            });
+            let mut everything = self.everything.write().unwrap_or_else(|e| e.into_inner());
+            everything.retain(|r| !out(r));
+        }
+        for recipient in &left.lagged {
+            tracing::warn!(
+                run_id = %run,
+                "a live subscriber (a WebSocket) fell behind: its queue is full, so it was \
+                 taken out of every room and is closed (it may reconnect and resubscribe)"
+            );
+            // One message past the capacity, so that the subscriber learns
+            // why nothing more comes.
+            recipient.do_send(Live::Lagged);
+        }
+    }
+}
+
+/// The subscribers one delivery could not reach.
+#[derive(Default)]
+struct Left {
+    /// Whose mailbox was full.
+    lagged: Vec<Recipient<Live>>,
+    /// Whose actor has stopped.
+    gone: Vec<Recipient<Live>>,
+}
+
+impl Left {
+    /// Sends `live` to `recipient` unless it already missed a message of
+    /// this delivery (a subscriber is told once, and never gets a later
+    /// message after a missed one).
+    fn deliver(&mut self, recipient: &Recipient<Live>, live: &Live) {
+        if self.lagged.contains(recipient) || self.gone.contains(recipient) {
+            return;
+        }
+        match recipient.try_send(live.clone()) {
+            Ok(()) => {}
+            Err(SendError::Full(_)) => self.lagged.push(recipient.clone()),
+            Err(SendError::Closed(_)) => self.gone.push(recipient.clone()),
         }
     }
 }
@@ -273,6 +345,99 @@ impl Hub {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use actix::{Actor, Context, Handler};
+    use std::sync::Arc;
+
+    /// Records what it is sent.
+    struct Follower {
+        capacity: usize,
+        got: Arc<Mutex<Vec<Live>>>,
+    }
+
+    impl Actor for Follower {
+        type Context = Context<Self>;
+
+        fn started(&mut self, ctx: &mut Self::Context) {
+            ctx.set_mailbox_capacity(self.capacity);
+        }
+    }
+
+    impl Handler<Live> for Follower {
+        type Result = ();
+
+        fn handle(&mut self, live: Live, _: &mut Self::Context) {
+            self.got.lock().unwrap().push(live);
+        }
+    }
+
+    fn chunk(i: usize) -> Progress {
+        Progress {
+            run_id: "r1".into(),
+            step: "s".into(),
+            attempt: 1,
+            text: i.to_string(),
+        }
+    }
+
+    /// Lets the started actors run what they were sent.
+    async fn settle() {
+        for _ in 0..10 {
+            actix_web::rt::task::yield_now().await;
+        }
+    }
+
+    #[actix_web::test]
+    async fn a_subscriber_whose_mailbox_is_full_is_dropped_and_told_once() {
+        let hub = Hub::default();
+        let run = RunId::parse("r1").unwrap();
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let addr = Follower {
+            capacity: 4,
+            got: got.clone(),
+        }
+        .start();
+        settle().await;
+        hub.subscribe(run.clone(), addr.recipient());
+        // Nothing runs between these: the follower is not polled.
+        for i in 0..20 {
+            hub.progress(&run, chunk(i));
+        }
+        assert!(!hub.followed(&run), "taken out of the room");
+        settle().await;
+        let got = got.lock().unwrap().clone();
+        let (last, chunks) = got.split_last().expect("the follower got something");
+        assert_eq!(last, &Live::Lagged);
+        // A prefix of the stream, no longer than its mailbox (plus the
+        // sender's own slot).
+        assert!(chunks.len() <= 5, "{chunks:?}");
+        for (i, live) in chunks.iter().enumerate() {
+            assert_eq!(live, &Live::Progress(chunk(i)));
+        }
+    }
+
+    #[actix_web::test]
+    async fn a_subscriber_that_keeps_up_gets_everything() {
+        let hub = Hub::default();
+        let run = RunId::parse("r1").unwrap();
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let addr = Follower {
+            capacity: 4,
+            got: got.clone(),
+        }
+        .start();
+        settle().await;
+        hub.subscribe(run.clone(), addr.recipient());
+        for i in 0..50 {
+            hub.progress(&run, chunk(i));
+            if i % 2 == 1 {
+                settle().await;
+            }
+        }
+        settle().await;
+        let got = got.lock().unwrap().clone();
+        assert_eq!(got.len(), 50, "{got:?}");
+        assert!(hub.followed(&run));
+    }
 
     #[test]
     fn waiters_that_gave_up_are_forgotten() {

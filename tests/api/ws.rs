@@ -421,3 +421,200 @@ on_both_backends!(
         assert_eq!(reply["code"], "subscription_conflict", "{reply}");
     }
 );
+
+/// A WebSocket over a raw socket whose receive buffer is small, so that a
+/// test can stop reading it and let the server's side fill up.
+struct RawWs {
+    stream: tokio::net::TcpStream,
+}
+
+/// What [`RawWs::next_frame`] read.
+#[derive(Debug)]
+enum RawFrame {
+    Text(Value),
+    Close(Option<u16>),
+    /// The server closed the socket without a close frame.
+    Eof,
+}
+
+impl RawWs {
+    /// Opens the socket, upgrades it with the admin's token and subscribes
+    /// to `run`; returns once the server said `subscribed`.
+    async fn subscribed(app: &TestApp, run: &str) -> Self {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
+        socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+        let mut stream = socket
+            .connect(([127, 0, 0, 1], app.port).into())
+            .await
+            .expect("connects");
+        let token = app.admin_token.as_deref().expect("accounts are on");
+        let request = format!(
+            "GET /api/ws HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nUpgrade: websocket\r\n\
+             Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+             Sec-WebSocket-Version: 13\r\nAuthorization: Bearer {token}\r\n\r\n",
+            app.port
+        );
+        stream.write_all(request.as_bytes()).await.expect("sent");
+        // The answer's head, a byte at a time (frames may follow it).
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            let mut byte = [0u8; 1];
+            stream.read_exact(&mut byte).await.expect("the answer");
+            head.push(byte[0]);
+        }
+        let head = String::from_utf8_lossy(&head);
+        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+        let mut ws = Self { stream };
+        ws.send(&json!({"type": "subscribe", "run_id": run})).await;
+        match ws.next_frame().await {
+            RawFrame::Text(m) if m["type"] == "subscribed" => ws,
+            other => panic!("not subscribed: {other:?}"),
+        }
+    }
+
+    /// Sends `message` as one masked text frame (as clients must).
+    async fn send(&mut self, message: &Value) {
+        use tokio::io::AsyncWriteExt;
+        let payload = message.to_string().into_bytes();
+        assert!(payload.len() < 126, "a short message");
+        let mask = [0x5a, 0x13, 0xc7, 0x01];
+        let mut frame = vec![0x81, 0x80 | payload.len() as u8];
+        frame.extend_from_slice(&mask);
+        frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        self.stream.write_all(&frame).await.expect("sent");
+    }
+
+    /// The next text or close frame (pings and pongs are skipped).
+    async fn next_frame(&mut self) -> RawFrame {
+        use tokio::io::AsyncReadExt;
+        loop {
+            let mut head = [0u8; 2];
+            let read = tokio::time::timeout(READ_TIMEOUT, self.stream.read_exact(&mut head))
+                .await
+                .expect("a frame arrives in time");
+            if read.is_err() {
+                return RawFrame::Eof;
+            }
+            let len = match head[1] & 0x7f {
+                126 => {
+                    let mut n = [0u8; 2];
+                    self.stream.read_exact(&mut n).await.expect("a length");
+                    u16::from_be_bytes(n) as usize
+                }
+                127 => {
+                    let mut n = [0u8; 8];
+                    self.stream.read_exact(&mut n).await.expect("a length");
+                    u64::from_be_bytes(n) as usize
+                }
+                n => n as usize,
+            };
+            let mut payload = vec![0u8; len];
+            self.stream
+                .read_exact(&mut payload)
+                .await
+                .expect("a payload");
+            match head[0] & 0x0f {
+                0x1 => return RawFrame::Text(serde_json::from_slice(&payload).expect("JSON text")),
+                0x8 => {
+                    return RawFrame::Close(
+                        (payload.len() >= 2).then(|| u16::from_be_bytes([payload[0], payload[1]])),
+                    )
+                }
+                0x9 | 0xa => continue,
+                other => panic!("unexpected opcode {other}"),
+            }
+        }
+    }
+}
+
+/// Posted messages in the slow-reader test, and how big each is: together
+/// (9.6 MB) more than twice what the socket buffers (a sender's buffer
+/// grows to `net.ipv4.tcp_wmem`'s maximum, 4 MiB here) and the server's
+/// write buffer can hold.
+const FLOOD_MESSAGES: usize = 320;
+const FLOOD_BYTES: usize = 30_000;
+
+on_both_backends!(
+    a_client_that_stops_reading_is_closed_as_too_slow_and_others_get_everything,
+    |backend| {
+        let Some(app) = crate::common::spawn_app_with_options(
+            backend,
+            crate::common::AppOptions {
+                config: Some(
+                    "[limits]\nws_outbound_queue = 8\nmessages_per_run_per_minute = 100000\n"
+                        .into(),
+                ),
+                ..Default::default()
+            },
+        )
+        .await
+        else {
+            return;
+        };
+        let template = app.template_id("manual", diamond(0)).await;
+        let run = app.manual_run_id(&template, json!({})).await;
+        let before = app.events(&run).await.len() as i64;
+        // A client that reads everything, as it comes.
+        let mut reader = connect(&app).await;
+        subscribe_ok(&mut reader, json!({"type": "subscribe", "run_id": run})).await;
+        let reading = actix_web::rt::spawn(async move {
+            let mut got = Vec::new();
+            while got.len() < FLOOD_MESSAGES {
+                let message = recv(&mut reader).await;
+                if message["event_type"] == "MessagePosted" {
+                    got.push(message);
+                }
+            }
+            got
+        });
+        // And one that stops reading once subscribed.
+        let mut slow = RawWs::subscribed(&app, &run).await;
+        let text = "x".repeat(FLOOD_BYTES);
+        for i in 0..FLOOD_MESSAGES {
+            let (status, body) = app
+                .post_message(&run, json!({"content": format!("{i} {text}")}))
+                .await;
+            assert_eq!(status, 201, "{body}");
+        }
+        let got = reading.await.expect("the reader ends");
+        let contents: Vec<String> = got
+            .iter()
+            .map(|m| m["payload"]["content"].as_str().unwrap_or("").to_string())
+            .collect();
+        let expected: Vec<String> = (0..FLOOD_MESSAGES).map(|i| format!("{i} {text}")).collect();
+        assert!(contents == expected, "the reading client missed messages");
+
+        // The slow one, read again: a prefix of the stream with no gap,
+        // then the close code that says to reconnect.
+        let mut last = before;
+        let close = loop {
+            match slow.next_frame().await {
+                RawFrame::Text(m) => {
+                    assert_eq!(m["type"], "event", "{m}");
+                    let sequence = m["sequence"].as_i64().expect("a sequence");
+                    assert_eq!(sequence, last + 1, "a gap");
+                    last = sequence;
+                }
+                other => break other,
+            }
+        };
+        assert!(matches!(close, RawFrame::Close(Some(4008))), "{close:?}");
+        let total = app.events(&run).await.len() as i64;
+        assert!(last < total, "the slow client was sent everything");
+        // Nothing follows the close.
+        assert!(matches!(slow.next_frame().await, RawFrame::Eof));
+
+        // As the code says: reconnect and resubscribe with `after`.
+        let mut again = connect(&app).await;
+        subscribe_ok(
+            &mut again,
+            json!({"type": "subscribe", "run_id": run, "after": last}),
+        )
+        .await;
+        for sequence in last + 1..=total {
+            let message = recv(&mut again).await;
+            assert_eq!(message["sequence"], sequence, "{message}");
+        }
+    }
+);
