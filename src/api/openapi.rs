@@ -614,11 +614,15 @@ impl Contract {
                     add("413");
                     add("415");
                 }
-                // A client too slow to send its request is cut off (after
-                // 5 s), and every answer may be an error of the server (5xx);
-                // both carry the error body.
-                add("408");
+                // Every answer may be an error of the server (5xx), with the
+                // error body.
                 add("500");
+                // A client too slow to send its request is cut off (after
+                // 5 s) by the HTTP layer, before any handler: no body.
+                responses.entry("408").or_insert_with(|| {
+                    json!({"description": "The request did not arrive in time (the server \
+                        cuts off a client that takes more than 5 s to send it); no body."})
+                });
                 if !public && !operation.contains_key("security") {
                     operation.insert("security".into(), json!([{"token": []}]));
                 }
