@@ -227,8 +227,11 @@ async fn run_schemathesis(st: &Path, app: &TestApp, config: &Path, filter: &[&st
             MAX_EXAMPLES,
         ])
         .args([
+            // One worker: with two, Hypothesis's lambda-source cache
+            // (not thread-safe) now and then failed a case with "AST
+            // constructor recursion depth mismatch".
             "--workers",
-            "2",
+            "1",
             "--request-timeout",
             "10",
             "--seed",
@@ -322,6 +325,24 @@ async fn every_operation_keeps_the_contract(backend: Backend) {
         ],
     )
     .await;
+    // A template revision, whose requests Hypothesis cannot generate in
+    // time, gets the coverage phase only (boundary and missing values of
+    // each part, derived from the schema rather than searched for). The
+    // nodes' internal claim does not: schemathesis 4.32.5 fails on it with
+    // an internal error of its own ("AST constructor recursion depth
+    // mismatch").
+    let slow = run_schemathesis(
+        &st,
+        &app,
+        &config,
+        &[
+            "--phases",
+            "coverage",
+            "--include-operation-id",
+            "templates_revise",
+        ],
+    )
+    .await;
     let revoke = run_schemathesis(
         &st,
         &app,
@@ -334,9 +355,15 @@ async fn every_operation_keeps_the_contract(backend: Backend) {
         Backend::Postgres => "PostgreSQL",
     };
     println!(
-        "contract ({label}): schemathesis generated {} + {} test cases",
-        main.cases, revoke.cases
+        "contract ({label}): schemathesis generated {} + {} + {} test cases",
+        main.cases, slow.cases, revoke.cases
     );
+    assert!(
+        slow.success,
+        "schemathesis found failures:\n{}",
+        slow.output
+    );
+    assert!(slow.cases > 0, "no coverage cases:\n{}", slow.output);
     assert!(
         main.success,
         "schemathesis found failures:\n{}",
