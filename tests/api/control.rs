@@ -738,7 +738,7 @@ on_both_backends!(
         );
         let first = &app.events(&id).await[0];
         assert_eq!(first["event_type"], "RunStarted");
-        assert_eq!(first["event_version"], "1.3");
+        assert_eq!(first["event_version"], "1.4");
         assert_eq!(first["payload"]["retry_of"], original.as_str());
     }
 );
