@@ -13,7 +13,7 @@ use super::openapi::{ErrorBody, Items};
 use super::{contract, refuse_nul, refuse_nul_text, ApiError, ApiState, Caller, PageQuery};
 use crate::domain::definition::Definition;
 use crate::domain::ids::TemplateId;
-use crate::domain::prerequisites::{self, Unmet};
+use crate::domain::prerequisites::{self, Requires, Unmet};
 use crate::projections::{Page, TemplateView};
 
 /// A new template.
@@ -206,17 +206,12 @@ async fn check_prerequisites(
     let Ok(definition) = Definition::parse(definition) else {
         return Ok(());
     };
-    let live = state.reads.live_templates().await?;
-    let mut directory: BTreeMap<String, Definition> = BTreeMap::new();
-    for template in &live {
-        if Some(template.id.as_str()) == revising.map(TemplateId::as_str) {
-            continue;
-        }
-        if let Ok(parsed) = Definition::parse(&template.definition) {
-            // Newest first: the first of a name is the one names resolve to.
-            directory.entry(template.name.clone()).or_insert(parsed);
-        }
-    }
+    let directory: BTreeMap<String, Definition> =
+        newest_per_name(state.reads.live_templates().await?)
+            .into_iter()
+            .filter(|t| Some(t.id.as_str()) != revising.map(TemplateId::as_str))
+            .filter_map(|t| Some((t.name, Definition::parse(&t.definition).ok()?)))
+            .collect();
     if revising.is_some() {
         for (other, requiring) in &directory {
             if let Some(required) =
@@ -241,6 +236,15 @@ async fn check_prerequisites(
     }
     prerequisites::check_against(name, &definition, &directory)?;
     Ok(())
+}
+
+/// The templates names resolve to: of each name, the newest live one
+/// (`live` comes newest first within a name).
+fn newest_per_name(live: Vec<TemplateView>) -> Vec<TemplateView> {
+    let mut seen = std::collections::BTreeSet::new();
+    live.into_iter()
+        .filter(|t| seen.insert(t.name.clone()))
+        .collect()
 }
 
 /// A template the caller may start, and whether they can now.
@@ -294,31 +298,35 @@ pub(super) async fn available(
     state: web::Data<ApiState>,
     caller: Caller,
 ) -> Result<HttpResponse, ApiError> {
-    let cause = caller.cause();
-    let mut items = Vec::new();
-    let mut seen = std::collections::BTreeSet::new();
-    for template in state.reads.live_templates().await? {
-        // Names resolve to the newest live template of the name.
-        if !seen.insert(template.name.clone()) {
-            continue;
-        }
-        let unmet = match Definition::parse(&template.definition) {
-            Ok(definition) => state
-                .engine
-                .check_prerequisites(cause.user(), &definition.requires)
-                .await?
-                .err()
-                .unwrap_or_default(),
-            Err(_) => Vec::new(),
-        };
-        items.push(AvailableTemplate {
-            id: template.id,
-            name: template.name,
-            description: template.description,
-            version: template.version,
-            available: unmet.is_empty(),
-            unmet,
-        });
-    }
+    let templates = newest_per_name(state.reads.live_templates().await?);
+    // A definition the server cannot read any more requires nothing here
+    // (a start from it is refused by the engine, which names the fault).
+    let requires: Vec<Requires> = templates
+        .iter()
+        .map(|t| {
+            Definition::parse(&t.definition)
+                .map(|d| d.requires)
+                .unwrap_or_default()
+        })
+        .collect();
+    let checked = state
+        .engine
+        .check_prerequisites_of(caller.cause().user(), &requires.iter().collect::<Vec<_>>())
+        .await?;
+    let items = templates
+        .into_iter()
+        .zip(checked)
+        .map(|(template, checked)| {
+            let unmet = checked.err().unwrap_or_default();
+            AvailableTemplate {
+                id: template.id,
+                name: template.name,
+                description: template.description,
+                version: template.version,
+                available: unmet.is_empty(),
+                unmet,
+            }
+        })
+        .collect();
     Ok(HttpResponse::Ok().json(Items { items }))
 }

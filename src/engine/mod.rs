@@ -766,20 +766,38 @@ impl Engine {
         owner: Option<&UserId>,
         requires: &Requires,
     ) -> Result<Result<Vec<Import>, Vec<Unmet>>, EngineError> {
-        if requires.is_empty() {
-            return Ok(Ok(Vec::new()));
+        let mut checked = self.check_prerequisites_of(owner, &[requires]).await?;
+        Ok(checked.pop().unwrap_or(Ok(Vec::new())))
+    }
+
+    /// [`Engine::check_prerequisites`] for several templates at once (the
+    /// availability list): the read models are settled once and each
+    /// required template's most recent run is looked up once.
+    pub async fn check_prerequisites_of(
+        &self,
+        owner: Option<&UserId>,
+        all: &[&Requires],
+    ) -> Result<Vec<Result<Vec<Import>, Vec<Unmet>>>, EngineError> {
+        // Every artifact asked of each required template, by its name.
+        let mut wanted: BTreeMap<&str, Vec<ArtifactName>> = BTreeMap::new();
+        for requires in all {
+            for template in requires.templates() {
+                wanted.entry(template).or_default();
+            }
+            for artifact in &requires.artifacts {
+                let list = wanted.entry(artifact.template.as_str()).or_default();
+                if !list.contains(&artifact.artifact) {
+                    list.push(artifact.artifact.clone());
+                }
+            }
         }
-        // The read models answer: once they hold what this node committed
-        // and what its log tail has seen of other nodes.
-        self.settle_all().await;
         let mut latest = BTreeMap::new();
-        for template in requires.templates() {
-            let artifacts = requires
-                .artifacts
-                .iter()
-                .filter(|a| a.template == template)
-                .map(|a| a.artifact.clone())
-                .collect();
+        if !wanted.is_empty() {
+            // The read models answer: once they hold what this node
+            // committed and what its log tail has seen of other nodes.
+            self.settle_all().await;
+        }
+        for (template, artifacts) in wanted {
             let found = self
                 .ctx
                 .history
@@ -790,7 +808,10 @@ impl Engine {
                 latest.insert(template.to_string(), run);
             }
         }
-        Ok(prerequisites::evaluate(requires, &latest))
+        Ok(all
+            .iter()
+            .map(|requires| prerequisites::evaluate(requires, &latest))
+            .collect())
     }
 
     /// What a new run `run_id` of `owner` imports, its prerequisites met;

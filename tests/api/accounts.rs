@@ -16,7 +16,7 @@ use crate::on_both_backends;
 use crate::ws::{recv, send};
 
 /// Creates a user with `role`; returns their id.
-async fn user(app: &TestApp, name: &str, role: &str) -> String {
+pub(crate) async fn user(app: &TestApp, name: &str, role: &str) -> String {
     let (status, body) = app
         .post("/api/users", json!({"name": name, "role": role}))
         .await;
@@ -27,13 +27,14 @@ async fn user(app: &TestApp, name: &str, role: &str) -> String {
 }
 
 /// Issues a token to `user` (as the admin); returns the whole answer.
-async fn token(app: &TestApp, user: &str, body: Value) -> Value {
+pub(crate) async fn token(app: &TestApp, user: &str, body: Value) -> Value {
     let (status, answer) = app.post(&format!("/api/users/{user}/tokens"), body).await;
     assert_eq!(status, 201, "{answer}");
     answer
 }
 
-async fn token_text(app: &TestApp, user: &str) -> String {
+/// Issues a token named `t` to `user`; returns the token itself.
+pub(crate) async fn token_text(app: &TestApp, user: &str) -> String {
     token(app, user, json!({"name": "t"})).await["token"]
         .as_str()
         .expect("token")

@@ -4,10 +4,11 @@
 //! saved; listed by `GET /api/templates/available`; the artifact read as
 //! an input, pinned, with its source run and version recorded.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{json, Value};
 
+use crate::accounts::{token_text, user};
 use crate::common::{
     expect_error, spawn_app, spawn_app_with_options, unique_name, AppOptions, Backend, Reply,
     TestApp,
@@ -46,20 +47,6 @@ fn build_definition(generator: &str) -> Value {
     })
 }
 
-/// A user with a token: (id, token).
-async fn user(app: &TestApp, name: &str) -> (String, String) {
-    let (status, user) = app
-        .post("/api/users", json!({"name": name, "role": "user"}))
-        .await;
-    assert_eq!(status, 201, "{user}");
-    let id = user["id"].as_str().expect("an id").to_string();
-    let (status, token) = app
-        .post(&format!("/api/users/{id}/tokens"), json!({"name": "t"}))
-        .await;
-    assert_eq!(status, 201, "{token}");
-    (id, token["token"].as_str().expect("a token").to_string())
-}
-
 async fn start_as(app: &TestApp, token: Option<&str>, template: &str) -> Reply {
     let body = json!({"template_id": template, "input": {"topic": "owls"}});
     match token {
@@ -90,30 +77,6 @@ fn entry<'a>(items: &'a [Value], name: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("{name} is listed: {items:?}"))
 }
 
-async fn wait_for(app: &TestApp, run: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let detail = app.run(run).await;
-        if done(&detail) {
-            return detail;
-        }
-        assert!(Instant::now() < deadline, "run {run}: {what}: {detail}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-/// How many templates there are.
-async fn templates(app: &TestApp) -> usize {
-    let (_, page) = app.get("/api/templates?limit=500").await;
-    page["items"].as_array().map_or(0, Vec::len)
-}
-
-/// How many runs there are (the admin sees every one).
-async fn runs(app: &TestApp) -> usize {
-    let (_, page) = app.get("/api/runs?limit=500").await;
-    page["items"].as_array().map_or(0, Vec::len)
-}
-
 on_both_backends!(
     build_starts_only_once_the_users_own_generator_run_completed_and_reads_its_approved_plan,
     |backend| {
@@ -123,8 +86,8 @@ on_both_backends!(
         let name = unique_name("generator");
         let generator = app.template_id(&name, generator_definition()).await;
         let build = app.template_id("build", build_definition(&name)).await;
-        let (_, alice) = user(&app, "alice").await;
-        let (_, bob) = user(&app, "bob").await;
+        let alice = token_text(&app, &user(&app, "alice", "user").await).await;
+        let bob = token_text(&app, &user(&app, "bob", "user").await).await;
 
         // Before any generator run: Build is listed as not available, with
         // the reasons.
@@ -141,7 +104,7 @@ on_both_backends!(
 
         // Starting it is refused with a message a person can act on, and
         // nothing is recorded.
-        let before = runs(&app).await;
+        let before = app.counts().await;
         let refused = start_as(&app, Some(&alice), &build).await;
         let message = expect_error(&refused, 409, "prerequisites_not_met");
         assert!(
@@ -161,14 +124,18 @@ on_both_backends!(
         assert_eq!(unmet[1]["kind"], "artifact");
         assert_eq!(unmet[1]["artifact"], "plan.choice");
         assert_eq!(unmet[1]["reason"], "Build needs an approved plan");
-        assert_eq!(runs(&app).await, before, "a refused start records nothing");
+        assert_eq!(
+            app.counts().await,
+            before,
+            "a refused start records nothing"
+        );
 
         // A generator run that is still waiting for its review does not
         // count, and is named.
         let (status, gen_run) = start_as(&app, Some(&alice), &generator).await;
         assert_eq!(status, 201, "{gen_run}");
         let gen_run = gen_run["id"].as_str().unwrap().to_string();
-        wait_for(&app, &gen_run, "plan awaits review", |d| {
+        app.wait_run(&gen_run, "plan awaits review", WAIT, |d| {
             d["steps"]["plan"]["status"] == "awaiting_review"
         })
         .await;
@@ -244,7 +211,7 @@ on_both_backends!(
         };
         let name = unique_name("generator");
         let generator = app.template_id(&name, generator_definition()).await;
-        let before = templates(&app).await;
+        let before = app.counts().await;
 
         let reply = app
             .create_template("build", build_definition("nothing-of-that-name"))
@@ -304,7 +271,7 @@ on_both_backends!(
             422,
             "invalid_provides",
         );
-        assert_eq!(templates(&app).await, before, "nothing refused was saved");
+        assert_eq!(app.counts().await, before, "nothing refused was saved");
 
         // Build requires Generator; Generator may not require Build back.
         let build_id = app.template_id("build", build_definition(&name)).await;
@@ -365,7 +332,7 @@ async fn without_accounts_the_runs_that_belong_to_nobody_count() {
         "prerequisites_not_met",
     );
     let run = app.run_id(&generator, json!({"topic": "owls"})).await;
-    wait_for(&app, &run, "plan awaits review", |d| {
+    app.wait_run(&run, "plan awaits review", WAIT, |d| {
         d["steps"]["plan"]["status"] == "awaiting_review"
     })
     .await;
