@@ -362,7 +362,7 @@ fn prompt_override(body: &[u8]) -> Result<Option<String>, ApiError> {
         (status = 200, description = "The run after the command.", body = RunDetail),
         (status = 404, description = "`run_not_found`, `step_not_found`.", body = ErrorBody),
         (status = 409, description = "The step is not awaiting review.", body = ErrorBody),
-        (status = 422, description = "`choice_required` (the step offers choices and none was given), `invalid_choice`, `no_choices` (a choice for a step that offers none).", body = ErrorBody),
+        (status = 422, description = "`choice_required` (the step offers choices and none was given), `invalid_choice`, `choices_not_offered` (a choice for a step that offers none).", body = ErrorBody),
     ),
 )]
 pub(super) async fn approve(

@@ -743,9 +743,7 @@ impl Engine {
                 });
             }
         }
-        let imports = self
-            .imports(&run_id, by.user(), &definition.requires)
-            .await?;
+        let imports = self.imports(by.user(), &definition.requires).await?;
         let source = RetrySource {
             run_id,
             template_id: template_id.clone(),
@@ -814,21 +812,28 @@ impl Engine {
             .collect())
     }
 
-    /// What a new run `run_id` of `owner` imports, its prerequisites met;
-    /// refused with every unmet requirement. Imported blob bodies become
-    /// bodies of the new run too, so that purging the run they came from
-    /// leaves them to this one.
+    /// What a new run of `owner` imports, its prerequisites met; refused
+    /// with every unmet requirement.
     async fn imports(
         &self,
-        run_id: &RunId,
         owner: Option<&UserId>,
         requires: &Requires,
     ) -> Result<Vec<Import>, EngineError> {
-        let imports = self
-            .check_prerequisites(owner, requires)
+        self.check_prerequisites(owner, requires)
             .await?
-            .map_err(EngineError::PrerequisitesNotMet)?;
-        for import in &imports {
+            .map_err(EngineError::PrerequisitesNotMet)
+    }
+
+    /// Makes the imported blob bodies bodies of run `run_id` too (every
+    /// start: new, retry, redirect), so that purging the run they came from
+    /// leaves them to this one; a body purged already is an unmet
+    /// requirement.
+    async fn reference_imports(
+        &self,
+        run_id: &RunId,
+        imports: &[Import],
+    ) -> Result<(), EngineError> {
+        for import in imports {
             if let ArtifactContent::Blob { sha256, .. } = &import.content {
                 let Some(bytes) = self.ctx.blobs.get(sha256).await? else {
                     return Err(EngineError::PrerequisitesNotMet(vec![Unmet {
@@ -847,7 +852,7 @@ impl Engine {
                 self.ctx.blobs.put(run_id.as_str(), &bytes).await?;
             }
         }
-        Ok(imports)
+        Ok(())
     }
 
     /// Starts a new run that retries a failed or cancelled run: the same
@@ -871,6 +876,7 @@ impl Engine {
         by: &Cause,
     ) -> Result<(RunId, Committed), EngineError> {
         let run_id = source.run_id;
+        self.reference_imports(&run_id, &source.imports).await?;
         let (retry_of, redirected_from) = match link {
             Link::None => (None, None),
             Link::RetryOf(original) => (Some(original), None),

@@ -349,3 +349,72 @@ async fn without_accounts_the_runs_that_belong_to_nobody_count() {
     let (status, started) = start_as(&app, None, &build).await;
     assert_eq!(status, 201, "{started}");
 }
+
+on_both_backends!(
+    a_retried_run_keeps_the_imported_body_after_the_runs_it_came_through_are_purged,
+    |backend| {
+        let Some(app) = spawn_app(backend).await else {
+            return;
+        };
+        let source = app
+            .template_id(
+                "source",
+                json!({"steps": {"make": {"agent": "echo", "config": {"comments": false}}},
+                       "provides": {"artifacts": ["make.big"]}}),
+            )
+            .await;
+        let consumer = app
+            .template_id(
+                "consumer",
+                json!({
+                    "steps": {"use": {"agent": "echo", "inputs": {"big": "source:make.big"},
+                                      "config": {"comments": false}}},
+                    "requires": {"artifacts": [{"template": "source", "artifact": "make.big",
+                                                "reason": "it reads the big body"}]}
+                }),
+            )
+            .await;
+        // A body over 8 KiB: a blob, referenced by the runs that hold it.
+        let big = "owl ".repeat(5_000);
+        let made = app.run_id(&source, json!({"big": big})).await;
+        app.wait_finished(&made, WAIT).await;
+        let first = app.manual_run_id(&consumer, json!({})).await;
+        let (status, body) = app
+            .post(&format!("/api/runs/{first}/cancel"), json!({}))
+            .await;
+        assert_eq!(status, 200, "{body}");
+        app.wait_run(&first, "cancelled", WAIT, |d| d["status"] == "cancelled")
+            .await;
+        let (status, retried) = app
+            .post(&format!("/api/runs/{first}/retry"), json!({}))
+            .await;
+        assert_eq!(status, 201, "{retried}");
+        let retried = retried["id"].as_str().expect("id").to_string();
+
+        // Both runs the body came through are purged; the retry still
+        // holds it.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let cut_off = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        for run in [&made, &first] {
+            let (status, body) = app
+                .post(
+                    &format!("/api/runs/{run}/purge"),
+                    json!({"finished_before": cut_off}),
+                )
+                .await;
+            assert_eq!(status, 200, "{body}");
+        }
+        let (status, body) = app
+            .post(&format!("/api/runs/{retried}/steps/use/trigger"), json!({}))
+            .await;
+        assert_eq!(status, 200, "{body}");
+        let done = app.wait_finished(&retried, WAIT).await;
+        assert_eq!(done["status"], "completed", "{done}");
+        let (status, artifact) = app
+            .get(&format!("/api/runs/{retried}/artifacts/use.big"))
+            .await;
+        assert_eq!(status, 200, "{artifact}");
+        assert_eq!(artifact["versions"][0]["content"], big.as_str());
+    }
+);
