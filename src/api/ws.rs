@@ -13,8 +13,13 @@
 //! "recorded_at","payload"}` in order with no duplicate, and
 //! `{"type":"error","code","message"}`. With `after`, the session first
 //! sends what the log holds after that sequence, then the live stream, with
-//! no gap: it joins the live room before it reads the log and drops any
-//! live event it has already sent.
+//! no gap: it joins the live room before it reads the log, holds the run's
+//! live events while it reads, and drops any it has already sent.
+//!
+//! A catch-up does not stop the session: other runs' events, pongs and
+//! other answers flow while the log is read (so a `pong` may come before
+//! the `subscribed` of a subscription sent earlier). Per run, the order is
+//! always `subscribed`, then events by sequence.
 //!
 //! What waits to be sent is bounded (`[limits] ws_outbound_queue`, the
 //! session's mailbox): a client that reads too slowly is taken out of the
@@ -22,6 +27,7 @@
 //! already queued for it, and may reconnect and resubscribe with `after`.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::fut::{ActorFutureExt, WrapFuture};
@@ -154,14 +160,43 @@ struct Session {
     caller: Caller,
     /// Its place among its token's connections, given back when it ends.
     _connection: Option<super::limits::ConnectionGuard>,
-    /// Subscribed runs and the last sequence sent for each.
-    runs: HashMap<RunId, i64>,
+    /// Subscribed runs: the last sequence sent for each, and its catch-up.
+    runs: HashMap<RunId, Followed>,
+    /// The id of the next catch-up.
+    next_catch_up: u64,
     /// Whether the session gets every run's live events.
     all: bool,
     last_heard: Instant,
     /// A fragmented message being assembled: whether it is text, and its
     /// bytes so far.
     fragments: Option<(bool, Vec<u8>)>,
+}
+
+/// A run a session follows.
+#[derive(Default)]
+struct Followed {
+    /// The last sequence sent (0: none yet).
+    last: i64,
+    /// A read of the log in flight for this run: its live events wait
+    /// here until it ends.
+    catching_up: Option<CatchUp>,
+}
+
+/// A catch-up in flight.
+struct CatchUp {
+    /// Which one (a newer subscribe supersedes an older one's answer).
+    id: u64,
+    /// The sequence it reads the log after (`None`: it only checks that
+    /// the run exists and may be seen).
+    from: Option<i64>,
+    /// How many `subscribe` messages it answers with `subscribed` (or
+    /// `run_not_found`): a subscribe that supersedes another answers both.
+    answers: usize,
+    /// The run's live events that came meanwhile, in order (at most the
+    /// outbound queue's capacity).
+    held: Vec<Arc<EventView>>,
+    /// Whether more came than `held` keeps: the log is read again after.
+    overflowed: bool,
 }
 
 /// The longest message a client may send, whole or in fragments (the
@@ -196,6 +231,7 @@ pub(super) async fn connect(
         _connection: connection,
         caller,
         runs: HashMap::new(),
+        next_catch_up: 0,
         all: false,
         last_heard: Instant::now(),
         fragments: None,
@@ -241,18 +277,20 @@ impl Session {
         ctx.stop();
     }
 
+    /// Sends `event` unless this session already sent it (or no longer
+    /// follows its run).
     fn send_event(&mut self, event: &EventView, ctx: &mut ws::WebsocketContext<Self>) {
-        let Ok(run) = RunId::parse(event.run_id.as_str()) else {
-            return;
-        };
         if !self.all {
-            let Some(last) = self.runs.get_mut(&run) else {
+            let Ok(run) = RunId::parse(event.run_id.as_str()) else {
                 return;
             };
-            if event.sequence <= *last {
+            let Some(followed) = self.runs.get_mut(&run) else {
+                return;
+            };
+            if event.sequence <= followed.last {
                 return;
             }
-            *last = event.sequence;
+            followed.last = event.sequence;
         }
         ctx.text(
             ServerMessage::Event {
@@ -267,10 +305,46 @@ impl Session {
         );
     }
 
-    /// An attempt's ephemeral progress, to a session that follows its run.
+    /// A live event: sent, held behind its run's catch-up, or, when it
+    /// shows a gap (with many nodes a run's events reach a node by two
+    /// ways), the start of a read of what is missing.
+    fn on_live(&mut self, event: Arc<EventView>, ctx: &mut ws::WebsocketContext<Self>) {
+        if self.all {
+            return self.send_event(&event, ctx);
+        }
+        let Ok(run) = RunId::parse(event.run_id.as_str()) else {
+            return;
+        };
+        let capacity = self.state.limits.bounds.ws_outbound_queue;
+        let Some(followed) = self.runs.get_mut(&run) else {
+            return;
+        };
+        if let Some(catch_up) = followed.catching_up.as_mut() {
+            if catch_up.held.len() < capacity {
+                catch_up.held.push(event);
+            } else {
+                catch_up.overflowed = true;
+            }
+            return;
+        }
+        // A subscription without `after` has no last sequence until its
+        // first event.
+        if followed.last > 0 && event.sequence > followed.last + 1 {
+            // The read includes this event.
+            return self.read_missing(run, ctx);
+        }
+        self.send_event(&event, ctx);
+    }
+
+    /// An attempt's ephemeral progress, to a session that follows its run
+    /// (not while the run catches up: its `subscribed` comes first).
     fn send_progress(&mut self, progress: &Progress, ctx: &mut ws::WebsocketContext<Self>) {
         let follows = self.all
-            || RunId::parse(progress.run_id.as_str()).is_ok_and(|run| self.runs.contains_key(&run));
+            || RunId::parse(progress.run_id.as_str()).is_ok_and(|run| {
+                self.runs
+                    .get(&run)
+                    .is_some_and(|followed| followed.catching_up.is_none())
+            });
         if follows {
             ctx.text(
                 ServerMessage::Progress {
@@ -284,28 +358,110 @@ impl Session {
         }
     }
 
+    /// Marks `run` as catching up from `from` (its live events are held
+    /// from now on) and returns the catch-up's id.
+    fn begin_catch_up(&mut self, run: &RunId, from: Option<i64>, answers: usize) -> u64 {
+        let id = self.next_catch_up;
+        self.next_catch_up += 1;
+        self.runs.entry(run.clone()).or_default().catching_up = Some(CatchUp {
+            id,
+            from,
+            answers,
+            held: Vec::new(),
+            overflowed: false,
+        });
+        id
+    }
+
+    /// How many subscribes the current catch-up of `run` answers.
+    fn answers(&self, run: &RunId) -> usize {
+        self.runs
+            .get(run)
+            .and_then(|followed| followed.catching_up.as_ref())
+            .map_or(0, |catch_up| catch_up.answers)
+    }
+
+    /// Whether catch-up `id` of `run` is still the current one (an
+    /// unsubscribe or a newer subscribe makes its answer moot).
+    fn is_current(&self, run: &RunId, id: u64) -> bool {
+        self.runs
+            .get(run)
+            .and_then(|followed| followed.catching_up.as_ref())
+            .is_some_and(|catch_up| catch_up.id == id)
+    }
+
+    /// Ends `run`'s catch-up: sends what the log held, then what came live
+    /// meanwhile (what was already sent is dropped). If what was held shows
+    /// a gap, or more came than was held (what was held is a prefix of the
+    /// live stream), the log is read again after the last event sent.
+    fn end_catch_up(
+        &mut self,
+        run: RunId,
+        missed: Vec<EventView>,
+        ctx: &mut ws::WebsocketContext<Self>,
+    ) {
+        for event in &missed {
+            self.send_event(event, ctx);
+        }
+        let Some(catch_up) = self
+            .runs
+            .get_mut(&run)
+            .and_then(|followed| followed.catching_up.take())
+        else {
+            return;
+        };
+        for event in catch_up.held {
+            // Held events are in sequence order; after the first one that
+            // is not next, the rest are read back with what is missing.
+            if self
+                .runs
+                .get(&run)
+                .is_some_and(|followed| followed.last > 0 && event.sequence > followed.last + 1)
+            {
+                return self.read_missing(run, ctx);
+            }
+            self.send_event(&event, ctx);
+        }
+        if catch_up.overflowed {
+            self.read_missing(run, ctx);
+        }
+    }
+
     fn subscribe(&mut self, run: RunId, after: Option<i64>, ctx: &mut ws::WebsocketContext<Self>) {
-        // Join the live room first, so nothing committed from now on is missed.
+        // Join the live room first, so nothing committed from now on is
+        // missed; the run's live events are held until the catch-up ends
+        // (and a run the caller may not see is left before any is sent).
         self.state
             .engine
             .hub()
             .subscribe(run.clone(), ctx.address().recipient());
-        match after {
-            // Asked for explicitly: replay from there, even what this
-            // connection was sent before.
-            Some(after) => {
-                self.runs.insert(run.clone(), after);
-            }
-            None => {
-                self.runs.entry(run.clone()).or_insert(0);
+        // A catch-up still in flight for the run is superseded: this one
+        // reads at least what it would have read, and answers its
+        // subscribe too.
+        let pending = self
+            .runs
+            .get(&run)
+            .and_then(|followed| followed.catching_up.as_ref());
+        let from = match (after, pending.and_then(|c| c.from)) {
+            (Some(asked), Some(earlier)) => Some(asked.min(earlier)),
+            (asked, earlier) => asked.or(earlier),
+        };
+        let answers = 1 + pending.map_or(0, |c| c.answers);
+        let id = self.begin_catch_up(&run, from, answers);
+        // Asked for explicitly: replay from there, even what this
+        // connection was sent before.
+        if let (Some(_), Some(from)) = (after, from) {
+            if let Some(followed) = self.runs.get_mut(&run) {
+                followed.last = from;
             }
         }
+        let after = from;
         let state = self.state.clone();
         let caller = self.caller.clone();
-        // ctx.wait: live events queue behind the catch-up, keeping order
-        // (and a run the caller may not see is left before any is sent).
-        ctx.wait(
+        let reading = run.clone();
+        ctx.spawn(
             async move {
+                let run = reading;
                 // A token revoked or expired since the upgrade ends the
                 // connection.
                 if let Some(p) = caller.principal() {
@@ -343,73 +499,87 @@ impl Session {
                     first.is_some_and(|payload| caller.sees(owner_of(&payload)))
                 };
                 let missed = if exists { missed } else { Vec::new() };
-                Ok::<_, Box<dyn std::error::Error>>(Ok((run, exists, missed)))
+                Ok::<_, Box<dyn std::error::Error>>(Ok((exists, missed)))
             }
             .into_actor(self)
-            .map(|result, act, ctx| match result {
-                Ok(Err(refused)) => {
-                    act.refuse_and_close(&refused, ctx);
+            .map(move |result, act, ctx| {
+                if !act.is_current(&run, id) {
+                    return;
                 }
-                Ok(Ok((run, true, missed))) => {
-                    ctx.text(
-                        ServerMessage::Subscribed {
-                            run_id: run.as_str(),
+                let answers = act.answers(&run);
+                match result {
+                    Ok(Err(refused)) => act.refuse_and_close(&refused, ctx),
+                    Ok(Ok((true, missed))) => {
+                        for _ in 0..answers {
+                            ctx.text(
+                                ServerMessage::Subscribed {
+                                    run_id: run.as_str(),
+                                }
+                                .text(),
+                            );
                         }
-                        .text(),
-                    );
-                    for event in &missed {
-                        act.send_event(event, ctx);
+                        act.end_catch_up(run, missed, ctx);
                     }
-                }
-                Ok(Ok((run, false, _))) => {
-                    act.unsubscribe(&run, ctx);
-                    Self::send_error(ctx, "run_not_found", &format!("run '{run}' not found"));
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "websocket catch-up failed");
-                    Self::send_error(ctx, "internal_error", "catch-up failed; see the server log");
+                    Ok(Ok((false, _))) => {
+                        act.unsubscribe(&run, ctx);
+                        for _ in 0..answers {
+                            Self::send_error(
+                                ctx,
+                                "run_not_found",
+                                &format!("run '{run}' not found"),
+                            );
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "websocket catch-up failed");
+                        act.unsubscribe(&run, ctx);
+                        act.send_catch_up_failed(&run, ctx);
+                    }
                 }
             }),
         );
     }
 
-    /// A live event of a followed run that is not the next one after what
-    /// this session sent (with many nodes, a run's events reach a node by
-    /// two ways: from its own engine and from the log): the run and the
-    /// last sequence sent. A subscription without `after` has no last
-    /// sequence until its first event.
-    fn gap_before(&self, event: &EventView) -> Option<(RunId, i64)> {
-        if self.all {
-            return None;
-        }
-        let run = RunId::parse(event.run_id.as_str()).ok()?;
-        let last = *self.runs.get(&run)?;
-        (last > 0 && event.sequence > last + 1).then_some((run, last))
+    /// Reads what the log holds after the last event sent for `run` (live
+    /// events are held meanwhile), then sends it and what was held.
+    fn read_missing(&mut self, run: RunId, ctx: &mut ws::WebsocketContext<Self>) {
+        let Some(last) = self.runs.get(&run).map(|followed| followed.last) else {
+            return;
+        };
+        let id = self.begin_catch_up(&run, Some(last), 0);
+        let log = self.state.log.clone();
+        let reading = run.clone();
+        ctx.spawn(
+            async move { read_after(&log, &reading, last).await }
+                .into_actor(self)
+                .map(move |result, act, ctx| {
+                    if !act.is_current(&run, id) {
+                        return;
+                    }
+                    match result {
+                        Ok(missed) => act.end_catch_up(run, missed, ctx),
+                        Err(e) => {
+                            tracing::error!(error = %e, "websocket gap fill failed");
+                            act.unsubscribe(&run, ctx);
+                            act.send_catch_up_failed(&run, ctx);
+                        }
+                    }
+                }),
+        );
     }
 
-    /// Sends what the log holds after `last` (the event that showed the gap
-    /// included); live events wait behind it, and those already sent are
-    /// dropped.
-    fn fill_gap(&mut self, run: RunId, last: i64, ctx: &mut ws::WebsocketContext<Self>) {
-        let log = self.state.log.clone();
-        ctx.wait(
-            async move {
-                read_after(&log, &run, last)
-                    .await
-                    .map(|missed| (run, missed))
+    /// Tells the client that a run's catch-up failed and that it no longer
+    /// follows it (it may subscribe again with `after`).
+    fn send_catch_up_failed(&self, run: &RunId, ctx: &mut ws::WebsocketContext<Self>) {
+        ctx.text(
+            ServerMessage::Error {
+                code: "internal_error",
+                message: "reading the run's events failed (see the server log); \
+                          the run is no longer followed: subscribe again with `after`",
+                status: Some(500),
+                run_id: Some(run.as_str()),
             }
-            .into_actor(self)
-            .map(|result, act, ctx| match result {
-                Ok((_, missed)) => {
-                    for event in &missed {
-                        act.send_event(event, ctx);
-                    }
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "websocket gap fill failed");
-                    Self::send_error(ctx, "internal_error", "catch-up failed; see the server log");
-                }
-            }),
+            .text(),
         );
     }
 
@@ -567,10 +737,7 @@ impl Handler<Live> for Session {
 
     fn handle(&mut self, live: Live, ctx: &mut Self::Context) {
         match live {
-            Live::Event(event) => match self.gap_before(&event) {
-                Some((run, last)) => self.fill_gap(run, last, ctx),
-                None => self.send_event(&event, ctx),
-            },
+            Live::Event(event) => self.on_live(event, ctx),
             Live::Progress(progress) => self.send_progress(&progress, ctx),
             // After what was queued before it: the client keeps a prefix of
             // the stream and resumes from its last sequence.

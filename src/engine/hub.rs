@@ -6,9 +6,12 @@
 //! stopped reading: its session is not polled while the connection's write
 //! buffer is full) is taken out of every room and sent one last
 //! [`Live::Lagged`]; it may subscribe again from its last sequence.
+//! Progress chunks are ephemeral and not replayable, so a full mailbox
+//! drops a chunk instead: a burst of an `llm` step's tokens never closes a
+//! client that keeps up with the run's events.
 
 use std::collections::HashMap;
-use std::sync::{Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use actix::dev::SendError;
 use actix::{Message, Recipient};
@@ -25,8 +28,8 @@ use crate::store::RecordedEvent;
 #[derive(Debug, Clone, PartialEq, Message)]
 #[rtype(result = "()")]
 pub enum Live {
-    /// A committed event.
-    Event(EventView),
+    /// A committed event (shared by every recipient of one delivery).
+    Event(Arc<EventView>),
     /// Ephemeral progress of a running attempt (an `llm` step's tokens as
     /// they stream). Not an event: never stored, not replayed.
     Progress(Progress),
@@ -216,7 +219,7 @@ impl Hub {
         }
         let mut left = Left::default();
         for envelope in events {
-            let view = Live::Event(EventView::from_envelope(envelope));
+            let view = Live::Event(Arc::new(EventView::from_envelope(envelope)));
             for recipient in room.iter().chain(everything.iter()) {
                 left.deliver(recipient, &view);
             }
@@ -239,7 +242,7 @@ impl Hub {
         let room = rooms.get(run).map_or(&[][..], Vec::as_slice);
         let mut left = Left::default();
         for view in events {
-            let live = Live::Event(view);
+            let live = Live::Event(Arc::new(view));
             for recipient in room.iter().chain(everything.iter()) {
                 left.deliver(recipient, &live);
             }
@@ -282,7 +285,7 @@ impl Hub {
         let live = Live::Progress(progress);
         let mut left = Left::default();
         for recipient in room.iter().chain(everything.iter()) {
-            left.deliver(recipient, &live);
+            left.offer(recipient, &live);
         }
         drop((rooms, everything));
         self.remove(run, left);
@@ -340,13 +343,21 @@ impl Left {
             Err(SendError::Closed(_)) => self.gone.push(recipient.clone()),
         }
     }
+
+    /// Sends `live` to `recipient` if its mailbox has room, and drops it
+    /// otherwise (for what is not replayable and may be missed: progress).
+    fn offer(&mut self, recipient: &Recipient<Live>, live: &Live) {
+        match recipient.try_send(live.clone()) {
+            Ok(()) | Err(SendError::Full(_)) => {}
+            Err(SendError::Closed(_)) => self.gone.push(recipient.clone()),
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use actix::{Actor, Context, Handler};
-    use std::sync::Arc;
 
     /// Records what it is sent.
     struct Follower {
@@ -386,6 +397,18 @@ mod tests {
         }
     }
 
+    fn event(sequence: i64) -> EventView {
+        EventView {
+            run_id: "r1".into(),
+            sequence,
+            event_type: "StepCommented".into(),
+            event_version: "1.0".into(),
+            recorded_at: None,
+            metadata: Value::Null,
+            payload: Value::Null,
+        }
+    }
+
     #[actix_web::test]
     async fn a_subscriber_whose_mailbox_is_full_is_dropped_and_told_once() {
         let hub = Hub::default();
@@ -399,20 +422,50 @@ mod tests {
         settle().await;
         hub.subscribe(run.clone(), addr.recipient());
         // Nothing runs between these: the follower is not polled.
-        for i in 0..20 {
-            hub.progress(&run, chunk(i));
+        for i in 1..=20 {
+            hub.publish_recorded(&run, vec![event(i)]);
         }
         assert!(!hub.followed(&run), "taken out of the room");
         settle().await;
         let got = got.lock().unwrap().clone();
-        let (last, chunks) = got.split_last().expect("the follower got something");
+        let (last, events) = got.split_last().expect("the follower got something");
         assert_eq!(last, &Live::Lagged);
         // A prefix of the stream, no longer than its mailbox (plus the
         // sender's own slot).
-        assert!(chunks.len() <= 5, "{chunks:?}");
+        assert!(!events.is_empty() && events.len() <= 5, "{events:?}");
+        for (i, live) in events.iter().enumerate() {
+            assert_eq!(live, &Live::Event(Arc::new(event(i as i64 + 1))));
+        }
+    }
+
+    #[actix_web::test]
+    async fn progress_past_a_full_mailbox_is_dropped_and_the_subscriber_stays() {
+        let hub = Hub::default();
+        let run = RunId::parse("r1").unwrap();
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let addr = Follower {
+            capacity: 4,
+            got: got.clone(),
+        }
+        .start();
+        settle().await;
+        hub.subscribe(run.clone(), addr.recipient());
+        for i in 0..20 {
+            hub.progress(&run, chunk(i));
+        }
+        assert!(hub.followed(&run), "still in the room");
+        settle().await;
+        // An event after the burst still arrives, after the chunks that fit.
+        hub.publish_recorded(&run, vec![event(1)]);
+        settle().await;
+        let got = got.lock().unwrap().clone();
+        let (last, chunks) = got.split_last().expect("the follower got something");
+        assert_eq!(last, &Live::Event(Arc::new(event(1))));
+        assert!(!chunks.is_empty() && chunks.len() <= 5, "{chunks:?}");
         for (i, live) in chunks.iter().enumerate() {
             assert_eq!(live, &Live::Progress(chunk(i)));
         }
+        assert!(!got.contains(&Live::Lagged));
     }
 
     #[actix_web::test]

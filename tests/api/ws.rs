@@ -618,3 +618,131 @@ on_both_backends!(
         }
     }
 );
+
+on_both_backends!(
+    a_client_catching_up_under_live_traffic_is_not_closed_and_misses_nothing,
+    |backend| {
+        // A queue of two messages: any live traffic during a catch-up would
+        // pass it if the catch-up held the session up.
+        let Some(app) = crate::common::spawn_app_with_options(
+            backend,
+            crate::common::AppOptions {
+                config: Some(
+                    "[limits]\nws_outbound_queue = 4\nmessages_per_run_per_minute = 100000\n"
+                        .into(),
+                ),
+                ..Default::default()
+            },
+        )
+        .await
+        else {
+            return;
+        };
+        let template = app.template_id("manual", diamond(0)).await;
+        // A run with a long history to catch up on (more than a page of the
+        // log), and a second run, followed live.
+        let long = app.manual_run_id(&template, json!({})).await;
+        let busy = app.manual_run_id(&template, json!({})).await;
+        for chunk in (0..CATCH_UP_HISTORY).collect::<Vec<_>>().chunks(8) {
+            let posts = chunk
+                .iter()
+                .map(|i| app.post_message(&long, json!({"content": format!("before {i}")})));
+            for (status, body) in futures::future::join_all(posts).await {
+                assert_eq!(status, 201, "{body}");
+            }
+        }
+        let mut ws = connect(&app).await;
+        subscribe_ok(&mut ws, json!({"type": "subscribe", "run_id": busy})).await;
+        let first_busy = app.events(&busy).await.len() as i64 + 1;
+
+        // Messages go to both runs while the client subscribes to the long
+        // one from the start and reads everything as it comes; a last
+        // message to each run says that the posting is over.
+        let posting = async {
+            // Four posters at once, so that events come faster than the
+            // catch-up reads.
+            let poster = |n: usize| {
+                let (busy, long) = (&busy, &long);
+                let app = &app;
+                async move {
+                    for i in 0..LIVE_MESSAGES {
+                        for run in [busy, long] {
+                            let (status, body) = app
+                                .post_message(run, json!({"content": format!("live {n}.{i}")}))
+                                .await;
+                            assert_eq!(status, 201, "{body}");
+                        }
+                    }
+                }
+            };
+            futures::future::join_all((0..4).map(poster)).await;
+            for run in [&busy, &long] {
+                let (status, body) = app.post_message(run, json!({"content": "over"})).await;
+                assert_eq!(status, 201, "{body}");
+            }
+        };
+        let reading = async {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            send(
+                &mut ws,
+                json!({"type": "subscribe", "run_id": long, "after": 0}),
+            )
+            .await;
+            let (mut long_seen, mut busy_seen) = (Vec::new(), Vec::new());
+            let (mut long_over, mut busy_over) = (false, false);
+            let mut subscribed = false;
+            while !(long_over && busy_over) {
+                let message = recv(&mut ws).await;
+                let over = message["payload"]["content"] == "over";
+                match (message["type"].as_str(), message["run_id"].as_str()) {
+                    (Some("subscribed"), Some(run)) if run == long.as_str() => {
+                        assert!(long_seen.is_empty(), "subscribed comes first");
+                        subscribed = true;
+                    }
+                    (Some("event"), Some(run)) if run == long.as_str() => {
+                        long_seen.push(message["sequence"].as_i64().expect("a sequence"));
+                        long_over |= over;
+                    }
+                    (Some("event"), Some(run)) if run == busy.as_str() => {
+                        busy_seen.push(message["sequence"].as_i64().expect("a sequence"));
+                        busy_over |= over;
+                    }
+                    _ => panic!("unexpected: {message}"),
+                }
+            }
+            (subscribed, long_seen, busy_seen)
+        };
+        let ((), (subscribed, long_seen, busy_seen)) = tokio::join!(posting, reading);
+        assert!(subscribed);
+        // Each list ends with the run's last event ("over"); every event
+        // before it came once, in order.
+        let contiguous = |seen: &[i64], first: i64| {
+            let expected: Vec<i64> = (first..=*seen.last().expect("events came")).collect();
+            seen == expected.as_slice()
+        };
+        assert!(
+            contiguous(&long_seen, 1),
+            "the long run: {} events, not 1..={:?} in order",
+            long_seen.len(),
+            long_seen.last()
+        );
+        assert!(
+            long_seen.len() > CATCH_UP_HISTORY + 4 * LIVE_MESSAGES,
+            "{}",
+            long_seen.len()
+        );
+        assert!(
+            contiguous(&busy_seen, first_busy),
+            "the busy run: {} events, not {first_busy}..={:?} in order",
+            busy_seen.len(),
+            busy_seen.last()
+        );
+        assert!(busy_seen.len() > 4 * LIVE_MESSAGES, "{}", busy_seen.len());
+    }
+);
+
+/// Messages posted to the long run before the catch-up (several pages of
+/// the log, 500 events each), and by each of four posters to each run
+/// during it.
+const CATCH_UP_HISTORY: usize = 2_000;
+const LIVE_MESSAGES: usize = 50;
