@@ -1153,7 +1153,7 @@ async fn a_claim_no_run_recorded_is_found_once_it_is_old() {
         task.run_id = format!("run-{n}");
         queue.enqueue(task).await.expect("enqueue");
         queue
-            .claim(&["work".to_string()], "w", 1_000)
+            .claim(&["work".to_string()], "w", 1_000, u64::MAX)
             .await
             .expect("claim")
             .expect("a task");
@@ -1197,7 +1197,7 @@ async fn a_claim_no_run_recorded_is_found_once_it_is_old() {
         .expect("look")
         .is_empty());
     let again = queue
-        .claim(&["work".to_string()], "w2", 20_000)
+        .claim(&["work".to_string()], "w2", 20_000, u64::MAX)
         .await
         .expect("claim")
         .expect("the task is back in the queue");
@@ -1229,7 +1229,7 @@ on_both_backends!(
             tokio::spawn(async move {
                 let mut mine = Vec::new();
                 while let Some(task) = queue
-                    .claim(&["work".to_string()], &format!("w{c}"), 1_000)
+                    .claim(&["work".to_string()], &format!("w{c}"), 1_000, u64::MAX)
                     .await
                     .expect("claim")
                 {
@@ -1268,7 +1268,7 @@ on_both_backends!(
         queue.enqueue(new_task(3, "a", 5)).await.expect("enqueue");
         let agents = ["a".to_string(), "b".to_string()];
         let first = queue
-            .claim(&agents, "w", 40)
+            .claim(&agents, "w", 40, u64::MAX)
             .await
             .expect("claim")
             .expect("a task");
@@ -1279,20 +1279,28 @@ on_both_backends!(
         assert!(queue.withdraw("lease-2").await.expect("withdraw"));
         assert!(!queue.withdraw("lease-2").await.expect("withdraw"));
         let next = queue
-            .claim(&agents, "w", 41)
+            .claim(&agents, "w", 41, u64::MAX)
             .await
             .expect("claim")
             .expect("a task");
         assert_eq!(next.task_id, "task-3");
         assert!(queue
-            .claim(&agents, "w", 42)
+            .claim(&agents, "w", 42, u64::MAX)
             .await
             .expect("claim")
             .is_none());
         // Unclaimed again, it is claimable again; removed, it is gone.
         queue.unclaim("task-3").await.expect("unclaim");
+        // A worker at its bound gets nothing though a task waits; another
+        // with room gets it.
+        assert_eq!(queue.claimed_by("w").await.expect("count"), 1);
+        assert!(queue
+            .claim(&agents, "w", 43, 1)
+            .await
+            .expect("claim")
+            .is_none());
         let again = queue
-            .claim(&agents, "w2", 43)
+            .claim(&agents, "w2", 43, 1)
             .await
             .expect("claim")
             .expect("a task");

@@ -244,6 +244,12 @@ impl From<EngineError> for ApiError {
                 "idempotency_key_reused",
                 e.to_string(),
             ),
+            EngineError::TooManyClaims { .. } => Self::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_claims",
+                e.to_string(),
+            )
+            .with_retry_after(1),
         }
     }
 }

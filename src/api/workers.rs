@@ -296,7 +296,12 @@ fn check_claim(state: &ApiState, claim: Claim) -> Result<ClaimOf, ApiError> {
 async fn claim_task(state: &ApiState, claim: &ClaimOf) -> Result<Option<Value>, ApiError> {
     let claimed = state
         .engine
-        .claim(&claim.worker_id, &claim.agents, claim.wait)
+        .claim(
+            &claim.worker_id,
+            &claim.agents,
+            claim.wait,
+            u64::try_from(state.limits.bounds.max_claims_per_worker).unwrap_or(u64::MAX),
+        )
         .await?;
     Ok(claimed.map(|work| {
         let mut task = work.payload;
@@ -331,20 +336,6 @@ pub(super) async fn claim(
 ) -> Result<HttpResponse, ApiError> {
     state.workers.check(&req)?;
     let claim = check_claim(&state, body.into_inner())?;
-    let most = state.limits.bounds.max_claims_per_worker;
-    let held = state.engine.claims_held(&claim.worker_id).await?;
-    if held >= u64::try_from(most).unwrap_or(u64::MAX) {
-        return Err(ApiError::new(
-            actix_web::http::StatusCode::TOO_MANY_REQUESTS,
-            "too_many_claims",
-            format!(
-                "worker '{}' holds {held} claimed tasks, the most one worker may hold \
-                 ({most}): finish, fail or release one first",
-                claim.worker_id
-            ),
-        )
-        .with_retry_after(1));
-    }
     Ok(match claim_task(&state, &claim).await? {
         None => HttpResponse::NoContent().finish(),
         Some(task) => HttpResponse::Ok().json(task),

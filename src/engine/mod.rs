@@ -219,6 +219,19 @@ pub enum EngineError {
     /// The template's prerequisites are not met for the starting user.
     #[error("{}", .0.iter().map(|u| u.message.as_str()).collect::<Vec<_>>().join("; "))]
     PrerequisitesNotMet(Vec<Unmet>),
+    /// A worker holds as many claimed tasks as one may.
+    #[error(
+        "worker '{worker}' holds {held} claimed tasks, the most one worker may hold ({most}): \
+         finish, fail or release one first"
+    )]
+    TooManyClaims {
+        /// The worker id.
+        worker: String,
+        /// How many it holds.
+        held: u64,
+        /// The bound (`[limits] max_claims_per_worker`).
+        most: u64,
+    },
     /// A start's `Idempotency-Key` started another run request before.
     #[error(
         "Idempotency-Key '{key}' already started run {run_id} with another template, input or \

@@ -50,7 +50,15 @@ pub(crate) struct RemoteExecutor {
     /// Tasks being queued (their insert not committed yet), by lease, and
     /// what was asked of them meanwhile.
     queuing: Arc<Mutex<HashMap<String, Asked>>>,
+    /// Claims of one worker take their task one at a time on this node (a
+    /// worker's stripe, by its id), so that the bound on what one worker
+    /// holds, checked in the claim's statement, also holds for concurrent
+    /// claims of that worker on PostgreSQL.
+    claiming: [tokio::sync::Mutex<()>; CLAIM_STRIPES],
 }
+
+/// How many locks the claims of different workers spread over.
+const CLAIM_STRIPES: usize = 64;
 
 /// What was asked of a task while it was being queued.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,7 +84,15 @@ impl RemoteExecutor {
             seen: Mutex::new(HashMap::new()),
             claimed: Mutex::default(),
             queuing: Arc::default(),
+            claiming: std::array::from_fn(|_| tokio::sync::Mutex::new(())),
         }
+    }
+
+    /// The lock that one claim statement of `worker` holds on this node.
+    pub(crate) fn claiming(&self, worker: &str) -> &tokio::sync::Mutex<()> {
+        use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+        let hash = BuildHasherDefault::<DefaultHasher>::default().hash_one(worker);
+        &self.claiming[(hash % CLAIM_STRIPES as u64) as usize]
     }
 
     /// Notes that `worker` asked for tasks of `agents`.

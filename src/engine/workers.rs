@@ -85,8 +85,10 @@ impl Engine {
         worker: &str,
         agents: &[AgentName],
         wait: Duration,
+        most_held: u64,
     ) -> Result<Option<ClaimedWork>, EngineError> {
         self.check_remote_agents(agents)?;
+        self.check_claims_held(worker, most_held).await?;
         let names: Vec<String> = agents.iter().map(ToString::to_string).collect();
         let remote = &self.ctx.remote;
         remote.saw(worker, &names);
@@ -119,13 +121,35 @@ impl Engine {
                 })
                 .collect();
             loop {
-                let task = match remote
+                let taking = remote.claiming(worker).lock().await;
+                let taken = remote
                     .queue
-                    .claim(&names, worker, self.ctx.clock.now().0)
-                    .await
-                {
+                    .claim(&names, worker, self.ctx.clock.now().0, most_held)
+                    .await;
+                drop(taking);
+                let task = match taken {
                     Ok(Some(task)) => task,
-                    Ok(None) => break,
+                    // No task, or the worker is at its bound: reached by
+                    // a concurrent claim of the same worker (refused), or
+                    // only seemingly, by a task whose attempt ended but
+                    // whose row was not removed yet (looked at again).
+                    Ok(None) => {
+                        match remote.queue.claimed_by(worker).await {
+                            Ok(held) if held < most_held => break,
+                            Ok(_) => {}
+                            Err(e) => {
+                                hand_on(None);
+                                return Err(e.into());
+                            }
+                        }
+                        match self.check_claims_held(worker, most_held).await {
+                            Ok(()) => continue,
+                            Err(e) => {
+                                hand_on(None);
+                                return Err(e);
+                            }
+                        }
+                    }
                     Err(e) => {
                         hand_on(None);
                         return Err(e.into());
@@ -225,9 +249,24 @@ impl Engine {
         }))
     }
 
-    /// How many tasks `worker` holds claimed now (attempts not over).
-    pub async fn claims_held(&self, worker: &str) -> Result<u64, EngineError> {
-        Ok(self.ctx.remote.queue.claimed_by(worker).await?)
+    /// Refuses a claim of a worker that holds `most` claimed tasks
+    /// already (attempts not over: the rows of attempts that ended are
+    /// removed first, as they are removed in the background).
+    async fn check_claims_held(&self, worker: &str, most: u64) -> Result<(), EngineError> {
+        let queue = &self.ctx.remote.queue;
+        let mut held = queue.claimed_by(worker).await?;
+        if held >= most {
+            queue.flush().await;
+            held = queue.claimed_by(worker).await?;
+        }
+        if held >= most {
+            return Err(EngineError::TooManyClaims {
+                worker: worker.to_string(),
+                held,
+                most,
+            });
+        }
+        Ok(())
     }
 
     /// Refuses agents that are not declared remote agents (workers cannot

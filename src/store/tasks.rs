@@ -165,18 +165,23 @@ impl TaskQueue {
         Ok(removed > 0)
     }
 
-    /// Claims the oldest unclaimed task of one of `agents` for `worker`.
+    /// Claims the oldest unclaimed task of one of `agents` for `worker`,
+    /// unless `worker` holds `most_held` claimed tasks already (`None`
+    /// then too; [`claimed_by`](Self::claimed_by) tells the two apart).
     pub async fn claim(
         &self,
         agents: &[String],
         worker: &str,
         now: i64,
+        most_held: u64,
     ) -> Result<Option<ClaimedTask>, StoreError> {
+        let most_held = i64::try_from(most_held).unwrap_or(i64::MAX);
         let row = match &self.db {
             Db::Postgres(pool) => sqlx::query(PG_CLAIM)
                 .bind(worker)
                 .bind(now)
                 .bind(agents)
+                .bind(most_held)
                 .fetch_optional(pool)
                 .await?
                 .map(|row| claimed(&row)),
@@ -187,6 +192,7 @@ impl TaskQueue {
                     .bind(worker)
                     .bind(now)
                     .bind(agents)
+                    .bind(most_held)
                     .fetch_optional(&mut *tx)
                     .await?
                     .map(|row| claimed(&row));

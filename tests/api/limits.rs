@@ -411,5 +411,33 @@ on_both_backends!(
         let third = app.run_id(&template, json!({"text": "three"})).await;
         let again = app.claim_one("w1", &["summarize"]).await;
         assert_eq!(again["run_id"], third.as_str(), "{again}");
+
+        // Claims that wait at once (long polls begun while the worker held
+        // nothing) cannot take it past its bound either: of two waiting
+        // claims of w3, one gets a task and the other is refused.
+        let queue_two = async {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let four = app.run_id(&template, json!({"text": "four"})).await;
+            let five = app.run_id(&template, json!({"text": "five"})).await;
+            (four, five)
+        };
+        let ((s1, b1), (s2, b2), (four, five)) = tokio::join!(
+            app.claim("w3", &["summarize"], 10),
+            app.claim("w3", &["summarize"], 10),
+            queue_two
+        );
+        let mut replies = [(s1, b1), (s2, b2)];
+        replies.sort_by_key(|(status, _)| *status);
+        let [(ok, task), (refused, error)] = replies;
+        assert_eq!((ok, refused), (200, 429), "{task} {error}");
+        assert_eq!(error["error"]["code"], "too_many_claims", "{error}");
+        assert_eq!(task["run_id"], four.as_str(), "the oldest task: {task}");
+        // The other task waits for a worker with room.
+        let (status, body) = app
+            .task_call(&again, "complete", json!({"outputs": {"summary": "done"}}))
+            .await;
+        assert_eq!(status, 200, "{body}");
+        let next = app.claim_one("w1", &["summarize"]).await;
+        assert_eq!(next["run_id"], five.as_str(), "{next}");
     }
 );
