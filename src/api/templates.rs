@@ -177,7 +177,7 @@ pub(super) async fn revise(
     responses(
         (status = 200, description = "The archived template.", body = TemplateView),
         (status = 404, description = "`template_not_found`.", body = ErrorBody),
-        (status = 409, description = "`template_archived`: archived already.", body = ErrorBody),
+        (status = 409, description = "`template_archived`: archived already; `template_still_required`: another live template requires this one.", body = ErrorBody),
     ),
 )]
 pub(super) async fn archive(
@@ -186,8 +186,60 @@ pub(super) async fn archive(
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let id = template_id(&path)?;
+    state.engine.settle_all().await;
+    check_not_required(&state, &id).await?;
     state.engine.archive_template(&id, &caller.cause()).await?;
     view(&state, &id).await
+}
+
+/// Refuses to archive the template its name resolves to while another
+/// live template requires that name: its runs could never start again
+/// (an older live template of the same name, from before names were
+/// unique, would take over the name, so archiving is fine then).
+async fn check_not_required(state: &ApiState, id: &TemplateId) -> Result<(), ApiError> {
+    let all = state.reads.live_templates().await?;
+    let Some(archiving) = all.iter().find(|t| t.id == id.as_str()).cloned() else {
+        // Archived already (the engine answers) or unknown.
+        return Ok(());
+    };
+    if all
+        .iter()
+        .any(|t| t.name == archiving.name && t.id != archiving.id)
+    {
+        return Ok(());
+    }
+    let live = newest_per_name(all);
+    let requiring: Vec<String> = live
+        .iter()
+        .filter(|t| t.id != archiving.id)
+        .filter_map(|t| Some((t, Definition::parse(&t.definition).ok()?)))
+        .filter(|(_, d)| {
+            d.requires
+                .workflows
+                .iter()
+                .any(|w| w.template == archiving.name)
+                || d.requires
+                    .artifacts
+                    .iter()
+                    .any(|a| a.template == archiving.name)
+        })
+        .map(|(t, _)| format!("'{}'", t.name))
+        .collect();
+    if requiring.is_empty() {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        StatusCode::CONFLICT,
+        "template_still_required",
+        format!(
+            "template {} requires '{}': revise {} to drop the requirement, or archive {} \
+             first; archiving this one would leave them unstartable",
+            requiring.join(", "),
+            archiving.name,
+            if requiring.len() == 1 { "it" } else { "them" },
+            if requiring.len() == 1 { "it" } else { "them" },
+        ),
+    ))
 }
 
 /// Checks the prerequisites of `definition`, about to be saved as the
@@ -212,23 +264,25 @@ async fn check_prerequisites(
             .filter(|t| Some(t.id.as_str()) != revising.map(TemplateId::as_str))
             .filter_map(|t| Some((t.name, Definition::parse(&t.definition).ok()?)))
             .collect();
-    if revising.is_some() {
-        for (other, requiring) in &directory {
-            if let Some(required) =
-                requiring.requires.artifacts.iter().find(|a| {
-                    a.template == name && !prerequisites::provides(&definition, &a.artifact)
-                })
-            {
-                return Err(ApiError::new(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "artifact_still_required",
-                    format!(
-                        "template '{other}' requires artifact '{}' of this one: keep providing \
-                         it, or revise '{other}' first",
-                        required.artifact
-                    ),
-                ));
-            }
+    // What other templates require of this name (on a revision; or on a
+    // creation under a name whose template was archived before archiving
+    // checked this).
+    for (other, requiring) in &directory {
+        if let Some(required) = requiring
+            .requires
+            .artifacts
+            .iter()
+            .find(|a| a.template == name && !prerequisites::provides(&definition, &a.artifact))
+        {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "artifact_still_required",
+                format!(
+                    "template '{other}' requires artifact '{}' of this one: keep providing \
+                     it, or revise '{other}' first",
+                    required.artifact
+                ),
+            ));
         }
     }
     if definition.requires.is_empty() {

@@ -311,6 +311,32 @@ on_both_backends!(
             build_view["definition"]["requires"],
             build_definition(&name)["requires"]
         );
+
+        // Nor be archived while Build requires it (Build could never start
+        // again): refused, naming Build, and nothing is recorded; once
+        // Build is archived, Generator may be.
+        let before = app.counts().await;
+        let reply = app
+            .post(&format!("/api/templates/{generator}/archive"), json!({}))
+            .await;
+        let message = expect_error(&reply, 409, "template_still_required");
+        assert!(message.contains("'build'"), "{message}");
+        assert_eq!(
+            app.counts().await,
+            before,
+            "the refused archive saved nothing"
+        );
+        let (_, current) = app.get(&format!("/api/templates/{generator}")).await;
+        assert_eq!(current["archived"], false, "{current}");
+        let (status, body) = app
+            .post(&format!("/api/templates/{build_id}/archive"), json!({}))
+            .await;
+        assert_eq!(status, 200, "{body}");
+        let (status, body) = app
+            .post(&format!("/api/templates/{generator}/archive"), json!({}))
+            .await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["archived"], true, "{body}");
     }
 );
 
