@@ -23,6 +23,7 @@ use crate::domain::ids::{
 mod control;
 mod effects;
 mod graph;
+mod imports;
 mod leases;
 mod refine;
 mod replay;
