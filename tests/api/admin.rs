@@ -505,8 +505,8 @@ on_both_backends!(
         // next event on, as a follower holds any document it wrote.
         let storage = app.stop_keeping_storage().await;
         let app = crate::common::spawn_app_on(storage).await;
-        let (status, _) = app.post_message(&run, json!({"content": "first"})).await;
-        assert_eq!(status, 201);
+        let (status, body) = app.post_message(&run, json!({"content": "first"})).await;
+        assert_eq!(status, 201, "{body}");
         assert_eq!(app.run(&run).await["input"]["topic"], "cats");
 
         let (status, body) = app
