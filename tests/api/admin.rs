@@ -505,7 +505,17 @@ on_both_backends!(
         // next event on, as a follower holds any document it wrote.
         let storage = app.stop_keeping_storage().await;
         let app = crate::common::spawn_app_on(storage).await;
-        let (status, body) = app.post_message(&run, json!({"content": "first"})).await;
+        // A node that has not finished stopping may still host the run (a
+        // 503 with Retry-After, as docs/operations.md says): retry as a
+        // client would.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let (status, body) = loop {
+            let reply = app.post_message(&run, json!({"content": "first"})).await;
+            if reply.0 != 503 || std::time::Instant::now() > deadline {
+                break reply;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        };
         assert_eq!(status, 201, "{body}");
         assert_eq!(app.run(&run).await["input"]["topic"], "cats");
 
