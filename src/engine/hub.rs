@@ -390,6 +390,23 @@ mod tests {
         }
     }
 
+    /// A hub whose run `r1` one [`Follower`] with a mailbox of 4 follows,
+    /// what that follower gets, and its address.
+    async fn followed_with_capacity_4() -> (Hub, RunId, Arc<Mutex<Vec<Live>>>, actix::Addr<Follower>)
+    {
+        let hub = Hub::default();
+        let run = RunId::parse("r1").unwrap();
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let addr = Follower {
+            capacity: 4,
+            got: got.clone(),
+        }
+        .start();
+        settle().await;
+        hub.subscribe(run.clone(), addr.clone().recipient());
+        (hub, run, got, addr)
+    }
+
     /// Lets the started actors run what they were sent.
     async fn settle() {
         for _ in 0..10 {
@@ -411,16 +428,7 @@ mod tests {
 
     #[actix_web::test]
     async fn a_subscriber_whose_mailbox_is_full_is_dropped_and_told_once() {
-        let hub = Hub::default();
-        let run = RunId::parse("r1").unwrap();
-        let got = Arc::new(Mutex::new(Vec::new()));
-        let addr = Follower {
-            capacity: 4,
-            got: got.clone(),
-        }
-        .start();
-        settle().await;
-        hub.subscribe(run.clone(), addr.recipient());
+        let (hub, run, got, _follower) = followed_with_capacity_4().await;
         // Nothing runs between these: the follower is not polled.
         for i in 1..=20 {
             hub.publish_recorded(&run, vec![event(i)]);
@@ -440,16 +448,7 @@ mod tests {
 
     #[actix_web::test]
     async fn progress_past_a_full_mailbox_is_dropped_and_the_subscriber_stays() {
-        let hub = Hub::default();
-        let run = RunId::parse("r1").unwrap();
-        let got = Arc::new(Mutex::new(Vec::new()));
-        let addr = Follower {
-            capacity: 4,
-            got: got.clone(),
-        }
-        .start();
-        settle().await;
-        hub.subscribe(run.clone(), addr.recipient());
+        let (hub, run, got, _follower) = followed_with_capacity_4().await;
         for i in 0..20 {
             hub.progress(&run, chunk(i));
         }
@@ -470,16 +469,7 @@ mod tests {
 
     #[actix_web::test]
     async fn a_subscriber_that_keeps_up_gets_everything() {
-        let hub = Hub::default();
-        let run = RunId::parse("r1").unwrap();
-        let got = Arc::new(Mutex::new(Vec::new()));
-        let addr = Follower {
-            capacity: 4,
-            got: got.clone(),
-        }
-        .start();
-        settle().await;
-        hub.subscribe(run.clone(), addr.recipient());
+        let (hub, run, got, _follower) = followed_with_capacity_4().await;
         for i in 0..50 {
             hub.progress(&run, chunk(i));
             if i % 2 == 1 {

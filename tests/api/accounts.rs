@@ -361,7 +361,7 @@ on_both_backends!(
 );
 
 /// A WebSocket opened with `token` (none: no `Authorization`).
-async fn ws_with(
+pub(crate) async fn ws_with(
     app: &TestApp,
     query: &str,
     token: Option<&str>,

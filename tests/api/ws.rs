@@ -528,6 +528,21 @@ impl RawWs {
     }
 }
 
+/// A server whose WebSocket connections queue at most `messages` for
+/// sending, and that takes many messages per run.
+async fn with_outbound_queue(backend: crate::common::Backend, messages: usize) -> Option<TestApp> {
+    crate::common::spawn_app_with_options(
+        backend,
+        crate::common::AppOptions {
+            config: Some(format!(
+                "[limits]\nws_outbound_queue = {messages}\nmessages_per_run_per_minute = 100000\n"
+            )),
+            ..Default::default()
+        },
+    )
+    .await
+}
+
 /// Posted messages in the slow-reader test, and how big each is: together
 /// (9.6 MB) more than twice what the socket buffers (a sender's buffer
 /// grows to `net.ipv4.tcp_wmem`'s maximum, 4 MiB here) and the server's
@@ -538,18 +553,7 @@ const FLOOD_BYTES: usize = 30_000;
 on_both_backends!(
     a_client_that_stops_reading_is_closed_as_too_slow_and_others_get_everything,
     |backend| {
-        let Some(app) = crate::common::spawn_app_with_options(
-            backend,
-            crate::common::AppOptions {
-                config: Some(
-                    "[limits]\nws_outbound_queue = 8\nmessages_per_run_per_minute = 100000\n"
-                        .into(),
-                ),
-                ..Default::default()
-            },
-        )
-        .await
-        else {
+        let Some(app) = with_outbound_queue(backend, 8).await else {
             return;
         };
         let template = app.template_id("manual", diamond(0)).await;
@@ -622,20 +626,9 @@ on_both_backends!(
 on_both_backends!(
     a_client_catching_up_under_live_traffic_is_not_closed_and_misses_nothing,
     |backend| {
-        // A queue of two messages: any live traffic during a catch-up would
+        // A queue of four messages: live traffic during a catch-up would
         // pass it if the catch-up held the session up.
-        let Some(app) = crate::common::spawn_app_with_options(
-            backend,
-            crate::common::AppOptions {
-                config: Some(
-                    "[limits]\nws_outbound_queue = 4\nmessages_per_run_per_minute = 100000\n"
-                        .into(),
-                ),
-                ..Default::default()
-            },
-        )
-        .await
-        else {
+        let Some(app) = with_outbound_queue(backend, 4).await else {
             return;
         };
         let template = app.template_id("manual", diamond(0)).await;
@@ -746,3 +739,179 @@ on_both_backends!(
 /// during it.
 const CATCH_UP_HISTORY: usize = 2_000;
 const LIVE_MESSAGES: usize = 50;
+
+/// Posts `count` messages to `run`, eight at a time.
+async fn post_many(app: &TestApp, run: &str, count: usize, label: &str) {
+    for chunk in (0..count).collect::<Vec<_>>().chunks(8) {
+        let posts = chunk
+            .iter()
+            .map(|i| app.post_message(run, json!({"content": format!("{label} {i}")})));
+        for (status, body) in futures::future::join_all(posts).await {
+            assert_eq!(status, 201, "{body}");
+        }
+    }
+}
+
+/// The sequences of the events of `run` among `messages`.
+fn sequences_of(messages: &[Value], run: &str) -> Vec<i64> {
+    messages
+        .iter()
+        .filter(|m| m["type"] == "event" && m["run_id"] == run)
+        .map(|m| m["sequence"].as_i64().expect("a sequence"))
+        .collect()
+}
+
+on_both_backends!(
+    subscribes_that_supersede_a_catch_up_and_an_unsubscribe_during_one_lose_and_leak_nothing,
+    |backend| {
+        let Some(app) = with_outbound_queue(backend, 256).await else {
+            return;
+        };
+        let template = app.template_id("manual", diamond(0)).await;
+        let long = app.manual_run_id(&template, json!({})).await;
+        let other = app.manual_run_id(&template, json!({})).await;
+        post_many(&app, &long, 1_200, "before").await;
+        post_many(&app, &other, 1_200, "before").await;
+        let mut ws = connect(&app).await;
+        subscribe_ok(&mut ws, json!({"type": "subscribe", "run_id": long})).await;
+
+        // While messages go to the long run: two subscribes without
+        // `after`, then one from the start, sent at once (each supersedes
+        // the catch-up before it); a subscription to the other run taken
+        // back before its catch-up could end; a ping as a fence.
+        let posting = async {
+            post_many(&app, &long, 40, "live").await;
+            let (status, body) = app.post_message(&long, json!({"content": "over"})).await;
+            assert_eq!(status, 201, "{body}");
+        };
+        let reading = async {
+            for message in [
+                json!({"type": "subscribe", "run_id": long}),
+                json!({"type": "subscribe", "run_id": long}),
+                json!({"type": "subscribe", "run_id": long, "after": 0}),
+                json!({"type": "subscribe", "run_id": other, "after": 0}),
+                json!({"type": "unsubscribe", "run_id": other}),
+                json!({"type": "ping"}),
+            ] {
+                send(&mut ws, message).await;
+            }
+            let mut got = Vec::new();
+            loop {
+                let message = recv(&mut ws).await;
+                let over =
+                    message["run_id"] == long.as_str() && message["payload"]["content"] == "over";
+                got.push(message);
+                if over {
+                    return got;
+                }
+            }
+        };
+        let ((), mut got) = tokio::join!(posting, reading);
+        // Nothing of the other run comes after its unsubscribe was
+        // answered (fenced by a ping sent after it, answered after it).
+        send(&mut ws, json!({"type": "ping"})).await;
+        loop {
+            let message = recv(&mut ws).await;
+            let pong = message["type"] == "pong";
+            got.push(message);
+            if pong && got.iter().filter(|m| m["type"] == "pong").count() == 2 {
+                break;
+            }
+        }
+        let answered = |kind: &str, run: &str| {
+            got.iter()
+                .filter(|m| m["type"] == kind && m["run_id"] == run)
+                .count()
+        };
+        assert_eq!(
+            answered("subscribed", &long),
+            3,
+            "each subscribe is answered"
+        );
+        assert_eq!(answered("unsubscribed", &other), 1);
+        let unsubscribed = got
+            .iter()
+            .position(|m| m["type"] == "unsubscribed")
+            .expect("unsubscribed");
+        assert!(
+            sequences_of(&got[unsubscribed..], &other).is_empty(),
+            "the other run's events came after its unsubscribe"
+        );
+        // The long run, after the answers to the three subscribes: every
+        // event from the first, once, in order, to the last.
+        let last_answer = got
+            .iter()
+            .rposition(|m| m["type"] == "subscribed" && m["run_id"] == long.as_str())
+            .expect("subscribed");
+        let replayed = sequences_of(&got[last_answer..], &long);
+        let expected: Vec<i64> = (1..=*replayed.last().expect("events")).collect();
+        assert!(
+            replayed == expected,
+            "the long run after its last subscribe: {} events, not 1..={:?}",
+            replayed.len(),
+            replayed.last()
+        );
+    }
+);
+
+on_both_backends!(
+    a_user_following_another_users_busy_run_gets_run_not_found_and_no_event,
+    |backend| {
+        let Some(app) = spawn_app(backend).await else {
+            return;
+        };
+        let template = app.template_id("manual", diamond(0)).await;
+        let ada = crate::accounts::user(&app, "ada", "user").await;
+        let bob = crate::accounts::user(&app, "bob", "user").await;
+        let ada_token = crate::accounts::token_text(&app, &ada).await;
+        let bob_token = crate::accounts::token_text(&app, &bob).await;
+        let (status, run) = app
+            .request_as(
+                Some(&ada_token),
+                "POST",
+                "/api/runs",
+                Some(json!({"template_id": template, "input": {}, "auto_run": false})),
+            )
+            .await;
+        assert_eq!(status, 201, "{run}");
+        let run = run["id"].as_str().expect("id").to_string();
+        let mut ws = crate::accounts::ws_with(&app, "", Some(&bob_token))
+            .await
+            .expect("upgrade");
+        // Ada's run is busy while Bob asks for it, with and without
+        // `after`.
+        let posting = async {
+            for i in 0..60 {
+                let (status, body) = app
+                    .request_as(
+                        Some(&ada_token),
+                        "POST",
+                        &format!("/api/runs/{run}/messages"),
+                        Some(json!({"content": format!("busy {i}")})),
+                    )
+                    .await;
+                assert_eq!(status, 201, "{body}");
+            }
+        };
+        let asking = async {
+            for after in [Some(0), None, Some(5), None] {
+                let message = match after {
+                    Some(after) => json!({"type": "subscribe", "run_id": run, "after": after}),
+                    None => json!({"type": "subscribe", "run_id": run}),
+                };
+                send(&mut ws, message).await;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        tokio::join!(posting, asking);
+        // One refusal per subscribe, nothing else; then nothing more (a
+        // ping is answered next).
+        for _ in 0..4 {
+            let message = recv(&mut ws).await;
+            assert_eq!(message["type"], "error", "{message}");
+            assert_eq!(message["code"], "run_not_found", "{message}");
+        }
+        send(&mut ws, json!({"type": "ping"})).await;
+        assert_eq!(recv(&mut ws).await, json!({"type": "pong"}));
+    }
+);
