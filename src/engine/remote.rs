@@ -52,8 +52,9 @@ pub(crate) struct RemoteExecutor {
     queuing: Arc<Mutex<HashMap<String, Asked>>>,
     /// Claims of one worker take their task one at a time on this node (a
     /// worker's stripe, by its id), so that the bound on what one worker
-    /// holds, checked in the claim's statement, also holds for concurrent
-    /// claims of that worker on PostgreSQL.
+    /// holds holds for its concurrent claims on this node (claims of one
+    /// worker on several nodes are checked only by the claim's statement,
+    /// which does not see another node's claim in flight).
     claiming: [tokio::sync::Mutex<()>; CLAIM_STRIPES],
 }
 

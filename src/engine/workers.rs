@@ -88,7 +88,6 @@ impl Engine {
         most_held: u64,
     ) -> Result<Option<ClaimedWork>, EngineError> {
         self.check_remote_agents(agents)?;
-        self.check_claims_held(worker, most_held).await?;
         let names: Vec<String> = agents.iter().map(ToString::to_string).collect();
         let remote = &self.ctx.remote;
         remote.saw(worker, &names);
@@ -121,38 +120,12 @@ impl Engine {
                 })
                 .collect();
             loop {
-                let taking = remote.claiming(worker).lock().await;
-                let taken = remote
-                    .queue
-                    .claim(&names, worker, self.ctx.clock.now().0, most_held)
-                    .await;
-                drop(taking);
-                let task = match taken {
+                let task = match self.take_one(&names, worker, most_held).await {
                     Ok(Some(task)) => task,
-                    // No task, or the worker is at its bound: reached by
-                    // a concurrent claim of the same worker (refused), or
-                    // only seemingly, by a task whose attempt ended but
-                    // whose row was not removed yet (looked at again).
-                    Ok(None) => {
-                        match remote.queue.claimed_by(worker).await {
-                            Ok(held) if held < most_held => break,
-                            Ok(_) => {}
-                            Err(e) => {
-                                hand_on(None);
-                                return Err(e.into());
-                            }
-                        }
-                        match self.check_claims_held(worker, most_held).await {
-                            Ok(()) => continue,
-                            Err(e) => {
-                                hand_on(None);
-                                return Err(e);
-                            }
-                        }
-                    }
+                    Ok(None) => break,
                     Err(e) => {
                         hand_on(None);
-                        return Err(e.into());
+                        return Err(e);
                     }
                 };
                 let run = RunId::parse(task.run_id.as_str())
@@ -247,6 +220,27 @@ impl Engine {
             } => Some(*lease_expires_at),
             _ => None,
         }))
+    }
+
+    /// Takes the oldest queued task of `agents` for `worker`, unless it
+    /// holds `most_held` claimed tasks already (refused). `None`: no task
+    /// is queued. One worker's claims take their task one at a time on
+    /// this node, so that a count that passed is still true when the
+    /// claim's statement runs (the statement checks the bound again, for
+    /// claims of the same worker on other nodes).
+    async fn take_one(
+        &self,
+        agents: &[String],
+        worker: &str,
+        most_held: u64,
+    ) -> Result<Option<crate::store::ClaimedTask>, EngineError> {
+        let remote = &self.ctx.remote;
+        let _taking = remote.claiming(worker).lock().await;
+        self.check_claims_held(worker, most_held).await?;
+        Ok(remote
+            .queue
+            .claim(agents, worker, self.ctx.clock.now().0, most_held)
+            .await?)
     }
 
     /// Refuses a claim of a worker that holds `most` claimed tasks

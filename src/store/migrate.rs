@@ -107,6 +107,12 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../../schema/sqlite/015_prerequisites.sql"),
         postgres: include_str!("../../schema/postgres/015_prerequisites.sql"),
     },
+    Migration {
+        version: 16,
+        name: "task_claims",
+        sqlite: include_str!("../../schema/sqlite/016_task_claims.sql"),
+        postgres: include_str!("../../schema/postgres/016_task_claims.sql"),
+    },
 ];
 
 const CREATE_TABLE: &str = "CREATE TABLE IF NOT EXISTS runlog_migrations \
