@@ -75,7 +75,6 @@ pub(super) async fn create(
     // Names are unique among live templates (checked against the read
     // model once it holds what this node committed).
     state.engine.settle_all().await;
-    check_prerequisites(&state, body.name.trim(), None, &body.definition).await?;
     if let Some(live) = state.reads.live_template_by_name(body.name.trim()).await? {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
@@ -87,6 +86,7 @@ pub(super) async fn create(
             ),
         ));
     }
+    check_prerequisites(&state, body.name.trim(), None, &body.definition).await?;
     let id = state
         .engine
         .create_template(
