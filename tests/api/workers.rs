@@ -1065,7 +1065,16 @@ on_both_backends!(
         let second = spawn_app_with(storage, options).await;
         // Recovery left the claimed attempt to its worker: its lease holds.
         clock.advance(Duration::from_secs(10));
-        let (status, beat) = second.task_call(&task, "heartbeat", json!({})).await;
+        // (A 503 with Retry-After while the stopped node may still host the
+        // run is retried, as a worker would.)
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let (status, beat) = loop {
+            let reply = second.task_call(&task, "heartbeat", json!({})).await;
+            if reply.0 != 503 || std::time::Instant::now() > deadline {
+                break reply;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        };
         assert_eq!(status, 200, "{beat}");
         tokio::time::sleep(Duration::from_millis(200)).await;
         let events = second.events(&run).await;

@@ -343,7 +343,15 @@ impl TestApp {
         let stopped = self.stopped.take();
         drop(self);
         if let Some(stopped) = stopped {
-            let _ = tokio::time::timeout(Duration::from_secs(30), stopped).await;
+            if tokio::time::timeout(Duration::from_secs(60), stopped)
+                .await
+                .is_err()
+            {
+                eprintln!(
+                    "notice: the server had not stopped 60 s after it was asked to; the test \
+                     goes on with its storage"
+                );
+            }
         }
         storage
     }
