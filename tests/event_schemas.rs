@@ -22,8 +22,8 @@ use runlog::domain::ids::{
 };
 use runlog::domain::prerequisites::Import;
 use runlog::domain::run::{
-    Action, ArtifactContent, ArtifactWritten, Author, ImportedRead, MessageStatus, PurgedVersion,
-    Run, RunEvent, Usage,
+    Action, ArtifactContent, ArtifactWritten, Author, Button, ImportedRead, MessageInput,
+    MessageStatus, PurgedVersion, Run, RunEvent, Usage,
 };
 use runlog::domain::template::{Template, TemplateEvent};
 use runlog::domain::user::{Role, User, UserEvent};
@@ -213,6 +213,8 @@ fn run_events() -> Vec<RunEvent> {
         idempotency_key,
         status: MessageStatus::Ignored,
         reason,
+        buttons: Vec::new(),
+        input: None,
         at,
     };
     vec![
@@ -356,6 +358,54 @@ fn run_events() -> Vec<RunEvent> {
             choice: None,
             at,
         },
+        RunEvent::MessagePosted {
+            message: 2,
+            author: Author::Agent,
+            action: Action::Comment,
+            content: "How do you want your track?".into(),
+            metadata: Value::Null,
+            step: Some(a.clone()),
+            idempotency_key: None,
+            status: MessageStatus::Processed,
+            reason: None,
+            buttons: vec![
+                Button {
+                    id: "ai".into(),
+                    label: "Generate with AI".into(),
+                    value: "ai".into(),
+                    user_message: Some("I want to generate an AI track".into()),
+                    next_step: Some(a.clone()),
+                },
+                Button {
+                    id: "upload".into(),
+                    label: "Upload".into(),
+                    value: "upload".into(),
+                    user_message: None,
+                    next_step: None,
+                },
+            ],
+            input: Some(MessageInput {
+                file: true,
+                prompt: false,
+            }),
+            at,
+        },
+        RunEvent::StepAwaitingInput {
+            step: a.clone(),
+            attempt: 1,
+            artifacts: written(),
+            usage: Some(usage(None)),
+            message: 2,
+            at,
+        },
+        RunEvent::ButtonClicked {
+            message: 2,
+            button: "ai".into(),
+            value: "ai".into(),
+            step: a.clone(),
+            idempotency_key: Some("click-1".into()),
+            at,
+        },
         RunEvent::StepApproved {
             step: a.clone(),
             attempt: 1,
@@ -495,6 +545,8 @@ fn variant(event: &RunEvent) -> &'static str {
         RunEvent::CancelRequested { .. } => "CancelRequested",
         RunEvent::RunCancelled { .. } => "RunCancelled",
         RunEvent::MessagePosted { .. } => "MessagePosted",
+        RunEvent::StepAwaitingInput { .. } => "StepAwaitingInput",
+        RunEvent::ButtonClicked { .. } => "ButtonClicked",
         RunEvent::MessageStatusChanged { .. } => "MessageStatusChanged",
         RunEvent::StepAwaitingReview { .. } => "StepAwaitingReview",
         RunEvent::StepApproved { .. } => "StepApproved",

@@ -127,6 +127,7 @@ fn complete_command(state: &Run, name: &str, at: i64) -> (RunCommand, Stamp) {
         lease,
         outputs,
         comments: Vec::new(),
+        message: None,
     };
     (command, stamp(at))
 }
@@ -896,6 +897,8 @@ fn thread_events() -> Vec<Vec<RunEvent>> {
             idempotency_key: None,
             status,
             reason: None,
+            buttons: Vec::new(),
+            input: None,
             at: Timestamp(at),
         };
     let changed = |message: u32, status: MessageStatus, step_name: Option<&str>, at: i64| {
@@ -1807,6 +1810,7 @@ on_both_backends!(older_event_versions_load_through_the_upcasters, |backend| {
         "StepFailed 1.1",
         "CancelRequested 1.0",
         "StepAwaitingReview 1.0",
+        "MessagePosted 1.0",
     ] {
         let (event_type, version) = needed.split_once(' ').expect("pair");
         assert!(

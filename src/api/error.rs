@@ -160,11 +160,14 @@ impl From<RunError> for ApiError {
             RunError::NotStarted
             | RunError::UnknownStep(_)
             | RunError::UnknownArtifact(_)
-            | RunError::UnknownArtifactVersion(..) => StatusCode::NOT_FOUND,
+            | RunError::UnknownArtifactVersion(..)
+            | RunError::MessageNotFound(_) => StatusCode::NOT_FOUND,
             RunError::ChoiceRequired { .. }
             | RunError::InvalidChoice { .. }
             | RunError::NoChoices(_)
-            | RunError::IdempotencyKeyReused(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            | RunError::IdempotencyKeyReused(_)
+            | RunError::InvalidMessage { .. }
+            | RunError::UnknownButton { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             _ => StatusCode::CONFLICT,
         };
         Self::new(status, e.code(), e.to_string())

@@ -11,6 +11,7 @@ pub mod contract;
 mod error;
 pub mod forward;
 mod hygiene;
+mod interactive;
 pub mod limits;
 pub mod openapi;
 mod origin;
@@ -127,6 +128,9 @@ pub fn configure(state: ApiState) -> impl FnOnce(&mut web::ServiceConfig) {
                         resource("/runs/{id}/messages")
                             .post(steering::post_message)
                             .get(steering::messages),
+                    )
+                    .service(
+                        resource("/runs/{id}/messages/{message_id}/click").post(interactive::click),
                     )
                     .service(resource("/runs/{id}/auto-run").put(steering::auto_run))
                     .service(resource("/runs/{id}/steps/{step}/approve").post(steering::approve))

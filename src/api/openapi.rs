@@ -129,7 +129,7 @@ hand_written_schemas! {
     StepStatus => "StepStatus": json!({
         "type": "string",
         "description": "A step's status.",
-        "enum": ["pending", "ready", "running", "awaiting_review", "completed", "failed", "skipped"],
+        "enum": ["pending", "ready", "running", "awaiting_review", "awaiting_input", "completed", "failed", "skipped"],
     }),
     Usage => "Usage": json!({
         "type": "object",
@@ -199,6 +199,7 @@ hand_written_schemas! {
         super::steering::messages,
         super::steering::auto_run,
         super::steering::approve,
+        super::interactive::click,
         super::steering::retry_step,
         super::steering::trigger,
         super::steering::rollback,
@@ -342,6 +343,7 @@ const ID: &str = "^[A-Za-z0-9_-]{1,64}$";
 fn path_parameter(path: &str, name: &str) -> Value {
     match name {
         "task_id" => json!({"type": "string", "pattern": "^[A-Za-z0-9]{1,64}$"}),
+        "message_id" => json!({"type": "integer", "minimum": 1, "maximum": u32::MAX}),
         "name" if path.contains("/artifacts/") => json!({
             "type": "string",
             "pattern": "^[A-Za-z0-9_-]{1,64}\\.[A-Za-z0-9_-]{1,64}$",

@@ -127,6 +127,10 @@ pub(super) struct Complete {
     /// schema).
     #[schema(value_type = Object)]
     outputs: Value,
+    /// A message for the run's thread (with buttons, the user answers with
+    /// a click; a button's `next_step` makes the step wait for it).
+    #[serde(default)]
+    message: Option<super::interactive::MessageBody>,
     /// Claim the worker's next task in the same call.
     #[serde(default)]
     next: Option<Claim>,
@@ -416,6 +420,7 @@ async fn recorded_then_claim(
         (status = 200, description = "Recorded (and the next task, when asked).", body = Recorded),
         (status = 404, description = "`task_not_found`.", body = ErrorBody),
         (status = 409, description = "`lease_lost`: the lease token is not the attempt's any more; nothing changed.", body = ErrorBody),
+        (status = 422, description = "`invalid_outputs`; `invalid_agent_message`: the message cannot be posted (a `next_step` that does not depend on the step, duplicate button ids, a step that waits for a click without buttons).", body = ErrorBody),
     ),
     security(("workerToken" = [])),
 )]
@@ -430,14 +435,18 @@ pub(super) async fn complete(
     let Complete {
         lease_token,
         outputs,
+        message,
         next,
     } = body.into_inner();
     check_lease(&lease_token)?;
     refuse_nul("outputs", &outputs)?;
+    let message = message
+        .map(super::interactive::MessageBody::into_message)
+        .transpose()?;
     let next = next.map(|claim| check_claim(&state, claim)).transpose()?;
     state
         .engine
-        .complete_task(&path, &lease_token, outputs)
+        .complete_task(&path, &lease_token, outputs, message)
         .await?;
     Ok(recorded_then_claim(&state, &path, "completed", next).await)
 }

@@ -129,6 +129,12 @@ pub struct StepDefinition {
     /// pick becomes the step's output `choice`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub choices: Vec<String>,
+    /// When its agent finishes with a message with buttons, the step waits
+    /// in `awaiting_input` until a user clicks one; the button's `value`
+    /// becomes the step's output `choice`. (A message whose buttons route
+    /// with `next_step` makes the step wait without it.)
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub wait_for_click: bool,
     /// Run the step only when this holds; otherwise it is `skipped`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub when: Option<Condition>,
@@ -453,6 +459,17 @@ pub trait AgentCatalog: Send + Sync {
         Ok(())
     }
 
+    /// The message with buttons a step of `agent` with `config` returns,
+    /// when its configuration says (its routes are checked against the
+    /// definition when the template is saved).
+    fn declared_message(
+        &self,
+        _agent: &AgentName,
+        _config: &Value,
+    ) -> Option<crate::domain::run::AgentMessage> {
+        None
+    }
+
     /// Checks that `schema` is a JSON Schema this server can validate with
     /// (a template's `input_schema`); the reason when not.
     fn check_schema(&self, _schema: &Value) -> Result<(), String> {
@@ -641,6 +658,20 @@ impl Definition {
                     reason: fault.reason,
                 }
             })?;
+            if let Some(message) = agents.declared_message(&def.agent, &config) {
+                message.check(step, self).map_err(|refused| {
+                    let reason = match refused {
+                        crate::domain::run::RunError::InvalidMessage { reason, .. } => reason,
+                        other => other.to_string(),
+                    };
+                    DefinitionError::InvalidAgentConfig {
+                        step: step.clone(),
+                        agent: def.agent.clone(),
+                        field: "config.message".into(),
+                        reason,
+                    }
+                })?;
+            }
             let policy = def.retry;
             if policy.max_attempts == 0 || policy.max_attempts > MAX_ATTEMPTS_LIMIT {
                 return Err(DefinitionError::InvalidRetryPolicy {
@@ -672,6 +703,7 @@ impl Definition {
             check_refine(step, def, agents)?;
             self.check_inputs(step, def)?;
             check_choices(step, def)?;
+            check_wait_for_click(step, def)?;
             self.check_condition(step, def)?;
         }
         Ok(())
@@ -986,6 +1018,30 @@ fn check_refine(
             field: format!("refine.evaluator_{}", fault.field),
             reason: fault.reason,
         })
+}
+
+/// A step waits for a review or for a click, not both, and a refine loop
+/// does neither.
+fn check_wait_for_click(step: &StepId, def: &StepDefinition) -> Result<(), DefinitionError> {
+    if !def.wait_for_click {
+        return Ok(());
+    }
+    let fail = |reason: &str| DefinitionError::InvalidStepField {
+        step: step.clone(),
+        field: "wait_for_click",
+        reason: reason.to_string(),
+    };
+    if def.review {
+        return Err(fail(
+            "a step waits for a review or for a click, not both (put one on a step after it)",
+        ));
+    }
+    if def.refine.is_some() {
+        return Err(fail(
+            "a refine step cannot wait for a click (put the click on a step after it)",
+        ));
+    }
+    Ok(())
 }
 
 fn check_choices(step: &StepId, def: &StepDefinition) -> Result<(), DefinitionError> {

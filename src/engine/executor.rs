@@ -15,7 +15,7 @@ use serde_json::Value;
 
 use crate::domain::ids::{LeaseToken, OutputName, RunId, StepId};
 use crate::domain::run::{
-    AgentNote, ArtifactContent, Failure, InputValue, Outputs, StepInput, Task, Usage,
+    AgentMessage, AgentNote, ArtifactContent, Failure, InputValue, Outputs, StepInput, Task, Usage,
 };
 use crate::store::BlobStore;
 
@@ -50,8 +50,8 @@ pub struct StepReport {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
     /// It produced these outputs (stored: large bodies are blobs already),
-    /// having used this much of a model.
-    Completed(Outputs, Option<Usage>),
+    /// having used this much of a model, and a message for the thread.
+    Completed(Outputs, Option<Usage>, Option<AgentMessage>),
     /// It failed.
     Failed(Failure),
     /// It stopped because the run asked it to (or it never started: a

@@ -18,7 +18,7 @@ use super::agents::{
 use super::executor::{resolve, store_outputs, Executor, Outcome, StepReport};
 use super::{EngineError, Reporter};
 use crate::domain::ids::{LeaseToken, RunId, StepId};
-use crate::domain::run::Task;
+use crate::domain::run::{Failure, RunError, Task};
 use crate::store::BlobStore;
 
 /// Attempts at reporting one outcome when storage fails.
@@ -183,15 +183,16 @@ impl Executor for LocalExecutor {
                         )
                     })??;
                 check_output_size(&outputs.outputs, limits.max_output_bytes)?;
-                let usage = outputs.usage;
+                let (usage, message) = (outputs.usage, outputs.message);
                 Ok::<_, AgentError>((
                     store_outputs(&blobs, task.run_id.as_str(), outputs.outputs).await?,
                     usage,
+                    message,
                 ))
             }
             .await;
             let outcome = match result {
-                Ok((outputs, usage)) => Outcome::Completed(outputs, usage),
+                Ok((outputs, usage, message)) => Outcome::Completed(outputs, usage, message),
                 Err(error) => error.failure().map_or(Outcome::Stopped, Outcome::Failed),
             };
             let report = StepReport {
@@ -243,6 +244,20 @@ async fn report_with_retries(reporter: &Reporter, run: &RunId, report: StepRepor
     for attempt in 0..REPORT_ATTEMPTS {
         match reporter.report(run, report.clone()).await {
             Ok(()) => return,
+            // An agent's message the run cannot post fails the attempt
+            // (another attempt would return the same).
+            Err(EngineError::Run(RunError::InvalidMessage { reason, .. })) => {
+                let failed = StepReport {
+                    outcome: Outcome::Failed(Failure {
+                        error: format!("the agent's message is refused: {reason}"),
+                        retryable: false,
+                        retry_after_ms: None,
+                    }),
+                    notes: Vec::new(),
+                    ..report.clone()
+                };
+                return Box::pin(report_with_retries(reporter, run, failed)).await;
+            }
             Err(EngineError::Run(refused)) => {
                 tracing::debug!(run_id = %run, step = %report.step, %refused, "agent result refused");
                 return;

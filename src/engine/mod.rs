@@ -1026,6 +1026,23 @@ impl Engine {
         self.execute(id, command, by).await
     }
 
+    /// Records a user's click on a button of an agent's message.
+    pub async fn click(
+        &self,
+        id: &RunId,
+        message: u32,
+        button: String,
+        idempotency_key: Option<String>,
+        by: &Cause,
+    ) -> Result<Committed, EngineError> {
+        let command = RunCommand::ClickButton {
+            message,
+            button,
+            idempotency_key,
+        };
+        self.execute(id, command, by).await
+    }
+
     /// Runs a step again (optionally with a new prompt); every step
     /// downstream of it goes back to pending.
     pub async fn retry_step(

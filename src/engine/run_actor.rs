@@ -515,12 +515,13 @@ impl RunActor {
         let mut comments = self.take_notes(&step, &lease);
         comments.extend(notes);
         match outcome {
-            Outcome::Completed(outputs, usage) => RunCommand::CompleteStep {
+            Outcome::Completed(outputs, usage, message) => RunCommand::CompleteStep {
                 step,
                 lease,
                 outputs,
                 usage,
                 comments,
+                message,
             },
             Outcome::Failed(failure) => RunCommand::FailStep {
                 step,

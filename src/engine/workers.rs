@@ -330,6 +330,7 @@ impl Engine {
         task_id: &str,
         lease: &str,
         outputs: Value,
+        message: Option<crate::domain::run::AgentMessage>,
     ) -> Result<(), EngineError> {
         let task = self.held(task_id, lease).await?;
         let agent = AgentName::parse(task.agent.as_str())
@@ -361,7 +362,7 @@ impl Engine {
                 field: "outputs".into(),
                 reason,
             })?;
-        self.report_task(&task, Outcome::Completed(stored, None))
+        self.report_task(&task, Outcome::Completed(stored, None, message))
             .await
     }
 

@@ -41,7 +41,8 @@ pub struct ImportView {
 pub struct AttemptView {
     /// The attempt number.
     pub attempt: u32,
-    /// running | awaiting_review | completed | failed | interrupted (its
+    /// running | awaiting_review | awaiting_input | completed | failed |
+    /// interrupted (its
     /// agent stopped when asked) | invalidated (a retry or rollback upstream
     /// made its inputs stale while it ran) | superseded (it awaited review
     /// and the step was retried instead).
@@ -116,8 +117,8 @@ pub struct ScoreView {
 /// One step in the run detail.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct StepView {
-    /// pending | ready | running | awaiting_review | completed | failed |
-    /// skipped.
+    /// pending | ready | running | awaiting_review | awaiting_input |
+    /// completed | failed | skipped.
     pub status: StepStatus,
     /// Current or last attempt (0 before the first dispatch).
     pub attempt: u32,
@@ -509,8 +510,27 @@ impl RunDetail {
                 s.finish_attempt(*attempt, "awaiting_review", *at);
                 s.drop_lease();
             }
+            RunEvent::StepAwaitingInput {
+                step,
+                attempt,
+                artifacts,
+                usage,
+                at,
+                ..
+            } => {
+                self.record_usage(step, *attempt, usage.as_ref());
+                self.write_artifacts(step, *attempt, artifacts, *at);
+                let s = self.step(step);
+                s.status = StepStatus::AwaitingInput;
+                s.error = None;
+                s.finish_attempt(*attempt, "awaiting_input", *at);
+                s.drop_lease();
+            }
             RunEvent::StepApproved { step, choice, .. } => {
                 self.step(step).choice = choice.clone();
+            }
+            RunEvent::ButtonClicked { step, value, .. } => {
+                self.step(step).choice = Some(value.clone());
             }
             RunEvent::StepFailed {
                 step,
@@ -632,7 +652,7 @@ impl RunDetail {
                 let s = self.step(step);
                 // An attempt a reviewer sent back never gets approved.
                 if let Some(last) = s.attempts.last_mut() {
-                    if last.status == "awaiting_review" {
+                    if last.status == "awaiting_review" || last.status == "awaiting_input" {
                         last.status = "superseded".into();
                     }
                 }

@@ -187,6 +187,16 @@ pub struct MessageView {
     pub reason: Option<String>,
     /// The client's idempotency key, if any.
     pub idempotency_key: Option<String>,
+    /// An agent's message: the buttons a user may click
+    /// (`POST /api/runs/{id}/messages/{id}/click`), in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schema(value_type = Vec<Object>)]
+    pub buttons: Vec<Value>,
+    /// An agent's message: what else the user may send in answer
+    /// (`{"file", "prompt"}`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub input: Option<Value>,
     /// When it was posted.
     pub created_at: String,
     /// When its status last changed.
@@ -201,6 +211,7 @@ where
     Option<String>: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
     Option<Value>: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
 {
+    let ask: Option<Value> = r.try_get("ask")?;
     Ok(MessageView {
         id: u32::try_from(r.try_get::<i64, _>("message")?).unwrap_or(0),
         author: r.try_get("author")?,
@@ -213,6 +224,17 @@ where
         status: r.try_get("status")?,
         reason: r.try_get("reason")?,
         idempotency_key: r.try_get("idempotency_key")?,
+        buttons: ask
+            .as_ref()
+            .and_then(|a| a.get("buttons"))
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default(),
+        input: ask
+            .as_ref()
+            .and_then(|a| a.get("input"))
+            .filter(|i| !i.is_null())
+            .cloned(),
         created_at: rfc3339(Timestamp(r.try_get("created_at")?)),
         updated_at: rfc3339(Timestamp(r.try_get("updated_at")?)),
     })

@@ -35,6 +35,8 @@ struct MessageRow {
     content: String,
     metadata: Option<Value>,
     idempotency_key: Option<String>,
+    /// An agent's message with buttons: `{"buttons", "input"}`.
+    ask: Option<Value>,
     /// When it was posted.
     created_at: i64,
     /// Its status, step and reason as of the page's last change to it
@@ -97,6 +99,8 @@ impl PageRows for Rows {
                     idempotency_key,
                     status,
                     reason,
+                    buttons,
+                    input,
                     at,
                 } => self.messages.push(MessageRow {
                     run_id: run_id.to_string(),
@@ -110,6 +114,8 @@ impl PageRows for Rows {
                     content: content.clone(),
                     metadata: (!metadata.is_null()).then(|| metadata.clone()),
                     idempotency_key: idempotency_key.clone(),
+                    ask: (!buttons.is_empty() || input.is_some())
+                        .then(|| serde_json::json!({"buttons": buttons, "input": input})),
                     created_at: at.0,
                     state: StatusRow {
                         status: status.as_str(),
@@ -190,6 +196,8 @@ impl PageRows for Rows {
             .bind(s.values().map(|r| r.at).collect::<Vec<_>>())
             .bind(s.values().map(|r| r.sequence).collect::<Vec<_>>())
             .bind(s.values().map(|r| r.step.clone()).collect::<Vec<_>>())
+            // What agents' messages offer ($21).
+            .bind(m.iter().map(|r| r.ask.clone()).collect::<Vec<_>>())
     }
 
     fn write<'c>(
@@ -216,6 +224,7 @@ impl PageRows for Rows {
                         .bind(m.created_at)
                         .bind(m.state.at)
                         .bind(m.state.sequence)
+                        .bind(&m.ask)
                         .execute(&mut *c)
                         .await?;
                 }

@@ -113,6 +113,12 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../../schema/sqlite/016_task_claims.sql"),
         postgres: include_str!("../../schema/postgres/016_task_claims.sql"),
     },
+    Migration {
+        version: 17,
+        name: "message_asks",
+        sqlite: include_str!("../../schema/sqlite/017_message_asks.sql"),
+        postgres: include_str!("../../schema/postgres/017_message_asks.sql"),
+    },
 ];
 
 const CREATE_TABLE: &str = "CREATE TABLE IF NOT EXISTS runlog_migrations \

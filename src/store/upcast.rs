@@ -81,6 +81,9 @@ fn upcasters() -> &'static [Upcaster] {
             unchanged("CancelRequested", "1.1"),
             // 1.1 added `usage`: absent, none.
             unchanged("StepAwaitingReview", "1.1"),
+            // 1.1 added `buttons` and `input` (agents' messages): absent,
+            // none.
+            unchanged("MessagePosted", "1.1"),
         ]
     })
 }

@@ -13,6 +13,7 @@ mod control;
 mod history;
 mod hostile;
 mod human;
+mod interactive;
 mod limits;
 mod llm;
 mod nodes;

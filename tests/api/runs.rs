@@ -696,12 +696,13 @@ on_both_backends!(
             // StepCompleted (skipped, then usage, latest and final_score)
             // are at 1.2 (RunStarted at 1.3: owner, and 1.4: imports;
             // StepDispatched at 1.3: imports); CancelRequested (grace_until)
-            // and StepAwaitingReview (usage) at 1.1; every other event at 1.0.
+            // and StepAwaitingReview (usage) at 1.1, MessagePosted (buttons
+            // and input) at 1.1; every other event at 1.0.
             let version = match event["event_type"].as_str() {
                 Some("RunStarted") => "1.4",
                 Some("StepDispatched") => "1.3",
                 Some("StepFailed" | "StepCompleted") => "1.2",
-                Some("CancelRequested" | "StepAwaitingReview") => "1.1",
+                Some("CancelRequested" | "StepAwaitingReview" | "MessagePosted") => "1.1",
                 _ => "1.0",
             };
             assert_eq!(event["event_version"], version, "{event}");

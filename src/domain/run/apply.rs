@@ -3,10 +3,11 @@
 
 use std::sync::Arc;
 
+use super::interactive;
 use super::state::{
     ArtifactVersion, BestAttempt, RefineRound, Run, RunStatus, StepState, StepStatus,
 };
-use super::thread::{Action, MessageStatus, OpenInstruction};
+use super::thread::{Action, Author, MessageStatus, OpenInstruction};
 use super::{thread, ArtifactWritten, RunEvent, Usage};
 use crate::domain::ids::{StepId, Timestamp};
 
@@ -87,6 +88,10 @@ impl Run {
                     } else {
                         self.thread.in_flight.insert(step.clone(), handed);
                     }
+                    // The step's earlier questions and where their clicks
+                    // sent the run are over: this attempt decides again.
+                    self.thread.asks.retain(|_, ask| ask.step != step);
+                    self.routes.retain(|_, (asker, _)| *asker != step);
                 }
                 let s = self.steps.entry(step).or_default();
                 if !evaluating {
@@ -139,6 +144,34 @@ impl Run {
                 s.end_attempt();
                 s.error = None;
                 self.add_versions(attempt, artifacts, at);
+            }
+            RunEvent::StepAwaitingInput {
+                step,
+                attempt,
+                artifacts,
+                usage,
+                at,
+                ..
+            } => {
+                self.add_usage(&step, usage.as_ref());
+                let s = self.steps.entry(step).or_default();
+                s.status = StepStatus::AwaitingInput;
+                s.end_attempt();
+                s.error = None;
+                self.add_versions(attempt, artifacts, at);
+            }
+            RunEvent::ButtonClicked {
+                message,
+                button,
+                idempotency_key,
+                ..
+            } => {
+                if let Some(ask) = self.thread.asks.get_mut(&message) {
+                    for (target, taken) in interactive::routes_of(&ask.buttons, &button) {
+                        self.routes.insert(target, (ask.step.clone(), taken));
+                    }
+                    ask.clicked = Some((button, idempotency_key));
+                }
             }
             RunEvent::StepApproved { .. } | RunEvent::MessageStatusChanged { .. } => {}
             RunEvent::StepFailed {
@@ -292,14 +325,29 @@ impl Run {
             RunEvent::AutoRunChanged { enabled, .. } => self.auto_run = enabled,
             RunEvent::MessagePosted {
                 message,
+                author,
                 action,
                 content,
                 metadata,
+                step,
                 idempotency_key,
                 status,
+                buttons,
                 ..
             } => {
                 self.thread.last = message;
+                if let (Author::Agent, Some(step), false) = (author, step, buttons.is_empty()) {
+                    let attempt = self.steps.get(&step).map_or(0, |s| s.attempt);
+                    self.thread.asks.insert(
+                        message,
+                        interactive::Ask {
+                            step,
+                            attempt,
+                            buttons,
+                            clicked: None,
+                        },
+                    );
+                }
                 if let Some(key) = idempotency_key {
                     let fingerprint = thread::fingerprint(action, &content, &metadata);
                     self.thread.keys.insert(key, (message, fingerprint));

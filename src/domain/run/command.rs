@@ -101,6 +101,9 @@ pub enum RunCommand {
         usage: Option<Usage>,
         /// Comments the agent posted that are not recorded yet.
         comments: Vec<AgentNote>,
+        /// The message it returned for the thread (with buttons, the user
+        /// may answer with a click).
+        message: Option<super::AgentMessage>,
     },
     /// An agent failed a step.
     FailStep {
@@ -196,6 +199,16 @@ pub enum RunCommand {
         step: StepId,
         /// The choice picked.
         choice: Option<String>,
+    },
+    /// A user clicked a button of an agent's message.
+    ClickButton {
+        /// The message number.
+        message: u32,
+        /// The button's id.
+        button: String,
+        /// The client's `Idempotency-Key`: the same click again under it
+        /// records nothing.
+        idempotency_key: Option<String>,
     },
     /// Run a completed, failed or awaiting-review step again; everything
     /// downstream of it goes back to pending.

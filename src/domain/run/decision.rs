@@ -107,6 +107,8 @@ impl Decision {
                 idempotency_key: None,
                 status: MessageStatus::Processed,
                 reason: None,
+                buttons: Vec::new(),
+                input: None,
                 at,
             });
         }
@@ -125,6 +127,8 @@ impl Decision {
                 idempotency_key: None,
                 status: MessageStatus::Processed,
                 reason: None,
+                buttons: Vec::new(),
+                input: None,
                 at: note.at,
             });
         }

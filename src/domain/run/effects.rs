@@ -206,6 +206,7 @@ pub fn effects(before: &Run, events: &[RunEvent], after: &Run) -> Vec<Effect> {
             }
             RunEvent::StepCompleted { step, .. }
             | RunEvent::StepAwaitingReview { step, .. }
+            | RunEvent::StepAwaitingInput { step, .. }
             | RunEvent::StepFailed { step, .. }
             | RunEvent::StepInterrupted { step, .. }
             | RunEvent::StepLeaseExpired { step, .. }
@@ -233,6 +234,7 @@ pub fn effects(before: &Run, events: &[RunEvent], after: &Run) -> Vec<Effect> {
             | RunEvent::MessagePosted { .. }
             | RunEvent::MessageStatusChanged { .. }
             | RunEvent::StepApproved { .. }
+            | RunEvent::ButtonClicked { .. }
             | RunEvent::AutoRunChanged { .. }
             | RunEvent::StepClaimed { .. }
             | RunEvent::StepHeartbeat { .. }

@@ -50,7 +50,7 @@ pub enum RunError {
     StepNotAwaitingReview(StepId, &'static str),
     /// Retry of a step that has not finished (pending, ready, running,
     /// skipped).
-    #[error("step '{0}' is {1}; only a completed, failed or awaiting-review step can be retried")]
+    #[error("step '{0}' is {1}; only a completed, failed, awaiting-review or awaiting-input step can be retried")]
     StepNotRetryable(StepId, &'static str),
     /// Rollback of an artifact whose step is running.
     #[error("step '{0}' is running; roll its artifacts back once it is done")]
@@ -112,6 +112,38 @@ pub enum RunError {
     /// An idempotency key reused for a different message.
     #[error("idempotency key '{0}' was already used for a different message")]
     IdempotencyKeyReused(String),
+    /// An agent's message that cannot be posted (its fault named).
+    #[error("the message of step '{step}' is refused: {reason}")]
+    InvalidMessage {
+        /// The step whose agent returned it.
+        step: StepId,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A click on a message the thread does not have.
+    #[error("this run has no message {0}")]
+    MessageNotFound(u32),
+    /// A click on a message with no buttons (or whose step ran again since).
+    #[error("message {0} has no buttons to click")]
+    NoButtons(u32),
+    /// A second click on a message.
+    #[error("message {message} was answered already (button '{button}')")]
+    AlreadyClicked {
+        /// The message.
+        message: u32,
+        /// The button clicked then.
+        button: String,
+    },
+    /// A click on a button the message does not have.
+    #[error("message {message} has no button '{button}'; its buttons: {}", buttons.join(", "))]
+    UnknownButton {
+        /// The message.
+        message: u32,
+        /// The button asked for.
+        button: String,
+        /// Its buttons' ids.
+        buttons: Vec<String>,
+    },
 }
 
 impl RunError {
@@ -147,6 +179,11 @@ impl RunError {
             Self::NotFinished(_) => "run_not_finished",
             Self::FinishedLater { .. } => "run_finished_later",
             Self::Purged(_) => "run_purged",
+            Self::InvalidMessage { .. } => "invalid_agent_message",
+            Self::MessageNotFound(_) => "message_not_found",
+            Self::NoButtons(_) => "message_has_no_buttons",
+            Self::AlreadyClicked { .. } => "message_already_clicked",
+            Self::UnknownButton { .. } => "unknown_button",
         }
     }
 }

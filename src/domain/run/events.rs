@@ -10,6 +10,7 @@ use cqrs_es::DomainEvent;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::interactive::{Button, MessageInput};
 use super::thread::{Action, Author, MessageStatus};
 use crate::domain::definition::Definition;
 use crate::domain::ids::{
@@ -294,6 +295,14 @@ pub enum RunEvent {
         /// Why it was ignored.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         reason: Option<String>,
+        /// An agent's message: what the user may answer with (a click is
+        /// `ButtonClicked`). Added in 1.1.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        buttons: Vec<Button>,
+        /// An agent's message: what else the user may send in answer.
+        /// Added in 1.1.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        input: Option<MessageInput>,
         /// When.
         at: Timestamp,
     },
@@ -326,6 +335,43 @@ pub enum RunEvent {
         /// What the attempt's model calls used. Added in 1.1.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         usage: Option<Usage>,
+        /// When.
+        at: Timestamp,
+    },
+    /// A step's agent finished with a message with buttons (posted just
+    /// before, as `MessagePosted` number `message`): its outputs are new
+    /// artifact versions and the step waits for a user's click.
+    StepAwaitingInput {
+        /// The step.
+        step: StepId,
+        /// The attempt that finished.
+        attempt: u32,
+        /// The artifact versions written.
+        artifacts: Vec<ArtifactWritten>,
+        /// What the attempt's model calls used.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        usage: Option<Usage>,
+        /// The message whose click the step waits for.
+        message: u32,
+        /// When.
+        at: Timestamp,
+    },
+    /// A user clicked a button of an agent's message (once per message). A
+    /// `MessagePosted` with the button's `user_message` may follow, and, if
+    /// the step waited for the click, a `StepCompleted` writing `value` as
+    /// its output `choice`.
+    ButtonClicked {
+        /// The message.
+        message: u32,
+        /// The button's id.
+        button: String,
+        /// The button's value.
+        value: String,
+        /// The step whose agent asked.
+        step: StepId,
+        /// The client's idempotency key.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        idempotency_key: Option<String>,
         /// When.
         at: Timestamp,
     },
@@ -528,7 +574,7 @@ pub enum RunEvent {
 
 impl RunEvent {
     /// The literal event type names, for the catalogue and for tests.
-    pub const TYPES: [&'static str; 29] = [
+    pub const TYPES: [&'static str; 31] = [
         "RunStarted",
         "StepDispatched",
         "StepCompleted",
@@ -558,6 +604,8 @@ impl RunEvent {
         "StepProduced",
         "StepEvaluated",
         "ArtifactsPurged",
+        "StepAwaitingInput",
+        "ButtonClicked",
     ];
 
     /// The time the event happened.
@@ -591,7 +639,9 @@ impl RunEvent {
             | Self::StepLeaseRevoked { at, .. }
             | Self::StepProduced { at, .. }
             | Self::StepEvaluated { at, .. }
-            | Self::ArtifactsPurged { at, .. } => *at,
+            | Self::ArtifactsPurged { at, .. }
+            | Self::StepAwaitingInput { at, .. }
+            | Self::ButtonClicked { at, .. } => *at,
         }
     }
 
@@ -603,6 +653,7 @@ impl RunEvent {
             | Self::StepFailed { step, .. }
             | Self::StepRetryScheduled { step, .. }
             | Self::StepAwaitingReview { step, .. }
+            | Self::StepAwaitingInput { step, .. }
             | Self::StepApproved { step, .. }
             | Self::StepInterrupted { step, .. }
             | Self::StepRetryRequested { step, .. }
@@ -658,6 +709,8 @@ impl DomainEvent for RunEvent {
             Self::StepProduced { .. } => Self::TYPES[26],
             Self::StepEvaluated { .. } => Self::TYPES[27],
             Self::ArtifactsPurged { .. } => Self::TYPES[28],
+            Self::StepAwaitingInput { .. } => Self::TYPES[29],
+            Self::ButtonClicked { .. } => Self::TYPES[30],
         }
         .to_string()
     }
@@ -667,7 +720,9 @@ impl DomainEvent for RunEvent {
             Self::RunStarted { .. } => "1.4",
             Self::StepDispatched { .. } => "1.3",
             Self::StepFailed { .. } | Self::StepCompleted { .. } => "1.2",
-            Self::CancelRequested { .. } | Self::StepAwaitingReview { .. } => "1.1",
+            Self::CancelRequested { .. }
+            | Self::StepAwaitingReview { .. }
+            | Self::MessagePosted { .. } => "1.1",
             _ => "1.0",
         }
         .to_string()

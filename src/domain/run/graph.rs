@@ -62,6 +62,18 @@ impl Run {
         done: &StepId,
         written: &[ArtifactWritten],
     ) -> (Vec<StepId>, Vec<StepId>) {
+        self.advance_routed(done, written, &BTreeMap::new())
+    }
+
+    /// [`Run::advance_after`], with the routes a click on `done`'s message
+    /// decides (`routes`: the steps its buttons name, and whether each
+    /// runs).
+    pub(super) fn advance_routed(
+        &self,
+        done: &StepId,
+        written: &[ArtifactWritten],
+        routes: &BTreeMap<StepId, bool>,
+    ) -> (Vec<StepId>, Vec<StepId>) {
         if self.failure.is_some() || self.cancel_requested.is_some() {
             return (Vec::new(), Vec::new());
         }
@@ -72,19 +84,23 @@ impl Run {
                 .iter()
                 .map(|w| (w.name.clone(), w.content.clone()))
                 .collect(),
+            routes,
         )
     }
 
     /// Decides the pending steps among `candidates` (and, through skips,
     /// their dependants) whose dependencies are all done: each is ready, or
     /// skipped when its condition is false or every dependency was skipped.
-    /// `seed` overrides step statuses and `fresh` artifact values, for
-    /// decisions about a state that the command's events will bring.
+    /// `seed` overrides step statuses, `fresh` artifact values and
+    /// `routes` the routes of clicks, for decisions about a state that the
+    /// command's events will bring. A step a click routed away from is
+    /// skipped.
     pub(super) fn evaluate(
         &self,
         candidates: Vec<StepId>,
         seed: BTreeMap<StepId, StepStatus>,
         fresh: BTreeMap<ArtifactName, ArtifactContent>,
+        routes: &BTreeMap<StepId, bool>,
     ) -> (Vec<StepId>, Vec<StepId>) {
         let mut decided = seed;
         let status = |step: &StepId, decided: &BTreeMap<StepId, StepStatus>| {
@@ -130,7 +146,11 @@ impl Run {
                     _ => false,
                 }
             };
-            let skip = all_skipped || def.when.as_ref().is_some_and(|w| !holds(w));
+            let routed_away = routes
+                .get(&step)
+                .or_else(|| self.routes.get(&step).map(|(_, taken)| taken))
+                == Some(&false);
+            let skip = all_skipped || routed_away || def.when.as_ref().is_some_and(|w| !holds(w));
             let next = if skip {
                 todo.extend(self.definition.dependants_of(&step).cloned());
                 StepStatus::Skipped

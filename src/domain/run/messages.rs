@@ -70,6 +70,8 @@ impl Run {
             idempotency_key: message.idempotency_key,
             status,
             reason,
+            buttons: Vec::new(),
+            input: None,
             at,
         });
         if let (Some(command), MessageStatus::Processed) = (control, status) {

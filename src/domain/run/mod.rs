@@ -37,6 +37,7 @@ pub mod effects;
 mod error;
 mod events;
 mod graph;
+mod interactive;
 mod leases;
 mod messages;
 mod refine;
@@ -58,6 +59,7 @@ pub use error::RunError;
 pub use events::{
     ArtifactContent, ArtifactWritten, ImportedRead, Outputs, PurgedVersion, RunEvent, Usage,
 };
+pub use interactive::{AgentMessage, Ask, Button, MessageInput, MAX_BUTTONS};
 pub use state::{
     ArtifactState, ArtifactVersion, BestAttempt, InputValue, RefineRound, RetrySource, Run,
     RunStatus, StepInput, StepState, StepStatus, UsageTotals,
@@ -111,7 +113,8 @@ impl Run {
                 outputs,
                 usage,
                 comments,
-            } => self.complete_step(step, lease, outputs, usage, comments, stamp),
+                message,
+            } => self.complete_step(step, lease, outputs, usage, comments, message, stamp),
             RunCommand::FailStep {
                 step,
                 lease,
@@ -149,6 +152,11 @@ impl Run {
                 comments,
             } => self.interrupt_step(step, lease, comments, stamp),
             RunCommand::Approve { step, choice } => self.approve(step, choice, stamp),
+            RunCommand::ClickButton {
+                message,
+                button,
+                idempotency_key,
+            } => self.click(message, button, idempotency_key, stamp),
             RunCommand::RetryStep {
                 step,
                 prompt_override,

@@ -4,6 +4,7 @@
 
 use super::command::{Failure, Stamp, StartRun};
 use super::decision::Decision;
+use super::interactive::AgentMessage;
 use super::state::{Run, StepStatus};
 use super::thread::{Action, AgentNote, Author, MessageStatus};
 use super::{ArtifactWritten, Outputs, RunError, RunEvent, Usage};
@@ -58,6 +59,8 @@ impl Run {
                 idempotency_key: None,
                 status: MessageStatus::Pending,
                 reason: None,
+                buttons: Vec::new(),
+                input: None,
                 at,
             });
         }
@@ -65,7 +68,10 @@ impl Run {
         Ok(d)
     }
 
-    /// An agent finished a step: its outputs become artifact versions; dependants become ready (or the step awaits review).
+    /// An agent finished a step: its outputs become artifact versions and
+    /// its message (if any) is posted to the thread; dependants become
+    /// ready, or the step awaits review, or a click on its message.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn complete_step(
         &self,
         step: StepId,
@@ -73,11 +79,39 @@ impl Run {
         outputs: Outputs,
         usage: Option<Usage>,
         comments: Vec<AgentNote>,
+        message: Option<AgentMessage>,
         stamp: &Stamp,
     ) -> Result<Decision, RunError> {
         let at = stamp.at;
         let attempt = self.check_running_step(&step, &lease)?;
+        if let Some(message) = &message {
+            message.check(&step, &self.definition)?;
+        }
+        if self.definition.steps[&step].review && message.as_ref().is_some_and(AgentMessage::routes)
+        {
+            return Err(RunError::InvalidMessage {
+                step,
+                reason: "a review step's approval decides where the run goes: its message's \
+                         buttons cannot name a next_step"
+                    .into(),
+            });
+        }
+        let waits = self.waits_for_click(&step, message.as_ref());
+        if waits && message.as_ref().is_none_or(|m| m.buttons.is_empty()) {
+            return Err(RunError::InvalidMessage {
+                step,
+                reason: "the step waits for a click (wait_for_click): its agent must return a \
+                         message with buttons"
+                    .into(),
+            });
+        }
         if let Some(refine) = &self.definition.steps[&step].refine {
+            if message.is_some() {
+                return Err(RunError::InvalidMessage {
+                    step,
+                    reason: "a refine step's attempts cannot post a message".into(),
+                });
+            }
             return self.refine_result(step, attempt, refine, outputs, usage, comments, stamp);
         }
         let artifacts: Vec<ArtifactWritten> = outputs
@@ -90,7 +124,34 @@ impl Run {
             .collect();
         let mut d = Decision::new(self, stamp);
         d.agent_comments(&step, comments);
-        if self.definition.steps[&step].review {
+        let posted = message.map(|message| {
+            let number = d.state.thread.last + 1;
+            d.record(RunEvent::MessagePosted {
+                message: number,
+                author: Author::Agent,
+                action: Action::Comment,
+                content: message.content,
+                metadata: Value::Null,
+                step: Some(step.clone()),
+                idempotency_key: None,
+                status: MessageStatus::Processed,
+                reason: None,
+                buttons: message.buttons,
+                input: message.input,
+                at,
+            });
+            number
+        });
+        if let (true, Some(message)) = (waits, posted) {
+            d.record(RunEvent::StepAwaitingInput {
+                step,
+                attempt,
+                artifacts,
+                usage,
+                message,
+                at,
+            });
+        } else if self.definition.steps[&step].review {
             d.record(RunEvent::StepAwaitingReview {
                 step,
                 attempt,

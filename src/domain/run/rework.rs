@@ -2,7 +2,7 @@
 //! back to an earlier version. Both send the steps downstream back to
 //! pending and may reopen a finished run.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use super::command::Stamp;
 use super::decision::Decision;
@@ -23,7 +23,10 @@ impl Run {
         let state = self.step_state(&step)?;
         if !matches!(
             state.status,
-            StepStatus::Completed | StepStatus::Failed | StepStatus::AwaitingReview
+            StepStatus::Completed
+                | StepStatus::Failed
+                | StepStatus::AwaitingReview
+                | StepStatus::AwaitingInput
         ) {
             return Err(RunError::StepNotRetryable(step, state.status.as_str()));
         }
@@ -98,6 +101,7 @@ impl Run {
                 self.definition.dependants_of(&producer).cloned().collect(),
                 seed,
                 std::iter::once((name.clone(), old_content.clone())).collect(),
+                &BTreeMap::new(),
             )
         };
         let mut d = Decision::new(self, stamp);

@@ -78,6 +78,9 @@ pub enum StepStatus {
     Running,
     /// Its agent finished; it waits for a user's approval (review steps).
     AwaitingReview,
+    /// Its agent finished with a message with buttons; it waits for a
+    /// user's click.
+    AwaitingInput,
     /// Done; its outputs are artifacts.
     Completed,
     /// Failed for good.
@@ -95,6 +98,7 @@ impl StepStatus {
             Self::Ready => "ready",
             Self::Running => "running",
             Self::AwaitingReview => "awaiting_review",
+            Self::AwaitingInput => "awaiting_input",
             Self::Completed => "completed",
             Self::Failed => "failed",
             Self::Skipped => "skipped",
@@ -322,6 +326,10 @@ pub struct Run {
     /// What decisions need of the conversation thread.
     #[serde(default)]
     pub thread: ThreadState,
+    /// Where clicks on agents' messages sent the run: each step a clicked
+    /// message's buttons name, the step that asked, and whether it runs.
+    #[serde(default)]
+    pub routes: BTreeMap<StepId, (StepId, bool)>,
     /// When it finished (completed, failed or cancelled); none while it
     /// runs, and again once a step retry or rollback reopens it.
     #[serde(default)]

@@ -174,6 +174,10 @@ pub struct ThreadState {
     /// Instructions handed to a step whose attempt has not completed; handed
     /// again to that step's next attempt if this one does not complete.
     pub in_flight: BTreeMap<StepId, Vec<OpenInstruction>>,
+    /// Agents' messages with buttons, by message number, until their step
+    /// runs again.
+    #[serde(default)]
+    pub asks: BTreeMap<u32, super::interactive::Ask>,
 }
 
 impl ThreadState {

@@ -34,7 +34,39 @@ impl Agent for Echo {
                     "stop_early": {"type": "boolean",
                                    "description": "Stop waiting when the run asks its agents to stop."},
                     "comments": {"type": "boolean",
-                                 "description": "Post start and finish comments (default true)."}
+                                 "description": "Post start and finish comments (default true)."},
+                    "message": {
+                        "type": "object",
+                        "description": "A message for the run's thread, returned with the outputs \
+                                        (see AgentMessage): with buttons, the user answers with a \
+                                        click; a button's next_step makes the step wait for it.",
+                        "required": ["content"],
+                        "additionalProperties": false,
+                        "properties": {
+                            "content": {"type": "string", "minLength": 1},
+                            "buttons": {
+                                "type": "array",
+                                "maxItems": crate::domain::run::MAX_BUTTONS,
+                                "items": {
+                                    "type": "object",
+                                    "required": ["id", "label", "value"],
+                                    "additionalProperties": false,
+                                    "properties": {
+                                        "id": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"},
+                                        "label": {"type": "string", "minLength": 1, "maxLength": 1000},
+                                        "value": {"type": "string", "maxLength": 1000},
+                                        "user_message": {"type": "string", "maxLength": 1000},
+                                        "next_step": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"}
+                                    }
+                                }
+                            },
+                            "input": {
+                                "type": "object",
+                                "additionalProperties": false,
+                                "properties": {"file": {"type": "boolean"}, "prompt": {"type": "boolean"}}
+                            }
+                        }
+                    }
                 }
             }),
             output_schema: None,
@@ -83,7 +115,14 @@ impl Agent for Echo {
             ctx.attempt,
             outputs.keys().cloned().collect::<Vec<_>>().join(", ")
         ));
-        Ok(outputs.into())
+        Ok(AgentResult {
+            message: self.declared_message(&ctx.config),
+            ..outputs.into()
+        })
+    }
+
+    fn declared_message(&self, config: &Value) -> Option<crate::domain::run::AgentMessage> {
+        crate::domain::run::AgentMessage::parse(config.get("message")?).ok()
     }
 }
 

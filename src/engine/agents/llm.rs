@@ -410,6 +410,7 @@ impl Agent for LlmAgent {
         Ok(AgentResult {
             outputs,
             usage: completion.usage,
+            message: None,
         })
     }
 }

@@ -135,6 +135,7 @@ impl Agent for LlmJudge {
         Ok(AgentResult {
             outputs,
             usage: completion.usage,
+            message: None,
         })
     }
 }

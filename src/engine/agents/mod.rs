@@ -362,6 +362,9 @@ pub struct AgentResult {
     pub outputs: AgentOutputs,
     /// Model usage, recorded with the attempt.
     pub usage: Option<Usage>,
+    /// A message for the run's thread (with buttons, the user answers with
+    /// a click).
+    pub message: Option<crate::domain::run::AgentMessage>,
 }
 
 impl From<AgentOutputs> for AgentResult {
@@ -369,6 +372,7 @@ impl From<AgentOutputs> for AgentResult {
         Self {
             outputs,
             usage: None,
+            message: None,
         }
     }
 }
@@ -393,6 +397,12 @@ pub trait Agent: Send + Sync {
     /// registered), after the configuration passed the schema.
     fn check_config(&self, _config: &Value) -> Result<(), ConfigFault> {
         Ok(())
+    }
+
+    /// The message with buttons a step with `config` returns, when its
+    /// configuration says (checked against the definition at creation).
+    fn declared_message(&self, _config: &Value) -> Option<crate::domain::run::AgentMessage> {
+        None
     }
 }
 
@@ -640,6 +650,18 @@ impl AgentCatalog for AgentRegistry {
             Some(agent) => agent.check_config(config),
             None => Ok(()),
         }
+    }
+
+    fn declared_message(
+        &self,
+        agent: &AgentName,
+        config: &Value,
+    ) -> Option<crate::domain::run::AgentMessage> {
+        self.agents
+            .get(agent.as_str())?
+            .agent
+            .as_ref()?
+            .declared_message(config)
     }
 
     fn check_schema(&self, schema: &Value) -> Result<(), String> {

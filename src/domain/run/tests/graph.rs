@@ -182,6 +182,7 @@ fn a_condition_on_a_blob_output_does_not_hold() {
                 lease: lease("s0.1"),
                 outputs: single_output("out", blob.clone()),
                 comments: Vec::new(),
+                message: None,
             },
             20,
             "s1",

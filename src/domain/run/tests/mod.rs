@@ -24,6 +24,7 @@ mod control;
 mod effects;
 mod graph;
 mod imports;
+mod interactive;
 mod leases;
 mod refine;
 mod replay;
@@ -156,6 +157,7 @@ fn complete(step: &str, token: &str, value: &str, ms: i64, seed: &str) -> Stampe
             lease: lease(token),
             outputs: outputs(value),
             comments: Vec::new(),
+            message: None,
         },
         ms,
         seed,
@@ -315,6 +317,8 @@ fn note(number: u32, text: &str, ms: i64) -> RunEvent {
         idempotency_key: None,
         status: MessageStatus::Processed,
         reason: None,
+        buttons: Vec::new(),
+        input: None,
         at: at(ms),
     }
 }
@@ -331,6 +335,8 @@ fn step_note(number: u32, step: &str, text: &str, ms: i64) -> RunEvent {
         idempotency_key: None,
         status: MessageStatus::Processed,
         reason: None,
+        buttons: Vec::new(),
+        input: None,
         at: at(ms),
     }
 }
@@ -1125,6 +1131,8 @@ fn posted(
         idempotency_key: None,
         status,
         reason,
+        buttons: Vec::new(),
+        input: None,
         at: at(ms),
     }
 }
@@ -1147,6 +1155,8 @@ fn posted_keyed(
         idempotency_key: message.idempotency_key,
         status,
         reason,
+        buttons: Vec::new(),
+        input: None,
         at: at(ms),
     }
 }

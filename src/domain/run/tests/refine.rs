@@ -36,6 +36,7 @@ fn complete_with(step: &str, token: &str, outputs: Outputs, ms: i64, seed: &str)
             outputs,
             usage: None,
             comments: Vec::new(),
+            message: None,
         },
         ms,
         seed,

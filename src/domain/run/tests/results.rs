@@ -121,6 +121,8 @@ fn completing_the_last_step_completes_the_run() {
                 idempotency_key: None,
                 status: MessageStatus::Processed,
                 reason: None,
+                buttons: Vec::new(),
+                input: None,
                 at: at(50),
             },
         ]);
@@ -137,6 +139,7 @@ fn completing_a_step_without_outputs_writes_no_artifact() {
                 lease: lease("s0.1"),
                 outputs: Outputs::new(),
                 comments: Vec::new(),
+                message: None,
             },
             20,
             "s1",
@@ -184,6 +187,7 @@ fn a_step_with_mapped_inputs_reads_only_the_artifacts_it_maps() {
                     .map(|(o, v)| (OutputName::parse(o).unwrap(), inline(v)))
                     .collect(),
                 comments: Vec::new(),
+                message: None,
             },
             20,
             "s1",
@@ -323,6 +327,8 @@ fn a_failure_with_attempts_left_schedules_the_next_attempt_after_the_backoff() {
                 idempotency_key: None,
                 status: MessageStatus::Processed,
                 reason: None,
+                buttons: Vec::new(),
+                input: None,
                 at: at(20),
             },
             RunEvent::StepRetryScheduled {
@@ -740,6 +746,8 @@ fn the_agent_of_a_running_step_comments_as_the_agent_about_its_step() {
             idempotency_key: None,
             status: MessageStatus::Processed,
             reason: None,
+            buttons: Vec::new(),
+            input: None,
             at: at(15),
         }]);
 }
@@ -807,6 +815,8 @@ fn step_note_by_agent(number: u32, step: &str, text: &str, ms: i64) -> RunEvent 
         idempotency_key: None,
         status: MessageStatus::Processed,
         reason: None,
+        buttons: Vec::new(),
+        input: None,
         at: at(ms),
     }
 }

@@ -29,6 +29,8 @@ fn a_comment_is_recorded_processed_with_its_metadata() {
             idempotency_key: None,
             status: MessageStatus::Processed,
             reason: None,
+            buttons: Vec::new(),
+            input: None,
             at: at(15),
         }]);
 }

@@ -1,4 +1,4 @@
 SELECT message, author, action, content, metadata, step, idempotency_key, status, reason,
-       created_at, updated_at
+       created_at, updated_at, ask
   FROM run_messages
  WHERE run_id = $1 AND idempotency_key = $2

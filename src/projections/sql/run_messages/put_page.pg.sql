@@ -6,10 +6,10 @@
 messages AS (
     INSERT INTO run_messages (run_id, message, author, action, content, metadata, step,
                               idempotency_key, status, reason, created_at, updated_at,
-                              last_sequence)
+                              last_sequence, ask)
     SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[],
                          $6::jsonb[], $7::text[], $8::text[], $9::text[], $10::text[],
-                         $11::bigint[], $12::bigint[], $13::bigint[])
+                         $11::bigint[], $12::bigint[], $13::bigint[], $21::jsonb[])
      WHERE (SELECT current FROM guard)
     -- A message already stored (a page re-applied after its document fell
     -- behind) still takes the status changes folded into this insert.
