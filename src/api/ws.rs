@@ -163,6 +163,8 @@ struct Session {
     runs: HashMap<RunId, Followed>,
     /// The id of the next catch-up.
     next_catch_up: u64,
+    /// Its reads of the log, in flight and waiting.
+    reads: catch_up::Reads,
     /// Whether the session gets every run's live events.
     all: bool,
     last_heard: Instant,
@@ -204,6 +206,7 @@ pub(super) async fn connect(
         caller,
         runs: HashMap::new(),
         next_catch_up: 0,
+        reads: catch_up::Reads::default(),
         all: false,
         last_heard: Instant::now(),
         fragments: None,

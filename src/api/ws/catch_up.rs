@@ -15,6 +15,30 @@ use crate::engine::{EventView, Progress};
 
 /// Events read from the log per catch-up query.
 const CATCH_UP_PAGE: i64 = 500;
+/// Reads of the log one session has in flight at once; more wait their
+/// turn (a client that subscribes to many runs at once must not take the
+/// database's connections from everyone else).
+const READS_PER_SESSION: usize = 2;
+
+/// A session's reads of the log: those in flight, and those waiting.
+#[derive(Default)]
+pub(super) struct Reads {
+    in_flight: usize,
+    queued: std::collections::VecDeque<Queued>,
+}
+
+/// A read of the log waiting its turn.
+enum Queued {
+    /// A subscribe's: the caller's access, the run's existence, and its
+    /// events after `from` (if any).
+    Subscribe {
+        run: RunId,
+        id: u64,
+        from: Option<i64>,
+    },
+    /// A gap's: the run's events after `last`.
+    Missing { run: RunId, id: u64, last: i64 },
+}
 
 /// A run a session follows.
 #[derive(Default)]
@@ -149,6 +173,7 @@ impl Session {
             Some(previous) => {
                 if let Some(reading) = previous.reading {
                     ctx.cancel_future(reading);
+                    self.reads.in_flight -= 1;
                 }
                 (previous.held, previous.overflowed)
             }
@@ -274,12 +299,50 @@ impl Session {
                 followed.last = from;
             }
         }
-        let after = from;
+        self.reads
+            .queued
+            .push_back(Queued::Subscribe { run, id, from });
+        self.pump(ctx);
+    }
+
+    /// Starts the queued reads of the log while fewer than
+    /// [`READS_PER_SESSION`] are in flight (a read whose catch-up was
+    /// superseded or unsubscribed meanwhile is dropped).
+    fn pump(&mut self, ctx: &mut ws::WebsocketContext<Self>) {
+        while self.reads.in_flight < READS_PER_SESSION {
+            let Some(next) = self.reads.queued.pop_front() else {
+                return;
+            };
+            let (run, id) = match &next {
+                Queued::Subscribe { run, id, .. } | Queued::Missing { run, id, .. } => {
+                    (run.clone(), *id)
+                }
+            };
+            if !self.is_current(&run, id) {
+                continue;
+            }
+            let handle = match next {
+                Queued::Subscribe { run, id, from } => self.read_for_subscribe(run, id, from, ctx),
+                Queued::Missing { run, id, last } => self.read_for_gap(run, id, last, ctx),
+            };
+            self.reads.in_flight += 1;
+            self.reading(&run, handle);
+        }
+    }
+
+    /// A subscribe's read: the caller's access, the run's existence (and
+    /// that the caller may see it), and its events after `after`.
+    fn read_for_subscribe(
+        &mut self,
+        run: RunId,
+        id: u64,
+        after: Option<i64>,
+        ctx: &mut ws::WebsocketContext<Self>,
+    ) -> actix::SpawnHandle {
         let state = self.state.clone();
         let caller = self.caller.clone();
         let reading = run.clone();
-        let followed = run.clone();
-        let handle = ctx.spawn(
+        ctx.spawn(
             async move {
                 let run = reading;
                 // A token revoked or expired since the upgrade ends the
@@ -323,6 +386,8 @@ impl Session {
             }
             .into_actor(self)
             .map(move |result, act, ctx| {
+                act.reads.in_flight -= 1;
+                act.pump(ctx);
                 if !act.is_current(&run, id) {
                     return;
                 }
@@ -360,8 +425,7 @@ impl Session {
                     }
                 }
             }),
-        );
-        self.reading(&followed, handle);
+        )
     }
 
     /// Reads what the log holds after the last event sent for `run` (live
@@ -371,13 +435,28 @@ impl Session {
             return;
         };
         let id = self.begin_catch_up(&run, Some(last), 0, ctx);
+        self.reads
+            .queued
+            .push_back(Queued::Missing { run, id, last });
+        self.pump(ctx);
+    }
+
+    /// A gap's read: the run's events after `last`.
+    fn read_for_gap(
+        &mut self,
+        run: RunId,
+        id: u64,
+        last: i64,
+        ctx: &mut ws::WebsocketContext<Self>,
+    ) -> actix::SpawnHandle {
         let log = self.state.log.clone();
         let reading = run.clone();
-        let followed = run.clone();
-        let handle = ctx.spawn(
+        ctx.spawn(
             async move { read_after(&log, &reading, last).await }
                 .into_actor(self)
                 .map(move |result, act, ctx| {
+                    act.reads.in_flight -= 1;
+                    act.pump(ctx);
                     if !act.is_current(&run, id) {
                         return;
                     }
@@ -391,8 +470,7 @@ impl Session {
                         }
                     }
                 }),
-        );
-        self.reading(&followed, handle);
+        )
     }
 
     /// Tells the client that a run's catch-up failed and that it no longer
@@ -418,6 +496,7 @@ impl Session {
             .and_then(|catch_up| catch_up.reading);
         if let Some(reading) = reading {
             ctx.cancel_future(reading);
+            self.reads.in_flight -= 1;
         }
         self.state
             .engine
