@@ -135,8 +135,8 @@ pub(super) struct Click {
 }
 
 /// Clicks a button of an agent's message: recorded once; posts the
-/// button's `user_message` as the caller's message; writes its `value` as
-/// the asking step's output `choice`; when the step waits for the click,
+/// button's `user_message` as the caller's message; when the step waits
+/// for the click, writes its `value` as the step's output `choice`,
 /// completes it and runs the button's `next_step` (the other buttons'
 /// steps are skipped).
 #[utoipa::path(

@@ -53,6 +53,13 @@ impl PageRows for Rows {
                 at,
                 ..
             }
+            | RunEvent::StepAwaitingInput {
+                step,
+                attempt,
+                artifacts,
+                at,
+                ..
+            }
             | RunEvent::StepProduced {
                 step,
                 attempt,

@@ -104,6 +104,12 @@ on_both_backends!(
             .get(&format!("/api/runs/{run}/artifacts/track_actions.choice"))
             .await;
         assert_eq!(choice["versions"][0]["content"], "ai", "{choice}");
+        // The outputs of the attempt that asked are artifacts too.
+        let (status, song) = app
+            .get(&format!("/api/runs/{run}/artifacts/track_actions.song"))
+            .await;
+        assert_eq!(status, 200, "{song}");
+        assert_eq!(song["versions"][0]["content"], "owls", "{song}");
 
         // The thread: the question once, the user's answer once.
         let thread = app.messages(&run).await;

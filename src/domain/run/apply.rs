@@ -90,8 +90,7 @@ impl Run {
                     }
                     // The step's earlier questions and where their clicks
                     // sent the run are over: this attempt decides again.
-                    self.thread.asks.retain(|_, ask| ask.step != step);
-                    self.routes.retain(|_, (asker, _)| *asker != step);
+                    self.close_questions(&step);
                 }
                 let s = self.steps.entry(step).or_default();
                 if !evaluating {
@@ -365,6 +364,7 @@ impl Run {
                 reopens_run,
                 ..
             } => {
+                self.close_questions(&step);
                 let s = self.steps.entry(step).or_default();
                 s.status = StepStatus::Ready;
                 s.end_attempt();
@@ -413,8 +413,16 @@ impl Run {
 
     /// Sends steps back to `pending` (their inputs will change); reopens the
     /// run when the event says so.
+    /// Forgets `step`'s questions and where clicks on them sent the run
+    /// (the step runs again, or waits to).
+    fn close_questions(&mut self, step: &StepId) {
+        self.thread.asks.retain(|_, ask| ask.step != *step);
+        self.routes.retain(|_, (asker, _)| asker != step);
+    }
+
     pub(super) fn invalidate(&mut self, steps: Vec<StepId>, reopens_run: bool) {
         for step in steps {
+            self.close_questions(&step);
             let s = self.steps.entry(step).or_default();
             s.status = StepStatus::Pending;
             s.end_attempt();

@@ -220,7 +220,7 @@ impl Run {
             .steps
             .get(&step)
             .is_some_and(|s| s.status == StepStatus::AwaitingInput && s.attempt == ask.attempt);
-        if waiting && self.cancel_requested.is_some() {
+        if self.cancel_requested.is_some() {
             return Err(RunError::Cancelling);
         }
         let choice = ArtifactName::new(&step, &choice_output());

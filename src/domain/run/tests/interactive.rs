@@ -373,3 +373,34 @@ fn a_review_steps_message_cannot_route() {
         "{refused:?}"
     );
 }
+
+#[test]
+fn a_question_whose_step_is_sent_back_by_a_retry_upstream_cannot_be_answered() {
+    let def = definition(json!({
+        "first": {"agent": "echo"},
+        "track_actions": {"agent": "echo", "depends_on": ["first"]},
+        "track_ai_description": {"agent": "echo", "depends_on": ["track_actions"]},
+        "upload": {"agent": "echo", "depends_on": ["track_actions"]}
+    }));
+    let (run, log) = drive(vec![
+        start(def, 10, "s0"),
+        complete("first", "s0.1", "F", 20, "s1"),
+        complete_with("track_actions", "s1.1", question(), 30),
+        stamped(RunCommand::Pause, 35, "s3"),
+        stamped(
+            RunCommand::RetryStep {
+                step: sid("first"),
+                prompt_override: None,
+            },
+            40,
+            "s4",
+        ),
+    ]);
+    assert_eq!(run.steps[&sid("track_actions")].status, StepStatus::Pending);
+    assert!(run.thread.asks.is_empty() && run.routes.is_empty());
+    assert_eq!(replay(&log), run);
+    assert_eq!(
+        decide(&run, click(1, "ai", None, 50, "s5")),
+        Err(RunError::NoButtons(1))
+    );
+}
