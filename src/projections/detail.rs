@@ -501,15 +501,14 @@ impl RunDetail {
                 artifacts,
                 usage,
                 at,
-            } => {
-                self.record_usage(step, *attempt, usage.as_ref());
-                self.write_artifacts(step, *attempt, artifacts, *at);
-                let s = self.step(step);
-                s.status = StepStatus::AwaitingReview;
-                s.error = None;
-                s.finish_attempt(*attempt, "awaiting_review", *at);
-                s.drop_lease();
-            }
+            } => self.await_user(
+                step,
+                *attempt,
+                artifacts,
+                usage.as_ref(),
+                *at,
+                StepStatus::AwaitingReview,
+            ),
             RunEvent::StepAwaitingInput {
                 step,
                 attempt,
@@ -517,15 +516,14 @@ impl RunDetail {
                 usage,
                 at,
                 ..
-            } => {
-                self.record_usage(step, *attempt, usage.as_ref());
-                self.write_artifacts(step, *attempt, artifacts, *at);
-                let s = self.step(step);
-                s.status = StepStatus::AwaitingInput;
-                s.error = None;
-                s.finish_attempt(*attempt, "awaiting_input", *at);
-                s.drop_lease();
-            }
+            } => self.await_user(
+                step,
+                *attempt,
+                artifacts,
+                usage.as_ref(),
+                *at,
+                StepStatus::AwaitingInput,
+            ),
             RunEvent::StepApproved { step, choice, .. } => {
                 self.step(step).choice = choice.clone();
             }
@@ -740,6 +738,26 @@ impl RunDetail {
                 });
             }
         }
+    }
+
+    /// An attempt finished and its step waits for a user (`status`: a
+    /// review or a click), its outputs written.
+    fn await_user(
+        &mut self,
+        step: &StepId,
+        attempt: u32,
+        artifacts: &[ArtifactWritten],
+        usage: Option<&Usage>,
+        at: Timestamp,
+        status: StepStatus,
+    ) {
+        self.record_usage(step, attempt, usage);
+        self.write_artifacts(step, attempt, artifacts, at);
+        let s = self.step(step);
+        s.status = status;
+        s.error = None;
+        s.finish_attempt(attempt, status.as_str(), at);
+        s.drop_lease();
     }
 
     fn step(&mut self, step: &StepId) -> &mut StepView {

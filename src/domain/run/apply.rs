@@ -136,14 +136,14 @@ impl Run {
                 artifacts,
                 usage,
                 at,
-            } => {
-                self.add_usage(&step, usage.as_ref());
-                let s = self.steps.entry(step).or_default();
-                s.status = StepStatus::AwaitingReview;
-                s.end_attempt();
-                s.error = None;
-                self.add_versions(attempt, artifacts, at);
-            }
+            } => self.await_user(
+                step,
+                attempt,
+                artifacts,
+                usage,
+                at,
+                StepStatus::AwaitingReview,
+            ),
             RunEvent::StepAwaitingInput {
                 step,
                 attempt,
@@ -151,14 +151,14 @@ impl Run {
                 usage,
                 at,
                 ..
-            } => {
-                self.add_usage(&step, usage.as_ref());
-                let s = self.steps.entry(step).or_default();
-                s.status = StepStatus::AwaitingInput;
-                s.end_attempt();
-                s.error = None;
-                self.add_versions(attempt, artifacts, at);
-            }
+            } => self.await_user(
+                step,
+                attempt,
+                artifacts,
+                usage,
+                at,
+                StepStatus::AwaitingInput,
+            ),
             RunEvent::ButtonClicked {
                 message,
                 button,
@@ -413,6 +413,25 @@ impl Run {
 
     /// Sends steps back to `pending` (their inputs will change); reopens the
     /// run when the event says so.
+    /// An attempt finished and its step waits for a user (`status`: a
+    /// review or a click): its outputs are artifact versions already.
+    fn await_user(
+        &mut self,
+        step: StepId,
+        attempt: u32,
+        artifacts: Vec<ArtifactWritten>,
+        usage: Option<Usage>,
+        at: Timestamp,
+        status: StepStatus,
+    ) {
+        self.add_usage(&step, usage.as_ref());
+        let s = self.steps.entry(step).or_default();
+        s.status = status;
+        s.end_attempt();
+        s.error = None;
+        self.add_versions(attempt, artifacts, at);
+    }
+
     /// Forgets `step`'s questions and where clicks on them sent the run
     /// (the step runs again, or waits to).
     fn close_questions(&mut self, step: &StepId) {
