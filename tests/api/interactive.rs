@@ -297,6 +297,23 @@ on_both_backends!(
         assert_eq!(status, 422, "{body}");
         assert_eq!(body["error"]["code"], "invalid_agent_message", "{body}");
         assert_eq!(app.events(&run).await, before, "nothing recorded");
+        // Text the store cannot keep (a NUL), and a next_step that is not a
+        // step id: 400, nothing recorded.
+        for message in [
+            json!({"content": "Pub\u{0}lish?"}),
+            json!({"content": "Publish?",
+                   "buttons": [{"id": "y", "label": "Yes", "value": "yes", "next_step": "not a step"}]}),
+        ] {
+            let (status, body) = app
+                .task_call(
+                    &task,
+                    "complete",
+                    json!({"outputs": {"summary": "owls"}, "message": message}),
+                )
+                .await;
+            assert_eq!(status, 400, "{body}");
+            assert_eq!(app.events(&run).await, before, "nothing recorded");
+        }
         let (status, body) = app
             .task_call(
                 &task,
